@@ -1,0 +1,351 @@
+"""The one module a metalab plugin author imports: the hook marker, the spec types and the protocols.
+
+Importing this module is cheap (no TensorFlow, no Keras): plugin registration must stay light so that the
+dashboard can list plugins without loading a deep-learning framework. Plugin implementations import Keras
+lazily, inside their factories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import pluggy
+import pydantic
+
+__all__ = [
+    "PLUGIN_API_VERSION",
+    "hookimpl",
+    "Params",
+    "AlgorithmSpec",
+    "DatasetSpec",
+    "BackboneSpec",
+    "TaskSpec",
+    "TaskBatch",
+    "DataContext",
+    "ClassSplit",
+    "ClassificationDataset",
+    "RegressionTaskFamily",
+    "Algorithm",
+    "SPLITS",
+]
+
+#: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
+#: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
+PLUGIN_API_VERSION = "1.0"
+
+#: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
+hookimpl = pluggy.HookimplMarker("metalab")
+
+#: The meta-splits every dataset provides (disjoint classes for classification datasets).
+SPLITS = ("train", "val", "test")
+
+_ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+class Params(pydantic.BaseModel):
+    """Base class for a plugin's parameter model.
+
+    Declare each parameter as a pydantic field with a default, a range (``ge``/``gt``/``le``/``lt``), a
+    ``description`` (shown as help in the CLI and the dashboard) and, for choices, a ``Literal`` type.
+    Unknown parameter names are refused.
+
+    Example:
+        class MAMLParams(Params):
+            inner_lr: float = Field(0.4, gt=0, le=10, description="Inner-loop step size (alpha).")
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_common(spec: Any, kind: str) -> None:
+    if not isinstance(spec.id, str) or not _ID_RE.match(spec.id):
+        raise ValueError(
+            f"{kind} id must look like '<plugin>.<name>' (lowercase letters, digits, underscores). "
+            f"Received: id={spec.id!r}"
+        )
+    if not isinstance(spec.title, str) or not spec.title.strip():
+        raise ValueError(f"{kind} {spec.id!r} needs a non-empty title. Received: title={spec.title!r}")
+    if not (isinstance(spec.params, type) and issubclass(spec.params, pydantic.BaseModel)):
+        raise ValueError(
+            f"{kind} {spec.id!r}: params must be a pydantic model class (subclass metalab.core.plugin_api.Params). "
+            f"Received: params={spec.params!r}"
+        )
+    try:
+        spec.params()
+    except pydantic.ValidationError as exc:
+        raise ValueError(f"{kind} {spec.id!r}: every parameter needs a valid default. {exc}") from None
+    if not callable(spec.factory):
+        raise ValueError(f"{kind} {spec.id!r}: factory must be callable. Received: factory={spec.factory!r}")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """Declares a meta-learning algorithm.
+
+    Args:
+        id: ``<plugin>.<name>``, e.g. ``metalab.maml``.
+        title: Short human name, e.g. ``"MAML"``.
+        description: One paragraph for the Plugins page.
+        params: The pydantic parameter model (a :class:`Params` subclass); defaults follow the paper.
+        factory: ``factory(params, task) -> Algorithm``, called in the training process with the validated
+            params instance and a :class:`TaskSpec`. Import Keras inside the factory, not at module level.
+        paper: Citation of the paper the algorithm implements.
+        task_kinds: Which dataset kinds it supports (``"classification"``, ``"regression"``).
+    """
+
+    id: str
+    title: str
+    description: str
+    params: type[pydantic.BaseModel]
+    factory: Callable[..., "Algorithm"]
+    paper: str = ""
+    task_kinds: tuple[str, ...] = ("classification", "regression")
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a clear message if the spec is malformed."""
+        _check_common(self, "AlgorithmSpec")
+        bad = set(self.task_kinds) - {"classification", "regression"}
+        if not self.task_kinds or bad:
+            raise ValueError(f"AlgorithmSpec {self.id!r}: unknown task kinds. Received: task_kinds={self.task_kinds!r}")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Declares a dataset (a class-indexed image set or a regression task family).
+
+    Args:
+        id: ``<plugin>.<name>``, e.g. ``metalab.omniglot``.
+        title, description, paper: As for :class:`AlgorithmSpec`.
+        params: The pydantic parameter model (a :class:`Params` subclass).
+        factory: ``factory(params, context) -> ClassificationDataset | RegressionTaskFamily`` with a
+            :class:`DataContext`. Raise ``FileNotFoundError`` with a message naming the missing files and where
+            to put them when data is absent and cannot be downloaded.
+        kind: ``"classification"`` or ``"regression"``.
+        default_backbone: Backbone id used when the run config names none.
+        episode_defaults: Defaults for the run's episode shape, e.g. ``{"ways": 5, "shots": 1, "queries": 15}``.
+    """
+
+    id: str
+    title: str
+    description: str
+    params: type[pydantic.BaseModel]
+    factory: Callable[..., Any]
+    kind: Literal["classification", "regression"] = "classification"
+    paper: str = ""
+    default_backbone: str | None = None
+    episode_defaults: dict[str, int] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a clear message if the spec is malformed."""
+        _check_common(self, "DatasetSpec")
+        if self.kind not in ("classification", "regression"):
+            raise ValueError(f"DatasetSpec {self.id!r}: kind must be classification or regression. Received: kind={self.kind!r}")
+        unknown = set(self.episode_defaults) - {"ways", "shots", "queries"}
+        if unknown:
+            raise ValueError(
+                f"DatasetSpec {self.id!r}: episode_defaults keys must be ways/shots/queries. "
+                f"Received: episode_defaults={self.episode_defaults!r}"
+            )
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Declares a feature extractor (a Keras model without a classification head).
+
+    Args:
+        id, title, description, paper, params: As for :class:`AlgorithmSpec`.
+        factory: ``factory(params, input_shape) -> keras.Model`` mapping a batch of inputs of
+            ``input_shape`` (no batch axis) to a batch of flat feature vectors. Each call returns a new, unbuilt
+            or freshly built model. Batch normalisation inside must give exact second derivatives
+            (use :class:`metalab.core.layers.MetaBatchNorm`, not ``keras.layers.BatchNormalization``).
+        input_kinds: ``"image"`` (H, W, C inputs) and/or ``"vector"`` (flat inputs).
+    """
+
+    id: str
+    title: str
+    description: str
+    params: type[pydantic.BaseModel]
+    factory: Callable[..., Any]
+    paper: str = ""
+    input_kinds: tuple[str, ...] = ("image", "vector")
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a clear message if the spec is malformed."""
+        _check_common(self, "BackboneSpec")
+
+
+@dataclass(frozen=True)
+class DataContext:
+    """Where a dataset factory reads and caches files.
+
+    Attributes:
+        data_dir: ``METALAB_DATA_DIR`` (or the default under the user's cache dir). A dataset looks for its
+            files in ``data_dir/<dataset name>/`` and downloads there when ``allow_download`` is true.
+        cache_dir: Where decoded arrays may be cached (``data_dir/.cache`` by default).
+        allow_download: False disables any network access (tests and CI set it through
+            ``METALAB_OFFLINE=1``).
+    """
+
+    data_dir: str
+    cache_dir: str
+    allow_download: bool = True
+
+
+@dataclass
+class ClassSplit:
+    """The images of one meta-split, indexed by class.
+
+    Attributes:
+        images: ``uint8`` array ``[n, H, W, C]`` (or ``[n, D]`` for vector data).
+        labels: ``int`` array ``[n]`` of class indices into ``class_names``.
+        class_names: Names of the classes of this split (e.g. ``"Greek/character03/rot90"``).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.labels):
+            raise ValueError(
+                f"ClassSplit: images and labels differ in length. Received: len(images)={len(self.images)}, "
+                f"len(labels)={len(self.labels)}"
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class ClassificationDataset:
+    """A class-indexed dataset: three splits with disjoint classes.
+
+    Attributes:
+        splits: ``{"train": ClassSplit, "val": ClassSplit, "test": ClassSplit}``.
+        input_shape: Shape of one input after :meth:`to_float`, e.g. ``(28, 28, 1)``.
+        scale: Divide ``uint8`` pixels by this to get ``float32`` inputs (255 for images).
+        info: Free-form facts for reports (source files, split name, counts).
+    """
+
+    splits: dict[str, ClassSplit]
+    input_shape: tuple[int, ...]
+    scale: float = 255.0
+    info: dict[str, Any] = field(default_factory=dict)
+    kind: str = dataclasses.field(default="classification", init=False)
+
+    def to_float(self, images: np.ndarray) -> np.ndarray:
+        """Converts stored ``uint8`` images to the ``float32`` model inputs."""
+        return images.astype(np.float32) / np.float32(self.scale)
+
+
+@runtime_checkable
+class RegressionTaskFamily(Protocol):
+    """A family of regression tasks (e.g. sinusoids); the sampler draws tasks and points from it.
+
+    Attributes:
+        kind: Always ``"regression"``.
+        input_shape: Shape of one input, e.g. ``(1,)``.
+        output_dim: Number of regression targets.
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    output_dim: int
+
+    def sample_task(self, rng: np.random.Generator) -> Any:
+        """Draws one task's parameters (e.g. amplitude and phase)."""
+
+    def sample_points(self, task: Any, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draws ``n`` points ``(x [n, *input_shape] float32, y [n, output_dim] float32)`` of ``task``."""
+
+    def evaluate(self, task: Any, x: np.ndarray) -> np.ndarray:
+        """The true function of ``task`` at ``x`` (for reports)."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What an algorithm is told about the tasks it will meet, at construction time.
+
+    Attributes:
+        kind: ``"classification"`` or ``"regression"``.
+        input_shape: Shape of one input.
+        output_dim: Number of classes per episode (``ways``) or regression targets.
+        ways, shots, queries: The episode shape (``ways`` is 1 for regression).
+        total_steps: Meta-training steps planned for the run (for schedules).
+        make_backbone: ``make_backbone() -> keras.Model``: a new backbone of the run's choice for this input shape.
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    output_dim: int
+    ways: int
+    shots: int
+    queries: int
+    total_steps: int
+    make_backbone: Callable[[], Any]
+
+
+@dataclass
+class TaskBatch:
+    """A batch of tasks with a leading task axis ``T``.
+
+    Classification: ``support_x [T, ways*shots, *input_shape]``, ``support_y [T, ways*shots]`` (int32 labels
+    0..ways-1), ``query_x [T, ways*queries, ...]``, ``query_y [T, ways*queries]``.
+    Regression: ``support_y``/``query_y`` are ``float32 [T, n, output_dim]``.
+    """
+
+    support_x: Any
+    support_y: Any
+    query_x: Any
+    query_y: Any
+
+    def as_tuple(self) -> tuple[Any, Any, Any, Any]:
+        return (self.support_x, self.support_y, self.query_x, self.query_y)
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """What an algorithm object (made by ``AlgorithmSpec.factory``) provides to the runner.
+
+    The runner owns the loop, compilation, logging, checkpoints and cancellation. An algorithm only says how
+    to compute meta-gradients for a batch of tasks and how to adapt to and score one task. Differentiate with
+    :func:`metalab.core.functional.value_and_grad` and call models with explicit weights through
+    :class:`metalab.core.functional.FunctionalModel`; use ``keras.ops`` for the maths.
+
+    Attributes:
+        meta_batch_size: Tasks per meta-training step.
+        trainable_variables: The meta-parameters the outer optimizer updates (list of Keras variables).
+        variables: Every variable to checkpoint (includes ``trainable_variables``).
+    """
+
+    meta_batch_size: int
+
+    @property
+    def trainable_variables(self) -> list[Any]: ...
+
+    @property
+    def variables(self) -> list[Any]: ...
+
+    def make_optimizer(self) -> Any:
+        """Returns the outer-loop Keras optimizer (built by the runner on ``trainable_variables``)."""
+
+    def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        """Returns gradients aligned with ``trainable_variables`` and scalar metrics (must include ``loss``;
+        classification also ``accuracy`` on the query sets). Traced once by the runner into a compiled graph."""
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
+        """Adapts to each task of ``batch`` (support set) and scores it on its query set.
+
+        Returns ``loss`` ``[T]`` and, for classification, ``accuracy`` ``[T]`` after adaptation; gradient-based
+        algorithms also return ``curve`` ``[T, steps+1]``: the query accuracy (classification) or MSE
+        (regression) after 0, 1, ..., steps inner steps. Optionally ``predictions`` (query logits or outputs).
+        """
