@@ -1,0 +1,270 @@
+"""The ``metalab`` command line: list plugins, train, inspect, resume and evaluate runs, start the dashboard.
+
+``metalab --help`` stays fast: TensorFlow is imported only by the commands that train or evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="metalab: a workbench for meta-learning.", no_args_is_help=True, add_completion=False)
+plugins_app = typer.Typer(help="Inspect the installed plugins.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, inspect, resume, cancel and delete runs.", no_args_is_help=True)
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(runs_app, name="runs")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _services():
+    from .services import Services
+
+    return Services()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+@plugins_app.command("list")
+def plugins_list(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+    """Every algorithm, dataset and backbone, with its plugin, package and version; failed plugins with errors."""
+    rows = _services().plugins()
+    if as_json:
+        keep = ("id", "kind", "title", "plugin", "package", "version", "status", "error")
+        _print_json([{k: row.get(k) for k in keep} for row in rows])
+        return
+    table = Table(title="metalab plugins")
+    for col in ("id", "kind", "title", "plugin", "package", "version", "status"):
+        table.add_column(col)
+    for row in rows:
+        style = {"failed": "red", "disabled": "yellow"}.get(row.get("status"), "")
+        table.add_row(*(str(row.get(c) or "") for c in ("id", "kind", "title", "plugin", "package", "version", "status")),
+                      style=style)
+    console.print(table)
+    for row in rows:
+        if row.get("status") == "failed":
+            err.print(f"[red]plugin {row.get('plugin')} failed:[/] {row.get('error')}", highlight=False)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset id, e.g. metalab.omniglot."),
+    algorithm: str = typer.Option(..., "--algorithm", "-a", help="Algorithm id, e.g. metalab.maml."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone id (default: the dataset's)."),
+    set_: list[str] = typer.Option([], "--set", "-s", help="name=value; e.g. inner_lr=0.4, ways=20, dataset.split=minimal."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Meta-training steps."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
+    name: str = typer.Option("", "--name", help="A name for the run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON at the end."),
+) -> None:
+    """Validate a config, train a run with a progress bar, evaluate it, and print its id."""
+    from .config import ConfigError, parse_assignments
+
+    services = _services()
+    raw: dict[str, Any] = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone}
+    if steps is not None:
+        raw["steps"] = steps
+    if seed is not None:
+        raw["seed"] = seed
+    try:
+        config = services.resolve(raw, parse_assignments(set_))
+    except ConfigError as exc:
+        _fail(str(exc))
+    run_id = services.create_run(config, name=name)
+    err.print(f"run [bold]{run_id}[/]: {config.algorithm} on {config.dataset} ({config.backbone}), {config.steps} steps")
+    status = _train_with_progress(services, run_id, lambda progress: services.train(run_id, progress=progress))
+    _report_end(services, run_id, status, as_json)
+
+
+def _train_with_progress(services: Any, run_id: str, start: Any) -> str:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err, transient=False,
+    ) as bar:
+        task = bar.add_task("training", total=None, info="")
+        shown: dict[str, float] = {}
+
+        def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+            shown.update({k: v for k, v in metrics.items() if k in ("train/loss", "train/accuracy", "val/accuracy", "val/mse")})
+            info = "  ".join(f"{k.split('/')[0][0]}.{k.split('/')[1][:3]}={v:.3f}" for k, v in shown.items())
+            bar.update(task, completed=step, total=total, info=info)
+
+        return start(progress)
+
+
+def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:
+    run = services.run(run_id)
+    evals = services.evaluations(run_id)
+    if as_json:
+        _print_json({**run.summary(), "evaluation": evals[0] if evals else None, "error": run.error})
+    else:
+        if evals:
+            console.print(_score_line(evals[0]))
+        console.print(run_id)
+    if status == "failed":
+        err.print(f"[red]run {run_id} failed:[/] {run.error}\n{run.traceback or ''}", highlight=False)
+        raise typer.Exit(1)
+    if status == "cancelled":
+        err.print(f"run {run_id} cancelled at step {run.step}; resume with: metalab runs resume {run_id}")
+
+
+def _score_line(result: dict[str, Any]) -> str:
+    if "accuracy" in result:
+        line = f"meta-test accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} ({result['episodes']} episodes)"
+    else:
+        line = f"meta-test MSE {result['mse']:.4f} ± {result['ci95']:.4f} ({result['episodes']} episodes)"
+    if result.get("curve"):
+        line += "; after each inner step: " + ", ".join(f"{v:.3f}" for v in result["curve"])
+    return line
+
+
+@runs_app.command("list")
+def runs_list(
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    dataset: Optional[str] = typer.Option(None, help="Only runs on this dataset."),
+    algorithm: Optional[str] = typer.Option(None, help="Only runs of this algorithm."),
+    status: Optional[str] = typer.Option(None, help="Only runs with this status."),
+) -> None:
+    """All runs, newest first."""
+    runs = _services().runs(dataset=dataset, algorithm=algorithm, status=status)
+    if as_json:
+        _print_json([r.summary() for r in runs])
+        return
+    table = Table(title=f"{len(runs)} runs")
+    for col in ("id", "name", "dataset", "algorithm", "status", "step", "created"):
+        table.add_column(col)
+    for r in runs:
+        s = r.summary()
+        table.add_row(s["id"], s["name"], s["dataset"], s["algorithm"], s["status"], f"{s['step']}/{s['total_steps']}",
+                      s["created"])
+    console.print(table)
+
+
+def _get_run(services: Any, run_id: str) -> Any:
+    from .store import RunNotFoundError
+
+    try:
+        return services.run(run_id)
+    except RunNotFoundError as exc:
+        _fail(str(exc))
+
+
+@runs_app.command("show")
+def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
+              as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
+    """One run: config, status, versions, latest metrics and evaluations."""
+    services = _services()
+    run = _get_run(services, run_id)
+    metrics = services.metrics(run.id)
+    latest = {name: points[-1][1] for name, points in metrics.items() if points}
+    data = {**run.to_dict(), "latest_metrics": latest, "evaluations": services.evaluations(run.id)}
+    if as_json:
+        _print_json(data)
+        return
+    console.print(f"[bold]{run.id}[/] {run.name}  status={run.status}  step={run.step}/{run.total_steps}")
+    console.print(f"{run.algorithm} on {run.dataset} with {run.backbone}; device {run.device}")
+    console.print_json(json.dumps(run.config))
+    for name, value in sorted(latest.items()):
+        console.print(f"  {name} = {value:.4f}")
+    for ev in data["evaluations"][:1]:
+        console.print(_score_line(ev))
+    if run.error:
+        err.print(f"[red]{run.error}[/]\n{run.traceback or ''}", highlight=False)
+
+
+@runs_app.command("resume")
+def runs_resume(run_id: str = typer.Argument(..., metavar="RUN"),
+                as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON at the end.")) -> None:
+    """Continue an interrupted, cancelled or failed run from its last checkpoint."""
+    services = _services()
+    run = _get_run(services, run_id)
+    if run.status in ("running", "queued"):
+        _fail(f"Run {run.id} is {run.status}; only a finished run can be resumed. Received: run={run_id!r}")
+    err.print(f"resuming run [bold]{run.id}[/] from step {run.step}")
+    status = _train_with_progress(services, run.id, lambda progress: services.resume(run.id, progress=progress))
+    _report_end(services, run.id, status, as_json)
+
+
+@runs_app.command("cancel")
+def runs_cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
+    """Ask a running run to stop (it keeps a checkpoint and can be resumed)."""
+    services = _services()
+    run = _get_run(services, run_id)
+    services.cancel(run.id)
+    console.print(f"cancel requested for {run.id}")
+
+
+@runs_app.command("delete")
+def runs_delete(run_id: str = typer.Argument(..., metavar="RUN"),
+                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
+    """Delete a run with its metrics and files."""
+    services = _services()
+    run = _get_run(services, run_id)
+    if not yes and not typer.confirm(f"Delete run {run.id} ({run.algorithm} on {run.dataset})?"):
+        raise typer.Exit(1)
+    services.delete_run(run.id)
+    console.print(f"deleted {run.id}")
+
+
+@app.command("eval")
+def eval_(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    episodes: Optional[int] = typer.Option(None, "--episodes", "-n", min=2, help="Fixed test episodes (default: the run's, 600)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Score a run on the fixed meta-test episodes: mean with 95% CI, and the adaptation curve."""
+    services = _services()
+    run = _get_run(services, run_id)
+    try:
+        result = services.evaluate(run.id, episodes=episodes)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json({"run": run.id, **result})
+    else:
+        console.print(_score_line(result))
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8501, help="Port to serve on."),
+    headless: bool = typer.Option(True, help="Do not open a browser."),
+) -> None:
+    """Start the metalab dashboard (Streamlit)."""
+    import subprocess
+
+    from . import __file__ as core_file
+
+    app_path = Path(core_file).resolve().parent.parent / "streamlit_app.py"
+    if not app_path.exists():
+        from importlib import resources
+
+        app_path = Path(str(resources.files("metalab.dashboard") / "app.py"))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
+           "--server.headless", str(headless).lower()]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The run configuration: validated once, at the edge, against the chosen plugins' parameter models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from pydantic import Field
+
+from .plugin_api import Params
+
+
+class ConfigError(ValueError):
+    """A run configuration is invalid; the message names the field, the problem and the value received."""
+
+
+class RunConfig(pydantic.BaseModel):
+    """Everything that defines a training run (stored with the run, so a run can be reproduced).
+
+    ``ways``/``shots``/``queries`` left empty take the dataset's defaults; ``backbone`` left empty takes the
+    dataset's default backbone. Plugin parameters are validated by each plugin's own model.
+    """
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="Dataset plugin id, e.g. metalab.omniglot.")
+    algorithm: str = Field(description="Algorithm plugin id, e.g. metalab.maml.")
+    backbone: str | None = Field(None, description="Backbone plugin id; empty: the dataset's default.")
+    dataset_params: dict[str, Any] = Field(default_factory=dict)
+    algorithm_params: dict[str, Any] = Field(default_factory=dict)
+    backbone_params: dict[str, Any] = Field(default_factory=dict)
+    ways: int | None = Field(None, ge=1, le=1000, description="Classes per episode (N).")
+    shots: int | None = Field(None, ge=1, le=1000, description="Support examples per class (K).")
+    queries: int | None = Field(None, ge=1, le=1000, description="Query examples per class.")
+    steps: int = Field(1000, ge=1, le=10_000_000, description="Meta-training steps.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for weights, task sampling and evaluation.")
+    val_every: int = Field(100, ge=1, description="Validate every this many steps.")
+    val_episodes: int = Field(50, ge=1, le=100_000, description="Fixed validation episodes.")
+    test_episodes: int = Field(600, ge=1, le=100_000, description="Fixed meta-test episodes (the paper protocol: 600).")
+    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every this many steps.")
+    log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
+    eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
+    device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
+
+
+def format_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:
+    """One line per problem: ``field: message. Received: field=value``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        name = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+        message = err["msg"]
+        if "input" in err and err["type"] != "missing":
+            lines.append(f"{name}: {message}. Received: {name}={err['input']!r}")
+        else:
+            lines.append(f"{name}: {message}.")
+    return "\n".join(lines)
+
+
+def _range_hint(model: type[pydantic.BaseModel], name: str) -> str:
+    field = model.model_fields.get(name)
+    if field is None:
+        return ""
+    bounds = []
+    for meta in field.metadata:
+        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(meta, attr, None)
+            if value is not None:
+                bounds.append(f"{symbol} {value}")
+    return f" (allowed: {', '.join(bounds)})" if bounds else ""
+
+
+def validate_params(model: type[pydantic.BaseModel], values: dict[str, Any], prefix: str) -> Params:
+    """Validates plugin parameters; raises :class:`ConfigError` naming field, allowed range and value."""
+    try:
+        return model(**values)
+    except pydantic.ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else ""
+            name = f"{prefix}.{field}" if field else prefix
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(sorted(model.model_fields))
+                lines.append(f"{name}: unknown parameter (known: {known}). Received: {field}={err['input']!r}")
+            else:
+                lines.append(f"{name}: {err['msg']}{_range_hint(model, field)}. Received: {field}={err.get('input')!r}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """Parses ``--set name=value`` pairs; values are read as JSON when they parse, else as strings.
+
+    A name may be qualified (``algorithm.inner_lr``, ``dataset.split``, ``backbone.filters``, or a run field
+    such as ``ways``); an unqualified name is looked up by :func:`resolve_config`.
+    """
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects name=value. Received: --set {pair!r}")
+        name, raw = pair.split("=", 1)
+        name = name.strip()
+        if not name:
+            raise ConfigError(f"--set expects name=value with a name. Received: --set {pair!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out[name] = value
+    return out
+
+
+def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, Any] | None = None) -> RunConfig:
+    """Builds a complete, validated :class:`RunConfig`.
+
+    Args:
+        registry: A :class:`metalab.core.plugin_manager.PluginRegistry`.
+        raw: Run fields (``dataset``, ``algorithm``, ``steps``, ...).
+        assignments: ``--set`` values; unqualified names go to the run fields, else to whichever of the algorithm,
+            dataset and backbone declares them (ambiguous names must be qualified).
+
+    Raises:
+        ConfigError: an unknown plugin id, a parameter out of range, an episode shape the dataset cannot
+            serve, or an algorithm that does not support the dataset's kind.
+    """
+    from .plugin_manager import UnknownPluginError
+
+    raw = dict(raw)
+    for key in ("dataset_params", "algorithm_params", "backbone_params"):
+        raw[key] = dict(raw.get(key) or {})
+    try:
+        dataset = registry.dataset(raw.get("dataset"))
+        algorithm = registry.algorithm(raw.get("algorithm"))
+        backbone_id = raw.get("backbone") or dataset.default_backbone
+        if backbone_id is None:
+            raise ConfigError(f"Dataset {dataset.id!r} names no default backbone; pass one. Received: backbone=None")
+        backbone = registry.backbone(backbone_id)
+    except UnknownPluginError as exc:
+        raise ConfigError(str(exc)) from None
+    raw["backbone"] = backbone.id
+
+    owners = {"algorithm": algorithm.params, "dataset": dataset.params, "backbone": backbone.params}
+    for name, value in (assignments or {}).items():
+        head, _, tail = name.partition(".")
+        if tail and head in owners:
+            raw[f"{head}_params"][tail] = value
+        elif name in RunConfig.model_fields and not name.endswith("_params"):
+            raw[name] = value
+        else:
+            matches = [owner for owner, model in owners.items() if name in model.model_fields]
+            if len(matches) == 1:
+                raw[f"{matches[0]}_params"][name] = value
+            elif len(matches) > 1:
+                qualified = " or ".join(f"{m}.{name}" for m in matches)
+                raise ConfigError(f"Parameter {name!r} is ambiguous; write {qualified}. Received: {name}={value!r}")
+            else:
+                raise ConfigError(
+                    f"Unknown parameter {name!r}: not a run field nor a parameter of {algorithm.id}, {dataset.id} "
+                    f"or {backbone.id}. Received: {name}={value!r}"
+                )
+
+    for key, val in dataset.episode_defaults.items():
+        if raw.get(key) is None:
+            raw[key] = val
+    if dataset.kind == "regression":
+        raw["ways"] = 1
+    for key, default in (("ways", 5), ("shots", 1), ("queries", 15)):
+        if raw.get(key) is None:
+            raw[key] = default
+
+    try:
+        config = RunConfig(**raw)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if dataset.kind not in algorithm.task_kinds:
+        raise ConfigError(
+            f"Algorithm {algorithm.id!r} supports {', '.join(algorithm.task_kinds)} tasks, but dataset {dataset.id!r} "
+            f"is {dataset.kind}. Received: algorithm={algorithm.id!r}, dataset={dataset.id!r}"
+        )
+    if dataset.kind == "classification" and config.ways < 2:
+        raise ConfigError(f"ways: classification needs at least 2 classes per episode. Received: ways={config.ways}")
+
+    # Normalise plugin params to their full validated form so the stored config is explicit.
+    config.algorithm_params = validate_params(algorithm.params, config.algorithm_params, "algorithm").model_dump()
+    config.dataset_params = validate_params(dataset.params, config.dataset_params, "dataset").model_dump()
+    config.backbone_params = validate_params(backbone.params, config.backbone_params, "backbone").model_dump()
+    return config

@@ -1,0 +1,394 @@
+"""The one training loop: every algorithm plugin is meta-trained, checkpointed, resumed and evaluated here.
+
+Algorithms only say how to compute meta-gradients and how to adapt to a task; this module owns compilation,
+logging to the run store, validation, checkpoints (weights, optimizer state, sampler RNG state), cancellation,
+device placement and the meta-test protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .config import RunConfig
+from .plugin_api import TaskBatch, TaskSpec
+from .settings import Settings, load_settings
+from .store import RunStore
+
+#: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
+EVAL_SEED = 2017
+#: Episodes per compiled evaluation call.
+EVAL_CHUNK = 20
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+class RunCancelled(Exception):
+    """Raised inside the loop when a cancel was requested; the runner checkpoints and records 'cancelled'."""
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded with every run (for reports and reproducibility)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("metalab", "tensorflow", "tensorflow-cpu", "keras", "numpy"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+@dataclass
+class Session:
+    """Everything built for one run: the dataset, the algorithm and the task shape."""
+
+    config: RunConfig
+    dataset: Any
+    algorithm: Any
+    task: TaskSpec
+
+
+def build_session(registry: Any, config: RunConfig, settings: Settings | None = None) -> Session:
+    """Instantiates the run's dataset, backbone and algorithm (imports Keras)."""
+    import keras
+
+    settings = settings or load_settings()
+    keras.utils.set_random_seed(config.seed)
+    dataset_spec = registry.dataset(config.dataset)
+    algorithm_spec = registry.algorithm(config.algorithm)
+    backbone_spec = registry.backbone(config.backbone)
+    dataset = dataset_spec.factory(dataset_spec.params(**config.dataset_params), settings.data_context())
+    input_shape = tuple(dataset.input_shape)
+    backbone_params = backbone_spec.params(**config.backbone_params)
+    regression = dataset_spec.kind == "regression"
+    task = TaskSpec(
+        kind=dataset_spec.kind,
+        input_shape=input_shape,
+        output_dim=int(dataset.output_dim) if regression else int(config.ways),
+        ways=1 if regression else int(config.ways),
+        shots=int(config.shots),
+        queries=int(config.queries),
+        total_steps=int(config.steps),
+        make_backbone=lambda: backbone_spec.factory(backbone_params, input_shape),
+    )
+    algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
+    return Session(config=config, dataset=dataset, algorithm=algorithm, task=task)
+
+
+@contextlib.contextmanager
+def device_scope(device: str):
+    """Places the run on ``device``: "auto" (TensorFlow's default placement), "cpu", "gpu", "GPU:1", ..."""
+    if device in ("", "auto"):
+        yield
+        return
+    import tensorflow as tf
+
+    name = device.upper().lstrip("/").removeprefix("DEVICE:")
+    if ":" not in name:
+        name += ":0"
+    available = [d.name.removeprefix("/device:") for d in tf.config.list_logical_devices()]
+    if name not in available:
+        raise ValueError(f"device: not available here (available: {', '.join(available)}). Received: device={device!r}")
+    with tf.device("/device:" + name):
+        yield
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+
+
+def checkpoint_path(store: RunStore, run_id: str) -> Path:
+    return store.run_dir(run_id) / "checkpoint.npz"
+
+
+def save_checkpoint(store: RunStore, run_id: str, step: int, algorithm: Any, optimizer: Any, sampler: Any) -> Path:
+    """Writes weights, optimizer state and sampler RNG state atomically (a crash never leaves half a file)."""
+    path = checkpoint_path(store, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"var_{i}": np.asarray(v.numpy()) for i, v in enumerate(algorithm.variables)}
+    arrays.update({f"opt_{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+    meta = {"step": int(step), "sampler": sampler.get_state(), "n_vars": len(algorithm.variables),
+            "n_opt": len(optimizer.variables)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    store.add_artifact(run_id, "checkpoint", "checkpoint", path, step=step)
+    return path
+
+
+def load_checkpoint(path: Path, algorithm: Any, optimizer: Any | None = None, sampler: Any | None = None) -> int:
+    """Restores what :func:`save_checkpoint` wrote; returns the step it was taken at."""
+    with np.load(path) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        if meta["n_vars"] != len(algorithm.variables):
+            raise ValueError(
+                f"Checkpoint {path} holds {meta['n_vars']} variables but the model has {len(algorithm.variables)}: "
+                f"the run's config or plugin version changed. Received: checkpoint={str(path)!r}"
+            )
+        for i, var in enumerate(algorithm.variables):
+            var.assign(data[f"var_{i}"])
+        if optimizer is not None:
+            if meta["n_opt"] != len(optimizer.variables):
+                raise ValueError(f"Checkpoint {path}: optimizer state does not match. Received: n_opt={meta['n_opt']}")
+            for i, var in enumerate(optimizer.variables):
+                var.assign(data[f"opt_{i}"])
+        if sampler is not None:
+            sampler.set_state(meta["sampler"])
+    return int(meta["step"])
+
+
+# -- evaluation -----------------------------------------------------------------------------------------
+
+
+def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> TaskBatch:
+    """The fixed, cached tasks every algorithm is scored on for this dataset, split and episode shape."""
+    from .tasks import fixed_tasks
+
+    cfg = session.config
+    key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
+    return fixed_tasks(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed, key=key)
+
+
+def compile_evaluate(algorithm: Any) -> Callable:
+    """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
+    from . import functional
+
+    return functional.compile(lambda sx, sy, qx, qy: algorithm.evaluate(TaskBatch(sx, sy, qx, qy)))
+
+
+def evaluate_batch(session: Session, batch: TaskBatch, evaluate_fn: Callable | None = None) -> dict[str, Any]:
+    """Scores ``session.algorithm`` on every task of ``batch`` and returns means with 95% confidence intervals.
+
+    Returns:
+        ``accuracy`` (0–1) or ``mse``, ``ci95``, ``loss``, ``episodes`` and, for gradient-based algorithms,
+        ``curve`` (mean score after 0..steps inner steps) with ``curve_ci95``.
+    """
+    from . import functional
+
+    evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
+    n = batch.num_tasks
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, EVAL_CHUNK):
+        chunk = TaskBatch(*(np.asarray(a[start : start + EVAL_CHUNK]) for a in batch.as_tuple()))
+        out = evaluate_fn(*chunk.as_tuple())
+        for key in ("loss", "accuracy", "curve"):
+            if key in out:
+                parts.setdefault(key, []).append(functional.to_numpy(out[key]))
+    values = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+    def ci95(x: np.ndarray) -> float:
+        return float(1.96 * x.std(axis=0, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+    result: dict[str, Any] = {"episodes": int(n), "loss": float(values["loss"].mean())}
+    if session.task.kind == "classification":
+        result["accuracy"] = float(values["accuracy"].mean())
+        result["ci95"] = ci95(values["accuracy"])
+    else:
+        # Regression is scored by the query MSE after adaptation (its loss).
+        result["mse"] = result["loss"]
+        result["ci95"] = ci95(values["loss"])
+    if "curve" in values:
+        curve = values["curve"]
+        result["curve"] = [float(v) for v in curve.mean(axis=0)]
+        result["curve_ci95"] = [float(1.96 * c.std(ddof=1) / math.sqrt(len(c))) if len(c) > 1 else float("nan")
+                                for c in curve.T]
+    return result
+
+
+# -- the loop -------------------------------------------------------------------------------------------
+
+
+class _CancelWatch:
+    """Polls the store for a cancel request (at most twice a second) and turns SIGTERM/SIGINT into one."""
+
+    def __init__(self, store: RunStore, run_id: str):
+        self.store, self.run_id = store, run_id
+        self._last = 0.0
+        self._signalled = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_CancelWatch":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._signalled = True
+
+    def check(self) -> None:
+        now = time.monotonic()
+        if self._signalled:
+            raise RunCancelled("signal")
+        if now - self._last >= 0.5:
+            self._last = now
+            if self.store.cancel_requested(self.run_id):
+                raise RunCancelled("requested")
+
+
+def train_run(
+    store: RunStore,
+    run_id: str,
+    registry: Any,
+    *,
+    settings: Settings | None = None,
+    progress: ProgressFn | None = None,
+) -> str:
+    """Meta-trains the run ``run_id`` from its stored config (resuming from its checkpoint if there is one).
+
+    Every outcome is recorded in the store: ``completed``, ``cancelled`` (checkpoint kept; resumable) or
+    ``failed`` with the traceback. Returns the final status; never raises for a failure inside training.
+    """
+    from . import functional
+    from .tasks import make_sampler
+
+    settings = settings or load_settings()
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    store.update_run(
+        run_id, status="running", pid=os.getpid(), host=os.uname().nodename, started=time.time(),
+        finished=None, error=None, traceback=None, cancel_requested=0, versions=library_versions(),
+    )
+    step = 0
+    session = optimizer = sampler = None
+    try:
+        with device_scope(config.device), _CancelWatch(store, run_id) as watch:
+            session = build_session(registry, config, settings)
+            store.update_run(run_id, device=_device_name(config.device))
+            algorithm = session.algorithm
+            sampler = make_sampler(session.dataset, "train", session.task.ways, config.shots, config.queries,
+                                   config.seed)
+            optimizer = algorithm.make_optimizer()
+            optimizer.build(algorithm.trainable_variables)
+            ckpt = checkpoint_path(store, run_id)
+            if ckpt.exists():
+                step = load_checkpoint(ckpt, algorithm, optimizer, sampler)
+                store.truncate_metrics(run_id, step)
+            store.update_run(run_id, step=step)
+
+            def train_step(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
+                grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
+                optimizer.apply(grads, algorithm.trainable_variables)
+                return metrics
+
+            step_fn = functional.compile(train_step)
+            eval_fn = compile_evaluate(algorithm)
+            val_batch = fixed_batch(session, "val", config.val_episodes)
+            window: dict[str, list[float]] = {}
+            t_window = time.perf_counter()
+            steps_in_window = 0
+            while step < config.steps:
+                watch.check()
+                batch = sampler.sample_batch(algorithm.meta_batch_size)
+                metrics = step_fn(*batch.as_tuple())
+                step += 1
+                steps_in_window += 1
+                for name, value in metrics.items():
+                    window.setdefault(name, []).append(float(functional.to_numpy(value)))
+                logged: dict[str, float] = {}
+                if step % config.log_every == 0 or step == config.steps:
+                    elapsed = time.perf_counter() - t_window
+                    logged = {f"train/{k}": float(np.mean(v)) for k, v in window.items()}
+                    logged["train/steps_per_s"] = steps_in_window / max(elapsed, 1e-9)
+                    window, steps_in_window, t_window = {}, 0, time.perf_counter()
+                if step % config.val_every == 0 or step == config.steps:
+                    val = evaluate_batch(session, val_batch, eval_fn)
+                    logged.update({f"val/{k}": v for k, v in val.items() if isinstance(v, float)})
+                if logged:
+                    store.log_metrics(run_id, step, logged)
+                    store.update_run(run_id, step=step)
+                if step % config.checkpoint_every == 0 and step < config.steps:
+                    save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
+                if progress:
+                    progress(step, config.steps, logged)
+            save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
+            if config.eval_at_end:
+                result = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes), eval_fn)
+                store.add_evaluation(run_id, "test", result["episodes"], result)
+                store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
+        store.update_run(run_id, status="completed", finished=time.time(), step=step)
+        return "completed"
+    except RunCancelled:
+        if session is not None and optimizer is not None and sampler is not None:
+            save_checkpoint(store, run_id, step, session.algorithm, optimizer, sampler)
+        store.update_run(run_id, status="cancelled", finished=time.time(), step=step)
+        return "cancelled"
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded for the user, never lost
+        store.update_run(
+            run_id, status="failed", finished=time.time(), step=step,
+            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+        )
+        return "failed"
+
+
+def _device_name(device: str) -> str:
+    import tensorflow as tf
+
+    if device not in ("", "auto"):
+        return device
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else "/device:CPU:0"
+
+
+def evaluate_run(
+    store: RunStore,
+    run_id: str,
+    registry: Any,
+    *,
+    episodes: int | None = None,
+    split: str = "test",
+    settings: Settings | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Scores a run's latest checkpoint on the fixed meta-test episodes (mean, 95% CI, adaptation curve)."""
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    ckpt = checkpoint_path(store, run.id)
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run_id!r}"
+        )
+    with device_scope(config.device):
+        session = build_session(registry, config, settings)
+        load_checkpoint(ckpt, session.algorithm)
+        n = episodes or config.test_episodes
+        result = evaluate_batch(session, fixed_batch(session, split, n))
+    if record:
+        store.add_evaluation(run.id, split, n, result)
+    return result
+
+
+def run_worker_main(argv: list[str] | None = None) -> int:
+    """Entry point of a training worker process: ``python -m metalab.core.runner STORE RUN_ID``."""
+    from .plugin_manager import make_plugin_manager
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    store_path, run_id = argv[0], argv[1]
+    settings = load_settings()
+    store = RunStore(store_path)
+    registry = make_plugin_manager(settings=settings, strict=False)
+    status = train_run(store, run_id, registry, settings=settings)
+    return 0 if status in ("completed", "cancelled") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_worker_main())

@@ -1,0 +1,190 @@
+"""The conformance suite: checks any algorithm plugin, built-in or third-party, on tiny tasks on the CPU.
+
+Use it from a plugin's own tests (no metalab test suite needed)::
+
+    from metalab.core import testing
+
+    def test_my_algorithm_conforms(tmp_path):
+        testing.check_algorithm("myplugin.myalgo", tmp_path)
+
+or run every check for every installed algorithm: ``pytest --pyargs metalab.core.testing``-style
+parametrisation with :func:`algorithm_ids`. Each check trains a tiny model for a few dozen steps on the
+embedded datasets (scikit-learn digits with an MLP for classification, sinusoids for regression), so a whole
+algorithm takes seconds to a minute on two cores.
+
+What is checked:
+    * it learns: training loss falls, and meta-test accuracy beats chance by ``margin`` (classification) or
+      the meta-test MSE falls well below the untrained model's (regression), on a fixed seed;
+    * checkpoint/resume: a run interrupted halfway and resumed ends with the same weights and scores as an
+      uninterrupted run;
+    * determinism: the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import RunConfig, resolve_config
+from .store import RunStore
+
+#: Tiny-task settings per dataset kind: the embedded datasets and a small backbone.
+TINY_TASKS: dict[str, dict[str, Any]] = {
+    "classification": {
+        "dataset": "metalab.digits", "backbone": "metalab.mlp", "ways": 3, "shots": 5, "queries": 5,
+        "backbone_params": {"hidden": [32, 32]},
+    },
+    "regression": {
+        "dataset": "metalab.sinusoid", "backbone": "metalab.mlp", "shots": 10, "queries": 10,
+        "backbone_params": {"hidden": [40, 40]},
+    },
+}
+
+
+@dataclass
+class ConformanceResult:
+    """What one tiny run produced."""
+
+    run_id: str
+    status: str
+    first_loss: float
+    last_loss: float
+    before: dict[str, Any]
+    after: dict[str, Any]
+    weights: list[np.ndarray]
+
+
+def _registry(registry: Any | None) -> Any:
+    if registry is not None:
+        return registry
+    from .plugin_manager import make_plugin_manager
+
+    return make_plugin_manager(strict=False)
+
+
+def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60, seed: int = 0,
+                algorithm_params: dict[str, Any] | None = None) -> RunConfig:
+    """A validated config for a tiny run of ``algorithm_id`` on the embedded dataset of ``kind``."""
+    spec = registry.algorithm(algorithm_id)
+    tiny = dict(TINY_TASKS[kind])
+    params = dict(algorithm_params or {})
+    fields = spec.params.model_fields
+    if "meta_batch_size" in fields and "meta_batch_size" not in params:
+        params["meta_batch_size"] = min(int(fields["meta_batch_size"].default), 4)
+    for name in ("eval_inner_steps",):
+        if name in fields and name not in params:
+            params[name] = min(int(fields[name].default), 10)
+    raw = {
+        **tiny, "algorithm": algorithm_id, "algorithm_params": params, "steps": steps, "seed": seed,
+        "val_every": steps, "val_episodes": 10, "test_episodes": 40, "checkpoint_every": steps, "log_every": 5,
+    }
+    return resolve_config(registry, raw)
+
+
+def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int | None = None,
+             evaluate_before: bool = True) -> ConformanceResult:
+    """Trains ``config`` in a fresh store under ``home``; optionally interrupts at a step and resumes."""
+    from .runner import RunCancelled, build_session, evaluate_batch, fixed_batch, train_run
+
+    store = RunStore(Path(home) / "runs.sqlite")
+    run_id = store.create_run(config.model_dump())
+    before: dict[str, Any] = {}
+    if evaluate_before:
+        session = build_session(registry, config)
+        before = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes))
+
+    def stop(step: int, total: int, metrics: dict[str, float]) -> None:
+        if interrupt_at is not None and step == interrupt_at:
+            raise RunCancelled("conformance interruption")
+
+    status = train_run(store, run_id, registry, progress=stop)
+    if interrupt_at is not None:
+        if status != "cancelled":
+            raise AssertionError(f"expected the interrupted run to be cancelled, got {status!r}: {store.get_run(run_id).error}")
+        status = train_run(store, run_id, registry)
+    run = store.get_run(run_id)
+    if status != "completed":
+        raise AssertionError(f"run {run_id} ended {status!r}: {run.error}\n{run.traceback}")
+    losses = [v for _, v in store.metrics(run_id, ["train/loss"])["train/loss"]]
+    after = store.evaluations(run_id)[0]
+
+    from .runner import checkpoint_path
+
+    with np.load(checkpoint_path(store, run_id)) as data:
+        weights = [data[k] for k in sorted(data.files, key=_var_order) if k.startswith("var_")]
+    return ConformanceResult(run_id, status, losses[0], losses[-1], before, after, weights)
+
+
+def _var_order(name: str) -> tuple[str, int]:
+    prefix, _, index = name.partition("_")
+    return (prefix, int(index) if index.isdigit() else -1)
+
+
+def supported_kinds(registry: Any, algorithm_id: str) -> list[str]:
+    return [k for k in registry.algorithm(algorithm_id).task_kinds if k in TINY_TASKS]
+
+
+def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
+                 steps: int = 60, margin: float = 0.15, algorithm_params: dict[str, Any] | None = None) -> ConformanceResult:
+    """Asserts the algorithm learns a tiny task: loss falls and the meta-test score clearly beats the baseline."""
+    registry = _registry(registry)
+    kind = kind or supported_kinds(registry, algorithm_id)[0]
+    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    result = run_tiny(registry, config, Path(home))
+    assert result.last_loss < result.first_loss, (
+        f"{algorithm_id}: training loss did not fall ({result.first_loss:.4f} -> {result.last_loss:.4f})"
+    )
+    if kind == "classification":
+        chance = 1.0 / config.ways
+        assert result.after["accuracy"] > chance + margin, (
+            f"{algorithm_id}: meta-test accuracy {result.after['accuracy']:.3f} is not above chance {chance:.3f} "
+            f"+ margin {margin}"
+        )
+    else:
+        assert result.after["mse"] < 0.7 * result.before["mse"], (
+            f"{algorithm_id}: meta-test MSE {result.after['mse']:.4f} not well below untrained {result.before['mse']:.4f}"
+        )
+    return result
+
+
+def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
+                 steps: int = 20, algorithm_params: dict[str, Any] | None = None) -> None:
+    """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one."""
+    registry = _registry(registry)
+    kind = kind or supported_kinds(registry, algorithm_id)[0]
+    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    whole = run_tiny(registry, config, Path(home) / "whole", evaluate_before=False)
+    resumed = run_tiny(registry, config, Path(home) / "resumed", interrupt_at=steps // 2, evaluate_before=False)
+    for a, b in zip(whole.weights, resumed.weights, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{algorithm_id}: resumed weights differ")
+    np.testing.assert_allclose(whole.after["loss"], resumed.after["loss"], rtol=1e-4, atol=1e-5)
+
+
+def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
+                        steps: int = 10, algorithm_params: dict[str, Any] | None = None) -> None:
+    """Asserts that the same seed gives the same weights and scores."""
+    registry = _registry(registry)
+    kind = kind or supported_kinds(registry, algorithm_id)[0]
+    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    a = run_tiny(registry, config, Path(home) / "a", evaluate_before=False)
+    b = run_tiny(registry, config, Path(home) / "b", evaluate_before=False)
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{algorithm_id}: same seed, other weights")
+    assert abs(a.after["loss"] - b.after["loss"]) < 1e-5
+
+
+def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = None) -> None:
+    """Runs every conformance check for every task kind the algorithm supports."""
+    registry = _registry(registry)
+    for kind in supported_kinds(registry, algorithm_id):
+        check_learns(algorithm_id, Path(home) / kind / "learns", registry=registry, kind=kind)
+        check_resume(algorithm_id, Path(home) / kind / "resume", registry=registry, kind=kind)
+        check_deterministic(algorithm_id, Path(home) / kind / "determinism", registry=registry, kind=kind)
+
+
+def algorithm_ids(registry: Any | None = None) -> list[str]:
+    """Every loaded algorithm id (for ``pytest.mark.parametrize``)."""
+    return sorted(_registry(registry).algorithms)
