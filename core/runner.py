@@ -31,7 +31,7 @@ from .store import RunStore
 #: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
 EVAL_SEED = 2017
 #: Episodes per compiled evaluation call.
-EVAL_CHUNK = 20
+EVAL_CHUNK = 16
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
@@ -168,7 +168,17 @@ def compile_evaluate(algorithm: Any) -> Callable:
     """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
     from . import functional
 
-    return functional.compile(lambda sx, sy, qx, qy: algorithm.evaluate(TaskBatch(sx, sy, qx, qy)))
+    # One graph per task count: a shared graph would generalise the task axis to None, and algorithms that
+    # unroll their task loop need it static.
+    graphs: dict[int, Callable] = {}
+
+    def evaluate(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
+        n = int(sx.shape[0])
+        if n not in graphs:
+            graphs[n] = functional.compile(lambda *a: algorithm.evaluate(TaskBatch(*a)))
+        return graphs[n](sx, sy, qx, qy)
+
+    return evaluate
 
 
 def evaluate_batch(session: Session, batch: TaskBatch, evaluate_fn: Callable | None = None) -> dict[str, Any]:
@@ -182,13 +192,18 @@ def evaluate_batch(session: Session, batch: TaskBatch, evaluate_fn: Callable | N
 
     evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
     n = batch.num_tasks
+    chunk_size = min(EVAL_CHUNK, n)
     parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, EVAL_CHUNK):
-        chunk = TaskBatch(*(np.asarray(a[start : start + EVAL_CHUNK]) for a in batch.as_tuple()))
-        out = evaluate_fn(*chunk.as_tuple())
+    for start in range(0, n, chunk_size):
+        arrays = [np.asarray(a[start : start + chunk_size]) for a in batch.as_tuple()]
+        size = len(arrays[0])
+        # Pad the last chunk to the full size: one fixed shape means one compiled graph with a static task axis.
+        arrays = [np.concatenate([a, np.repeat(a[-1:], chunk_size - size, axis=0)]) if size < chunk_size else a
+                  for a in arrays]
+        out = evaluate_fn(*arrays)
         for key in ("loss", "accuracy", "curve"):
             if key in out:
-                parts.setdefault(key, []).append(functional.to_numpy(out[key]))
+                parts.setdefault(key, []).append(functional.to_numpy(out[key])[:size])
     values = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
     def ci95(x: np.ndarray) -> float:

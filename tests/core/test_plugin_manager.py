@@ -1,0 +1,665 @@
+"""Tests for the plugin manager factory: discovery, isolation of broken plugins, validation and the registry."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from pydantic import Field
+
+from metalab.core import hookspecs
+from metalab.core.plugin_api import (
+    PLUGIN_API_VERSION,
+    AlgorithmSpec,
+    BackboneSpec,
+    DatasetSpec,
+    Params,
+    hookimpl,
+)
+from metalab.core.plugin_manager import (
+    PluginLoadError,
+    PluginRecord,
+    PluginRegistry,
+    UnknownPluginError,
+    make_plugin_manager,
+    normalize_namespace,
+)
+from metalab.core.settings import load_settings
+
+TESTPLUGINS = "metalab-testplugins"
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_testplugins = pytest.mark.skipif(
+    not _installed(TESTPLUGINS),
+    reason=(
+        f"{TESTPLUGINS} is not installed; run "
+        "`pip install --no-deps -e tests/thirdparty/metalab-testplugins` to test entry-point discovery."
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small in-test plugins, registered directly through `plugins=`.
+
+
+class TinyParams(Params):
+    size: int = Field(3, ge=1, le=10, description="A size.")
+
+
+def _factory(*args, **kwargs):
+    raise NotImplementedError("registration tests never build anything")
+
+
+def algorithm(id: str) -> AlgorithmSpec:
+    return AlgorithmSpec(id=id, title=f"Algorithm {id}", description="A test algorithm.", params=TinyParams,
+                         factory=_factory, paper="Someone et al. 2017")
+
+
+def dataset(id: str) -> DatasetSpec:
+    return DatasetSpec(id=id, title=f"Dataset {id}", description="A test dataset.", params=TinyParams,
+                       factory=_factory, kind="regression")
+
+
+def backbone(id: str) -> BackboneSpec:
+    return BackboneSpec(id=id, title=f"Backbone {id}", description="A test backbone.", params=TinyParams,
+                        factory=_factory)
+
+
+class SpecPlugin:
+    """A plugin object returning the given specs from all three registration hooks."""
+
+    def __init__(self, algorithms=(), datasets=(), backbones=(), api: object = PLUGIN_API_VERSION):
+        if api is not None:
+            self.METALAB_PLUGIN_API = api
+        self._algorithms, self._datasets, self._backbones = list(algorithms), list(datasets), list(backbones)
+
+    @hookimpl
+    def metalab_register_algorithms(self):
+        return self._algorithms
+
+    @hookimpl
+    def metalab_register_datasets(self):
+        return self._datasets
+
+    @hookimpl
+    def metalab_register_backbones(self):
+        return self._backbones
+
+
+class DatasetsOnlyPlugin:
+    METALAB_PLUGIN_API = "1.0"
+
+    def __init__(self, *ids):
+        self._ids = ids
+
+    @hookimpl
+    def metalab_register_datasets(self):
+        return [dataset(i) for i in self._ids]
+
+
+def make(*plugins, **kwargs) -> PluginRegistry:
+    """A registry of only the given directly registered plugins, independent of the shell's settings."""
+    kwargs.setdefault("settings", load_settings(disable_plugins="", strict_plugins=False))
+    return make_plugin_manager(entry_points=False, plugins=plugins, **kwargs)
+
+
+def load_testplugins() -> PluginRegistry:
+    return make_plugin_manager(distributions={TESTPLUGINS}, settings=load_settings(disable_plugins=""), strict=False)
+
+
+def record(registry: PluginRegistry, name: str) -> PluginRecord:
+    matches = [r for r in registry.plugins if r.name == name]
+    assert len(matches) == 1, f"expected one record named {name!r}, got {registry.plugins!r}"
+    return matches[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A throwaway distribution on sys.path: real entry points without pip, for what needs several plugins of one
+# distribution (a shared namespace).
+
+
+@pytest.fixture
+def fake_distribution(tmp_path, monkeypatch):
+    """Returns ``write(dist_name, version, {ep_name: module_source})``, which puts a distribution on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    prefix = f"fakeplug_{uuid.uuid4().hex[:8]}"
+    created: list[str] = []
+
+    def write(dist_name: str, version: str, modules: dict[str, str]) -> dict[str, str]:
+        info = site / f"{normalize_namespace(dist_name)}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+        lines = ["[metalab]"]
+        module_names = {}
+        for ep_name, source in modules.items():
+            module_name = f"{prefix}_{normalize_namespace(dist_name)}_{ep_name}"
+            (site / f"{module_name}.py").write_text(textwrap.dedent(source))
+            lines.append(f"{ep_name} = {module_name}")
+            module_names[ep_name] = module_name
+            created.append(module_name)
+        (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+        return module_names
+
+    monkeypatch.syspath_prepend(str(site))
+    yield write
+    for name in created:
+        sys.modules.pop(name, None)
+
+
+def _module_source(kind: str, spec_id: str, api: str = "1.0") -> str:
+    spec_class = {"algorithms": "AlgorithmSpec", "datasets": "DatasetSpec", "backbones": "BackboneSpec"}[kind]
+    return f"""
+        from metalab.core.plugin_api import {spec_class}, Params, hookimpl
+
+        METALAB_PLUGIN_API = {api!r}
+
+        class P(Params):
+            pass
+
+        @hookimpl
+        def metalab_register_{kind}():
+            return [{spec_class}(id={spec_id!r}, title="T", description="D", params=P, factory=lambda *a: None)]
+        """
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Built-ins (registered through the `metalab` distribution's entry points).
+
+
+def test_builtins_register_through_entry_points(builtin_registry):
+    assert "metalab.maml" in builtin_registry.algorithms
+    assert "metalab.omniglot" in builtin_registry.datasets
+    assert "metalab.conv4" in builtin_registry.backbones
+    assert builtin_registry.failures == []
+    declared = {ep.name for ep in importlib.metadata.entry_points(group="metalab") if ep.dist.name == "metalab"}
+    assert {r.name for r in builtin_registry.plugins} == declared
+    for r in builtin_registry.plugins:
+        assert (r.status, r.package, r.namespace) == ("loaded", "metalab", "metalab")
+        assert r.module.startswith("metalab.plugins.")
+        assert r.version == importlib.metadata.version("metalab")
+    assert builtin_registry.plugin_of("metalab.maml").name == "maml"
+
+
+def test_builtin_ids_are_metalab_and_default_backbones_exist(builtin_registry):
+    for table in (builtin_registry.algorithms, builtin_registry.datasets, builtin_registry.backbones):
+        assert all(spec_id.startswith("metalab.") for spec_id in table)
+    for spec in builtin_registry.datasets.values():
+        if spec.default_backbone is not None:
+            assert spec.default_backbone in builtin_registry.backbones, spec.id
+
+
+def test_loading_every_plugin_imports_no_deep_learning_framework():
+    # A subprocess: this test process may already hold TensorFlow from other tests.
+    code = (
+        "import sys\n"
+        "from metalab.core.plugin_manager import make_plugin_manager\n"
+        "make_plugin_manager(strict=False)\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'jax') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The installed third-party test package.
+
+
+@needs_testplugins
+def test_third_party_plugin_discovered_with_package_and_version():
+    registry = load_testplugins()
+    lines = record(registry, "lines")
+    assert lines.status == "loaded"
+    assert lines.package == TESTPLUGINS
+    assert lines.version == importlib.metadata.version(TESTPLUGINS)
+    assert lines.namespace == "metalab_testplugins"
+    assert lines.module == "metalab_testplugins.lines"
+    assert lines.api_version == "1.0"
+    assert lines.hooks == ["metalab_register_datasets"]
+    spec = registry.dataset("metalab_testplugins.lines")
+    assert spec.kind == "regression"
+    assert registry.plugin_of("metalab_testplugins.lines") is lines
+    # Only the good plugin's hooks remain callable on the manager.
+    assert registry.pm.hook.metalab_register_datasets() == [[spec]]
+    assert registry.pm.hook.metalab_register_algorithms() == []
+
+
+@needs_testplugins
+def test_each_broken_third_party_plugin_is_recorded_while_the_rest_load():
+    registry = make_plugin_manager(settings=load_settings(disable_plugins=""), strict=False)
+    failed = {r.name: r for r in registry.failures}
+    assert {"broken_import", "bad_spec", "future_api"} <= set(failed)
+    assert record(registry, "lines").status == "loaded"
+
+    broken = failed["broken_import"]
+    assert broken.package == TESTPLUGINS and broken.version == importlib.metadata.version(TESTPLUGINS)
+    assert "a_module_that_does_not_exist_xyz" in broken.error
+    assert "ModuleNotFoundError" in broken.error
+    assert "Traceback" in broken.traceback and "broken_import" in broken.traceback
+
+    bad = failed["bad_spec"]
+    assert "Not An Id" in bad.error and "AlgorithmSpec" in bad.error
+    assert "ValueError" in bad.traceback
+    assert registry.pm.get_plugin("bad_spec") is None
+
+    future = failed["future_api"]
+    assert future.error.endswith("Received: METALAB_PLUGIN_API='2.0'")
+    assert "targets plugin API 2.0" in future.error and "supports 1.x" in future.error
+    assert future.api_version is None
+    assert "metalab_testplugins.future" not in registry.datasets
+
+    for r in failed.values():
+        assert "\n" not in r.error
+    assert not any(r.name == "bad_spec" for r in map(registry.plugin_of, registry.algorithms))
+
+
+@needs_testplugins
+def test_unknown_id_from_a_failed_plugin_points_at_it():
+    registry = load_testplugins()
+    with pytest.raises(UnknownPluginError) as info:
+        registry.dataset("metalab_testplugins.future")
+    message = str(info.value)
+    assert "Known: metalab_testplugins.lines." in message
+    assert "future_api (failed)" in message
+    assert message.endswith("Received: dataset='metalab_testplugins.future'")
+
+
+@needs_testplugins
+@pytest.mark.parametrize("blocked", ["lines", "lines,something_else"])
+def test_disabled_by_entry_point_name(monkeypatch, blocked):
+    monkeypatch.setenv("METALAB_DISABLE_PLUGINS", blocked)
+    monkeypatch.delenv("METALAB_STRICT_PLUGINS", raising=False)
+    registry = make_plugin_manager(distributions={TESTPLUGINS})
+    lines = record(registry, "lines")
+    assert lines.status == "disabled"
+    assert lines.package == TESTPLUGINS
+    assert "metalab_testplugins.lines" not in registry.datasets
+    assert lines not in registry.failures
+    assert record(registry, "broken_import").status == "failed"
+
+
+@needs_testplugins
+@pytest.mark.parametrize("blocked", ["metalab-testplugins", "metalab_testplugins", "Metalab-TestPlugins"])
+def test_disabled_by_distribution_name(monkeypatch, blocked):
+    monkeypatch.setenv("METALAB_DISABLE_PLUGINS", f" {blocked} ")
+    registry = make_plugin_manager(distributions={TESTPLUGINS}, strict=True)  # nothing left to fail
+    assert {r.name for r in registry.plugins} == {"lines", "broken_import", "bad_spec", "future_api"}
+    assert all(r.status == "disabled" and r.package == TESTPLUGINS for r in registry.plugins)
+    assert registry.datasets == {}
+    # A disabled plugin is never imported, so a broken import cannot fail.
+    assert registry.failures == []
+
+
+@needs_testplugins
+def test_strict_mode_raises_listing_every_failure():
+    with pytest.raises(PluginLoadError) as info:
+        make_plugin_manager(distributions={TESTPLUGINS}, settings=load_settings(disable_plugins=""), strict=True)
+    message = str(info.value)
+    for name in ("broken_import", "bad_spec", "future_api"):
+        assert f"- {name} ({TESTPLUGINS} " in message
+    assert "- lines" not in message
+    assert {r.name for r in info.value.failures} == {"broken_import", "bad_spec", "future_api"}
+
+
+@needs_testplugins
+def test_strict_mode_from_environment(monkeypatch):
+    monkeypatch.setenv("METALAB_STRICT_PLUGINS", "1")
+    monkeypatch.delenv("METALAB_DISABLE_PLUGINS", raising=False)
+    with pytest.raises(PluginLoadError, match="broken_import"):
+        make_plugin_manager(distributions={TESTPLUGINS})
+    # The argument wins over the environment.
+    assert make_plugin_manager(distributions={TESTPLUGINS}, strict=False).failures
+
+
+@needs_testplugins
+def test_distributions_filter_and_entry_points_off():
+    only_builtins = make_plugin_manager(distributions={"metalab"}, settings=load_settings(disable_plugins=""),
+                                        strict=False)
+    assert all(r.package == "metalab" for r in only_builtins.plugins)
+    nothing = make_plugin_manager(entry_points=False, settings=load_settings(disable_plugins=""))
+    assert nothing.plugins == [] and nothing.algorithms == {} and nothing.describe() == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry points of a throwaway distribution.
+
+
+def test_namespace_is_the_normalized_distribution_name(fake_distribution):
+    fake_distribution("Metalab.Fake-Thing", "2.5.0", {"good": _module_source("datasets", "metalab_fake_thing.d")})
+    registry = make_plugin_manager(distributions={"metalab-fake-thing"}, settings=load_settings(disable_plugins=""),
+                                   strict=True)
+    good = record(registry, "good")
+    assert (good.status, good.namespace, good.version) == ("loaded", "metalab_fake_thing", "2.5.0")
+    assert good.package == "Metalab.Fake-Thing"
+    assert list(registry.datasets) == ["metalab_fake_thing.d"]
+
+
+def test_duplicate_id_across_plugins_fails_the_later_one_naming_both(fake_distribution):
+    fake_distribution("metalab-dup", "1.0", {
+        "first": _module_source("algorithms", "metalab_dup.same"),
+        "second": _module_source("algorithms", "metalab_dup.same"),
+        "third": _module_source("algorithms", "metalab_dup.other"),
+    })
+    registry = make_plugin_manager(distributions={"metalab-dup"}, settings=load_settings(disable_plugins=""),
+                                   strict=False)
+    assert record(registry, "first").status == "loaded"
+    second = record(registry, "second")
+    assert second.status == "failed"
+    assert "'first'" in second.error and "'second'" in second.error and "metalab_dup.same" in second.error
+    assert registry.plugin_of("metalab_dup.same").name == "first"
+    assert record(registry, "third").status == "loaded"
+    assert sorted(registry.algorithms) == ["metalab_dup.other", "metalab_dup.same"]
+
+
+def test_same_id_in_different_kinds_is_allowed(fake_distribution):
+    fake_distribution("metalab-kinds", "1.0", {
+        "a": _module_source("algorithms", "metalab_kinds.x"),
+        "b": _module_source("backbones", "metalab_kinds.x"),
+    })
+    registry = make_plugin_manager(distributions={"metalab-kinds"}, settings=load_settings(disable_plugins=""),
+                                   strict=True)
+    assert registry.plugin_of("metalab_kinds.x").name == "a"
+    assert registry.plugin_of("metalab_kinds.x", kind="backbone").name == "b"
+    with pytest.raises(ValueError, match="Received: kind='model'"):
+        registry.plugin_of("metalab_kinds.x", kind="model")
+
+
+def test_raising_import_fails_only_its_plugin(fake_distribution):
+    names = fake_distribution("metalab-crash", "0.1", {
+        "crash": "raise RuntimeError('boom at import')\n",
+        "ok": _module_source("datasets", "metalab_crash.ok"),
+    })
+    registry = make_plugin_manager(distributions={"metalab-crash"}, settings=load_settings(disable_plugins=""),
+                                   strict=False)
+    crash = record(registry, "crash")
+    assert crash.status == "failed" and "RuntimeError: boom at import" in crash.error
+    assert crash.module == names["crash"]
+    assert record(registry, "ok").status == "loaded"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation, with directly registered plugins.
+
+
+def test_direct_plugins_load_with_name_as_namespace():
+    registry = make(("alpha", SpecPlugin(algorithms=[algorithm("alpha.a")], datasets=[dataset("alpha.d")],
+                                         backbones=[backbone("alpha.b")])))
+    alpha = record(registry, "alpha")
+    assert (alpha.status, alpha.namespace, alpha.package, alpha.version) == ("loaded", "alpha", None, None)
+    assert alpha.module == f"{__name__}.SpecPlugin"
+    assert alpha.hooks == sorted(["metalab_register_algorithms", "metalab_register_datasets",
+                                  "metalab_register_backbones"])
+    assert registry.algorithm("alpha.a").title == "Algorithm alpha.a"
+    assert registry.dataset("alpha.d").kind == "regression"
+    assert registry.backbone("alpha.b").id == "alpha.b"
+
+
+def test_direct_plugin_may_be_a_module(tmp_path, monkeypatch):
+    name = f"plugmod_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(_module_source("datasets", f"{name}.d")))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    try:
+        registry = make((name, module), strict=True)
+    finally:
+        sys.modules.pop(name, None)
+    assert record(registry, name).module == name
+    assert list(registry.datasets) == [f"{name}.d"]
+
+
+def test_wrong_namespace_rejected():
+    registry = make(("alpha", SpecPlugin(algorithms=[algorithm("beta.a")])), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed"
+    assert "Spec id 'beta.a' must start with 'alpha.' (the plugin's namespace)" in alpha.error
+    assert alpha.error.endswith("Received: id='beta.a'")
+    assert registry.algorithms == {}
+    assert list(registry.datasets) == ["gamma.d"]
+
+
+def test_one_invalid_spec_fails_the_whole_plugin():
+    plugin = SpecPlugin(algorithms=[algorithm("alpha.fine")], datasets=[dataset("alpha.fine"), dataset("alpha.Bad")])
+    registry = make(("alpha", plugin), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed" and "alpha.Bad" in alpha.error and "DatasetSpec" in alpha.error
+    assert alpha.traceback and "ValueError" in alpha.traceback
+    assert registry.algorithms == {} and list(registry.datasets) == ["gamma.d"]
+    assert registry.pm.get_plugin("alpha") is None
+    assert registry.pm.get_plugin("gamma") is not None
+
+
+def test_duplicate_id_within_one_plugin_rejected():
+    registry = make(("alpha", DatasetsOnlyPlugin("alpha.d", "alpha.d")))
+    assert "returns dataset 'alpha.d' twice" in record(registry, "alpha").error
+
+
+@pytest.mark.parametrize(
+    "result, expected",
+    [
+        (None, "must return a list of AlgorithmSpec. Received: NoneType"),
+        (algorithm("alpha.a"), "must return a list of AlgorithmSpec. Received: AlgorithmSpec"),
+        ([dataset("alpha.d")], "must return AlgorithmSpec objects. Received: DatasetSpec"),
+        (["alpha.a"], "must return AlgorithmSpec objects. Received: str"),
+    ],
+)
+def test_hook_result_must_be_a_list_of_the_right_spec_type(result, expected):
+    class Plugin:
+        METALAB_PLUGIN_API = "1.0"
+
+        @hookimpl
+        def metalab_register_algorithms(self):
+            return result
+
+    registry = make(("alpha", Plugin()))
+    assert expected in record(registry, "alpha").error
+
+
+def test_params_without_json_schema_rejected():
+    class Opaque:
+        pass
+
+    class OpaqueParams(Params):
+        model_config = {"arbitrary_types_allowed": True, "extra": "forbid", "frozen": True}
+        thing: Opaque = Field(default_factory=Opaque)
+
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=OpaqueParams, factory=_factory)
+    registry = make(("alpha", SpecPlugin(algorithms=[spec])))
+    assert "invalid AlgorithmSpec" in record(registry, "alpha").error
+
+
+def test_raising_hook_fails_only_its_plugin():
+    class Raising(SpecPlugin):
+        @hookimpl
+        def metalab_register_algorithms(self):
+            raise RuntimeError("cannot list algorithms today")
+
+    registry = make(("alpha", Raising(datasets=[dataset("alpha.d")])), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed"
+    assert alpha.error == "Hook metalab_register_algorithms raised RuntimeError: cannot list algorithms today"
+    assert "cannot list algorithms today" in alpha.traceback and "Traceback" in alpha.traceback
+    assert "alpha.d" not in registry.datasets  # its good hook's specs go too
+    assert record(registry, "gamma").status == "loaded" and "gamma.d" in registry.datasets
+
+
+def test_misspelled_hook_caught_by_check_pending():
+    class Misspelled:
+        METALAB_PLUGIN_API = "1.0"
+
+        @hookimpl
+        def metalab_register_algorithm(self):
+            return [algorithm("alpha.a")]
+
+        @hookimpl
+        def metalab_register_datasets(self):
+            return [dataset("alpha.d")]
+
+    registry = make(("alpha", Misspelled()), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed"
+    assert alpha.error.startswith("Unknown hook 'metalab_register_algorithm' (misspelled?); metalab's hooks are ")
+    assert "metalab_register_algorithms" in alpha.error
+    assert alpha.error.endswith("Received: hook=metalab_register_algorithm")
+    assert registry.pm.get_plugin("alpha") is None
+    assert list(registry.datasets) == ["gamma.d"]
+    registry.pm.check_pending()  # what remains is consistent
+
+
+def test_hookimpl_with_unknown_argument_rejected_at_registration():
+    class WrongSignature:
+        METALAB_PLUGIN_API = "1.0"
+
+        @hookimpl
+        def metalab_register_datasets(self, registry):
+            return []
+
+    registry = make(("alpha", WrongSignature()), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed" and alpha.error.startswith("Registration failed: PluginValidationError")
+    assert alpha.hooks == []
+    assert list(registry.datasets) == ["gamma.d"]
+
+
+@pytest.mark.parametrize("api", ["1.0", "1.7", "1.10"])
+def test_same_major_api_loads(api):
+    registry = make(("alpha", SpecPlugin(datasets=[dataset("alpha.d")], api=api)), strict=True)
+    assert record(registry, "alpha").api_version == api
+
+
+@pytest.mark.parametrize(
+    "api, expected",
+    [
+        (None, "does not declare the plugin API version"),
+        ("2.0", "targets plugin API 2.0; this metalab supports 1.x. Received: METALAB_PLUGIN_API='2.0'"),
+        ("0.9", "targets plugin API 0.9; this metalab supports 1.x"),
+        ("1", "must be a string 'MAJOR.MINOR'"),
+        (1.0, "must be a string 'MAJOR.MINOR'"),
+        ("v1.0", "Received: METALAB_PLUGIN_API='v1.0'"),
+    ],
+)
+def test_api_version_checked(api, expected):
+    registry = make(("alpha", SpecPlugin(datasets=[dataset("alpha.d")], api=api)),
+                    ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed" and expected in alpha.error
+    assert alpha.hooks == [] and registry.pm.get_plugin("alpha") is None
+    assert list(registry.datasets) == ["gamma.d"]
+
+
+def test_plugin_name_taken_or_object_registered_twice():
+    shared = DatasetsOnlyPlugin("alpha.d")
+    registry = make(("alpha", shared), ("alpha", DatasetsOnlyPlugin("alpha.e")), ("beta", shared))
+    records = registry.plugins
+    assert [r.status for r in records] == ["loaded", "failed", "failed"]
+    assert records[1].error.startswith("Plugin name 'alpha' is already taken by a loaded plugin")
+    assert records[2].error.startswith("The same plugin object is already loaded as 'alpha'")
+    assert registry.plugin_of("alpha.d") is records[0]
+    assert list(registry.datasets) == ["alpha.d"]
+
+
+def test_none_plugin_and_malformed_pairs():
+    registry = make(("alpha", None))
+    assert record(registry, "alpha").status == "failed"
+    with pytest.raises(TypeError, match="pairs"):
+        make_plugin_manager(entry_points=False, plugins=[DatasetsOnlyPlugin("x.d")])
+
+
+def test_direct_plugin_disabled_by_name(monkeypatch):
+    monkeypatch.setenv("METALAB_DISABLE_PLUGINS", "alpha")
+    registry = make_plugin_manager(entry_points=False, plugins=[("alpha", DatasetsOnlyPlugin("alpha.d")),
+                                                                ("gamma", DatasetsOnlyPlugin("gamma.d"))])
+    assert record(registry, "alpha").status == "disabled"
+    assert list(registry.datasets) == ["gamma.d"] and registry.failures == []
+
+
+def test_strict_mode_with_direct_plugins():
+    with pytest.raises(PluginLoadError) as info:
+        make(("alpha", SpecPlugin(api="2.0")), ("beta", SpecPlugin(algorithms=[algorithm("x.y")])),
+             ("gamma", DatasetsOnlyPlugin("gamma.d")), strict=True)
+    message = str(info.value)
+    assert message.startswith("2 metalab plugin(s) failed to load")
+    assert "- alpha (registered directly" in message and "- beta (registered directly" in message
+    assert "gamma" not in message
+    assert "METALAB_DISABLE_PLUGINS" in message
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The registry.
+
+
+def test_unknown_id_error_names_known_ids():
+    registry = make(("alpha", SpecPlugin(algorithms=[algorithm("alpha.b"), algorithm("alpha.a")])))
+    with pytest.raises(UnknownPluginError) as info:
+        registry.algorithm("alpha.zzz")
+    assert str(info.value) == "Unknown algorithm 'alpha.zzz'. Known: alpha.a, alpha.b. Received: algorithm='alpha.zzz'"
+    assert isinstance(info.value, KeyError) and isinstance(info.value, ValueError)
+    assert info.value.known == ["alpha.a", "alpha.b"] and info.value.kind == "algorithm"
+    with pytest.raises(UnknownPluginError, match=r"Unknown backbone 'alpha.a'. Known: \(none\)"):
+        registry.backbone("alpha.a")
+    with pytest.raises(UnknownPluginError, match="Unknown dataset"):
+        registry.dataset(None)
+    with pytest.raises(UnknownPluginError, match=r"Unknown spec 'nope.x'. Known: alpha.a, alpha.b. Received: spec="):
+        registry.plugin_of("nope.x")
+
+
+def test_specs_sorted_by_id():
+    registry = make(("zeta", DatasetsOnlyPlugin("zeta.b", "zeta.a")), ("alpha", DatasetsOnlyPlugin("alpha.c")))
+    assert list(registry.datasets) == ["alpha.c", "zeta.a", "zeta.b"]
+
+
+def test_describe_rows():
+    registry = make(
+        ("alpha", SpecPlugin(algorithms=[algorithm("alpha.a")], datasets=[dataset("alpha.d")],
+                             backbones=[backbone("alpha.b")])),
+        ("broken", SpecPlugin(api="2.0")),
+    )
+    rows = registry.describe()
+    keys = {"id", "kind", "title", "description", "paper", "plugin", "package", "version", "status", "error",
+            "traceback", "params"}
+    assert all(set(row) == keys for row in rows)
+    by_kind = {row["kind"]: row for row in rows}
+    assert set(by_kind) == {"algorithm", "dataset", "backbone", "plugin"}
+    algo = by_kind["algorithm"]
+    assert (algo["id"], algo["plugin"], algo["status"], algo["error"]) == ("alpha.a", "alpha", "loaded", None)
+    assert algo["paper"] == "Someone et al. 2017"
+    assert algo["params"]["properties"]["size"]["default"] == 3
+    assert algo["params"]["properties"]["size"]["maximum"] == 10
+    failed = by_kind["plugin"]
+    assert (failed["id"], failed["title"], failed["plugin"], failed["status"]) == (None, "broken", "broken", "failed")
+    assert "2.0" in failed["error"]
+    json.dumps(rows)  # the CLI prints these as JSON
+
+
+def test_two_managers_are_independent():
+    shared = DatasetsOnlyPlugin("alpha.d")
+    first = make(("alpha", shared))
+    second = make(("alpha", shared), ("beta", DatasetsOnlyPlugin("beta.d")))
+    third = make()
+    assert first.pm is not second.pm
+    assert list(first.datasets) == ["alpha.d"]
+    assert list(second.datasets) == ["alpha.d", "beta.d"]
+    assert third.datasets == {} and third.plugins == []
+    assert first.pm.get_plugin("beta") is None
+    assert len(first.pm.hook.metalab_register_datasets()) == 1
+    assert len(second.pm.hook.metalab_register_datasets()) == 2
+
+
+def test_hookspecs_are_the_registries_contract():
+    registry = make()
+    spec_names = {name for name in dir(hookspecs) if name.startswith("metalab_")}
+    for name in spec_names:
+        assert getattr(registry.pm.hook, name).has_spec()
+    assert registry.pm.project_name == "metalab"

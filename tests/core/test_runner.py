@@ -1,0 +1,109 @@
+"""The one training loop end to end on the embedded sinusoid: store, metrics, checkpoints, cancel, resume, eval."""
+
+import numpy as np
+import pytest
+
+from metalab.core.config import resolve_config
+from metalab.core.plugin_api import AlgorithmSpec, Params, hookimpl
+from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.runner import RunCancelled, checkpoint_path, evaluate_run, train_run
+from metalab.core.store import RunStore
+
+TINY = {
+    "dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 12, "val_every": 6, "val_episodes": 8,
+    "test_episodes": 16, "checkpoint_every": 5, "log_every": 3,
+    "algorithm_params": {"meta_batch_size": 2, "eval_inner_steps": 2},
+}
+
+
+@pytest.fixture
+def store(tmp_path):
+    return RunStore(tmp_path / "runs.sqlite")
+
+
+def test_a_run_completes_and_records_everything(builtin_registry, store):
+    config = resolve_config(builtin_registry, TINY)
+    run_id = store.create_run(config.model_dump())
+    seen = []
+    status = train_run(store, run_id, builtin_registry, progress=lambda s, t, m: seen.append(s))
+    run = store.get_run(run_id)
+    assert status == "completed", run.traceback
+    assert run.status == "completed" and run.step == 12 and run.finished is not None
+    assert seen == list(range(1, 13))
+    metrics = store.metrics(run_id)
+    assert [s for s, _ in metrics["train/loss"]] == [3, 6, 9, 12]
+    assert [s for s, _ in metrics["val/mse"]] == [6, 12]
+    assert "tensorflow" in run.versions or "tensorflow-cpu" in run.versions
+    evaluation = store.evaluations(run_id)[0]
+    assert evaluation["episodes"] == 16 and evaluation["mse"] > 0 and evaluation["ci95"] > 0
+    assert len(evaluation["curve"]) == 3  # before adaptation and after each of 2 inner steps
+    assert checkpoint_path(store, run_id).exists()
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes(builtin_registry, store):
+    config = resolve_config(builtin_registry, TINY)
+    run_id = store.create_run(config.model_dump())
+
+    def interrupt(step, total, metrics):
+        if step == 7:
+            raise RunCancelled("test")
+
+    assert train_run(store, run_id, builtin_registry, progress=interrupt) == "cancelled"
+    run = store.get_run(run_id)
+    assert run.status == "cancelled" and run.step == 7
+    assert train_run(store, run_id, builtin_registry) == "completed"
+    assert store.get_run(run_id).step == 12
+    steps = [s for s, _ in store.metrics(run_id)["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_cancel_requested_through_the_store_stops_the_run(builtin_registry, store):
+    config = resolve_config(builtin_registry, {**TINY, "steps": 500})
+    run_id = store.create_run(config.model_dump())
+    store.request_cancel(run_id)
+    # A fresh start clears an old request; a request during training stops it.
+    assert train_run(store, run_id, builtin_registry,
+                     progress=lambda s, t, m: s == 3 and store.request_cancel(run_id)) == "cancelled"
+    assert store.get_run(run_id).step < 500
+
+
+def test_evaluate_run_is_reproducible(builtin_registry, store):
+    config = resolve_config(builtin_registry, {**TINY, "eval_at_end": False})
+    run_id = store.create_run(config.model_dump())
+    assert train_run(store, run_id, builtin_registry) == "completed"
+    first = evaluate_run(store, run_id, builtin_registry, episodes=10)
+    second = evaluate_run(store, run_id, builtin_registry, episodes=10)
+    assert first["mse"] == pytest.approx(second["mse"], rel=1e-6)
+    assert len(store.evaluations(run_id)) == 2
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(builtin_registry, store):
+    config = resolve_config(builtin_registry, TINY)
+    run_id = store.create_run(config.model_dump())
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate_run(store, run_id, builtin_registry)
+
+
+class _ExplodingAlgorithm:
+    METALAB_PLUGIN_API = "1.0"
+
+    class P(Params):
+        pass
+
+    @staticmethod
+    def _boom(params, task):
+        raise RuntimeError("the factory exploded on purpose")
+
+    @hookimpl
+    def metalab_register_algorithms(self):
+        return [AlgorithmSpec(id="boom.algo", title="Boom", description="Fails.", params=self.P, factory=self._boom)]
+
+
+def test_a_failing_run_is_recorded_with_its_traceback(store):
+    registry = make_plugin_manager(distributions={"metalab"}, plugins=[("boom", _ExplodingAlgorithm())], strict=False)
+    config = resolve_config(registry, {**TINY, "algorithm": "boom.algo", "algorithm_params": {}})
+    run_id = store.create_run(config.model_dump())
+    assert train_run(store, run_id, registry) == "failed"
+    run = store.get_run(run_id)
+    assert run.status == "failed"
+    assert "exploded on purpose" in run.error and "Traceback" in run.traceback

@@ -1,0 +1,35 @@
+"""Every built-in algorithm passes the conformance suite that ships in metalab.core.testing."""
+
+import pytest
+
+from metalab.core import testing
+from metalab.core.plugin_manager import make_plugin_manager
+
+BUILTIN_ALGORITHMS = testing.algorithm_ids(make_plugin_manager(distributions={"metalab"}, strict=False))
+
+
+def test_the_builtins_are_all_checked():
+    assert {"metalab.maml", "metalab.reptile", "metalab.protonet"} <= set(BUILTIN_ALGORITHMS)
+
+
+@pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
+def test_learns_on_every_supported_task_kind(algorithm_id, builtin_registry, tmp_path):
+    for kind in testing.supported_kinds(builtin_registry, algorithm_id):
+        testing.check_learns(algorithm_id, tmp_path / kind, registry=builtin_registry, kind=kind)
+
+
+@pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
+def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp_path):
+    testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry)
+
+
+@pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
+def test_same_seed_same_numbers(algorithm_id, builtin_registry, tmp_path):
+    testing.check_deterministic(algorithm_id, tmp_path, registry=builtin_registry)
+
+
+def test_the_suite_catches_an_algorithm_that_does_not_learn(builtin_registry, tmp_path):
+    # MAML with a zero outer learning rate cannot improve: the learning check must fail.
+    with pytest.raises(AssertionError):
+        testing.check_learns("metalab.maml", tmp_path, registry=builtin_registry, kind="regression",
+                             steps=20, algorithm_params={"outer_lr": 1e-12})
