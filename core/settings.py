@@ -17,7 +17,8 @@ class Settings(BaseSettings):
 
     Attributes:
         home: Run store and run artifacts (``METALAB_HOME``).
-        data_dir: Dataset files and caches (``METALAB_DATA_DIR``).
+        data_dir: Dataset files (``METALAB_DATA_DIR``); may be read-only.
+        cache_dir: Decoded dataset arrays (``METALAB_CACHE_DIR``), kept apart from the data files.
         offline: Never touch the network (``METALAB_OFFLINE=1``).
         disable_plugins: Comma-separated plugin names to block (``METALAB_DISABLE_PLUGINS``).
         strict_plugins: Turn any plugin failure into an error (``METALAB_STRICT_PLUGINS=1``).
@@ -28,6 +29,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("metalab")))
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("metalab")) / "data")
+    cache_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_cache_dir("metalab")) / "arrays")
     offline: bool = False
     disable_plugins: str = ""
     strict_plugins: bool = False
@@ -48,7 +50,7 @@ class Settings(BaseSettings):
     def data_context(self) -> DataContext:
         return DataContext(
             data_dir=str(self.data_dir),
-            cache_dir=str(self.data_dir / ".cache"),
+            cache_dir=str(self.cache_dir),
             allow_download=not self.offline,
         )
 

@@ -1,0 +1,615 @@
+"""Task sampling: few-shot episodes from class-indexed datasets and tasks from regression task families.
+
+Numpy only (no TensorFlow): samplers run in the training worker's input pipeline and in evaluation. Episodes
+are drawn as indices first (which classes, which samples) and turned into ``float32`` arrays last, so a fixed
+evaluation set of hundreds of episodes costs a few kilobytes until it is used.
+
+Stream layout: every classification episode consumes the same number of random doubles, so
+``sample_batch(4)`` gives exactly the episodes of four calls to ``sample()``, and a fixed set of ``n`` tasks
+starts with the fixed set of ``m < n`` tasks drawn with the same seed.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+import threading
+import weakref
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from .plugin_api import SPLITS, ClassificationDataset, ClassSplit, TaskBatch
+
+__all__ = [
+    "EpisodeSampler",
+    "RegressionSampler",
+    "FixedEpisodes",
+    "make_sampler",
+    "fixed_episodes",
+    "fixed_tasks",
+    "fixed_task_chunks",
+    "clear_fixed_tasks_cache",
+    "num_chunks",
+]
+
+# Salts keep the training stream and the fixed evaluation sets apart even when they share a seed and split.
+_SALT_STREAM = 0x5354524D  # "STRM"
+_SALT_FIXED = 0x46495844  # "FIXD"
+_STATE_VERSION = 1
+_FIXED_CACHE_SIZE = 32
+
+
+def _check_int(name: str, value: Any, minimum: int, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{owner}: {name} must be an integer >= {minimum}. Received: {name}={value!r}")
+    return int(value)
+
+
+def _derive_rng(seed: int, split: str, salt: int) -> np.random.Generator:
+    """A generator whose stream depends on the seed, the split name and the purpose (salt)."""
+    # crc32 rather than hash(): str hashes are salted per process, and streams must match across processes.
+    entropy = [salt, int(seed), zlib.crc32(split.encode("utf-8"))]
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def _is_regression(dataset: Any) -> bool:
+    return getattr(dataset, "kind", None) == "regression"
+
+
+def _to_json_state(value: Any) -> Any:
+    # PCG64 state holds 128-bit integers; strings keep them exact in any JSON reader (JavaScript included).
+    if isinstance(value, dict):
+        return {k: _to_json_state(v) for k, v in value.items()}
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    return value
+
+
+_INT_RE = re.compile(r"^-?\d+$")
+
+
+def _from_json_state(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _from_json_state(v) for k, v in value.items()}
+    if isinstance(value, str) and _INT_RE.match(value):
+        return int(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Classification episodes
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _ClassTable:
+    """Row indices of one split grouped by class: ``table[c, :counts[c]]`` are the rows of class ``c``."""
+
+    def __init__(self, split: ClassSplit, split_name: str, owner: str):
+        labels = np.asarray(split.labels)
+        num_classes = split.num_classes
+        if labels.ndim != 1 or (labels.size and not np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(
+                f"{owner}: labels of split {split_name!r} must be a 1-D integer array. "
+                f"Received: labels.shape={labels.shape}, labels.dtype={labels.dtype}"
+            )
+        labels = labels.astype(np.int64, copy=False)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"{owner}: labels of split {split_name!r} must lie in 0..{num_classes - 1} "
+                f"(one per class name). Received: labels in {labels.min()}..{labels.max()}"
+            )
+        counts = np.bincount(labels, minlength=num_classes).astype(np.int64)
+        order = np.argsort(labels, kind="stable")
+        max_n = int(counts.max()) if num_classes else 0
+        table = np.full((num_classes, max_n), -1, dtype=np.int64)
+        starts = np.cumsum(counts) - counts
+        position = np.arange(labels.size) - np.repeat(starts, counts)
+        table[labels[order], position] = order
+        self.table = table
+        self.counts = counts
+        self.num_classes = num_classes
+        self.num_rows = int(labels.size)
+
+
+def _get_split(dataset: ClassificationDataset, split: str, owner: str) -> ClassSplit:
+    splits = getattr(dataset, "splits", None)
+    if not isinstance(splits, dict):
+        raise ValueError(
+            f"{owner}: dataset must be a ClassificationDataset with a dict of splits. Received: dataset={dataset!r}"
+        )
+    if split not in splits:
+        raise ValueError(f"{owner}: split must be one of {sorted(splits)}. Received: split={split!r}")
+    return splits[split]
+
+
+def _check_episode_shape(table: _ClassTable, split_obj: ClassSplit, split: str, ways: int, shots: int,
+                         queries: int, owner: str) -> None:
+    if ways > table.num_classes:
+        raise ValueError(
+            f"{owner}: ways must be at most the number of classes in split {split!r} ({table.num_classes}). "
+            f"Received: ways={ways}"
+        )
+    need = shots + queries
+    if table.num_classes and int(table.counts.min()) < need:
+        smallest = int(np.argmin(table.counts))
+        raise ValueError(
+            f"{owner}: every class needs at least shots+queries samples, but class "
+            f"{split_obj.class_names[smallest]!r} of split {split!r} has {int(table.counts[smallest])} images "
+            f"but shots+queries={need}. Received: shots={shots}, queries={queries}"
+        )
+
+
+def _draw_episode_rows(rng: np.random.Generator, table: _ClassTable, num_tasks: int, ways: int,
+                       per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws ``num_tasks`` episodes as (classes ``[T, ways]``, rows ``[T, ways, per_class]``).
+
+    The class order in each episode is uniformly random, and so is the sample order within a class: label
+    ``i`` goes to ``classes[:, i]`` and the first ``shots`` rows of a class form its support set.
+    """
+    num_classes, max_n = table.table.shape
+    # One row of random keys per episode: sampling T at once equals T single draws (see module docstring).
+    keys = rng.random((num_tasks, num_classes + ways * max_n))
+    class_keys = keys[:, :num_classes]
+    if ways < num_classes:
+        chosen = np.argpartition(class_keys, ways - 1, axis=1)[:, :ways]
+    else:
+        chosen = np.broadcast_to(np.arange(num_classes), (num_tasks, num_classes))
+    # argpartition picks a uniform subset but not a uniform order; sorting the chosen keys makes the
+    # class-to-label assignment a uniformly random permutation.
+    order = np.argsort(np.take_along_axis(class_keys, chosen, axis=1), axis=1)
+    classes = np.take_along_axis(chosen, order, axis=1)
+
+    sample_keys = keys[:, num_classes:].reshape(num_tasks, ways, max_n)
+    valid = np.arange(max_n) < table.counts[classes][..., None]
+    sample_keys = np.where(valid, sample_keys, 2.0)  # keys are < 1, so padding is never among the first k
+    if per_class < max_n:
+        picked = np.argpartition(sample_keys, per_class - 1, axis=2)[..., :per_class]
+    else:
+        picked = np.broadcast_to(np.arange(max_n), sample_keys.shape)
+    picked = np.take_along_axis(picked, np.argsort(np.take_along_axis(sample_keys, picked, axis=2), axis=2), axis=2)
+    rows = table.table[classes[..., None], picked]
+    return classes, rows
+
+
+def _materialise_episodes(dataset: ClassificationDataset, split_obj: ClassSplit, rows: np.ndarray,
+                          shots: int, queries: int) -> TaskBatch:
+    num_tasks, ways, _ = rows.shape
+    support_rows = rows[:, :, :shots].reshape(num_tasks, ways * shots)
+    query_rows = rows[:, :, shots:].reshape(num_tasks, ways * queries)
+    images = split_obj.images
+    support_x = np.asarray(dataset.to_float(images[support_rows]), dtype=np.float32)
+    query_x = np.asarray(dataset.to_float(images[query_rows]), dtype=np.float32)
+    label_row = np.arange(ways, dtype=np.int32)
+    support_y = np.ascontiguousarray(np.broadcast_to(np.repeat(label_row, shots), (num_tasks, ways * shots)))
+    query_y = np.ascontiguousarray(np.broadcast_to(np.repeat(label_row, queries), (num_tasks, ways * queries)))
+    return TaskBatch(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y)
+
+
+class _StatefulSampler:
+    """RNG state handling shared by both samplers."""
+
+    _rng: np.random.Generator
+    tasks_sampled: int
+
+    def get_state(self) -> dict:
+        """Returns the sampler's position in its task stream as a JSON-serialisable dict.
+
+        Returns:
+            ``{"version": 1, "tasks_sampled": int, "bit_generator": {...}}``; the numpy bit-generator state
+            with its (128-bit) integers written as decimal strings.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "tasks_sampled": int(self.tasks_sampled),
+            "bit_generator": _to_json_state(self._rng.bit_generator.state),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Restores a position saved by :meth:`get_state`; the next tasks continue that stream exactly.
+
+        Args:
+            state: A dict returned by :meth:`get_state` (possibly after a JSON round trip).
+
+        Raises:
+            ValueError: If ``state`` is not such a dict or belongs to another bit generator.
+        """
+        owner = type(self).__name__
+        if not isinstance(state, dict) or "bit_generator" not in state:
+            raise ValueError(f"{owner}.set_state expects a dict made by get_state(). Received: state={state!r}")
+        bit_state = _from_json_state(state["bit_generator"])
+        expected = type(self._rng.bit_generator).__name__
+        if not isinstance(bit_state, dict) or bit_state.get("bit_generator") != expected:
+            raise ValueError(
+                f"{owner}.set_state expects the state of a {expected} bit generator. "
+                f"Received: bit_generator={state['bit_generator']!r}"
+            )
+        try:
+            self._rng.bit_generator.state = bit_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{owner}.set_state: malformed bit generator state ({exc}). Received: state={state!r}") from None
+        self.tasks_sampled = int(state.get("tasks_sampled", 0))
+
+    def sample(self) -> TaskBatch:
+        """Draws one task.
+
+        Returns:
+            A :class:`TaskBatch` with a leading task axis of length 1.
+        """
+        return self.sample_batch(1)
+
+    def sample_batch(self, num_tasks: int) -> TaskBatch:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class EpisodeSampler(_StatefulSampler):
+    """Draws N-way K-shot episodes from one split of a :class:`ClassificationDataset`.
+
+    Each episode picks ``ways`` distinct classes, and ``shots + queries`` distinct samples of each class. The
+    chosen classes get labels ``0..ways-1`` in a random order (a fresh permutation per episode). Support and
+    query sets are class-major: ``support_y`` is ``[0]*shots + [1]*shots + ...``.
+
+    Args:
+        dataset: The dataset to draw from.
+        split: Which split (``"train"``, ``"val"`` or ``"test"``).
+        ways: Classes per episode.
+        shots: Support samples per class.
+        queries: Query samples per class.
+        seed: Non-negative integer; with ``split`` it fixes the task stream (other splits give other streams).
+
+    Raises:
+        ValueError: If the split is unknown, ``ways`` exceeds the split's classes, or a class has fewer than
+            ``shots + queries`` samples.
+
+    Example:
+        sampler = EpisodeSampler(dataset, "train", ways=5, shots=1, queries=15, seed=0)
+        batch = sampler.sample_batch(32)   # support_x [32, 5, 28, 28, 1], support_y [32, 5]
+    """
+
+    kind = "classification"
+
+    def __init__(self, dataset: ClassificationDataset, split: str, ways: int, shots: int, queries: int, seed: int):
+        owner = "EpisodeSampler"
+        self.ways = _check_int("ways", ways, 1, owner)
+        self.shots = _check_int("shots", shots, 1, owner)
+        self.queries = _check_int("queries", queries, 1, owner)
+        self.seed = _check_int("seed", seed, 0, owner)
+        self.split = split
+        self.dataset = dataset
+        self._split = _get_split(dataset, split, owner)
+        self._table = _ClassTable(self._split, split, owner)
+        _check_episode_shape(self._table, self._split, split, self.ways, self.shots, self.queries, owner)
+        self._rng = _derive_rng(self.seed, split, _SALT_STREAM)
+        self.tasks_sampled = 0
+        #: Class indices (into the split's ``class_names``) of the last batch, ``[T, ways]``; column i has label i.
+        self.last_classes: np.ndarray | None = None
+
+    def sample_indices(self, num_tasks: int) -> np.ndarray:
+        """Draws episodes as row indices into the split's images, without building float arrays.
+
+        Args:
+            num_tasks: Number of episodes.
+
+        Returns:
+            ``int64`` array ``[num_tasks, ways, shots + queries]``: row ``[t, i, :shots]`` is the support set
+            of label ``i``, the rest its queries.
+        """
+        num_tasks = _check_int("num_tasks", num_tasks, 1, "EpisodeSampler.sample_batch")
+        classes, rows = _draw_episode_rows(self._rng, self._table, num_tasks, self.ways, self.shots + self.queries)
+        self.last_classes = classes
+        self.tasks_sampled += num_tasks
+        return rows
+
+    def sample_batch(self, num_tasks: int) -> TaskBatch:
+        """Draws a batch of episodes.
+
+        Args:
+            num_tasks: Number of episodes ``T``.
+
+        Returns:
+            A :class:`TaskBatch`: ``support_x`` ``float32 [T, ways*shots, *input_shape]``, ``support_y``
+            ``int32 [T, ways*shots]``, ``query_x`` ``float32 [T, ways*queries, ...]``, ``query_y``
+            ``int32 [T, ways*queries]``.
+        """
+        rows = self.sample_indices(num_tasks)
+        return _materialise_episodes(self.dataset, self._split, rows, self.shots, self.queries)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Regression tasks
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _sample_regression(family: Any, rng: np.random.Generator, num_tasks: int, shots: int,
+                       queries: int) -> tuple[TaskBatch, list]:
+    n = shots + queries
+    input_shape = tuple(family.input_shape)
+    output_dim = int(family.output_dim)
+    xs = np.empty((num_tasks, n, *input_shape), dtype=np.float32)
+    ys = np.empty((num_tasks, n, output_dim), dtype=np.float32)
+    tasks = []
+    for t in range(num_tasks):
+        task = family.sample_task(rng)
+        x, y = family.sample_points(task, n, rng)
+        x = np.asarray(x, dtype=np.float32)
+        y = np.asarray(y, dtype=np.float32)
+        if x.shape != (n, *input_shape) or y.shape != (n, output_dim):
+            raise ValueError(
+                f"RegressionSampler: sample_points(task, {n}, rng) must return x {(n, *input_shape)} and "
+                f"y {(n, output_dim)}. Received: x.shape={x.shape}, y.shape={y.shape}"
+            )
+        xs[t], ys[t] = x, y
+        tasks.append(task)
+    batch = TaskBatch(support_x=xs[:, :shots], support_y=ys[:, :shots], query_x=xs[:, shots:], query_y=ys[:, shots:])
+    return batch, tasks
+
+
+class RegressionSampler(_StatefulSampler):
+    """Draws regression tasks (and their support and query points) from a :class:`RegressionTaskFamily`.
+
+    Args:
+        family: The task family (e.g. sinusoids).
+        split: ``"train"``, ``"val"`` or ``"test"``; each split has its own task stream, so evaluation tasks
+            are not the training tasks.
+        ways: Ignored (regression has no classes); accepted so that one call makes either sampler.
+        shots: Support points per task.
+        queries: Query points per task.
+        seed: Non-negative integer fixing the stream together with ``split``.
+
+    Raises:
+        ValueError: If ``split`` is not one of ``train``/``val``/``test`` or a count is not a positive integer.
+    """
+
+    kind = "regression"
+
+    def __init__(self, family: Any, split: str, ways: int | None, shots: int, queries: int, seed: int):
+        owner = "RegressionSampler"
+        if split not in SPLITS:
+            raise ValueError(f"{owner}: split must be one of {list(SPLITS)}. Received: split={split!r}")
+        self.family = family
+        self.dataset = family
+        self.split = split
+        self.ways = 1
+        self.shots = _check_int("shots", shots, 1, owner)
+        self.queries = _check_int("queries", queries, 1, owner)
+        self.seed = _check_int("seed", seed, 0, owner)
+        self._rng = _derive_rng(self.seed, split, _SALT_STREAM)
+        self.tasks_sampled = 0
+        #: The task parameters of the last batch (one object per task, as ``family.sample_task`` made them).
+        self.last_tasks: list = []
+
+    def sample_batch(self, num_tasks: int) -> TaskBatch:
+        """Draws a batch of tasks.
+
+        Args:
+            num_tasks: Number of tasks ``T``.
+
+        Returns:
+            A :class:`TaskBatch`: ``support_x`` ``float32 [T, shots, *input_shape]``, ``support_y``
+            ``float32 [T, shots, output_dim]``, ``query_x``/``query_y`` likewise with ``queries`` points.
+        """
+        num_tasks = _check_int("num_tasks", num_tasks, 1, "RegressionSampler.sample_batch")
+        batch, tasks = _sample_regression(self.family, self._rng, num_tasks, self.shots, self.queries)
+        self.last_tasks = tasks
+        self.tasks_sampled += num_tasks
+        return batch
+
+
+def make_sampler(dataset: Any, split: str, ways: int | None, shots: int, queries: int,
+                 seed: int) -> EpisodeSampler | RegressionSampler:
+    """Makes the sampler that fits the dataset's kind.
+
+    Args:
+        dataset: A :class:`ClassificationDataset` or a :class:`RegressionTaskFamily`.
+        split, ways, shots, queries, seed: As for :class:`EpisodeSampler` (``ways`` is ignored for regression).
+
+    Returns:
+        An :class:`EpisodeSampler` or a :class:`RegressionSampler`.
+    """
+    if _is_regression(dataset):
+        return RegressionSampler(dataset, split, ways, shots, queries, seed)
+    return EpisodeSampler(dataset, split, ways, shots, queries, seed)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixed evaluation tasks
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _FixedPlan:
+    """The cached, dataset-independent part of a fixed task set."""
+
+    n: int
+    shots: int
+    queries: int
+    # Classification: episode rows and classes, plus what the rows index into (to catch a reused key).
+    rows: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    num_classes: int = 0
+    num_rows: int = 0
+    # Regression: the arrays themselves (small) and the task parameters.
+    arrays: tuple[np.ndarray, ...] | None = None
+    tasks: list = field(default_factory=list)
+    dataset_ref: Any = None
+
+
+class FixedEpisodes:
+    """A fixed, seeded set of ``n`` tasks bound to a dataset; floats are built only when asked for.
+
+    Attributes:
+        n: Number of tasks.
+        split, ways, shots, queries, seed: How the set was drawn.
+        classes: Classification only: ``int64 [n, ways]`` class indices (into the split's ``class_names``);
+            column ``i`` carries label ``i``.
+        rows: Classification only: ``int64 [n, ways, shots+queries]`` rows of the split's images.
+        tasks: Regression only: the ``n`` task parameter objects.
+    """
+
+    def __init__(self, dataset: Any, split: str, ways: int, shots: int, queries: int, seed: int, plan: _FixedPlan):
+        self.dataset = dataset
+        self.split = split
+        self.ways = ways
+        self.shots = shots
+        self.queries = queries
+        self.seed = seed
+        self._plan = plan
+
+    @property
+    def n(self) -> int:
+        return self._plan.n
+
+    @property
+    def classes(self) -> np.ndarray | None:
+        return self._plan.classes
+
+    @property
+    def rows(self) -> np.ndarray | None:
+        return self._plan.rows
+
+    @property
+    def tasks(self) -> list:
+        return list(self._plan.tasks)
+
+    def batch(self, start: int = 0, stop: int | None = None) -> TaskBatch:
+        """Materialises tasks ``start:stop`` (all by default) as a :class:`TaskBatch` of new numpy arrays."""
+        stop = self.n if stop is None else min(int(stop), self.n)
+        start = int(start)
+        if not 0 <= start < stop:
+            raise ValueError(f"FixedEpisodes.batch: need 0 <= start < stop <= {self.n}. Received: start={start}, stop={stop}")
+        plan = self._plan
+        if plan.arrays is not None:
+            return TaskBatch(*(a[start:stop].copy() for a in plan.arrays))
+        split_obj = self.dataset.splits[self.split]
+        return _materialise_episodes(self.dataset, split_obj, plan.rows[start:stop], self.shots, self.queries)
+
+    def chunks(self, size: int) -> Iterator[TaskBatch]:
+        """Yields the tasks in order as batches of at most ``size`` tasks (to bound memory).
+
+        Args:
+            size: Tasks per chunk.
+        """
+        size = _check_int("size", size, 1, "FixedEpisodes.chunks")
+        for start in range(0, self.n, size):
+            yield self.batch(start, start + size)
+
+
+_fixed_cache: "collections.OrderedDict[tuple, _FixedPlan]" = collections.OrderedDict()
+_fixed_lock = threading.Lock()
+
+
+def _make_ref(dataset: Any) -> Any:
+    try:
+        return weakref.ref(dataset)
+    except TypeError:
+        # Not weak-referenceable: hold it, so that its id cannot be reused by another object while cached.
+        return lambda: dataset
+
+
+def _build_plan(dataset: Any, split: str, ways: int, shots: int, queries: int, n: int, seed: int,
+                owner: str) -> _FixedPlan:
+    rng = _derive_rng(seed, split, _SALT_FIXED)
+    if _is_regression(dataset):
+        if split not in SPLITS:
+            raise ValueError(f"{owner}: split must be one of {list(SPLITS)}. Received: split={split!r}")
+        batch, tasks = _sample_regression(dataset, rng, n, shots, queries)
+        for array in batch.as_tuple():
+            array.setflags(write=False)
+        return _FixedPlan(n=n, shots=shots, queries=queries, arrays=batch.as_tuple(), tasks=tasks)
+    split_obj = _get_split(dataset, split, owner)
+    table = _ClassTable(split_obj, split, owner)
+    _check_episode_shape(table, split_obj, split, ways, shots, queries, owner)
+    classes, rows = _draw_episode_rows(rng, table, n, ways, shots + queries)
+    classes.setflags(write=False)
+    rows.setflags(write=False)
+    return _FixedPlan(n=n, shots=shots, queries=queries, rows=rows, classes=classes,
+                      num_classes=table.num_classes, num_rows=table.num_rows)
+
+
+def fixed_episodes(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, seed: int = 0,
+                   key: str | None = None) -> FixedEpisodes:
+    """Returns a fixed, seeded set of ``n`` tasks, the same on every call (cached in this process).
+
+    Every algorithm scored with the same arguments meets the same tasks. The set is drawn from a stream of its
+    own (not the training sampler's), and the first ``m`` tasks of a set of ``n`` are the set of ``m``.
+
+    Args:
+        dataset: A :class:`ClassificationDataset` or a :class:`RegressionTaskFamily`.
+        split, ways, shots, queries: The episode shape (``ways`` is ignored for regression).
+        n: Number of tasks.
+        seed: Non-negative integer.
+        key: A name for the dataset (e.g. its id and parameters) so that separately loaded copies share the
+            cached set; by default the cache is keyed by the dataset object's identity.
+
+    Returns:
+        A :class:`FixedEpisodes`.
+
+    Raises:
+        ValueError: As for :class:`EpisodeSampler`, or if ``key`` was used before for a dataset whose split
+            has other classes.
+    """
+    owner = "fixed_tasks"
+    regression = _is_regression(dataset)
+    ways = 1 if regression else _check_int("ways", ways, 1, owner)
+    shots = _check_int("shots", shots, 1, owner)
+    queries = _check_int("queries", queries, 1, owner)
+    n = _check_int("n", n, 1, owner)
+    seed = _check_int("seed", seed, 0, owner)
+    cache_key = (("key", key) if key is not None else ("id", id(dataset)), split, ways, shots, queries, n, seed)
+    with _fixed_lock:
+        plan = _fixed_cache.get(cache_key)
+        if plan is not None and key is None and plan.dataset_ref() is not dataset:
+            plan = None  # the id belonged to a dataset that is gone
+        if plan is not None:
+            _fixed_cache.move_to_end(cache_key)
+    if plan is None:
+        plan = _build_plan(dataset, split, ways, shots, queries, n, seed, owner)
+        plan.dataset_ref = _make_ref(dataset)
+        with _fixed_lock:
+            _fixed_cache[cache_key] = plan
+            while len(_fixed_cache) > _FIXED_CACHE_SIZE:
+                _fixed_cache.popitem(last=False)
+    elif not regression:
+        split_obj = _get_split(dataset, split, owner)
+        if split_obj.num_classes != plan.num_classes or len(split_obj.labels) != plan.num_rows:
+            raise ValueError(
+                f"{owner}: key {key!r} was first used for a dataset whose split {split!r} has "
+                f"{plan.num_classes} classes and {plan.num_rows} images; this one has {split_obj.num_classes} "
+                f"and {len(split_obj.labels)}. Use a key that names the dataset and its parameters. Received: key={key!r}"
+            )
+    return FixedEpisodes(dataset, split, ways, shots, queries, seed, plan)
+
+
+def fixed_tasks(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, seed: int = 0,
+                key: str | None = None) -> TaskBatch:
+    """Returns a fixed, seeded set of ``n`` tasks as one :class:`TaskBatch` (leading axis ``n``).
+
+    Same arguments as :func:`fixed_episodes`; identical arrays on every call. For hundreds of image episodes
+    prefer :func:`fixed_task_chunks`, which bounds memory.
+    """
+    return fixed_episodes(dataset, split, ways, shots, queries, n, seed=seed, key=key).batch()
+
+
+def fixed_task_chunks(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, chunk: int,
+                      seed: int = 0, key: str | None = None) -> Iterator[TaskBatch]:
+    """Yields the tasks of :func:`fixed_tasks` in order, ``chunk`` tasks at a time.
+
+    Args:
+        chunk: Tasks per yielded :class:`TaskBatch` (the last one may be shorter).
+        Others: As for :func:`fixed_episodes`.
+    """
+    return fixed_episodes(dataset, split, ways, shots, queries, n, seed=seed, key=key).chunks(chunk)
+
+
+def clear_fixed_tasks_cache() -> None:
+    """Forgets every cached fixed task set (tests use it; sets are rebuilt identically on the next call)."""
+    with _fixed_lock:
+        _fixed_cache.clear()
+
+
+def num_chunks(n: int, chunk: int) -> int:
+    """Number of chunks :func:`fixed_task_chunks` yields for ``n`` tasks (for progress bars)."""
+    return math.ceil(n / chunk)

@@ -1,0 +1,64 @@
+"""Loads scikit-learn's digits and splits the ten classes between the meta-splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+
+#: load_digits pixels are counts of set bits in 4x4 blocks of a 32x32 bitmap: 0..16.
+GREY_LEVELS = 16
+
+
+def load_digits_dataset(train_classes: int = 4, val_classes: int = 3, seed: int = 0) -> ClassificationDataset:
+    """Returns the digits as a :class:`ClassificationDataset` with disjoint class splits.
+
+    Args:
+        train_classes: Number of digits in the train split.
+        val_classes: Number of digits in the val split; the remaining digits form the test split.
+        seed: Seed of the permutation of the ten digits.
+
+    Returns:
+        Images ``uint8 [n, 8, 8, 1]`` in 0..16 (``scale=16``); class names ``"digit_<d>"``.
+
+    Raises:
+        ValueError: If the counts leave no test class.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images).astype(np.uint8)[..., None]
+    targets = bunch.target.astype(np.int64)
+    num_classes = int(targets.max()) + 1
+    if not (train_classes >= 1 and val_classes >= 1 and train_classes + val_classes < num_classes):
+        raise ValueError(
+            f"train_classes and val_classes must be >= 1 and leave at least one of {num_classes} classes for test. "
+            f"Received: train_classes={train_classes}, val_classes={val_classes}"
+        )
+    order = np.random.default_rng(seed).permutation(num_classes)
+    groups = {
+        "train": np.sort(order[:train_classes]),
+        "val": np.sort(order[train_classes:train_classes + val_classes]),
+        "test": np.sort(order[train_classes + val_classes:]),
+    }
+    splits = {}
+    for name, digits in groups.items():
+        mask = np.isin(targets, digits)
+        relabel = np.full(num_classes, -1, dtype=np.int64)
+        relabel[digits] = np.arange(len(digits))
+        splits[name] = ClassSplit(
+            images=np.ascontiguousarray(images[mask]),
+            labels=relabel[targets[mask]],
+            class_names=[f"digit_{d}" for d in digits],
+        )
+    return ClassificationDataset(
+        splits=splits,
+        input_shape=(8, 8, 1),
+        scale=float(GREY_LEVELS),
+        info={
+            "source": "sklearn.datasets.load_digits",
+            "split_digits": {name: [int(d) for d in digits] for name, digits in groups.items()},
+            "images": {name: int(len(s.labels)) for name, s in splits.items()},
+            "seed": int(seed),
+        },
+    )
