@@ -6,9 +6,11 @@ and the dashboard runs those in worker processes through :meth:`Services.launch`
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,15 @@ from typing import Any
 from .config import RunConfig, resolve_config
 from .settings import Settings, load_settings
 from .store import RunRecord, RunStore
+
+#: Statuses of a run whose worker is (or is about to be) busy.
+ACTIVE = ("queued", "running")
+#: Statuses from which a run can be resumed (its checkpoint, if any, is kept).
+RESUMABLE = ("cancelled", "interrupted", "failed")
+
+
+class LaunchLimitError(RuntimeError):
+    """Raised when starting a worker would exceed ``settings.max_workers`` runs at once."""
 
 
 class Services:
@@ -29,6 +40,9 @@ class Services:
     def __init__(self, settings: Settings | None = None, registry: Any | None = None):
         self.settings = settings or load_settings()
         self._registry = registry
+        # Worker processes this object started: polled to reap them and to spot a worker that died early.
+        self._workers: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
 
     @property
     def registry(self) -> Any:
@@ -47,6 +61,34 @@ class Services:
     def plugins(self) -> list[dict[str, Any]]:
         """Every algorithm, dataset and backbone, and every failed or disabled plugin (see ``describe``)."""
         return self.registry.describe()
+
+    def catalog(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The loaded specs with what a form needs to offer them (no TensorFlow import).
+
+        Returns:
+            ``{"datasets": {id: row}, "algorithms": {id: row}, "backbones": {id: row}}``; every row has ``id``,
+            ``title``, ``description``, ``paper``, ``params`` (the JSON schema) and ``defaults`` (every parameter's
+            default, those made by a default factory included); datasets add ``kind``,
+            ``default_backbone`` and ``episode_defaults``; algorithms ``task_kinds``; backbones ``input_kinds``.
+        """
+        reg = self.registry
+
+        def row(spec: Any, **extra: Any) -> dict[str, Any]:
+            return {"id": spec.id, "title": spec.title, "description": spec.description, "paper": spec.paper,
+                    "params": spec.params.model_json_schema(), "defaults": spec.params().model_dump(mode="json"),
+                    **extra}
+
+        return {
+            "datasets": {i: row(s, kind=s.kind, default_backbone=s.default_backbone,
+                                episode_defaults=dict(s.episode_defaults)) for i, s in reg.datasets.items()},
+            "algorithms": {i: row(s, task_kinds=list(s.task_kinds)) for i, s in reg.algorithms.items()},
+            "backbones": {i: row(s, input_kinds=list(s.input_kinds)) for i, s in reg.backbones.items()},
+        }
+
+    def task_kind(self, dataset_id: str) -> str | None:
+        """``"classification"`` or ``"regression"`` for a loaded dataset id; ``None`` when it is not loaded."""
+        spec = self.registry.datasets.get(dataset_id)
+        return spec.kind if spec is not None else None
 
     # -- runs -------------------------------------------------------------------------------------------
 
@@ -74,6 +116,79 @@ class Services:
             [sys.executable, "-m", "metalab.core.runner", str(self.store.path), run_id],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
+
+    def active_runs(self) -> list[RunRecord]:
+        """Runs that are queued or running now (reaps finished worker processes first)."""
+        self._reap()
+        return [run for status in ACTIVE for run in self.store.list_runs(status=status)]
+
+    def submit(self, config: RunConfig, name: str = "") -> str:
+        """Records a new run and starts its worker process, within ``settings.max_workers`` runs at once.
+
+        Raises:
+            LaunchLimitError: ``max_workers`` runs are already queued or running.
+        """
+        self._check_capacity()
+        run_id = self.create_run(config, name=name)
+        self._start(run_id)
+        return run_id
+
+    def relaunch(self, run_id: str) -> None:
+        """Resumes a cancelled, interrupted or failed run in a new worker process (from its checkpoint).
+
+        Raises:
+            ValueError: The run is not in a resumable state.
+            LaunchLimitError: ``max_workers`` runs are already queued or running.
+        """
+        run = self.store.get_run(run_id)
+        if run.status not in RESUMABLE:
+            raise ValueError(
+                f"Only a {', '.join(RESUMABLE)} run can be resumed; run {run.id} is {run.status}. "
+                f"Received: run={run_id!r}"
+            )
+        self._check_capacity()
+        self.store.update_run(run.id, status="queued", cancel_requested=0, finished=None)
+        self._start(run.id)
+
+    def _check_capacity(self) -> None:
+        active = self.active_runs()
+        if len(active) >= self.settings.max_workers:
+            raise LaunchLimitError(
+                f"{len(active)} runs are already queued or running (the limit is METALAB_MAX_WORKERS="
+                f"{self.settings.max_workers}); wait for one to finish or cancel one. "
+                f"Received: active={[r.id for r in active]}"
+            )
+
+    def _start(self, run_id: str) -> None:
+        proc = self.launch(run_id)
+        with self._lock:
+            self._workers[run_id] = proc
+
+    def _reap(self) -> None:
+        """Collects exited workers; a run still queued when its worker exited failed before training began."""
+        with self._lock:
+            done = {rid: p for rid, p in self._workers.items() if p.poll() is not None}
+            for rid in done:
+                del self._workers[rid]
+        for rid, proc in done.items():
+            try:
+                run = self.store.get_run(rid)
+            except KeyError:
+                continue
+            if run.status == "queued":
+                self.store.update_run(
+                    rid, status="failed", error=f"The worker process exited with code {proc.returncode} before "
+                    "training started.", traceback=self.worker_log(rid),
+                )
+
+    def worker_log(self, run_id: str, max_chars: int = 20_000) -> str:
+        """The tail of the run's worker log (its stdout and stderr), or an empty string."""
+        path = self.store.run_dir(run_id) / "worker.log"
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-max_chars:]
 
     def resume(self, run_id: str, progress: Any = None) -> str:
         """Continues an interrupted, cancelled or failed run from its last checkpoint."""
@@ -111,3 +226,31 @@ class Services:
 
     def run_dir(self, run_id: str) -> Path:
         return self.store.run_dir(run_id)
+
+    # -- reports ----------------------------------------------------------------------------------------
+
+    def report_data(self, run_id: str) -> dict[str, Any] | None:
+        """The figure data the worker stored at the end of training (``report_data.json``), if any."""
+        for artifact in self.store.artifacts(run_id):
+            if artifact["name"] == "report_data":
+                try:
+                    return json.loads(Path(artifact["path"]).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    return None
+        return None
+
+    def run_report(self, run_id: str) -> dict[str, Any]:
+        """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data"}`` (plain data)."""
+        run = self.store.get_run(run_id)
+        return {
+            "run": run.to_dict(),
+            "metrics": self.store.metrics(run.id),
+            "evaluations": self.store.evaluations(run.id),
+            "report_data": self.report_data(run.id),
+        }
+
+    def report_html(self, run_id: str) -> str:
+        """The run's self-contained HTML report (figures, config, metrics, versions, seed)."""
+        from .reports import report_html
+
+        return report_html(self.run_report(run_id))

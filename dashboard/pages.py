@@ -1,35 +1,82 @@
-"""The dashboard pages. They call the core's service facade only and never import TensorFlow."""
+"""The Home and Plugins pages, and the page functions of the others (re-exported for the router and tests).
+
+Pages call the core's service facade only and never import TensorFlow.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from . import routes
+from .forms import schema_fields
+from .report import run_label, run_report
+from .runs import compare, runs
 from .state import services
+from .train import train
+
+__all__ = ["home", "plugins", "train", "runs", "compare", "run_report"]
 
 
 def home() -> None:
+    """The Home page: what is installed, what is running, where to start."""
     st.title("metalab")
     st.caption("A workbench for meta-learning: MAML, Reptile, Prototypical Networks and more, as plugins.")
     svc = services()
     rows = svc.plugins()
     kinds = pd.Series([r["kind"] for r in rows if r.get("status") == "loaded"]).value_counts()
+    all_runs = svc.runs()
     cols = st.columns(4)
     cols[0].metric("Algorithms", int(kinds.get("algorithm", 0)))
     cols[1].metric("Datasets", int(kinds.get("dataset", 0)))
     cols[2].metric("Backbones", int(kinds.get("backbone", 0)))
-    cols[3].metric("Runs", len(svc.runs()))
-    st.subheader("Start a run")
-    st.code("metalab train --dataset metalab.sinusoid --algorithm metalab.maml --steps 2000", language="bash")
-    st.markdown(f"Runs are stored in `{svc.settings.store_path}`.")
-    _runs_table(svc.runs(limit=10))
+    cols[3].metric("Runs", len(all_runs))
+    failed = [r for r in rows if r.get("status") == "failed"]
+    if failed:
+        st.warning(f"{len(failed)} plugin(s) failed to load; see the Plugins page.")
+    st.page_link(routes.train_page(), label="Train a model: sinusoid + MAML is ready to launch", icon="🚀")
+    active = svc.active_runs()
+    if active:
+        st.subheader("Running now")
+        for run in active:
+            st.page_link(routes.report_page(), label=f"{run_label(run)} (step {run.step}/{run.total_steps})",
+                         query_params={"run": run.id})
+    st.subheader("Recent runs")
+    if not all_runs:
+        st.info("No runs yet.")
+    for run in all_runs[:10]:
+        st.page_link(routes.report_page(), label=run_label(run), query_params={"run": run.id})
+    st.caption(f"Runs are stored in `{svc.settings.store_path}`. From a terminal: "
+               "`metalab train --dataset metalab.sinusoid --algorithm metalab.maml`.")
+
+
+def _param_table(schema: dict) -> pd.DataFrame:
+    rows = []
+    for ff in schema_fields(schema or {}):
+        bounds = []
+        for value, symbol in ((ff.minimum, ">="), (ff.exclusive_minimum, ">"), (ff.maximum, "<="),
+                              (ff.exclusive_maximum, "<")):
+            if value is not None:
+                bounds.append(f"{symbol} {value:g}")
+        kind = "choice of " + ", ".join(map(str, ff.options)) if ff.widget == "select" else ff.widget
+        rows.append({"name": ff.name, "type": kind, "default": ff.default, "range": ", ".join(bounds),
+                     "help": (schema["properties"][ff.name].get("description") or "")})
+    return pd.DataFrame(rows).astype(str)
 
 
 def plugins() -> None:
+    """The Plugins page: every spec with its parameters; failed and disabled plugins with their errors."""
     st.title("Plugins")
-    rows = services().plugins()
+    try:
+        rows = services().plugins()
+    except Exception as exc:  # noqa: BLE001 - the page must explain, not crash
+        st.error(f"The plugin registry could not be built: {type(exc).__name__}: {exc}")
+        return
     loaded = [r for r in rows if r.get("status") == "loaded"]
     broken = [r for r in rows if r.get("status") != "loaded"]
+    if broken:
+        st.warning(f"{sum(r['status'] == 'failed' for r in broken)} failed and "
+                   f"{sum(r['status'] == 'disabled' for r in broken)} disabled plugin(s): see the bottom of the page.")
     for kind in ("algorithm", "dataset", "backbone"):
         st.subheader(kind.capitalize() + "s")
         items = [r for r in loaded if r["kind"] == kind]
@@ -40,18 +87,15 @@ def plugins() -> None:
                 st.write(row.get("description") or "")
                 if row.get("paper"):
                     st.caption(row["paper"])
-                params = (row.get("params") or {}).get("properties", {})
-                if params:
-                    st.dataframe(
-                        pd.DataFrame(
-                            [
-                                {"name": n, "type": p.get("type", p.get("anyOf", "")), "default": p.get("default"),
-                                 "help": p.get("description", "")}
-                                for n, p in params.items()
-                            ]
-                        ).astype(str),
-                        hide_index=True,
-                    )
+                try:
+                    table = _param_table(row.get("params") or {})
+                except Exception as exc:  # noqa: BLE001 - a strange schema must not take the page down
+                    st.error(f"Cannot show the parameters: {type(exc).__name__}: {exc}")
+                    continue
+                if len(table):
+                    st.dataframe(table, hide_index=True)
+                else:
+                    st.caption("No parameters.")
     if broken:
         st.subheader("Failed or disabled plugins")
         for row in broken:
@@ -59,19 +103,7 @@ def plugins() -> None:
             if row["status"] == "failed":
                 st.error(label + f" — {row.get('error')}")
                 if row.get("traceback"):
-                    with st.expander("Traceback"):
-                        st.code(row["traceback"])
+                    with st.expander(f"Traceback of {row.get('plugin')}"):
+                        st.code(row["traceback"], language="text")
             else:
-                st.warning(label)
-
-
-def runs() -> None:
-    st.title("Runs")
-    _runs_table(services().runs())
-
-
-def _runs_table(runs: list) -> None:
-    if not runs:
-        st.info("No runs yet.")
-        return
-    st.dataframe(pd.DataFrame([r.summary() for r in runs]), hide_index=True, use_container_width=True)
+                st.warning(label + " — disabled (METALAB_DISABLE_PLUGINS)")

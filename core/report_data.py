@@ -1,0 +1,199 @@
+"""Figure data that needs the trained model, computed in the training worker when a run completes.
+
+The dashboard never imports TensorFlow, so whatever a report shows of the model itself (fits of 1-D regression
+tasks before and after adaptation, a test episode's predictions, query embeddings) is computed here, at the end
+of training, and stored as the run's ``report_data.json`` artifact. :mod:`metalab.core.reports` draws it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .plugin_api import TaskBatch
+
+logger = logging.getLogger(__name__)
+
+#: Seed of the tasks shown in reports (the same for every run, so reports of one dataset are comparable).
+REPORT_SEED = 2017
+#: Inner steps after which the regression fits are drawn (the MAML paper's figure: pre-update, 1 and 10 steps).
+FIT_STEPS = (0, 1, 10)
+#: Query images kept for the episode gallery.
+GALLERY_QUERIES = 40
+
+
+def write_report_data(store: Any, run_id: str, session: Any, registry: Any) -> Path | None:
+    """Computes the run's report data and records it as the ``report_data`` artifact.
+
+    Never raises: a report figure must not fail a run that trained well; a problem is logged and ``None``
+    returned.
+
+    Args:
+        store: The :class:`~metalab.core.store.RunStore`.
+        run_id: The run.
+        session: The run's :class:`~metalab.core.runner.Session` holding the trained algorithm.
+        registry: The plugin registry (to build algorithm variants with other inner-step counts).
+
+    Returns:
+        The path of ``report_data.json``, or ``None`` when nothing could be computed.
+    """
+    try:
+        data = compute_report_data(session, registry)
+        if not data:
+            return None
+        path = store.run_dir(run_id) / "report_data.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, path)
+        store.add_artifact(run_id, "report_data", "json", path)
+        return path
+    except Exception:  # noqa: BLE001 - report figures are best effort
+        logger.exception("Report data of run %s could not be computed", run_id)
+        return None
+
+
+def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
+    """Returns ``{"sinusoid": ...}`` for 1-D regression, ``{"episode": ..., "embedding": ...}`` for images.
+
+    Args:
+        session: The run's session (config, dataset, trained algorithm, task spec).
+        registry: The plugin registry.
+
+    Returns:
+        A JSON-serialisable dict (empty when the dataset has no figure of its own).
+    """
+    data: dict[str, Any] = {}
+    if session.task.kind == "regression":
+        if tuple(session.task.input_shape) == (1,) and session.task.output_dim == 1:
+            data["sinusoid"] = regression_fits(session, registry)
+    else:
+        episode, embedding = classification_episode(session)
+        if episode:
+            data["episode"] = episode
+        if embedding:
+            data["embedding"] = embedding
+    return data
+
+
+def _algorithm_variant(session: Any, registry: Any, inner_steps: int) -> Any | None:
+    """The run's algorithm rebuilt with ``eval_inner_steps=inner_steps`` and the trained weights, if it has one."""
+    spec = registry.algorithm(session.config.algorithm)
+    if "eval_inner_steps" not in spec.params.model_fields:
+        return None
+    values = {**session.config.algorithm_params, "eval_inner_steps": int(inner_steps)}
+    variant = spec.factory(spec.params(**values), session.task)
+    if len(variant.variables) != len(session.algorithm.variables):
+        return None
+    for target, source in zip(variant.variables, session.algorithm.variables):
+        target.assign(source)
+    return variant
+
+
+def _numpy(value: Any) -> np.ndarray:
+    from . import functional
+
+    return np.asarray(functional.to_numpy(value))
+
+
+def regression_fits(session: Any, registry: Any, num_tasks: int = 3, grid_points: int = 100) -> dict[str, Any]:
+    """Model output on a grid for a few tasks, before adaptation and after 1 and 10 inner steps."""
+    family = session.dataset
+    rng = np.random.default_rng(REPORT_SEED)
+    x_range = getattr(family, "x_range", None)
+    if x_range is None:
+        probe, _ = family.sample_points(family.sample_task(rng), 1000, rng)
+        x_range = (float(probe.min()), float(probe.max()))
+    grid = np.linspace(float(x_range[0]), float(x_range[1]), grid_points, dtype=np.float32).reshape(-1, 1)
+    shots = int(session.config.shots)
+    tasks, sx, sy, qy = [], [], [], []
+    for _ in range(num_tasks):
+        task = family.sample_task(rng)
+        x, y = family.sample_points(task, shots, rng)
+        tasks.append(task)
+        sx.append(x)
+        sy.append(y)
+        qy.append(np.asarray(family.evaluate(task, grid), dtype=np.float32).reshape(grid_points, 1))
+    batch = TaskBatch(np.stack(sx), np.stack(sy), np.repeat(grid[None], num_tasks, axis=0), np.stack(qy))
+    predictions: dict[str, np.ndarray] = {}
+    for steps in FIT_STEPS:
+        algorithm = _algorithm_variant(session, registry, steps)
+        if algorithm is None:
+            break
+        predictions[str(steps)] = _numpy(algorithm.evaluate(batch)["predictions"])
+    if not predictions:
+        out = session.algorithm.evaluate(batch)
+        if "predictions" in out:
+            predictions["adapted"] = _numpy(out["predictions"])
+    rows = []
+    for i, task in enumerate(tasks):
+        rows.append({
+            "amplitude": float(getattr(task, "amplitude", float("nan"))),
+            "phase": float(getattr(task, "phase", float("nan"))),
+            "true": qy[i][:, 0].round(5).tolist(),
+            "support_x": sx[i][:, 0].round(5).tolist(),
+            "support_y": sy[i][:, 0].round(5).tolist(),
+            "predictions": {k: v[i].reshape(-1).round(5).tolist() for k, v in predictions.items()},
+        })
+    return {"x": grid[:, 0].round(5).tolist(), "tasks": rows}
+
+
+def _to_uint8(images: np.ndarray) -> list:
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 4:
+        images = images[..., 0]
+    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8).tolist()
+
+
+def _features(algorithm: Any, x: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """Backbone features of ``x``: the model minus its ``head`` layer, or the model when it is an embedding."""
+    model = getattr(algorithm, "model", None)
+    if model is None:
+        return None
+    layers = list(getattr(model, "layers", []))
+    if layers and layers[-1].name == "head":
+        body = layers[:-1]
+        out = x
+        for layer in body:
+            out = layer(out, training=True)
+        return _numpy(out), "PCA of backbone features at the meta-learned initialisation"
+    return _numpy(model(x, training=True)), "PCA of embeddings"
+
+
+def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One fixed test episode with predicted labels, and a 2-D PCA of its query embeddings."""
+    from .runner import fixed_batch
+
+    batch = fixed_batch(session, "test", 1, seed=REPORT_SEED)
+    out = session.algorithm.evaluate(batch)
+    if "predictions" not in out:
+        return None, None
+    predicted = _numpy(out["predictions"])[0].argmax(axis=-1).astype(int)
+    labels = np.asarray(batch.query_y)[0].astype(int)
+    support_x, query_x = np.asarray(batch.support_x)[0], np.asarray(batch.query_x)[0]
+    episode = None
+    if support_x.ndim in (3, 4):
+        episode = {
+            "ways": int(session.task.ways), "shots": int(session.config.shots),
+            "accuracy": float(np.mean(predicted == labels)),
+            "support_images": _to_uint8(support_x), "support_labels": np.asarray(batch.support_y)[0].astype(int).tolist(),
+            "query_images": _to_uint8(query_x[:GALLERY_QUERIES]), "query_labels": labels[:GALLERY_QUERIES].tolist(),
+            "query_predictions": predicted[:GALLERY_QUERIES].tolist(),
+        }
+    embedding = None
+    features = _features(session.algorithm, query_x)
+    if features is not None:
+        feats, method = features
+        feats = feats.reshape(len(feats), -1).astype(np.float64)
+        feats -= feats.mean(axis=0)
+        # PCA through the SVD: the top two right-singular vectors span the projection.
+        _, _, vt = np.linalg.svd(feats, full_matrices=False)
+        points = feats @ vt[:2].T if vt.shape[0] >= 2 else np.pad(feats @ vt.T, ((0, 0), (0, 1)))
+        embedding = {"points": points.round(5).tolist(), "labels": labels.tolist(),
+                     "correct": (predicted == labels).tolist(), "method": method}
+    return episode, embedding

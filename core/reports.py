@@ -1,0 +1,484 @@
+"""Report figures, tables and the shareable HTML report, built as pure functions of what the run store holds.
+
+No Streamlit and no TensorFlow here: the dashboard renders these figures, the CLI writes the HTML report, and
+both pass in plain data (a run's record as a dict, its metrics, evaluations and the worker's ``report_data``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+__all__ = [
+    "PUBLISHED_RESULTS",
+    "Series",
+    "adaptation_curve_figure",
+    "compare_curves_figure",
+    "embedding_figure",
+    "episode_gallery_figure",
+    "learning_curves_figure",
+    "published_results",
+    "report_figures",
+    "report_html",
+    "run_progress",
+    "score_of",
+    "scores_figure",
+    "sinusoid_figure",
+]
+
+#: ``{metric name: [(step, value), ...]}`` as returned by ``RunStore.metrics``.
+Series = dict[str, list[tuple[int, float]]]
+
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf")
+
+
+def _xy(points: Iterable[tuple[int, float]] | None) -> tuple[list[int], list[float]]:
+    points = list(points or [])
+    return [int(p[0]) for p in points], [float(p[1]) for p in points]
+
+
+def _band(fig: go.Figure, x: list, y: list, ci: list, color: str, name: str, row: int | None = None,
+          col: int | None = None) -> None:
+    """Adds a shaded 95% confidence band around ``y`` (skipped where the half-widths are unknown)."""
+    if not x or len(ci) != len(y) or any(c is None or not math.isfinite(c) for c in ci):
+        return
+    upper = [v + c for v, c in zip(y, ci)]
+    lower = [v - c for v, c in zip(y, ci)]
+    kwargs = {"row": row, "col": col} if row else {}
+    fig.add_trace(
+        go.Scatter(x=list(x) + list(x)[::-1], y=upper + lower[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
+                   line={"width": 0}, hoverinfo="skip", showlegend=False, name=f"{name} 95% CI"),
+        **kwargs,
+    )
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _is_regression(metrics: Series | None = None, evaluation: dict[str, Any] | None = None) -> bool:
+    if evaluation and "mse" in evaluation:
+        return True
+    return bool(metrics) and any(name.endswith("/mse") for name in metrics)
+
+
+def learning_curves_figure(metrics: Series, title: str = "Learning curves", regression: bool | None = None) -> go.Figure:
+    """Training and validation curves of one run: loss on the left, accuracy (or MSE) on the right.
+
+    Args:
+        metrics: The run's metrics (``train/loss``, ``train/accuracy``, ``val/accuracy`` or ``val/mse``,
+            ``val/ci95``, ...).
+        title: The figure title.
+        regression: Whether the run is a regression run; guessed from the metric names when ``None`` (a run
+            that has not validated yet has no ``val/mse`` to tell).
+
+    Returns:
+        A two-panel Plotly figure; validation scores carry their 95% CI band.
+    """
+    if regression is None:
+        regression = _is_regression(metrics)
+    score = "mse" if regression else "accuracy"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "MSE (query, after adaptation)" if regression
+                                                          else "Accuracy (query)"))
+    x, y = _xy(metrics.get("train/loss"))
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train loss", line={"color": _PALETTE[0]}), row=1, col=1)
+    x, y = _xy(metrics.get("val/loss"))
+    if x:
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="val loss", line={"color": _PALETTE[1]}),
+                      row=1, col=1)
+    if not regression:
+        x, y = _xy(metrics.get("train/accuracy"))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train accuracy", line={"color": _PALETTE[2]}),
+                      row=1, col=2)
+    x, y = _xy(metrics.get(f"val/{score}"))
+    if x:
+        _, ci = _xy(metrics.get("val/ci95"))
+        _band(fig, x, y, ci if len(ci) == len(y) else [], _PALETTE[3], f"val {score}", row=1, col=2)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"val {score}", line={"color": _PALETTE[3]}),
+                      row=1, col=2)
+    fig.update_xaxes(title_text="meta-training step")
+    fig.update_layout(title=title, hovermode="x unified", legend={"orientation": "h", "y": -0.2}, height=380,
+                      margin={"t": 60, "b": 40})
+    return fig
+
+
+def score_of(evaluation: dict[str, Any]) -> tuple[str, float, float]:
+    """Returns ``(metric name, value, 95% CI half-width)`` of an evaluation (accuracy in %, or MSE)."""
+    if "accuracy" in evaluation:
+        return "accuracy (%)", 100.0 * float(evaluation["accuracy"]), 100.0 * float(evaluation.get("ci95", float("nan")))
+    return "MSE", float(evaluation.get("mse", evaluation.get("loss", float("nan")))), float(
+        evaluation.get("ci95", float("nan")))
+
+
+def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation curve") -> go.Figure | None:
+    """The query score after 0, 1, ..., n inner steps at meta-test time, with its 95% CI band.
+
+    Args:
+        evaluation: An evaluation as the store returns it (``curve``, ``curve_ci95``, ``accuracy`` or ``mse``).
+        title: The figure title.
+
+    Returns:
+        A Plotly figure, or ``None`` when the evaluation holds no curve (algorithms without an inner loop).
+    """
+    curve = evaluation.get("curve")
+    if not curve:
+        return None
+    regression = _is_regression(evaluation=evaluation)
+    scale = 1.0 if regression else 100.0
+    y = [scale * float(v) for v in curve]
+    ci = [scale * float(v) for v in evaluation.get("curve_ci95") or []]
+    x = list(range(len(y)))
+    fig = go.Figure()
+    _band(fig, x, y, ci, _PALETTE[0], "curve")
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="query score", line={"color": _PALETTE[0]}))
+    fig.update_layout(
+        title=f"{title} ({evaluation.get('episodes', '?')} {evaluation.get('split', 'test')} episodes)",
+        xaxis_title="inner gradient steps", yaxis_title="MSE" if regression else "accuracy (%)", height=360,
+        margin={"t": 60, "b": 40},
+    )
+    return fig
+
+
+def scores_figure(rows: list[dict[str, Any]], title: str = "Meta-test score") -> go.Figure:
+    """Bars of final scores with 95% CI error bars (one bar per run or published result).
+
+    Args:
+        rows: ``{"label", "value", "ci95"}`` dicts, optionally ``"group"`` (bars of one group share a colour)
+            and ``"metric"`` (the axis title; the first row's is used).
+        title: The figure title.
+
+    Returns:
+        A Plotly bar figure.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get("group", "")), []).append(row)
+    fig = go.Figure()
+    for i, (group, members) in enumerate(groups.items()):
+        fig.add_trace(
+            go.Bar(
+                x=[m["label"] for m in members], y=[m["value"] for m in members], name=group or "score",
+                marker_color=_PALETTE[i % len(_PALETTE)], showlegend=bool(group),
+                error_y={"type": "data", "array": [m.get("ci95") if m.get("ci95") is not None and
+                                                   math.isfinite(m["ci95"]) else 0 for m in members]},
+            )
+        )
+    fig.update_layout(title=title, yaxis_title=rows[0].get("metric", "score") if rows else "score", height=360,
+                      margin={"t": 60, "b": 40})
+    return fig
+
+
+def compare_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
+    """Overlays one metric of several runs.
+
+    Args:
+        curves: ``{run label: [(step, value), ...]}``.
+        metric: The metric's name (``val/accuracy``, ``train/loss``, ...), used for titles.
+
+    Returns:
+        A Plotly figure with one line per run.
+    """
+    fig = go.Figure()
+    for i, (label, points) in enumerate(curves.items()):
+        x, y = _xy(points)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name=label,
+                                 line={"color": _PALETTE[i % len(_PALETTE)]}))
+    fig.update_layout(title=metric, xaxis_title="meta-training step", yaxis_title=metric, hovermode="x unified",
+                      height=380, margin={"t": 60, "b": 40})
+    return fig
+
+
+def sinusoid_figure(data: dict[str, Any]) -> go.Figure:
+    """The MAML paper's sinusoid figure: true curve, support points and the model before and after adaptation.
+
+    Args:
+        data: The ``sinusoid`` part of a run's ``report_data.json``: ``x`` (the grid) and ``tasks``, each with
+            ``amplitude``, ``phase``, ``true`` (on the grid), ``support_x``, ``support_y`` and ``predictions``
+            (``{"0": [...], "1": [...], "10": [...]}``: model output on the grid after that many inner steps).
+
+    Returns:
+        A Plotly figure with one panel per task.
+    """
+    tasks = data.get("tasks", [])
+    x = data.get("x", [])
+    fig = make_subplots(rows=1, cols=max(1, len(tasks)), shared_yaxes=True, subplot_titles=[
+        f"A={t['amplitude']:.2f}, phase={t['phase']:.2f}" for t in tasks] or None)
+    styles = {"0": ("pre-update", "dot", _PALETTE[7]), "1": ("1 grad step", "dash", _PALETTE[1]),
+              "10": ("10 grad steps", "solid", _PALETTE[2])}
+    for col, task in enumerate(tasks, start=1):
+        first = col == 1
+        fig.add_trace(go.Scatter(x=x, y=task["true"], mode="lines", name="ground truth", showlegend=first,
+                                 legendgroup="truth", line={"color": _PALETTE[3], "width": 3}), row=1, col=col)
+        for steps, values in task.get("predictions", {}).items():
+            label, dash, color = styles.get(str(steps), (f"{steps} grad steps", "solid", _PALETTE[4]))
+            fig.add_trace(go.Scatter(x=x, y=values, mode="lines", name=label, showlegend=first, legendgroup=label,
+                                     line={"color": color, "dash": dash}), row=1, col=col)
+        fig.add_trace(go.Scatter(x=task["support_x"], y=task["support_y"], mode="markers", name="support points",
+                                 showlegend=first, legendgroup="support",
+                                 marker={"color": "black", "symbol": "triangle-up", "size": 9}), row=1, col=col)
+    fig.update_layout(title="Sinusoid regression: adaptation from the meta-learned initialisation", height=380,
+                      legend={"orientation": "h", "y": -0.2}, margin={"t": 70, "b": 40})
+    return fig
+
+
+def episode_gallery_figure(data: dict[str, Any], max_queries: int = 20) -> go.Figure:
+    """One test episode: the support images, then query images titled with true and predicted labels.
+
+    Args:
+        data: The ``episode`` part of ``report_data.json``: ``support_images`` and ``query_images`` (uint8
+            ``[n, H, W]`` nested lists), ``support_labels``, ``query_labels`` and ``query_predictions``.
+        max_queries: Query images shown at most.
+
+    Returns:
+        A Plotly figure of image tiles; mistakes have red titles marked with a cross.
+    """
+    support = list(zip(data["support_images"], data["support_labels"]))
+    queries = list(zip(data["query_images"], data["query_labels"], data["query_predictions"]))[:max_queries]
+    cols = max(1, min(10, max(len(support), 1)))
+    support_rows = math.ceil(len(support) / cols)
+    query_rows = math.ceil(len(queries) / cols)
+    titles = [f"support: {label}" for _, label in support] + [""] * (support_rows * cols - len(support))
+    for _, label, pred in queries:
+        mark = "✓" if label == pred else "✗"
+        color = "green" if label == pred else "red"
+        titles.append(f"<span style='color:{color}'>{mark} true {label} / pred {pred}</span>")
+    rows = max(1, support_rows + query_rows)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.06)
+    tiles = [img for img, _ in support] + [None] * (support_rows * cols - len(support)) + [q[0] for q in queries]
+    for i, image in enumerate(tiles):
+        if image is None:
+            continue
+        # Image traces want RGB; the datasets are grey scale.
+        rgb = [[[v, v, v] for v in row] for row in image]
+        fig.add_trace(go.Image(z=rgb, hoverinfo="skip"), row=i // cols + 1, col=i % cols + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=10)
+    fig.update_layout(title=f"Test episode: {data.get('ways', '?')}-way {data.get('shots', '?')}-shot "
+                            f"(query accuracy {100 * data.get('accuracy', float('nan')):.1f}%)",
+                      height=110 * rows + 80, margin={"t": 80, "b": 10, "l": 10, "r": 10})
+    return fig
+
+
+def embedding_figure(data: dict[str, Any]) -> go.Figure:
+    """A 2-D projection of query embeddings coloured by class (``report_data.json``'s ``embedding`` part).
+
+    Args:
+        data: ``points`` (``[n, 2]``), ``labels`` (``[n]``), optionally ``correct`` (``[n]`` booleans) and
+            ``method`` (e.g. ``"PCA of backbone features"``).
+
+    Returns:
+        A Plotly scatter figure; wrongly classified queries are drawn as crosses.
+    """
+    fig = go.Figure()
+    labels = data["labels"]
+    correct = data.get("correct") or [True] * len(labels)
+    for i, cls in enumerate(sorted(set(labels))):
+        idx = [j for j, lab in enumerate(labels) if lab == cls]
+        fig.add_trace(go.Scatter(
+            x=[data["points"][j][0] for j in idx], y=[data["points"][j][1] for j in idx], mode="markers",
+            name=f"class {cls}",
+            marker={"color": _PALETTE[i % len(_PALETTE)], "size": 9,
+                    "symbol": ["circle" if correct[j] else "x" for j in idx]},
+        ))
+    fig.update_layout(title=f"Query embeddings ({data.get('method', '2-D projection')}; x = misclassified)",
+                      height=420, margin={"t": 60, "b": 40})
+    return fig
+
+
+# -- published results -----------------------------------------------------------------------------------
+
+_MAML = "Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML), Table 1"
+_PROTO = "Snell, Swersky and Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS), Table 1"
+_REPTILE = "Nichol, Achiam and Schulman 2018, On First-Order Meta-Learning Algorithms (arXiv:1803.02999), Table 1"
+
+#: Omniglot test accuracies (%, 95% CI where the paper gives one) as reported, keyed by ``(ways, shots)``.
+PUBLISHED_RESULTS: list[dict[str, Any]] = [
+    {"method": "MAML", "algorithm": "metalab.maml", "first_order": False, "citation": _MAML,
+     "scores": {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)}},
+    {"method": "first-order MAML", "algorithm": "metalab.maml", "first_order": True, "citation": _MAML,
+     "scores": {(5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2), (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}},
+    {"method": "Prototypical Networks", "algorithm": "metalab.protonet", "citation": _PROTO,
+     "scores": {(5, 1): (98.8, None), (5, 5): (99.7, None), (20, 1): (96.0, None), (20, 5): (98.9, None)}},
+    {"method": "Reptile", "algorithm": "metalab.reptile", "citation": _REPTILE,
+     "scores": {(5, 1): (95.39, 0.09), (5, 5): (98.90, 0.10), (20, 1): (88.14, 0.15), (20, 5): (96.65, 0.33)}},
+    {"method": "Reptile + transduction", "algorithm": "metalab.reptile", "citation": _REPTILE,
+     "scores": {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14), (20, 5): (97.12, 0.32)}},
+]
+
+
+def published_results(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Published Omniglot results whose protocol matches a run's, with their citations.
+
+    The protocol matches for ``metalab.omniglot`` with the Vinyals split, rotations as extra classes, 28x28
+    images and a 5- or 20-way, 1- or 5-shot episode shape. (Lake et al.'s 20 one-shot runs are a separate
+    protocol that the runner's fixed test episodes do not follow.)
+
+    Args:
+        config: The run's config.
+
+    Returns:
+        Rows ``{"method", "accuracy", "ci95", "citation", "same_algorithm"}``; empty when nothing matches.
+    """
+    if config.get("dataset") != "metalab.omniglot":
+        return []
+    params = config.get("dataset_params") or {}
+    if params.get("split", "vinyals") != "vinyals" or not params.get("rotations", True) or params.get(
+            "image_size", 28) != 28:
+        return []
+    key = (config.get("ways"), config.get("shots"))
+    rows = []
+    for entry in PUBLISHED_RESULTS:
+        if key not in entry["scores"]:
+            continue
+        accuracy, ci = entry["scores"][key]
+        same = entry["algorithm"] == config.get("algorithm") and (
+            "first_order" not in entry
+            or entry["first_order"] == bool((config.get("algorithm_params") or {}).get("first_order", False)))
+        rows.append({"method": entry["method"], "accuracy": accuracy, "ci95": ci, "citation": entry["citation"],
+                     "same_algorithm": same})
+    return rows
+
+
+# -- progress ----------------------------------------------------------------------------------------------
+
+
+def run_progress(run: dict[str, Any], metrics: Series, now: float | None = None) -> dict[str, Any]:
+    """Progress numbers of a run for the live view.
+
+    Args:
+        run: The run record as a dict (``step``, ``total_steps``, ``status``).
+        metrics: The run's metrics (``train/steps_per_s`` is the worker's measured speed).
+        now: Unused except for testing symmetry; the speed comes from the worker, not the wall clock here.
+
+    Returns:
+        ``fraction`` (0..1), ``steps_per_s`` (or ``None``), ``eta_s`` (seconds left, or ``None``) and the
+        latest value of each metric under ``latest``.
+    """
+    total = max(int(run.get("total_steps") or 0), 1)
+    step = int(run.get("step") or 0)
+    speeds = [v for _, v in (metrics.get("train/steps_per_s") or [])[-3:]]
+    speed = sum(speeds) / len(speeds) if speeds else None
+    eta = (total - step) / speed if speed and run.get("status") in ("running", "queued") else None
+    latest = {name: points[-1][1] for name, points in metrics.items() if points}
+    return {"fraction": min(1.0, step / total), "steps_per_s": speed, "eta_s": eta, "latest": latest}
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+
+def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
+    """Every figure of a run's report, in reading order.
+
+    Args:
+        report: ``{"run": run dict, "metrics": Series, "evaluations": [...], "report_data": dict | None}``
+            (what ``Services.run_report`` returns).
+
+    Returns:
+        ``[(title, figure), ...]``: learning curves, adaptation curve, meta-test score beside published
+        results, and the dataset-specific figures (sinusoid fits, episode gallery, embeddings) when present.
+    """
+    figures: list[tuple[str, go.Figure]] = []
+    metrics = report.get("metrics") or {}
+    if metrics:
+        figures.append(("Learning curves", learning_curves_figure(metrics)))
+    evaluation = _test_evaluation(report)
+    if evaluation:
+        curve = adaptation_curve_figure(evaluation)
+        if curve is not None:
+            figures.append(("Adaptation curve", curve))
+        name, value, ci = score_of(evaluation)
+        rows = [{"label": "this run", "value": value, "ci95": ci, "metric": name, "group": "this run"}]
+        if "accuracy" in evaluation:
+            for pub in published_results(report["run"].get("config") or {}):
+                rows.append({"label": pub["method"], "value": pub["accuracy"], "ci95": pub["ci95"], "metric": name,
+                             "group": "published"})
+        figures.append(("Meta-test score", scores_figure(rows)))
+    data = report.get("report_data") or {}
+    if data.get("sinusoid"):
+        figures.append(("Sinusoid fits", sinusoid_figure(data["sinusoid"])))
+    if data.get("episode"):
+        figures.append(("Episode gallery", episode_gallery_figure(data["episode"])))
+    if data.get("embedding"):
+        figures.append(("Query embeddings", embedding_figure(data["embedding"])))
+    return figures
+
+
+def _test_evaluation(report: dict[str, Any]) -> dict[str, Any] | None:
+    for evaluation in report.get("evaluations") or []:
+        if evaluation.get("split") == "test":
+            return evaluation
+    return None
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def report_html(report: dict[str, Any], *, generated: float | None = None) -> str:
+    """One self-contained HTML file: figures (interactive, plotly.js inlined once), config, metrics, versions.
+
+    Args:
+        report: As for :func:`report_figures`.
+        generated: POSIX time stamped in the file (defaults to now).
+
+    Returns:
+        The HTML text; it opens offline in any browser.
+    """
+    import plotly.io as pio
+
+    run = report["run"]
+    config = run.get("config") or {}
+    stamp = datetime.fromtimestamp(generated, tz=timezone.utc) if generated else datetime.now(timezone.utc)
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>metalab report {html.escape(run['id'])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f4f4f4}pre{background:#f7f7f7;padding:1em;overflow:auto}</style></head><body>",
+        f"<h1>metalab run {html.escape(run['id'])} {html.escape(run.get('name') or '')}</h1>",
+        f"<p>{html.escape(str(run.get('algorithm')))} on {html.escape(str(run.get('dataset')))} with "
+        f"{html.escape(str(run.get('backbone')))}; status <b>{html.escape(str(run.get('status')))}</b>, step "
+        f"{run.get('step')}/{run.get('total_steps')}; seed {config.get('seed')}. Generated "
+        f"{stamp.isoformat(timespec='seconds')}.</p>",
+    ]
+    evaluation = _test_evaluation(report)
+    if evaluation:
+        name, value, ci = score_of(evaluation)
+        parts.append(f"<h2>Meta-test score</h2><p class='score'>{name}: <b>{value:.4g}</b> ± {ci:.3g} (95% CI, "
+                     f"{evaluation.get('episodes')} fixed episodes)</p>")
+    published = published_results(config)
+    if published:
+        parts.append("<h3>Published results (same protocol)</h3><table><tr><th>method</th><th>accuracy (%)</th>"
+                     "<th>95% CI</th><th>citation</th></tr>")
+        for row in published:
+            parts.append(f"<tr><td>{html.escape(row['method'])}</td><td>{row['accuracy']}</td>"
+                         f"<td>{'' if row['ci95'] is None else row['ci95']}</td>"
+                         f"<td>{html.escape(row['citation'])}</td></tr>")
+        parts.append("</table>")
+    first = True
+    for title, fig in report_figures(report):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        # plotly.js is inlined once, with the first figure: the file stays self-contained and offline.
+        parts.append(pio.to_html(fig, include_plotlyjs=True if first else False, full_html=False))
+        first = False
+    latest = {name: points[-1][1] for name, points in (report.get("metrics") or {}).items() if points}
+    if latest:
+        parts.append("<h2>Final metrics</h2>" + _table([(k, f"{v:.6g}") for k, v in sorted(latest.items())]))
+    parts.append("<h2>Config</h2><pre>" + html.escape(json.dumps(config, indent=2, sort_keys=True)) + "</pre>")
+    parts.append("<h2>Versions</h2>" + _table(sorted((run.get("versions") or {}).items())))
+    parts.append("<h2>Run</h2>" + _table([(k, run.get(k)) for k in ("id", "name", "status", "created", "started",
+                                                                     "finished", "device", "host")]))
+    if run.get("error"):
+        parts.append("<h2>Error</h2><pre>" + html.escape(str(run.get("traceback") or run["error"])) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,241 @@
+"""Forms generated from a plugin's pydantic JSON schema, and their round trip through query parameters.
+
+``schema_fields`` is pure (a schema in, field descriptions out); ``render_fields`` draws one widget per field
+(number inputs with the schema's range, select boxes for ``Literal`` choices, checkboxes for booleans, JSON text
+for lists) with the field's description as help.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import streamlit as st
+
+_MISSING = object()
+
+
+@dataclass
+class FormField:
+    """One parameter of a schema, as a widget needs it.
+
+    Attributes:
+        name: The parameter name.
+        label: A human label (the schema's title).
+        widget: ``"int"``, ``"float"``, ``"select"``, ``"bool"``, ``"text"`` or ``"json"``.
+        default: The schema default (``None`` when there is none).
+        minimum, maximum: Inclusive bounds where the schema gives them.
+        exclusive_minimum, exclusive_maximum: Exclusive bounds (shown in the help; checked on validation).
+        options: Choices of a ``select`` field.
+        nullable: The field accepts ``None`` (an empty input).
+        help: The field's description, with its range.
+    """
+
+    name: str
+    label: str
+    widget: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    options: list[Any] = field(default_factory=list)
+    nullable: bool = False
+    help: str = ""
+
+
+def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    if ref and ref.startswith("#/$defs/"):
+        return {**schema.get("$defs", {}).get(ref.split("/")[-1], {}), **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def schema_fields(schema: dict[str, Any]) -> list[FormField]:
+    """Describes each property of a pydantic JSON schema as a :class:`FormField`, in declaration order.
+
+    Args:
+        schema: ``Model.model_json_schema()``.
+
+    Returns:
+        One field per property.
+    """
+    fields = []
+    for name, raw in (schema.get("properties") or {}).items():
+        prop = _resolve(schema, raw)
+        nullable = False
+        if "anyOf" in prop:
+            branches = [_resolve(schema, b) for b in prop["anyOf"]]
+            nullable = any(b.get("type") == "null" for b in branches)
+            concrete = [b for b in branches if b.get("type") != "null"]
+            if len(concrete) == 1:
+                prop = {**concrete[0], **{k: v for k, v in prop.items() if k != "anyOf"}}
+        kind = prop.get("type")
+        if "enum" in prop:
+            widget = "select"
+        elif "const" in prop:
+            widget, prop = "select", {**prop, "enum": [prop["const"]]}
+        elif kind == "boolean":
+            widget = "bool"
+        elif kind == "integer":
+            widget = "int"
+        elif kind == "number":
+            widget = "float"
+        elif kind == "string":
+            widget = "text"
+        else:
+            widget = "json"
+        ff = FormField(
+            name=name, label=prop.get("title") or name, widget=widget, default=prop.get("default"),
+            minimum=prop.get("minimum"), maximum=prop.get("maximum"),
+            exclusive_minimum=prop.get("exclusiveMinimum"), exclusive_maximum=prop.get("exclusiveMaximum"),
+            options=list(prop.get("enum") or []), nullable=nullable,
+        )
+        ff.help = _help(prop.get("description") or "", ff)
+        fields.append(ff)
+    return fields
+
+
+def _help(description: str, ff: FormField) -> str:
+    bounds = []
+    for value, symbol in ((ff.minimum, ">="), (ff.exclusive_minimum, ">"), (ff.maximum, "<="),
+                          (ff.exclusive_maximum, "<")):
+        if value is not None:
+            bounds.append(f"{symbol} {value:g}")
+    text = description
+    if bounds:
+        text += f" (allowed: {', '.join(bounds)})"
+    if ff.default is not None:
+        text += f" Default: {json.dumps(ff.default)}."
+    return text.strip()
+
+
+def encode(value: Any) -> str:
+    """A query-parameter string for a form value (JSON for anything but plain strings)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def decode(ff: FormField, text: str) -> Any:
+    """Reads a query-parameter string back into a value of ``ff``'s type.
+
+    Raises:
+        ValueError: The text does not hold a value of that type.
+    """
+    if ff.widget == "text":
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if ff.widget == "select":
+        for option in ff.options:
+            if option == value or str(option) == text:
+                return option
+        raise ValueError(f"{ff.name}: expected one of {ff.options}. Received: {ff.name}={text!r}")
+    if ff.widget == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{ff.name}: expected true or false. Received: {ff.name}={text!r}")
+    if ff.widget == "int":
+        if value is None and ff.nullable:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"{ff.name}: expected an integer. Received: {ff.name}={text!r}")
+    if ff.widget == "float":
+        if value is None and ff.nullable:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{ff.name}: expected a number. Received: {ff.name}={text!r}")
+    return value
+
+
+def _fits(ff: FormField, value: Any) -> bool:
+    if value is None:
+        return ff.nullable
+    if ff.minimum is not None and value < ff.minimum:
+        return False
+    return ff.maximum is None or value <= ff.maximum
+
+
+def render_fields(
+    fields: list[FormField],
+    key_prefix: str,
+    initial: Callable[[FormField], Any],
+    container: Any = None,
+    columns: int = 3,
+) -> tuple[dict[str, Any], list[str]]:
+    """Draws one widget per field and returns the values entered and the errors found before validation.
+
+    Args:
+        fields: From :func:`schema_fields`.
+        key_prefix: Widget keys are ``f"{key_prefix}.{name}"``; a new prefix gives fresh widgets.
+        initial: Returns a field's starting value (used only when its widget has no state yet).
+        container: Where to draw (defaults to the main area).
+        columns: Widgets per row.
+
+    Returns:
+        ``(values, errors)``: ``values`` maps names to entered values; ``errors`` lists fields whose text did
+        not parse (e.g. malformed JSON).
+    """
+    container = container or st
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    cols = container.columns(columns) if fields else []
+    for i, ff in enumerate(fields):
+        key = f"{key_prefix}.{ff.name}"
+        col = cols[i % columns]
+        if key not in st.session_state:
+            start = initial(ff)
+            if ff.widget in ("int", "float") and not _fits(ff, start):
+                errors.append(f"{ff.name}: {start!r} is out of range; the default is shown instead.")
+                start = ff.default
+            if ff.widget == "json" or (ff.widget == "text" and not isinstance(start, str)):
+                start = "" if start is None else (start if isinstance(start, str) else json.dumps(start))
+            if ff.widget == "float" and start is not None:
+                start = float(start)
+            if ff.widget == "int" and start is not None:
+                start = int(start)
+            if ff.widget == "select" and start not in ff.options:
+                start = ff.options[0] if ff.options else None
+            st.session_state[key] = start
+        if ff.widget == "select":
+            values[ff.name] = col.selectbox(ff.label, ff.options, key=key, help=ff.help, format_func=str)
+        elif ff.widget == "bool":
+            values[ff.name] = col.checkbox(ff.label, key=key, help=ff.help)
+        elif ff.widget == "int":
+            low = ff.minimum if ff.minimum is not None else (
+                int(ff.exclusive_minimum) + 1 if ff.exclusive_minimum is not None else None)
+            values[ff.name] = col.number_input(
+                ff.label, min_value=None if low is None else int(low),
+                max_value=None if ff.maximum is None else int(ff.maximum), step=1, key=key, help=ff.help)
+        elif ff.widget == "float":
+            values[ff.name] = col.number_input(
+                ff.label, min_value=None if ff.minimum is None else float(ff.minimum),
+                max_value=None if ff.maximum is None else float(ff.maximum), format="%g", key=key, help=ff.help,
+                step=_float_step(ff.default))
+        elif ff.widget == "text":
+            values[ff.name] = col.text_input(ff.label, key=key, help=ff.help)
+        else:
+            text = col.text_input(ff.label + " (JSON)", key=key, help=ff.help)
+            if text.strip() == "":
+                if ff.nullable:
+                    values[ff.name] = None
+                # Otherwise left out: the parameter takes its default.
+            else:
+                try:
+                    values[ff.name] = json.loads(text)
+                except ValueError as exc:
+                    errors.append(f"{ff.name}: not valid JSON ({exc}). Received: {ff.name}={text!r}")
+    return values, errors
+
+
+def _float_step(default: Any) -> float:
+    """A step of about a tenth of the default's magnitude (0.001 steps for a 0.01 learning rate)."""
+    if isinstance(default, (int, float)) and default:
+        import math
+
+        return float(10 ** math.floor(math.log10(abs(default)) - 1))
+    return 0.01

@@ -1,0 +1,171 @@
+"""The Run report page (``?run=<id>``): the live view while a run trains, its full report once it ends.
+
+Everything shown comes from the run store, so a reload loses nothing; the live view is a fragment that polls
+the store every :data:`POLL_SECONDS` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pandas as pd
+import streamlit as st
+
+from metalab.core import reports
+from metalab.core.services import ACTIVE, RESUMABLE, LaunchLimitError
+from metalab.core.store import RunNotFoundError
+
+from .state import services
+
+#: Seconds between two polls of the store by the live view (``METALAB_DASHBOARD_POLL_S``).
+POLL_SECONDS = float(os.environ.get("METALAB_DASHBOARD_POLL_S", "1.0"))
+
+_STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
+                 "interrupted": "⚠️"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def run_label(run) -> str:
+    """A one-line label of a run for select boxes."""
+    name = f" {run.name}" if run.name else ""
+    return f"{run.id}{name} · {run.algorithm} on {run.dataset} · {run.status}"
+
+
+def run_report() -> None:
+    """The Run report page."""
+    svc = services()
+    run_id = st.query_params.get("run")
+    if not run_id:
+        st.title("Run report")
+        runs = svc.runs(limit=200)
+        if not runs:
+            st.info("No runs yet: launch one from the Train page.")
+            return
+        choice = st.selectbox("Run", [r.id for r in runs], index=None, placeholder="Choose a run",
+                              format_func=lambda i: run_label(next(r for r in runs if r.id == i)))
+        if choice:
+            st.query_params["run"] = choice
+            st.rerun()
+        return
+    try:
+        run = svc.run(run_id)
+    except RunNotFoundError as exc:
+        st.title("Run report")
+        st.error(str(exc))
+        return
+    st.title(f"{_STATUS_ICONS.get(run.status, '')} Run {run.id}" + (f" — {run.name}" if run.name else ""))
+    st.caption(f"{run.algorithm} on {run.dataset} with {run.backbone} · created {run.to_dict()['created']}")
+    if run.status in ACTIVE:
+        st.session_state["report.watching"] = run.id
+        _live(run.id)
+    else:
+        _finished(run)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _live(run_id: str) -> None:
+    """Progress, speed, ETA and curves of a queued or running run; reruns the page when the run ends."""
+    svc = services()
+    svc.active_runs()  # reaps a worker that died before it could record anything
+    run = svc.run(run_id)
+    if run.status not in ACTIVE:
+        st.rerun()
+    metrics = svc.metrics(run.id)
+    progress = reports.run_progress(run.to_dict(), metrics)
+    st.progress(progress["fraction"], text=f"{run.status}: step {run.step} of {run.total_steps}")
+    latest = progress["latest"]
+    cols = st.columns(4)
+    cols[0].metric("Steps/s", f"{progress['steps_per_s']:.1f}" if progress["steps_per_s"] else "–")
+    cols[1].metric("ETA", _duration(progress["eta_s"]))
+    cols[2].metric("Train loss", f"{latest['train/loss']:.4g}" if "train/loss" in latest else "–")
+    score = "val/accuracy" if "val/accuracy" in latest else "val/mse"
+    cols[3].metric(score, f"{latest[score]:.4g}" if score in latest else "–")
+    if run.status == "queued":
+        st.info("Waiting for the worker to start (it imports TensorFlow and builds the model).")
+    if metrics:
+        kind = svc.task_kind(run.dataset)
+        fig = reports.learning_curves_figure(metrics, title="Live learning curves",
+                                             regression=None if kind is None else kind == "regression")
+        st.plotly_chart(fig, key="live-curves")
+    cancelling = run.cancel_requested
+    if not cancelling and st.button("Cancel run", key="live-cancel"):
+        svc.cancel(run.id)
+        cancelling = True
+    if cancelling:
+        st.warning("Cancel requested: the worker stops at its next step and keeps a checkpoint.")
+    st.caption(f"Updated {time.strftime('%H:%M:%S')}; polling the run store every {POLL_SECONDS:g} s.")
+
+
+def _finished(run) -> None:
+    svc = services()
+    report = svc.run_report(run.id)
+    if run.status == "failed":
+        st.error(f"The run failed: {run.error}")
+        with st.expander("Traceback", expanded=True):
+            st.code(run.traceback or "(no traceback recorded)", language="text")
+        log = svc.worker_log(run.id)
+        if log:
+            with st.expander("Worker log"):
+                st.code(log, language="text")
+    elif run.status in ("cancelled", "interrupted"):
+        st.warning(f"The run was {run.status} at step {run.step} of {run.total_steps}"
+                   + (f": {run.error}" if run.error else "") + ". Resume continues from its last checkpoint.")
+    actions = st.columns(4)
+    if run.status in RESUMABLE and actions[0].button("Resume", type="primary", key="report-resume"):
+        try:
+            svc.relaunch(run.id)
+        except (LaunchLimitError, ValueError) as exc:
+            st.error(str(exc))
+        else:
+            st.rerun()
+    actions[1].download_button(
+        "Download report (HTML)", data=lambda: svc.report_html(run.id), file_name=f"metalab-report-{run.id}.html",
+        mime="text/html", key="report-download", on_click="ignore",
+    )
+    if actions[2].button("Open setup in Train", key="report-reproduce"):
+        from .train import open_in_train
+
+        open_in_train(run.config)
+
+    evaluation = next((e for e in report["evaluations"] if e.get("split") == "test"), None)
+    cols = st.columns(4)
+    if evaluation:
+        name, value, ci = reports.score_of(evaluation)
+        cols[0].metric(f"Meta-test {name}", f"{value:.4g} ± {ci:.2g}",
+                       help=f"Mean and 95% CI over {evaluation['episodes']} fixed test episodes.")
+    cols[1].metric("Steps", f"{run.step} / {run.total_steps}")
+    cols[2].metric("Training time", _duration((run.finished or 0) - run.started if run.started and run.finished
+                                              else None))
+    cols[3].metric("Device", run.device or "–")
+
+    published = reports.published_results(run.config)
+    if published:
+        st.subheader("Published results (same protocol)")
+        st.dataframe(pd.DataFrame(published), hide_index=True)
+    for i, (title, fig) in enumerate(reports.report_figures(report)):
+        st.subheader(title)
+        st.plotly_chart(fig, key=f"report-fig-{i}")
+    if not report["metrics"]:
+        st.info("No metrics were recorded.")
+    with st.expander("Config", expanded=run.status == "failed"):
+        st.code(json.dumps(run.config, indent=2, sort_keys=True), language="json")
+    with st.expander("Versions and host"):
+        st.json({"versions": run.versions, "host": run.host, "device": run.device, "pid": run.pid})
+    if report["evaluations"]:
+        with st.expander("Evaluations"):
+            st.dataframe(pd.DataFrame([{k: v for k, v in e.items() if not isinstance(v, list)}
+                                       for e in report["evaluations"]]), hide_index=True)

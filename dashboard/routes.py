@@ -1,0 +1,50 @@
+"""The dashboard's pages as ``st.Page`` objects, made on demand so pages can link to one another.
+
+Streamlit identifies a page by its URL path, so two ``st.Page`` objects made by the same factory name the same
+page: ``st.switch_page(report_page(), query_params={"run": run_id})`` opens a run's report from anywhere.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+
+def home_page() -> st.Page:
+    from . import pages
+
+    return st.Page(pages.home, title="Home", icon="🏠", url_path="home", default=True)
+
+
+def plugins_page() -> st.Page:
+    from . import pages
+
+    return st.Page(pages.plugins, title="Plugins", icon="🧩", url_path="plugins")
+
+
+def train_page() -> st.Page:
+    from . import train
+
+    return st.Page(train.train, title="Train", icon="🚀", url_path="train")
+
+
+def runs_page() -> st.Page:
+    from . import runs
+
+    return st.Page(runs.runs, title="Runs", icon="📈", url_path="runs")
+
+
+def compare_page() -> st.Page:
+    from . import runs
+
+    return st.Page(runs.compare, title="Compare", icon="⚖️", url_path="compare")
+
+
+def report_page() -> st.Page:
+    from . import report
+
+    return st.Page(report.run_report, title="Run report", icon="📄", url_path="report")
+
+
+def all_pages() -> list[st.Page]:
+    """Every page in navigation order."""
+    return [home_page(), plugins_page(), train_page(), runs_page(), compare_page(), report_page()]

@@ -1,0 +1,240 @@
+"""The Train page: choose dataset, algorithm and backbone, set their parameters, validate, launch a worker.
+
+The whole setup lives in the query string (``?dataset=...&algorithm=...&algorithm.inner_lr=0.01&steps=...``,
+the same qualified names as ``metalab train --set``), so a link reproduces it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from metalab.core.config import ConfigError, RunConfig
+from metalab.core.services import LaunchLimitError
+
+from . import routes
+from .forms import FormField, decode, encode, render_fields, schema_fields
+from .state import services
+
+DEFAULT_DATASET = "metalab.sinusoid"
+DEFAULT_ALGORITHM = "metalab.maml"
+
+#: Run fields shown above the fold, and in the "Schedule and evaluation" expander.
+MAIN_FIELDS = ("ways", "shots", "queries", "steps", "seed")
+ADVANCED_FIELDS = ("val_every", "val_episodes", "test_episodes", "checkpoint_every", "log_every", "eval_at_end",
+                   "device")
+_PLUGIN_SECTIONS = ("dataset", "algorithm", "backbone")
+
+#: Starting values of the form where they differ from the plugins' (paper) defaults, so that a first run
+#: finishes in about a minute on two CPU cores. Keys are run fields or qualified plugin parameters; an entry
+#: for ``(dataset, None)`` applies to every algorithm on that dataset.
+PRESETS: dict[tuple[str, str | None], dict[str, Any]] = {
+    ("metalab.sinusoid", None): {"steps": 2000, "val_every": 250, "log_every": 50, "checkpoint_every": 500},
+    ("metalab.sinusoid", "metalab.maml"): {
+        "steps": 4000, "val_every": 500, "checkpoint_every": 1000,
+        # The MAML paper's sinusoid settings (alpha 0.01, 10 steps at test time), with 10 tasks per batch.
+        "algorithm.inner_lr": 0.01, "algorithm.meta_batch_size": 10, "algorithm.eval_inner_steps": 10,
+    },
+    ("metalab.sinusoid", "metalab.reptile"): {"algorithm.eval_inner_steps": 10},
+    ("metalab.digits", None): {"steps": 300, "val_every": 50, "log_every": 10, "checkpoint_every": 100,
+                               "test_episodes": 200},
+    ("metalab.digits", "metalab.maml"): {"algorithm.meta_batch_size": 4},
+}
+
+_MEMORY = "train.memory"
+_LOADED = "train.loaded"
+
+
+def preset(dataset: str, algorithm: str) -> dict[str, Any]:
+    """The form's starting values for a dataset and algorithm (see :data:`PRESETS`)."""
+    return {**PRESETS.get((dataset, None), {}), **PRESETS.get((dataset, algorithm), {})}
+
+
+def config_query_params(config: dict[str, Any]) -> dict[str, str]:
+    """The query string of a run config (what the Train page reads back)."""
+    flat = {"dataset": config["dataset"], "algorithm": config["algorithm"]}
+    if config.get("backbone"):
+        flat["backbone"] = config["backbone"]
+    for name in MAIN_FIELDS + ADVANCED_FIELDS:
+        if config.get(name) is not None:
+            flat[name] = encode(config[name])
+    for section in _PLUGIN_SECTIONS:
+        for name, value in (config.get(f"{section}_params") or {}).items():
+            flat[f"{section}.{name}"] = encode(value)
+    return flat
+
+
+def open_in_train(config: dict[str, Any]) -> None:
+    """Switches to the Train page set up with ``config`` (its query string wins over remembered values)."""
+    st.session_state.pop(_LOADED, None)
+    st.session_state.pop(_MEMORY, None)
+    st.switch_page(routes.train_page(), query_params=config_query_params(config))
+
+
+class _Initial:
+    """Starting values of widgets: remembered this session, else from the link, else preset, else default."""
+
+    def __init__(self, query: dict[str, str], first_load: bool, presets: dict[str, Any]):
+        self.query = query if first_load else {}
+        self.presets = presets
+        self.memory: dict[str, Any] = st.session_state.setdefault(_MEMORY, {})
+        self.problems: list[str] = []
+
+    def value(self, widget_key: str, query_key: str, ff: FormField, fallback: Any = None) -> Any:
+        if widget_key in self.memory:
+            return self.memory[widget_key]
+        if query_key in self.query:
+            try:
+                return decode(ff, self.query[query_key])
+            except ValueError as exc:
+                self.problems.append(f"Link parameter ignored: {exc}")
+        if query_key in self.presets:
+            return self.presets[query_key]
+        return ff.default if ff.default is not None else fallback
+
+    def for_fields(self, prefix: str, section: str | None, fallbacks: dict[str, Any] | None = None):
+        def initial(ff: FormField) -> Any:
+            query_key = f"{section}.{ff.name}" if section else ff.name
+            return self.value(f"{prefix}.{ff.name}", query_key, ff, (fallbacks or {}).get(ff.name))
+
+        return initial
+
+
+def _choose(label: str, options: list[str], key: str, query_key: str, default: str | None, init: _Initial,
+            titles: dict[str, str], help: str = "", format_suffix: Any = None) -> str:
+    if not options:
+        st.error(f"No {label.lower()} plugin is loaded; see the Plugins page.")
+        st.stop()
+    if key not in st.session_state:
+        choice = init.memory.get(key) or init.query.get(query_key) or default
+        if choice not in options:
+            if query_key in init.query:
+                init.problems.append(f"Link parameter ignored: {query_key}={init.query[query_key]!r} is not loaded "
+                                     f"(loaded: {', '.join(options)}).")
+            choice = default if default in options else options[0]
+        st.session_state[key] = choice
+
+    def fmt(option: str) -> str:
+        suffix = format_suffix(option) if format_suffix else ""
+        return f"{titles.get(option, option)} ({option}){suffix}"
+
+    return st.selectbox(label, options, key=key, format_func=fmt, help=help)
+
+
+def _remember(init: _Initial, prefix: str, fields: list[FormField]) -> None:
+    # Widget state is dropped when the page is left; this copy brings the form back as it was.
+    for ff in fields:
+        key = f"{prefix}.{ff.name}"
+        if key in st.session_state:
+            init.memory[key] = st.session_state[key]
+
+
+def train() -> None:
+    """The Train page."""
+    st.title("Train")
+    svc = services()
+    catalog = svc.catalog()
+    datasets, algorithms, backbones = catalog["datasets"], catalog["algorithms"], catalog["backbones"]
+    first_load = not st.session_state.get(_LOADED, False)
+    query = {k: st.query_params[k] for k in st.query_params}
+
+    init = _Initial(query, first_load, {})
+    top = st.columns(3)
+    with top[0]:
+        dataset = _choose("Dataset", list(datasets), "train.dataset", "dataset", DEFAULT_DATASET, init,
+                          {k: v["title"] for k, v in datasets.items()},
+                          help="The tasks to meta-learn from (see the Plugins page for details).")
+    ds = datasets[dataset]
+    with top[1]:
+        algorithm = _choose(
+            "Algorithm", list(algorithms), "train.algorithm", "algorithm", DEFAULT_ALGORITHM, init,
+            {k: v["title"] for k, v in algorithms.items()}, help="The meta-learning algorithm.",
+            format_suffix=lambda a: "" if ds["kind"] in algorithms[a]["task_kinds"] else f" — not for {ds['kind']}",
+        )
+    with top[2]:
+        backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
+                           ds.get("default_backbone"), init, {k: v["title"] for k, v in backbones.items()},
+                           help="The network under the algorithm (default: the dataset's).")
+    init.presets = preset(dataset, algorithm)
+    st.caption(ds["description"])
+
+    run_schema = RunConfig.model_json_schema()
+    run_fields = {ff.name: ff for ff in schema_fields(run_schema)}
+    episode = {"ways": 5, "shots": 1, "queries": 15, **ds.get("episode_defaults", {})}
+    run_prefix = f"train.run.{dataset}.{algorithm}"
+    main = [run_fields[n] for n in MAIN_FIELDS if not (n == "ways" and ds["kind"] == "regression")]
+    st.subheader("Run")
+    run_values, form_errors = render_fields(main, run_prefix, init.for_fields(run_prefix, None, episode), columns=5)
+    with st.expander("Schedule and evaluation"):
+        advanced, errors = render_fields([run_fields[n] for n in ADVANCED_FIELDS], run_prefix,
+                                         init.for_fields(run_prefix, None))
+        if "train.name" not in st.session_state:
+            st.session_state["train.name"] = init.query.get("name", "")
+        name = st.text_input("Run name (optional)", key="train.name")
+    run_values.update(advanced)
+    form_errors += errors
+
+    params: dict[str, dict[str, Any]] = {}
+    for section, spec_id, spec in (("algorithm", algorithm, algorithms[algorithm]),
+                                   ("dataset", dataset, ds), ("backbone", backbone, backbones[backbone])):
+        prefix = f"train.{section}.{dataset}.{spec_id}"
+        fields = schema_fields(spec["params"])
+        st.subheader(f"{section.capitalize()}: {spec['title']}")
+        if spec.get("paper"):
+            st.caption(spec["paper"])
+        if not fields:
+            st.caption("No parameters.")
+        params[section], errors = render_fields(fields, prefix,
+                                                init.for_fields(prefix, section, spec.get("defaults")))
+        form_errors += errors
+        _remember(init, prefix, fields)
+    _remember(init, run_prefix, main + [run_fields[n] for n in ADVANCED_FIELDS])
+    for key in ("train.dataset", "train.algorithm", f"train.backbone.{dataset}"):
+        init.memory[key] = st.session_state[key]
+    st.session_state[_LOADED] = True
+
+    raw = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone,
+           **{k: v for k, v in run_values.items()},
+           **{f"{section}_params": values for section, values in params.items()}}
+    flat = config_query_params(raw)
+    if name:
+        flat["name"] = name
+    st.query_params.from_dict(flat)
+
+    config = None
+    for problem in init.problems:
+        st.warning(problem)
+    st.subheader("Check and launch")
+    if form_errors:
+        for line in form_errors:
+            st.error(line)
+    else:
+        try:
+            config = svc.resolve(raw)
+        except ConfigError as exc:
+            for line in str(exc).splitlines():
+                st.error(line)
+    if config is not None:
+        shape = (f"{config.shots}-shot regression, {config.queries} query points" if ds["kind"] == "regression"
+                 else f"{config.ways}-way {config.shots}-shot, {config.queries} queries per class")
+        st.success(f"Valid: {algorithms[algorithm]['title']} on {ds['title']}, {shape}, {config.steps} steps, "
+                   f"seed {config.seed}.")
+    st.caption("The address bar holds this whole setup: share the link to reproduce it.")
+
+    active = svc.active_runs()
+    limit = svc.settings.max_workers
+    full = len(active) >= limit
+    if full:
+        st.warning(f"{len(active)} of {limit} allowed runs are queued or running (METALAB_MAX_WORKERS); "
+                   "wait for one to finish or cancel one.")
+    if active:
+        st.caption("Active runs: " + ", ".join(f"{r.id} ({r.status}, step {r.step}/{r.total_steps})" for r in active))
+    if st.button("Launch", type="primary", disabled=config is None or full, key="train.launch"):
+        try:
+            run_id = svc.submit(config, name=name or "")
+        except LaunchLimitError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["train.last_run"] = run_id
+            st.switch_page(routes.report_page(), query_params={"run": run_id})

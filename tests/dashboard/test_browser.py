@@ -1,0 +1,138 @@
+"""End to end in a real browser: launch a sinusoid MAML run from the Train page, watch it, download its report.
+
+Needs Debian's Chromium (``apt-get install -y chromium chromium-driver``) and the ``playwright`` Python package;
+screenshots of each page go to ``$METALAB_TEST_ARTIFACTS`` (default: a ``screenshots`` folder under the test's
+temporary directory).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A headless ``streamlit run streamlit_app.py`` on a free port with its own METALAB_HOME."""
+    port = _free_port()
+    env = dict(os.environ, METALAB_HOME=str(tmp_path / "home"), METALAB_DASHBOARD_POLL_S="1",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
+            time.sleep(0.3)
+        yield url, tmp_path / "home"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def shots_dir(tmp_path: Path) -> Path:
+    path = Path(os.environ.get("METALAB_TEST_ARTIFACTS") or tmp_path / "screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_launch_watch_and_download_a_sinusoid_run(server, shots_dir, tmp_path):
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    url, home = server
+    setup = ("dataset=metalab.sinusoid&algorithm=metalab.maml&steps=600&log_every=20&val_every=200"
+             "&checkpoint_every=600&test_episodes=100&name=browser-test")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 3000}, accept_downloads=True)
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_role("heading", name="metalab").wait_for()
+            page.screenshot(path=str(shots_dir / "01-home.png"), full_page=True)
+
+            page.goto(f"{url}/plugins")
+            page.get_by_text("broken_import").first.wait_for()
+            page.screenshot(path=str(shots_dir / "02-plugins.png"), full_page=True)
+
+            page.goto(f"{url}/train?{setup}")
+            page.get_by_text("Valid: MAML on Sinusoid regression").wait_for()
+            assert "steps=600" in page.url
+            page.get_by_role("button", name="Launch").wait_for()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots_dir / "03-train.png"), full_page=True)
+            page.get_by_role("button", name="Launch").click()
+
+            # The live view: the URL names the run, a curve appears while it trains, then the report.
+            page.wait_for_url(re.compile(r".*/report\?run=.+"))
+            run_id = page.url.split("run=")[1].split("&")[0]
+            page.get_by_text("Live learning curves").first.wait_for(timeout=120_000)
+            assert page.locator(".js-plotly-plot").count() >= 1
+            page.screenshot(path=str(shots_dir / "04-live.png"), full_page=True)
+            page.get_by_text("Meta-test MSE").wait_for(timeout=240_000)
+            page.get_by_text("Sinusoid fits").wait_for()
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shots_dir / "05-report.png"), full_page=True)
+
+            with page.expect_download() as download_info:
+                page.get_by_role("button", name="Download report (HTML)").click()
+            report = tmp_path / "report.html"
+            download_info.value.save_as(report)
+            text = report.read_text(encoding="utf-8")
+            assert run_id in text
+            assert text.count("Plotly.newPlot") >= 4  # curves, adaptation, score, sinusoid fits
+            for title in ("Learning curves", "Adaptation curve", "Sinusoid fits"):
+                assert title in text
+            assert "window.PlotlyConfig" in text  # plotly.js inlined: the file opens offline
+
+            page.goto(f"{url}/runs")
+            page.get_by_test_id("stDataFrame").first.wait_for()
+            page.get_by_text("1 of 1 runs").wait_for()
+            page.screenshot(path=str(shots_dir / "06-runs.png"), full_page=True)
+            page.goto(f"{url}/compare?runs={run_id}")
+            page.get_by_text("Final metrics and differing settings").wait_for()
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.screenshot(path=str(shots_dir / "07-compare.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (home / "runs.sqlite").exists()

@@ -1,0 +1,93 @@
+"""The Run report page: deep links, the live view of a running run, finished and failed runs."""
+
+from __future__ import annotations
+
+from metalab.core.services import Services
+
+
+def test_deep_link_on_the_root_opens_the_report(app, fake_runs):
+    run_id = fake_runs.completed(name="linked")
+    at = app({"run": run_id}).run()
+    assert not at.exception
+    assert at.title[0].value.endswith(f"Run {run_id} — linked")
+
+
+def test_completed_run_shows_its_figures_score_and_download(page, fake_runs, figures):
+    run_id = fake_runs.completed()
+    at = page("run_report", {"run": run_id}).run()
+    assert not at.exception
+    titles = [spec["layout"]["title"]["text"] for spec in figures(at)]
+    assert titles[0] == "Learning curves"
+    assert titles[1].startswith("Adaptation curve")
+    assert any(t.startswith("Sinusoid regression") for t in titles)
+    sinusoid = next(s for s in figures(at) if s["layout"]["title"]["text"].startswith("Sinusoid"))
+    assert {"ground truth", "support points", "pre-update", "1 grad step", "10 grad steps"} <= {
+        trace.get("name") for trace in sinusoid["data"]}
+    score = next(m for m in at.metric if m.label == "Meta-test MSE")
+    assert score.value == "0.8 ± 0.04"
+    assert at.get("download_button")[0].label == "Download report (HTML)"
+    assert not [b for b in at.button if b.key == "report-resume"]  # a completed run is not resumable
+
+
+def test_failed_run_shows_error_traceback_config_and_resume(page, fake_runs):
+    run_id = fake_runs.failed()
+    at = page("run_report", {"run": run_id}).run()
+    assert not at.exception
+    assert "ValueError: the loss became NaN" in at.error[0].value
+    assert any("Traceback (most recent call last)" in c.value for c in at.code)
+    assert any('"inner_lr": 0.01' in c.value for c in at.code)  # the config
+    assert at.button(key="report-resume").label == "Resume"
+
+
+def test_live_view_polls_the_store_and_cancels(page, fake_runs, store, figures):
+    run_id = fake_runs.running()
+    at = page("run_report", {"run": run_id}).run()
+    assert not at.exception
+    assert at.get("progress")[0].proto.value == 50  # step 20 of 40
+    assert next(m for m in at.metric if m.label == "Steps/s").value == "10.0"
+    assert next(m for m in at.metric if m.label == "ETA").value == "2 s"
+    assert figures(at)[0]["layout"]["title"]["text"] == "Live learning curves"
+    at.button(key="live-cancel").click().run()
+    assert store.cancel_requested(run_id)
+    assert any("Cancel requested" in w.value for w in at.warning)
+    # The worker logs more and finishes; the next poll (AppTest does not fire run_every itself) shows it.
+    store.log_metrics(run_id, 30, {"train/loss": 0.5, "train/steps_per_s": 10.0})
+    store.update_run(run_id, step=30)
+    at.run()
+    assert at.get("progress")[0].proto.value == 75
+    store.update_run(run_id, status="cancelled", step=30)
+    at.run()
+    assert not at.get("progress")
+    assert at.button(key="report-resume").label == "Resume"
+
+
+def test_resume_relaunches_a_cancelled_run_in_a_worker(page, fake_runs, store, monkeypatch):
+    run_id = fake_runs.failed()
+    monkeypatch.setattr(Services, "launch", lambda self, rid: _FakeProcess())
+    at = page("run_report", {"run": run_id}).run()
+    at.button(key="report-resume").click().run()
+    assert not at.exception
+    assert store.get_run(run_id).status == "queued"
+
+
+class _FakeProcess:
+    """Stands in for a worker process that has not exited (the real launch is tested on the Train page)."""
+
+    returncode = None
+
+    def poll(self):
+        return None
+
+
+def test_unknown_run_is_reported_not_crashed(page, home):
+    at = page("run_report", {"run": "nope"}).run()
+    assert not at.exception
+    assert "No run with id 'nope'" in at.error[0].value
+
+
+def test_without_a_run_the_page_offers_a_choice(page, fake_runs):
+    run_id = fake_runs.completed()
+    at = page("run_report").run()
+    assert at.selectbox[0].options and run_id in at.selectbox[0].options[0]
+    at.selectbox[0].set_value(run_id).run()
+    assert at.query_params["run"] in (run_id, [run_id])

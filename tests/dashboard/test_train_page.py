@@ -1,0 +1,129 @@
+"""The Train page: forms built from the plugins' schemas, inline validation, query parameters, launching."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from metalab.core.services import Services
+
+MAML = "train.algorithm.metalab.sinusoid.metalab.maml"
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_default_setup_is_sinusoid_maml_with_quick_presets_and_valid(page):
+    at = page("train").run()
+    assert not at.exception
+    assert at.selectbox(key="train.dataset").value == "metalab.sinusoid"
+    assert at.selectbox(key="train.algorithm").value == "metalab.maml"
+    assert at.selectbox(key="train.backbone.metalab.sinusoid").value == "metalab.mlp"
+    # Presets differ from the plugin's Omniglot defaults (inner_lr 0.4, meta-batch 32) so a first run is quick.
+    assert at.number_input(key=f"{MAML}.inner_lr").value == pytest.approx(0.01)
+    assert at.number_input(key=f"{MAML}.meta_batch_size").value == 10
+    assert at.number_input(key="train.run.metalab.sinusoid.metalab.maml.steps").value == 4000
+    assert _errors(at) == []
+    assert "Valid: MAML on Sinusoid regression" in at.success[0].value
+
+
+def test_widgets_follow_the_schema_ranges_types_and_help(page):
+    at = page("train").run()
+    inner_steps = at.number_input(key=f"{MAML}.inner_steps")
+    assert inner_steps.proto.min == 1 and inner_steps.proto.max == 100
+    assert "Inner gradient steps during meta-training" in inner_steps.proto.help
+    assert "allowed: >= 1, <= 100" in inner_steps.proto.help
+    first_order = at.checkbox(key=f"{MAML}.first_order")
+    assert first_order.value is False and "First-order MAML" in first_order.proto.help
+    # A list parameter is edited as JSON, its default (from a default factory) filled in.
+    assert at.text_input(key="train.backbone.metalab.sinusoid.metalab.mlp.hidden").value == "[40, 40]"
+    # Regression has no "ways".
+    assert "train.run.metalab.sinusoid.metalab.maml.ways" not in [w.key for w in at.number_input]
+
+
+def test_literal_parameters_become_select_boxes(page):
+    at = page("train", {"dataset": "metalab.digits", "algorithm": "metalab.protonet"}).run()
+    distance = at.selectbox(key="train.algorithm.metalab.digits.metalab.protonet.distance")
+    assert distance.options == ["euclidean", "cosine"] and distance.value == "euclidean"
+    assert at.number_input(key="train.run.metalab.digits.metalab.protonet.ways").value == 3
+
+
+def test_out_of_range_value_is_explained_inline(page):
+    at = page("train").run()
+    at.number_input(key=f"{MAML}.inner_lr").set_value(0.0).run()
+    errors = _errors(at)
+    assert any(e.startswith("algorithm.inner_lr: Input should be greater than 0") and "Received: inner_lr=0.0" in e
+               for e in errors), errors
+    assert at.button(key="train.launch").disabled
+
+
+def test_incompatible_algorithm_is_explained_inline(page):
+    at = page("train").run()
+    at.selectbox(key="train.algorithm").set_value("metalab.protonet").run()
+    assert any("supports classification tasks, but dataset 'metalab.sinusoid' is regression" in e
+               for e in _errors(at))
+    assert at.button(key="train.launch").disabled
+
+
+def test_malformed_json_parameter_is_reported(page):
+    at = page("train").run()
+    at.text_input(key="train.backbone.metalab.sinusoid.metalab.mlp.hidden").input("[40,").run()
+    assert any(e.startswith("hidden: not valid JSON") for e in _errors(at))
+
+
+def test_query_parameters_set_the_form_and_follow_it(page):
+    at = page("train", {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": "123",
+                        "algorithm.inner_lr": "0.05", "algorithm.first_order": "true",
+                        "backbone.hidden": "[20]", "name": "shared"}).run()
+    assert at.number_input(key="train.run.metalab.sinusoid.metalab.maml.steps").value == 123
+    assert at.number_input(key=f"{MAML}.inner_lr").value == pytest.approx(0.05)
+    assert at.checkbox(key=f"{MAML}.first_order").value is True
+    assert at.text_input(key="train.name").value == "shared"
+    at.number_input(key=f"{MAML}.inner_steps").set_value(3).run()
+    assert at.query_params["algorithm.inner_steps"] == ["3"] or at.query_params["algorithm.inner_steps"] == "3"
+    flat = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    assert flat["steps"] == "123" and flat["algorithm.inner_lr"] == "0.05" and flat["backbone.hidden"] == "[20]"
+    assert flat["dataset"] == "metalab.sinusoid" and flat["algorithm.first_order"] == "true"
+
+
+def test_bad_link_parameters_are_ignored_with_a_warning(page):
+    at = page("train", {"dataset": "nobody.nothing", "steps": "many"}).run()
+    assert not at.exception
+    warnings = [w.value for w in at.warning]
+    assert any("dataset='nobody.nothing' is not loaded" in w for w in warnings), warnings
+    assert any("steps: expected an integer" in w for w in warnings), warnings
+    assert at.selectbox(key="train.dataset").value == "metalab.sinusoid"
+
+
+def test_launch_is_disabled_when_max_workers_runs_are_active(page, fake_runs, monkeypatch):
+    monkeypatch.setenv("METALAB_MAX_WORKERS", "1")
+    fake_runs.running()
+    at = page("train").run()
+    assert at.button(key="train.launch").disabled
+    assert any("1 of 1 allowed runs" in w.value for w in at.warning)
+
+
+def test_launch_starts_a_worker_that_completes_the_run(page, home):
+    """A real (tiny) run from the form: a worker process trains it and stores the report data."""
+    at = page("train", {"steps": "4", "val_every": "2", "val_episodes": "2", "test_episodes": "4",
+                        "log_every": "2", "algorithm.meta_batch_size": "2", "algorithm.eval_inner_steps": "2",
+                        "name": "from the form"}).run()
+    assert at.success, _errors(at)
+    at.button(key="train.launch").click().run()
+    assert not at.exception
+    services = Services()
+    (run,) = services.runs()
+    run_id = run.id
+    assert at.session_state["train.last_run"] == run_id
+    deadline = time.time() + 180
+    while services.run(run_id).status in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+    run = services.run(run_id)
+    assert run.status == "completed", (run.error, services.worker_log(run_id))
+    assert run.name == "from the form" and run.config["steps"] == 4
+    assert run.config["algorithm_params"]["inner_lr"] == pytest.approx(0.01)
+    data = services.report_data(run_id)
+    assert data and len(data["sinusoid"]["tasks"]) == 3
+    assert set(data["sinusoid"]["tasks"][0]["predictions"]) == {"0", "1", "10"}
