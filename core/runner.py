@@ -340,6 +340,10 @@ def train_run(
                 result = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes), eval_fn)
                 store.add_evaluation(run_id, "test", result["episodes"], result)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
+            # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.
+            from .report_data import write_report_data
+
+            write_report_data(store, run_id, session, registry)
         store.update_run(run_id, status="completed", finished=time.time(), step=step)
         return "completed"
     except RunCancelled:
