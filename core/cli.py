@@ -241,6 +241,57 @@ def eval_(
         console.print(_score_line(result))
 
 
+@app.command("predict")
+def predict_(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    support: Path = typer.Option(..., "--support", help="Folder with one sub-folder per class, a few labelled images each."),
+    query: Path = typer.Option(..., "--query", help="Folder of images to classify (or one image file)."),
+    invert: Optional[bool] = typer.Option(
+        None, "--invert/--no-invert", help="Invert grey levels of the images (default: as the run's dataset does)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Adapt a run to a labelled support set and classify query images, with per-class probabilities."""
+    from .predict import predict
+
+    services = _services()
+    run = _get_run(services, run_id)
+    try:
+        results = predict(services.store, run.id, services.registry, support, query, settings=services.settings,
+                          invert=invert)
+    except (FileNotFoundError, ValueError) as exc:  # PredictionError and unknown plugins are ValueErrors
+        _fail(str(exc))
+    if as_json:
+        _print_json({"run": run.id, "predictions": results})
+        return
+    classes = list(results[0]["probabilities"]) if results else []
+    table = Table(title=f"run {run.id}: {len(results)} queries, {len(classes)} classes")
+    table.add_column("file")
+    table.add_column("predicted")
+    table.add_column("p", justify="right")
+    show = classes if len(classes) <= 8 else []
+    for name in show:
+        table.add_column(f"p({name})", justify="right")
+    for row in results:
+        probs = row["probabilities"]
+        table.add_row(row["file"], row["predicted"], f"{probs[row['predicted']]:.3f}",
+                      *(f"{probs[name]:.3f}" for name in show))
+    console.print(table)
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    html: Path = typer.Option(..., "--html", help="Write the self-contained HTML report to this file."),
+) -> None:
+    """Write a run's report (interactive figures, config, metrics, versions) as one offline HTML file."""
+    services = _services()
+    run = _get_run(services, run_id)
+    html.parent.mkdir(parents=True, exist_ok=True)
+    html.write_text(services.report_html(run.id), encoding="utf-8")
+    console.print(f"wrote {html}")
+
+
 @app.command()
 def dashboard(
     port: int = typer.Option(8501, help="Port to serve on."),

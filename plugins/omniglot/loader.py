@@ -403,6 +403,8 @@ def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:
         "rotations": bool(params.rotations),
         "image_size": size,
         "seed": int(params.seed),
+        # Source PNGs are dark strokes on white; they were inverted, and prediction inverts new images likewise.
+        "invert": True,
         "sources": {name: str(path) for name, path in paths.items()},
     }
 

@@ -1,0 +1,266 @@
+"""Few-shot prediction on new images: a finished run adapts to a labelled support set and classifies query images.
+
+Images are preprocessed as the run's dataset stored its training images (:func:`prepare_images`):
+
+- size and channels come from the dataset's ``input_shape`` ``(H, W, C)``: ``C=1`` is grey (Pillow's luma),
+  ``C=3`` RGB; transparency is composited onto white; resizing uses a Lanczos filter;
+- ``dataset.info["fit"]`` (``"stretch"`` by default, or ``"crop"``) says how the aspect ratio is handled;
+- ``dataset.info["invert"]`` true means the dataset's loader inverted its source images (Omniglot: dark strokes on
+  white became bright strokes on black), so support and query images are inverted too. A caller may override it
+  (e.g. dark-on-light photos of digits for an MNIST run, whose source images are already light-on-dark);
+- pixels go through the dataset's own ``to_float`` after mapping 0..255 to its stored range ``0..scale``.
+
+The algorithm's ``evaluate`` on a one-task batch does the adaptation; its ``predictions`` are read as logits.
+Importing this module is cheap; :func:`predict` imports Keras.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .datasets_info import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
+
+__all__ = ["PredictionError", "list_support_set", "list_query_images", "prepare_images", "predict"]
+
+
+class PredictionError(ValueError):
+    """The support or query images, or the run, cannot be used for prediction; the message says why."""
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` (any depth, sorted), hidden ones left out."""
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not is_hidden(p.relative_to(folder).as_posix())
+    )
+
+
+def list_support_set(support_dir: str | Path) -> dict[str, list[Path]]:
+    """Lists a support set: one sub-folder per class, a few images each.
+
+    Args:
+        support_dir: The folder.
+
+    Returns:
+        ``{class name: [image files]}`` with classes sorted by name (class ``i`` of the episode is the ``i``-th).
+
+    Raises:
+        FileNotFoundError: ``support_dir`` is not a folder.
+        PredictionError: Fewer than 2 class folders, or a class folder without files.
+    """
+    folder = Path(support_dir).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The support set must be a folder with one sub-folder per class, each holding a few labelled images "
+            f"(e.g. support/cat/1.jpg, support/dog/1.jpg). Received: support_dir={str(support_dir)!r}"
+        )
+    classes = {
+        d.name: _image_files(d) for d in sorted(folder.iterdir()) if d.is_dir() and not is_hidden(d.name)
+    }
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise PredictionError(
+            f"Every class folder of the support set needs at least one image; these have none: {', '.join(empty)}. "
+            f"Received: support_dir={str(support_dir)!r}"
+        )
+    if len(classes) < 2:
+        raise PredictionError(
+            f"The support set needs at least 2 class folders (one sub-folder per class) to classify between. "
+            f"Received: {len(classes)} class folders in support_dir={str(support_dir)!r}"
+        )
+    return classes
+
+
+def list_query_images(query_dir: str | Path) -> list[Path]:
+    """Lists the query images: every file under a folder (sorted), or one image file.
+
+    Raises:
+        FileNotFoundError: Nothing is there.
+        PredictionError: The folder holds no files.
+    """
+    path = Path(query_dir).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The query images must be a folder of images or one image file. Received: query_dir={str(query_dir)!r}"
+        )
+    files = _image_files(path)
+    if not files:
+        raise PredictionError(f"The query folder holds no images. Received: query_dir={str(query_dir)!r}")
+    return files
+
+
+def prepare_images(files: list[Path], dataset: Any, *, invert: bool | None = None,
+                   skip_non_images: bool = False) -> tuple[np.ndarray, list[Path]]:
+    """Reads image files into the float inputs the run's model takes, preprocessed as the dataset's images.
+
+    Args:
+        files: Image files.
+        dataset: The run's :class:`~metalab.core.plugin_api.ClassificationDataset` (its ``input_shape``, ``scale``,
+            ``to_float`` and ``info["invert"]``/``info["fit"]``).
+        invert: Override the dataset's inversion; ``None`` follows ``dataset.info["invert"]`` (default false).
+        skip_non_images: Leave out files that cannot be decoded and have no image suffix (a README among the
+            queries) instead of failing on them.
+
+    Returns:
+        ``(float32 [n, H, W, C], the files used)``.
+
+    Raises:
+        PredictionError: The dataset's inputs are not images ``(H, W, 1 or 3)``, or files cannot be read (all named).
+    """
+    shape = tuple(int(s) for s in dataset.input_shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3):
+        raise PredictionError(
+            f"Prediction on image files needs a dataset of images shaped (height, width, 1 or 3). "
+            f"Received: input_shape={shape}"
+        )
+    info = getattr(dataset, "info", {}) or {}
+    do_invert = bool(info.get("invert", False)) if invert is None else bool(invert)
+    fit = str(info.get("fit", "stretch"))
+    scale = float(getattr(dataset, "scale", 255.0))
+    arrays, used, bad = [], [], []
+    for path in files:
+        try:
+            arrays.append(decode_image(path, size=shape[:2], channels=shape[2], fit=fit, invert=do_invert))
+            used.append(path)
+        except UnreadableImageError as exc:
+            if skip_non_images and path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            bad.append(str(exc))
+    if bad:
+        raise PredictionError(f"{len(bad)} files cannot be read as images: " + "; ".join(bad[:10])
+                              + (" ..." if len(bad) > 10 else "") + f" Received: files={len(files)}")
+    if not arrays:
+        raise PredictionError(f"No readable image among the files given. Received: files={[str(f) for f in files[:5]]}")
+    stacked = np.stack(arrays)
+    if scale != 255.0:
+        # Bring 0..255 to the dataset's stored range so that its own to_float applies unchanged.
+        stacked = np.clip(np.rint(stacked.astype(np.float64) * (scale / 255.0)), 0, 255).astype(np.uint8)
+    return np.asarray(dataset.to_float(stacked), dtype=np.float32), used
+
+
+def _check_checkpoint_fits(path: Path, algorithm: Any, run: Any, config: Any, num_classes: int) -> None:
+    with np.load(path) as data:
+        import json
+
+        meta = json.loads(bytes(data["meta"]).decode())
+        shapes = [tuple(data[f"var_{i}"].shape) for i in range(int(meta["n_vars"]))]
+    variables = list(algorithm.variables)
+    mine = [tuple(int(d) for d in v.shape) for v in variables]
+    if shapes == mine:
+        return
+    if num_classes != int(config.ways):
+        raise PredictionError(
+            f"Run {run.id} ({config.algorithm}) was trained on {config.ways}-way episodes and its model has a "
+            f"{config.ways}-way output layer, so it classifies exactly {config.ways} classes; the support set has "
+            f"{num_classes}. Give a support set with {config.ways} class folders, or use a run of an algorithm "
+            f"without a fixed output layer (e.g. metalab.protonet). Received: classes={num_classes}"
+        )
+    raise PredictionError(
+        f"Run {run.id}'s checkpoint does not fit the model built from its config (the plugin or its version "
+        f"changed). Received: checkpoint={str(path)!r}"
+    )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, query_dir: str | Path, *,
+            settings: Any = None, invert: bool | None = None) -> list[dict[str, Any]]:
+    """Adapts a run to a support set and classifies query images.
+
+    The run's checkpoint is loaded into the algorithm built from its config, with the episode's ``ways`` set to
+    the number of support classes: an algorithm whose weights do not depend on it (ProtoNet) accepts any
+    number; one with a ``ways``-unit output layer (MAML, Reptile) is refused unless the numbers match. Shots may
+    differ from the run's and from class to class.
+
+    Args:
+        store: The :class:`~metalab.core.store.RunStore`.
+        run_id: The run (a unique prefix of its id works where the store accepts one).
+        registry: The plugin registry (it must know the run's dataset, algorithm and backbone).
+        support_dir: A folder with one sub-folder per class (the class names), a few images each.
+        query_dir: A folder of images (any depth), or one image file.
+        settings: :class:`~metalab.core.settings.Settings` (data folders); read from the environment if omitted.
+        invert: Override the dataset's ``info["invert"]`` (see the module docstring).
+
+    Returns:
+        One dict per query file, in sorted order: ``{"file": path relative to query_dir (or the name),
+        "path": absolute path, "predicted": class name, "probabilities": {class name: float}}``; the
+        probabilities are the softmax of the algorithm's ``predictions`` and sum to 1.
+
+    Raises:
+        FileNotFoundError: The run has no checkpoint, or a folder does not exist.
+        PredictionError: Unusable images, a support set whose class count the model cannot take, a dataset that
+            is not of images, or an algorithm whose ``evaluate`` returns no ``predictions``.
+    """
+    from . import functional
+    from .config import RunConfig
+    from .plugin_api import TaskBatch
+    from .runner import build_session, checkpoint_path, device_scope, load_checkpoint
+
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    ckpt = checkpoint_path(store, run.id)
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train it first. Received: run={run_id!r}"
+        )
+    spec = registry.dataset(config.dataset)
+    if spec.kind != "classification":
+        raise PredictionError(
+            f"Prediction classifies images; run {run.id} is on the {spec.kind} dataset {config.dataset!r}. "
+            f"Received: dataset={config.dataset!r}"
+        )
+    support = list_support_set(support_dir)
+    queries = list_query_images(query_dir)
+    class_names = list(support)
+
+    with device_scope(config.device):
+        session = build_session(registry, config.model_copy(update={"ways": len(class_names)}), settings)
+        _check_checkpoint_fits(ckpt, session.algorithm, run, config, len(class_names))
+        load_checkpoint(ckpt, session.algorithm)
+        dataset = session.dataset
+        support_x, support_y = [], []
+        for label, name in enumerate(class_names):
+            x, _ = prepare_images(support[name], dataset, invert=invert)
+            support_x.append(x)
+            support_y.append(np.full(len(x), label, dtype=np.int32))
+        query_x, used = prepare_images(queries, dataset, invert=invert, skip_non_images=True)
+        batch = TaskBatch(
+            support_x=np.concatenate(support_x)[None],
+            support_y=np.concatenate(support_y)[None],
+            query_x=query_x[None],
+            # Query labels are unknown; evaluate's loss and accuracy are ignored.
+            query_y=np.zeros((1, len(query_x)), dtype=np.int32),
+        )
+        out = session.algorithm.evaluate(batch)
+    if "predictions" not in out:
+        raise PredictionError(
+            f"Algorithm {config.algorithm!r} returns no 'predictions' from evaluate(), so it cannot classify new "
+            f"images. Received: keys={sorted(out)}"
+        )
+    logits = np.asarray(functional.to_numpy(out["predictions"]), dtype=np.float64)
+    logits = logits.reshape(len(query_x), -1)
+    if logits.shape[-1] != len(class_names):
+        raise PredictionError(
+            f"Algorithm {config.algorithm!r} returned {logits.shape[-1]} scores per query for {len(class_names)} "
+            f"support classes. Received: predictions.shape={tuple(logits.shape)}"
+        )
+    probabilities = _softmax(logits)
+    base = Path(query_dir).expanduser()
+    results = []
+    for path, probs in zip(used, probabilities):
+        relative = path.name if base.is_file() else path.relative_to(base).as_posix()
+        results.append({
+            "file": relative,
+            "path": str(path.resolve()),
+            "predicted": class_names[int(np.argmax(probs))],
+            "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
+        })
+    return results

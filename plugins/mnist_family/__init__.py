@@ -1,0 +1,149 @@
+"""MNIST, Fashion-MNIST and EMNIST letters as few-shot datasets split by class: ``metalab.mnist``,
+``metalab.fashion_mnist`` and ``metalab.emnist_letters``.
+
+All three are 28x28 grey images (bright strokes on black; 1 channel). The official train and test images are
+pooled, then the classes are divided between the meta-splits by a seeded permutation
+(:func:`metalab.core.datasets_info.assign_classes`); ``info["split_classes"]`` lists each split's classes. The
+defaults (seed 0) give:
+
+- MNIST and Fashion-MNIST, 4 / 3 / 3 classes: train labels {2, 4, 6, 7}, val {3, 5, 9}, test {0, 1, 8} (for
+  Fashion-MNIST: train Pullover, Coat, Shirt, Sneaker; val Dress, Sandal, Ankle boot; test T-shirt/top, Trouser, Bag);
+- EMNIST letters, 16 / 5 / 5 classes: val F H N R S, test B J O P W, the other 16 letters train.
+
+Files are never downloaded here (offline-safe); a missing file is a ``FileNotFoundError`` naming it and where to
+put it:
+
+- MNIST: ``mnist.npz`` (Keras's file: ``x_train``, ``y_train``, ``x_test``, ``y_test``), or the four IDX files
+  ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
+  ``t10k-labels-idx1-ubyte.gz``; looked for at ``path``, in ``METALAB_DATA_DIR/mnist/``, then in the Keras cache
+  (``$KERAS_HOME/datasets/`` or ``~/.keras/datasets/``).
+- Fashion-MNIST: the same four IDX file names (or a ``fashion-mnist.npz`` in Keras's layout) at ``path``, in
+  ``METALAB_DATA_DIR/fashion_mnist/``, then in the Keras cache's ``datasets/fashion-mnist/``.
+- EMNIST letters: ``emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz`` (from the ``gzip/`` folder of
+  NIST's EMNIST ``gzip.zip``; stored transposed, so they are turned upright on load), or ``emnist-letters.npz``
+  with ``x_train``, ``y_train``, ``x_test``, ``y_test`` (upright images, labels 1..26 for A..Z); at ``path`` or in
+  ``METALAB_DATA_DIR/emnist/``.
+"""
+
+from __future__ import annotations
+
+import pydantic
+from pydantic import Field
+
+from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+
+METALAB_PLUGIN_API = "1.0"
+
+MNIST_PAPER = "LeCun, Bottou, Bengio & Haffner (1998). Gradient-based learning applied to document recognition. Proc. IEEE."
+FASHION_PAPER = (
+    "Xiao, Rasul & Vollgraf (2017). Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine Learning "
+    "Algorithms. arXiv:1708.07747."
+)
+EMNIST_PAPER = (
+    "Cohen, Afshar, Tapson & van Schaik (2017). EMNIST: an extension of MNIST to handwritten letters. IJCNN."
+)
+
+
+def _class_split_params(total: int, train: int, val: int, what: str) -> type[Params]:
+    class SplitParams(Params):
+        path: str = Field("", description=f"A file or folder holding the {what} files (empty: the default places).")
+        train_classes: int = Field(train, ge=1, le=total - 2, description="Classes in the training split.")
+        val_classes: int = Field(val, ge=1, le=total - 2, description="Classes in the validation split; the rest are test.")
+        seed: int = Field(0, ge=0, description="Seed of the permutation that assigns classes to splits.")
+
+        @pydantic.model_validator(mode="after")
+        def _leaves_test_classes(self):
+            if self.train_classes + self.val_classes > total - 1:
+                raise ValueError(
+                    f"train_classes + val_classes must leave at least one of the {total} classes for test. "
+                    f"Received: train_classes={self.train_classes}, val_classes={self.val_classes}"
+                )
+            return self
+
+    return SplitParams
+
+
+class MNISTParams(_class_split_params(10, 4, 3, "MNIST")):
+    """Where MNIST is and how its 10 classes are split."""
+
+
+class FashionMNISTParams(_class_split_params(10, 4, 3, "Fashion-MNIST")):
+    """Where Fashion-MNIST is and how its 10 classes are split."""
+
+
+class EMNISTLettersParams(_class_split_params(26, 16, 5, "EMNIST letters")):
+    """Where EMNIST letters is and how its 26 classes are split."""
+
+
+def _factory(which: str, model: type[Params]):
+    def factory(params=None, context=None):
+        """Builds the dataset (the dataset factory).
+
+        Returns:
+            A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, 28, 28, 1]`` images.
+
+        Raises:
+            FileNotFoundError: The files are absent; the message names them and where to put them.
+        """
+        from .loader import build_dataset
+
+        if not isinstance(params, model):
+            params = model.model_validate(params or {})
+        if context is None:
+            from metalab.core.settings import load_settings
+
+            context = load_settings().data_context()
+        return build_dataset(which, params, context)
+
+    factory.__name__ = f"make_{which}"
+    return factory
+
+
+make_mnist = _factory("mnist", MNISTParams)
+make_fashion_mnist = _factory("fashion_mnist", FashionMNISTParams)
+make_emnist_letters = _factory("emnist_letters", EMNISTLettersParams)
+
+
+@hookimpl
+def metalab_register_datasets() -> list:
+    return [
+        DatasetSpec(
+            id="metalab.mnist",
+            title="MNIST (few-shot)",
+            description=(
+                "70,000 handwritten digits, 28x28, train and test pooled; the 10 classes are split 4 / 3 / 3 between "
+                "train, val and test. Reads mnist.npz from METALAB_DATA_DIR/mnist/ or the Keras cache; never downloads."
+            ),
+            params=MNISTParams,
+            factory=make_mnist,
+            paper=MNIST_PAPER,
+            default_backbone="metalab.conv4",
+            episode_defaults={"ways": 3, "shots": 5, "queries": 10},
+        ),
+        DatasetSpec(
+            id="metalab.fashion_mnist",
+            title="Fashion-MNIST (few-shot)",
+            description=(
+                "70,000 clothing images, 28x28, train and test pooled; the 10 classes are split 4 / 3 / 3. Reads the "
+                "four .gz files from METALAB_DATA_DIR/fashion_mnist/ or the Keras cache; never downloads."
+            ),
+            params=FashionMNISTParams,
+            factory=make_fashion_mnist,
+            paper=FASHION_PAPER,
+            default_backbone="metalab.conv4",
+            episode_defaults={"ways": 3, "shots": 5, "queries": 10},
+        ),
+        DatasetSpec(
+            id="metalab.emnist_letters",
+            title="EMNIST letters (few-shot)",
+            description=(
+                "145,600 handwritten letters (upper and lower case merged), 28x28; the 26 classes are split "
+                "16 / 5 / 5. Reads the emnist-letters .gz files (or emnist-letters.npz) from METALAB_DATA_DIR/emnist/."
+            ),
+            params=EMNISTLettersParams,
+            factory=make_emnist_letters,
+            paper=EMNIST_PAPER,
+            default_backbone="metalab.conv4",
+            episode_defaults={"ways": 5, "shots": 1, "queries": 15},
+        ),
+    ]
