@@ -1,0 +1,74 @@
+"""The built-in backbones: the Conv-4 image embedding and a small MLP (registration only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from metalab.core.plugin_api import BackboneSpec, Params, hookimpl
+
+METALAB_PLUGIN_API = "1.0"
+
+
+class Conv4Params(Params):
+    """Parameters of the Conv-4 backbone (Vinyals et al. 2016; Finn et al. 2017)."""
+
+    filters: int = Field(64, ge=1, le=1024, description="Filters of every 3x3 convolution (64 in the papers).")
+    blocks: int = Field(4, ge=1, le=8, description="Conv-BN-ReLU-maxpool blocks; each halves height and width.")
+    bn_momentum: float = Field(
+        0.9, ge=0.0, lt=1.0, description="Weight of the old value in the batch norm's running moments."
+    )
+
+
+class MLPParams(Params):
+    """Parameters of the MLP backbone (Finn et al. 2017, sinusoid regression)."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        default_factory=lambda: [40, 40], min_length=1, max_length=16, description="Sizes of the ReLU hidden layers."
+    )
+
+
+def _conv4(params: Conv4Params, input_shape: tuple[int, ...]) -> Any:
+    from . import models
+
+    return models.conv4(params, input_shape)
+
+
+def _mlp(params: MLPParams, input_shape: tuple[int, ...]) -> Any:
+    from . import models
+
+    return models.mlp(params, input_shape)
+
+
+CONV4 = BackboneSpec(
+    id="metalab.conv4",
+    title="Conv-4",
+    description=(
+        "Four blocks of 3x3 convolution (64 filters), batch norm, ReLU and 2x2 max-pooling, then flatten: the "
+        "standard few-shot image embedding. 28x28 inputs give 64 features. Batch norm is MetaBatchNorm, exact to "
+        "second order for MAML."
+    ),
+    params=Conv4Params,
+    factory=_conv4,
+    paper=(
+        "Vinyals et al. 2016, Matching Networks for One Shot Learning (NeurIPS); Finn et al. 2017, "
+        "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+    ),
+    input_kinds=("image",),
+)
+
+MLP = BackboneSpec(
+    id="metalab.mlp",
+    title="MLP",
+    description="Flattens any input, then ReLU hidden layers (40, 40 by default, as for MAML's sinusoid regression).",
+    params=MLPParams,
+    factory=_mlp,
+    paper="Finn et al. 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)",
+    input_kinds=("image", "vector"),
+)
+
+
+@hookimpl
+def metalab_register_backbones() -> list[BackboneSpec]:
+    return [CONV4, MLP]

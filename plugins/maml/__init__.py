@@ -1,0 +1,51 @@
+"""MAML, Model-Agnostic Meta-Learning (registration only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+
+METALAB_PLUGIN_API = "1.0"
+
+
+class MAMLParams(Params):
+    """MAML's parameters; defaults are those of Finn et al. 2017 for 5-way Omniglot."""
+
+    inner_lr: float = Field(
+        0.4, gt=0, le=100, description="Inner-loop step size alpha (0.4 on Omniglot, 0.01 on sinusoid and MiniImagenet)."
+    )
+    inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps during meta-training.")
+    eval_inner_steps: int = Field(3, ge=0, le=1000, description="Inner gradient steps when adapting at test time.")
+    meta_batch_size: int = Field(32, ge=1, le=1024, description="Tasks per meta-update.")
+    outer_lr: float = Field(1e-3, gt=0, le=1, description="Meta step size beta (Adam).")
+    first_order: bool = Field(
+        False, description="First-order MAML: treat the inner gradients as constants (no second derivatives)."
+    )
+
+
+def _make(params: MAMLParams, task: TaskSpec) -> Any:
+    from .algorithm import MAML
+
+    return MAML(params, task)
+
+
+SPEC = AlgorithmSpec(
+    id="metalab.maml",
+    title="MAML",
+    description=(
+        "Learns an initialisation from which a few gradient steps on a new task's support set fit it well. "
+        "The meta-gradient differentiates through the inner steps (second order) unless first_order is set."
+    ),
+    params=MAMLParams,
+    factory=_make,
+    paper="Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)",
+    task_kinds=("classification", "regression"),
+)
+
+
+@hookimpl
+def metalab_register_algorithms() -> list[AlgorithmSpec]:
+    return [SPEC]

@@ -1,0 +1,49 @@
+"""Prototypical Networks (registration only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+
+METALAB_PLUGIN_API = "1.0"
+
+
+class ProtoNetParams(Params):
+    """Prototypical Networks' parameters; defaults are those of Snell, Swersky and Zemel 2017."""
+
+    distance: Literal["euclidean", "cosine"] = Field(
+        "euclidean", description="Squared Euclidean distance (the paper's) or cosine distance to the prototypes."
+    )
+    outer_lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    meta_batch_size: int = Field(1, ge=1, le=1024, description="Episodes per update (one in the paper).")
+    lr_decay_every: int = Field(
+        2000, ge=0, le=10_000_000, description="Halve the learning rate every this many updates (0: never)."
+    )
+
+
+def _make(params: ProtoNetParams, task: TaskSpec) -> Any:
+    from .algorithm import ProtoNet
+
+    return ProtoNet(params, task)
+
+
+SPEC = AlgorithmSpec(
+    id="metalab.protonet",
+    title="Prototypical Networks",
+    description=(
+        "Embeds images, takes each class's mean support embedding as its prototype and classifies queries by "
+        "a softmax over negative distances to the prototypes. No inner loop."
+    ),
+    params=ProtoNetParams,
+    factory=_make,
+    paper="Snell, Swersky and Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)",
+    task_kinds=("classification",),
+)
+
+
+@hookimpl
+def metalab_register_algorithms() -> list[AlgorithmSpec]:
+    return [SPEC]

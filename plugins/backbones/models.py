@@ -1,0 +1,63 @@
+"""Keras models of the built-in backbones (imported lazily by the backbone factories)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from metalab.core.layers import MetaBatchNorm
+
+
+def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
+    """Builds the Conv-4 embedding: ``blocks`` x [Conv2D 3x3 same, MetaBatchNorm, ReLU, MaxPool 2], Flatten.
+
+    Args:
+        params: A ``Conv4Params`` (``filters``, ``blocks``, ``bn_momentum``).
+        input_shape: ``(height, width, channels)``.
+
+    Returns:
+        A built ``keras.Sequential`` mapping ``[N, H, W, C]`` to ``[N, filters * h * w]``.
+
+    Raises:
+        ValueError: If ``input_shape`` is not ``(H, W, C)`` or is too small for ``blocks`` poolings.
+    """
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"metalab.conv4 needs image inputs of shape (height, width, channels). Received: input_shape={input_shape}"
+        )
+    height, width, _ = shape
+    smallest = 2**params.blocks
+    if min(height, width) < smallest:
+        raise ValueError(
+            f"metalab.conv4 with {params.blocks} blocks halves height and width {params.blocks} times, so it needs "
+            f"inputs of at least {smallest}x{smallest}; use fewer blocks or larger images. "
+            f"Received: input_shape={input_shape}"
+        )
+    layers: list[Any] = [keras.Input(shape)]
+    for i in range(params.blocks):
+        layers += [
+            keras.layers.Conv2D(params.filters, 3, padding="same", name=f"conv{i}"),
+            MetaBatchNorm(momentum=params.bn_momentum, name=f"bn{i}"),
+            keras.layers.ReLU(name=f"relu{i}"),
+            keras.layers.MaxPooling2D(2, name=f"pool{i}"),
+        ]
+    layers.append(keras.layers.Flatten(name="flatten"))
+    return keras.Sequential(layers, name="conv4")
+
+
+def mlp(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
+    """Builds the MLP: Flatten, then one ReLU Dense layer per entry of ``params.hidden``.
+
+    Args:
+        params: An ``MLPParams`` (``hidden``).
+        input_shape: Shape of one input (any rank).
+
+    Returns:
+        A built ``keras.Sequential`` mapping ``[N, *input_shape]`` to ``[N, hidden[-1]]``.
+    """
+    layers: list[Any] = [keras.Input(tuple(int(s) for s in input_shape)), keras.layers.Flatten(name="flatten")]
+    for i, units in enumerate(params.hidden):
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"dense{i}"))
+    return keras.Sequential(layers, name="mlp")

@@ -1,0 +1,170 @@
+"""MAML (Finn, Abbeel and Levine 2017) written against metalab's functional seam.
+
+For each task ``T_i`` of a meta-batch, with its support set (the inner loop's data) and query set:
+
+    theta'_i = theta - alpha * grad_theta L_support(f_theta)                   (eq. 1, applied ``inner_steps`` times)
+    theta   <- theta - beta * grad_theta mean_i L_query(f_{theta'_i})           (eq. 2, with Adam as in the paper)
+
+The meta-gradient differentiates through eq. 1, so it holds the second derivatives of the support loss; with
+``first_order`` the inner gradients are treated as constants (the paper's first-order approximation). Batch norm
+always uses the statistics of the batch it sees (transductive, as the reference implementation), so running
+moments are not used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+
+
+def build_model(task: TaskSpec, name: str) -> keras.Model:
+    """Returns the run's backbone followed by a linear head with ``task.output_dim`` outputs, built."""
+    backbone = task.make_backbone()
+    return keras.Sequential(
+        [keras.Input(tuple(task.input_shape)), backbone, keras.layers.Dense(task.output_dim, name="head")], name=name
+    )
+
+
+def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
+    """Returns ``(loss, metric)`` of one task: cross-entropy and accuracy, or mean squared error twice."""
+    if kind == "classification":
+        labels = ops.cast(y, "int32")
+        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
+        hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
+        return loss, ops.mean(ops.cast(hits, outputs.dtype))
+    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
+    return loss, loss
+
+
+def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, Any, Any, int]:
+    """Converts a batch to tensors (inputs in ``dtype``, int32 labels) and returns them with the task count.
+
+    Raises:
+        ValueError: If the number of tasks is not known when tracing (the task loop is unrolled).
+    """
+    label_dtype = "int32" if kind == "classification" else dtype
+    sx = ops.convert_to_tensor(batch.support_x, dtype=dtype)
+    qx = ops.convert_to_tensor(batch.query_x, dtype=dtype)
+    sy = ops.convert_to_tensor(batch.support_y, dtype=label_dtype)
+    qy = ops.convert_to_tensor(batch.query_y, dtype=label_dtype)
+    num_tasks = sx.shape[0]
+    if num_tasks is None:
+        raise ValueError(
+            "The number of tasks in a batch must be static (the task loop is unrolled when compiled). "
+            f"Received: support_x with shape={tuple(sx.shape)}"
+        )
+    return sx, sy, qx, qy, int(num_tasks)
+
+
+class MAML:
+    """Model-Agnostic Meta-Learning with exact (or first-order) meta-gradients.
+
+    Args:
+        params: A validated ``MAMLParams``.
+        task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
+
+    Raises:
+        ValueError: If ``task.kind`` is neither classification nor regression.
+    """
+
+    def __init__(self, params: Any, task: TaskSpec):
+        if task.kind not in ("classification", "regression"):
+            raise ValueError(f"MAML supports classification and regression tasks. Received: task.kind={task.kind!r}")
+        self.config = params
+        self.task = task
+        self.meta_batch_size = int(params.meta_batch_size)
+        self.model = build_model(task, "maml")
+        self.fmodel = functional.FunctionalModel(self.model)
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return self.fmodel.trainable_variables
+
+    @property
+    def variables(self) -> list[Any]:
+        return list(self.model.variables)
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """Returns Adam with the meta step size beta (``outer_lr``)."""
+        return keras.optimizers.Adam(learning_rate=self.config.outer_lr)
+
+    def task_loss(self, weights: list[Any], x: Any, y: Any) -> tuple[Any, Any]:
+        """Returns ``(loss, metric)`` of the model under ``weights`` on one task's ``(x, y)``."""
+        return loss_and_metric(self.task.kind, self.fmodel(weights, x, training=True), y)
+
+    def inner_step(self, weights: list[Any], x: Any, y: Any, *, first_order: bool) -> list[Any]:
+        """One step of eq. 1 on ``(x, y)``; differentiable in ``weights`` unless ``first_order``."""
+        _, grads = functional.value_and_grad(lambda w: self.task_loss(w, x, y)[0], weights)
+        if first_order:
+            grads = functional.stop_gradient(grads)
+        lr = self.config.inner_lr
+        return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)]
+
+    def adapt(self, weights: list[Any], x: Any, y: Any, steps: int, *, first_order: bool = True) -> list[Any]:
+        """Returns the fast weights after ``steps`` inner steps from ``weights`` on ``(x, y)``."""
+        for _ in range(steps):
+            weights = self.inner_step(weights, x, y, first_order=first_order)
+        return weights
+
+    def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        """Returns the gradient of the mean query loss after adaptation (eq. 2), and query loss/accuracy."""
+        kind = self.task.kind
+        sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
+
+        def meta_loss(theta):
+            losses, metrics = [], []
+            for t in range(num_tasks):
+                fast = self.adapt(theta, sx[t], sy[t], self.config.inner_steps, first_order=self.config.first_order)
+                loss, metric = self.task_loss(fast, qx[t], qy[t])
+                losses.append(loss)
+                metrics.append(metric)
+            return ops.mean(ops.stack(losses)), ops.mean(ops.stack(metrics))
+
+        (loss, metric), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
+        metrics = {"loss": loss}
+        if kind == "classification":
+            metrics["accuracy"] = metric
+        return grads, metrics
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
+        """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.
+
+        Returns:
+            ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, eval_inner_steps + 1]`` (query
+            accuracy or MSE after 0..steps steps) and ``predictions`` ``[T, queries, output_dim]``.
+        """
+        kind = self.task.kind
+        sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
+        theta = functional.stop_gradient(self.fmodel.params())
+        steps = int(self.config.eval_inner_steps)
+
+        def score(weights, x, y):
+            outputs = self.fmodel(weights, x, training=True)
+            return (*loss_and_metric(kind, outputs, y), outputs)
+
+        def one_task(arrays):
+            tsx, tsy, tqx, tqy = arrays
+
+            def step(i, carry):
+                weights, curve = carry
+                metric = score(weights, tqx, tqy)[1]
+                curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
+                return self.inner_step(weights, tsx, tsy, first_order=True), curve
+
+            curve = ops.zeros((steps + 1,), dtype=self.model.compute_dtype)
+            weights, curve = ops.fori_loop(0, steps, step, (theta, curve))
+            loss, metric, outputs = score(weights, tqx, tqy)
+            curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
+            return loss, metric, curve, outputs
+
+        # Mapped, not unrolled: the graph holds one task's adaptation whatever the number of tasks.
+        losses, metrics, curves, predictions = ops.map(one_task, (sx, sy, qx, qy))
+        result = {"loss": losses, "curve": curves, "predictions": predictions}
+        if kind == "classification":
+            result["accuracy"] = metrics
+        return result

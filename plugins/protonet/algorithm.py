@@ -1,0 +1,131 @@
+"""Prototypical Networks (Snell, Swersky and Zemel 2017) written against metalab's functional seam.
+
+Each class ``k`` of an episode gets a prototype, the mean embedding of its support examples (eq. 1):
+``c_k = 1/|S_k| sum_{x in S_k} f_phi(x)``; a query ``x`` is classified by ``p(y = k | x) = softmax_k(-d(f_phi(x), c_k))``
+(eq. 2) with ``d`` the squared Euclidean distance, and ``phi`` is trained by Adam on the query cross-entropy.
+
+As in the paper's code, support and query are embedded in one batch during training (batch norm in training
+mode, which also moves its running moments) and evaluation uses the running moments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+
+
+class ProtoNet:
+    """Prototypical Networks on the run's backbone (the embedding; no head).
+
+    Args:
+        params: A validated ``ProtoNetParams``.
+        task: What the tasks look like; must be classification.
+
+    Raises:
+        ValueError: If ``task.kind`` is not classification.
+    """
+
+    def __init__(self, params: Any, task: TaskSpec):
+        if task.kind != "classification":
+            raise ValueError(f"Prototypical Networks need classification tasks. Received: task.kind={task.kind!r}")
+        self.config = params
+        self.task = task
+        self.meta_batch_size = int(params.meta_batch_size)
+        self.model = task.make_backbone()
+        self.fmodel = functional.FunctionalModel(self.model)
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return self.fmodel.trainable_variables
+
+    @property
+    def variables(self) -> list[Any]:
+        return list(self.model.variables)
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """Returns Adam at ``outer_lr``, halved every ``lr_decay_every`` updates (if positive)."""
+        lr: Any = self.config.outer_lr
+        if self.config.lr_decay_every > 0:
+            lr = keras.optimizers.schedules.ExponentialDecay(
+                lr, decay_steps=self.config.lr_decay_every, decay_rate=0.5, staircase=True
+            )
+        return keras.optimizers.Adam(learning_rate=lr)
+
+    def logits(self, support_embeddings: Any, support_y: Any, query_embeddings: Any) -> Any:
+        """Returns ``[queries, ways]`` logits: negative distances from each query to each class prototype."""
+        ways = self.task.ways
+        onehot = ops.one_hot(ops.cast(support_y, "int32"), ways, dtype=support_embeddings.dtype)
+        counts = ops.sum(onehot, axis=0)
+        prototypes = ops.matmul(ops.transpose(onehot), support_embeddings) / ops.expand_dims(counts, -1)
+        if self.config.distance == "cosine":
+            q = ops.normalize(query_embeddings, axis=-1)
+            p = ops.normalize(prototypes, axis=-1)
+            return ops.matmul(q, ops.transpose(p)) - 1.0
+        diff = ops.expand_dims(query_embeddings, 1) - ops.expand_dims(prototypes, 0)
+        return -ops.sum(ops.square(diff), axis=-1)
+
+    def episode(self, weights: list[Any], sx: Any, sy: Any, qx: Any, qy: Any, *, training: bool, state: list[Any]):
+        """Scores one episode; returns ``(loss, accuracy, logits, new_state)``."""
+        n_support = sx.shape[0]
+        embeddings, state = self.fmodel.call_with_state(
+            weights, ops.concatenate([sx, qx], axis=0), training=training, state=state
+        )
+        logits = self.logits(embeddings[:n_support], sy, embeddings[n_support:])
+        labels = ops.cast(qy, "int32")
+        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
+        return loss, ops.mean(ops.cast(hits, logits.dtype)), logits, state
+
+    def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        """Returns the gradient of the mean query cross-entropy over the batch's episodes, and loss/accuracy.
+
+        Also moves the batch norms' running moments (as a training-mode forward pass does).
+        """
+        sx, sy, qx, qy, num_tasks = _batch_tensors(batch, self.model.compute_dtype)
+
+        def mean_loss(weights):
+            state = self.fmodel.state()
+            losses, accuracies = [], []
+            for t in range(num_tasks):
+                loss, accuracy, _, state = self.episode(weights, sx[t], sy[t], qx[t], qy[t], training=True, state=state)
+                losses.append(loss)
+                accuracies.append(accuracy)
+            return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(accuracies)), state)
+
+        (loss, (accuracy, state)), grads = functional.value_and_grad(mean_loss, self.fmodel.params(), has_aux=True)
+        self.fmodel.set_state(functional.stop_gradient(state))
+        return grads, {"loss": loss, "accuracy": accuracy}
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
+        """Scores each episode's query set against its support prototypes (batch norm on running moments).
+
+        Returns:
+            ``loss`` ``[T]``, ``accuracy`` ``[T]`` and ``predictions`` (query logits ``[T, queries, ways]``).
+        """
+        sx, sy, qx, qy, _ = _batch_tensors(batch, self.model.compute_dtype)
+        weights, state = self.fmodel.params(), self.fmodel.state()
+
+        def one_task(arrays):
+            return self.episode(weights, *arrays, training=False, state=state)[:3]
+
+        losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
+        return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
+
+
+def _batch_tensors(batch: TaskBatch, dtype: str) -> tuple[Any, Any, Any, Any, int]:
+    sx = ops.convert_to_tensor(batch.support_x, dtype=dtype)
+    qx = ops.convert_to_tensor(batch.query_x, dtype=dtype)
+    sy = ops.convert_to_tensor(batch.support_y, dtype="int32")
+    qy = ops.convert_to_tensor(batch.query_y, dtype="int32")
+    num_tasks = sx.shape[0]
+    if num_tasks is None:
+        raise ValueError(
+            "The number of tasks in a batch must be static (the task loop is unrolled when compiled). "
+            f"Received: support_x with shape={tuple(sx.shape)}"
+        )
+    return sx, sy, qx, qy, int(num_tasks)

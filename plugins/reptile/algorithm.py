@@ -1,0 +1,204 @@
+"""Reptile (Nichol, Achiam and Schulman 2018) written against metalab's functional seam.
+
+For each task ``tau_i`` of a meta-batch of ``n``, train from ``theta`` for ``k`` steps: ``phi_i = U^k_tau_i(theta)``;
+then (the paper's Algorithm 2, batched version)
+
+    theta <- theta + epsilon * (1/n * sum_i phi_i - theta)
+
+``epsilon`` is annealed linearly from ``outer_stepsize`` to 0 over the run, as in the paper. The update is handed
+to the runner as the "gradient" ``theta - mean_i phi_i`` for a plain SGD optimizer whose learning rate is that
+schedule, so the runner's loop needs nothing Reptile-specific.
+
+Choices (the paper leaves them to the implementation or its code does otherwise):
+
+- ``U`` is Adam with ``beta1 = 0`` (as the paper) or plain SGD. Adam's moments start from zero for every task;
+  the reference code keeps them across tasks, which makes the update depend on the task order.
+- The inner loop trains on the task's support set, full batch, during meta-training and at test time. The query
+  set is only scored, so the reported loss/accuracy (query, after ``inner_steps`` steps) mean the same as MAML's.
+  The paper samples more shots for meta-training than for testing: raise the episode's shots to do the same.
+- Batch norm uses batch statistics (transductive, the paper's main setting).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+
+_ADAM_BETA2 = 0.999
+_ADAM_EPSILON = 1e-8
+
+
+def build_model(task: TaskSpec, name: str) -> keras.Model:
+    """Returns the run's backbone followed by a linear head with ``task.output_dim`` outputs, built."""
+    backbone = task.make_backbone()
+    return keras.Sequential(
+        [keras.Input(tuple(task.input_shape)), backbone, keras.layers.Dense(task.output_dim, name="head")], name=name
+    )
+
+
+def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
+    """Returns ``(loss, metric)`` of one task: cross-entropy and accuracy, or mean squared error twice."""
+    if kind == "classification":
+        labels = ops.cast(y, "int32")
+        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
+        hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
+        return loss, ops.mean(ops.cast(hits, outputs.dtype))
+    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
+    return loss, loss
+
+
+def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, Any, Any, int]:
+    """Converts a batch to tensors (inputs in ``dtype``, int32 labels) and returns them with the task count.
+
+    Raises:
+        ValueError: If the number of tasks is not known when tracing (the task loop is unrolled).
+    """
+    label_dtype = "int32" if kind == "classification" else dtype
+    sx = ops.convert_to_tensor(batch.support_x, dtype=dtype)
+    qx = ops.convert_to_tensor(batch.query_x, dtype=dtype)
+    sy = ops.convert_to_tensor(batch.support_y, dtype=label_dtype)
+    qy = ops.convert_to_tensor(batch.query_y, dtype=label_dtype)
+    num_tasks = sx.shape[0]
+    if num_tasks is None:
+        raise ValueError(
+            "The number of tasks in a batch must be static (the task loop is unrolled when compiled). "
+            f"Received: support_x with shape={tuple(sx.shape)}"
+        )
+    return sx, sy, qx, qy, int(num_tasks)
+
+
+class Reptile:
+    """Reptile: move the initialisation towards the weights each task trains to.
+
+    Args:
+        params: A validated ``ReptileParams``.
+        task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
+
+    Raises:
+        ValueError: If ``task.kind`` is neither classification nor regression.
+    """
+
+    def __init__(self, params: Any, task: TaskSpec):
+        if task.kind not in ("classification", "regression"):
+            raise ValueError(
+                f"Reptile supports classification and regression tasks. Received: task.kind={task.kind!r}"
+            )
+        self.config = params
+        self.task = task
+        self.meta_batch_size = int(params.meta_batch_size)
+        self.model = build_model(task, "reptile")
+        self.fmodel = functional.FunctionalModel(self.model)
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return self.fmodel.trainable_variables
+
+    @property
+    def variables(self) -> list[Any]:
+        return list(self.model.variables)
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """Returns SGD whose learning rate, epsilon, falls linearly from ``outer_stepsize`` to 0 over the run."""
+        schedule = keras.optimizers.schedules.PolynomialDecay(
+            initial_learning_rate=self.config.outer_stepsize,
+            decay_steps=max(int(self.task.total_steps), 1),
+            end_learning_rate=0.0,
+            power=1.0,
+        )
+        return keras.optimizers.SGD(learning_rate=schedule)
+
+    def task_loss(self, weights: list[Any], x: Any, y: Any) -> tuple[Any, Any]:
+        """Returns ``(loss, metric)`` of the model under ``weights`` on one task's ``(x, y)``."""
+        return loss_and_metric(self.task.kind, self.fmodel(weights, x, training=True), y)
+
+    def init_inner_state(self, weights: list[Any]) -> dict[str, Any]:
+        """Returns a fresh inner-optimizer state: the step count and, for Adam, zero second moments."""
+        state = {"t": ops.zeros((), dtype=weights[0].dtype)}
+        if self.config.inner_optimizer == "adam":
+            state["v"] = [ops.zeros_like(w) for w in weights]
+        return state
+
+    def inner_step(self, weights: list[Any], state: dict[str, Any], x: Any, y: Any) -> tuple[list[Any], dict]:
+        """One inner-optimizer step on ``(x, y)``; returns the new weights and optimizer state."""
+        _, grads = functional.value_and_grad(lambda w: self.task_loss(w, x, y)[0], weights)
+        grads = functional.stop_gradient(grads)
+        lr = self.config.inner_lr
+        t = state["t"] + 1
+        if self.config.inner_optimizer == "sgd":
+            return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)], {"t": t}
+        # Adam with beta1 = 0 (the first moment is the gradient itself), in TF1's form, as the paper's code.
+        v = [_ADAM_BETA2 * v + (1 - _ADAM_BETA2) * ops.square(g) for v, g in zip(state["v"], grads)]
+        step = lr * ops.sqrt(1 - ops.power(ops.cast(_ADAM_BETA2, t.dtype), t))
+        new = [w - ops.cast(step, w.dtype) * g / (ops.sqrt(vi) + _ADAM_EPSILON) for w, g, vi in zip(weights, grads, v)]
+        return new, {"t": t, "v": v}
+
+    def adapt(self, weights: list[Any], x: Any, y: Any, steps: int) -> list[Any]:
+        """Returns the weights after ``steps`` inner-optimizer steps from ``weights`` on ``(x, y)``."""
+
+        def step(_, carry):
+            return self.inner_step(*carry, x, y)
+
+        weights, _ = ops.fori_loop(0, steps, step, (list(weights), self.init_inner_state(weights)))
+        return weights
+
+    def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        """Returns ``theta - mean_i phi_i`` (see the module docstring), and query loss/accuracy after adaptation."""
+        kind = self.task.kind
+        sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
+        theta = functional.stop_gradient(self.fmodel.params())
+
+        def one_task(arrays):
+            tsx, tsy, tqx, tqy = arrays
+            phi = self.adapt(theta, tsx, tsy, self.config.inner_steps)
+            loss, metric = self.task_loss(phi, tqx, tqy)
+            return phi, loss, metric
+
+        # No gradient flows through the tasks, so they are mapped rather than unrolled: a small graph.
+        phis, losses, metrics = ops.map(one_task, (sx, sy, qx, qy))
+        grads = [w - ops.mean(p, axis=0) for w, p in zip(theta, phis)]
+        result = {"loss": ops.mean(losses)}
+        if kind == "classification":
+            result["accuracy"] = ops.mean(metrics)
+        return grads, result
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
+        """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.
+
+        Returns:
+            ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, eval_inner_steps + 1]`` (query
+            accuracy or MSE after 0..steps steps) and ``predictions`` ``[T, queries, output_dim]``.
+        """
+        kind = self.task.kind
+        sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
+        theta = functional.stop_gradient(self.fmodel.params())
+        steps = int(self.config.eval_inner_steps)
+
+        def score(weights, x, y):
+            outputs = self.fmodel(weights, x, training=True)
+            return (*loss_and_metric(kind, outputs, y), outputs)
+
+        def one_task(arrays):
+            tsx, tsy, tqx, tqy = arrays
+
+            def step(i, carry):
+                weights, state, curve = carry
+                metric = score(weights, tqx, tqy)[1]
+                curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
+                return (*self.inner_step(weights, state, tsx, tsy), curve)
+
+            curve = ops.zeros((steps + 1,), dtype=self.model.compute_dtype)
+            weights, _, curve = ops.fori_loop(0, steps, step, (theta, self.init_inner_state(theta), curve))
+            loss, metric, outputs = score(weights, tqx, tqy)
+            curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
+            return loss, metric, curve, outputs
+
+        losses, metrics, curves, predictions = ops.map(one_task, (sx, sy, qx, qy))
+        result = {"loss": losses, "curve": curves, "predictions": predictions}
+        if kind == "classification":
+            result["accuracy"] = metrics
+        return result

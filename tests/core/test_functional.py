@@ -1,0 +1,162 @@
+"""The functional seam: explicit-weight model calls and (nested) gradients."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.layers import MetaBatchNorm
+
+
+def _small_model(input_dim: int = 3) -> keras.Model:
+    return keras.Sequential(
+        [keras.Input((input_dim,)), keras.layers.Dense(4), MetaBatchNorm(momentum=0.5), keras.layers.Dense(2)]
+    )
+
+
+def test_value_and_grad_of_a_scalar_function():
+    x = np.array([1.0, -2.0, 0.5], dtype="float64")
+    value, grad = functional.value_and_grad(lambda p: ops.sum(p**3), x)
+    np.testing.assert_allclose(functional.to_numpy(value), np.sum(x**3))
+    np.testing.assert_allclose(functional.to_numpy(grad), 3 * x**2)
+
+
+def test_nested_value_and_grad_gives_the_analytic_second_derivative():
+    x = np.array([1.0, -2.0, 0.5], dtype="float64")
+    c = np.array([0.3, 0.7, -1.1], dtype="float64")
+
+    def weighted_gradient(p):
+        _, g = functional.value_and_grad(lambda q: ops.sum(q**3), p)
+        return ops.sum(g * c)
+
+    _, hessian_times_c = functional.value_and_grad(weighted_gradient, x)
+    np.testing.assert_allclose(functional.to_numpy(hessian_times_c), 6 * x * c, rtol=1e-12)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_one_maml_step_on_a_cubic_matches_the_closed_form(first_order):
+    # L(t) = phi^2 with phi = t - a * f'(t), f(t) = t^3: dL/dt = 2 phi (1 - 6 a t), or 2 phi to first order.
+    a, t = 0.1, 0.8
+
+    def meta_loss(theta):
+        _, g = functional.value_and_grad(lambda p: p**3, theta)
+        if first_order:
+            g = functional.stop_gradient(g)
+        return (theta - a * g) ** 2
+
+    value, grad = functional.value_and_grad(meta_loss, np.float64(t))
+    phi = t - 3 * a * t**2
+    expected = 2 * phi * (1.0 if first_order else 1 - 6 * a * t)
+    np.testing.assert_allclose(functional.to_numpy(value), phi**2, rtol=1e-12)
+    np.testing.assert_allclose(functional.to_numpy(grad), expected, rtol=1e-12)
+
+
+def test_value_and_grad_keeps_structure_returns_aux_and_zero_for_unused_params():
+    params = {"w": np.array([2.0, 3.0]), "unused": np.array([1.0])}
+    (value, aux), grads = functional.value_and_grad(
+        lambda p, k: (k * ops.sum(p["w"] ** 2), {"norm": ops.sqrt(ops.sum(p["w"] ** 2))}), params, 0.5, has_aux=True
+    )
+    assert set(grads) == {"w", "unused"}
+    np.testing.assert_allclose(functional.to_numpy(value), 6.5)
+    np.testing.assert_allclose(functional.to_numpy(aux["norm"]), np.sqrt(13.0))
+    np.testing.assert_allclose(functional.to_numpy(grads["w"]), [2.0, 3.0])
+    np.testing.assert_array_equal(functional.to_numpy(grads["unused"]), [0.0])
+
+
+def test_value_and_grad_refuses_a_non_scalar_value():
+    with pytest.raises(ValueError, match="scalar"):
+        functional.value_and_grad(lambda p: p * 2, np.ones(3))
+
+
+def test_stop_gradient_blocks_every_leaf():
+    def f(p):
+        held = functional.stop_gradient({"a": p, "b": [p * 2]})
+        return ops.sum(held["a"] * p) + ops.sum(held["b"][0])
+
+    _, grad = functional.value_and_grad(f, np.array([1.0, 2.0]))
+    np.testing.assert_allclose(functional.to_numpy(grad), [1.0, 2.0])  # only the unstopped factor p
+
+
+def test_functional_model_needs_a_built_model():
+    with pytest.raises(ValueError, match="built"):
+        functional.FunctionalModel(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_functional_model_calls_with_explicit_weights_without_side_effects():
+    keras.utils.set_random_seed(1)
+    model = _small_model()
+    fmodel = functional.FunctionalModel(model)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    before = [v.numpy().copy() for v in model.variables]
+
+    np.testing.assert_allclose(
+        functional.to_numpy(fmodel(fmodel.params(), x)), functional.to_numpy(model(x, training=True)), rtol=1e-5
+    )
+    for v, b in zip(model.variables, before):  # the call above through the model moved the running moments
+        if v.trainable:
+            np.testing.assert_array_equal(v.numpy(), b)
+    snapshot = [v.numpy().copy() for v in model.variables]
+    doubled = [2 * p for p in fmodel.params()]
+    out_doubled = functional.to_numpy(fmodel(doubled, x))
+    assert not np.allclose(out_doubled, functional.to_numpy(fmodel(fmodel.params(), x)))
+    for v, s in zip(model.variables, snapshot):
+        np.testing.assert_array_equal(v.numpy(), s)
+
+
+def test_call_with_state_returns_new_running_moments_and_set_state_keeps_them():
+    model = _small_model()
+    fmodel = functional.FunctionalModel(model)
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+    assert [v.path for v in fmodel.non_trainable_variables] == [v.path for v in model.non_trainable_variables]
+    old_state = functional.to_numpy(fmodel.state())
+
+    _, new_state = fmodel.call_with_state(fmodel.params(), x, training=True)
+    assert not np.allclose(functional.to_numpy(new_state[0]), old_state[0])
+    np.testing.assert_array_equal(functional.to_numpy(fmodel.state()[0]), old_state[0])  # nothing assigned
+
+    fmodel.set_state(new_state)
+    np.testing.assert_allclose(functional.to_numpy(fmodel.state()[0]), functional.to_numpy(new_state[0]))
+    with pytest.raises(ValueError, match="non-trainable"):
+        fmodel.set_state(new_state[:1])
+
+
+def test_explicit_state_is_used_in_inference_mode():
+    model = _small_model()
+    fmodel = functional.FunctionalModel(model)
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    state = fmodel.state()
+    shifted = [s + 1.0 for s in state]
+    a = functional.to_numpy(fmodel(fmodel.params(), x, training=False, state=state))
+    b = functional.to_numpy(fmodel(fmodel.params(), x, training=False, state=shifted))
+    assert not np.allclose(a, b)
+
+
+def test_compiled_nested_gradients_match_eager():
+    keras.utils.set_random_seed(2)
+    model = _small_model()
+    fmodel = functional.FunctionalModel(model)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 3)).astype("float32"), rng.normal(size=(6, 2)).astype("float32")
+
+    def loss(params, xb, yb):
+        return ops.mean(ops.square(fmodel(params, xb) - yb))
+
+    def meta(xb, yb):
+        def outer(theta):
+            _, g = functional.value_and_grad(loss, theta, xb, yb)
+            return loss([t - 0.1 * gi for t, gi in zip(theta, g)], xb, yb)
+
+        return functional.value_and_grad(outer, fmodel.params())
+
+    eager_value, eager_grads = meta(x, y)
+    compiled_value, compiled_grads = functional.compile(meta)(x, y)
+    np.testing.assert_allclose(functional.to_numpy(compiled_value), functional.to_numpy(eager_value), rtol=1e-5)
+    for c, e in zip(compiled_grads, eager_grads):
+        np.testing.assert_allclose(functional.to_numpy(c), functional.to_numpy(e), rtol=1e-4, atol=1e-6)
+
+
+def test_to_numpy_converts_nested_structures():
+    out = functional.to_numpy({"a": ops.ones((2,)), "b": [keras.Variable(np.zeros(3))]})
+    assert isinstance(out["a"], np.ndarray) and isinstance(out["b"][0], np.ndarray)
+    assert out["b"][0].shape == (3,)

@@ -1,0 +1,163 @@
+"""MetaBatchNorm: batch norm with exact second derivatives, checked against finite differences in float64."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.layers import MetaBatchNorm
+
+
+@pytest.fixture
+def float64():
+    # Keras caches the global dtype policy on first use, so set it along with floatx, and restore both.
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)
+
+
+def _conv_net(norm_layer) -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Conv2D(3, 3, padding="same", name="conv"),
+            norm_layer(),
+            keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+
+
+def _maml_meta_loss(fmodel, first_order=False, inner_lr=0.4):
+    rng = np.random.default_rng(0)
+    sx, qx = rng.normal(size=(6, 6, 6, 1)), rng.normal(size=(9, 6, 6, 1))
+    sy, qy = np.array([0, 1, 2] * 2), np.array([0, 1, 2] * 3)
+
+    def loss(params, x, y):
+        return ops.mean(ops.sparse_categorical_crossentropy(y, fmodel(params, x), from_logits=True))
+
+    def meta_loss(theta):
+        _, grads = functional.value_and_grad(loss, theta, sx, sy)
+        if first_order:
+            grads = functional.stop_gradient(grads)
+        return loss([t - inner_lr * g for t, g in zip(theta, grads)], qx, qy)
+
+    return meta_loss
+
+
+def _directional_errors(f, theta, grads, directions=3, eps=1e-6, seed=1):
+    """Relative errors between <grad, d> and central finite differences of f along random unit directions d."""
+    rng = np.random.default_rng(seed)
+    theta = [functional.to_numpy(t) for t in theta]
+    grads = [functional.to_numpy(g) for g in grads]
+    errors = []
+    for _ in range(directions):
+        d = [rng.normal(size=t.shape) for t in theta]
+        norm = np.sqrt(sum(np.sum(x**2) for x in d))
+        d = [x / norm for x in d]
+        plus = functional.to_numpy(f([t + eps * x for t, x in zip(theta, d)]))
+        minus = functional.to_numpy(f([t - eps * x for t, x in zip(theta, d)]))
+        numeric = (plus - minus) / (2 * eps)
+        analytic = sum(float(np.sum(g * x)) for g, x in zip(grads, d))
+        errors.append(abs(numeric - analytic) / max(abs(numeric), 1e-8))
+    return errors
+
+
+def _meta_gradient(norm_layer, first_order=False):
+    keras.utils.set_random_seed(0)
+    model = _conv_net(norm_layer)
+    fmodel = functional.FunctionalModel(model)
+    meta_loss = _maml_meta_loss(fmodel, first_order=first_order)
+    theta = fmodel.params()
+    _, grads = functional.value_and_grad(meta_loss, theta)
+    names = [v.path.split("/", 1)[1] for v in fmodel.trainable_variables]  # drop the model's name
+    return meta_loss, theta, grads, names
+
+
+def test_normalises_with_batch_moments_in_training_and_running_moments_in_inference():
+    layer = MetaBatchNorm(momentum=0.5, epsilon=1e-5)
+    x = np.random.default_rng(0).normal(loc=3.0, scale=2.0, size=(16, 4, 4, 2)).astype("float32")
+    y = functional.to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.var(axis=(0, 1, 2)), 1.0, atol=1e-3)
+    # Running moments moved halfway from (0, 1) towards the batch's.
+    np.testing.assert_allclose(layer.moving_mean.numpy(), 0.5 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), 0.5 + 0.5 * x.var(axis=(0, 1, 2)), rtol=1e-5)
+
+    y_inf = functional.to_numpy(layer(x, training=False))
+    expected = (x - layer.moving_mean.numpy()) / np.sqrt(layer.moving_variance.numpy() + 1e-5)
+    np.testing.assert_allclose(y_inf, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_follows_the_input_dtype():
+    layer = MetaBatchNorm(dtype="float32")
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    assert keras.backend.standardize_dtype(layer(x.astype("float64"), training=True).dtype) == "float64"
+    assert keras.backend.standardize_dtype(layer(x.astype("float32"), training=True).dtype) == "float32"
+    half = layer(ops.cast(x, "float16"), training=True)
+    assert keras.backend.standardize_dtype(half.dtype) == "float16"
+
+
+def test_gamma_beta_trainable_running_moments_not():
+    layer = MetaBatchNorm()
+    layer.build((None, 5))
+    assert [v.name for v in layer.trainable_variables] == ["gamma", "beta"]
+    assert [v.name for v in layer.non_trainable_variables] == ["moving_mean", "moving_variance"]
+    assert not MetaBatchNorm(center=False, scale=False).trainable_variables
+
+
+def test_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="momentum"):
+        MetaBatchNorm(momentum=1.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        MetaBatchNorm(epsilon=0.0)
+
+
+def test_serialises_by_registered_name_and_round_trips_a_saved_model(tmp_path):
+    layer = MetaBatchNorm(momentum=0.7, epsilon=1e-4, axis=1)
+    config = keras.saving.serialize_keras_object(layer)
+    assert config["registered_name"] == "metalab>MetaBatchNorm"
+    restored = keras.saving.deserialize_keras_object(config)
+    assert (restored.momentum, restored.epsilon, restored.axis) == (0.7, 1e-4, 1)
+
+    model = _conv_net(MetaBatchNorm)
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype("float32")
+    model(x, training=True)  # move the running moments away from their initial values
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        functional.to_numpy(loaded(x, training=False)), functional.to_numpy(model(x, training=False)), rtol=1e-5
+    )
+
+
+def test_maml_meta_gradient_matches_finite_differences(float64):
+    meta_loss, theta, grads, _ = _meta_gradient(MetaBatchNorm)
+    assert all(keras.backend.standardize_dtype(t.dtype) == "float64" for t in theta)
+    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-4
+
+
+def test_conv_bias_feeding_batch_norm_gets_no_meta_gradient(float64):
+    # Batch norm removes any per-channel shift, so the loss cannot depend on the conv bias, to any order.
+    _, _, grads, names = _meta_gradient(MetaBatchNorm)
+    bias = functional.to_numpy(grads[names.index("conv/bias")])
+    assert np.abs(bias).max() < 1e-10
+
+
+def test_first_order_meta_gradient_differs_from_second_order(float64):
+    _, _, second, _ = _meta_gradient(MetaBatchNorm)
+    _, _, first, _ = _meta_gradient(MetaBatchNorm, first_order=True)
+    diff = max(float(np.abs(functional.to_numpy(a) - functional.to_numpy(b)).max()) for a, b in zip(first, second))
+    assert diff > 1e-3
+
+
+def test_stock_keras_batch_norm_gets_second_derivatives_wrong(float64):
+    # Why MetaBatchNorm exists: tf.nn.moments stops the gradient through the mean inside the variance.
+    meta_loss, theta, grads, names = _meta_gradient(keras.layers.BatchNormalization)
+    assert max(_directional_errors(meta_loss, theta, grads)) > 1e-4
+    assert np.abs(functional.to_numpy(grads[names.index("conv/bias")])).max() > 1e-6
