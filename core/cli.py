@@ -312,6 +312,26 @@ def dashboard(
     raise typer.Exit(subprocess.call(cmd))
 
 
+@app.command("new-plugin")
+def new_plugin(
+    name: str = typer.Argument(..., help="Short name, e.g. myalgo: package metalab-myalgo, spec id metalab_myalgo.myalgo."),
+    kind: str = typer.Option("algorithm", "--kind", "-k", help="algorithm (first-order MAML to build on) or dataset."),
+    dest: Path = typer.Option(Path("."), "--dest", help="Folder to write the package folder metalab-NAME/ into."),
+) -> None:
+    """Write a ready-to-install plugin package: pyproject with the entry point, one spec, a conformance test, a README."""
+    from .scaffold import new_plugin as write_plugin
+    from .scaffold import plugin_names
+
+    try:
+        root = write_plugin(name, kind=kind, dest=dest)
+    except (ValueError, FileExistsError) as exc:
+        _fail(str(exc))
+    names = plugin_names(name)
+    console.print(f"wrote {root} ({kind} {names.spec_id})")
+    console.print(f"next: pip install -e {root} && metalab plugins list && (cd {root} && pytest)", highlight=False,
+                  soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

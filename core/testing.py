@@ -7,10 +7,12 @@ Use it from a plugin's own tests (no metalab test suite needed)::
     def test_my_algorithm_conforms(tmp_path):
         testing.check_algorithm("myplugin.myalgo", tmp_path)
 
-or run every check for every installed algorithm: ``pytest --pyargs metalab.core.testing``-style
-parametrisation with :func:`algorithm_ids`. Each check trains a tiny model for a few dozen steps on the
-embedded datasets (scikit-learn digits with an MLP for classification, sinusoids for regression), so a whole
-algorithm takes seconds to a minute on two cores.
+or parametrise over every installed algorithm with :func:`algorithm_ids`. Each check trains a tiny model for
+a few dozen steps through the real runner on the embedded datasets (scikit-learn digits with an MLP for
+classification, sinusoids for regression; see :data:`TINY_TASKS`), so a whole algorithm takes 20 s to a minute
+on two cores, most of it graph tracing. The plugin must be installed (its entry point is how it is found);
+pass ``registry=make_plugin_manager(distributions={"metalab", "<your distribution>"}, strict=False)`` to keep
+other installed plugins out. docs/plugins.md ("Testing a plugin") is the guide.
 
 What is checked:
     * it learns: training loss falls, and meta-test accuracy beats chance by ``margin`` (classification) or
@@ -46,7 +48,17 @@ TINY_TASKS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class ConformanceResult:
-    """What one tiny run produced."""
+    """What one tiny run produced.
+
+    Attributes:
+        run_id: The run's id in the throw-away run store.
+        status: The run's final status (``"completed"``).
+        first_loss: The first logged training loss (mean of the first ``log_every`` steps).
+        last_loss: The last logged training loss.
+        before: Meta-test scores of the untrained model (empty when not evaluated), as ``evaluate_batch`` returns.
+        after: Meta-test scores after training, as stored with the run.
+        weights: The checkpointed ``variables``, in order.
+    """
 
     run_id: str
     status: str
@@ -67,7 +79,26 @@ def _registry(registry: Any | None) -> Any:
 
 def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60, seed: int = 0,
                 algorithm_params: dict[str, Any] | None = None) -> RunConfig:
-    """A validated config for a tiny run of ``algorithm_id`` on the embedded dataset of ``kind``."""
+    """Returns a validated config for a tiny run of ``algorithm_id`` on the embedded dataset of ``kind``.
+
+    ``meta_batch_size`` (when the algorithm has it) is capped at 4 and ``eval_inner_steps`` at 10 unless given in
+    ``algorithm_params``; validation uses 10 fixed episodes and the final evaluation 40.
+
+    Args:
+        registry: The plugin registry holding the algorithm and metalab's built-ins.
+        algorithm_id: The algorithm to run.
+        kind: ``"classification"`` or ``"regression"`` (a key of :data:`TINY_TASKS`).
+        steps: Meta-training steps.
+        seed: The run's seed.
+        algorithm_params: Algorithm parameters overriding the defaults.
+
+    Returns:
+        A :class:`~metalab.core.config.RunConfig`.
+
+    Raises:
+        metalab.core.config.ConfigError: If a parameter is invalid.
+        UnknownPluginError: If the algorithm or a built-in is not loaded.
+    """
     spec = registry.algorithm(algorithm_id)
     tiny = dict(TINY_TASKS[kind])
     params = dict(algorithm_params or {})
@@ -86,7 +117,24 @@ def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60,
 
 def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int | None = None,
              evaluate_before: bool = True) -> ConformanceResult:
-    """Trains ``config`` in a fresh store under ``home``; optionally interrupts at a step and resumes."""
+    """Trains ``config`` in a fresh run store under ``home``; optionally interrupts at a step and resumes.
+
+    Works for any config, so a dataset plugin can train a built-in algorithm on its data with it.
+
+    Args:
+        registry: The plugin registry.
+        config: A validated run config (e.g. from :func:`tiny_config` or ``resolve_config``).
+        home: A folder for the run store and checkpoints (``tmp_path`` in tests).
+        interrupt_at: Cancel the run at this step, then resume it from its checkpoint.
+        evaluate_before: Also score the untrained model on the fixed test episodes.
+
+    Returns:
+        The :class:`ConformanceResult`.
+
+    Raises:
+        AssertionError: If the run does not complete (the message holds its error and traceback), or the
+            interrupted run was not cancelled.
+    """
     from .runner import RunCancelled, build_session, evaluate_batch, fixed_batch, train_run
 
     store = RunStore(Path(home) / "runs.sqlite")
@@ -124,12 +172,32 @@ def _var_order(name: str) -> tuple[str, int]:
 
 
 def supported_kinds(registry: Any, algorithm_id: str) -> list[str]:
+    """Returns the algorithm's ``task_kinds`` that have a tiny task, in the spec's order."""
     return [k for k in registry.algorithm(algorithm_id).task_kinds if k in TINY_TASKS]
 
 
 def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
                  steps: int = 60, margin: float = 0.15, algorithm_params: dict[str, Any] | None = None) -> ConformanceResult:
-    """Asserts the algorithm learns a tiny task: loss falls and the meta-test score clearly beats the baseline."""
+    """Asserts the algorithm learns a tiny task: loss falls and the meta-test score clearly beats the baseline.
+
+    Classification: the meta-test accuracy must exceed chance (``1/ways``) by ``margin``. Regression: the
+    meta-test MSE must end below 0.7 times the untrained model's.
+
+    Args:
+        algorithm_id: The algorithm to check.
+        home: A folder for the run store (``tmp_path``).
+        registry: The plugin registry; by default a fresh ``make_plugin_manager(strict=False)``.
+        kind: The task kind; by default the first of :func:`supported_kinds`.
+        steps: Meta-training steps.
+        margin: Required accuracy above chance.
+        algorithm_params: Algorithm parameters overriding the defaults.
+
+    Returns:
+        The run's :class:`ConformanceResult`.
+
+    Raises:
+        AssertionError: Naming the algorithm and the numbers, when it did not learn or the run failed.
+    """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
@@ -152,7 +220,18 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 
 def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
                  steps: int = 20, algorithm_params: dict[str, Any] | None = None) -> None:
-    """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one."""
+    """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one.
+
+    Weights must agree to ``rtol=1e-4``: everything training depends on must be in the algorithm's
+    ``variables`` (the optimizer and sampler state are saved by the runner).
+
+    Args:
+        algorithm_id, home, registry, kind, algorithm_params: As for :func:`check_learns`.
+        steps: Steps of each run; the interrupted run stops at ``steps // 2``.
+
+    Raises:
+        AssertionError: If the resumed run's weights or meta-test loss differ.
+    """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
@@ -165,7 +244,15 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 
 def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
                         steps: int = 10, algorithm_params: dict[str, Any] | None = None) -> None:
-    """Asserts that the same seed gives the same weights and scores."""
+    """Asserts that two runs with the same seed end with the same weights and meta-test loss.
+
+    Args:
+        algorithm_id, home, registry, kind, algorithm_params: As for :func:`check_learns`.
+        steps: Steps of each run.
+
+    Raises:
+        AssertionError: If the runs differ.
+    """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
@@ -177,7 +264,16 @@ def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None =
 
 
 def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = None) -> None:
-    """Runs every conformance check for every task kind the algorithm supports."""
+    """Runs :func:`check_learns`, :func:`check_resume` and :func:`check_deterministic` for every supported kind.
+
+    Args:
+        algorithm_id: The algorithm to check.
+        home: A folder for the run stores (``tmp_path``).
+        registry: The plugin registry; by default a fresh ``make_plugin_manager(strict=False)``.
+
+    Raises:
+        AssertionError: From the first check that fails.
+    """
     registry = _registry(registry)
     for kind in supported_kinds(registry, algorithm_id):
         check_learns(algorithm_id, Path(home) / kind / "learns", registry=registry, kind=kind)
