@@ -133,10 +133,9 @@ def value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: boo
         tape.watch(tf.nest.flatten(params))
         out = fn(params, *args)
         value, aux = out if has_aux else (out, None)
-    if value.shape.rank not in (0, None):
-        raise ValueError(
-            f"value_and_grad needs fn to return a scalar. Received: value with shape={tuple(value.shape)}"
-        )
+    shape = tf.TensorShape(getattr(value, "shape", ()))
+    if shape.rank not in (0, None):
+        raise ValueError(f"value_and_grad needs fn to return a scalar. Received: value with shape={tuple(shape)}")
     grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return ((value, aux), grads) if has_aux else (value, grads)
 

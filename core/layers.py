@@ -53,7 +53,6 @@ class MetaBatchNorm(keras.layers.Layer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
-        self.supports_masking = True
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -68,8 +67,8 @@ class MetaBatchNorm(keras.layers.Layer):
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[axis] = input_shape[axis]
         size = (input_shape[axis],)
-        self.gamma = self.add_weight(shape=size, initializer="ones", name="gamma", trainable=True) if self.scale else None
-        self.beta = self.add_weight(shape=size, initializer="zeros", name="beta", trainable=True) if self.center else None
+        self.gamma = self.add_weight(shape=size, initializer="ones", name="gamma") if self.scale else None
+        self.beta = self.add_weight(shape=size, initializer="zeros", name="beta") if self.center else None
         self.moving_mean = self.add_weight(shape=size, initializer="zeros", name="moving_mean", trainable=False)
         self.moving_variance = self.add_weight(
             shape=size, initializer="ones", name="moving_variance", trainable=False

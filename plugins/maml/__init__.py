@@ -15,7 +15,8 @@ class MAMLParams(Params):
     """MAML's parameters; defaults are those of Finn et al. 2017 for 5-way Omniglot."""
 
     inner_lr: float = Field(
-        0.4, gt=0, le=100, description="Inner-loop step size alpha (0.4 on Omniglot, 0.01 on sinusoid and MiniImagenet)."
+        0.4, gt=0, le=100,
+        description="Inner-loop step size alpha (0.4 on Omniglot; 0.01 on sinusoid and MiniImagenet).",
     )
     inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps during meta-training.")
     eval_inner_steps: int = Field(3, ge=0, le=1000, description="Inner gradient steps when adapting at test time.")

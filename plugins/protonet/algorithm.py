@@ -1,8 +1,9 @@
 """Prototypical Networks (Snell, Swersky and Zemel 2017) written against metalab's functional seam.
 
-Each class ``k`` of an episode gets a prototype, the mean embedding of its support examples (eq. 1):
-``c_k = 1/|S_k| sum_{x in S_k} f_phi(x)``; a query ``x`` is classified by ``p(y = k | x) = softmax_k(-d(f_phi(x), c_k))``
-(eq. 2) with ``d`` the squared Euclidean distance, and ``phi`` is trained by Adam on the query cross-entropy.
+Each class ``k`` of an episode gets a prototype, the mean embedding of its support examples (eq. 1),
+``c_k = 1/|S_k| sum_{x in S_k} f_phi(x)``; a query ``x`` is classified by
+``p(y = k | x) = softmax_k(-d(f_phi(x), c_k))`` (eq. 2) with ``d`` the squared Euclidean distance, and ``phi`` is
+trained by Adam on the query cross-entropy.
 
 As in the paper's code, support and query are embedded in one batch during training (batch norm in training
 mode, which also moves its running moments) and evaluation uses the running moments.

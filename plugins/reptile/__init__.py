@@ -20,7 +20,9 @@ class ReptileParams(Params):
     inner_lr: float = Field(
         1e-3, gt=0, le=100, description="Inner-loop step size (Adam 1e-3 in the paper; SGD needs a larger one)."
     )
-    inner_steps: int = Field(5, ge=1, le=1000, description="Inner steps on each task's support set during meta-training.")
+    inner_steps: int = Field(
+        5, ge=1, le=1000, description="Inner steps on each task's support set during meta-training."
+    )
     eval_inner_steps: int = Field(50, ge=0, le=1000, description="Inner steps when adapting at test time.")
     meta_batch_size: int = Field(5, ge=1, le=1024, description="Tasks per meta-update.")
     outer_stepsize: float = Field(

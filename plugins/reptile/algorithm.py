@@ -16,7 +16,7 @@ Choices (the paper leaves them to the implementation or its code does otherwise)
 - The inner loop trains on the task's support set, full batch, during meta-training and at test time. The query
   set is only scored, so the reported loss/accuracy (query, after ``inner_steps`` steps) mean the same as MAML's.
   The paper samples more shots for meta-training than for testing: raise the episode's shots to do the same.
-- Batch norm uses batch statistics (transductive, the paper's main setting).
+- Batch norm uses batch statistics (transductive, the paper's ``--transductive`` setting, as MAML here).
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def blob_batch(rng, num_tasks, ways=3, shots=1, queries=5, dim=16):
 
 
 def regression_task(hidden=(40, 40), total_steps=1000):
-    return TaskSpec("regression", (1,), 1, 1, 10, 10, total_steps, lambda: MLP.factory(MLPParams(hidden=list(hidden)), (1,)))
+    return TaskSpec("regression", (1,), 1, 1, 10, 10, total_steps,
+                    lambda: MLP.factory(MLPParams(hidden=list(hidden)), (1,)))
 
 
 def blob_task(shots=1, total_steps=1000):
