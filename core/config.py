@@ -140,6 +140,8 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
         raise ConfigError(str(exc)) from None
     raw["backbone"] = backbone.id
 
+    # The papers' settings for this dataset come first; the user's own values override them.
+    raw["algorithm_params"] = {**dataset.algorithm_defaults.get(algorithm.id, {}), **raw["algorithm_params"]}
     owners = {"algorithm": algorithm.params, "dataset": dataset.params, "backbone": backbone.params}
     for name, value in (assignments or {}).items():
         head, _, tail = name.partition(".")

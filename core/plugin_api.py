@@ -35,7 +35,7 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -127,6 +127,8 @@ class DatasetSpec:
         kind: ``"classification"`` or ``"regression"``.
         default_backbone: Backbone id used when the run config names none.
         episode_defaults: Defaults for the run's episode shape, e.g. ``{"ways": 5, "shots": 1, "queries": 15}``.
+        algorithm_defaults: The parameters the papers used on this dataset, per algorithm id, applied before the
+            user's own values, e.g. ``{"metalab.maml": {"inner_lr": 0.01}}`` for sinusoids (since API 1.1).
     """
 
     id: str
@@ -138,10 +140,18 @@ class DatasetSpec:
     paper: str = ""
     default_backbone: str | None = None
     episode_defaults: dict[str, int] = field(default_factory=dict)
+    algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "DatasetSpec")
+        if not isinstance(self.algorithm_defaults, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in self.algorithm_defaults.items()
+        ):
+            raise ValueError(
+                f"DatasetSpec {self.id!r}: algorithm_defaults must map algorithm ids to parameter dicts. "
+                f"Received: algorithm_defaults={self.algorithm_defaults!r}"
+            )
         if self.kind not in ("classification", "regression"):
             raise ValueError(f"DatasetSpec {self.id!r}: kind must be classification or regression. Received: kind={self.kind!r}")
         unknown = set(self.episode_defaults) - {"ways", "shots", "queries"}

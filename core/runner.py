@@ -318,7 +318,13 @@ def train_run(
                 step += 1
                 steps_in_window += 1
                 for name, value in metrics.items():
-                    window.setdefault(name, []).append(float(functional.to_numpy(value)))
+                    number = float(functional.to_numpy(value))
+                    if not math.isfinite(number):
+                        raise FloatingPointError(
+                            f"Training diverged: {name} became {number} at step {step}; lower the learning rates "
+                            f"(e.g. inner_lr, outer_lr). Received: {name}={number}"
+                        )
+                    window.setdefault(name, []).append(number)
                 logged: dict[str, float] = {}
                 if step % config.log_every == 0 or step == config.steps:
                     elapsed = time.perf_counter() - t_window

@@ -19,46 +19,8 @@ import keras
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.episodic import batch_tensors, build_model, loss_and_metric
 from metalab.core.plugin_api import TaskBatch, TaskSpec
-
-
-def build_model(task: TaskSpec, name: str) -> keras.Model:
-    """Returns the run's backbone followed by a linear head with ``task.output_dim`` outputs, built."""
-    backbone = task.make_backbone()
-    return keras.Sequential(
-        [keras.Input(tuple(task.input_shape)), backbone, keras.layers.Dense(task.output_dim, name="head")], name=name
-    )
-
-
-def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
-    """Returns ``(loss, metric)`` of one task: cross-entropy and accuracy, or mean squared error twice."""
-    if kind == "classification":
-        labels = ops.cast(y, "int32")
-        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
-        hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
-        return loss, ops.mean(ops.cast(hits, outputs.dtype))
-    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
-    return loss, loss
-
-
-def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, Any, Any, int]:
-    """Converts a batch to tensors (inputs in ``dtype``, int32 labels) and returns them with the task count.
-
-    Raises:
-        ValueError: If the number of tasks is not known when tracing (the task loop is unrolled).
-    """
-    label_dtype = "int32" if kind == "classification" else dtype
-    sx = ops.convert_to_tensor(batch.support_x, dtype=dtype)
-    qx = ops.convert_to_tensor(batch.query_x, dtype=dtype)
-    sy = ops.convert_to_tensor(batch.support_y, dtype=label_dtype)
-    qy = ops.convert_to_tensor(batch.query_y, dtype=label_dtype)
-    num_tasks = sx.shape[0]
-    if num_tasks is None:
-        raise ValueError(
-            "The number of tasks in a batch must be static (the task loop is unrolled when compiled). "
-            f"Received: support_x with shape={tuple(sx.shape)}"
-        )
-    return sx, sy, qx, qy, int(num_tasks)
 
 
 class MAML:

@@ -17,6 +17,7 @@ import keras
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.episodic import batch_tensors
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 
@@ -87,7 +88,7 @@ class ProtoNet:
 
         Also moves the batch norms' running moments (as a training-mode forward pass does).
         """
-        sx, sy, qx, qy, num_tasks = _batch_tensors(batch, self.model.compute_dtype)
+        sx, sy, qx, qy, num_tasks = batch_tensors(batch, "classification", self.model.compute_dtype)
 
         def mean_loss(weights):
             state = self.fmodel.state()
@@ -108,7 +109,7 @@ class ProtoNet:
         Returns:
             ``loss`` ``[T]``, ``accuracy`` ``[T]`` and ``predictions`` (query logits ``[T, queries, ways]``).
         """
-        sx, sy, qx, qy, _ = _batch_tensors(batch, self.model.compute_dtype)
+        sx, sy, qx, qy, _ = batch_tensors(batch, "classification", self.model.compute_dtype)
         weights, state = self.fmodel.params(), self.fmodel.state()
 
         def one_task(arrays):
@@ -116,17 +117,3 @@ class ProtoNet:
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
         return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
-
-
-def _batch_tensors(batch: TaskBatch, dtype: str) -> tuple[Any, Any, Any, Any, int]:
-    sx = ops.convert_to_tensor(batch.support_x, dtype=dtype)
-    qx = ops.convert_to_tensor(batch.query_x, dtype=dtype)
-    sy = ops.convert_to_tensor(batch.support_y, dtype="int32")
-    qy = ops.convert_to_tensor(batch.query_y, dtype="int32")
-    num_tasks = sx.shape[0]
-    if num_tasks is None:
-        raise ValueError(
-            "The number of tasks in a batch must be static (the task loop is unrolled when compiled). "
-            f"Received: support_x with shape={tuple(sx.shape)}"
-        )
-    return sx, sy, qx, qy, int(num_tasks)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.1"
 
 PAPER = (
     "Finn, Abbeel & Levine (2017). Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. "
@@ -78,5 +78,11 @@ def metalab_register_datasets() -> list:
             paper=PAPER,
             default_backbone="metalab.mlp",
             episode_defaults={"shots": 10, "queries": 10},
+            # Finn et al. 2017, section 5.1: alpha = 0.01, meta-batch 25, up to 10 test-time steps. Reptile's
+            # sine example adapts with a larger step than its Omniglot setting.
+            algorithm_defaults={
+                "metalab.maml": {"inner_lr": 0.01, "meta_batch_size": 25, "eval_inner_steps": 10},
+                "metalab.reptile": {"inner_optimizer": "sgd", "inner_lr": 0.02, "inner_steps": 5, "eval_inner_steps": 10},
+            },
         )
     ]
