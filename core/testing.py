@@ -46,6 +46,10 @@ TINY_TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Meta-training steps of :func:`check_learns` per task kind (regression needs more to beat its baselines).
+LEARN_STEPS = {"classification": 60, "regression": 600}
+
+
 @dataclass
 class ConformanceResult:
     """What one tiny run produced.
@@ -67,6 +71,7 @@ class ConformanceResult:
     before: dict[str, Any]
     after: dict[str, Any]
     weights: list[np.ndarray]
+    zero_mse: float = float("nan")
 
 
 def _registry(registry: Any | None) -> Any:
@@ -140,9 +145,13 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
     store = RunStore(Path(home) / "runs.sqlite")
     run_id = store.create_run(config.model_dump())
     before: dict[str, Any] = {}
+    zero_mse = float("nan")
     if evaluate_before:
         session = build_session(registry, config)
-        before = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes))
+        test_tasks = fixed_batch(session, "test", config.test_episodes)
+        before = evaluate_batch(session, test_tasks)
+        if session.task.kind == "regression":
+            zero_mse = float(np.mean(np.square(np.asarray(test_tasks.query_y, dtype=np.float64))))
 
     def stop(step: int, total: int, metrics: dict[str, float]) -> None:
         if interrupt_at is not None and step == interrupt_at:
@@ -163,7 +172,7 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
 
     with np.load(checkpoint_path(store, run_id)) as data:
         weights = [data[k] for k in sorted(data.files, key=_var_order) if k.startswith("var_")]
-    return ConformanceResult(run_id, status, losses[0], losses[-1], before, after, weights)
+    return ConformanceResult(run_id, status, losses[0], losses[-1], before, after, weights, zero_mse)
 
 
 def _var_order(name: str) -> tuple[str, int]:
@@ -177,18 +186,20 @@ def supported_kinds(registry: Any, algorithm_id: str) -> list[str]:
 
 
 def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
-                 steps: int = 60, margin: float = 0.15, algorithm_params: dict[str, Any] | None = None) -> ConformanceResult:
+                 steps: int | None = None, margin: float = 0.15,
+                 algorithm_params: dict[str, Any] | None = None) -> ConformanceResult:
     """Asserts the algorithm learns a tiny task: loss falls and the meta-test score clearly beats the baseline.
 
     Classification: the meta-test accuracy must exceed chance (``1/ways``) by ``margin``. Regression: the
-    meta-test MSE must end below 0.7 times the untrained model's.
+    meta-test MSE must be finite and end below 0.7 times the untrained model's and below the MSE of
+    predicting zero (so a diverging model cannot pass by diverging less).
 
     Args:
         algorithm_id: The algorithm to check.
         home: A folder for the run store (``tmp_path``).
         registry: The plugin registry; by default a fresh ``make_plugin_manager(strict=False)``.
         kind: The task kind; by default the first of :func:`supported_kinds`.
-        steps: Meta-training steps.
+        steps: Meta-training steps; by default ``LEARN_STEPS`` for the task kind (60 classification, 600 regression).
         margin: Required accuracy above chance.
         algorithm_params: Algorithm parameters overriding the defaults.
 
@@ -200,9 +211,10 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
     """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
-    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    config = tiny_config(registry, algorithm_id, kind, steps=steps or LEARN_STEPS[kind],
+                         algorithm_params=algorithm_params)
     result = run_tiny(registry, config, Path(home))
-    assert result.last_loss < result.first_loss, (
+    assert np.isfinite(result.last_loss) and result.last_loss < result.first_loss, (
         f"{algorithm_id}: training loss did not fall ({result.first_loss:.4f} -> {result.last_loss:.4f})"
     )
     if kind == "classification":
@@ -212,8 +224,13 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
             f"+ margin {margin}"
         )
     else:
+        assert np.isfinite(result.after["mse"]), f"{algorithm_id}: meta-test MSE is {result.after['mse']}"
         assert result.after["mse"] < 0.7 * result.before["mse"], (
             f"{algorithm_id}: meta-test MSE {result.after['mse']:.4f} not well below untrained {result.before['mse']:.4f}"
+        )
+        assert result.after["mse"] < result.zero_mse, (
+            f"{algorithm_id}: meta-test MSE {result.after['mse']:.4f} is no better than predicting zero "
+            f"({result.zero_mse:.4f})"
         )
     return result
 
