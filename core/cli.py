@@ -306,7 +306,7 @@ def dashboard(
     if not app_path.exists():
         from importlib import resources
 
-        app_path = Path(str(resources.files("metalab.dashboard") / "app.py"))
+        app_path = Path(str(resources.files("metalab.dashboard") / "serve.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
            "--server.headless", str(headless).lower()]
     raise typer.Exit(subprocess.call(cmd))
