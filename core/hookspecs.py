@@ -52,3 +52,28 @@ def metalab_register_backbones() -> list:
 
     Since: plugin API 1.0
     """
+
+
+@hookspec
+def metalab_report_panels(run: dict, report_data: dict, artifacts_dir: str) -> list:
+    """Returns the panels this plugin adds to a run's report, as a list of ``ReportPanel``.
+
+    Called by the report (the dashboard's Run report page and the HTML export, through the service facade) for
+    every finished run, in the dashboard's process: never import a deep-learning framework here, and read only
+    plain data. Whatever a panel needs from the trained model must be written by the training worker: an
+    algorithm's optional ``report_data()`` method returns a JSON-serialisable dict that metalab stores in the
+    run's ``report_data.json`` under the algorithm's id (``report_data["metalab_foo.foo"]``). Return an empty list
+    for runs the plugin has nothing to say about (check ``run["algorithm"]``). A hook that raises or returns
+    something else shows as a warning in that plugin's place; the rest of the report is unaffected.
+
+    Args:
+        run: The run's record as a dict (``id``, ``algorithm``, ``dataset``, ``backbone``, ``config``,
+            ``status``, ...).
+        report_data: The run's ``report_data.json`` (an empty dict when the worker wrote none).
+        artifacts_dir: The run's folder (checkpoint, ``report_data.json`` and any other artifact files).
+
+    Returns:
+        list[ReportPanel]
+
+    Since: plugin API 1.2
+    """

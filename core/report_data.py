@@ -61,6 +61,9 @@ def write_report_data(store: Any, run_id: str, session: Any, registry: Any) -> P
 def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
     """Returns ``{"sinusoid": ...}`` for 1-D regression, ``{"episode": ..., "embedding": ...}`` for images.
 
+    An algorithm with a ``report_data()`` method (plugin API 1.2) adds what it returns under its id, e.g.
+    ``{"metalab.metasgd": {...}}``.
+
     Args:
         session: The run's session (config, dataset, trained algorithm, task spec).
         registry: The plugin registry.
@@ -69,6 +72,10 @@ def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
         A JSON-serialisable dict (empty when the dataset has no figure of its own).
     """
     data: dict[str, Any] = {}
+    algorithm_data = algorithm_report_data(session.algorithm)
+    if algorithm_data:
+        # Keyed by the algorithm's id, where the algorithm's plugin finds it (metalab_report_panels hook).
+        data[session.config.algorithm] = algorithm_data
     if session.task.kind == "regression":
         if tuple(session.task.input_shape) == (1,) and session.task.output_dim == 1:
             data["sinusoid"] = regression_fits(session, registry)
@@ -80,6 +87,48 @@ def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
             data["embedding"] = embedding
     return data
 
+
+def algorithm_report_data(algorithm: Any) -> dict[str, Any] | None:
+    """What the algorithm's optional ``report_data()`` returns, as plain JSON types; ``None`` when it has none.
+
+    Never raises: a failing method is logged and ignored, so the dataset's figures are still written.
+
+    Args:
+        algorithm: The trained algorithm object.
+
+    Returns:
+        A JSON-serialisable dict (NumPy arrays and scalars converted), or ``None``.
+    """
+    method = getattr(algorithm, "report_data", None)
+    if not callable(method):
+        return None
+    try:
+        result = method()
+        if result is None:
+            return None
+        if not isinstance(result, dict):
+            raise TypeError(f"report_data() must return a dict. Received: {type(result).__name__}")
+        plain = _plain(result)
+        json.dumps(plain)
+        return plain
+    except Exception:  # noqa: BLE001 - a plugin's report data is best effort
+        logger.exception("report_data() of %s failed", type(algorithm).__name__)
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with NumPy arrays and scalars (and tensors) turned into lists and Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "shape") or isinstance(value, np.ndarray):
+        return np.asarray(value).tolist()
+    return value
 
 def _algorithm_variant(session: Any, registry: Any, inner_steps: int) -> Any | None:
     """The run's algorithm rebuilt with ``eval_inner_steps=inner_steps`` and the trained weights, if it has one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -23,6 +24,8 @@ __all__ = [
     "embedding_figure",
     "episode_gallery_figure",
     "learning_curves_figure",
+    "markdown_html",
+    "panel_figure",
     "published_results",
     "report_figures",
     "report_html",
@@ -412,6 +415,61 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     return figures
 
 
+def panel_figure(panel: dict[str, Any]) -> go.Figure | None:
+    """The Plotly figure of a plugin's report panel (``Services.report_panels``), or ``None`` when it has none."""
+    spec = panel.get("figure")
+    if not spec:
+        return None
+    # skip_invalid: a plugin built with another plotly version may use properties this one lacks.
+    return go.Figure(spec, skip_invalid=True)
+
+
+_CODE = re.compile(r"`([^`]+)`")
+_BOLD = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def _inline(text: str) -> str:
+    return _BOLD.sub(r"<b>\1</b>", _CODE.sub(r"<code>\1</code>", html.escape(text)))
+
+
+def markdown_html(text: str) -> str:
+    """The little Markdown that report panels use (paragraphs, pipe tables, `code`, **bold**) as HTML.
+
+    Args:
+        text: Markdown text.
+
+    Returns:
+        HTML with every piece of text escaped.
+    """
+    parts: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(set(c) <= set("-: ") and c for c in cells):  # the header rule row
+                    rows.append(cells)
+                i += 1
+            body = "".join(
+                "<tr>" + "".join(f"<{'th' if r == 0 else 'td'}>{_inline(c)}</{'th' if r == 0 else 'td'}>" for c in row)
+                + "</tr>" for r, row in enumerate(rows))
+            parts.append(f"<table>{body}</table>")
+            continue
+        if line:
+            paragraph = [line]
+            i += 1
+            while i < len(lines) and lines[i].strip() and not lines[i].strip().startswith("|"):
+                paragraph.append(lines[i].strip())
+                i += 1
+            parts.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+            continue
+        i += 1
+    return "\n".join(parts)
+
+
 def _test_evaluation(report: dict[str, Any]) -> dict[str, Any] | None:
     for evaluation in report.get("evaluations") or []:
         if evaluation.get("split") == "test":
@@ -471,6 +529,18 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         # plotly.js is inlined once, with the first figure: the file stays self-contained and offline.
         parts.append(pio.to_html(fig, include_plotlyjs=True if first else False, full_html=False))
         first = False
+    for panel in report.get("panels") or []:
+        parts.append(f"<h2>{html.escape(panel['title'])}</h2>")
+        if panel.get("error"):
+            parts.append(f"<p class='panel-error'>Plugin {html.escape(str(panel.get('plugin')))} could not draw "
+                         f"its panel: {html.escape(panel['error'])}</p>")
+            continue
+        fig = panel_figure(panel)
+        if fig is not None:
+            parts.append(pio.to_html(fig, include_plotlyjs=True if first else False, full_html=False))
+            first = False
+        if panel.get("markdown"):
+            parts.append(markdown_html(panel["markdown"]))
     latest = {name: points[-1][1] for name, points in (report.get("metrics") or {}).items() if points}
     if latest:
         parts.append("<h2>Final metrics</h2>" + _table([(k, f"{v:.6g}") for k, v in sorted(latest.items())]))

@@ -159,6 +159,17 @@ def _finished(run) -> None:
     for i, (title, fig) in enumerate(reports.report_figures(report)):
         st.subheader(title)
         st.plotly_chart(fig, key=f"report-fig-{i}")
+    # Panels contributed by plugins (the metalab_report_panels hook), drawn from plain data.
+    for i, panel in enumerate(report.get("panels") or []):
+        st.subheader(panel["title"])
+        if panel.get("error"):
+            st.warning(f"Plugin {panel.get('plugin')} could not draw its panel: {panel['error']}")
+            continue
+        fig = reports.panel_figure(panel)
+        if fig is not None:
+            st.plotly_chart(fig, key=f"report-panel-{i}")
+        if panel.get("markdown"):
+            st.markdown(panel["markdown"])
     if not report["metrics"]:
         st.info("No metrics were recorded.")
     with st.expander("Config", expanded=run.status == "failed"):

@@ -23,6 +23,7 @@ SPEC_DATACLASSES = [
     plugin_api.AlgorithmSpec,
     plugin_api.DatasetSpec,
     plugin_api.BackboneSpec,
+    plugin_api.ReportPanel,
     plugin_api.TaskSpec,
     plugin_api.TaskBatch,
     plugin_api.DataContext,

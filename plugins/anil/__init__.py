@@ -1,0 +1,74 @@
+"""ANIL, Almost No Inner Loop: MAML with only the head adapting (registration only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from metalab.core.plugin_api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+
+METALAB_PLUGIN_API = "1.2"
+
+
+class ANILParams(Params):
+    """ANIL's parameters; Raghu et al. 2019 reuse MAML's settings (here those for 5-way Omniglot)."""
+
+    inner_lr: float = Field(
+        0.4, gt=0, le=100,
+        description="Inner-loop step size alpha of the head (0.4 on Omniglot; 0.01 on sinusoid and MiniImagenet).",
+    )
+    inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps of the head during meta-training.")
+    eval_inner_steps: int = Field(3, ge=0, le=1000, description="Inner gradient steps of the head at test time.")
+    meta_batch_size: int = Field(32, ge=1, le=1024, description="Tasks per meta-update.")
+    outer_lr: float = Field(1e-3, gt=0, le=1, description="Meta step size beta (Adam).")
+    first_order: bool = Field(
+        False, description="First-order ANIL: treat the head's inner gradients as constants (no second derivatives)."
+    )
+    zero_head: bool = Field(
+        True,
+        description=(
+            "Start the meta-learned head at zero (the 'zeroing trick' of Kao et al. 2022) instead of Keras's random "
+            "initialisation: the first inner step is then a centroid classifier of the support features, and "
+            "meta-training starts from the class-symmetric head it tends to anyway."
+        ),
+    )
+
+
+def _make(params: ANILParams, task: TaskSpec) -> Any:
+    from .algorithm import ANIL
+
+    return ANIL(params, task)
+
+
+SPEC = AlgorithmSpec(
+    id="metalab.anil",
+    title="ANIL",
+    description=(
+        "MAML with almost no inner loop: the backbone's features are computed once per task and only the linear "
+        "head adapts to the support set; the backbone is meta-learned through the outer loop alone. Much cheaper "
+        "than MAML, and about as accurate (feature reuse)."
+    ),
+    params=ANILParams,
+    factory=_make,
+    paper=(
+        "Raghu, Raghu, Bengio and Vinyals 2019, Rapid Learning or Feature Reuse? Towards Understanding the "
+        "Effectiveness of MAML (ICLR 2020, arXiv:1909.09157)"
+    ),
+    task_kinds=("classification", "regression"),
+)
+
+
+@hookimpl
+def metalab_register_algorithms() -> list[AlgorithmSpec]:
+    return [SPEC]
+
+
+@hookimpl
+def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+    """Shows which layers adapt in the inner loop and which only in the outer loop (ANIL runs only)."""
+    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+        return []
+    from .panels import adaptation_panel
+
+    return [adaptation_panel(report_data[SPEC.id])]
