@@ -13,7 +13,7 @@ from keras import ops
 
 from .plugin_api import TaskBatch, TaskSpec
 
-__all__ = ["build_model", "loss_and_metric", "batch_tensors"]
+__all__ = ["build_model", "loss_and_metric", "batched_loss_and_metric", "batch_tensors"]
 
 
 def build_model(task: TaskSpec, name: str) -> keras.Model:
@@ -34,6 +34,26 @@ def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
     loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
     return loss, loss
 
+
+
+def batched_loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
+    """Returns ``(loss [T], metric [T])`` of ``T`` tasks at once, each as :func:`loss_and_metric` scores one.
+
+    Args:
+        kind: ``"classification"`` or ``"regression"``.
+        outputs: ``[T, n, output_dim]`` logits or predictions.
+        y: ``[T, n]`` int labels, or ``[T, n, output_dim]`` regression targets.
+
+    Returns:
+        Per-task mean cross-entropy and accuracy, or per-task mean squared error twice.
+    """
+    if kind == "classification":
+        labels = ops.cast(y, "int32")
+        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True), axis=-1)
+        hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
+        return loss, ops.mean(ops.cast(hits, outputs.dtype), axis=-1)
+    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)), axis=tuple(range(1, len(outputs.shape))))
+    return loss, loss
 
 def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, Any, Any, int]:
     """Converts a batch to tensors (inputs in ``dtype``, int32 labels) and returns them with the task count.

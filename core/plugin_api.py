@@ -30,12 +30,13 @@ __all__ = [
     "ClassificationDataset",
     "RegressionTaskFamily",
     "Algorithm",
+    "ReportPanel",
     "SPLITS",
 ]
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.1"
+PLUGIN_API_VERSION = "1.2"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -288,6 +289,8 @@ class TaskSpec:
         ways, shots, queries: The episode shape (``ways`` is 1 for regression).
         total_steps: Meta-training steps planned for the run (for schedules).
         make_backbone: ``make_backbone() -> keras.Model``: a new backbone of the run's choice for this input shape.
+        num_train_classes: Classes of the training split (classification; 0 for regression): the output size
+            of a pre-training head over all base classes (since API 1.2).
     """
 
     kind: str
@@ -298,6 +301,7 @@ class TaskSpec:
     queries: int
     total_steps: int
     make_backbone: Callable[[], Any]
+    num_train_classes: int = 0
 
 
 @dataclass
@@ -335,6 +339,12 @@ class Algorithm(Protocol):
         meta_batch_size: Tasks per meta-training step.
         trainable_variables: The meta-parameters the outer optimizer updates (list of Keras variables).
         variables: Every variable to checkpoint (includes ``trainable_variables``).
+        batch_kind: Optional (since API 1.2): ``"episodic"`` (the default when absent) trains on episodes;
+            ``"supervised"`` trains on ordinary mini-batches of the training split with global class labels
+            (see :class:`metalab.core.tasks.SupervisedSampler`): ``meta_gradients`` then gets a batch whose
+            ``support_*`` and ``query_*`` are the two halves of ``meta_batch_size`` mini-batches, labels in
+            ``0..task.num_train_classes-1``. Evaluation stays episodic either way.
+        batch_size: Required when ``batch_kind == "supervised"``: examples per mini-batch (at least 2).
     """
 
     meta_batch_size: int
@@ -359,3 +369,37 @@ class Algorithm(Protocol):
         algorithms also return ``curve`` ``[T, steps+1]``: the query accuracy (classification) or MSE
         (regression) after 0, 1, ..., steps inner steps. Optionally ``predictions`` (query logits or outputs).
         """
+
+
+@dataclass(frozen=True)
+class ReportPanel:
+    """One panel a plugin adds to a run's report (returned by the ``metalab_report_panels`` hook; since API 1.2).
+
+    Give a figure, a Markdown text, or both (the text is shown under the figure).
+
+    Args:
+        title: The panel's heading, e.g. ``"Learned inner learning rates"``.
+        figure: A Plotly figure as plain JSON (``json.loads(fig.to_json())``), or ``None``.
+        markdown: Markdown text, or ``None``.
+    """
+
+    title: str
+    figure: dict[str, Any] | None = None
+    markdown: str | None = None
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a clear message if the panel is malformed."""
+        if not isinstance(self.title, str) or not self.title.strip():
+            raise ValueError(f"ReportPanel needs a non-empty title. Received: title={self.title!r}")
+        if self.figure is None and self.markdown is None:
+            raise ValueError(f"ReportPanel {self.title!r} needs a figure or markdown. Received: figure=None, markdown=None")
+        if self.figure is not None and not (isinstance(self.figure, dict) and isinstance(self.figure.get("data", []), list)):
+            raise ValueError(
+                f"ReportPanel {self.title!r}: figure must be a Plotly figure as a JSON dict (json.loads(fig.to_json())). "
+                f"Received: figure of type {type(self.figure).__name__}"
+            )
+        if self.markdown is not None and not isinstance(self.markdown, str):
+            raise ValueError(
+                f"ReportPanel {self.title!r}: markdown must be a string. Received: markdown of type "
+                f"{type(self.markdown).__name__}"
+            )

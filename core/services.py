@@ -6,6 +6,7 @@ and the dashboard runs those in worker processes through :meth:`Services.launch`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,15 @@ RESUMABLE = ("cancelled", "interrupted", "failed")
 
 class LaunchLimitError(RuntimeError):
     """Raised when starting a worker would exceed ``settings.max_workers`` runs at once."""
+
+
+class ProbeError(RuntimeError):
+    """Raised when the device probe process fails, times out or answers something that is not its JSON."""
+
+
+# The device listing costs a TensorFlow import (seconds), and devices do not change while a process lives.
+_DEVICES: dict[str, Any] = {}
+_DEVICES_LOCK = threading.Lock()
 
 
 class Services:
@@ -116,6 +126,98 @@ class Services:
             [sys.executable, "-m", "metalab.core.runner", str(self.store.path), run_id],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
+
+    # -- devices and the pre-launch probe (worker processes: this process never imports TensorFlow) -------
+
+    def _worker_env(self) -> dict[str, str]:
+        return dict(os.environ, METALAB_HOME=str(self.settings.home), METALAB_DATA_DIR=str(self.settings.data_dir))
+
+    def _probe(self, args: list[str], timeout: float) -> dict[str, Any]:
+        """Runs ``python -m metalab.core.probe ARGS`` and returns its JSON answer (``ok`` true or false).
+
+        Raises:
+            ProbeError: The process timed out, or died without a JSON answer.
+        """
+        command = [sys.executable, "-m", "metalab.core.probe", *args]
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self._worker_env(),
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ProbeError(f"The probe took longer than {timeout:g} s and was stopped. "
+                             f"Received: command={args[0]!r}, timeout={timeout:g}") from None
+        lines = [line for line in proc.stdout.splitlines() if line.strip()]
+        try:
+            answer = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            # Killed by a signal (e.g. the kernel's out-of-memory killer) or crashed inside TensorFlow.
+            reason = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+                      else f"exited with code {proc.returncode}")
+            raise ProbeError(f"The probe process {reason} without an answer; its output ends with:\n"
+                             f"{(proc.stderr or proc.stdout)[-3000:]}")
+        return answer
+
+    def devices(self, timeout: float = 120.0, refresh: bool = False) -> list[dict[str, Any]]:
+        """The devices a worker process sees (CPU, GPUs, TPU), listed once per process by a probe process.
+
+        Args:
+            timeout: Seconds to wait for the probe.
+            refresh: List again instead of returning the remembered answer (or failure).
+
+        Returns:
+            One dict per device: ``id`` (a ``RunConfig.device`` value such as ``"CPU:0"`` or ``"GPU:0"``),
+            ``type``, ``description``, ``memory_bytes`` and ``memory_available_bytes`` (``None`` when unknown).
+
+        Raises:
+            ProbeError: The probe failed (the failure is remembered too, until ``refresh``).
+        """
+        with _DEVICES_LOCK:
+            if refresh or "answer" not in _DEVICES:
+                try:
+                    answer = self._probe(["devices"], timeout)
+                    if not answer.get("ok"):
+                        raise ProbeError(f"Listing devices failed: {answer.get('error')}\n"
+                                         f"{answer.get('traceback', '')}")
+                    _DEVICES["answer"] = list(answer["devices"])
+                except ProbeError as exc:
+                    _DEVICES["answer"] = exc
+            answer = _DEVICES["answer"]
+        if isinstance(answer, ProbeError):
+            raise answer
+        return [dict(row) for row in answer]
+
+    def prefetch_devices(self) -> None:
+        """Starts listing devices in a background thread, so a later :meth:`devices` call waits less."""
+        if "answer" in _DEVICES:
+            return
+
+        def run() -> None:
+            with contextlib.suppress(ProbeError):
+                self.devices()
+
+        threading.Thread(target=run, name="metalab-devices", daemon=True).start()
+
+    def estimate(self, config: RunConfig | dict[str, Any], timeout: float = 300.0, steps: int = 3,
+                 max_seconds: float = 30.0) -> dict[str, Any]:
+        """Times a few train steps of ``config`` in a probe process: parameters, compile, seconds per step, memory.
+
+        Args:
+            config: The run config (validated here or in the probe).
+            timeout: Seconds to wait for the probe (TensorFlow import, session build, compile, steps).
+            steps: Train steps the probe runs (the first compiles).
+            max_seconds: Cap on the time the probe spends timing steps after the compile.
+
+        Returns:
+            The probe's answer (see :func:`metalab.core.probe.estimate`) with ``ok`` true, or ``{"ok": False,
+            "error": message, "traceback": text}``: a failure is returned, never raised.
+        """
+        raw = config.model_dump(mode="json") if isinstance(config, RunConfig) else dict(config)
+        args = ["estimate", json.dumps(raw), "--steps", str(int(steps)), "--max-seconds", str(float(max_seconds))]
+        try:
+            return self._probe(args, timeout)
+        except ProbeError as exc:
+            return {"ok": False, "error": str(exc).splitlines()[0], "traceback": str(exc)}
 
     def active_runs(self) -> list[RunRecord]:
         """Runs that are queued or running now (reaps finished worker processes first)."""
@@ -240,14 +342,51 @@ class Services:
         return None
 
     def run_report(self, run_id: str) -> dict[str, Any]:
-        """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data"}`` (plain data)."""
+        """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data", "panels"}`` (plain data)."""
         run = self.store.get_run(run_id)
+        data = self.report_data(run.id)
         return {
             "run": run.to_dict(),
             "metrics": self.store.metrics(run.id),
             "evaluations": self.store.evaluations(run.id),
-            "report_data": self.report_data(run.id),
+            "report_data": data,
+            "panels": self._panels(run.to_dict(), data),
         }
+
+    def report_panels(self, run_id: str) -> list[dict[str, Any]]:
+        """The panels plugins add to a run's report (the ``metalab_report_panels`` hook), in plugin load order.
+
+        Each plugin's hook is called on its own: one that raises or returns something other than a list of
+        ``ReportPanel`` gives a panel with ``error`` set in its place, and the others are unaffected.
+
+        Returns:
+            Dicts ``{"title", "figure" (Plotly JSON or None), "markdown" (str or None), "plugin", "error"}``.
+        """
+        run = self.store.get_run(run_id)
+        return self._panels(run.to_dict(), self.report_data(run.id))
+
+    def _panels(self, run: dict[str, Any], data: dict[str, Any] | None) -> list[dict[str, Any]]:
+        from .plugin_api import ReportPanel
+
+        arguments = {"run": run, "report_data": data or {}, "artifacts_dir": str(self.store.run_dir(run["id"]))}
+        panels: list[dict[str, Any]] = []
+        for impl in self.registry.pm.hook.metalab_report_panels.get_hookimpls():
+            try:
+                result = impl.function(*[arguments[name] for name in impl.argnames])
+                if not isinstance(result, (list, tuple)):
+                    raise TypeError(f"expected a list of ReportPanel. Received: {type(result).__name__}")
+                found = []
+                for panel in result:
+                    if not isinstance(panel, ReportPanel):
+                        raise TypeError(f"expected ReportPanel objects. Received: {type(panel).__name__}")
+                    panel.validate()
+                    found.append({"title": panel.title, "figure": panel.figure, "markdown": panel.markdown,
+                                  "plugin": impl.plugin_name, "error": None})
+            except Exception as exc:  # noqa: BLE001 - a plugin's panel must never break the report
+                found = [{"title": f"Panels of plugin {impl.plugin_name}", "figure": None, "markdown": None,
+                          "plugin": impl.plugin_name, "error": f"{type(exc).__name__}: {exc}"}]
+            panels.extend(found)
+        return panels
 
     def report_html(self, run_id: str) -> str:
         """The run's self-contained HTML report (figures, config, metrics, versions, seed)."""
