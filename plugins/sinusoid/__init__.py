@@ -83,6 +83,7 @@ def metalab_register_datasets() -> list:
             algorithm_defaults={
                 "metalab.maml": {"inner_lr": 0.01, "meta_batch_size": 25, "eval_inner_steps": 10},
                 "metalab.reptile": {"inner_optimizer": "sgd", "inner_lr": 0.02, "inner_steps": 5, "eval_inner_steps": 10},
+                "metalab.metasgd": {"inner_lr_init": 0.01, "meta_batch_size": 25},
             },
         )
     ]
