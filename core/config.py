@@ -41,6 +41,14 @@ class RunConfig(pydantic.BaseModel):
     log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
     eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
+    test_dataset: str | None = Field(
+        None,
+        description=(
+            "Cross-domain transfer: also meta-test on this dataset's test split (e.g. train on metalab.omniglot, "
+            "test on metalab.digits); empty: in-domain only."
+        ),
+    )
+    test_dataset_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of test_dataset.")
 
 
 def format_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:
@@ -118,16 +126,17 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
         registry: A :class:`metalab.core.plugin_manager.PluginRegistry`.
         raw: Run fields (``dataset``, ``algorithm``, ``steps``, ...).
         assignments: ``--set`` values; unqualified names go to the run fields, else to whichever of the algorithm,
-            dataset and backbone declares them (ambiguous names must be qualified).
+            dataset and backbone declares them (ambiguous names must be qualified); ``test_dataset.NAME`` sets a
+            parameter of the cross-domain test dataset.
 
     Raises:
         ConfigError: an unknown plugin id, a parameter out of range, an episode shape the dataset cannot
-            serve, or an algorithm that does not support the dataset's kind.
+            serve, an algorithm that does not support the dataset's kind, or a ``test_dataset`` of another kind.
     """
     from .plugin_manager import UnknownPluginError
 
     raw = dict(raw)
-    for key in ("dataset_params", "algorithm_params", "backbone_params"):
+    for key in ("dataset_params", "algorithm_params", "backbone_params", "test_dataset_params"):
         raw[key] = dict(raw.get(key) or {})
     try:
         dataset = registry.dataset(raw.get("dataset"))
@@ -147,6 +156,9 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
         head, _, tail = name.partition(".")
         if tail and head in owners:
             raw[f"{head}_params"][tail] = value
+        elif tail and head == "test_dataset":
+            # Never matched unqualified: the test dataset often shares parameter names with the training one.
+            raw["test_dataset_params"][tail] = value
         elif name in RunConfig.model_fields and not name.endswith("_params"):
             raw[name] = value
         else:
@@ -161,6 +173,12 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
                     f"Unknown parameter {name!r}: not a run field nor a parameter of {algorithm.id}, {dataset.id} "
                     f"or {backbone.id}. Received: {name}={value!r}"
                 )
+
+    try:
+        # After the assignments: --set test_dataset=... may name it.
+        test_dataset = registry.dataset(raw["test_dataset"]) if raw.get("test_dataset") else None
+    except UnknownPluginError as exc:
+        raise ConfigError(f"test_dataset: {exc}") from None
 
     for key, val in dataset.episode_defaults.items():
         if raw.get(key) is None:
@@ -187,4 +205,19 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     config.algorithm_params = validate_params(algorithm.params, config.algorithm_params, "algorithm").model_dump()
     config.dataset_params = validate_params(dataset.params, config.dataset_params, "dataset").model_dump()
     config.backbone_params = validate_params(backbone.params, config.backbone_params, "backbone").model_dump()
+    if test_dataset is not None:
+        if test_dataset.kind != dataset.kind:
+            raise ConfigError(
+                f"test_dataset: a {dataset.kind} run can only be meta-tested on a {dataset.kind} dataset, but "
+                f"{test_dataset.id!r} is {test_dataset.kind}. Received: test_dataset={test_dataset.id!r}"
+            )
+        config.test_dataset = test_dataset.id
+        config.test_dataset_params = validate_params(
+            test_dataset.params, config.test_dataset_params, "test_dataset"
+        ).model_dump()
+    elif config.test_dataset_params:
+        raise ConfigError(
+            "test_dataset_params: given without a test_dataset; name the dataset they belong to. "
+            f"Received: test_dataset_params={config.test_dataset_params!r}"
+        )
     return config

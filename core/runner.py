@@ -76,6 +76,7 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
     input_shape = tuple(dataset.input_shape)
     backbone_params = backbone_spec.params(**config.backbone_params)
     regression = dataset_spec.kind == "regression"
+    train_split = None if regression else dataset.splits.get("train")
     task = TaskSpec(
         kind=dataset_spec.kind,
         input_shape=input_shape,
@@ -85,6 +86,7 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
         queries=int(config.queries),
         total_steps=int(config.steps),
         make_backbone=lambda: backbone_spec.factory(backbone_params, input_shape),
+        num_train_classes=0 if train_split is None else int(train_split.num_classes),
     )
     algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
     return Session(config=config, dataset=dataset, algorithm=algorithm, task=task)
@@ -150,6 +152,83 @@ def load_checkpoint(path: Path, algorithm: Any, optimizer: Any | None = None, sa
         if sampler is not None:
             sampler.set_state(meta["sampler"])
     return int(meta["step"])
+
+
+# -- training batches and cross-domain data -------------------------------------------------------------
+
+
+def make_training_sampler(session: Session) -> Any:
+    """The sampler of the run's training stream: episodes, or mini-batches for a ``"supervised"`` algorithm.
+
+    Raises:
+        ValueError: If the algorithm's ``batch_kind`` is unknown, or a supervised algorithm meets a regression
+            dataset or has no valid ``batch_size``.
+    """
+    from .tasks import SupervisedSampler, make_sampler
+
+    config, algorithm = session.config, session.algorithm
+    batch_kind = getattr(algorithm, "batch_kind", "episodic")
+    if batch_kind == "episodic":
+        return make_sampler(session.dataset, "train", session.task.ways, config.shots, config.queries, config.seed)
+    if batch_kind == "supervised":
+        return SupervisedSampler(session.dataset, "train", getattr(algorithm, "batch_size", None), config.seed)
+    raise ValueError(
+        f"Algorithm {config.algorithm!r}: batch_kind must be 'episodic' or 'supervised'. Received: batch_kind={batch_kind!r}"
+    )
+
+
+def cross_domain_session(session: Session, registry: Any, settings: Settings | None = None) -> Session | None:
+    """The run's session with its dataset swapped for ``config.test_dataset`` (``None`` when the run has none).
+
+    Images of another height and width are resized (bilinear) to the run's input shape, so a model trained on
+    28x28 Omniglot meets 8x8 digits as 28x28 images (only the ``test`` split is kept then); any other difference
+    of shape is refused.
+
+    Raises:
+        ConfigError: If the test dataset's inputs cannot be brought to the run's input shape.
+    """
+    from .config import ConfigError
+    from .tasks import resize_images
+
+    config = session.config
+    if not config.test_dataset:
+        return None
+    settings = settings or load_settings()
+    spec = registry.dataset(config.test_dataset)
+    dataset = spec.factory(spec.params(**config.test_dataset_params), settings.data_context())
+    want, have = tuple(session.task.input_shape), tuple(dataset.input_shape)
+    if have != want:
+        if len(want) != 3 or len(have) != 3 or want[2] != have[2]:
+            raise ConfigError(
+                f"test_dataset {config.test_dataset!r} has inputs of shape {have}, but the run trains on "
+                f"{config.dataset!r} with inputs of shape {want}; only images that differ in height and width "
+                f"can be resized. Received: test_dataset={config.test_dataset!r}"
+            )
+        dataset = resize_images(dataset, want[:2], splits=("test",))
+    cross_config = config.model_copy(update={"dataset": config.test_dataset,
+                                             "dataset_params": dict(config.test_dataset_params)})
+    return Session(config=cross_config, dataset=dataset, algorithm=session.algorithm, task=session.task)
+
+
+def cross_domain_episodes(cross: Session, episodes: int) -> Any:
+    """The fixed test episodes of the cross-domain dataset (its ``test`` split, the run's episode shape).
+
+    Returns:
+        A :class:`~metalab.core.tasks.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
+
+    Raises:
+        ConfigError: If that split cannot serve the run's episodes (too few classes or samples per class).
+    """
+    from .config import ConfigError
+    from .tasks import fixed_episodes
+
+    cfg = cross.config
+    key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
+    try:
+        return fixed_episodes(cross.dataset, "test", cross.task.ways, cfg.shots, cfg.queries, episodes, seed=EVAL_SEED,
+                              key=key)
+    except ValueError as exc:
+        raise ConfigError(f"test_dataset {cfg.dataset!r}: {exc}") from None
 
 
 # -- evaluation -----------------------------------------------------------------------------------------
@@ -274,7 +353,6 @@ def train_run(
     ``failed`` with the traceback. Returns the final status; never raises for a failure inside training.
     """
     from . import functional
-    from .tasks import make_sampler
 
     settings = settings or load_settings()
     run = store.get_run(run_id)
@@ -290,8 +368,10 @@ def train_run(
             session = build_session(registry, config, settings)
             store.update_run(run_id, device=_device_name(config.device))
             algorithm = session.algorithm
-            sampler = make_sampler(session.dataset, "train", session.task.ways, config.shots, config.queries,
-                                   config.seed)
+            sampler = make_training_sampler(session)
+            # Loaded (and its episodes checked) before training, so a bad test dataset fails the run at once.
+            cross = cross_domain_session(session, registry, settings)
+            cross_episodes = cross_domain_episodes(cross, config.test_episodes) if cross and config.eval_at_end else None
             optimizer = algorithm.make_optimizer()
             optimizer.build(algorithm.trainable_variables)
             ckpt = checkpoint_path(store, run_id)
@@ -342,6 +422,11 @@ def train_run(
                 if progress:
                     progress(step, config.steps, logged)
             save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
+            if cross_episodes is not None:
+                # Recorded before the in-domain score, so "test" stays the newest evaluation.
+                result = evaluate_batch(cross, cross_episodes.batch(), eval_fn)
+                store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result)
+                store.log_metrics(run_id, step, {f"cross/{k}": v for k, v in result.items() if isinstance(v, float)})
             if config.eval_at_end:
                 result = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes), eval_fn)
                 store.add_evaluation(run_id, "test", result["episodes"], result)
@@ -384,7 +469,10 @@ def evaluate_run(
     settings: Settings | None = None,
     record: bool = True,
 ) -> dict[str, Any]:
-    """Scores a run's latest checkpoint on the fixed meta-test episodes (mean, 95% CI, adaptation curve)."""
+    """Scores a run's latest checkpoint on the fixed meta-test episodes (mean, 95% CI, adaptation curve).
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"cross:<dataset id>"`` (the run's ``test_dataset``).
+    """
     run = store.get_run(run_id)
     config = RunConfig(**run.config)
     ckpt = checkpoint_path(store, run.id)
@@ -396,7 +484,16 @@ def evaluate_run(
         session = build_session(registry, config, settings)
         load_checkpoint(ckpt, session.algorithm)
         n = episodes or config.test_episodes
-        result = evaluate_batch(session, fixed_batch(session, split, n))
+        if split.startswith("cross:"):
+            if not config.test_dataset or split != f"cross:{config.test_dataset}":
+                raise ValueError(
+                    f"Run {run.id} names the cross-domain test dataset {config.test_dataset!r}; the split must be "
+                    f"'cross:<that id>'. Received: split={split!r}"
+                )
+            cross = cross_domain_session(session, registry, settings)
+            result = evaluate_batch(cross, cross_domain_episodes(cross, n).batch())
+        else:
+            result = evaluate_batch(session, fixed_batch(session, split, n))
     if record:
         store.add_evaluation(run.id, split, n, result)
     return result

@@ -27,6 +27,8 @@ from .plugin_api import SPLITS, ClassificationDataset, ClassSplit, TaskBatch
 __all__ = [
     "EpisodeSampler",
     "RegressionSampler",
+    "SupervisedSampler",
+    "resize_images",
     "FixedEpisodes",
     "make_sampler",
     "fixed_episodes",
@@ -39,6 +41,7 @@ __all__ = [
 # Salts keep the training stream and the fixed evaluation sets apart even when they share a seed and split.
 _SALT_STREAM = 0x5354524D  # "STRM"
 _SALT_FIXED = 0x46495844  # "FIXD"
+_SALT_SUPERVISED = 0x53555056  # "SUPV"
 _STATE_VERSION = 1
 _FIXED_CACHE_SIZE = 32
 
@@ -396,6 +399,200 @@ class RegressionSampler(_StatefulSampler):
         self.last_tasks = tasks
         self.tasks_sampled += num_tasks
         return batch
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Supervised (non-episodic) batches
+# ----------------------------------------------------------------------------------------------------------
+
+
+class SupervisedSampler:
+    """Draws ordinary mini-batches of (image, global class label) from one split, epoch by epoch.
+
+    For algorithms that pre-train on all classes of a split (``batch_kind = "supervised"``, e.g. the
+    Baseline of Chen et al. 2019). Each epoch visits every image of the split once, in a fresh random order;
+    batches run on across epoch boundaries. Labels are the split's own class indices ``0..num_classes-1``
+    (not relabelled per episode).
+
+    To fit the runner's one training step, a batch is delivered as a :class:`TaskBatch` whose "tasks" are
+    batches: task ``t`` of ``sample_batch(T)`` holds ``batch_size`` consecutive examples of the stream, the
+    first ``batch_size - batch_size // 2`` in ``support_x``/``support_y`` and the rest in
+    ``query_x``/``query_y``. Both halves are training data: an algorithm takes its step on their union.
+
+    Args:
+        dataset: A :class:`ClassificationDataset`.
+        split: Which split (``"train"`` for pre-training).
+        batch_size: Examples per batch (support and query together), at least 2.
+        seed: Non-negative integer; with ``split`` it fixes the stream.
+
+    Raises:
+        ValueError: If the dataset is not a classification dataset, the split is unknown or empty, or a
+            count is not a valid integer.
+
+    Example:
+        sampler = SupervisedSampler(dataset, "train", batch_size=64, seed=0)
+        batch = sampler.sample_batch(1)   # support_x [1, 32, 28, 28, 1], support_y [1, 32] in 0..C-1
+    """
+
+    kind = "supervised"
+
+    def __init__(self, dataset: ClassificationDataset, split: str, batch_size: int, seed: int):
+        owner = "SupervisedSampler"
+        if _is_regression(dataset):
+            raise ValueError(
+                f"{owner} needs a classification dataset (images with class labels). Received: dataset.kind='regression'"
+            )
+        self.batch_size = _check_int("batch_size", batch_size, 2, owner)
+        self.seed = _check_int("seed", seed, 0, owner)
+        self.split = split
+        self.dataset = dataset
+        self._split = _get_split(dataset, split, owner)
+        # Validates the labels the same way episodes do.
+        _ClassTable(self._split, split, owner)
+        self.num_rows = int(len(self._split.labels))
+        if self.num_rows == 0:
+            raise ValueError(f"{owner}: split {split!r} holds no images. Received: split={split!r}")
+        self.num_classes = int(self._split.num_classes)
+        self._labels = np.asarray(self._split.labels).astype(np.int32)
+        self._rng = _derive_rng(self.seed, split, _SALT_SUPERVISED)
+        self._new_epoch()
+        self.epoch = 0
+        self.batches_sampled = 0
+
+    def _new_epoch(self) -> None:
+        # The state at the start of the epoch regenerates its permutation, so a checkpoint stores a few numbers
+        # instead of the whole order.
+        self._epoch_state = self._rng.bit_generator.state
+        self._order = self._rng.permutation(self.num_rows)
+        self._position = 0
+
+    def sample_rows(self, n: int) -> np.ndarray:
+        """Returns the next ``n`` row indices of the stream (``int64 [n]``), crossing epochs as needed."""
+        n = _check_int("n", n, 1, "SupervisedSampler.sample_rows")
+        out = np.empty(n, dtype=np.int64)
+        filled = 0
+        while filled < n:
+            if self._position == self.num_rows:
+                self._new_epoch()
+                self.epoch += 1
+            take = min(n - filled, self.num_rows - self._position)
+            out[filled:filled + take] = self._order[self._position:self._position + take]
+            self._position += take
+            filled += take
+        return out
+
+    def sample_batch(self, num_tasks: int) -> TaskBatch:
+        """Draws ``num_tasks`` consecutive batches.
+
+        Args:
+            num_tasks: Number of batches ``T`` (the runner passes the algorithm's ``meta_batch_size``).
+
+        Returns:
+            A :class:`TaskBatch`: ``support_x`` ``float32 [T, batch_size - batch_size//2, *input_shape]``,
+            ``support_y`` ``int32 [T, batch_size - batch_size//2]`` (global class labels), ``query_x`` and
+            ``query_y`` likewise with ``batch_size // 2`` examples.
+        """
+        num_tasks = _check_int("num_tasks", num_tasks, 1, "SupervisedSampler.sample_batch")
+        rows = self.sample_rows(num_tasks * self.batch_size).reshape(num_tasks, self.batch_size)
+        self.batches_sampled += num_tasks
+        half = self.batch_size - self.batch_size // 2
+        x = np.asarray(self.dataset.to_float(self._split.images[rows]), dtype=np.float32)
+        y = self._labels[rows]
+        return TaskBatch(support_x=np.ascontiguousarray(x[:, :half]), support_y=np.ascontiguousarray(y[:, :half]),
+                         query_x=np.ascontiguousarray(x[:, half:]), query_y=np.ascontiguousarray(y[:, half:]))
+
+    def sample(self) -> TaskBatch:
+        """Draws one batch (a :class:`TaskBatch` with a leading axis of length 1)."""
+        return self.sample_batch(1)
+
+    def get_state(self) -> dict:
+        """Returns the sampler's position in its stream as a JSON-serialisable dict.
+
+        Returns:
+            ``{"version": 1, "kind": "supervised", "epoch": int, "position": int, "batches_sampled": int,
+            "epoch_start": {...}}``: the bit-generator state at the start of the current epoch (integers as
+            decimal strings) and the position within the epoch.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "kind": "supervised",
+            "epoch": int(self.epoch),
+            "position": int(self._position),
+            "batches_sampled": int(self.batches_sampled),
+            "num_rows": self.num_rows,
+            "epoch_start": _to_json_state(self._epoch_state),
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Restores a position saved by :meth:`get_state`; the next batches continue that stream exactly.
+
+        Args:
+            state: A dict returned by :meth:`get_state` (possibly after a JSON round trip).
+
+        Raises:
+            ValueError: If ``state`` is not such a dict, or was saved for a split of another size.
+        """
+        owner = "SupervisedSampler.set_state"
+        if not isinstance(state, dict) or state.get("kind") != "supervised" or "epoch_start" not in state:
+            raise ValueError(f"{owner} expects a dict made by SupervisedSampler.get_state(). Received: state={state!r}")
+        if int(state.get("num_rows", -1)) != self.num_rows:
+            raise ValueError(
+                f"{owner}: the state belongs to a split of {state.get('num_rows')} images, this one has "
+                f"{self.num_rows}. Received: num_rows={state.get('num_rows')!r}"
+            )
+        position = int(state["position"])
+        if not 0 <= position <= self.num_rows:
+            raise ValueError(f"{owner}: position must lie in 0..{self.num_rows}. Received: position={position}")
+        try:
+            self._rng.bit_generator.state = _from_json_state(state["epoch_start"])
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{owner}: malformed bit generator state ({exc}). Received: state={state!r}") from None
+        self._new_epoch()
+        self._position = position
+        self.epoch = int(state["epoch"])
+        self.batches_sampled = int(state.get("batches_sampled", 0))
+
+
+def resize_images(dataset: ClassificationDataset, size: tuple[int, int],
+                  splits: tuple[str, ...] | None = None) -> ClassificationDataset:
+    """Returns a copy of an image dataset resized (bilinear) to ``size = (height, width)``, 8-bit, scale 255.
+
+    Used to meta-test a model on a dataset of another image size (cross-domain transfer). Pixels are taken to
+    ``[0, 1]`` by the dataset's own ``to_float`` first, so datasets of any ``scale`` end up comparable.
+
+    Args:
+        dataset: A :class:`ClassificationDataset` of ``[n, H, W, C]`` images.
+        size: The new ``(height, width)``.
+        splits: The splits to keep (and resize); all by default.
+
+    Returns:
+        A new :class:`ClassificationDataset` with ``input_shape (height, width, C)`` and ``scale 255``; ``info``
+        gains ``resized_from``.
+
+    Raises:
+        ValueError: If the dataset's inputs are not ``(H, W, C)`` images.
+    """
+    from PIL import Image
+
+    shape = tuple(int(s) for s in dataset.input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"resize_images needs (height, width, channels) images. Received: input_shape={shape}")
+    height, width = (int(s) for s in size)
+    kept = {}
+    for name, split in dataset.splits.items():
+        if splits is not None and name not in splits:
+            continue
+        images = np.clip(np.asarray(dataset.to_float(split.images), dtype=np.float32), 0.0, 1.0)
+        out = np.empty((len(images), height, width, shape[2]), dtype=np.uint8)
+        for i, image in enumerate(images):
+            for c in range(shape[2]):
+                # A float32 array becomes a mode "F" image: floats are interpolated, not 8-bit rounded values.
+                channel = Image.fromarray(np.ascontiguousarray(image[..., c]))
+                resized = np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR))
+                out[i, ..., c] = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+        kept[name] = ClassSplit(images=out, labels=np.asarray(split.labels), class_names=list(split.class_names))
+    info = {**dict(dataset.info), "resized_from": list(shape)}
+    return ClassificationDataset(splits=kept, input_shape=(height, width, shape[2]), scale=255.0, info=info)
 
 
 def make_sampler(dataset: Any, split: str, ways: int | None, shots: int, queries: int,

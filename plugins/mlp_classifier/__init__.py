@@ -1,0 +1,49 @@
+"""A plain supervised MLP classifier: the "no meta-learning" reference (registration only, no TensorFlow import)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+
+METALAB_PLUGIN_API = "1.2"
+
+
+class MLPClassifierParams(Params):
+    """Parameters of the supervised MLP reference."""
+
+    hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        default_factory=lambda: [256, 128], min_length=1, max_length=8,
+        description="Sizes of the ReLU hidden layers; the last one gives the features used at meta-test time.",
+    )
+    batch_size: int = Field(64, ge=2, le=8192, description="Mini-batch size.")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+
+
+def _make(params: MLPClassifierParams, task: TaskSpec) -> Any:
+    from .algorithm import MLPClassifier
+
+    return MLPClassifier(params, task)
+
+
+SPEC = AlgorithmSpec(
+    id="metalab.mlp_classifier",
+    title="MLP classifier (no meta-learning)",
+    description=(
+        "The supervised reference: a plain Keras MLP (flatten, ReLU hidden layers, softmax over the training "
+        "classes) trained on ordinary mini-batches of the training split, its inputs scaled once by the dataset. "
+        "At meta-test time each episode is classified by the nearest class centroid of the support set in the "
+        "last hidden layer's features. It ignores the run's backbone."
+    ),
+    params=MLPClassifierParams,
+    factory=_make,
+    paper="Rumelhart, Hinton and Williams 1986, Learning representations by back-propagating errors (Nature)",
+    task_kinds=("classification",),
+)
+
+
+@hookimpl
+def metalab_register_algorithms() -> list[AlgorithmSpec]:
+    return [SPEC]
