@@ -378,6 +378,16 @@ def run_progress(run: dict[str, Any], metrics: Series, now: float | None = None)
 # -- the report ----------------------------------------------------------------------------------------
 
 
+def cross_domain_evaluations(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The newest evaluation per cross-domain test dataset (splits named ``cross:<dataset id>``)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for evaluation in report.get("evaluations") or []:
+        split = str(evaluation.get("split", ""))
+        if split.startswith("cross:") and split not in newest:
+            newest[split] = evaluation
+    return list(newest.values())
+
+
 def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     """Every figure of a run's report, in reading order.
 
@@ -400,6 +410,10 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
             figures.append(("Adaptation curve", curve))
         name, value, ci = score_of(evaluation)
         rows = [{"label": "this run", "value": value, "ci95": ci, "metric": name, "group": "this run"}]
+        for cross in cross_domain_evaluations(report):
+            _, cross_value, cross_ci = score_of(cross)
+            rows.append({"label": f"cross-domain: {cross['split'][len('cross:'):]}", "value": cross_value,
+                         "ci95": cross_ci, "metric": name, "group": "cross-domain"})
         if "accuracy" in evaluation:
             for pub in published_results(report["run"].get("config") or {}):
                 rows.append({"label": pub["method"], "value": pub["accuracy"], "ci95": pub["ci95"], "metric": name,
@@ -514,6 +528,10 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         name, value, ci = score_of(evaluation)
         parts.append(f"<h2>Meta-test score</h2><p class='score'>{name}: <b>{value:.4g}</b> ± {ci:.3g} (95% CI, "
                      f"{evaluation.get('episodes')} fixed episodes)</p>")
+        for cross in cross_domain_evaluations(report):
+            _, cross_value, cross_ci = score_of(cross)
+            parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}): "
+                         f"<b>{cross_value:.4g}</b> ± {cross_ci:.3g}</p>")
     published = published_results(config)
     if published:
         parts.append("<h3>Published results (same protocol)</h3><table><tr><th>method</th><th>accuracy (%)</th>"

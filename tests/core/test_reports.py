@@ -193,3 +193,21 @@ def test_worker_writes_report_data_for_classification(tmp_path, builtin_registry
     assert all(0 <= p < config.ways for p in episode["query_predictions"])
     assert len(data["embedding"]["points"]) == config.ways * config.queries
     assert all(len(p) == 2 and all(math.isfinite(v) for v in p) for p in data["embedding"]["points"])
+
+
+def test_cross_domain_scores_stand_beside_the_in_domain_score():
+    from metalab.core import reports
+
+    report = {
+        "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.baseline"}},
+        "metrics": {},
+        "evaluations": [
+            {"split": "test", "episodes": 10, "accuracy": 0.8, "ci95": 0.05, "loss": 0.5},
+            {"split": "cross:metalab.digits", "episodes": 10, "accuracy": 0.6, "ci95": 0.04, "loss": 0.9},
+        ],
+    }
+    assert [e["split"] for e in reports.cross_domain_evaluations(report)] == ["cross:metalab.digits"]
+    figures = dict(reports.report_figures(report))
+    labels = [str(label) for trace in figures["Meta-test score"].data for label in (trace.x if trace.x is not None else [])]
+    assert any("cross-domain: metalab.digits" in label for label in labels), labels
+    assert "cross-domain (metalab.digits)" in reports.report_html(report)
