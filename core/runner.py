@@ -243,6 +243,17 @@ def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SE
     return fixed_tasks(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed, key=key)
 
 
+def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> Any:
+    """Like :func:`fixed_batch`, but materialises the episodes one chunk at a time (600 20-way 5-shot episodes
+    would otherwise take ~750 MB at once)."""
+    from .tasks import fixed_episodes
+
+    cfg = session.config
+    key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
+    return fixed_episodes(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed,
+                          key=key)
+
+
 def compile_evaluate(algorithm: Any) -> Callable:
     """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
     from . import functional
@@ -260,8 +271,10 @@ def compile_evaluate(algorithm: Any) -> Callable:
     return evaluate
 
 
-def evaluate_batch(session: Session, batch: TaskBatch, evaluate_fn: Callable | None = None) -> dict[str, Any]:
+def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = None) -> dict[str, Any]:
     """Scores ``session.algorithm`` on every task of ``batch`` and returns means with 95% confidence intervals.
+
+    ``batch`` is a :class:`TaskBatch` or a lazily materialised episode set (:func:`fixed_episode_set`).
 
     Returns:
         ``accuracy`` (0–1) or ``mse``, ``ci95``, ``loss``, ``episodes`` and, for gradient-based algorithms,
@@ -270,11 +283,21 @@ def evaluate_batch(session: Session, batch: TaskBatch, evaluate_fn: Callable | N
     from . import functional
 
     evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
-    n = batch.num_tasks
+    if isinstance(batch, TaskBatch):
+        n = batch.num_tasks
+
+        def take(start: int, stop: int) -> list[np.ndarray]:
+            return [np.asarray(a[start:stop]) for a in batch.as_tuple()]
+    else:
+        n = batch.n
+
+        def take(start: int, stop: int) -> list[np.ndarray]:
+            return [np.asarray(a) for a in batch.batch(start, stop).as_tuple()]
+
     chunk_size = min(EVAL_CHUNK, n)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, chunk_size):
-        arrays = [np.asarray(a[start : start + chunk_size]) for a in batch.as_tuple()]
+        arrays = take(start, min(start + chunk_size, n))
         size = len(arrays[0])
         # Pad the last chunk to the full size: one fixed shape means one compiled graph with a static task axis.
         arrays = [np.concatenate([a, np.repeat(a[-1:], chunk_size - size, axis=0)]) if size < chunk_size else a
@@ -387,7 +410,7 @@ def train_run(
 
             step_fn = functional.compile(train_step)
             eval_fn = compile_evaluate(algorithm)
-            val_batch = fixed_batch(session, "val", config.val_episodes)
+            val_batch = fixed_episode_set(session, "val", config.val_episodes)
             window: dict[str, list[float]] = {}
             t_window = time.perf_counter()
             steps_in_window = 0
@@ -424,11 +447,11 @@ def train_run(
             save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
             if cross_episodes is not None:
                 # Recorded before the in-domain score, so "test" stays the newest evaluation.
-                result = evaluate_batch(cross, cross_episodes.batch(), eval_fn)
+                result = evaluate_batch(cross, cross_episodes, eval_fn)
                 store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result)
                 store.log_metrics(run_id, step, {f"cross/{k}": v for k, v in result.items() if isinstance(v, float)})
             if config.eval_at_end:
-                result = evaluate_batch(session, fixed_batch(session, "test", config.test_episodes), eval_fn)
+                result = evaluate_batch(session, fixed_episode_set(session, "test", config.test_episodes), eval_fn)
                 store.add_evaluation(run_id, "test", result["episodes"], result)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
             # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.
@@ -491,9 +514,9 @@ def evaluate_run(
                     f"'cross:<that id>'. Received: split={split!r}"
                 )
             cross = cross_domain_session(session, registry, settings)
-            result = evaluate_batch(cross, cross_domain_episodes(cross, n).batch())
+            result = evaluate_batch(cross, cross_domain_episodes(cross, n))
         else:
-            result = evaluate_batch(session, fixed_batch(session, split, n))
+            result = evaluate_batch(session, fixed_episode_set(session, split, n))
     if record:
         store.add_evaluation(run.id, split, n, result)
     return result
