@@ -393,3 +393,284 @@ class Services:
         from .reports import report_html
 
         return report_html(self.run_report(run_id))
+
+    # -- datasets: summaries and uploaded image folders (numpy and Pillow only: no TensorFlow here) ------
+
+    def dataset_summary(self, dataset_id: str, params: dict[str, Any] | None = None, *,
+                        episode: tuple[int, int, int] | None = None, sample_classes: int = 5,
+                        samples_per_class: int = 3, seed: int = 0) -> dict[str, Any]:
+        """Loads a dataset in this process and summarises it: counts per split, sample images, its info.
+
+        Dataset factories read files with numpy and Pillow, so this never imports TensorFlow; a large dataset
+        does cost this process its memory while it is summarised.
+
+        Args:
+            dataset_id: A loaded dataset id.
+            params: The dataset's parameters (validated here; missing ones take their defaults).
+            episode: ``(ways, shots, queries)`` to check the dataset against (see ``problems`` below).
+            sample_classes, samples_per_class, seed: As :func:`~metalab.core.datasets_info.summarize_dataset`.
+
+        Returns:
+            :func:`~metalab.core.datasets_info.summarize_dataset`'s dict plus ``"id"``, ``"params"`` (every
+            parameter, validated) and ``"problems"`` (every reason the dataset cannot serve ``episode``; empty
+            when it can or when no ``episode`` is given).
+
+        Raises:
+            UnknownPluginError: No loaded plugin provides ``dataset_id``.
+            pydantic.ValidationError: A parameter is invalid (a ``ValueError``).
+            FileNotFoundError: The dataset's files are missing (the plugin's message names them and where to
+                put them).
+            ValueError: The files are there but unusable (the plugin says why).
+        """
+        from .datasets_info import episode_problems, summarize_dataset
+
+        spec = self.registry.dataset(dataset_id)
+        validated = spec.params(**(params or {}))
+        dataset = spec.factory(validated, self.settings.data_context())
+        summary = summarize_dataset(dataset, sample_classes=sample_classes, samples_per_class=samples_per_class,
+                                    seed=seed)
+        problems: list[str] = []
+        if episode is not None and summary["kind"] == "classification":
+            problems = episode_problems(dataset, *(int(v) for v in episode))
+        summary.update({"id": spec.id, "params": validated.model_dump(mode="json"), "problems": problems})
+        return summary
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where uploaded image folders are extracted: ``METALAB_DATA_DIR/uploads/``."""
+        return Path(self.settings.data_dir) / "uploads"
+
+    def upload_dataset(self, archive: bytes | Any, name: str, *, max_bytes: int | None = None) -> dict[str, Any]:
+        """Extracts an uploaded zip of class sub-folders into ``METALAB_DATA_DIR/uploads/<name>/``, safely.
+
+        Every member is checked before anything is written (see
+        :func:`~metalab.core.datasets_info.safe_extract_zip`): absolute or ``..`` paths, links and encrypted
+        members are refused, and so are archives over ``max_bytes``, unpacking to more than
+        :func:`upload_limits` allow, or expanding like a zip bomb. A refused archive leaves nothing behind.
+
+        Args:
+            archive: The zip's bytes, or a binary file object (e.g. Streamlit's ``UploadedFile``).
+            name: A name for the folder (the upload's file name will do): reduced to letters, digits, ``-`` and
+                ``_``; a suffix ``-2``, ``-3``, ... is added when the name is taken.
+            max_bytes: The largest archive accepted; ``None`` for :data:`DEFAULT_MAX_UPLOAD_BYTES`.
+
+        Returns:
+            :meth:`upload_info` of the new folder.
+
+        Raises:
+            UnsafeArchiveError: Not a zip, over a cap, or an unsafe member (a ``ValueError`` naming it).
+        """
+        import io
+
+        from .datasets_info import safe_extract_zip
+
+        max_bytes = DEFAULT_MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
+        if isinstance(archive, (bytes, bytearray, memoryview)):
+            archive = io.BytesIO(bytes(archive))
+        base = _upload_slug(name)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        folder, n = base, 1
+        while (self.uploads_dir / folder).exists():
+            n += 1
+            folder = f"{base}-{n}"
+        safe_extract_zip(archive, self.uploads_dir / folder, upload_limits(max_bytes))
+        return self.upload_info(folder)
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Every uploaded image folder, newest first: :meth:`upload_info` of each."""
+        if not self.uploads_dir.is_dir():
+            return []
+        folders = [p for p in self.uploads_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+        return [self.upload_info(p.name) for p in folders]
+
+    def upload_info(self, name: str) -> dict[str, Any]:
+        """Class folders and image counts of an uploaded image folder (read from the file names, not decoded).
+
+        Args:
+            name: The folder's name under :attr:`uploads_dir`.
+
+        Returns:
+            ``{"name", "path" (the folder), "root" (the folder holding the class folders: a single wrapping
+            folder such as ``photos/`` is looked through, as the image-folder dataset does), "classes": {class:
+            image files}, "images" (their sum), "other_files": [paths of files that are not images or not in a
+            class folder]}``.
+
+        Raises:
+            ValueError: ``name`` is not a plain folder name.
+            FileNotFoundError: No such upload.
+        """
+        from pathlib import PurePosixPath
+
+        from .datasets_info import IMAGE_EXTENSIONS, is_hidden
+
+        if not name or name != Path(name).name or name in (".", ".."):
+            raise ValueError(f"An upload is named by its folder name alone. Received: name={name!r}")
+        path = self.uploads_dir / name
+        if not path.is_dir():
+            raise FileNotFoundError(f"No uploaded image folder {name!r} in {self.uploads_dir}. Received: name={name!r}")
+        files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        files = [f for f in files if not is_hidden(f)]
+        parts = [PurePosixPath(f).parts for f in files]
+        depth = 0
+        # As the image-folder loader: leading folders shared by every file only wrap the class folders.
+        while parts and all(len(p) >= depth + 3 for p in parts) and len({p[depth] for p in parts}) == 1:
+            depth += 1
+        classes: dict[str, int] = {}
+        other: list[str] = []
+        for relative, p in zip(files, parts):
+            rest = p[depth:]
+            if len(rest) < 2 or PurePosixPath(relative).suffix.lower() not in IMAGE_EXTENSIONS:
+                other.append(relative)
+                continue
+            classes[rest[0]] = classes.get(rest[0], 0) + 1
+        root = path.joinpath(*parts[0][:depth]) if parts and depth else path
+        return {"name": name, "path": str(path), "root": str(root), "classes": dict(sorted(classes.items())),
+                "images": sum(classes.values()), "other_files": other}
+
+    def delete_upload(self, name: str) -> None:
+        """Deletes an uploaded image folder (the dataset's cached arrays are left to the cache)."""
+        import shutil
+
+        info = self.upload_info(name)
+        shutil.rmtree(info["path"])
+
+    # -- prediction on new images (a worker process: this process never imports TensorFlow) ----------------
+
+    def stage_prediction(self, support_zip: bytes | Any | None = None,
+                         queries: list[tuple[str, bytes]] | None = None, *,
+                         max_bytes: int | None = None) -> dict[str, Path | None]:
+        """Writes uploaded support and query images to a fresh folder for :meth:`predict`.
+
+        The folder is ``METALAB_HOME/predictions/<time>-<random>/`` with ``support/`` (the zip, extracted
+        safely) and ``query/`` (the query files); folders older than a day are deleted on each call.
+
+        Args:
+            support_zip: A zip of class sub-folders (bytes or a binary file object), or ``None``.
+            queries: ``(file name, bytes)`` of each query image, or ``None``.
+            max_bytes: The largest support zip, and the largest total of the query files (``None``: the
+                default of :meth:`upload_dataset`).
+
+        Returns:
+            ``{"support": folder or None, "query": folder or None}``.
+
+        Raises:
+            UnsafeArchiveError: The support zip is refused (see :meth:`upload_dataset`).
+            ValueError: The query files are over ``max_bytes`` together.
+        """
+        import io
+        import shutil
+        import tempfile
+        import time
+
+        from .datasets_info import safe_extract_zip
+
+        max_bytes = DEFAULT_MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
+        base = Path(self.settings.home) / "predictions"
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            with contextlib.suppress(OSError):
+                if old.is_dir() and time.time() - old.stat().st_mtime > 86_400:
+                    shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base))
+        out: dict[str, Path | None] = {"support": None, "query": None}
+        try:
+            if support_zip is not None:
+                if isinstance(support_zip, (bytes, bytearray, memoryview)):
+                    support_zip = io.BytesIO(bytes(support_zip))
+                out["support"] = folder / "support"
+                safe_extract_zip(support_zip, out["support"], upload_limits(max_bytes))
+            if queries:
+                total = sum(len(data) for _, data in queries)
+                if total > max_bytes:
+                    raise ValueError(f"The query images are {total} bytes together; at most {max_bytes} are "
+                                     f"allowed. Received: total_bytes={total}")
+                out["query"] = folder / "query"
+                out["query"].mkdir()
+                used: set[str] = set()
+                for i, (name, data) in enumerate(queries):
+                    # Keep the file's own name (it labels the result) but never its folders.
+                    clean = Path(str(name).replace("\\", "/")).name.lstrip(".") or f"query-{i}"
+                    if clean in used:
+                        clean = f"{i}-{clean}"
+                    used.add(clean)
+                    (out["query"] / clean).write_bytes(bytes(data))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return out
+
+    def predict(self, run_id: str, support_dir: str | os.PathLike, query_dir: str | os.PathLike, *,
+                invert: bool | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
+        """Adapts a finished run to a support set and classifies query images, in a worker process.
+
+        Runs ``python -m metalab.core.cli predict RUN --support DIR --query DIR --json`` (see
+        :func:`metalab.core.predict.predict`), so TensorFlow is imported there, never here.
+
+        Args:
+            run_id: The run (a unique prefix of its id works).
+            support_dir: A folder with one sub-folder per class, a few images each.
+            query_dir: A folder of images (any depth), or one image file.
+            invert: Override the dataset's inversion of grey levels; ``None`` follows the run's dataset.
+            timeout: Seconds to wait for the worker (TensorFlow import, model build, adaptation).
+
+        Returns:
+            One dict per query image: ``{"file", "path", "predicted", "probabilities": {class: p}}``.
+
+        Raises:
+            PredictionError: The worker refused the inputs or the run (its message, e.g. a support set with
+                the wrong number of classes), failed, or took longer than ``timeout``.
+        """
+        from .predict import PredictionError
+
+        command = [sys.executable, "-m", "metalab.core.cli", "predict", str(run_id), "--support", str(support_dir),
+                   "--query", str(query_dir), "--json"]
+        if invert is not None:
+            command.append("--invert" if invert else "--no-invert")
+        # A wide terminal keeps the worker's error message on one line.
+        env = dict(self._worker_env(), COLUMNS="10000")
+        try:
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise PredictionError(f"Prediction took longer than {timeout:g} s and was stopped. "
+                                  f"Received: run={run_id!r}, timeout={timeout:g}") from None
+        if proc.returncode == 0:
+            try:
+                return list(json.loads(proc.stdout)["predictions"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
+        if proc.returncode == 2 and errors:
+            raise PredictionError(errors[-1])
+        reason = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
+                  else f"exited with code {proc.returncode}")
+        raise PredictionError(f"The prediction worker {reason}; its output ends with:\n"
+                              f"{(proc.stderr or proc.stdout)[-3000:]}")
+
+
+#: The largest upload the dashboard accepts by default (Streamlit's own ``server.maxUploadSize`` default).
+DEFAULT_MAX_UPLOAD_BYTES = 200 << 20
+
+
+def upload_limits(max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> Any:
+    """The zip caps of an upload of at most ``max_bytes``: it may unpack to 10 times that (4 GiB at most).
+
+    Images barely compress, so a larger expansion means a zip bomb; the per-member and whole-archive ratio
+    caps of :class:`~metalab.core.datasets_info.ZipLimits` stay at their defaults.
+    """
+    from .datasets_info import ZipLimits
+
+    return ZipLimits(max_archive_bytes=int(max_bytes), max_total_bytes=min(10 * int(max_bytes), 4 << 30),
+                     max_file_bytes=min(int(max_bytes), 256 << 20))
+
+
+def _upload_slug(name: str) -> str:
+    """A folder name from an upload's file name: ``"My photos (2).zip"`` gives ``"My-photos-2"``."""
+    import re
+
+    stem = Path(str(name).replace("\\", "/")).name
+    for suffix in (".zip", ".ZIP"):
+        stem = stem.removesuffix(suffix)
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-_")[:64]
+    return slug or "upload"

@@ -11,7 +11,7 @@ from typing import Any
 import streamlit as st
 
 from metalab.core.config import ConfigError, RunConfig
-from metalab.core.services import LaunchLimitError
+from metalab.core.services import LaunchLimitError, ProbeError
 
 from . import routes
 from .forms import FormField, decode, encode, render_fields, schema_fields
@@ -25,6 +25,8 @@ MAIN_FIELDS = ("ways", "shots", "queries", "steps", "seed")
 ADVANCED_FIELDS = ("val_every", "val_episodes", "test_episodes", "checkpoint_every", "log_every", "eval_at_end",
                    "device")
 _PLUGIN_SECTIONS = ("dataset", "algorithm", "backbone")
+#: Run fields drawn by the schema form; ``device`` has its own selector, filled from the worker's device list.
+_FORM_ADVANCED_FIELDS = tuple(n for n in ADVANCED_FIELDS if n != "device")
 
 #: Starting values of the form where they differ from the plugins' (paper) defaults, so that a first run
 #: finishes in about a minute on two CPU cores. Keys are run fields or qualified plugin parameters; an entry
@@ -44,6 +46,8 @@ PRESETS: dict[tuple[str, str | None], dict[str, Any]] = {
 
 _MEMORY = "train.memory"
 _LOADED = "train.loaded"
+_DEVICE = "train.device"
+_ESTIMATE = "train.estimate_result"
 
 
 def preset(dataset: str, algorithm: str) -> dict[str, Any]:
@@ -130,10 +134,143 @@ def _remember(init: _Initial, prefix: str, fields: list[FormField]) -> None:
             init.memory[key] = st.session_state[key]
 
 
+def _gib(n: int | float | None) -> str:
+    return "unknown" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    """``"850 ms"``, ``"12.3 s"``, ``"4 min 05 s"`` or ``"2 h 03 min"``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def device_label(row: dict[str, Any]) -> str:
+    """How a device of ``Services.devices()`` reads in the selector, e.g. ``"GPU:0 — NVIDIA H100, 79.1 GiB"``."""
+    text = f"{row['id']} — {row.get('description') or row.get('type', '')}"
+    total, free = row.get("memory_bytes"), row.get("memory_available_bytes")
+    if total is not None and free is not None and free != total:
+        text += f", {_gib(total)} ({_gib(free)} free)"
+    elif total is not None or free is not None:
+        text += f", {_gib(total if total is not None else free)}"
+    return text
+
+
+def _match_device(value: str, options: list[str]) -> str | None:
+    """The option a linked device names ("gpu", "GPU:0", "/device:CPU:0"), or ``None``."""
+    name = value.strip().upper().lstrip("/").removeprefix("DEVICE:")
+    if name in ("", "AUTO"):
+        return "auto"
+    if ":" not in name:
+        name += ":0"
+    return name if name in options else None
+
+
+def _device_selector(svc: Any, init: _Initial) -> str:
+    """The device select box (the worker's devices, "auto" first); returns the chosen ``RunConfig.device``."""
+    try:
+        rows = svc.devices()
+        error = None
+    except ProbeError as exc:
+        rows, error = [], exc
+    labels = {"auto": "auto — TensorFlow's choice (the first GPU if there is one, else the CPU)"}
+    labels.update({row["id"]: device_label(row) for row in rows})
+    if error is not None:
+        labels.setdefault("CPU:0", "CPU:0 — the host CPU")
+    options = list(labels)
+    if _DEVICE not in st.session_state:
+        choice = init.memory.get(_DEVICE)
+        linked = init.query.get("device")
+        if choice is None and linked is not None:
+            choice = _match_device(linked, options)
+            if choice is None and error is not None:
+                # The list is unknown: keep the link's device; the worker checks it and says if it is absent.
+                choice = linked
+                options.append(linked)
+                labels[linked] = f"{linked} — not checked (the device list is unavailable)"
+            elif choice is None:
+                init.problems.append(f"Link parameter ignored: device={linked!r} is not available to the worker "
+                                     f"(available: {', '.join(options)}).")
+        st.session_state[_DEVICE] = choice if choice in options else "auto"
+    elif st.session_state[_DEVICE] not in options:
+        kept = st.session_state[_DEVICE]
+        if error is None:
+            init.problems.append(f"Device {kept!r} is not available to the worker (available: "
+                                 f"{', '.join(options)}); using auto.")
+            st.session_state[_DEVICE] = "auto"
+        else:
+            options.append(kept)
+            labels.setdefault(kept, f"{kept} — not checked (the device list is unavailable)")
+    choice = st.selectbox("Device", options, key=_DEVICE, format_func=lambda o: labels.get(o, o),
+                          help="Where the worker process trains: the devices TensorFlow sees in a worker.")
+    if error is not None:
+        st.warning(f"Could not list the devices; offering auto and the CPU. {str(error).splitlines()[0]}")
+        with st.expander("Device probe output"):
+            st.code(str(error))
+        if st.button("List devices again", key="train.devices_retry"):
+            try:
+                svc.devices(refresh=True)
+            except ProbeError:
+                pass
+            st.rerun()
+    return choice
+
+
+def _estimate_section(svc: Any, config: RunConfig | None) -> None:
+    """The "Estimate" button and the last estimate: parameters, compile, time per step and run, memory, hint."""
+    clicked = st.button("Estimate", key="train.estimate", disabled=config is None,
+                        help="Runs a few train steps of this setup in a worker process (takes seconds to a minute).")
+    if clicked and config is not None:
+        with st.spinner("Building the model and timing a few train steps in a worker process..."):
+            result = svc.estimate(config)
+        st.session_state[_ESTIMATE] = {"config": config.model_dump(mode="json"), "result": result}
+    stored = st.session_state.get(_ESTIMATE)
+    if not stored:
+        return
+    result = stored["result"]
+    if not result.get("ok"):
+        st.error(f"Estimate failed: {result.get('error')}")
+        if result.get("traceback"):
+            with st.expander("Probe traceback"):
+                st.code(result["traceback"])
+        return
+    steps = config.steps if config is not None else int(result["run_steps"])
+    per_step = float(result["seconds_per_step"])
+    compile_s = float(result["compile_seconds"])
+    memory = result.get("memory") or {}
+    cols = st.columns(5)
+    cols[0].metric("Parameters", f"{int(result['parameters']):,}",
+                   help=f"Trainable parameters; every weight: {int(result.get('weights', 0)):,}.")
+    cols[1].metric("Compile (first step)", _duration(compile_s))
+    cols[2].metric("Per step", _duration(per_step), help=f"{result['meta_batch_size']} tasks per step.")
+    cols[3].metric(f"Run, {steps:,} steps", _duration(compile_s + max(steps - 1, 0) * per_step),
+                   help="Training steps only: validation and the final meta-test add to this.")
+    cols[4].metric("Peak memory", _gib(memory.get("peak_bytes")),
+                   help=f"{memory.get('kind', '')}; {_gib(memory.get('available_bytes'))} available.")
+    basis = (f"{result.get('timed_steps', 0)} timed steps after the compile" if not result.get("extrapolated")
+             else "one single-task step scaled to the meta-batch (the full step was not tried)")
+    st.caption(f"Measured on {result['device']} from {basis}; {_gib(memory.get('available_bytes'))} available.")
+    if result.get("hint"):
+        st.warning(result["hint"])
+    elif result.get("second_order") and result.get("fits"):
+        st.caption("Second-order MAML fits this device's memory.")
+    current = config.model_dump(mode="json") if config is not None else None
+    if current is None or {**current, "steps": 0} != {**stored["config"], "steps": 0}:
+        st.caption("The setup changed since this estimate: press Estimate again for numbers that match it.")
+
+
 def train() -> None:
     """The Train page."""
     st.title("Train")
     svc = services()
+    # The device list costs the worker a TensorFlow import: start it now, while the form is drawn.
+    svc.prefetch_devices()
     catalog = svc.catalog()
     datasets, algorithms, backbones = catalog["datasets"], catalog["algorithms"], catalog["backbones"]
     first_load = not st.session_state.get(_LOADED, False)
@@ -167,7 +304,7 @@ def train() -> None:
     st.subheader("Run")
     run_values, form_errors = render_fields(main, run_prefix, init.for_fields(run_prefix, None, episode), columns=5)
     with st.expander("Schedule and evaluation"):
-        advanced, errors = render_fields([run_fields[n] for n in ADVANCED_FIELDS], run_prefix,
+        advanced, errors = render_fields([run_fields[n] for n in _FORM_ADVANCED_FIELDS], run_prefix,
                                          init.for_fields(run_prefix, None))
         if "train.name" not in st.session_state:
             st.session_state["train.name"] = init.query.get("name", "")
@@ -189,13 +326,16 @@ def train() -> None:
                                                 init.for_fields(prefix, section, spec.get("defaults")))
         form_errors += errors
         _remember(init, prefix, fields)
-    _remember(init, run_prefix, main + [run_fields[n] for n in ADVANCED_FIELDS])
-    for key in ("train.dataset", "train.algorithm", f"train.backbone.{dataset}"):
+    _remember(init, run_prefix, main + [run_fields[n] for n in _FORM_ADVANCED_FIELDS])
+
+    st.subheader("Device")
+    device = _device_selector(svc, init)
+    for key in ("train.dataset", "train.algorithm", f"train.backbone.{dataset}", _DEVICE):
         init.memory[key] = st.session_state[key]
     st.session_state[_LOADED] = True
 
     raw = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone,
-           **{k: v for k, v in run_values.items()},
+           **{k: v for k, v in run_values.items()}, "device": device,
            **{f"{section}_params": values for section, values in params.items()}}
     flat = config_query_params(raw)
     if name:
@@ -221,6 +361,7 @@ def train() -> None:
         st.success(f"Valid: {algorithms[algorithm]['title']} on {ds['title']}, {shape}, {config.steps} steps, "
                    f"seed {config.seed}.")
     st.caption("The address bar holds this whole setup: share the link to reproduce it.")
+    _estimate_section(svc, config)
 
     active = svc.active_runs()
     limit = svc.settings.max_workers

@@ -1,0 +1,423 @@
+"""Device listing and a short pre-launch probe, run in a worker process so that the dashboard never imports TF.
+
+``python -m metalab.core.probe devices`` prints the devices TensorFlow sees; ``python -m metalab.core.probe
+estimate CONFIG_JSON`` builds a run's session as the runner does, times a few compiled train steps and prints
+parameter count, compile time, seconds per step, peak memory and, for second-order MAML, whether it fits.
+Both print one JSON object on the last line of stdout (``{"ok": false, "error": ...}`` on failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .settings import Settings, load_settings
+
+#: Share of the available memory a run may use before the probe advises first order (headroom for evaluation).
+FIT_FRACTION = 0.9
+
+# -- memory readings (no TensorFlow) ----------------------------------------------------------------------
+
+
+def _meminfo() -> dict[str, int]:
+    """``/proc/meminfo`` in bytes (empty where there is none)."""
+    out: dict[str, int] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except OSError:
+        pass
+    return out
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes this container may still allocate under a cgroup memory limit, or ``None`` when unlimited."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        # cgroup v1 writes "no limit" as a huge number rather than "max".
+        if limit == "max" or int(limit) >= 1 << 60:
+            return None
+        return max(int(limit) - usage, 0)
+    return None
+
+
+def current_rss() -> int:
+    """Resident memory of this process now, in bytes."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss()
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far, in bytes."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def host_memory() -> dict[str, int | None]:
+    """Total and available host memory in bytes (the smaller of ``/proc/meminfo`` and a cgroup limit)."""
+    info = _meminfo()
+    total = info.get("MemTotal")
+    available = info.get("MemAvailable", info.get("MemFree"))
+    headroom = _cgroup_headroom()
+    if headroom is not None:
+        available = headroom if available is None else min(available, headroom)
+    return {"total_bytes": total, "available_bytes": available}
+
+
+def _cpu_description() -> str:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return f"{cores} cores" + (f", {model}" if model else "")
+
+
+# -- TensorFlow side ------------------------------------------------------------------------------------
+
+
+def _grow_gpu_memory(tf: Any) -> None:
+    # Without memory growth TensorFlow reserves nearly all GPU memory at start, which a listing must not do.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        with contextlib.suppress(RuntimeError, ValueError):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    # Start the runtime now, so every later use of a GPU (the private device listing too) shares its allocator.
+    tf.config.list_logical_devices()
+
+
+def _accelerator_limits() -> dict[str, int]:
+    """Bytes TensorFlow's allocator may use on each GPU/TPU (``{"GPU:0": bytes}``); empty when unknown."""
+    try:
+        from tensorflow.python.client import device_lib
+
+        return {d.name.removeprefix("/device:"): int(d.memory_limit) for d in device_lib.list_local_devices()
+                if d.device_type != "CPU" and d.memory_limit}
+    except Exception:  # noqa: BLE001 - a private API; memory is then "unknown", never an error
+        return {}
+
+
+def list_devices() -> list[dict[str, Any]]:
+    """The logical devices TensorFlow sees, with their memory where known (imports TensorFlow).
+
+    Returns:
+        One dict per device: ``id`` (what ``RunConfig.device`` takes, e.g. ``"CPU:0"``, ``"GPU:0"``), ``type``,
+        ``description``, ``memory_bytes`` (total; ``None`` when unknown) and ``memory_available_bytes``
+        (host memory free now for the CPU; the allocator limit for an accelerator).
+    """
+    import tensorflow as tf
+
+    _grow_gpu_memory(tf)
+    physical = {d.name.removeprefix("/physical_device:"): d for d in tf.config.list_physical_devices()}
+    limits = _accelerator_limits() if any(d.device_type != "CPU" for d in physical.values()) else {}
+    host = host_memory()
+    devices = []
+    for logical in tf.config.list_logical_devices():
+        dev_id = logical.name.removeprefix("/device:")
+        kind = logical.device_type
+        row: dict[str, Any] = {"id": dev_id, "type": kind, "description": kind, "memory_bytes": None,
+                               "memory_available_bytes": None}
+        if kind == "CPU":
+            row.update(description=_cpu_description(), memory_bytes=host["total_bytes"],
+                       memory_available_bytes=host["available_bytes"])
+        else:
+            details: dict[str, Any] = {}
+            if dev_id in physical:
+                with contextlib.suppress(Exception):
+                    details = dict(tf.config.experimental.get_device_details(physical[dev_id]))
+            name = details.get("device_name") or kind
+            capability = details.get("compute_capability")
+            row["description"] = name + (f" (compute capability {capability[0]}.{capability[1]})"
+                                         if capability else "")
+            row["memory_bytes"] = row["memory_available_bytes"] = limits.get(dev_id)
+        devices.append(row)
+    return devices
+
+
+def _run_device(tf: Any, device: str) -> str:
+    """The device a run with ``RunConfig.device == device`` lands on (TensorFlow's choice for "auto")."""
+    if device in ("", "auto"):
+        return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    name = device.upper().lstrip("/").removeprefix("DEVICE:")
+    return name if ":" in name else name + ":0"
+
+
+class _Meter:
+    """Peak memory of the run's device: the process RSS on CPU, TensorFlow's allocator on a GPU."""
+
+    def __init__(self, tf: Any, device: str):
+        self.tf, self.device = tf, device
+        self.on_host = device.startswith("CPU")
+        self.kind = "host RSS" if self.on_host else f"{device} allocator"
+
+    def current(self) -> int:
+        if self.on_host:
+            return current_rss()
+        return int(self.tf.config.experimental.get_memory_info(self.device)["current"])
+
+    def reset_peak(self) -> None:
+        if not self.on_host:
+            with contextlib.suppress(Exception):
+                self.tf.config.experimental.reset_memory_stats(self.device)
+
+    def peak(self) -> int:
+        if self.on_host:
+            return peak_rss()
+        return int(self.tf.config.experimental.get_memory_info(self.device)["peak"])
+
+
+def _training_sampler(session: Any) -> Any:
+    """The sampler the runner trains from (episodes, or mini-batches where the runner supports those)."""
+    from . import runner
+
+    make = getattr(runner, "make_training_sampler", None)
+    if make is not None:
+        return make(session)
+    from .tasks import make_sampler
+
+    cfg = session.config
+    return make_sampler(session.dataset, "train", session.task.ways, cfg.shots, cfg.queries, cfg.seed)
+
+
+def _timed_step(step_fn: Any, sampler: Any, num_tasks: int) -> tuple[float, float]:
+    """One train step on a freshly sampled batch; returns ``(seconds, loss)`` once its result is on the host."""
+    from . import functional
+
+    start = time.perf_counter()
+    batch = sampler.sample_batch(num_tasks)
+    metrics = step_fn(*batch.as_tuple())
+    loss = float(functional.to_numpy(metrics["loss"]))
+    return time.perf_counter() - start, loss
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def estimate(
+    config: dict[str, Any] | RunConfig,
+    *,
+    registry: Any | None = None,
+    settings: Settings | None = None,
+    steps: int = 3,
+    max_seconds: float = 30.0,
+    min_seconds: float = 1.0,
+    available_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Builds a run's session as the runner does and times a few compiled train steps on sampled batches.
+
+    For second-order MAML (an algorithm with ``first_order: false``) one single-task step runs first; its
+    memory, scaled to the meta-batch, is checked against the device before the full step is tried, so a run
+    that would not fit is reported instead of exhausting the machine.
+
+    Args:
+        config: A run config (raw fields or a :class:`RunConfig`); validated against the plugins.
+        registry: The plugin registry; made from entry points when omitted.
+        settings: Paths for the data; read from the environment when omitted.
+        steps: Train steps to run; the first one compiles, the others are timed (at least two run).
+        max_seconds: Stop timing steps after this long (the compile step is not counted).
+        min_seconds: Keep timing fast steps (up to 100) until this long has been measured, for a steadier mean.
+        available_bytes: The memory to plan for instead of what the device has free now (e.g. a smaller
+            machine the run will go to).
+
+    Returns:
+        ``ok`` (True), ``device``, ``parameters`` (trainable), ``weights`` (every variable's size),
+        ``meta_batch_size``, ``compile_seconds`` (the first step), ``seconds_per_step`` (after warm-up),
+        ``timed_steps``, ``run_steps`` and ``estimated_run_seconds`` (training steps only, no evaluation),
+        ``memory`` (``kind``, ``baseline_bytes``, ``peak_bytes``, ``available_bytes``), ``second_order``,
+        ``fits`` (``None`` when unknown), ``hint`` (advice, or ``None``) and ``extrapolated`` (the times and
+        peak come from the single-task step because the full step was judged not to fit).
+
+    Raises:
+        ConfigError: The config is invalid.
+    """
+    import numpy as np
+
+    from .config import resolve_config
+    from .plugin_api import TaskBatch
+
+    settings = settings or load_settings()
+    if registry is None:
+        from .plugin_manager import make_plugin_manager
+
+        registry = make_plugin_manager(settings=settings, strict=False)
+    raw = config.model_dump() if isinstance(config, RunConfig) else dict(config)
+    cfg = resolve_config(registry, raw)
+    steps = max(int(steps), 2)
+
+    import tensorflow as tf
+
+    from . import functional
+    from .runner import build_session, device_scope
+
+    _grow_gpu_memory(tf)
+    device = _run_device(tf, cfg.device)
+    meter = _Meter(tf, device)
+    if available_bytes is not None:
+        available = int(available_bytes)
+    elif meter.on_host:
+        # The worker starts with the same imports as this process, so what it holds now counts as available.
+        available = host_memory()["available_bytes"]
+        available = None if available is None else available + current_rss()
+    else:
+        available = _accelerator_limits().get(device)
+    second_order = cfg.algorithm_params.get("first_order") is False
+
+    with device_scope(cfg.device):
+        session = build_session(registry, cfg, settings)
+        algorithm = session.algorithm
+        sampler = _training_sampler(session)
+        optimizer = algorithm.make_optimizer()
+        optimizer.build(algorithm.trainable_variables)
+
+        def train_step(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
+            grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
+            optimizer.apply(grads, algorithm.trainable_variables)
+            return metrics
+
+        tasks = int(algorithm.meta_batch_size)
+        result: dict[str, Any] = {
+            "ok": True, "device": device, "algorithm": cfg.algorithm, "dataset": cfg.dataset,
+            "parameters": int(sum(np.prod(v.shape) for v in algorithm.trainable_variables)),
+            "weights": int(sum(np.prod(v.shape) for v in algorithm.variables)),
+            "meta_batch_size": tasks, "run_steps": int(cfg.steps), "second_order": second_order,
+            "fits": None, "hint": None, "extrapolated": False,
+        }
+        baseline = meter.current()
+        memory = {"kind": meter.kind, "baseline_bytes": baseline, "peak_bytes": None, "available_bytes": available}
+        result["memory"] = memory
+        budget = None if available is None else FIT_FRACTION * available
+
+        if second_order and tasks > 1 and budget is not None:
+            # A separate graph: one traced function shared by two batch sizes would relax the task axis to None.
+            pilot_fn = functional.compile(train_step)
+            meter.reset_peak()
+            pilot_compile, _ = _timed_step(pilot_fn, sampler, 1)
+            pilot_seconds, _ = _timed_step(pilot_fn, sampler, 1)
+            per_task = max(meter.peak() - baseline, 0)
+            # Conservative: the single-task increase includes tracing overhead that does not grow with tasks.
+            predicted = baseline + per_task * tasks
+            if predicted > budget:
+                result.update(
+                    fits=False, extrapolated=True, timed_steps=1,
+                    compile_seconds=pilot_compile * tasks, seconds_per_step=pilot_seconds * tasks,
+                    hint=(f"Second-order MAML with {tasks} tasks per step would need about {_gib(predicted)} of "
+                          f"{device} memory ({meter.kind}), more than the {_gib(available)} available: set "
+                          "algorithm.first_order (or fewer tasks per step, or fewer inner steps)."),
+                )
+                memory["peak_bytes"] = predicted
+                result["estimated_run_seconds"] = _run_seconds(result)
+                return result
+
+        step_fn = functional.compile(train_step)
+        meter.reset_peak()
+        times: list[float] = []
+        loss = math.nan
+        try:
+            while len(times) < 101:
+                seconds, loss = _timed_step(step_fn, sampler, tasks)
+                times.append(seconds)
+                timed = sum(times[1:])
+                if len(times) >= 2 and (timed >= max_seconds or (len(times) >= steps and timed >= min_seconds)):
+                    break
+        except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
+            if not second_order:
+                raise
+            result.update(fits=False, hint=(
+                f"Second-order MAML ran out of {device} memory ({type(exc).__name__}): set algorithm.first_order "
+                "(or fewer tasks per step, or fewer inner steps)."))
+            memory["peak_bytes"] = meter.peak()
+            return result
+
+    peak = meter.peak()
+    memory["peak_bytes"] = peak
+    result.update(compile_seconds=times[0], seconds_per_step=float(np.mean(times[1:])), timed_steps=len(times) - 1,
+                  loss=loss)
+    result["estimated_run_seconds"] = _run_seconds(result)
+    if budget is not None:
+        result["fits"] = peak <= budget
+        if not result["fits"]:
+            result["hint"] = (
+                f"The train step peaked at {_gib(peak)} of the {_gib(available)} of {device} memory available, too "
+                "close to the limit for evaluation to fit as well: "
+                + ("set algorithm.first_order (or fewer tasks per step)." if second_order
+                   else "use fewer tasks per step, a smaller backbone or another device."))
+    return result
+
+
+def _run_seconds(result: dict[str, Any]) -> float:
+    return float(result["compile_seconds"] + max(result["run_steps"] - 1, 0) * result["seconds_per_step"])
+
+
+def _read_config(text: str) -> dict[str, Any]:
+    """A config from a JSON object, a path to a JSON file, or ``-`` for stdin."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif not text.lstrip().startswith("{") and Path(text).is_file():
+        text = Path(text).read_text(encoding="utf-8")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"CONFIG_JSON must be a JSON object, a JSON file or '-' ({exc}). Received: {text[:200]!r}")
+    if not isinstance(value, dict):
+        raise ValueError(f"CONFIG_JSON must be a JSON object. Received: {type(value).__name__}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m metalab.core.probe devices | estimate CONFIG_JSON [--steps N] [--max-seconds S]``."""
+    parser = argparse.ArgumentParser(prog="python -m metalab.core.probe", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("devices", help="List the devices TensorFlow sees, as JSON.")
+    est = commands.add_parser("estimate", help="Time a few train steps of a run config, as JSON.")
+    est.add_argument("config", metavar="CONFIG_JSON", help="A JSON object, a JSON file, or - for stdin.")
+    est.add_argument("--steps", type=int, default=3, help="Train steps to run (the first compiles).")
+    est.add_argument("--max-seconds", type=float, default=30.0, help="Cap on the time spent timing steps.")
+    est.add_argument("--memory-bytes", type=int, default=None,
+                     help="Plan for this much device memory instead of what is free now.")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        # Anything printed while working goes to stderr: stdout carries only the JSON answer.
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.command == "devices":
+                out: dict[str, Any] = {"ok": True, "devices": list_devices()}
+            else:
+                out = estimate(_read_config(args.config), steps=args.steps, max_seconds=args.max_seconds,
+                               available_bytes=args.memory_bytes)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a clear JSON answer for the dashboard
+        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    print(json.dumps(out, default=str), flush=True)
+    return 0 if out.get("ok") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The pre-launch probe: the device list and a short timed estimate, in-process and through the service facade."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from metalab.core import probe
+from metalab.core import services as services_module
+from metalab.core.config import resolve_config
+from metalab.core.runner import build_session
+from metalab.core.services import ProbeError, Services
+from metalab.core.settings import load_settings
+
+TINY_MAML = {
+    "dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 500, "shots": 5, "queries": 5,
+    "algorithm_params": {"meta_batch_size": 3, "inner_steps": 1, "first_order": False},
+}
+
+
+@pytest.fixture
+def svc(tmp_path, monkeypatch) -> Services:
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path / "home"))
+    # Each test lists devices afresh and leaves the process's remembered list as it was.
+    monkeypatch.setattr(services_module, "_DEVICES", {})
+    return Services(settings=load_settings(disable_plugins=""))
+
+
+def test_devices_lists_the_cpu_with_its_memory(svc):
+    devices = svc.devices()
+    cpu = next(d for d in devices if d["type"] == "CPU")
+    assert cpu["id"] == "CPU:0" and "cores" in cpu["description"]
+    assert cpu["memory_bytes"] > 2**28
+    assert 0 < cpu["memory_available_bytes"] <= cpu["memory_bytes"]
+    # Listed once per process: the second call answers from memory.
+    assert svc.devices() == devices and services_module._DEVICES["answer"] == devices
+
+
+def test_device_probe_failure_is_a_clear_error_remembered_until_refresh(svc):
+    with pytest.raises(ProbeError, match="longer than 0.01 s"):
+        svc.devices(timeout=0.01)
+    with pytest.raises(ProbeError, match="longer than 0.01 s"):
+        svc.devices()
+
+
+def test_estimate_of_tiny_second_order_maml_is_measured(builtin_registry):
+    result = probe.estimate(TINY_MAML, registry=builtin_registry, steps=3, max_seconds=5, min_seconds=0.2)
+    assert result["ok"] is True and result["device"] == "CPU:0"
+    config = resolve_config(builtin_registry, TINY_MAML)
+    model = build_session(builtin_registry, config).algorithm.model
+    assert result["parameters"] == model.count_params() == 1 * 40 + 40 + 40 * 40 + 40 + 40 + 1
+    assert result["meta_batch_size"] == 3 and result["run_steps"] == 500
+    assert result["compile_seconds"] > 0 and result["seconds_per_step"] > 0 and result["timed_steps"] >= 2
+    # Compiling costs more than a compiled step.
+    assert result["compile_seconds"] > result["seconds_per_step"]
+    assert result["estimated_run_seconds"] == pytest.approx(
+        result["compile_seconds"] + 499 * result["seconds_per_step"])
+    memory = result["memory"]
+    assert memory["kind"] == "host RSS" and memory["peak_bytes"] >= memory["baseline_bytes"] > 2**20
+    assert memory["available_bytes"] > memory["peak_bytes"]
+    assert result["second_order"] is True and result["fits"] is True and result["hint"] is None
+
+
+def test_second_order_that_would_not_fit_gets_a_first_order_hint(builtin_registry):
+    # Planning for a machine with 1 MB: the single-task step already shows that ten tasks cannot fit.
+    config = {**TINY_MAML, "algorithm_params": {**TINY_MAML["algorithm_params"], "meta_batch_size": 10}}
+    result = probe.estimate(config, registry=builtin_registry, max_seconds=2, available_bytes=2**20)
+    assert result["ok"] is True and result["fits"] is False and result["extrapolated"] is True
+    assert "algorithm.first_order" in result["hint"] and "10 tasks per step" in result["hint"]
+    assert result["memory"]["peak_bytes"] > result["memory"]["available_bytes"]
+    assert result["seconds_per_step"] > 0
+
+
+def test_first_order_gets_no_first_order_hint(builtin_registry):
+    config = {**TINY_MAML, "algorithm_params": {**TINY_MAML["algorithm_params"], "first_order": True}}
+    result = probe.estimate(config, registry=builtin_registry, max_seconds=2, min_seconds=0.1,
+                            available_bytes=2**20)
+    assert result["second_order"] is False and result["fits"] is False and not result["extrapolated"]
+    assert "first_order" not in result["hint"] and "fewer tasks per step" in result["hint"]
+
+
+def test_estimate_through_the_facade_runs_a_worker_process(svc):
+    result = svc.estimate({**TINY_MAML, "algorithm_params": {"meta_batch_size": 2, "first_order": True}},
+                          max_seconds=1)
+    assert result["ok"] is True, result.get("traceback")
+    assert result["parameters"] == 1761 and result["seconds_per_step"] > 0 and result["second_order"] is False
+
+
+def test_bad_config_gives_a_clear_error(svc):
+    result = svc.estimate({"dataset": "metalab.sinusoid", "algorithm": "nobody.nothing"})
+    assert result["ok"] is False
+    assert result["error"].startswith("ConfigError: Unknown algorithm 'nobody.nothing'")
+    assert "Received: algorithm='nobody.nothing'" in result["error"]
+
+
+def test_estimate_timeout_is_returned_not_raised(svc):
+    result = svc.estimate(TINY_MAML, timeout=0.01)
+    assert result == {"ok": False, "error": result["error"], "traceback": result["traceback"]}
+    assert "longer than 0.01 s" in result["error"]
+
+
+def test_cli_answers_json_on_stdout_for_a_malformed_config(capsys):
+    assert probe.main(["estimate", "{not json"]) == 1
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer["ok"] is False and "CONFIG_JSON must be a JSON object" in answer["error"]

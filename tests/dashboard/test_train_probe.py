@@ -1,0 +1,95 @@
+"""The Train page's device selector and pre-launch estimate (the real probe runs in a worker process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from metalab.core import services as services_module
+from metalab.core.services import ProbeError, Services
+
+#: A setup whose estimate takes a few seconds: two tasks per step, one inner step.
+QUICK = {"steps": "50", "algorithm.meta_batch_size": "2", "algorithm.inner_steps": "1"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_device_list(monkeypatch):
+    """Each test lists the devices itself and leaves the process's remembered list as it was."""
+    monkeypatch.setattr(services_module, "_DEVICES", {})
+
+
+def _flat(at) -> dict[str, str]:
+    return {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+
+
+def test_device_selector_lists_the_workers_devices_and_round_trips_the_link(page):
+    at = page("train", {"device": "cpu"}).run()
+    assert not at.exception
+    device = at.selectbox(key="train.device")
+    assert device.options[0].startswith("auto") and any(o.startswith("CPU:0 — ") and "cores" in o
+                                                        for o in device.options)
+    # The link's "cpu" names the CPU:0 entry, and the address bar holds the canonical name.
+    assert device.value == "CPU:0" and _flat(at)["device"] == "CPU:0"
+    assert "Valid:" in at.success[0].value
+    at.selectbox(key="train.device").set_value("auto").run()
+    assert _flat(at)["device"] == "auto"
+
+
+def test_a_linked_device_the_worker_lacks_is_ignored_with_a_warning(page):
+    at = page("train", {"device": "TPU:7"}).run()
+    assert not at.exception
+    assert at.selectbox(key="train.device").value == "auto"
+    assert any("device='TPU:7' is not available to the worker" in w.value for w in at.warning)
+
+
+def test_estimate_shows_parameters_times_memory_and_run_time(page):
+    at = page("train", QUICK).run()
+    assert at.success, [e.value for e in at.error]
+    at.button(key="train.estimate").click().run(timeout=120)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"] == "1,761"
+    assert metrics["Compile (first step)"].endswith(("ms", "s"))
+    assert metrics["Per step"].endswith("ms")
+    assert "Run, 50 steps" in metrics and "Peak memory" in metrics and metrics["Peak memory"].endswith("GiB")
+    assert any("Measured on CPU:0" in c.value for c in at.caption)
+    # The run time follows the steps without probing again, and the estimate is not marked stale.
+    at.number_input(key="train.run.metalab.sinusoid.metalab.maml.steps").set_value(5000).run()
+    assert "Run, 5,000 steps" in {m.label for m in at.metric}
+    assert not any("setup changed" in c.value for c in at.caption)
+    # Another setup marks the shown estimate as stale.
+    at.number_input(key="train.algorithm.metalab.sinusoid.metalab.maml.meta_batch_size").set_value(3).run()
+    assert any("setup changed since this estimate" in c.value for c in at.caption)
+
+
+def test_a_failed_estimate_is_shown_not_raised(page, monkeypatch, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("METALAB_DATA_DIR", str(empty))
+    monkeypatch.setenv("METALAB_OFFLINE", "1")
+    at = page("train", {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}).run()
+    assert at.success, [e.value for e in at.error]
+    at.button(key="train.estimate").click().run(timeout=120)
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("Estimate failed: FileNotFoundError: Omniglot needs") for e in errors), errors
+    assert not at.button(key="train.launch").disabled
+
+
+def test_page_works_when_the_device_list_fails_and_can_list_again(page):
+    # A real failure: the probe is given no time. It is remembered, as a slow or broken probe would be.
+    with pytest.raises(ProbeError):
+        Services().devices(timeout=0.01)
+    at = page("train", {"device": "GPU:1"}).run()
+    assert not at.exception
+    assert any(w.value.startswith("Could not list the devices") for w in at.warning)
+    device = at.selectbox(key="train.device")
+    # Unknown devices from a link are kept unchecked (the worker checks them); launch stays possible.
+    assert device.value == "GPU:1" and device.options[:2] == ["auto — TensorFlow's choice (the first GPU if there "
+                                                              "is one, else the CPU)", "CPU:0 — the host CPU"]
+    assert "Valid:" in at.success[0].value
+    at.button(key="train.devices_retry").click().run(timeout=120)
+    assert not any(w.value.startswith("Could not list the devices") for w in at.warning)
+    assert any("cores" in o for o in at.selectbox(key="train.device").options)
+    # Now that the list is known, the linked device it lacks falls back to auto, with a warning.
+    assert at.selectbox(key="train.device").value == "auto"
+    assert any("'GPU:1' is not available to the worker" in w.value for w in at.warning)
