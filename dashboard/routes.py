@@ -45,6 +45,19 @@ def report_page() -> st.Page:
     return st.Page(report.run_report, title="Run report", icon="📄", url_path="report")
 
 
+def datasets_page() -> st.Page:
+    from . import datasets
+
+    return st.Page(datasets.datasets, title="Datasets", icon="🗂️", url_path="datasets")
+
+
+def predict_page() -> st.Page:
+    from . import predict
+
+    return st.Page(predict.predict, title="Predict", icon="🔮", url_path="predict")
+
+
 def all_pages() -> list[st.Page]:
     """Every page in navigation order."""
-    return [home_page(), plugins_page(), train_page(), runs_page(), compare_page(), report_page()]
+    return [home_page(), plugins_page(), datasets_page(), train_page(), runs_page(), compare_page(), predict_page(),
+            report_page()]

@@ -1,0 +1,153 @@
+"""The Predict page: a finished run adapts to a few labelled images and classifies new ones.
+
+The support set (a zip of class sub-folders, or a folder on this machine) and the query images (uploaded files,
+or a folder) are written to a fresh folder; the prediction runs in a worker process
+(:meth:`~metalab.core.services.Services.predict`), so this process never imports TensorFlow. The last result is
+kept for the session and drawn as each query image with its predicted class and a probability bar chart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from metalab.core.datasets_info import IMAGE_EXTENSIONS, UnsafeArchiveError
+from metalab.core.predict import PredictionError
+
+from . import routes
+from .report import run_label
+from .state import services
+
+#: The largest support zip, and the largest total of query images, in megabytes (``METALAB_MAX_UPLOAD_MB``).
+MAX_UPLOAD_MB = int(os.environ.get("METALAB_MAX_UPLOAD_MB", "200"))
+#: Seconds the prediction worker may take (TensorFlow import, model build, adaptation).
+TIMEOUT_S = float(os.environ.get("METALAB_PREDICT_TIMEOUT_S", "300"))
+
+_RUN = "predict.run"
+_RESULT = "predict.result"
+_SOURCES = ("Upload", "A folder on this machine")
+_INVERT = {"as the run's dataset": None, "invert": True, "do not invert": False}
+
+
+def probability_figure(probabilities: dict[str, float], predicted: str) -> go.Figure:
+    """A horizontal bar chart of one query's class probabilities, the predicted class highlighted."""
+    names = list(probabilities)
+    values = [float(probabilities[n]) for n in names]
+    colors = ["#d62728" if n == predicted else "#1f77b4" for n in names]
+    fig = go.Figure(go.Bar(x=values, y=names, orientation="h", marker_color=colors,
+                           text=[f"{v:.2f}" for v in values], textposition="auto"))
+    fig.update_layout(title=f"Predicted: {predicted}", xaxis={"range": [0, 1], "title": "probability"},
+                      yaxis={"autorange": "reversed"}, height=90 + 28 * len(names),
+                      margin={"l": 10, "r": 10, "t": 40, "b": 30})
+    return fig
+
+
+def _classification_runs(svc: Any) -> list[Any]:
+    runs = svc.runs(status="completed")
+    return [r for r in runs if svc.task_kind(r.dataset) in ("classification", None)]
+
+
+def _source(label: str, key: str) -> str:
+    return st.radio(label, _SOURCES, key=key, horizontal=True)
+
+
+def _stage(svc: Any, support_kind: str, support_value: Any, query_kind: str, query_value: Any) -> tuple[Path, Path]:
+    """The support and query folders for the worker: uploads are written to a fresh folder first."""
+    staged = svc.stage_prediction(
+        support_zip=support_value if support_kind == _SOURCES[0] else None,
+        queries=[(f.name, f.getvalue()) for f in query_value] if query_kind == _SOURCES[0] else None,
+        max_bytes=MAX_UPLOAD_MB << 20,
+    )
+    support = staged["support"] if support_kind == _SOURCES[0] else Path(str(support_value)).expanduser()
+    query = staged["query"] if query_kind == _SOURCES[0] else Path(str(query_value)).expanduser()
+    return support, query
+
+
+def show_result(result: dict[str, Any]) -> None:
+    """Draws a prediction: a table of answers, then each query image with its probability chart."""
+    rows = result["results"]
+    st.subheader(f"{len(rows)} query images, run {result['run']}")
+    if not rows:
+        st.info("No query image was classified.")
+        return
+    st.dataframe([{"file": r["file"], "predicted": r["predicted"],
+                   "probability": round(float(r["probabilities"][r["predicted"]]), 3)} for r in rows],
+                 hide_index=True)
+    for i, row in enumerate(rows):
+        left, right = st.columns([1, 3])
+        with left:
+            path = Path(row.get("path", ""))
+            if path.is_file():
+                st.image(str(path), caption=row["file"], width=112)
+            else:
+                st.caption(f"{row['file']} (file no longer on disk)")
+        with right:
+            st.plotly_chart(probability_figure(row["probabilities"], row["predicted"]), key=f"predict.chart.{i}")
+
+
+def predict() -> None:
+    """The Predict page."""
+    st.title("Predict")
+    st.caption("A finished run adapts to a few labelled images per class (the support set) and classifies new "
+               "images (the queries). ProtoNet runs take any number of classes; MAML-style runs with an output "
+               "layer need exactly as many support classes as their training ways.")
+    svc = services()
+    runs = _classification_runs(svc)
+    if not runs:
+        st.info("No finished classification run yet: train one first (e.g. ProtoNet on your own images).")
+        st.page_link(routes.train_page(), label="Train a model", icon="🚀")
+        return
+    ids = [r.id for r in runs]
+    by_id = {r.id: r for r in runs}
+    if st.session_state.get(_RUN) not in ids:
+        linked = st.query_params.get("run")
+        st.session_state[_RUN] = linked if linked in ids else ids[0]
+    run_id = st.selectbox("Finished run", ids, key=_RUN, format_func=lambda i: run_label(by_id[i]))
+    st.query_params["run"] = run_id
+    run = by_id[run_id]
+    config = run.config
+    params = config.get("dataset_params") or {}
+    st.caption(f"Trained on {run.dataset} ({config.get('ways')}-way {config.get('shots')}-shot). Images are "
+               "resized and converted as that dataset's training images were"
+               + (f" (path: `{params['path']}`)." if params.get("path") else "."))
+
+    st.subheader("Support set")
+    support_kind = _source("Support images from", "predict.support_kind")
+    if support_kind == _SOURCES[0]:
+        support_value = st.file_uploader("Zip with one sub-folder per class (a few labelled images each)",
+                                         type=["zip"], key="predict.support_zip", max_upload_size=MAX_UPLOAD_MB)
+    else:
+        support_value = st.text_input("Folder with one sub-folder per class", key="predict.support_dir",
+                                      placeholder="/path/to/support (support/cat/1.jpg, support/dog/1.jpg)")
+    st.subheader("Query images")
+    query_kind = _source("Query images from", "predict.query_kind")
+    if query_kind == _SOURCES[0]:
+        query_value = st.file_uploader("Images to classify", accept_multiple_files=True, key="predict.query_files",
+                                       type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
+                                       max_upload_size=MAX_UPLOAD_MB)
+    else:
+        query_value = st.text_input("Folder of images (or one image file)", key="predict.query_dir")
+    invert = st.selectbox("Grey-level inversion", list(_INVERT), key="predict.invert",
+                          help="Follow the run's dataset (e.g. Omniglot inverts dark strokes on white paper), or "
+                               "force it for images drawn the other way round.")
+    ready = bool(support_value) and bool(query_value)
+    if st.button("Predict", key="predict.go", type="primary", disabled=not ready):
+        try:
+            support, query = _stage(svc, support_kind, support_value, query_kind, query_value)
+            with st.spinner("Adapting the run to the support set in a worker process (imports TensorFlow)..."):
+                results = svc.predict(run_id, support, query, invert=_INVERT[invert], timeout=TIMEOUT_S)
+        except UnsafeArchiveError as exc:
+            st.error(f"The support zip was refused: {exc}")
+        except (PredictionError, FileNotFoundError, ValueError) as exc:
+            st.error(f"Prediction failed: {exc}")
+        else:
+            st.session_state[_RESULT] = {"run": run_id, "results": results}
+    result = st.session_state.get(_RESULT)
+    if result:
+        if result["run"] != run_id:
+            st.caption(f"The result below is from run {result['run']}; press Predict for this run.")
+        show_result(result)
