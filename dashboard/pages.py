@@ -96,6 +96,10 @@ def plugins() -> None:
                     st.dataframe(table, hide_index=True)
                 else:
                     st.caption("No parameters.")
+                if kind == "dataset":
+                    # Where the files are expected and whether they are present: the Datasets page loads it.
+                    st.page_link(routes.datasets_page(), label="Files, sizes and samples",
+                                 query_params={"view": "browse", "dataset": row["id"]})
     if broken:
         st.subheader("Failed or disabled plugins")
         for row in broken:
