@@ -13,7 +13,14 @@ from keras import ops
 
 from .plugin_api import TaskBatch, TaskSpec
 
-__all__ = ["build_model", "loss_and_metric", "batched_loss_and_metric", "batch_tensors"]
+__all__ = [
+    "build_model",
+    "loss_and_metric",
+    "batched_loss_and_metric",
+    "batch_tensors",
+    "prototype_logits",
+    "nearest_centroid_evaluate",
+]
 
 
 def build_model(task: TaskSpec, name: str) -> keras.Model:
@@ -73,3 +80,52 @@ def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, An
             f"Received: support_x with shape={tuple(sx.shape)}"
         )
     return sx, sy, qx, qy, int(num_tasks)
+
+
+def prototype_logits(support_features: Any, support_y: Any, query_features: Any, ways: int) -> Any:
+    """Returns ``[queries, ways]`` logits: minus the squared Euclidean distance from each query to each class mean.
+
+    The nearest-centroid classifier of Prototypical Networks (Snell et al. 2017, eq. 1 and 2), used to score
+    frozen features few-shot.
+
+    Args:
+        support_features: ``[n_support, d]`` features of the support set.
+        support_y: ``[n_support]`` int labels in ``0..ways-1``.
+        query_features: ``[n_query, d]`` features of the query set.
+        ways: Number of classes of the episode.
+    """
+    onehot = ops.one_hot(ops.cast(support_y, "int32"), ways, dtype=support_features.dtype)
+    counts = ops.maximum(ops.sum(onehot, axis=0), ops.cast(1, support_features.dtype))
+    prototypes = ops.matmul(ops.transpose(onehot), support_features) / ops.expand_dims(counts, -1)
+    diff = ops.expand_dims(query_features, 1) - ops.expand_dims(prototypes, 0)
+    return -ops.sum(ops.square(diff), axis=-1)
+
+
+def nearest_centroid_evaluate(fmodel: Any, batch: TaskBatch, ways: int) -> dict[str, Any]:
+    """Scores each episode of ``batch`` by nearest class centroid on frozen features (no adaptation).
+
+    Features are computed in inference mode (batch norm on its running moments) with the current weights.
+
+    Args:
+        fmodel: A :class:`metalab.core.functional.FunctionalModel` of the feature extractor.
+        batch: Classification episodes.
+        ways: Classes per episode.
+
+    Returns:
+        ``loss`` ``[T]`` (query cross-entropy of the distance logits), ``accuracy`` ``[T]`` and ``predictions``
+        (query logits ``[T, queries, ways]``).
+    """
+    sx, sy, qx, qy, _ = batch_tensors(batch, "classification", fmodel.model.compute_dtype)
+    weights = [ops.stop_gradient(w) for w in fmodel.params()]
+    state = fmodel.state()
+
+    def one_task(arrays):
+        tsx, tsy, tqx, tqy = arrays
+        n_support = tsx.shape[0]
+        features = fmodel(weights, ops.concatenate([tsx, tqx], axis=0), training=False, state=state)
+        logits = prototype_logits(features[:n_support], tsy, features[n_support:], ways)
+        loss, accuracy = loss_and_metric("classification", logits, tqy)
+        return loss, accuracy, logits
+
+    losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
+    return {"loss": losses, "accuracy": accuracies, "predictions": predictions}

@@ -1,0 +1,194 @@
+"""Multi-task learning with a shared trunk (Caruana 1997, "Multitask Learning"; hard parameter sharing).
+
+The ``C`` training classes are dealt into ``K`` tasks: class ``c`` belongs to task ``k = c mod K`` and is class
+``c div K`` of that task's head. One trunk ``f_theta`` (the run's backbone) feeds ``K`` linear heads ``h_k``; each
+example of a mini-batch is scored by the head of its own task. With ``L_k`` the mean cross-entropy of task ``k``
+over its examples in the batch and weights ``w_k`` (normalised to sum to 1), the objective is
+
+    L = sum_k w_k L_k + lambda * 1/(N d) sum_i || f_theta(x_i) - f_theta(x~_i) ||^2
+
+the weighted average of the task losses (the plain average for uniform weights) plus a consistency
+("difference") term between related inputs: ``x~_i = x_i + eps_i``, ``eps_i ~ N(0, noise_std^2)``, the same
+image under a small random perturbation, whose trunk features must stay close (the Pi-model's consistency
+loss, Laine and Aila 2017, eq. in Section 2.1, here on the shared features). Gradients of the consistency term
+flow through both branches, as in the Pi-model.
+
+Each task's loss and accuracy are returned as the metrics ``task<k>_loss`` and ``task<k>_accuracy``, which the
+runner stores as ``train/task<k>_loss``: the report draws them as per-task curves. Few-shot evaluation scores each
+episode by nearest class centroid on the frozen trunk's features.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from metalab.core import functional
+from metalab.core.episodic import nearest_centroid_evaluate
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+
+
+def task_groups(num_classes: int, num_tasks: int) -> list[list[int]]:
+    """The training classes of each task: class ``c`` goes to task ``c % num_tasks``.
+
+    Args:
+        num_classes: Training classes ``C``.
+        num_tasks: Tasks ``K``.
+
+    Returns:
+        ``K`` lists of global class ids; position ``j`` of list ``k`` is class ``j`` of task ``k``'s head.
+
+    Raises:
+        ValueError: If a task would get fewer than 2 classes.
+    """
+    if num_classes < 2 * num_tasks:
+        raise ValueError(
+            f"Multi-task learning deals the {num_classes} training classes into {num_tasks} tasks of at least 2 "
+            f"classes each, so it needs num_tasks <= {num_classes // 2}. Received: num_tasks={num_tasks}"
+        )
+    return [list(range(k, num_classes, num_tasks)) for k in range(num_tasks)]
+
+
+class MultiTask:
+    """A shared trunk with one classification head per task, trained jointly on supervised mini-batches.
+
+    Args:
+        params: A validated ``MultiTaskParams``.
+        task: What the tasks look like; classification with ``num_train_classes >= 2 * num_tasks``.
+
+    Raises:
+        ValueError: If the task is not classification or there are too few training classes for the tasks.
+    """
+
+    #: Trained on mini-batches of the training split with global labels (plugin API 1.2).
+    batch_kind = "supervised"
+
+    def __init__(self, params: Any, task: TaskSpec):
+        if task.kind != "classification":
+            raise ValueError(f"Multi-task learning needs classification tasks. Received: task.kind={task.kind!r}")
+        self.config = params
+        self.task = task
+        self.groups = task_groups(int(getattr(task, "num_train_classes", 0)), int(params.num_tasks))
+        self.num_tasks = len(self.groups)
+        self.task_weights = params.weights()
+        self.meta_batch_size = 1
+        self.batch_size = int(params.batch_size)
+        # The trunk is what report_data's embedding figure and few-shot evaluation look at.
+        self.model = task.make_backbone()
+        inputs = keras.Input(tuple(task.input_shape))
+        features = self.model(inputs)
+        self.heads = [keras.layers.Dense(len(g), name=f"head{k}") for k, g in enumerate(self.groups)]
+        self.network = keras.Model(inputs, [features, *[head(features) for head in self.heads]], name="multitask")
+        self.fnetwork = functional.FunctionalModel(self.network)
+        self.ftrunk = functional.FunctionalModel(self.model)
+        # Seeded from Keras's global seed (set from the run's seed); its state is checkpointed with the weights,
+        # so a resumed run draws the same perturbations.
+        self.noise_seed = keras.random.SeedGenerator(name="consistency_noise")
+
+    @property
+    def trainable_variables(self) -> list[Any]:
+        return self.fnetwork.trainable_variables
+
+    @property
+    def variables(self) -> list[Any]:
+        return [*self.network.variables, self.noise_seed.state]
+
+    def make_optimizer(self) -> keras.optimizers.Optimizer:
+        """Returns Adam at ``lr``."""
+        return keras.optimizers.Adam(learning_rate=self.config.lr)
+
+    def task_losses(self, head_logits: list[Any], y: Any) -> tuple[list[Any], list[Any], Any]:
+        """Per-task mean cross-entropy and accuracy over each task's examples, and the overall accuracy.
+
+        Args:
+            head_logits: ``K`` arrays ``[N, classes of task k]``: every head applied to every example.
+            y: ``[N]`` global training-class labels.
+
+        Returns:
+            ``(losses [K scalars], accuracies [K scalars], accuracy)``; a task with no example in the batch
+            scores 0 and adds nothing to the objective.
+        """
+        y = ops.cast(y, "int32")
+        owner, local = y % self.num_tasks, y // self.num_tasks
+        dtype = head_logits[0].dtype
+        losses, accuracies, hits_all = [], [], ops.zeros_like(ops.cast(y, dtype))
+        for k, logits in enumerate(head_logits):
+            mask = ops.cast(ops.equal(owner, k), dtype)
+            labels = ops.where(ops.equal(owner, k), local, ops.zeros_like(local))
+            count = ops.maximum(ops.sum(mask), ops.cast(1, dtype))
+            cross_entropy = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+            hits = ops.cast(ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels), dtype) * mask
+            losses.append(ops.sum(cross_entropy * mask) / count)
+            accuracies.append(ops.sum(hits) / count)
+            hits_all = hits_all + hits
+        return losses, accuracies, ops.mean(hits_all)
+
+    def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        """Returns the gradient of the weighted task losses plus the consistency term over a supervised batch.
+
+        Metrics: ``loss`` (the objective), ``accuracy`` (each example scored by its task's head),
+        ``average_loss`` (the weighted task-loss average), ``consistency_loss`` and ``task<k>_loss`` /
+        ``task<k>_accuracy`` for every task.
+        """
+        dtype = self.network.compute_dtype
+        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
+                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
+        y = ops.concatenate([ops.convert_to_tensor(batch.support_y, dtype="int32"),
+                             ops.convert_to_tensor(batch.query_y, dtype="int32")], axis=1)
+        x = ops.reshape(x, (-1, *self.task.input_shape))
+        y = ops.reshape(y, (-1,))
+        n = x.shape[0]
+        use_consistency = self.config.consistency_weight > 0
+        if use_consistency:
+            noise = keras.random.normal(ops.shape(x), stddev=self.config.noise_std, dtype=dtype, seed=self.noise_seed)
+            x = ops.concatenate([x, x + noise], axis=0)
+        weights = [ops.cast(w, dtype) for w in self.task_weights]
+
+        def loss_fn(params):
+            (features, *head_logits), state = self.fnetwork.call_with_state(params, x, training=True)
+            losses, accuracies, accuracy = self.task_losses([h[:n] for h in head_logits], y)
+            average = sum(w * loss for w, loss in zip(weights, losses))
+            if use_consistency:
+                consistency = ops.mean(ops.square(features[:n] - features[n:]))
+            else:
+                consistency = ops.zeros((), dtype=dtype)
+            total = average + ops.cast(self.config.consistency_weight, dtype) * consistency
+            return total, (average, consistency, losses, accuracies, accuracy, state)
+
+        (loss, (average, consistency, losses, accuracies, accuracy, state)), grads = functional.value_and_grad(
+            loss_fn, self.fnetwork.params(), has_aux=True
+        )
+        self.fnetwork.set_state(functional.stop_gradient(state))
+        metrics = {"loss": loss, "accuracy": accuracy, "average_loss": average, "consistency_loss": consistency}
+        for k, (task_loss, task_accuracy) in enumerate(zip(losses, accuracies)):
+            metrics[f"task{k}_loss"] = task_loss
+            metrics[f"task{k}_accuracy"] = task_accuracy
+        return grads, metrics
+
+    def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
+        """Scores each episode by the nearest class centroid of the frozen trunk's features.
+
+        Returns:
+            ``loss`` ``[T]``, ``accuracy`` ``[T]`` and ``predictions`` (query logits ``[T, queries, ways]``).
+        """
+        return nearest_centroid_evaluate(self.ftrunk, batch, self.task.ways)
+
+    def report_data(self) -> dict[str, Any]:
+        """The task split and weights, for the report's per-task panel (the curves come from the run store).
+
+        Returns:
+            ``{"num_tasks", "task_classes" (global class ids per task), "task_weights" (normalised),
+            "consistency_weight", "noise_std", "head_params" (per task), "trunk_params"}``.
+        """
+        return {
+            "num_tasks": self.num_tasks,
+            "task_classes": self.groups,
+            "task_weights": list(self.task_weights),
+            "consistency_weight": float(self.config.consistency_weight),
+            "noise_std": float(self.config.noise_std),
+            "head_params": [int(sum(np.prod(w.shape) for w in head.weights)) for head in self.heads],
+            "trunk_params": int(sum(np.prod(w.shape) for w in self.model.weights)),
+        }

@@ -1,0 +1,110 @@
+"""The multi-task report panel: per-task training curves read from the run store (Plotly only, no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from metalab.core.plugin_api import ReportPanel
+
+_TASK_METRIC = re.compile(r"^train/task(\d+)_(loss|accuracy)$")
+
+
+def _store_for(run_id: str, artifacts_dir: str) -> Any | None:
+    """The run store holding ``run_id``: the one beside the run's folder (``<home>/runs/<id>``), else METALAB_HOME's.
+
+    Never creates a store file where there is none.
+    """
+    from metalab.core.settings import load_settings
+    from metalab.core.store import RunStore
+
+    candidates = [(Path(artifacts_dir).parent.parent / "runs.sqlite", Path(artifacts_dir).parent)]
+    settings = load_settings()
+    candidates.append((settings.store_path, settings.runs_dir))
+    for path, runs_dir in candidates:
+        if not path.is_file():
+            continue
+        store = RunStore(path, runs_dir)
+        try:
+            store.get_run(run_id)
+        except KeyError:
+            continue
+        return store
+    return None
+
+
+def task_metrics(run_id: str, artifacts_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """The run's logged ``train/task<k>_*``, ``train/average_loss`` and ``train/consistency_loss`` series.
+
+    Args:
+        run_id: The run.
+        artifacts_dir: The run's folder (``<home>/runs/<id>``), which locates its store.
+
+    Returns:
+        ``{metric name: [(step, value), ...]}``; empty when the store cannot be found.
+    """
+    store = _store_for(run_id, artifacts_dir)
+    if store is None:
+        return {}
+    series = store.metrics(run_id)
+    keep = {"train/average_loss", "train/consistency_loss"}
+    return {name: points for name, points in series.items() if name in keep or _TASK_METRIC.match(name)}
+
+
+def task_curves_panel(run: dict[str, Any], data: dict[str, Any], artifacts_dir: str) -> ReportPanel:
+    """Each task's training loss and accuracy over the steps, with the consistency loss, and the task split.
+
+    Args:
+        run: The run's record as a dict (``id`` is used to read its metrics).
+        data: What ``MultiTask.report_data()`` returned (may be empty).
+        artifacts_dir: The run's folder.
+
+    Returns:
+        The :class:`ReportPanel` (markdown only when no per-task metric was logged).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    series = task_metrics(run["id"], artifacts_dir)
+    tasks = sorted({int(m.group(1)) for name in series if (m := _TASK_METRIC.match(name))})
+    lines = []
+    if data:
+        weights = data.get("task_weights") or []
+        classes = data.get("task_classes") or []
+        lines += ["| task | training classes | loss weight | head parameters |", "| --- | --- | ---: | ---: |"]
+        for k in range(int(data.get("num_tasks", len(classes)))):
+            ids = classes[k] if k < len(classes) else []
+            shown = ", ".join(str(c) for c in ids[:12]) + (f", … ({len(ids)} in all)" if len(ids) > 12 else "")
+            weight = f"{weights[k]:.3g}" if k < len(weights) else "—"
+            params = (data.get("head_params") or [])
+            lines.append(f"| {k} | {shown} | {weight} | {params[k] if k < len(params) else '—'} |")
+        lines += ["", f"Shared trunk: {data.get('trunk_params', 0):,} parameters. Consistency weight "
+                      f"{data.get('consistency_weight', 0):g} on the squared feature difference between each image "
+                      f"and a copy with Gaussian noise of std {data.get('noise_std', 0):g}."]
+    if not tasks:
+        lines.append("No per-task metrics (`train/task<k>_loss`) were found in the run store for this run.")
+        return ReportPanel(title="Multi-task: per-task curves", markdown="\n".join(lines))
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Training loss per task", "Training accuracy per task"],
+                        horizontal_spacing=0.1)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    for k in tasks:
+        color = palette[k % len(palette)]
+        for col, what in ((1, "loss"), (2, "accuracy")):
+            points = series.get(f"train/task{k}_{what}", [])
+            fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines",
+                                     name=f"task {k}", legendgroup=f"task{k}", showlegend=col == 1,
+                                     line={"color": color}), row=1, col=col)
+    for name, label, dash in (("train/average_loss", "weighted average", "dash"),
+                              ("train/consistency_loss", "consistency", "dot")):
+        points = series.get(name, [])
+        if points:
+            fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines", name=label,
+                                     line={"color": "#444", "dash": dash}), row=1, col=1)
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title=f"Multi-task learning: {len(tasks)} tasks on one trunk", height=400,
+                      margin={"t": 80, "b": 40}, legend={"orientation": "h", "y": -0.25})
+    return ReportPanel(title="Multi-task: per-task curves", figure=json.loads(fig.to_json()),
+                       markdown="\n".join(lines) or None)
