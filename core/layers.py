@@ -29,6 +29,8 @@ class MetaBatchNorm(keras.layers.Layer):
         epsilon: Added to the variance before the square root.
         center: Learn an offset ``beta``.
         scale: Learn a scale ``gamma``.
+        fused: In training mode on TensorFlow, normalise float32 NHWC inputs with the fused batch-norm kernel
+            (same values and exact derivatives of every order, faster). Other inputs use the plain form.
         **kwargs: Base ``Layer`` arguments (``name``, ``dtype``).
     """
 
@@ -39,6 +41,7 @@ class MetaBatchNorm(keras.layers.Layer):
         epsilon: float = 1e-3,
         center: bool = True,
         scale: bool = True,
+        fused: bool = True,
         **kwargs,
     ):
         # The layer follows its input's dtype, so Keras must not cast inputs to the layer's compute dtype.
@@ -53,6 +56,7 @@ class MetaBatchNorm(keras.layers.Layer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
+        self.fused = bool(fused)
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -78,6 +82,8 @@ class MetaBatchNorm(keras.layers.Layer):
         input_dtype = keras.backend.standardize_dtype(inputs.dtype)
         dtype = input_dtype if input_dtype in ("float32", "float64") else "float32"
         x = ops.cast(inputs, dtype)
+        if training and self._fusable(x):
+            return ops.cast(self._fused_call(x), input_dtype)
         if training:
             mean = ops.mean(x, axis=self._reduction_axes, keepdims=True)
             # No stop-gradient on `mean` here: that is the whole point of this layer.
@@ -92,6 +98,33 @@ class MetaBatchNorm(keras.layers.Layer):
         if self.beta is not None:
             y = y + ops.reshape(ops.cast(self.beta, dtype), self._broadcast_shape)
         return ops.cast(y, input_dtype)
+
+    def _fusable(self, x) -> bool:
+        return (
+            self.fused
+            and keras.backend.backend() == "tensorflow"
+            and keras.backend.standardize_dtype(x.dtype) == "float32"
+            and len(x.shape) == 4
+            and self._feature_axis == 3
+        )
+
+    def _fused_call(self, x):
+        # TensorFlow's fused kernel; its registered gradient of the gradient is exact (checked against PyTorch's
+        # double backward and the unfused form: benchmarks/check_gradients.py), and it is 1.7x faster per
+        # ProtoNet episode here.
+        import tensorflow as tf
+
+        channels = x.shape[-1]
+        gamma = self.gamma if self.gamma is not None else tf.ones((channels,), x.dtype)
+        beta = self.beta if self.beta is not None else tf.zeros((channels,), x.dtype)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, tf.cast(gamma, x.dtype), tf.cast(beta, x.dtype), epsilon=self.epsilon, data_format="NHWC",
+            is_training=True,
+        )
+        # The fused op returns the unbiased batch variance; the running moments keep the biased one, as above.
+        n = tf.cast(tf.size(x) // channels, variance.dtype)
+        self._update_moving(mean, variance * ((n - 1) / n))
+        return y
 
     def _update_moving(self, mean, variance):
         # Running moments are bookkeeping for inference, never a path for gradients.
@@ -115,6 +148,7 @@ class MetaBatchNorm(keras.layers.Layer):
                 "epsilon": self.epsilon,
                 "center": self.center,
                 "scale": self.scale,
+                "fused": self.fused,
             }
         )
         return config

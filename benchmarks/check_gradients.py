@@ -1,0 +1,118 @@
+"""Checks that metalab and the PyTorch reference compute the same meta-gradients on the same weights and batch.
+
+Run from the repository root::
+
+    python benchmarks/check_gradients.py [--tasks 4] [--dtype float64]
+
+Builds each speed workload's algorithm through metalab's plugins, copies its weights into
+``benchmarks/reference_torch``'s Conv-4 (HWIO kernels to OIHW, Dense kernels transposed), computes one
+meta-gradient (or Reptile update) on both sides from the same random batch, and prints the relative difference
+``|g_metalab - g_torch| / |g_torch|`` over all parameters and the worst single tensor. Exits non-zero if any
+exceeds ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from speed import IMAGE_SHAPE, WORKLOADS, _algorithm_params, random_batches  # noqa: E402
+
+
+def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
+    if value.ndim == 4:  # conv kernel HWIO -> OIHW
+        return value.transpose(3, 2, 0, 1)
+    if value.ndim == 2:  # dense kernel (in, out) -> (out, in)
+        return value.T
+    return value
+
+
+def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
+    import keras
+    import torch
+
+    from metalab.core import functional
+    from metalab.core.plugin_api import TaskBatch, TaskSpec
+    from metalab.core.plugin_manager import make_plugin_manager
+    from reference_torch import Conv4
+    from reference_torch.workloads import _tensors, maml_meta_loss, protonet_loss, reptile_update
+
+    keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)
+    w = dict(WORKLOADS[name], meta_batch=tasks)
+    registry = make_plugin_manager(distributions={"metalab"})
+    keras.utils.set_random_seed(0)
+    backbone = registry.backbone("metalab.conv4")
+    bparams = backbone.params()
+    task = TaskSpec("classification", IMAGE_SHAPE, w["ways"], w["ways"], w["shots"], w["queries"], 1000,
+                    lambda: backbone.factory(bparams, IMAGE_SHAPE))
+    spec = registry.algorithm(f"metalab.{w['algorithm']}")
+    algorithm = spec.factory(spec.params(**_algorithm_params(w)), task)
+    batch = random_batches(w, count=1, seed=1)[0]
+    grads, metrics = algorithm.meta_gradients(TaskBatch(*batch))
+    ours = [functional.to_numpy(g) for g in grads]
+
+    tdtype = torch.float64 if dtype == "float64" else torch.float32
+    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], dtype=tdtype)
+    theta = [functional.to_numpy(v) for v in algorithm.trainable_variables]
+    if len(theta) != len(net.params):
+        raise SystemExit(f"Parameter counts differ. Received: metalab={len(theta)}, torch={len(net.params)}")
+    params = OrderedDict(
+        (n, torch.tensor(to_torch_layout(n, t), dtype=tdtype, requires_grad=True)) for n, t in zip(net.params, theta)
+    )
+    sx, sy, qx, qy = (a.to(tdtype) if a.is_floating_point() else a for a in _tensors(*batch))
+    if w["algorithm"] == "maml":
+        loss, _ = maml_meta_loss(net, params, sx, sy, qx, qy, inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
+                                 first_order=w["first_order"])
+        theirs = torch.autograd.grad(loss, list(params.values()))
+    elif w["algorithm"] == "protonet":
+        loss, _ = protonet_loss(net, params, sx, sy, qx, qy, w["ways"])
+        theirs = torch.autograd.grad(loss, list(params.values()))
+    else:
+        theirs, loss, _ = reptile_update(net, params, sx, sy, qx, qy, inner_lr=w["inner_lr"],
+                                         inner_steps=w["inner_steps"])
+    theirs_t = [g.detach().numpy() for g in theirs]
+    ours_t = [to_torch_layout(n, g) for n, g in zip(net.params, ours)]
+    # Conv biases feed batch norm, which cancels any per-channel shift: their true gradient is 0 and both sides
+    # give round-off (which Reptile's Adam, dividing by sqrt(v), even scales up to +-lr). They are left out.
+    kept = [(n, a, b) for n, a, b in zip(net.params, ours_t, theirs_t)
+            if not (n.startswith("conv") and n.endswith("bias"))]
+    diff = np.sqrt(sum(float(np.sum((a - b) ** 2)) for _, a, b in kept))
+    norm = np.sqrt(sum(float(np.sum(b**2)) for _, _, b in kept))
+    worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) for _, a, b in kept)
+    loss_diff = abs(float(functional.to_numpy(metrics["loss"])) - float(loss.detach())) / abs(float(loss.detach()))
+    return diff / norm, worst, loss_diff
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="all", choices=["all", "maml2", "maml1", "maml2_5steps", "reptile",
+                                                              "protonet", "protonet20"])
+    parser.add_argument("--tasks", type=int, default=4, help="Tasks in the batch (fewer than the workload's 32).")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
+    args = parser.parse_args()
+    tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 1e-5)
+    names = ["maml2", "maml1", "maml2_5steps", "reptile", "protonet", "protonet20"] if args.workload == "all" else [
+        args.workload]
+    failed = False
+    for name in names:
+        tasks = 1 if WORKLOADS[name]["algorithm"] == "protonet" else args.tasks
+        total, worst, loss_diff = check(name, tasks, args.dtype)
+        ok = total < tolerance and worst < tolerance * 10
+        failed |= not ok
+        print(f"{name} ({args.dtype}, {tasks} tasks): relative difference of the meta-gradient {total:.2e} "
+              f"(worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Conv-4 and the meta-learning steps of the speed workloads, written as a PyTorch user would write them.
+
+Parameters are an ordered dict of tensors; the network is a pure function of them (``Conv4.forward``), so MAML's
+fast weights are plain tensors and ``torch.autograd.grad(..., create_graph=True)`` gives exact second-order
+meta-gradients. Batch norm always uses the statistics of the batch (transductive, as metalab and the MAML
+reference code) with ``eps=1e-3`` (metalab's ``MetaBatchNorm`` default).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BN_EPS = 1e-3
+
+
+class Conv4:
+    """Conv-4 (64 filters, 3x3 same conv, batch norm, ReLU, 2x2 max-pool) plus an optional linear head.
+
+    Args:
+        in_channels: Channels of the NCHW inputs.
+        filters: Filters of every convolution.
+        blocks: Conv blocks.
+        features: Flattened embedding size (``filters`` for 28x28 inputs and 4 blocks).
+        head: Outputs of the linear head; 0 for none (ProtoNet's embedding).
+        seed: Seed of the initial weights.
+    """
+
+    def __init__(self, in_channels=1, filters=64, blocks=4, features=64, head=5, seed=0, dtype=torch.float32):
+        g = torch.Generator().manual_seed(seed)
+        params = OrderedDict()
+        c = in_channels
+        for i in range(blocks):
+            bound = (6.0 / (9 * c + 9 * filters)) ** 0.5  # Glorot uniform, as Keras's default
+            params[f"conv{i}.weight"] = (torch.rand(filters, c, 3, 3, generator=g, dtype=dtype) * 2 - 1) * bound
+            params[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
+            params[f"bn{i}.weight"] = torch.ones(filters, dtype=dtype)
+            params[f"bn{i}.bias"] = torch.zeros(filters, dtype=dtype)
+            c = filters
+        self.blocks = blocks
+        self.head = head
+        if head:
+            bound = (6.0 / (features + head)) ** 0.5
+            params["head.weight"] = (torch.rand(head, features, generator=g, dtype=dtype) * 2 - 1) * bound
+            params["head.bias"] = torch.zeros(head, dtype=dtype)
+        for p in params.values():
+            p.requires_grad_(True)
+        self.params = params
+
+    def forward(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
+        """Returns logits (or embeddings without a head) for NCHW ``x`` under ``params``."""
+        for i in range(self.blocks):
+            x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
+            x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True, eps=BN_EPS)
+            x = F.max_pool2d(F.relu(x), 2)
+        x = x.flatten(1)
+        if self.head:
+            x = F.linear(x, params["head.weight"], params["head.bias"])
+        return x
+
+
+def maml_meta_loss(net: Conv4, params, sx, sy, qx, qy, *, inner_lr: float, inner_steps: int, first_order: bool):
+    """Returns the mean query loss and accuracy after adapting to each task (a Python loop over tasks).
+
+    ``sx`` is ``[T, N, C, H, W]``; the result is differentiable in ``params`` to second order unless
+    ``first_order``.
+    """
+    names = list(params)
+    losses, accs = [], []
+    for t in range(sx.shape[0]):
+        fast = params
+        for _ in range(inner_steps):
+            loss = F.cross_entropy(net.forward(fast, sx[t]), sy[t])
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = OrderedDict((n, w - inner_lr * g) for n, w, g in zip(names, fast.values(), grads))
+        logits = net.forward(fast, qx[t])
+        losses.append(F.cross_entropy(logits, qy[t]))
+        accs.append((logits.argmax(-1) == qy[t]).float().mean())
+    return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
+def protonet_loss(net: Conv4, params, sx, sy, qx, qy, ways: int):
+    """Returns the mean query cross-entropy and accuracy of Prototypical Networks over the episodes."""
+    losses, accs = [], []
+    for t in range(sx.shape[0]):
+        n = sx.shape[1]
+        emb = net.forward(params, torch.cat([sx[t], qx[t]]))
+        onehot = F.one_hot(sy[t], ways).to(emb.dtype)
+        protos = onehot.t() @ emb[:n] / onehot.sum(0, keepdim=True).t()
+        logits = -((emb[n:, None] - protos[None]) ** 2).sum(-1)
+        losses.append(F.cross_entropy(logits, qy[t]))
+        accs.append((logits.argmax(-1) == qy[t]).float().mean())
+    return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
+def reptile_update(net: Conv4, params, sx, sy, qx, qy, *, inner_lr: float, inner_steps: int):
+    """Returns ``theta - mean_i phi_i`` (Reptile's update direction), query loss and accuracy after adaptation.
+
+    The inner optimizer is Adam with beta1 = 0 (as metalab's Reptile and the paper), fresh per task.
+    """
+    beta2, eps = 0.999, 1e-8
+    names = list(params)
+    theta = [p.detach() for p in params.values()]
+    sums = [torch.zeros_like(p) for p in theta]
+    losses, accs = [], []
+    for t in range(sx.shape[0]):
+        w = [p.clone().requires_grad_(True) for p in theta]
+        v = [torch.zeros_like(p) for p in theta]
+        for step in range(1, inner_steps + 1):
+            fast = OrderedDict(zip(names, w))
+            loss = F.cross_entropy(net.forward(fast, sx[t]), sy[t])
+            grads = torch.autograd.grad(loss, w)
+            with torch.no_grad():
+                lr = inner_lr * (1 - beta2**step) ** 0.5
+                new = []
+                for wi, gi, vi in zip(w, grads, v):
+                    vi.mul_(beta2).addcmul_(gi, gi, value=1 - beta2)
+                    new.append((wi - lr * gi / (vi.sqrt() + eps)).requires_grad_(True))
+                w = new
+        with torch.no_grad():
+            logits = net.forward(OrderedDict(zip(names, w)), qx[t])
+            losses.append(F.cross_entropy(logits, qy[t]))
+            accs.append((logits.argmax(-1) == qy[t]).float().mean())
+            for s, wi in zip(sums, w):
+                s.add_(wi)
+    n = sx.shape[0]
+    return [p - s / n for p, s in zip(theta, sums)], torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
+def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
+    """Returns ``step(sx, sy, qx, qy) -> metrics`` doing one meta-update of ``workload`` on ``net.params``.
+
+    Inputs are NumPy arrays as metalab's sampler gives them (``[T, N, H, W, C]`` float32, int labels); they are
+    converted to NCHW tensors inside the step, as a user's training loop would.
+    """
+    algo = workload["algorithm"]
+    params = net.params
+    if algo == "reptile":
+        lr = torch.tensor(1.0)  # the outer step size (epsilon); its annealing schedule costs nothing
+
+        def step(sx, sy, qx, qy):
+            sx, sy, qx, qy = _tensors(sx, sy, qx, qy)
+            update, loss, acc = reptile_update(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
+                                               inner_steps=workload["inner_steps"])
+            with torch.no_grad():
+                for p, u in zip(params.values(), update):
+                    p.sub_(lr * u)
+            return {"loss": loss.item(), "accuracy": acc.item()}
+
+        return step
+
+    optimizer = torch.optim.Adam(params.values(), lr=workload["outer_lr"])
+
+    def step(sx, sy, qx, qy):
+        sx, sy, qx, qy = _tensors(sx, sy, qx, qy)
+        if algo == "maml":
+            loss, acc = maml_meta_loss(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
+                                       inner_steps=workload["inner_steps"], first_order=workload["first_order"])
+        else:
+            loss, acc = protonet_loss(net, params, sx, sy, qx, qy, workload["ways"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item(), "accuracy": acc.item()}
+
+    return step
+
+
+def _tensors(sx, sy, qx, qy):
+    def images(a):
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a, np.float32), -1, 2)))
+
+    def labels(a):
+        return torch.from_numpy(np.asarray(a, np.int64))
+
+    return images(sx), labels(sy), images(qx), labels(qy)

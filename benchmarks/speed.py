@@ -1,0 +1,339 @@
+"""Meta-training speed of metalab against a plain PyTorch reference, workload by workload (issue 5).
+
+Run from the repository root with the project's virtual environment::
+
+    python benchmarks/speed.py                                  # every workload, metalab and torch alternately
+    python benchmarks/speed.py --workload maml2 --impl both --rounds 3
+    python benchmarks/speed.py --workload protonet --impl metalab --iters 50
+
+metalab's side goes through the product: the algorithm is built by its plugin (registry, ``TaskSpec`` with the
+conv4 backbone plugin) and trained by the runner's step (``meta_gradients`` then ``optimizer.apply``, compiled
+with ``functional.compile``, fed NumPy arrays, one metric read back per step). The torch side is
+``benchmarks/reference_torch``. Each (workload, impl) measurement runs in its own subprocess so that peak RSS and
+thread pools are its own; with ``--impl both`` the two alternate (A B, B A, ...) for ``--rounds`` rounds and the
+ratio of medians is printed. Every measurement ends with one line ``RESULT {json}``; a comparison adds
+``RATIO {json}``.
+
+The machine's other load changes the figures: the load average is printed before and after each measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+#: The workloads of issue 5. Random 1x28x28 inputs, conv-4 with 64 filters, Adam 1e-3 unless said otherwise.
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "maml2": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4, inner_steps=1,
+                  first_order=False, outer_lr=1e-3, unit="it/s"),
+    "maml1": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4, inner_steps=1,
+                  first_order=True, outer_lr=1e-3, unit="it/s"),
+    "maml2_5steps": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4, inner_steps=5,
+                         first_order=False, outer_lr=1e-3, unit="it/s"),
+    # Reptile: the paper's Omniglot inner loop (Adam with beta1=0, lr 1e-3, 5 steps) and the plugin's meta-batch 5.
+    "reptile": dict(algorithm="reptile", ways=5, shots=5, queries=5, meta_batch=5, inner_lr=1e-3, inner_steps=5,
+                    unit="it/s"),
+    "anil": dict(algorithm="anil", unit="it/s"),
+    "protonet": dict(algorithm="protonet", ways=5, shots=5, queries=15, meta_batch=1, outer_lr=1e-3,
+                     unit="episodes/s"),
+    "protonet20": dict(algorithm="protonet", ways=20, shots=5, queries=15, meta_batch=1, outer_lr=1e-3,
+                       unit="episodes/s"),
+    # Second-order MAML fed by the real data path: Omniglot zips -> dataset plugin -> EpisodeSampler -> step.
+    "omniglot_pipeline": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4,
+                              inner_steps=1, first_order=False, outer_lr=1e-3, unit="it/s", data="omniglot"),
+}
+IMAGE_SHAPE = (28, 28, 1)
+DEFAULT_ITERS = {"maml2": 10, "maml1": 15, "maml2_5steps": 4, "reptile": 15, "protonet": 60, "protonet20": 20,
+                 "omniglot_pipeline": 10}
+
+
+# -- measurement (shared by both implementations) ----------------------------------------------------------
+
+
+def random_batches(w: dict[str, Any], count: int = 4, seed: int = 0) -> list[tuple]:
+    """Returns ``count`` batches of random images with episode labels, as the sampler's NumPy arrays."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t, n, k, q = w["meta_batch"], w["ways"], w["shots"], w["queries"]
+    out = []
+    for _ in range(count):
+        sx = rng.random((t, n * k, *IMAGE_SHAPE), dtype=np.float32)
+        qx = rng.random((t, n * q, *IMAGE_SHAPE), dtype=np.float32)
+        sy = np.tile(np.repeat(np.arange(n, dtype=np.int32), k), (t, 1))
+        qy = np.tile(np.repeat(np.arange(n, dtype=np.int32), q), (t, 1))
+        out.append((sx, sy, qx, qy))
+    return out
+
+
+def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: float) -> dict[str, Any]:
+    """Times ``step`` (which must block until its result is ready): first call, warm-up, then ``iters`` calls."""
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        step()
+    times = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    rates = sorted(unit_per_iter / x for x in times)
+    return {
+        "median_rate": round(statistics.median(rates), 4),
+        "min_rate": round(rates[0], 4),
+        "max_rate": round(rates[-1], 4),
+        "median_step_s": round(statistics.median(times), 4),
+        "cpu_s_per_iter": round(cpu / iters, 4),
+        "cpu_util": round(cpu / wall, 2),
+        "first_step_s": round(first, 2),
+        "iters": iters,
+        "warmup": warmup,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def machine(impl: str) -> dict[str, Any]:
+    from importlib import metadata
+
+    note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    for dist in (("tensorflow", "keras", "numpy") if impl == "metalab" else ("torch", "numpy")):
+        try:
+            note[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return note
+
+
+# -- metalab ---------------------------------------------------------------------------------------------
+
+
+def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    import tensorflow as tf
+
+    if args.intra is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
+    if args.inter is not None:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    import keras
+
+    from metalab.core import functional
+    from metalab.core.plugin_api import TaskBatch, TaskSpec
+    from metalab.core.plugin_manager import make_plugin_manager
+
+    if args.precision != "float32":
+        keras.mixed_precision.set_global_policy(args.precision)
+    registry = make_plugin_manager(distributions={"metalab"})
+    t_setup = time.perf_counter()
+    sampler = None
+    if w.get("data") == "omniglot":
+        from metalab.core.config import RunConfig
+        from metalab.core.runner import build_session
+        from metalab.core.tasks import make_sampler
+
+        config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", backbone="metalab.conv4",
+                           ways=w["ways"], shots=w["shots"], queries=w["queries"], seed=0,
+                           algorithm_params=_algorithm_params(w))
+        session = build_session(registry, config)
+        algorithm = session.algorithm
+        sampler = make_sampler(session.dataset, "train", w["ways"], w["shots"], w["queries"], 0)
+    else:
+        keras.utils.set_random_seed(0)
+        backbone = registry.backbone("metalab.conv4")
+        backbone_params = backbone.params()
+        task = TaskSpec(kind="classification", input_shape=IMAGE_SHAPE, output_dim=w["ways"], ways=w["ways"],
+                        shots=w["shots"], queries=w["queries"], total_steps=100_000,
+                        make_backbone=lambda: backbone.factory(backbone_params, IMAGE_SHAPE))
+        spec = registry.algorithm(f"metalab.{w['algorithm']}")
+        algorithm = spec.factory(spec.params(**_algorithm_params(w)), task)
+    setup_s = time.perf_counter() - t_setup
+    optimizer = algorithm.make_optimizer()
+    optimizer.build(algorithm.trainable_variables)
+
+    # The runner's train step (core/runner.py, train_run), compiled the same way.
+    def train_step(sx, sy, qx, qy):
+        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
+        optimizer.apply(grads, algorithm.trainable_variables)
+        return metrics
+
+    step_fn = functional.compile(train_step, jit_compile=args.jit)
+    extra: dict[str, Any] = {}
+    if sampler is not None:
+        sample_times: list[float] = []
+
+        def step():
+            t = time.perf_counter()
+            batch = sampler.sample_batch(algorithm.meta_batch_size)
+            sample_times.append(time.perf_counter() - t)
+            metrics = step_fn(*batch.as_tuple())
+            return {k: float(functional.to_numpy(v)) for k, v in metrics.items()}
+    else:
+        batches = random_batches(w)
+        counter = iter(range(10**9))
+
+        def step():
+            metrics = step_fn(*batches[next(counter) % len(batches)])
+            return {k: float(functional.to_numpy(v)) for k, v in metrics.items()}
+
+    result = measure(step, args.warmup, args.iters, _units_per_iter(w))
+    if sampler is not None:
+        timed = sample_times[-args.iters:]
+        result["sampler_s_per_batch"] = round(statistics.median(timed), 4)
+        result["sampler_share_of_step"] = round(statistics.median(timed) / result["median_step_s"], 4)
+    result["setup_s"] = round(setup_s, 2)
+    result["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                         "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+    result["jit_compile"] = bool(args.jit)
+    result["precision"] = args.precision
+    result.update(extra)
+    return result
+
+
+def _algorithm_params(w: dict[str, Any]) -> dict[str, Any]:
+    if w["algorithm"] == "maml":
+        return dict(inner_lr=w["inner_lr"], inner_steps=w["inner_steps"], first_order=w["first_order"],
+                    meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"])
+    if w["algorithm"] == "reptile":
+        return dict(inner_optimizer="adam", inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
+                    meta_batch_size=w["meta_batch"])
+    return dict(outer_lr=w["outer_lr"], meta_batch_size=w["meta_batch"], lr_decay_every=0)
+
+
+def _units_per_iter(w: dict[str, Any]) -> float:
+    # ProtoNet's unit is episodes: a step with meta-batch T trains on T episodes.
+    return float(w["meta_batch"]) if w["unit"] == "episodes/s" else 1.0
+
+
+# -- torch -----------------------------------------------------------------------------------------------
+
+
+def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    if args.intra is not None:
+        torch.set_num_threads(args.intra)
+    if args.inter is not None:
+        torch.set_num_interop_threads(args.inter)
+    sys.path.insert(0, str(HERE))
+    from reference_torch import Conv4, make_step
+
+    torch.manual_seed(0)
+    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"])
+    train = make_step(w, net)
+    batches = random_batches(w)
+    counter = iter(range(10**9))
+
+    def step():
+        return train(*batches[next(counter) % len(batches)])
+
+    result = measure(step, args.warmup, args.iters, _units_per_iter(w))
+    result["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                         "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    return result
+
+
+# -- driver ----------------------------------------------------------------------------------------------
+
+
+def run_one(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Measures one workload with one implementation in this process; prints and returns its RESULT."""
+    w = WORKLOADS[name]
+    if impl == "torch" and w.get("data"):
+        result = {"workload": name, "impl": impl, "skipped": "the torch reference has no Omniglot loader; the data "
+                  "path is metalab's own (compare with maml2 for the cost of real data)"}
+    else:
+        before = machine(impl)
+        result = (run_metalab if impl == "metalab" else run_torch)(name, w, args)
+        result = {"workload": name, "impl": impl, "unit": w["unit"], **result, "machine": before,
+                  "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+        print(f"{name} [{impl}]: {result['median_rate']} {w['unit']} (median of {result['iters']}; range "
+              f"{result['min_rate']}-{result['max_rate']}), cpu {result['cpu_s_per_iter']} s/iter, first step "
+              f"{result['first_step_s']} s, peak RSS {result['peak_rss_mb']} MB, threads {result['threads']}, "
+              f"load {before['loadavg']} -> {result['loadavg_after']}", flush=True)
+    print("RESULT " + json.dumps(result), flush=True)
+    return result
+
+
+def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    """Runs one measurement in a fresh interpreter and returns its RESULT (its output is echoed)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--workload", name, "--impl", impl, "--inprocess",
+           "--iters", str(args.iters or DEFAULT_ITERS.get(name, 10)), "--warmup", str(args.warmup),
+           "--precision", args.precision]
+    for flag in ("intra", "inter"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag}", str(getattr(args, flag))]
+    if args.jit:
+        cmd.append("--jit")
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    result = None
+    for line in proc.stdout.splitlines():
+        print(line, flush=True)
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    if proc.returncode != 0:
+        print(f"{name} [{impl}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", default="all", choices=["all", *WORKLOADS])
+    parser.add_argument("--impl", default="both", choices=["metalab", "torch", "both"])
+    parser.add_argument("--iters", type=int, default=None, help="Timed iterations (default: per workload).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed iterations, the first (compile) included.")
+    parser.add_argument("--rounds", type=int, default=1, help="With --impl both: alternating rounds per workload.")
+    parser.add_argument("--intra", type=int, default=None, help="Intra-op threads (default: the library's).")
+    parser.add_argument("--inter", type=int, default=None, help="Inter-op threads (default: the library's).")
+    parser.add_argument("--jit", action="store_true", help="metalab: compile the step with XLA (jit_compile).")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="metalab: Keras dtype policy (mixed_float16 has no loss scaling here; GPU only).")
+    parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    names = [n for n in WORKLOADS if n != "anil"] if args.workload == "all" else [args.workload]
+    if "anil" in names or args.workload == "all":
+        print("anil: skipped (no ANIL plugin exists yet)", flush=True)
+        print("RESULT " + json.dumps({"workload": "anil", "impl": args.impl, "skipped": "no ANIL plugin"}))
+        names = [n for n in names if n != "anil"]
+    if args.inprocess:
+        args.iters = args.iters or DEFAULT_ITERS.get(names[0], 10)
+        run_one(names[0], args.impl, args)
+        return 0
+    impls = ["metalab", "torch"] if args.impl == "both" else [args.impl]
+    for name in names:
+        rates: dict[str, list[float]] = {i: [] for i in impls}
+        for r in range(args.rounds):
+            for impl in (impls if r % 2 == 0 else impls[::-1]):
+                result = subprocess_result(name, impl, args)
+                if result and "median_rate" in result:
+                    rates[impl].append(result["median_rate"])
+        if len(impls) == 2 and rates["metalab"] and rates["torch"]:
+            m, t = statistics.median(rates["metalab"]), statistics.median(rates["torch"])
+            ratio = {"workload": name, "ratio_metalab_over_torch": round(m / t, 3), "metalab_rates": rates["metalab"],
+                     "torch_rates": rates["torch"], "unit": WORKLOADS[name]["unit"],
+                     "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            print(f"{name}: metalab {m} vs torch {t} {WORKLOADS[name]['unit']} -> {m / t:.2f}x", flush=True)
+            print("RATIO " + json.dumps(ratio), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
