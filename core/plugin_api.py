@@ -311,12 +311,15 @@ class TaskBatch:
     Classification: ``support_x [T, ways*shots, *input_shape]``, ``support_y [T, ways*shots]`` (int32 labels
     0..ways-1), ``query_x [T, ways*queries, ...]``, ``query_y [T, ways*queries]``.
     Regression: ``support_y``/``query_y`` are ``float32 [T, n, output_dim]``.
+    ``extras`` (since API 1.2) is ``None`` or a dict of further arrays with the same leading task axis, e.g.
+    ``"class_attributes"`` ``float32 [T, ways, A]`` when the dataset's ``info`` holds class attributes.
     """
 
     support_x: Any
     support_y: Any
     query_x: Any
     query_y: Any
+    extras: dict[str, Any] | None = None
 
     def as_tuple(self) -> tuple[Any, Any, Any, Any]:
         return (self.support_x, self.support_y, self.query_x, self.query_y)

@@ -262,11 +262,12 @@ def compile_evaluate(algorithm: Any) -> Callable:
     # unroll their task loop need it static.
     graphs: dict[int, Callable] = {}
 
-    def evaluate(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
+    def evaluate(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         n = int(sx.shape[0])
         if n not in graphs:
-            graphs[n] = functional.compile(lambda *a: algorithm.evaluate(TaskBatch(*a)))
-        return graphs[n](sx, sy, qx, qy)
+            graphs[n] = functional.compile(lambda sx, sy, qx, qy, extras=None: algorithm.evaluate(
+                TaskBatch(sx, sy, qx, qy, extras)))
+        return graphs[n](sx, sy, qx, qy, extras=extras)
 
     return evaluate
 
@@ -286,23 +287,28 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
     if isinstance(batch, TaskBatch):
         n = batch.num_tasks
 
-        def take(start: int, stop: int) -> list[np.ndarray]:
-            return [np.asarray(a[start:stop]) for a in batch.as_tuple()]
+        def take(start: int, stop: int) -> TaskBatch:
+            extras = {k: v[start:stop] for k, v in batch.extras.items()} if batch.extras else None
+            return TaskBatch(*(a[start:stop] for a in batch.as_tuple()), extras=extras)
     else:
         n = batch.n
 
-        def take(start: int, stop: int) -> list[np.ndarray]:
-            return [np.asarray(a) for a in batch.batch(start, stop).as_tuple()]
+        def take(start: int, stop: int) -> TaskBatch:
+            return batch.batch(start, stop)
+
+    def pad(a: Any, size: int) -> np.ndarray:
+        a = np.asarray(a)
+        return np.concatenate([a, np.repeat(a[-1:], chunk_size - size, axis=0)]) if size < chunk_size else a
 
     chunk_size = min(EVAL_CHUNK, n)
     parts: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, chunk_size):
-        arrays = take(start, min(start + chunk_size, n))
-        size = len(arrays[0])
+        chunk = take(start, min(start + chunk_size, n))
+        size = chunk.num_tasks
         # Pad the last chunk to the full size: one fixed shape means one compiled graph with a static task axis.
-        arrays = [np.concatenate([a, np.repeat(a[-1:], chunk_size - size, axis=0)]) if size < chunk_size else a
-                  for a in arrays]
-        out = evaluate_fn(*arrays)
+        arrays = [pad(a, size) for a in chunk.as_tuple()]
+        extras = {k: pad(v, size) for k, v in chunk.extras.items()} if chunk.extras else None
+        out = evaluate_fn(*arrays, extras) if extras else evaluate_fn(*arrays)
         for key in ("loss", "accuracy", "curve"):
             if key in out:
                 parts.setdefault(key, []).append(functional.to_numpy(out[key])[:size])
@@ -403,8 +409,8 @@ def train_run(
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
 
-            def train_step(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
-                grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
+            def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+                grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy, extras))
                 optimizer.apply(grads, algorithm.trainable_variables)
                 return metrics
 
@@ -417,7 +423,7 @@ def train_run(
             while step < config.steps:
                 watch.check()
                 batch = sampler.sample_batch(algorithm.meta_batch_size)
-                metrics = step_fn(*batch.as_tuple())
+                metrics = step_fn(*batch.as_tuple(), batch.extras) if batch.extras else step_fn(*batch.as_tuple())
                 step += 1
                 steps_in_window += 1
                 for name, value in metrics.items():

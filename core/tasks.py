@@ -178,8 +178,26 @@ def _draw_episode_rows(rng: np.random.Generator, table: _ClassTable, num_tasks: 
     return classes, rows
 
 
+def _class_extras(dataset: ClassificationDataset, split: str | None, classes: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per-episode class side information: ``{"class_attributes": float32 [T, ways, A]}`` or ``None``.
+
+    Present when ``dataset.info["class_attributes"][split]`` holds one attribute row per class of the split.
+    """
+    table = (getattr(dataset, "info", None) or {}).get("class_attributes")
+    if split is None or not isinstance(table, dict) or split not in table:
+        return None
+    attributes = np.asarray(table[split], dtype=np.float32)
+    num_classes = dataset.splits[split].num_classes
+    if attributes.ndim != 2 or attributes.shape[0] != num_classes:
+        raise ValueError(
+            f"info['class_attributes'][{split!r}] must be a [classes, attributes] array with one row per class of "
+            f"the split ({num_classes}). Received: shape={attributes.shape}"
+        )
+    return {"class_attributes": attributes[classes]}
+
+
 def _materialise_episodes(dataset: ClassificationDataset, split_obj: ClassSplit, rows: np.ndarray,
-                          shots: int, queries: int) -> TaskBatch:
+                          shots: int, queries: int, split: str | None = None) -> TaskBatch:
     num_tasks, ways, _ = rows.shape
     support_rows = rows[:, :, :shots].reshape(num_tasks, ways * shots)
     query_rows = rows[:, :, shots:].reshape(num_tasks, ways * queries)
@@ -189,7 +207,9 @@ def _materialise_episodes(dataset: ClassificationDataset, split_obj: ClassSplit,
     label_row = np.arange(ways, dtype=np.int32)
     support_y = np.ascontiguousarray(np.broadcast_to(np.repeat(label_row, shots), (num_tasks, ways * shots)))
     query_y = np.ascontiguousarray(np.broadcast_to(np.repeat(label_row, queries), (num_tasks, ways * queries)))
-    return TaskBatch(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y)
+    # The class of label i is that of its first row: episodes never mix classes within a label.
+    extras = _class_extras(dataset, split, np.asarray(split_obj.labels)[rows[:, :, 0]])
+    return TaskBatch(support_x=support_x, support_y=support_y, query_x=query_x, query_y=query_y, extras=extras)
 
 
 class _StatefulSampler:
@@ -315,10 +335,12 @@ class EpisodeSampler(_StatefulSampler):
         Returns:
             A :class:`TaskBatch`: ``support_x`` ``float32 [T, ways*shots, *input_shape]``, ``support_y``
             ``int32 [T, ways*shots]``, ``query_x`` ``float32 [T, ways*queries, ...]``, ``query_y``
-            ``int32 [T, ways*queries]``.
+            ``int32 [T, ways*queries]``; ``extras["class_attributes"]`` ``float32 [T, ways, A]`` (row ``i`` the
+            attributes of label ``i``'s class) when ``dataset.info["class_attributes"]`` has this split, else
+            ``extras`` is ``None``.
         """
         rows = self.sample_indices(num_tasks)
-        return _materialise_episodes(self.dataset, self._split, rows, self.shots, self.queries)
+        return _materialise_episodes(self.dataset, self._split, rows, self.shots, self.queries, self.split)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -681,7 +703,8 @@ class FixedEpisodes:
         if plan.arrays is not None:
             return TaskBatch(*(a[start:stop].copy() for a in plan.arrays))
         split_obj = self.dataset.splits[self.split]
-        return _materialise_episodes(self.dataset, split_obj, plan.rows[start:stop], self.shots, self.queries)
+        return _materialise_episodes(self.dataset, split_obj, plan.rows[start:stop], self.shots, self.queries,
+                                     self.split)
 
     def chunks(self, size: int) -> Iterator[TaskBatch]:
         """Yields the tasks in order as batches of at most ``size`` tasks (to bound memory).
