@@ -212,7 +212,7 @@ def _timed_step(step_fn: Any, sampler: Any, num_tasks: int) -> tuple[float, floa
 
     start = time.perf_counter()
     batch = sampler.sample_batch(num_tasks)
-    metrics = step_fn(*batch.as_tuple())
+    metrics = step_fn(batch)
     loss = float(functional.to_numpy(metrics["loss"]))
     return time.perf_counter() - start, loss
 
@@ -261,7 +261,6 @@ def estimate(
     import numpy as np
 
     from .config import resolve_config
-    from .plugin_api import TaskBatch
 
     settings = settings or load_settings()
     if registry is None:
@@ -274,8 +273,7 @@ def estimate(
 
     import tensorflow as tf
 
-    from . import functional
-    from .runner import build_session, device_scope
+    from .runner import build_session, compile_train_step, device_scope
 
     _grow_gpu_memory(tf)
     device = _run_device(tf, cfg.device)
@@ -297,11 +295,6 @@ def estimate(
         optimizer = algorithm.make_optimizer()
         optimizer.build(algorithm.trainable_variables)
 
-        def train_step(sx: Any, sy: Any, qx: Any, qy: Any) -> dict[str, Any]:
-            grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
-            optimizer.apply(grads, algorithm.trainable_variables)
-            return metrics
-
         tasks = int(algorithm.meta_batch_size)
         result: dict[str, Any] = {
             "ok": True, "device": device, "algorithm": cfg.algorithm, "dataset": cfg.dataset,
@@ -317,7 +310,7 @@ def estimate(
 
         if second_order and tasks > 1 and budget is not None:
             # A separate graph: one traced function shared by two batch sizes would relax the task axis to None.
-            pilot_fn = functional.compile(train_step)
+            pilot_fn = compile_train_step(algorithm, optimizer)
             meter.reset_peak()
             pilot_compile, _ = _timed_step(pilot_fn, sampler, 1)
             pilot_seconds, _ = _timed_step(pilot_fn, sampler, 1)
@@ -336,7 +329,7 @@ def estimate(
                 result["estimated_run_seconds"] = _run_seconds(result)
                 return result
 
-        step_fn = functional.compile(train_step)
+        step_fn = compile_train_step(algorithm, optimizer)
         meter.reset_peak()
         times: list[float] = []
         loss = math.nan

@@ -254,6 +254,27 @@ def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = E
                           key=key)
 
 
+def compile_train_step(algorithm: Any, optimizer: Any) -> Callable[[TaskBatch], dict[str, Any]]:
+    """One compiled meta-training step (meta-gradients, then the optimizer's update) taking a :class:`TaskBatch`.
+
+    Each call of this function makes a new graph; the runner and the probe both step through it.
+    """
+    from . import functional
+
+    def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy, extras))
+        optimizer.apply(grads, algorithm.trainable_variables)
+        return metrics
+
+    compiled = functional.compile(train_step)
+
+    def step(batch: TaskBatch) -> dict[str, Any]:
+        # Graphs take tensors, not objects: pass the arrays, and the extras only when the batch has them.
+        return compiled(*batch.as_tuple(), batch.extras) if batch.extras else compiled(*batch.as_tuple())
+
+    return step
+
+
 def compile_evaluate(algorithm: Any) -> Callable:
     """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
     from . import functional
@@ -409,12 +430,7 @@ def train_run(
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
 
-            def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
-                grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy, extras))
-                optimizer.apply(grads, algorithm.trainable_variables)
-                return metrics
-
-            step_fn = functional.compile(train_step)
+            step_fn = compile_train_step(algorithm, optimizer)
             eval_fn = compile_evaluate(algorithm)
             val_batch = fixed_episode_set(session, "val", config.val_episodes)
             window: dict[str, list[float]] = {}
@@ -423,7 +439,7 @@ def train_run(
             while step < config.steps:
                 watch.check()
                 batch = sampler.sample_batch(algorithm.meta_batch_size)
-                metrics = step_fn(*batch.as_tuple(), batch.extras) if batch.extras else step_fn(*batch.as_tuple())
+                metrics = step_fn(batch)
                 step += 1
                 steps_in_window += 1
                 for name, value in metrics.items():
