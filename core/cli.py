@@ -125,8 +125,9 @@ def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:
 
 
 def _score_line(result: dict[str, Any]) -> str:
+    what = f"{result['benchmark']} accuracy" if result.get("benchmark") else "meta-test accuracy"
     if "accuracy" in result:
-        line = f"meta-test accuracy {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} ({result['episodes']} episodes)"
+        line = f"{what} {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} ({result['episodes']} episodes)"
     else:
         line = f"meta-test MSE {result['mse']:.4f} ± {result['ci95']:.4f} ({result['episodes']} episodes)"
     if result.get("curve"):
@@ -226,14 +227,18 @@ def runs_delete(run_id: str = typer.Argument(..., metavar="RUN"),
 def eval_(
     run_id: str = typer.Argument(..., metavar="RUN"),
     episodes: Optional[int] = typer.Option(None, "--episodes", "-n", min=2, help="Fixed test episodes (default: the run's, 600)."),
+    benchmark: Optional[str] = typer.Option(
+        None, "--benchmark", help="Score on one of the dataset's named task sets instead, e.g. lake20 (Omniglot's "
+        "20 one-shot runs of Lake et al.)."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Score a run on the fixed meta-test episodes: mean with 95% CI, and the adaptation curve."""
     services = _services()
     run = _get_run(services, run_id)
+    split = f"benchmark:{benchmark}" if benchmark else "test"
     try:
-        result = services.evaluate(run.id, episodes=episodes)
-    except FileNotFoundError as exc:
+        result = services.evaluate(run.id, episodes=episodes, split=split)
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     if as_json:
         _print_json({"run": run.id, **result})

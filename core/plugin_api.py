@@ -241,12 +241,16 @@ class ClassificationDataset:
         input_shape: Shape of one input after :meth:`to_float`, e.g. ``(28, 28, 1)``.
         scale: Divide ``uint8`` pixels by this to get ``float32`` inputs (255 for images).
         info: Free-form facts for reports (source files, split name, counts).
+        benchmarks: Named fixed task sets that the dataset's own papers score on, each a callable returning a
+            :class:`TaskBatch` (loaded on demand), e.g. Omniglot's ``"lake20"``: Lake et al.'s 20 one-shot runs.
+            ``metalab eval RUN --benchmark NAME`` scores a run on one (since API 1.2).
     """
 
     splits: dict[str, ClassSplit]
     input_shape: tuple[int, ...]
     scale: float = 255.0
     info: dict[str, Any] = field(default_factory=dict)
+    benchmarks: dict[str, Callable[[], "TaskBatch"]] = field(default_factory=dict)
     kind: str = dataclasses.field(default="classification", init=False)
 
     def to_float(self, images: np.ndarray) -> np.ndarray:

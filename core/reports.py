@@ -302,6 +302,8 @@ def embedding_figure(data: dict[str, Any]) -> go.Figure:
 _MAML = "Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML), Table 1"
 _PROTO = "Snell, Swersky and Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS), Table 1"
 _REPTILE = "Nichol, Achiam and Schulman 2018, On First-Order Meta-Learning Algorithms (arXiv:1803.02999), Table 1"
+_LAKE = ("Lake, Salakhutdinov and Tenenbaum 2015, Human-level concept learning through probabilistic program "
+         "induction (Science 350:1332), the 20 within-alphabet 20-way one-shot runs")
 
 #: Omniglot test accuracies (%, 95% CI where the paper gives one) as reported, keyed by ``(ways, shots)``.
 PUBLISHED_RESULTS: list[dict[str, Any]] = [
@@ -378,6 +380,25 @@ def run_progress(run: dict[str, Any], metrics: Series, now: float | None = None)
 # -- the report ----------------------------------------------------------------------------------------
 
 
+#: Published accuracies on a dataset's named benchmark task sets (``metalab eval RUN --benchmark NAME``).
+PUBLISHED_BENCHMARKS: dict[str, list[dict[str, Any]]] = {
+    "lake20": [
+        {"method": "people", "accuracy": 95.5, "ci95": None, "citation": _LAKE},
+        {"method": "Bayesian Program Learning", "accuracy": 96.7, "ci95": None, "citation": _LAKE},
+    ],
+}
+
+
+def benchmark_evaluations(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The newest evaluation per benchmark task set (splits named ``benchmark:<name>``)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for evaluation in report.get("evaluations") or []:
+        split = str(evaluation.get("split", ""))
+        if split.startswith("benchmark:") and split not in newest:
+            newest[split] = evaluation
+    return list(newest.values())
+
+
 def cross_domain_evaluations(report: dict[str, Any]) -> list[dict[str, Any]]:
     """The newest evaluation per cross-domain test dataset (splits named ``cross:<dataset id>``)."""
     newest: dict[str, dict[str, Any]] = {}
@@ -419,6 +440,13 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
                 rows.append({"label": pub["method"], "value": pub["accuracy"], "ci95": pub["ci95"], "metric": name,
                              "group": "published"})
         figures.append(("Meta-test score", scores_figure(rows)))
+    for bench in benchmark_evaluations(report):
+        name = bench["split"].partition(":")[2]
+        metric, value, ci = score_of(bench)
+        rows = [{"label": "this run", "value": value, "ci95": ci, "metric": metric, "group": "this run"}]
+        rows += [{"label": pub["method"], "value": pub["accuracy"], "ci95": None, "metric": metric,
+                  "group": "published"} for pub in PUBLISHED_BENCHMARKS.get(name, [])]
+        figures.append((f"Benchmark: {name}", scores_figure(rows)))
     data = report.get("report_data") or {}
     if data.get("sinusoid"):
         figures.append(("Sinusoid fits", sinusoid_figure(data["sinusoid"])))
@@ -528,6 +556,13 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         name, value, ci = score_of(evaluation)
         parts.append(f"<h2>Meta-test score</h2><p class='score'>{name}: <b>{value:.4g}</b> ± {ci:.3g} (95% CI, "
                      f"{evaluation.get('episodes')} fixed episodes)</p>")
+        for bench in benchmark_evaluations(report):
+            name = bench["split"].partition(":")[2]
+            _, bench_value, bench_ci = score_of(bench)
+            published = "; ".join(f"{html.escape(p['method'])} {p['accuracy']}% ({html.escape(p['citation'])})"
+                                  for p in PUBLISHED_BENCHMARKS.get(name, []))
+            parts.append(f"<p class='score'>benchmark {html.escape(name)}: <b>{bench_value:.4g}</b> ± "
+                         f"{bench_ci:.3g}{'; published: ' + published if published else ''}</p>")
         for cross in cross_domain_evaluations(report):
             _, cross_value, cross_ci = score_of(cross)
             parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}): "

@@ -516,8 +516,12 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Scores a run's latest checkpoint on the fixed meta-test episodes (mean, 95% CI, adaptation curve).
 
-    ``split`` is ``"train"``, ``"val"``, ``"test"`` or ``"cross:<dataset id>"`` (the run's ``test_dataset``).
+    ``split`` is ``"train"``, ``"val"``, ``"test"``, ``"cross:<dataset id>"`` (the run's ``test_dataset``) or
+    ``"benchmark:<name>"``: one of the dataset's named task sets (``ClassificationDataset.benchmarks``, e.g.
+    Omniglot's ``lake20``), scored with the episode shape that set has.
     """
+    if split.startswith("benchmark:"):
+        return _evaluate_benchmark(store, run_id, registry, split.partition(":")[2], settings=settings, record=record)
     run = store.get_run(run_id)
     config = RunConfig(**run.config)
     ckpt = checkpoint_path(store, run.id)
@@ -541,6 +545,45 @@ def evaluate_run(
             result = evaluate_batch(session, fixed_episode_set(session, split, n))
     if record:
         store.add_evaluation(run.id, split, n, result)
+    return result
+
+
+def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, *, settings: Settings | None,
+                        record: bool) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    ckpt = checkpoint_path(store, run.id)
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run_id!r}"
+        )
+    with device_scope(config.device):
+        session = build_session(registry, config, settings)
+        available = getattr(session.dataset, "benchmarks", {}) or {}
+        if name not in available:
+            raise ValueError(
+                f"Dataset {config.dataset} has no benchmark task set {name!r} (available: "
+                f"{', '.join(sorted(available)) or 'none'}). Received: benchmark={name!r}"
+            )
+        tasks = available[name]()
+        ways = int(np.max(tasks.support_y)) + 1
+        shots = int(tasks.support_y.shape[1]) // ways
+        queries = max(int(tasks.query_y.shape[1]) // ways, 1)
+        if (ways, shots, queries) != (session.task.ways, config.shots, config.queries):
+            # The set has its own episode shape: rebuild the algorithm for it and load the trained weights.
+            shaped = config.model_copy(update={"ways": ways, "shots": shots, "queries": queries})
+            session = build_session(registry, shaped, settings)
+        try:
+            load_checkpoint(ckpt, session.algorithm)
+        except ValueError as exc:
+            raise ValueError(
+                f"Run {run.id} ({config.algorithm}, trained {config.ways}-way) cannot be scored on {name!r}, which is "
+                f"{ways}-way {shots}-shot: its weights depend on the number of ways. {exc}"
+            ) from None
+        result = evaluate_batch(session, tasks)
+    result["benchmark"] = name
+    if record:
+        store.add_evaluation(run.id, f"benchmark:{name}", result["episodes"], result)
     return result
 
 

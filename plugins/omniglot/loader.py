@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from metalab.core.datafiles import cache_file, cached_arrays, download, fingerprint
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit, DataContext
+from metalab.core.plugin_api import ClassificationDataset, ClassSplit, DataContext, TaskBatch
 
 __all__ = [
     "SOURCES",
@@ -442,7 +442,25 @@ def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:
     info["characters"] = {name: len(part.characters) for name, part in parts.items()}
     info["classes"] = {name: s.num_classes for name, s in splits.items()}
     info["images"] = {name: int(len(s.labels)) for name, s in splits.items()}
-    return ClassificationDataset(splits=splits, input_shape=(size, size, 1), scale=255.0, info=info)
+    dataset = ClassificationDataset(splits=splits, input_shape=(size, size, 1), scale=255.0, info=info)
+    dataset.benchmarks["lake20"] = lambda: oneshot_task_batch(context, size, dataset)
+    return dataset
+
+
+def oneshot_task_batch(context: DataContext, image_size: int, dataset: ClassificationDataset) -> TaskBatch:
+    """Lake et al.'s 20 one-shot runs as 20 tasks of 20-way 1-shot with one query per class.
+
+    Task ``r``: support = the run's 20 training images labelled 0..19; query = its 20 test images, each labelled
+    with the index of the training image of its class (so a score of 1.0 is zero errors).
+    """
+    runs = load_oneshot_runs(context, image_size)
+    support_y = np.tile(np.arange(RUN_WAYS, dtype=np.int32), (len(runs), 1))
+    return TaskBatch(
+        support_x=dataset.to_float(np.stack([r["train_images"] for r in runs])),
+        support_y=support_y,
+        query_x=dataset.to_float(np.stack([r["test_images"] for r in runs])),
+        query_y=np.stack([r["answers"] for r in runs]).astype(np.int32),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------

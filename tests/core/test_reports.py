@@ -211,3 +211,22 @@ def test_cross_domain_scores_stand_beside_the_in_domain_score():
     labels = [str(label) for trace in figures["Meta-test score"].data for label in (trace.x if trace.x is not None else [])]
     assert any("cross-domain: metalab.digits" in label for label in labels), labels
     assert "cross-domain (metalab.digits)" in reports.report_html(report)
+
+
+def test_a_benchmark_evaluation_stands_beside_the_published_figures():
+    from metalab.core import reports
+
+    report = {
+        "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}},
+        "metrics": {},
+        "evaluations": [
+            {"split": "benchmark:lake20", "episodes": 20, "accuracy": 0.86, "ci95": 0.04, "loss": 0.5},
+            {"split": "test", "episodes": 10, "accuracy": 0.9, "ci95": 0.05, "loss": 0.4},
+        ],
+    }
+    figures = dict(reports.report_figures(report))
+    bars = figures["Benchmark: lake20"]
+    values = {label: value for trace in bars.data for label, value in zip(trace.x, trace.y)}
+    assert values["this run"] == pytest.approx(86.0)
+    assert values["people"] == pytest.approx(95.5)
+    assert "Lake, Salakhutdinov and Tenenbaum 2015" in reports.report_html(report)
