@@ -20,6 +20,7 @@ __all__ = [
     "batch_tensors",
     "prototype_logits",
     "nearest_centroid_evaluate",
+    "evaluate_adaptation",
 ]
 
 
@@ -129,3 +130,60 @@ def nearest_centroid_evaluate(fmodel: Any, batch: TaskBatch, ways: int) -> dict[
 
     losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
     return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
+
+
+def evaluate_adaptation(
+    fmodel: Any,
+    kind: str,
+    batch: TaskBatch,
+    start: Any,
+    inner_step: Any,
+    steps: int,
+    weights_of: Any = None,
+) -> dict[str, Any]:
+    """Adapts to each task's support set with ``steps`` inner steps and scores its query set after each.
+
+    The shared evaluation of gradient-based algorithms (MAML, Reptile, Meta-SGD, ...). Tasks are mapped and steps
+    looped, not unrolled, so the compiled graph holds one task's adaptation whatever the batch size.
+
+    Args:
+        fmodel: The :class:`~metalab.core.functional.FunctionalModel` to score.
+        kind: ``"classification"`` or ``"regression"``.
+        batch: The tasks.
+        start: The inner loop's initial state (the meta-parameters, or a tuple holding them).
+        inner_step: ``inner_step(state, support_x, support_y) -> state``, one step of the algorithm's inner loop.
+        steps: Inner steps.
+        weights_of: ``weights_of(state) -> weights`` when the state holds more than the weights.
+
+    Returns:
+        ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, steps + 1]`` (query accuracy or
+        MSE after 0..steps steps) and ``predictions`` ``[T, queries, outputs]``.
+    """
+    weights_of = weights_of or (lambda state: state)
+    dtype = fmodel.model.compute_dtype
+    sx, sy, qx, qy, _ = batch_tensors(batch, kind, dtype)
+
+    def score(weights: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+        outputs = fmodel(weights, x, training=True)
+        return (*loss_and_metric(kind, outputs, y), outputs)
+
+    def one_task(arrays: Any) -> tuple[Any, Any, Any, Any]:
+        tsx, tsy, tqx, tqy = arrays
+
+        def step(i: Any, carry: Any) -> Any:
+            state, curve = carry
+            metric = score(weights_of(state), tqx, tqy)[1]
+            curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
+            return inner_step(state, tsx, tsy), curve
+
+        curve = ops.zeros((steps + 1,), dtype=dtype)
+        state, curve = ops.fori_loop(0, steps, step, (start, curve))
+        loss, metric, outputs = score(weights_of(state), tqx, tqy)
+        curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
+        return loss, metric, curve, outputs
+
+    losses, metrics, curves, predictions = ops.map(one_task, (sx, sy, qx, qy))
+    result = {"loss": losses, "curve": curves, "predictions": predictions}
+    if kind == "classification":
+        result["accuracy"] = metrics
+    return result

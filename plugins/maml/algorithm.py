@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from metalab.core import functional
-from metalab.core.episodic import batch_tensors, build_model, loss_and_metric
+from metalab.core.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 
@@ -100,33 +100,8 @@ class MAML:
             ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, eval_inner_steps + 1]`` (query
             accuracy or MSE after 0..steps steps) and ``predictions`` ``[T, queries, output_dim]``.
         """
-        kind = self.task.kind
-        sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
         theta = functional.stop_gradient(self.fmodel.params())
-        steps = int(self.config.eval_inner_steps)
-
-        def score(weights, x, y):
-            outputs = self.fmodel(weights, x, training=True)
-            return (*loss_and_metric(kind, outputs, y), outputs)
-
-        def one_task(arrays):
-            tsx, tsy, tqx, tqy = arrays
-
-            def step(i, carry):
-                weights, curve = carry
-                metric = score(weights, tqx, tqy)[1]
-                curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
-                return self.inner_step(weights, tsx, tsy, first_order=True), curve
-
-            curve = ops.zeros((steps + 1,), dtype=self.model.compute_dtype)
-            weights, curve = ops.fori_loop(0, steps, step, (theta, curve))
-            loss, metric, outputs = score(weights, tqx, tqy)
-            curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
-            return loss, metric, curve, outputs
-
-        # Mapped, not unrolled: the graph holds one task's adaptation whatever the number of tasks.
-        losses, metrics, curves, predictions = ops.map(one_task, (sx, sy, qx, qy))
-        result = {"loss": losses, "curve": curves, "predictions": predictions}
-        if kind == "classification":
-            result["accuracy"] = metrics
-        return result
+        return evaluate_adaptation(
+            self.fmodel, self.task.kind, batch, theta,
+            lambda weights, x, y: self.inner_step(weights, x, y, first_order=True), int(self.config.eval_inner_steps),
+        )
