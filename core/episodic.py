@@ -140,6 +140,7 @@ def evaluate_adaptation(
     inner_step: Any,
     steps: int,
     weights_of: Any = None,
+    transductive: bool = True,
 ) -> dict[str, Any]:
     """Adapts to each task's support set with ``steps`` inner steps and scores its query set after each.
 
@@ -154,6 +155,9 @@ def evaluate_adaptation(
         inner_step: ``inner_step(state, support_x, support_y) -> state``, one step of the algorithm's inner loop.
         steps: Inner steps.
         weights_of: ``weights_of(state) -> weights`` when the state holds more than the weights.
+        transductive: Score the query set in one batch, so batch norm uses the statistics of all queries (the MAML
+            reference code; Reptile's "transduction"). When false, each query is scored in a batch of the support
+            set plus itself only, so no query's prediction depends on the others (Nichol et al. 2018, section 5).
 
     Returns:
         ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, steps + 1]`` (query accuracy or
@@ -163,12 +167,18 @@ def evaluate_adaptation(
     dtype = fmodel.model.compute_dtype
     sx, sy, qx, qy, _ = batch_tensors(batch, kind, dtype)
 
-    def score(weights: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
-        outputs = fmodel(weights, x, training=True)
-        return (*loss_and_metric(kind, outputs, y), outputs)
-
     def one_task(arrays: Any) -> tuple[Any, Any, Any, Any]:
         tsx, tsy, tqx, tqy = arrays
+
+        def score(weights: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
+            if transductive:
+                outputs = fmodel(weights, x, training=True)
+            else:
+                # One forward pass per query, batched with the support set: the support set fixes the statistics.
+                outputs = ops.map(
+                    lambda q: fmodel(weights, ops.concatenate([tsx, q[None]], axis=0), training=True)[-1], x
+                )
+            return (*loss_and_metric(kind, outputs, y), outputs)
 
         def step(i: Any, carry: Any) -> Any:
             state, curve = carry

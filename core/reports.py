@@ -313,9 +313,9 @@ PUBLISHED_RESULTS: list[dict[str, Any]] = [
      "scores": {(5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2), (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}},
     {"method": "Prototypical Networks", "algorithm": "metalab.protonet", "citation": _PROTO,
      "scores": {(5, 1): (98.8, None), (5, 5): (99.7, None), (20, 1): (96.0, None), (20, 5): (98.9, None)}},
-    {"method": "Reptile", "algorithm": "metalab.reptile", "citation": _REPTILE,
+    {"method": "Reptile", "algorithm": "metalab.reptile", "transductive": False, "citation": _REPTILE,
      "scores": {(5, 1): (95.39, 0.09), (5, 5): (98.90, 0.10), (20, 1): (88.14, 0.15), (20, 5): (96.65, 0.33)}},
-    {"method": "Reptile + transduction", "algorithm": "metalab.reptile", "citation": _REPTILE,
+    {"method": "Reptile + transduction", "algorithm": "metalab.reptile", "transductive": True, "citation": _REPTILE,
      "scores": {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14), (20, 5): (97.12, 0.32)}},
 ]
 
@@ -345,9 +345,10 @@ def published_results(config: dict[str, Any]) -> list[dict[str, Any]]:
         if key not in entry["scores"]:
             continue
         accuracy, ci = entry["scores"][key]
-        same = entry["algorithm"] == config.get("algorithm") and (
-            "first_order" not in entry
-            or entry["first_order"] == bool((config.get("algorithm_params") or {}).get("first_order", False)))
+        algorithm_params = config.get("algorithm_params") or {}
+        same = entry["algorithm"] == config.get("algorithm") and all(
+            entry[flag] == bool(algorithm_params.get(flag, default))
+            for flag, default in (("first_order", False), ("transductive", True)) if flag in entry)
         rows.append({"method": entry["method"], "accuracy": accuracy, "ci95": ci, "citation": entry["citation"],
                      "same_algorithm": same})
     return rows

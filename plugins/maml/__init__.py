@@ -25,6 +25,11 @@ class MAMLParams(Params):
     first_order: bool = Field(
         False, description="First-order MAML: treat the inner gradients as constants (no second derivatives)."
     )
+    transductive: bool = Field(
+        True,
+        description="Meta-test batch norm: true uses the statistics of the whole query batch (the MAML reference); "
+        "false scores each query with the support set only (inductive).",
+    )
 
 
 def _make(params: MAMLParams, task: TaskSpec) -> Any:

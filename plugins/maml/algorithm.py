@@ -7,8 +7,10 @@ For each task ``T_i`` of a meta-batch, with its support set (the inner loop's da
 
 The meta-gradient differentiates through eq. 1, so it holds the second derivatives of the support loss; with
 ``first_order`` the inner gradients are treated as constants (the paper's first-order approximation). Batch norm
-always uses the statistics of the batch it sees (transductive, as the reference implementation), so running
-moments are not used.
+always uses the statistics of the batch it sees, so running moments are not used. At meta-test time
+``transductive`` (default, as the reference implementation) scores the query batch at once; with
+``transductive=False`` each query is scored in a batch of the support set plus itself (inductive), so no query's
+prediction depends on the others. The choice is part of the run config, so every report says which was used.
 """
 
 from __future__ import annotations
@@ -104,4 +106,5 @@ class MAML:
         return evaluate_adaptation(
             self.fmodel, self.task.kind, batch, theta,
             lambda weights, x, y: self.inner_step(weights, x, y, first_order=True), int(self.config.eval_inner_steps),
+            transductive=self.config.transductive,
         )

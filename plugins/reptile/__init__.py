@@ -28,6 +28,11 @@ class ReptileParams(Params):
     outer_stepsize: float = Field(
         1.0, gt=0, le=10, description="Meta step size epsilon; annealed linearly to 0 over the run."
     )
+    transductive: bool = Field(
+        True,
+        description="Meta-test batch norm: true uses the whole query batch (the paper's 'transduction' rows; fast); "
+        "false scores each query with the support set only (its main rows; one forward pass per query).",
+    )
 
 
 def _make(params: ReptileParams, task: TaskSpec) -> Any:

@@ -16,7 +16,8 @@ Choices (the paper leaves them to the implementation or its code does otherwise)
 - The inner loop trains on the task's support set, full batch, during meta-training and at test time. The query
   set is only scored, so the reported loss/accuracy (query, after ``inner_steps`` steps) mean the same as MAML's.
   The paper samples more shots for meta-training than for testing: raise the episode's shots to do the same.
-- Batch norm uses batch statistics (transductive, the paper's ``--transductive`` setting, as MAML here).
+- Batch norm uses batch statistics; at meta-test time ``transductive`` (default) scores the query batch at once,
+  the paper's ``--transductive`` setting, and ``transductive=False`` scores each query with the support set only.
 """
 
 from __future__ import annotations
@@ -139,5 +140,5 @@ class Reptile:
         return evaluate_adaptation(
             self.fmodel, self.task.kind, batch, (theta, self.init_inner_state(theta)),
             lambda state, x, y: self.inner_step(state[0], state[1], x, y), int(self.config.eval_inner_steps),
-            weights_of=lambda state: state[0],
+            weights_of=lambda state: state[0], transductive=self.config.transductive,
         )

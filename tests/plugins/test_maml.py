@@ -245,3 +245,39 @@ def test_learns_few_shot_classification_of_new_classes():
     after = evaluate(algorithm, test)["accuracy"].mean()
     assert after > 1 / 3 + 0.25  # measured: 0.73-0.77 on seeds 0-2
     assert after > before + 0.15  # measured: 0.43-0.47 before
+
+
+def test_inductive_evaluation_scores_each_query_independently_of_the_others():
+    # Transductive batch norm lets one query's prediction depend on the other queries; inductive must not.
+    import numpy as np
+
+    from metalab.core.plugin_api import TaskBatch
+    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.plugin_api import TaskSpec
+
+    registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+    backbone = registry.backbone("metalab.conv4")
+    bparams = backbone.params(filters=4, blocks=1)
+    task = TaskSpec(kind="classification", input_shape=(8, 8, 1), output_dim=2, ways=2, shots=2, queries=3,
+                    total_steps=1, make_backbone=lambda: backbone.factory(bparams, (8, 8, 1)))
+    spec = registry.algorithm("metalab.maml")
+    rng = np.random.default_rng(0)
+    sx = rng.normal(size=(1, 4, 8, 8, 1)).astype("float32")
+    sy = np.array([[0, 0, 1, 1]], dtype="int32")
+    qx = rng.normal(size=(1, 6, 8, 8, 1)).astype("float32")
+    qy = np.array([[0, 0, 0, 1, 1, 1]], dtype="int32")
+    # Changing the other queries (keep query 0) changes query 0's prediction only in transductive mode.
+    qx_other = qx.copy()
+    qx_other[0, 1:] = 5.0 * rng.normal(size=qx_other[0, 1:].shape)
+
+    def prediction_of_first_query(transductive, queries):
+        import keras
+
+        keras.utils.set_random_seed(0)
+        algo = spec.factory(spec.params(eval_inner_steps=1, transductive=transductive, inner_lr=0.1), task)
+        out = algo.evaluate(TaskBatch(sx, sy, queries, qy))
+        return np.asarray(out["predictions"])[0, 0]
+
+    assert not np.allclose(prediction_of_first_query(True, qx), prediction_of_first_query(True, qx_other), atol=1e-5)
+    np.testing.assert_allclose(prediction_of_first_query(False, qx), prediction_of_first_query(False, qx_other),
+                               rtol=1e-5, atol=1e-5)
