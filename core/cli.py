@@ -313,7 +313,7 @@ def dashboard(
 
         app_path = Path(str(resources.files("metalab.dashboard") / "serve.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
-           "--server.headless", str(headless).lower()]
+           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
     raise typer.Exit(subprocess.call(cmd))
 
 
