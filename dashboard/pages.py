@@ -34,7 +34,7 @@ def home() -> None:
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         st.warning(f"{len(failed)} plugin(s) failed to load; see the Plugins page.")
-    st.page_link(routes.train_page(), label="Train a model: sinusoid + MAML is ready to launch", icon="🚀")
+    st.page_link(routes.train_page(), label="Train a model: sinusoid + MAML is ready to launch", icon=":material/rocket_launch:")
     active = svc.active_runs()
     if active:
         st.subheader("Running now")

@@ -99,7 +99,7 @@ def predict() -> None:
     runs = _classification_runs(svc)
     if not runs:
         st.info("No finished classification run yet: train one first (e.g. ProtoNet on your own images).")
-        st.page_link(routes.train_page(), label="Train a model", icon="🚀")
+        st.page_link(routes.train_page(), label="Train a model", icon=":material/rocket_launch:")
         return
     ids = [r.id for r in runs]
     by_id = {r.id: r for r in runs}

@@ -22,8 +22,10 @@ from .state import services
 #: Seconds between two polls of the store by the live view (``METALAB_DASHBOARD_POLL_S``).
 POLL_SECONDS = float(os.environ.get("METALAB_DASHBOARD_POLL_S", "1.0"))
 
-_STATUS_ICONS = {"queued": "⏳", "running": "🏃", "completed": "✅", "failed": "❌", "cancelled": "⏹️",
-                 "interrupted": "⚠️"}
+# Material icons ship with Streamlit, so they render where no emoji font is installed.
+_STATUS_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/directions_run:",
+                 "completed": ":material/check_circle:", "failed": ":material/error:",
+                 "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
 
 
 def _duration(seconds: float | None) -> str:

@@ -12,49 +12,49 @@ import streamlit as st
 def home_page() -> st.Page:
     from . import pages
 
-    return st.Page(pages.home, title="Home", icon="🏠", url_path="home", default=True)
+    return st.Page(pages.home, title="Home", icon=":material/home:", url_path="home", default=True)
 
 
 def plugins_page() -> st.Page:
     from . import pages
 
-    return st.Page(pages.plugins, title="Plugins", icon="🧩", url_path="plugins")
+    return st.Page(pages.plugins, title="Plugins", icon=":material/extension:", url_path="plugins")
 
 
 def train_page() -> st.Page:
     from . import train
 
-    return st.Page(train.train, title="Train", icon="🚀", url_path="train")
+    return st.Page(train.train, title="Train", icon=":material/rocket_launch:", url_path="train")
 
 
 def runs_page() -> st.Page:
     from . import runs
 
-    return st.Page(runs.runs, title="Runs", icon="📈", url_path="runs")
+    return st.Page(runs.runs, title="Runs", icon=":material/monitoring:", url_path="runs")
 
 
 def compare_page() -> st.Page:
     from . import runs
 
-    return st.Page(runs.compare, title="Compare", icon="⚖️", url_path="compare")
+    return st.Page(runs.compare, title="Compare", icon=":material/compare_arrows:", url_path="compare")
 
 
 def report_page() -> st.Page:
     from . import report
 
-    return st.Page(report.run_report, title="Run report", icon="📄", url_path="report")
+    return st.Page(report.run_report, title="Run report", icon=":material/description:", url_path="report")
 
 
 def datasets_page() -> st.Page:
     from . import datasets
 
-    return st.Page(datasets.datasets, title="Datasets", icon="🗂️", url_path="datasets")
+    return st.Page(datasets.datasets, title="Datasets", icon=":material/folder_open:", url_path="datasets")
 
 
 def predict_page() -> st.Page:
     from . import predict
 
-    return st.Page(predict.predict, title="Predict", icon="🔮", url_path="predict")
+    return st.Page(predict.predict, title="Predict", icon=":material/online_prediction:", url_path="predict")
 
 
 def all_pages() -> list[st.Page]:
