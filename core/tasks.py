@@ -28,6 +28,7 @@ __all__ = [
     "EpisodeSampler",
     "RegressionSampler",
     "SupervisedSampler",
+    "holdout_rows",
     "resize_images",
     "FixedEpisodes",
     "make_sampler",
@@ -42,6 +43,7 @@ __all__ = [
 _SALT_STREAM = 0x5354524D  # "STRM"
 _SALT_FIXED = 0x46495844  # "FIXD"
 _SALT_SUPERVISED = 0x53555056  # "SUPV"
+_SALT_HOLDOUT = 0x484F4C44  # "HOLD"
 _STATE_VERSION = 1
 _FIXED_CACHE_SIZE = 32
 
@@ -446,10 +448,13 @@ class SupervisedSampler:
         split: Which split (``"train"`` for pre-training).
         batch_size: Examples per batch (support and query together), at least 2.
         seed: Non-negative integer; with ``split`` it fixes the stream.
+        exclude: Optional row indices of the split never to draw (e.g. :func:`holdout_rows`, held out to
+            measure supervised accuracy). Epochs then visit every other row once; without it the stream is
+            exactly as before.
 
     Raises:
-        ValueError: If the dataset is not a classification dataset, the split is unknown or empty, or a
-            count is not a valid integer.
+        ValueError: If the dataset is not a classification dataset, the split is unknown or empty, a count
+            is not a valid integer, or ``exclude`` names rows outside the split or every row of it.
 
     Example:
         sampler = SupervisedSampler(dataset, "train", batch_size=64, seed=0)
@@ -458,7 +463,8 @@ class SupervisedSampler:
 
     kind = "supervised"
 
-    def __init__(self, dataset: ClassificationDataset, split: str, batch_size: int, seed: int):
+    def __init__(self, dataset: ClassificationDataset, split: str, batch_size: int, seed: int,
+                 exclude: Any = None):
         owner = "SupervisedSampler"
         if _is_regression(dataset):
             raise ValueError(
@@ -474,6 +480,22 @@ class SupervisedSampler:
         self.num_rows = int(len(self._split.labels))
         if self.num_rows == 0:
             raise ValueError(f"{owner}: split {split!r} holds no images. Received: split={split!r}")
+        #: Sorted row indices never drawn (empty without ``exclude``).
+        self.excluded_rows = np.unique(np.asarray([] if exclude is None else exclude, dtype=np.int64))
+        # The rows an epoch visits; None keeps the original stream (rows 0..n-1) bit for bit.
+        self._rows: np.ndarray | None = None
+        if len(self.excluded_rows):
+            total = self.num_rows
+            if self.excluded_rows[0] < 0 or self.excluded_rows[-1] >= total:
+                raise ValueError(
+                    f"{owner}: exclude must hold row indices of split {split!r} in 0..{total - 1}. "
+                    f"Received: exclude rows from {self.excluded_rows[0]} to {self.excluded_rows[-1]}"
+                )
+            self._rows = np.setdiff1d(np.arange(total, dtype=np.int64), self.excluded_rows)
+            self.num_rows = int(len(self._rows))
+            if self.num_rows == 0:
+                raise ValueError(f"{owner}: exclude leaves no image of split {split!r} to train on. "
+                                 f"Received: {len(self.excluded_rows)} excluded rows of {total}")
         self.num_classes = int(self._split.num_classes)
         self._labels = np.asarray(self._split.labels).astype(np.int32)
         self._rng = _derive_rng(self.seed, split, _SALT_SUPERVISED)
@@ -489,7 +511,10 @@ class SupervisedSampler:
         self._position = 0
 
     def sample_rows(self, n: int) -> np.ndarray:
-        """Returns the next ``n`` row indices of the stream (``int64 [n]``), crossing epochs as needed."""
+        """Returns the next ``n`` row indices of the split (``int64 [n]``), crossing epochs as needed.
+
+        Excluded rows never appear.
+        """
         n = _check_int("n", n, 1, "SupervisedSampler.sample_rows")
         out = np.empty(n, dtype=np.int64)
         filled = 0
@@ -501,7 +526,7 @@ class SupervisedSampler:
             out[filled:filled + take] = self._order[self._position:self._position + take]
             self._position += take
             filled += take
-        return out
+        return out if self._rows is None else self._rows[out]
 
     def sample_batch(self, num_tasks: int) -> TaskBatch:
         """Draws ``num_tasks`` consecutive batches.
@@ -573,6 +598,41 @@ class SupervisedSampler:
         self._position = position
         self.epoch = int(state["epoch"])
         self.batches_sampled = int(state.get("batches_sampled", 0))
+
+
+def holdout_rows(labels: Any, fraction: float, seed: int, split: str = "train") -> np.ndarray:
+    """A fixed, seeded, per-class random choice of about ``fraction`` of a split's rows, to hold out of training.
+
+    Each class gives ``round(fraction * n_c)`` of its ``n_c`` rows, at most ``n_c - 1`` so that every class
+    keeps a row to train on. The same labels, fraction, seed and split always give the same rows.
+
+    Args:
+        labels: The split's class labels ``[n]`` (integers).
+        fraction: In ``[0, 1)``; 0 holds out nothing.
+        seed: Non-negative integer (the run's seed).
+        split: The split's name (part of the seed, like every stream here).
+
+    Returns:
+        Sorted row indices, ``int64 [m]``.
+
+    Raises:
+        ValueError: If ``fraction`` is outside ``[0, 1)`` or ``seed`` is not a non-negative integer.
+    """
+    owner = "holdout_rows"
+    if isinstance(fraction, bool) or not 0.0 <= float(fraction) < 1.0:
+        raise ValueError(f"{owner}: fraction must lie in [0, 1). Received: fraction={fraction!r}")
+    seed = _check_int("seed", seed, 0, owner)
+    labels = np.asarray(labels).reshape(-1)
+    rng = _derive_rng(seed, split, _SALT_HOLDOUT)
+    chosen = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        take = min(len(rows) - 1, int(round(float(fraction) * len(rows))))
+        if take > 0:
+            chosen.append(rng.choice(rows, size=take, replace=False))
+    if not chosen:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def resize_images(dataset: ClassificationDataset, size: tuple[int, int],

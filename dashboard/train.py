@@ -6,6 +6,7 @@ the same qualified names as ``metalab train --set``), so a link reproduces it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import streamlit as st
@@ -14,6 +15,7 @@ from metalab.core.config import ConfigError, RunConfig
 from metalab.core.services import LaunchLimitError, ProbeError
 
 from . import routes
+from .datasets import dataset_panel
 from .forms import FormField, decode, encode, render_fields, schema_fields
 from .state import services
 
@@ -48,6 +50,7 @@ _MEMORY = "train.memory"
 _LOADED = "train.loaded"
 _DEVICE = "train.device"
 _ESTIMATE = "train.estimate_result"
+_DATASET_SHOWN = "train.dataset_shown"
 
 
 def preset(dataset: str, algorithm: str) -> dict[str, Any]:
@@ -265,6 +268,29 @@ def _estimate_section(svc: Any, config: RunConfig | None) -> None:
         st.caption("The setup changed since this estimate: press Estimate again for numbers that match it.")
 
 
+def _dataset_expander(dataset: str, ds: dict[str, Any], params: dict[str, Any], run_values: dict[str, Any],
+                      invalid: bool) -> None:
+    """The collapsed "Dataset: sizes and samples" expander: the Datasets page's panel, loaded when asked.
+
+    Loading reads (and may download) the dataset's files, so nothing is loaded until the button is pressed;
+    the panel stays until the dataset or its parameters change.
+    """
+    with st.expander("Dataset: sizes and samples"):
+        shown = json.dumps({"id": dataset, "params": params}, sort_keys=True, default=str)
+        if st.button("Load and summarise", key="train.dataset_load", disabled=invalid,
+                     help="Reads the dataset's files: its size, classes per split and a few images of each."):
+            st.session_state[_DATASET_SHOWN] = shown
+        if st.session_state.get(_DATASET_SHOWN) != shown:
+            st.caption("Press the button to see this dataset's size, classes per split and sample images.")
+            return
+        episode = None
+        if ds["kind"] == "classification":
+            defaults = {"ways": 5, "shots": 1, "queries": 15, **(ds.get("episode_defaults") or {})}
+            # The form's episode, so a warning says when this dataset cannot serve it.
+            episode = tuple(int(run_values.get(n) or defaults[n]) for n in ("ways", "shots", "queries"))
+        dataset_panel(dataset, params, episode)
+
+
 def train() -> None:
     """The Train page."""
     st.title("Train")
@@ -325,6 +351,8 @@ def train() -> None:
         params[section], errors = render_fields(fields, prefix,
                                                 init.for_fields(prefix, section, spec.get("defaults")))
         form_errors += errors
+        if section == "dataset":
+            _dataset_expander(dataset, ds, params[section], run_values, invalid=bool(errors))
         _remember(init, prefix, fields)
     _remember(init, run_prefix, main + [run_fields[n] for n in _FORM_ADVANCED_FIELDS])
 

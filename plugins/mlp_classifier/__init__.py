@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.core.plugin_api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
 
 METALAB_PLUGIN_API = "1.2"
 
@@ -20,6 +20,13 @@ class MLPClassifierParams(Params):
     )
     batch_size: int = Field(64, ge=2, le=8192, description="Mini-batch size.")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate.")
+    holdout_fraction: float = Field(
+        0.1, ge=0, lt=1,
+        description=(
+            "Share of each training class's images held out of training (chosen by the run's seed) to measure "
+            "plain supervised accuracy at the end; 0 trains on every image and reports no such accuracy."
+        ),
+    )
 
 
 def _make(params: MLPClassifierParams, task: TaskSpec) -> Any:
@@ -35,7 +42,8 @@ SPEC = AlgorithmSpec(
         "The supervised reference: a plain Keras MLP (flatten, ReLU hidden layers, softmax over the training "
         "classes) trained on ordinary mini-batches of the training split, its inputs scaled once by the dataset. "
         "At meta-test time each episode is classified by the nearest class centroid of the support set in the "
-        "last hidden layer's features. It ignores the run's backbone."
+        "last hidden layer's features. The report also gives its plain supervised accuracy on a seeded share "
+        "of the training images held out of training. It ignores the run's backbone."
     ),
     params=MLPClassifierParams,
     factory=_make,
@@ -47,3 +55,13 @@ SPEC = AlgorithmSpec(
 @hookimpl
 def metalab_register_algorithms() -> list[AlgorithmSpec]:
     return [SPEC]
+
+
+@hookimpl
+def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+    """Plain supervised accuracy on the held-out training images (MLP classifier runs only)."""
+    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+        return []
+    from .panels import supervised_accuracy_panel
+
+    return [supervised_accuracy_panel(report_data[SPEC.id])]

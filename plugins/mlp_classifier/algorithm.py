@@ -9,13 +9,18 @@ Meta-test classes are never seen in training, so the softmax layer cannot name t
 classified by the nearest class centroid in the last hidden layer's features: ``c_k`` is the mean feature of
 the support images of class ``k`` and a query gets ``softmax_k(-||h(x) - c_k||^2)``. No parameter is updated at
 meta-test time; this is what plain supervised features give a few-shot task without any meta-learning.
+
+Its plain supervised accuracy is measured too: with ``holdout_fraction > 0`` the runner holds a seeded share of
+each training class's images out of the supervised batches and hands them over
+(``set_supervised_holdout``); ``report_data()`` scores the trained classifier on them at the end of the run.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import keras
+import numpy as np
 from keras import ops
 
 from metalab.core import functional
@@ -42,6 +47,8 @@ class MLPClassifier:
 
     #: Trained on mini-batches of the training split with global labels (plugin API 1.2).
     batch_kind = "supervised"
+    #: Images scored per call when measuring held-out accuracy (bounds memory on large splits).
+    holdout_chunk = 1024
 
     def __init__(self, params: Any, task: TaskSpec):
         if task.kind != "classification":
@@ -56,6 +63,9 @@ class MLPClassifier:
         self.task = task
         self.meta_batch_size = 1
         self.batch_size = int(params.batch_size)
+        #: Read by the runner, which then keeps these training images out of every batch.
+        self.supervised_holdout_fraction = float(getattr(params, "holdout_fraction", 0.0))
+        self._holdout: tuple[Any, np.ndarray, Callable[[Any], Any]] | None = None
         layers: list[Any] = [keras.Input(tuple(task.input_shape)), keras.layers.Flatten(name="flatten")]
         layers += [keras.layers.Dense(int(h), activation="relu", name=f"dense{i}") for i, h in enumerate(params.hidden)]
         self.trunk = keras.Sequential(layers, name="mlp_trunk")
@@ -94,6 +104,46 @@ class MLPClassifier:
 
         (loss, accuracy), grads = functional.value_and_grad(loss_fn, self.fmodel.params(), has_aux=True)
         return grads, {"loss": loss, "accuracy": accuracy}
+
+    def set_supervised_holdout(self, images: Any, labels: Any, to_float: Callable[[Any], Any]) -> None:
+        """Keeps the held-out training images (never in a training batch) to score the classifier on at the end.
+
+        Called by the runner when it builds the training sampler.
+
+        Args:
+            images: The held-out images as the dataset stores them ``[m, *input_shape]``.
+            labels: Their class indices in the training split ``[m]`` (the head's classes).
+            to_float: The dataset's conversion to scaled ``float32`` inputs.
+        """
+        self._holdout = (images, np.asarray(labels, dtype=np.int64).reshape(-1), to_float)
+
+    def holdout_accuracy(self) -> dict[str, Any] | None:
+        """Scores the classifier on the held-out training images; ``None`` when none were held out.
+
+        Returns:
+            ``accuracy`` (fraction correct), ``correct``, ``images``, ``classes`` (training classes, the
+            head's outputs), ``held_out_classes`` (classes among the held-out images), ``chance``
+            (``1 / classes``) and ``fraction`` (the ``holdout_fraction`` parameter).
+        """
+        if self._holdout is None or len(self._holdout[1]) == 0:
+            return None
+        images, labels, to_float = self._holdout
+        correct = 0
+        for start in range(0, len(labels), self.holdout_chunk):
+            x = np.asarray(to_float(images[start:start + self.holdout_chunk]), dtype=np.float32)
+            logits = ops.convert_to_numpy(self.model(x, training=False))
+            correct += int(np.sum(logits.argmax(axis=-1) == labels[start:start + self.holdout_chunk]))
+        classes = int(self.model.output_shape[-1])
+        return {
+            "accuracy": correct / len(labels), "correct": correct, "images": int(len(labels)), "classes": classes,
+            "held_out_classes": int(len(np.unique(labels))), "chance": 1.0 / classes,
+            "fraction": self.supervised_holdout_fraction,
+        }
+
+    def report_data(self) -> dict[str, Any] | None:
+        """The report's data (plugin API 1.2): ``{"holdout": holdout_accuracy()}``, or ``None`` without one."""
+        holdout = self.holdout_accuracy()
+        return None if holdout is None else {"holdout": holdout}
 
     def nearest_centroid(self, support_features: Any, support_y: Any, query_features: Any) -> Any:
         """Returns ``[queries, ways]`` logits: negative squared distances to the support class centroids."""

@@ -127,3 +127,31 @@ def test_launch_starts_a_worker_that_completes_the_run(page, home):
     data = services.report_data(run_id)
     assert data and len(data["sinusoid"]["tasks"]) == 3
     assert set(data["sinusoid"]["tasks"][0]["predictions"]) == {"0", "1", "10"}
+
+
+def test_dataset_expander_loads_sizes_and_samples_only_when_asked(page, tmp_path, monkeypatch):
+    from metalab.dashboard.datasets import _summary
+
+    monkeypatch.setenv("METALAB_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("METALAB_OFFLINE", "1")
+    _summary.clear()
+    at = page("train", {"dataset": "metalab.digits", "algorithm": "metalab.protonet"}).run()
+    assert not at.exception
+    (expander,) = [e for e in at.expander if e.label == "Dataset: sizes and samples"]
+    assert not expander.proto.expanded
+    assert not at.metric and not at.image  # nothing is read on page load
+    at.button(key="train.dataset_load").click().run()
+    assert not at.exception
+    (expander,) = [e for e in at.expander if e.label == "Dataset: sizes and samples"]
+    metrics = {m.label: m.value for m in expander.metric}
+    assert metrics["Classes"] == "10" and metrics["Images"] == "1,797" and metrics["Input shape"] == "8 × 8 × 1"
+    table = expander.dataframe[0].value
+    assert list(table["split"]) == ["train", "val", "test"] and list(table["classes"]) == [4, 3, 3]
+    assert len(expander.image) == 10  # every class of each split, as on the Datasets page
+    assert "sklearn.datasets.load_digits" in expander.success[0].value
+    # Another seed splits the classes differently: the old summary is not shown for it.
+    seed = at.number_input(key="train.dataset.metalab.digits.metalab.digits.seed")
+    seed.set_value(seed.value + 1).run()
+    assert not at.exception and not at.image
+    _summary.clear()

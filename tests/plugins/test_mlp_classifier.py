@@ -1,5 +1,7 @@
 """The supervised MLP reference: a plain classifier on the training classes, scored few-shot by nearest centroid."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -62,3 +64,71 @@ def test_report_shows_its_penultimate_features(builtin_registry):
                                                "algorithm_params": {"hidden": [12]}})
     data = compute_report_data(build_session(builtin_registry, config), builtin_registry)
     assert data["episode"]["ways"] == 3 and len(data["embedding"]["points"][0]) == 2
+
+
+def _digits_session(registry, seed=0, **algorithm_params):
+    config = resolve_config(registry, {"dataset": "metalab.digits", "algorithm": "metalab.mlp_classifier",
+                                       "seed": seed, "algorithm_params": {"hidden": [12], **algorithm_params}})
+    return build_session(registry, config)
+
+
+def test_held_out_training_images_never_appear_in_training_batches(builtin_registry):
+    from metalab.core.runner import make_training_sampler
+    from metalab.core.tasks import SupervisedSampler
+
+    session = _digits_session(builtin_registry)
+    split = session.dataset.splits["train"]
+    labels = np.asarray(split.labels)
+    sampler = make_training_sampler(session)
+    held = sampler.excluded_rows
+    # A seeded tenth of every training class, the same rows for the same seed, others for another seed.
+    for label in np.unique(labels):
+        in_class = int(np.sum(labels == label))
+        assert int(np.sum(labels[held] == label)) == round(0.1 * in_class)
+    np.testing.assert_array_equal(make_training_sampler(_digits_session(builtin_registry)).excluded_rows, held)
+    assert not np.array_equal(make_training_sampler(_digits_session(builtin_registry, seed=1)).excluded_rows, held)
+    # The algorithm got exactly those images to score itself on.
+    images, held_labels, _ = session.algorithm._holdout
+    np.testing.assert_array_equal(images, split.images[held])
+    np.testing.assert_array_equal(held_labels, labels[held])
+    # Three epochs of the stream: no held-out row, every other row once per epoch.
+    kept = len(labels) - len(held)
+    rows = sampler.sample_rows(3 * kept)
+    assert not np.isin(rows, held).any()
+    for epoch in rows.reshape(3, kept):
+        np.testing.assert_array_equal(np.sort(epoch), np.setdiff1d(np.arange(len(labels)), held))
+    # And the batches are those rows' images.
+    state = sampler.get_state()
+    rows = sampler.sample_rows(sampler.batch_size)
+    sampler.set_state(state)
+    batch = sampler.sample_batch(1)
+    x = np.concatenate([batch.support_x[0], batch.query_x[0]])
+    np.testing.assert_array_equal(x, session.dataset.to_float(split.images[rows]))
+    # With no hold-out the stream is the plain sampler's, and there is no supervised accuracy to report.
+    plain = _digits_session(builtin_registry, holdout_fraction=0.0)
+    whole = make_training_sampler(plain)
+    assert len(whole.excluded_rows) == 0 and plain.algorithm.report_data() is None
+    reference = SupervisedSampler(plain.dataset, "train", whole.batch_size, seed=0)
+    np.testing.assert_array_equal(whole.sample_rows(500), reference.sample_rows(500))
+
+
+def test_report_panel_gives_supervised_accuracy_well_above_chance(builtin_registry, tmp_path):
+    from metalab.core.store import RunStore
+
+    config = testing.tiny_config(builtin_registry, "metalab.mlp_classifier", "classification", steps=60)
+    result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
+    store = RunStore(tmp_path / "runs.sqlite")
+    data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())
+    holdout = data["metalab.mlp_classifier"]["holdout"]
+    assert holdout["classes"] == 4 and holdout["held_out_classes"] == 4 and 60 <= holdout["images"] <= 80
+    assert holdout["accuracy"] > holdout["chance"] + 0.4, holdout
+    run = {"id": result.run_id, "algorithm": "metalab.mlp_classifier"}
+    found = [panel for panels in builtin_registry.pm.hook.metalab_report_panels(
+        run=run, report_data=data, artifacts_dir=str(tmp_path)) for panel in panels]
+    (panel,) = [p for p in found if p.title == "Supervised accuracy (no meta-learning)"]
+    panel.validate()
+    assert f"{100 * holdout['accuracy']:.1f}%" in panel.markdown
+    assert f"| 4 | {holdout['images']} | 25.0% |" in panel.markdown
+    from metalab.plugins import mlp_classifier
+
+    assert mlp_classifier.metalab_report_panels(run={"algorithm": "metalab.maml"}, report_data=data) == []
