@@ -352,6 +352,9 @@ class Algorithm(Protocol):
             ``support_*`` and ``query_*`` are the two halves of ``meta_batch_size`` mini-batches, labels in
             ``0..task.num_train_classes-1``. Evaluation stays episodic either way.
         batch_size: Required when ``batch_kind == "supervised"``: examples per mini-batch (at least 2).
+        supervised_holdout_fraction: Optional, supervised only: the runner holds out this fraction of each
+            training class's images (never drawn for training) and hands them to the algorithm's optional
+            ``set_supervised_holdout(images, labels, to_float)`` method, e.g. to report plain supervised accuracy.
     """
 
     meta_batch_size: int
