@@ -160,18 +160,34 @@ def load_checkpoint(path: Path, algorithm: Any, optimizer: Any | None = None, sa
 def make_training_sampler(session: Session) -> Any:
     """The sampler of the run's training stream: episodes, or mini-batches for a ``"supervised"`` algorithm.
 
+    A supervised algorithm may hold out part of the training split: with an attribute
+    ``supervised_holdout_fraction`` above 0, :func:`~metalab.core.tasks.holdout_rows` (seeded by the run's
+    seed) picks those rows, the sampler never draws them, and an optional method
+    ``algorithm.set_supervised_holdout(images, labels, to_float)`` receives them (images as the dataset stores
+    them, labels the split's class indices, ``to_float`` the dataset's scaling) to score itself on them.
+
     Raises:
         ValueError: If the algorithm's ``batch_kind`` is unknown, or a supervised algorithm meets a regression
             dataset or has no valid ``batch_size``.
     """
-    from .tasks import SupervisedSampler, make_sampler
+    from .tasks import SupervisedSampler, holdout_rows, make_sampler
 
     config, algorithm = session.config, session.algorithm
     batch_kind = getattr(algorithm, "batch_kind", "episodic")
     if batch_kind == "episodic":
         return make_sampler(session.dataset, "train", session.task.ways, config.shots, config.queries, config.seed)
     if batch_kind == "supervised":
-        return SupervisedSampler(session.dataset, "train", getattr(algorithm, "batch_size", None), config.seed)
+        exclude = None
+        fraction = float(getattr(algorithm, "supervised_holdout_fraction", 0.0) or 0.0)
+        if fraction > 0:
+            split = session.dataset.splits["train"]
+            exclude = holdout_rows(split.labels, fraction, config.seed, "train")
+            receive = getattr(algorithm, "set_supervised_holdout", None)
+            if callable(receive):
+                receive(split.images[exclude], np.asarray(split.labels)[exclude].astype(np.int32),
+                        session.dataset.to_float)
+        return SupervisedSampler(session.dataset, "train", getattr(algorithm, "batch_size", None), config.seed,
+                                 exclude=exclude)
     raise ValueError(
         f"Algorithm {config.algorithm!r}: batch_kind must be 'episodic' or 'supervised'. Received: batch_kind={batch_kind!r}"
     )
