@@ -127,10 +127,13 @@ def machine(impl: str) -> dict[str, Any]:
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
-    if args.intra is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(args.intra)
-    if args.inter is not None:
-        tf.config.threading.set_inter_op_parallelism_threads(args.inter)
+    from metalab.core.runner import configure_threads, thread_counts
+    from metalab.core.settings import load_settings
+
+    # The training worker's thread pools (runner.thread_counts) unless --intra/--inter say otherwise;
+    # --library-threads keeps TensorFlow's defaults.
+    intra, inter = (0, 0) if args.library_threads else thread_counts(load_settings(), w.get("meta_batch", 1))
+    configure_threads(args.intra if args.intra is not None else intra, args.inter if args.inter is not None else inter)
     import keras
 
     from metalab.core import functional
@@ -281,6 +284,8 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
             cmd += [f"--{flag}", str(getattr(args, flag))]
     if args.jit:
         cmd.append("--jit")
+    if args.library_threads:
+        cmd.append("--library-threads")
 
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     result = None
@@ -302,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="With --impl both: alternating rounds per workload.")
     parser.add_argument("--intra", type=int, default=None, help="Intra-op threads (default: the library's).")
     parser.add_argument("--inter", type=int, default=None, help="Inter-op threads (default: the library's).")
+    parser.add_argument("--library-threads", action="store_true",
+                        help="metalab: keep TensorFlow's default thread pools instead of the training worker's.")
     parser.add_argument("--jit", action="store_true", help="metalab: compile the step with XLA (jit_compile).")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
                         help="metalab: Keras dtype policy (mixed_float16 has no loss scaling here; GPU only).")

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
         disable_plugins: Comma-separated plugin names to block (``METALAB_DISABLE_PLUGINS``).
         strict_plugins: Turn any plugin failure into an error (``METALAB_STRICT_PLUGINS=1``).
         max_workers: Training runs allowed at once from the dashboard (``METALAB_MAX_WORKERS``).
+        intra_op_threads: Threads inside one op in a training worker (``METALAB_INTRA_OP_THREADS``); 0 picks
+            per run (see ``metalab.core.runner.thread_counts``).
+        inter_op_threads: Ops run at once in a training worker (``METALAB_INTER_OP_THREADS``); 0 picks per run.
     """
 
     model_config = SettingsConfigDict(env_prefix="METALAB_", extra="ignore")
@@ -34,6 +37,8 @@ class Settings(BaseSettings):
     disable_plugins: str = ""
     strict_plugins: bool = False
     max_workers: int = Field(2, ge=1, le=64)
+    intra_op_threads: int = Field(0, ge=0, le=1024)
+    inter_op_threads: int = Field(0, ge=0, le=1024)
 
     @property
     def disabled(self) -> set[str]:

@@ -107,3 +107,14 @@ def test_a_failing_run_is_recorded_with_its_traceback(store):
     run = store.get_run(run_id)
     assert run.status == "failed"
     assert "exploded on purpose" in run.error and "Traceback" in run.traceback
+
+
+def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
+    from metalab.core.runner import thread_counts
+    from metalab.core.settings import Settings
+
+    plain = Settings()
+    assert thread_counts(plain, 32, cpus=2) == (1, 2)   # many tasks: one op per core, side by side
+    assert thread_counts(plain, 1, cpus=2) == (0, 0)    # one episode: TensorFlow's defaults split each op
+    assert thread_counts(plain, 32, cpus=1) == (0, 0)
+    assert thread_counts(Settings(intra_op_threads=2, inter_op_threads=1), 32, cpus=2) == (2, 1)
