@@ -239,8 +239,8 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
                  steps: int = 20, algorithm_params: dict[str, Any] | None = None) -> None:
     """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one.
 
-    Weights must agree to ``rtol=1e-4``: everything training depends on must be in the algorithm's
-    ``variables`` (the optimizer and sampler state are saved by the runner).
+    Each weight array must agree to ``WEIGHT_TOLERANCE`` of its largest magnitude: everything training depends
+    on must be in the algorithm's ``variables`` (the optimizer and sampler state are saved by the runner).
 
     Args:
         algorithm_id, home, registry, kind, algorithm_params: As for :func:`check_learns`.
@@ -254,9 +254,27 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
     whole = run_tiny(registry, config, Path(home) / "whole", evaluate_before=False)
     resumed = run_tiny(registry, config, Path(home) / "resumed", interrupt_at=steps // 2, evaluate_before=False)
-    for a, b in zip(whole.weights, resumed.weights, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"{algorithm_id}: resumed weights differ")
-    np.testing.assert_allclose(whole.after["loss"], resumed.after["loss"], rtol=1e-4, atol=1e-5)
+    _assert_same_weights(whole.weights, resumed.weights, f"{algorithm_id}: resumed weights differ")
+    np.testing.assert_allclose(whole.after["loss"], resumed.after["loss"], rtol=WEIGHT_TOLERANCE, atol=1e-6)
+
+
+#: How closely two runs that should be identical must agree, relative to each weight array's largest magnitude.
+#: CPU kernels may sum in a different order from run to run (round-off near 1e-7), and adversarial training
+#: (GANs) amplifies that to ~1e-4 over a few dozen steps; a lost optimizer or sampler state moves weights by far
+#: more (order of the learning rate per step).
+WEIGHT_TOLERANCE = 1e-3
+
+
+def _assert_same_weights(first: list[np.ndarray], second: list[np.ndarray], message: str) -> None:
+    for index, (a, b) in enumerate(zip(first, second, strict=True)):
+        if a.size == 0:
+            continue
+        scale = max(float(np.max(np.abs(a))), 1e-3)
+        diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+        assert diff <= WEIGHT_TOLERANCE * scale, (
+            f"{message}: variable {index} differs by up to {diff:.3g} (largest magnitude {scale:.3g}, tolerance "
+            f"{WEIGHT_TOLERANCE:g} of it)"
+        )
 
 
 def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
@@ -275,9 +293,8 @@ def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None =
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
     a = run_tiny(registry, config, Path(home) / "a", evaluate_before=False)
     b = run_tiny(registry, config, Path(home) / "b", evaluate_before=False)
-    for x, y in zip(a.weights, b.weights, strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=f"{algorithm_id}: same seed, other weights")
-    assert abs(a.after["loss"] - b.after["loss"]) < 1e-5
+    _assert_same_weights(a.weights, b.weights, f"{algorithm_id}: same seed, other weights")
+    np.testing.assert_allclose(a.after["loss"], b.after["loss"], rtol=WEIGHT_TOLERANCE, atol=1e-6)
 
 
 def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = None) -> None:

@@ -3,6 +3,7 @@
 import pytest
 
 from metalab.core import testing
+from metalab.core.plugin_api import hookimpl
 from metalab.core.plugin_manager import make_plugin_manager
 
 BUILTIN_ALGORITHMS = testing.algorithm_ids(make_plugin_manager(distributions={"metalab"}, strict=False))
@@ -33,3 +34,39 @@ def test_the_suite_catches_an_algorithm_that_does_not_learn(builtin_registry, tm
     with pytest.raises(AssertionError):
         testing.check_learns("metalab.maml", tmp_path, registry=builtin_registry, kind="regression",
                              steps=20, algorithm_params={"outer_lr": 1e-12})
+
+
+
+class _ForgetfulMAML:
+    """A MAML plugin that leaves its head out of the checkpoint: resuming must visibly break it."""
+
+    METALAB_PLUGIN_API = "1.2"
+
+    def __init__(self, registry):
+        self.maml = registry.algorithm("metalab.maml")
+
+    @staticmethod
+    def _make(params, task):
+        from metalab.plugins.maml.algorithm import MAML
+
+        class Forgetful(MAML):
+            @property
+            def variables(self):
+                head = {id(v) for v in self.model.get_layer("head").weights}
+                return [v for v in self.model.variables if id(v) not in head]
+
+        return Forgetful(params, task)
+
+    @hookimpl
+    def metalab_register_algorithms(self):
+        from metalab.core.plugin_api import AlgorithmSpec
+
+        return [AlgorithmSpec(id="forgetful.maml", title="Forgetful", description="Drops its head from checkpoints.",
+                              params=self.maml.params, factory=self._make)]
+
+
+def test_the_suite_catches_state_missing_from_the_checkpoint(builtin_registry, tmp_path):
+    registry = make_plugin_manager(distributions={"metalab"}, plugins=[("forgetful", _ForgetfulMAML(builtin_registry))],
+                                   strict=False)
+    with pytest.raises(AssertionError, match="resumed weights differ"):
+        testing.check_resume("forgetful.maml", tmp_path, registry=registry, kind="classification", steps=8)
