@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.episodic import loss_and_metric
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 #: Seed of the new head's initialisation: every episode starts from the same draw, so scores are reproducible.
@@ -57,13 +58,6 @@ def cosine_logits(x: Any, kernel: Any, scale: float) -> Any:
     x = ops.normalize(x, axis=-1, epsilon=1e-6)
     kernel = ops.normalize(kernel, axis=0, epsilon=1e-6)
     return ops.cast(scale, x.dtype) * ops.matmul(x, kernel)
-
-
-def _cross_entropy_and_accuracy(logits: Any, labels: Any) -> tuple[Any, Any]:
-    labels = ops.cast(labels, "int32")
-    loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-    hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
-    return loss, ops.mean(ops.cast(hits, logits.dtype))
 
 
 class Baseline:
@@ -130,7 +124,7 @@ class Baseline:
 
         def loss_fn(weights):
             logits, state = self.fmodel.call_with_state(weights, x, training=True)
-            loss, accuracy = _cross_entropy_and_accuracy(logits, y)
+            loss, accuracy = loss_and_metric("classification", logits, y)
             return loss, (accuracy, state)
 
         (loss, (accuracy, state)), grads = functional.value_and_grad(loss_fn, self.fmodel.params(), has_aux=True)
@@ -163,10 +157,10 @@ class Baseline:
         adam = config.finetune_optimizer == "adam"
 
         def support_loss(head):
-            return _cross_entropy_and_accuracy(self._head_logits(head, support_features), support_y)[0]
+            return loss_and_metric("classification", self._head_logits(head, support_features), support_y)[0]
 
         def query_accuracy(head):
-            return _cross_entropy_and_accuracy(self._head_logits(head, query_features), query_y)[1]
+            return loss_and_metric("classification", self._head_logits(head, query_features), query_y)[1]
 
         def step(i, carry):
             head, first, second, curve = carry
@@ -191,7 +185,7 @@ class Baseline:
         if steps:
             head, _, _, curve = ops.fori_loop(0, steps, step, (head, zeros, list(zeros), curve))
         logits = self._head_logits(head, query_features)
-        loss, accuracy = _cross_entropy_and_accuracy(logits, query_y)
+        loss, accuracy = loss_and_metric("classification", logits, query_y)
         curve = curve + accuracy * ops.one_hot(steps, steps + 1, dtype=dtype)
         return loss, accuracy, curve, logits
 

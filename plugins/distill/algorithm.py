@@ -42,7 +42,7 @@ import numpy as np
 from keras import ops
 
 from metalab.core import functional
-from metalab.core.episodic import nearest_centroid_evaluate
+from metalab.core.episodic import loss_and_metric, nearest_centroid_evaluate
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -239,13 +239,6 @@ def _soft_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> 
     return t * t * ops.mean(kl)
 
 
-def _cross_entropy_and_accuracy(logits: Any, labels: Any) -> tuple[Any, Any]:
-    labels = ops.cast(labels, "int32")
-    loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-    hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
-    return loss, ops.mean(ops.cast(hits, logits.dtype))
-
-
 class Distill:
     """A student classifier over the training classes distilled from a teacher run.
 
@@ -330,7 +323,7 @@ class Distill:
 
         def loss_fn(weights):
             logits, state = self.fmodel.call_with_state(weights, x, training=True)
-            hard, accuracy = _cross_entropy_and_accuracy(logits, y)
+            hard, accuracy = loss_and_metric("classification", logits, y)
             if teacher_logits is None:
                 return hard, (hard, hard, accuracy, logits, state)
             soft = _soft_loss(logits, teacher_logits, self.config.temperature)

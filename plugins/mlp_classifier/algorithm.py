@@ -24,14 +24,8 @@ import numpy as np
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.episodic import loss_and_metric
 from metalab.core.plugin_api import TaskBatch, TaskSpec
-
-
-def _cross_entropy_and_accuracy(logits: Any, labels: Any) -> tuple[Any, Any]:
-    labels = ops.cast(labels, "int32")
-    loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-    hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
-    return loss, ops.mean(ops.cast(hits, logits.dtype))
 
 
 class MLPClassifier:
@@ -99,7 +93,7 @@ class MLPClassifier:
         y = ops.reshape(y, (-1,))
 
         def loss_fn(weights):
-            loss, accuracy = _cross_entropy_and_accuracy(self.fmodel(weights, x, training=True), y)
+            loss, accuracy = loss_and_metric("classification", self.fmodel(weights, x, training=True), y)
             return loss, accuracy
 
         (loss, accuracy), grads = functional.value_and_grad(loss_fn, self.fmodel.params(), has_aux=True)
@@ -170,7 +164,7 @@ class MLPClassifier:
             n_support = tsx.shape[0]
             features = self.ftrunk(weights, ops.concatenate([tsx, tqx], axis=0), training=False)
             logits = self.nearest_centroid(features[:n_support], tsy, features[n_support:])
-            loss, accuracy = _cross_entropy_and_accuracy(logits, tqy)
+            loss, accuracy = loss_and_metric("classification", logits, tqy)
             return loss, accuracy, logits
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))

@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from metalab.core import functional
-from metalab.core.episodic import prototype_logits
+from metalab.core.episodic import loss_and_metric, prototype_logits
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 #: The rotations predicted, in degrees counter-clockwise; the class of a rotation is its index.
@@ -52,13 +52,6 @@ def rotations(x: Any) -> tuple[Any, Any]:
     rotated = [x] + [ops.rot90(x, k=k, axes=(1, 2)) for k in (1, 2, 3)]
     labels = ops.repeat(ops.arange(len(ANGLES), dtype="int32"), n)
     return ops.concatenate(rotated, axis=0), labels
-
-
-def _cross_entropy_and_accuracy(logits: Any, labels: Any) -> tuple[Any, Any]:
-    labels = ops.cast(labels, "int32")
-    loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-    hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
-    return loss, ops.mean(ops.cast(hits, logits.dtype))
 
 
 class RotationPretraining:
@@ -144,7 +137,7 @@ class RotationPretraining:
 
         def loss_fn(weights):
             logits, state = self.fmodel.call_with_state(weights, x, training=True)
-            loss, accuracy = _cross_entropy_and_accuracy(logits, y)
+            loss, accuracy = loss_and_metric("classification", logits, y)
             return loss, (accuracy, logits, state)
 
         (loss, (accuracy, logits, state)), grads = functional.value_and_grad(loss_fn, self.fmodel.params(),
@@ -178,7 +171,7 @@ class RotationPretraining:
                 ops.zeros((ways,), dtype=dtype)]
 
         def support_loss(h):
-            return _cross_entropy_and_accuracy(ops.matmul(support_features, h[0]) + h[1], support_y)[0]
+            return loss_and_metric("classification", ops.matmul(support_features, h[0]) + h[1], support_y)[0]
 
         def step(i, carry):
             h, momentum = carry
@@ -216,7 +209,7 @@ class RotationPretraining:
                 logits = self.linear_probe(support, tsy, query)
             else:
                 logits = prototype_logits(support, tsy, query, ways)
-            loss, accuracy = _cross_entropy_and_accuracy(logits, tqy)
+            loss, accuracy = loss_and_metric("classification", logits, tqy)
             return loss, accuracy, logits
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
