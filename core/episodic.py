@@ -11,6 +11,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from .layers import batch_norm_step
 from .plugin_api import TaskBatch, TaskSpec
 
 __all__ = [
@@ -141,6 +142,7 @@ def evaluate_adaptation(
     steps: int,
     weights_of: Any = None,
     transductive: bool = True,
+    running_statistics: bool = False,
 ) -> dict[str, Any]:
     """Adapts to each task's support set with ``steps`` inner steps and scores its query set after each.
 
@@ -158,11 +160,20 @@ def evaluate_adaptation(
         transductive: Score the query set in one batch, so batch norm uses the statistics of all queries (the MAML
             reference code; Reptile's "transduction"). When false, each query is scored in a batch of the support
             set plus itself only, so no query's prediction depends on the others (Nichol et al. 2018, section 5).
+        running_statistics: With ``transductive=False``, normalise the queries with the batch-norm running
+            statistics instead of the support set's (inductive as well). Each step's forward passes run under
+            :func:`metalab.core.layers.batch_norm_step`, so per-step batch norm (MAML++) uses that step's
+            parameters and, here, that step's running statistics.
 
     Returns:
         ``loss`` ``[T]``, ``accuracy`` ``[T]`` (classification), ``curve`` ``[T, steps + 1]`` (query accuracy or
         MSE after 0..steps steps) and ``predictions`` ``[T, queries, outputs]``.
     """
+    if transductive and running_statistics:
+        raise ValueError(
+            "Transductive evaluation normalises the queries with their own batch statistics, so it cannot also use "
+            f"the running statistics. Received: transductive={transductive}, running_statistics={running_statistics}"
+        )
     weights_of = weights_of or (lambda state: state)
     dtype = fmodel.model.compute_dtype
     sx, sy, qx, qy, _ = batch_tensors(batch, kind, dtype)
@@ -173,6 +184,8 @@ def evaluate_adaptation(
         def score(weights: Any, x: Any, y: Any) -> tuple[Any, Any, Any]:
             if transductive:
                 outputs = fmodel(weights, x, training=True)
+            elif running_statistics:
+                outputs = fmodel(weights, x, training=False)
             else:
                 # One forward pass per query, batched with the support set: the support set fixes the statistics.
                 outputs = ops.map(
@@ -182,13 +195,15 @@ def evaluate_adaptation(
 
         def step(i: Any, carry: Any) -> Any:
             state, curve = carry
-            metric = score(weights_of(state), tqx, tqy)[1]
-            curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
-            return inner_step(state, tsx, tsy), curve
+            with batch_norm_step(i):
+                metric = score(weights_of(state), tqx, tqy)[1]
+                curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
+                return inner_step(state, tsx, tsy), curve
 
         curve = ops.zeros((steps + 1,), dtype=dtype)
         state, curve = ops.fori_loop(0, steps, step, (start, curve))
-        loss, metric, outputs = score(weights_of(state), tqx, tqy)
+        with batch_norm_step(steps):
+            loss, metric, outputs = score(weights_of(state), tqx, tqy)
         curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
         return loss, metric, curve, outputs
 

@@ -2,10 +2,75 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Any, Iterator
+
 import keras
 from keras import ops
 
-__all__ = ["MetaBatchNorm"]
+__all__ = ["MetaBatchNorm", "per_step_batch_norm", "batch_norm_step", "batch_norm_steps"]
+
+# Two settings that reach the batch-norm layers of any backbone without passing through its code: how many
+# per-step parameter sets new layers get (read when a layer is constructed), and which inner-loop step a call
+# belongs to (read when a call is traced). Thread-local, so concurrent model builds do not see each other's.
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def per_step_batch_norm(steps: int) -> Iterator[None]:
+    """Makes the ``MetaBatchNorm`` layers constructed inside keep ``steps`` sets of parameters and statistics.
+
+    MAML++'s per-step batch norm (Antoniou, Edwards and Storkey 2019, "How to train your MAML", BNWB and BNRS):
+    each inner-loop step has its own ``gamma``, ``beta`` and running moments, selected with :func:`batch_norm_step`.
+    Any backbone built from ``MetaBatchNorm`` gains the option without code of its own.
+
+    Args:
+        steps: Parameter sets per layer (at least 1; 1 is an ordinary batch norm).
+
+    Raises:
+        ValueError: If ``steps`` is not a positive integer.
+
+    Example:
+        with per_step_batch_norm(inner_steps + 1):
+            model = build_model(task, "maml")
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"per_step_batch_norm needs a positive number of steps. Received: steps={steps!r}")
+    previous = getattr(_context, "steps", None)
+    _context.steps = steps
+    try:
+        yield
+    finally:
+        _context.steps = previous
+
+
+@contextlib.contextmanager
+def batch_norm_step(step: Any) -> Iterator[None]:
+    """Selects which per-step set the ``MetaBatchNorm`` calls traced inside use (no effect on one-set layers).
+
+    Args:
+        step: The inner-loop step, a Python int or a scalar int tensor (e.g. a loop counter); steps beyond a
+            layer's last set use the last set.
+    """
+    previous = getattr(_context, "step", None)
+    _context.step = step
+    try:
+        yield
+    finally:
+        _context.step = previous
+
+
+def batch_norm_steps(model: Any) -> int:
+    """Returns the largest number of per-step sets among ``model``'s ``MetaBatchNorm`` layers (0 if it has none)."""
+    counts = [layer.steps for layer in _walk(model) if isinstance(layer, MetaBatchNorm)]
+    return max(counts, default=0)
+
+
+def _walk(layer: Any) -> Iterator[Any]:
+    yield layer
+    for child in getattr(layer, "layers", None) or ():
+        yield from _walk(child)
 
 
 @keras.saving.register_keras_serializable(package="metalab")
@@ -31,6 +96,9 @@ class MetaBatchNorm(keras.layers.Layer):
         scale: Learn a scale ``gamma``.
         fused: In training mode on TensorFlow, normalise float32 NHWC inputs with the fused batch-norm kernel
             (same values and exact derivatives of every order, faster). Other inputs use the plain form.
+        steps: Per-step parameter sets (MAML++): ``gamma``, ``beta`` and the running moments get a leading axis of
+            this size and a call uses the set of the current :func:`batch_norm_step`. ``None`` takes the enclosing
+            :func:`per_step_batch_norm`, else 1 (an ordinary batch norm, with weights of shape ``[channels]``).
         **kwargs: Base ``Layer`` arguments (``name``, ``dtype``).
     """
 
@@ -42,6 +110,7 @@ class MetaBatchNorm(keras.layers.Layer):
         center: bool = True,
         scale: bool = True,
         fused: bool = True,
+        steps: int | None = None,
         **kwargs,
     ):
         # The layer follows its input's dtype, so Keras must not cast inputs to the layer's compute dtype.
@@ -57,6 +126,11 @@ class MetaBatchNorm(keras.layers.Layer):
         self.center = bool(center)
         self.scale = bool(scale)
         self.fused = bool(fused)
+        if steps is None:
+            steps = getattr(_context, "steps", None) or 1
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"MetaBatchNorm steps must be a positive integer. Received: steps={steps!r}")
+        self.steps = steps
 
     def build(self, input_shape):
         rank = len(input_shape)
@@ -70,7 +144,7 @@ class MetaBatchNorm(keras.layers.Layer):
         # Broadcast shape of the per-feature vectors against the input (batch axis included).
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[axis] = input_shape[axis]
-        size = (input_shape[axis],)
+        size = (input_shape[axis],) if self.steps == 1 else (self.steps, input_shape[axis])
         self.gamma = self.add_weight(shape=size, initializer="ones", name="gamma") if self.scale else None
         self.beta = self.add_weight(shape=size, initializer="zeros", name="beta") if self.center else None
         self.moving_mean = self.add_weight(shape=size, initializer="zeros", name="moving_mean", trainable=False)
@@ -82,22 +156,42 @@ class MetaBatchNorm(keras.layers.Layer):
         input_dtype = keras.backend.standardize_dtype(inputs.dtype)
         dtype = input_dtype if input_dtype in ("float32", "float64") else "float32"
         x = ops.cast(inputs, dtype)
+        select = self._step_selector()
+        gamma = None if self.gamma is None else select(self.gamma)
+        beta = None if self.beta is None else select(self.beta)
         if training and self._fusable(x):
-            return ops.cast(self._fused_call(x), input_dtype)
+            return ops.cast(self._fused_call(x, gamma, beta), input_dtype)
         if training:
             mean = ops.mean(x, axis=self._reduction_axes, keepdims=True)
             # No stop-gradient on `mean` here: that is the whole point of this layer.
             variance = ops.mean(ops.square(x - mean), axis=self._reduction_axes, keepdims=True)
             self._update_moving(mean, variance)
         else:
-            mean = ops.reshape(ops.cast(self.moving_mean, dtype), self._broadcast_shape)
-            variance = ops.reshape(ops.cast(self.moving_variance, dtype), self._broadcast_shape)
+            mean = ops.reshape(ops.cast(select(self.moving_mean), dtype), self._broadcast_shape)
+            variance = ops.reshape(ops.cast(select(self.moving_variance), dtype), self._broadcast_shape)
         y = (x - mean) * ops.rsqrt(variance + ops.cast(self.epsilon, dtype))
-        if self.gamma is not None:
-            y = y * ops.reshape(ops.cast(self.gamma, dtype), self._broadcast_shape)
-        if self.beta is not None:
-            y = y + ops.reshape(ops.cast(self.beta, dtype), self._broadcast_shape)
+        if gamma is not None:
+            y = y * ops.reshape(ops.cast(gamma, dtype), self._broadcast_shape)
+        if beta is not None:
+            y = y + ops.reshape(ops.cast(beta, dtype), self._broadcast_shape)
         return ops.cast(y, input_dtype)
+
+    def _step_mask(self, dtype: str) -> Any:
+        """``[steps, 1]`` one-hot of the current inner step (clamped to the last set)."""
+        step = getattr(_context, "step", None)
+        step = 0 if step is None else step
+        index = ops.minimum(ops.maximum(ops.cast(step, "int32"), 0), self.steps - 1)
+        return ops.expand_dims(ops.one_hot(index, self.steps, dtype=dtype), -1)
+
+    def _step_selector(self) -> Any:
+        """Returns ``select(weight) -> [channels]``: the identity for one set, else the current step's row.
+
+        A one-hot product rather than a gather: its gradient is dense, so inner-loop updates of the per-step
+        weights stay plain tensors, and the step may be a loop counter tensor.
+        """
+        if self.steps == 1:
+            return lambda weight: weight
+        return lambda weight: ops.sum(self._step_mask(weight.dtype) * weight, axis=0)
 
     def _fusable(self, x) -> bool:
         return (
@@ -108,15 +202,15 @@ class MetaBatchNorm(keras.layers.Layer):
             and self._feature_axis == 3
         )
 
-    def _fused_call(self, x):
+    def _fused_call(self, x, gamma, beta):
         # TensorFlow's fused kernel; its registered gradient of the gradient is exact (checked against PyTorch's
         # double backward and the unfused form: benchmarks/check_gradients.py), and it is 1.7x faster per
         # ProtoNet episode here.
         import tensorflow as tf
 
         channels = x.shape[-1]
-        gamma = self.gamma if self.gamma is not None else tf.ones((channels,), x.dtype)
-        beta = self.beta if self.beta is not None else tf.zeros((channels,), x.dtype)
+        gamma = gamma if gamma is not None else tf.ones((channels,), x.dtype)
+        beta = beta if beta is not None else tf.zeros((channels,), x.dtype)
         y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             x, tf.cast(gamma, x.dtype), tf.cast(beta, x.dtype), epsilon=self.epsilon, data_format="NHWC",
             is_training=True,
@@ -132,8 +226,14 @@ class MetaBatchNorm(keras.layers.Layer):
         batch_mean = ops.cast(ops.stop_gradient(ops.reshape(mean, (-1,))), vdtype)
         batch_var = ops.cast(ops.stop_gradient(ops.reshape(variance, (-1,))), vdtype)
         m = ops.cast(self.momentum, vdtype)
-        self.moving_mean.assign(self.moving_mean * m + batch_mean * (1 - m))
-        self.moving_variance.assign(self.moving_variance * m + batch_var * (1 - m))
+        if self.steps == 1:
+            self.moving_mean.assign(self.moving_mean * m + batch_mean * (1 - m))
+            self.moving_variance.assign(self.moving_variance * m + batch_var * (1 - m))
+            return
+        # Only the current step's row moves: old + (1 - m) * (batch - old) there, unchanged elsewhere.
+        rate = self._step_mask(vdtype) * (1 - m)
+        self.moving_mean.assign(self.moving_mean + rate * (batch_mean - self.moving_mean))
+        self.moving_variance.assign(self.moving_variance + rate * (batch_var - self.moving_variance))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -149,6 +249,7 @@ class MetaBatchNorm(keras.layers.Layer):
                 "center": self.center,
                 "scale": self.scale,
                 "fused": self.fused,
+                "steps": self.steps,
             }
         )
         return config

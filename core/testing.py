@@ -83,7 +83,7 @@ def _registry(registry: Any | None) -> Any:
 
 
 def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60, seed: int = 0,
-                algorithm_params: dict[str, Any] | None = None) -> RunConfig:
+                algorithm_params: dict[str, Any] | None = None, task: dict[str, Any] | None = None) -> RunConfig:
     """Returns a validated config for a tiny run of ``algorithm_id`` on the embedded dataset of ``kind``.
 
     ``meta_batch_size`` (when the algorithm has it) is capped at 4 and ``eval_inner_steps`` at 10 unless given in
@@ -96,6 +96,8 @@ def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60,
         steps: Meta-training steps.
         seed: The run's seed.
         algorithm_params: Algorithm parameters overriding the defaults.
+        task: Run-config fields overriding those of the tiny task (e.g. ``{"backbone": "metalab.conv4",
+            "backbone_params": {...}}`` for an option that needs batch norm).
 
     Returns:
         A :class:`~metalab.core.config.RunConfig`.
@@ -105,7 +107,7 @@ def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60,
         UnknownPluginError: If the algorithm or a built-in is not loaded.
     """
     spec = registry.algorithm(algorithm_id)
-    tiny = dict(TINY_TASKS[kind])
+    tiny = {**TINY_TASKS[kind], **(task or {})}
     params = dict(algorithm_params or {})
     fields = spec.params.model_fields
     if "meta_batch_size" in fields and "meta_batch_size" not in params:
@@ -187,7 +189,8 @@ def supported_kinds(registry: Any, algorithm_id: str) -> list[str]:
 
 def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
                  steps: int | None = None, margin: float = 0.15,
-                 algorithm_params: dict[str, Any] | None = None) -> ConformanceResult:
+                 algorithm_params: dict[str, Any] | None = None,
+                 task: dict[str, Any] | None = None) -> ConformanceResult:
     """Asserts the algorithm learns a tiny task: loss falls and the meta-test score clearly beats the baseline.
 
     Classification: the meta-test accuracy must exceed chance (``1/ways``) by ``margin``. Regression: the
@@ -202,6 +205,7 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
         steps: Meta-training steps; by default ``LEARN_STEPS`` for the task kind (60 classification, 600 regression).
         margin: Required accuracy above chance.
         algorithm_params: Algorithm parameters overriding the defaults.
+        task: Run-config fields overriding the tiny task's (see :func:`tiny_config`).
 
     Returns:
         The run's :class:`ConformanceResult`.
@@ -212,7 +216,7 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
     config = tiny_config(registry, algorithm_id, kind, steps=steps or LEARN_STEPS[kind],
-                         algorithm_params=algorithm_params)
+                         algorithm_params=algorithm_params, task=task)
     result = run_tiny(registry, config, Path(home))
     assert np.isfinite(result.last_loss) and result.last_loss < result.first_loss, (
         f"{algorithm_id}: training loss did not fall ({result.first_loss:.4f} -> {result.last_loss:.4f})"
@@ -236,14 +240,15 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 
 
 def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
-                 steps: int = 20, algorithm_params: dict[str, Any] | None = None) -> None:
+                 steps: int = 20, algorithm_params: dict[str, Any] | None = None,
+                 task: dict[str, Any] | None = None) -> None:
     """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one.
 
     Each weight array must agree to ``WEIGHT_TOLERANCE`` of its largest magnitude: everything training depends
     on must be in the algorithm's ``variables`` (the optimizer and sampler state are saved by the runner).
 
     Args:
-        algorithm_id, home, registry, kind, algorithm_params: As for :func:`check_learns`.
+        algorithm_id, home, registry, kind, algorithm_params, task: As for :func:`check_learns`.
         steps: Steps of each run; the interrupted run stops at ``steps // 2``.
 
     Raises:
@@ -251,7 +256,7 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
     """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
-    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params, task=task)
     whole = run_tiny(registry, config, Path(home) / "whole", evaluate_before=False)
     resumed = run_tiny(registry, config, Path(home) / "resumed", interrupt_at=steps // 2, evaluate_before=False)
     _assert_same_weights(whole.weights, resumed.weights, f"{algorithm_id}: resumed weights differ")
@@ -278,11 +283,12 @@ def _assert_same_weights(first: list[np.ndarray], second: list[np.ndarray], mess
 
 
 def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
-                        steps: int = 10, algorithm_params: dict[str, Any] | None = None) -> None:
+                        steps: int = 10, algorithm_params: dict[str, Any] | None = None,
+                        task: dict[str, Any] | None = None) -> None:
     """Asserts that two runs with the same seed end with the same weights and meta-test loss.
 
     Args:
-        algorithm_id, home, registry, kind, algorithm_params: As for :func:`check_learns`.
+        algorithm_id, home, registry, kind, algorithm_params, task: As for :func:`check_learns`.
         steps: Steps of each run.
 
     Raises:
@@ -290,7 +296,7 @@ def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None =
     """
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
-    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params)
+    config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params, task=task)
     a = run_tiny(registry, config, Path(home) / "a", evaluate_before=False)
     b = run_tiny(registry, config, Path(home) / "b", evaluate_before=False)
     _assert_same_weights(a.weights, b.weights, f"{algorithm_id}: same seed, other weights")

@@ -28,7 +28,14 @@ class MAMLParams(Params):
     transductive: bool = Field(
         True,
         description="Meta-test batch norm: true uses the statistics of the whole query batch (the MAML reference); "
-        "false scores each query with the support set only (inductive).",
+        "false is inductive: each query is scored with the support set only, or with the per-step running "
+        "statistics when per_step_bn is on.",
+    )
+    per_step_bn: bool = Field(
+        False,
+        description="MAML++ per-step batch norm (Antoniou et al. 2019, BNWB + BNRS): every inner step has its own "
+        "batch-norm scale, offset and running statistics (inner_steps + 1 sets; the last scores the adapted "
+        "model, and test-time steps beyond it reuse it). Needs a backbone with MetaBatchNorm layers.",
     )
 
 

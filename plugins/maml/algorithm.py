@@ -11,6 +11,13 @@ always uses the statistics of the batch it sees, so running moments are not used
 ``transductive`` (default, as the reference implementation) scores the query batch at once; with
 ``transductive=False`` each query is scored in a batch of the support set plus itself (inductive), so no query's
 prediction depends on the others. The choice is part of the run config, so every report says which was used.
+
+``per_step_bn`` is MAML++'s per-step batch norm (Antoniou, Edwards and Storkey 2019, section 4, "BNWB" and
+"BNRS"): each batch-norm layer keeps ``inner_steps + 1`` sets of scale, offset and running statistics; the forward
+pass of inner step ``k`` (and the query pass after ``k`` steps) uses set ``k``, so the meta-learned
+normalisation may differ from step to step. Set ``k`` is read by step ``k`` only, so its inner-loop update is never
+used: the per-step scales and offsets are meta-learned, not adapted, as in MAML++. The running statistics are collected per step during meta-training;
+with ``transductive=False`` meta-test queries are normalised with them (inductive), as the paper proposes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from keras import ops
 
 from metalab.core import functional
 from metalab.core.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
+from metalab.core.layers import batch_norm_step, batch_norm_steps, per_step_batch_norm
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 
@@ -33,7 +41,8 @@ class MAML:
         task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
 
     Raises:
-        ValueError: If ``task.kind`` is neither classification nor regression.
+        ValueError: If ``task.kind`` is neither classification nor regression, or ``per_step_bn`` is set and the
+            backbone has no ``MetaBatchNorm`` layer.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
@@ -42,7 +51,18 @@ class MAML:
         self.config = params
         self.task = task
         self.meta_batch_size = int(params.meta_batch_size)
-        self.model = build_model(task, "maml")
+        self.per_step_bn = bool(getattr(params, "per_step_bn", False))
+        if self.per_step_bn:
+            with per_step_batch_norm(int(params.inner_steps) + 1):
+                self.model = build_model(task, "maml")
+            if batch_norm_steps(self.model) < 2:
+                raise ValueError(
+                    "per_step_bn needs a backbone with MetaBatchNorm layers (e.g. metalab.conv4); this backbone has "
+                    f"no batch norm to give per-step parameters. Received: per_step_bn=True, model layers="
+                    f"{[layer.name for layer in self.model.layers]}"
+                )
+        else:
+            self.model = build_model(task, "maml")
         self.fmodel = functional.FunctionalModel(self.model)
 
     @property
@@ -76,7 +96,13 @@ class MAML:
         return weights
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
-        """Returns the gradient of the mean query loss after adaptation (eq. 2), and query loss/accuracy."""
+        """Returns the gradient of the mean query loss after adaptation (eq. 2), and query loss/accuracy.
+
+        With ``per_step_bn`` the per-step running statistics are also updated (assigned), once per forward pass
+        of each task in turn, as the MAML++ reference does.
+        """
+        if self.per_step_bn:
+            return self._per_step_meta_gradients(batch)
         kind = self.task.kind
         sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
 
@@ -90,10 +116,47 @@ class MAML:
             return ops.mean(ops.stack(losses)), ops.mean(ops.stack(metrics))
 
         (loss, metric), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
+        return grads, self._metrics(loss, metric)
+
+    def _per_step_meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
+        kind, steps = self.task.kind, int(self.config.inner_steps)
+        sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
+
+        def forward(weights, x, y, state):
+            outputs, state = self.fmodel.call_with_state(weights, x, training=True, state=state)
+            loss, metric = loss_and_metric(kind, outputs, y)
+            return loss, (metric, state)
+
+        def meta_loss(theta):
+            # The running statistics thread through every forward pass; they never carry gradients.
+            state = self.fmodel.state()
+            losses, metrics = [], []
+            for t in range(num_tasks):
+                fast = theta
+                for k in range(steps):
+                    with batch_norm_step(k):
+                        (_, (_, state)), grads = functional.value_and_grad(
+                            lambda w: forward(w, sx[t], sy[t], state), fast, has_aux=True
+                        )
+                    if self.config.first_order:
+                        grads = functional.stop_gradient(grads)
+                    lr = self.config.inner_lr
+                    fast = [w - ops.cast(lr, w.dtype) * g for w, g in zip(fast, grads)]
+                with batch_norm_step(steps):
+                    loss, (metric, state) = forward(fast, qx[t], qy[t], state)
+                losses.append(loss)
+                metrics.append(metric)
+            return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(metrics)), state)
+
+        (loss, (metric, state)), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
+        self.fmodel.set_state(functional.stop_gradient(state))
+        return grads, self._metrics(loss, metric)
+
+    def _metrics(self, loss: Any, metric: Any) -> dict[str, Any]:
         metrics = {"loss": loss}
-        if kind == "classification":
+        if self.task.kind == "classification":
             metrics["accuracy"] = metric
-        return grads, metrics
+        return metrics
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.
@@ -107,4 +170,5 @@ class MAML:
             self.fmodel, self.task.kind, batch, theta,
             lambda weights, x, y: self.inner_step(weights, x, y, first_order=True), int(self.config.eval_inner_steps),
             transductive=self.config.transductive,
+            running_statistics=self.per_step_bn and not self.config.transductive,
         )

@@ -177,3 +177,97 @@ def test_fused_float32_second_order_meta_gradient_matches_the_explicit_form():
             continue  # both are round-off around an exact zero
         scale = max(float(np.abs(b).max()), 1e-6)
         assert float(np.abs(a - b).max()) / scale < 1e-4, name
+
+
+# -- per-step batch norm (MAML++) --------------------------------------------------------------------------
+
+
+def _per_step_layer(steps=3, channels=2, fused=True):
+    from metalab.core.layers import per_step_batch_norm
+
+    with per_step_batch_norm(steps):
+        layer = MetaBatchNorm(momentum=0.5, fused=fused)
+    layer.build((None, 4, 4, channels))
+    rng = np.random.default_rng(0)
+    layer.gamma.assign(rng.uniform(0.5, 2.0, (steps, channels)).astype("float32"))
+    layer.beta.assign(rng.normal(size=(steps, channels)).astype("float32"))
+    return layer
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_per_step_layer_uses_the_set_of_the_current_step_and_clamps_beyond_the_last(fused):
+    from metalab.core.layers import batch_norm_step
+
+    layer = _per_step_layer(fused=fused)
+    assert layer.gamma.shape == (3, 2) and layer.moving_mean.shape == (3, 2)
+    x = np.random.default_rng(1).normal(size=(5, 4, 4, 2)).astype("float32")
+    normalised = (x - x.mean(axis=(0, 1, 2))) / np.sqrt(x.var(axis=(0, 1, 2)) + 1e-3)
+    gamma, beta = np.asarray(layer.gamma), np.asarray(layer.beta)
+    for step, row in [(0, 0), (1, 1), (2, 2), (7, 2)]:
+        with batch_norm_step(step):
+            out = np.asarray(layer(x, training=True))
+        np.testing.assert_allclose(out, normalised * gamma[row] + beta[row], rtol=1e-4, atol=1e-4)
+    # No step given: the first set.
+    np.testing.assert_allclose(np.asarray(layer(x, training=True)), normalised * gamma[0] + beta[0], atol=1e-4)
+
+
+def test_per_step_layer_moves_only_the_current_steps_running_moments_and_infers_with_them():
+    import tensorflow as tf
+
+    from metalab.core.layers import batch_norm_step
+
+    layer = _per_step_layer()
+    x = (3.0 + np.random.default_rng(2).normal(size=(8, 4, 4, 2))).astype("float32")
+
+    @tf.function
+    def train_at(step):
+        with batch_norm_step(step):  # a tensor step, as inside a compiled loop
+            return layer(x, training=True)
+
+    train_at(tf.constant(1))
+    mean = np.asarray(layer.moving_mean)
+    np.testing.assert_allclose(mean[1], 0.5 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_array_equal(mean[[0, 2]], 0.0)
+    np.testing.assert_array_equal(np.asarray(layer.moving_variance)[[0, 2]], 1.0)
+    with batch_norm_step(1):
+        inferred = np.asarray(layer(x, training=False))
+    expected = ((x - mean[1]) / np.sqrt(np.asarray(layer.moving_variance)[1] + 1e-3)
+                * np.asarray(layer.gamma)[1] + np.asarray(layer.beta)[1])
+    np.testing.assert_allclose(inferred, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_per_step_weights_get_dense_gradients_only_in_their_own_row():
+    from metalab.core.layers import batch_norm_step
+
+    layer = _per_step_layer()
+    x = np.random.default_rng(3).normal(size=(5, 4, 4, 2)).astype("float32")
+    fmodel = functional.FunctionalModel(keras.Sequential([keras.Input((4, 4, 2)), layer]))
+
+    def loss(weights):
+        with batch_norm_step(2):
+            return ops.sum(ops.square(fmodel(weights, x)))
+
+    _, grads = functional.value_and_grad(loss, fmodel.params())
+    for grad in grads:
+        grad = functional.to_numpy(grad)  # a dense array, not IndexedSlices
+        assert grad.shape == (3, 2)
+        assert np.abs(grad[:2]).max() == 0 and np.abs(grad[2]).max() > 0
+
+
+def test_per_step_setting_is_scoped_serialised_and_validated():
+    from metalab.core.layers import batch_norm_steps, per_step_batch_norm
+
+    with per_step_batch_norm(4):
+        inside = MetaBatchNorm()
+        explicit = MetaBatchNorm(steps=1)
+    assert (inside.steps, explicit.steps, MetaBatchNorm().steps) == (4, 1, 1)
+    assert MetaBatchNorm.from_config(inside.get_config()).steps == 4
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.Sequential([keras.Input((4, 4, 1)), inside])])
+    assert batch_norm_steps(model) == 4
+    assert batch_norm_steps(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])) == 0
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            MetaBatchNorm(steps=bad)
+        with pytest.raises(ValueError, match="steps"):
+            with per_step_batch_norm(bad):
+                pass

@@ -129,11 +129,11 @@ def test_builds_backbone_plus_head_and_follows_the_protocol():
 # -- meta-gradients --------------------------------------------------------------------------------------
 
 
-def _conv_maml(first_order=False):
+def _conv_maml(first_order=False, **params):
     keras.utils.set_random_seed(0)
     task = TaskSpec("classification", (4, 4, 1), 3, 3, 2, 3, 10,
                     lambda: CONV4.factory(Conv4Params(filters=3, blocks=1), (4, 4, 1)))
-    return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, first_order=first_order), task)
+    return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, first_order=first_order, **params), task)
 
 
 def _conv_batch():
@@ -142,8 +142,9 @@ def _conv_batch():
                      rng.normal(size=(2, 9, 4, 4, 1)), np.tile([0, 1, 2] * 3, (2, 1)))
 
 
-def test_second_order_meta_gradient_matches_finite_differences(float64):
-    algorithm = _conv_maml()
+@pytest.mark.parametrize("per_step_bn", [False, True], ids=["shared-bn", "per-step-bn"])
+def test_second_order_meta_gradient_matches_finite_differences(float64, per_step_bn):
+    algorithm = _conv_maml(per_step_bn=per_step_bn)
     batch = _conv_batch()
     grads, metrics = algorithm.meta_gradients(batch)
     theta = [functional.to_numpy(v) for v in algorithm.trainable_variables]
@@ -281,3 +282,67 @@ def test_inductive_evaluation_scores_each_query_independently_of_the_others():
     assert not np.allclose(prediction_of_first_query(True, qx), prediction_of_first_query(True, qx_other), atol=1e-5)
     np.testing.assert_allclose(prediction_of_first_query(False, qx), prediction_of_first_query(False, qx_other),
                                rtol=1e-5, atol=1e-5)
+
+
+# -- MAML++ per-step batch norm ------------------------------------------------------------------------------
+
+
+def test_per_step_bn_gives_every_inner_step_and_the_query_pass_its_own_bn_parameters():
+    algorithm = _conv_maml(per_step_bn=True)  # inner_steps=2: sets 0, 1 for the steps, 2 for the adapted model
+    names = [v.path for v in algorithm.trainable_variables]
+    gamma = names.index(next(n for n in names if n.endswith("bn0/gamma")))
+    assert tuple(algorithm.trainable_variables[gamma].shape) == (3, 3)
+    grads, _ = algorithm.meta_gradients(_conv_batch())
+    rows = np.abs(functional.to_numpy(grads[gamma])).max(axis=1)
+    assert (rows > 1e-6).all(), rows  # each step's scale shapes the query loss
+    # The running moments of all three sets moved during meta-training (and only through assignment).
+    moving = next(v for v in algorithm.variables if v.path.endswith("bn0/moving_mean"))
+    assert (np.abs(np.asarray(moving)).max(axis=1) > 0).all()
+
+
+def test_per_step_bn_query_pass_uses_the_last_set_only():
+    per_step = _conv_maml(per_step_bn=True)
+    batch = _conv_batch()
+    before = float(per_step.meta_gradients(batch)[1]["loss"])
+    gamma = next(v for v in per_step.trainable_variables if v.path.endswith("bn0/gamma"))
+    gamma.assign(np.asarray(gamma) * np.array([[1.0], [1.0], [3.0]], dtype="float32"))  # the adapted model's set
+    assert abs(float(per_step.meta_gradients(batch)[1]["loss"]) - before) > 1e-3
+
+
+def test_per_step_bn_needs_a_backbone_with_batch_norm():
+    with pytest.raises(ValueError, match="per_step_bn"):
+        SPEC.factory(MAMLParams(per_step_bn=True), blob_task())
+
+
+def test_per_step_bn_inductive_evaluation_uses_running_statistics_and_ignores_other_queries():
+    algorithm = _conv_maml(per_step_bn=True, transductive=False, eval_inner_steps=3)
+    batch = _conv_batch()
+    train(algorithm, lambda: batch, 3)  # collect per-step running statistics
+    qx_other = np.array(batch.query_x, copy=True)
+    qx_other[:, 1:] = 4.0 * np.random.default_rng(5).normal(size=qx_other[:, 1:].shape)
+    first = evaluate(algorithm, batch)["predictions"][:, 0]
+    other = evaluate(algorithm, TaskBatch(batch.support_x, batch.support_y, qx_other, batch.query_y))["predictions"]
+    np.testing.assert_allclose(first, other[:, 0], rtol=1e-5, atol=1e-5)
+    transductive = _conv_maml(per_step_bn=True, eval_inner_steps=3)
+    for a, b in zip(transductive.variables, algorithm.variables):
+        a.assign(b)
+    assert not np.allclose(evaluate(transductive, batch)["predictions"], evaluate(algorithm, batch)["predictions"])
+
+
+# Measured: meta-test accuracy 0.54 (chance 0.33); the shared-BN inductive run reaches 0.50 at outer_lr 1e-3.
+PER_STEP_PARAMS = {"per_step_bn": True, "inner_steps": 2, "transductive": False, "outer_lr": 0.01}
+CONV_TASK = {"backbone": "metalab.conv4", "backbone_params": {"filters": 8, "blocks": 2, "bn_momentum": 0.9}}
+
+
+def test_per_step_bn_learns_with_inductive_running_statistics(tmp_path):
+    from metalab.core.testing import check_learns
+
+    result = check_learns("metalab.maml", tmp_path, algorithm_params=PER_STEP_PARAMS, task=CONV_TASK)
+    assert result.weights  # the per-step running moments are among the checkpointed variables
+
+
+@pytest.mark.slow
+def test_per_step_bn_resumes_with_its_running_statistics(tmp_path):
+    from metalab.core.testing import check_resume
+
+    check_resume("metalab.maml", tmp_path, algorithm_params=PER_STEP_PARAMS, task=CONV_TASK)
