@@ -234,7 +234,7 @@ class ClassSplit:
 
 @dataclass
 class ClassificationDataset:
-    """A class-indexed dataset: three splits with disjoint classes.
+    """A class-indexed dataset: three splits with disjoint classes (or, when ``supervised``, the same classes).
 
     Attributes:
         splits: ``{"train": ClassSplit, "val": ClassSplit, "test": ClassSplit}``.
@@ -244,6 +244,11 @@ class ClassificationDataset:
         benchmarks: Named fixed task sets that the dataset's own papers score on, each a callable returning a
             :class:`TaskBatch` (loaded on demand), e.g. Omniglot's ``"lake20"``: Lake et al.'s 20 one-shot runs.
             ``metalab eval RUN --benchmark NAME`` scores a run on one (since API 1.2).
+        supervised: ``True`` when the splits divide the images rather than the classes (a supervised
+            train/validation/test division, e.g. MNIST's official test images as ``test``): every split then
+            holds every class, with the same ``class_names`` in the same order. A ``"supervised"`` algorithm is
+            handed the ``test`` split to report its plain test accuracy (``set_supervised_test``); episodic
+            evaluation still runs, on classes seen in training. Default ``False`` (since API 1.2).
     """
 
     splits: dict[str, ClassSplit]
@@ -251,6 +256,7 @@ class ClassificationDataset:
     scale: float = 255.0
     info: dict[str, Any] = field(default_factory=dict)
     benchmarks: dict[str, Callable[[], "TaskBatch"]] = field(default_factory=dict)
+    supervised: bool = False
     kind: str = dataclasses.field(default="classification", init=False)
 
     def to_float(self, images: np.ndarray) -> np.ndarray:
@@ -355,6 +361,9 @@ class Algorithm(Protocol):
         supervised_holdout_fraction: Optional, supervised only: the runner holds out this fraction of each
             training class's images (never drawn for training) and hands them to the algorithm's optional
             ``set_supervised_holdout(images, labels, to_float)`` method, e.g. to report plain supervised accuracy.
+            On a dataset with ``supervised=True`` nothing is held out (its ``val`` split is that share already);
+            the runner hands the ``test`` split to the optional ``set_supervised_test(images, labels, to_float)``
+            method instead (labels are the training split's class indices there too).
     """
 
     meta_batch_size: int

@@ -200,9 +200,15 @@ def make_training_sampler(session: Session) -> Any:
     ``algorithm.set_supervised_holdout(images, labels, to_float)`` receives them (images as the dataset stores
     them, labels the split's class indices, ``to_float`` the dataset's scaling) to score itself on them.
 
+    On a dataset with ``supervised=True`` (every split holds every class) nothing is held out: the dataset's
+    ``val`` split is that share already. An optional method ``algorithm.set_supervised_test(images, labels,
+    to_float)`` receives the ``test`` split instead (e.g. MNIST's official test images), to report plain test
+    accuracy.
+
     Raises:
         ValueError: If the algorithm's ``batch_kind`` is unknown, or a supervised algorithm meets a regression
-            dataset or has no valid ``batch_size``.
+            dataset or has no valid ``batch_size``, or a ``supervised`` dataset's test classes differ from its
+            training classes.
     """
     from .tasks import SupervisedSampler, holdout_rows, make_sampler
 
@@ -213,7 +219,9 @@ def make_training_sampler(session: Session) -> Any:
     if batch_kind == "supervised":
         exclude = None
         fraction = float(getattr(algorithm, "supervised_holdout_fraction", 0.0) or 0.0)
-        if fraction > 0:
+        if getattr(session.dataset, "supervised", False):
+            _hand_supervised_test(session)
+        elif fraction > 0:
             split = session.dataset.splits["train"]
             exclude = holdout_rows(split.labels, fraction, config.seed, "train")
             receive = getattr(algorithm, "set_supervised_holdout", None)
@@ -225,6 +233,21 @@ def make_training_sampler(session: Session) -> Any:
     raise ValueError(
         f"Algorithm {config.algorithm!r}: batch_kind must be 'episodic' or 'supervised'. Received: batch_kind={batch_kind!r}"
     )
+
+
+def _hand_supervised_test(session: Session) -> None:
+    """Gives a supervised algorithm the test split of a ``supervised`` dataset, if it takes one."""
+    receive = getattr(session.algorithm, "set_supervised_test", None)
+    if not callable(receive):
+        return
+    train, test = session.dataset.splits["train"], session.dataset.splits["test"]
+    if list(test.class_names) != list(train.class_names):
+        raise ValueError(
+            f"Dataset {session.config.dataset!r} says supervised=True, so its test split must hold the training "
+            f"classes in the same order. Received: train classes={list(train.class_names)[:10]}, "
+            f"test classes={list(test.class_names)[:10]}"
+        )
+    receive(test.images, np.asarray(test.labels).astype(np.int32), session.dataset.to_float)
 
 
 def cross_domain_session(session: Session, registry: Any, settings: Settings | None = None) -> Session | None:

@@ -29,6 +29,7 @@ __all__ = [
     "RegressionSampler",
     "SupervisedSampler",
     "holdout_rows",
+    "supervised_splits",
     "resize_images",
     "FixedEpisodes",
     "make_sampler",
@@ -633,6 +634,54 @@ def holdout_rows(labels: Any, fraction: float, seed: int, split: str = "train") 
     if not chosen:
         return np.zeros(0, dtype=np.int64)
     return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def supervised_splits(train_images: np.ndarray, train_labels: Any, test_images: np.ndarray, test_labels: Any,
+                      class_names: list[str], val_fraction: float, seed: int) -> dict[str, ClassSplit]:
+    """Divides images, not classes, between the splits: the supervised train/validation/test division.
+
+    Every split holds every class (the same ``class_names``): ``val`` is a seeded, stratified share
+    ``val_fraction`` of each class's training images (:func:`holdout_rows`), ``train`` the other training
+    images and ``test`` the test images as given (e.g. MNIST's official test set). Use it for a
+    :class:`ClassificationDataset` with ``supervised=True``.
+
+    Args:
+        train_images: Training images ``[n, ...]`` as the dataset stores them.
+        train_labels: Their class indices ``[n]`` into ``class_names``.
+        test_images: Test images ``[m, ...]``.
+        test_labels: Their class indices ``[m]``.
+        class_names: The names of all classes.
+        val_fraction: In ``[0, 1)``: the share of each class's training images moved to ``val``.
+        seed: Non-negative integer choosing the ``val`` images.
+
+    Returns:
+        ``{"train": ClassSplit, "val": ClassSplit, "test": ClassSplit}``.
+
+    Raises:
+        ValueError: If images and labels differ in length, a label lies outside ``class_names``, or
+            ``val_fraction`` or ``seed`` is out of range.
+    """
+    owner = "supervised_splits"
+    names = list(class_names)
+    parts = {}
+    for part, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        if len(images) != len(labels):
+            raise ValueError(f"{owner}: {len(images)} {part} images but {len(labels)} labels. "
+                             f"Received: len(labels)={len(labels)}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+            raise ValueError(f"{owner}: {part} labels must lie in 0..{len(names) - 1} (one per class name). "
+                             f"Received: labels in {labels.min()}..{labels.max()}")
+        parts[part] = (images, labels)
+    images, labels = parts["train"]
+    val = holdout_rows(labels, val_fraction, seed, "supervised_val")
+    keep = np.setdiff1d(np.arange(len(labels)), val)
+    return {
+        "train": ClassSplit(images=np.ascontiguousarray(images[keep]), labels=labels[keep], class_names=list(names)),
+        "val": ClassSplit(images=np.ascontiguousarray(images[val]), labels=labels[val], class_names=list(names)),
+        "test": ClassSplit(images=np.ascontiguousarray(parts["test"][0]), labels=parts["test"][1],
+                           class_names=list(names)),
+    }
 
 
 def resize_images(dataset: ClassificationDataset, size: tuple[int, int],

@@ -4,9 +4,15 @@ Ten classes are too few for real meta-learning, but the set ships inside scikit-
 trains in seconds, which makes it the smoke test and demo dataset. The classes are split between train, val
 and test by a seeded permutation; the defaults (4 / 3 / 3 classes, 3-way episodes) let every split hold a
 full episode.
+
+With ``mode="supervised"`` the images are divided instead, as for a plain classifier: a seeded, stratified
+``test_fraction`` of each digit's images is the test split, ``val_fraction`` of the rest the val split, and every
+split holds all ten digits (``ClassificationDataset.supervised`` is true).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import pydantic
 from pydantic import Field
@@ -24,11 +30,30 @@ PAPER = (
 
 
 class DigitsParams(Params):
-    """How the ten digit classes are divided between the meta-splits."""
+    """How the digits are divided between the splits: by class (few-shot) or by image (supervised)."""
 
-    train_classes: int = Field(4, ge=1, le=8, description="Digit classes in the training split.")
-    val_classes: int = Field(3, ge=1, le=8, description="Digit classes in the validation split; the rest are test.")
-    seed: int = Field(0, ge=0, description="Seed of the permutation that assigns digits to splits.")
+    mode: Literal["few_shot", "supervised"] = Field(
+        "few_shot",
+        description=(
+            "few_shot: the digit classes are divided between train, val and test (meta-learning). supervised: "
+            "every split holds all ten digits, the images divided by a seeded, stratified split (the supervised "
+            "baseline; few-shot episodes then reuse training classes)."
+        ),
+    )
+    train_classes: int = Field(4, ge=1, le=8, description="Few-shot mode: digit classes in the training split.")
+    val_classes: int = Field(
+        3, ge=1, le=8, description="Few-shot mode: digit classes in the validation split; the rest are test."
+    )
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="Supervised mode: share of each digit's images in the test split."
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1,
+        description="Supervised mode: share of each digit's remaining (non-test) images in the val split.",
+    )
+    seed: int = Field(
+        0, ge=0, description="Seed of the permutation that assigns digits to splits (supervised: of the images)."
+    )
 
     @pydantic.model_validator(mode="after")
     def _leaves_test_classes(self) -> "DigitsParams":
@@ -50,10 +75,12 @@ def make_digits(params: DigitsParams | dict | None = None, context=None):
     Returns:
         A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, 8, 8, 1]`` images (scale 16).
     """
-    from .loader import load_digits_dataset
+    from .loader import load_digits_dataset, load_digits_supervised
 
     if not isinstance(params, DigitsParams):
         params = DigitsParams.model_validate(params or {})
+    if params.mode == "supervised":
+        return load_digits_supervised(params.test_fraction, params.val_fraction, params.seed)
     return load_digits_dataset(params.train_classes, params.val_classes, params.seed)
 
 
@@ -65,7 +92,8 @@ def metalab_register_datasets() -> list:
             title="Digits (8x8, scikit-learn)",
             description=(
                 "1797 handwritten digits, 8x8 pixels with 16 grey levels; the 10 classes are split 4 / 3 / 3 "
-                "between train, val and test by default. Works offline; a quick demo and smoke test."
+                "between train, val and test by default, or (supervised mode) every digit in every split with a "
+                "seeded, stratified train/val/test division of the images. Works offline; a quick demo and smoke test."
             ),
             params=DigitsParams,
             factory=make_digits,

@@ -1,4 +1,4 @@
-"""Loads scikit-learn's digits and splits the ten classes between the meta-splits."""
+"""Loads scikit-learn's digits and splits the ten classes between the meta-splits (or the images, supervised)."""
 
 from __future__ import annotations
 
@@ -57,8 +57,58 @@ def load_digits_dataset(train_classes: int = 4, val_classes: int = 3, seed: int 
         scale=float(GREY_LEVELS),
         info={
             "source": "sklearn.datasets.load_digits",
+            "mode": "few_shot",
             "split_digits": {name: [int(d) for d in digits] for name, digits in groups.items()},
             "images": {name: int(len(s.labels)) for name, s in splits.items()},
             "seed": int(seed),
         },
+    )
+
+
+def load_digits_supervised(test_fraction: float = 0.25, val_fraction: float = 0.2, seed: int = 0) -> ClassificationDataset:
+    """Returns the digits divided by image for supervised learning: every split holds all ten digits.
+
+    A seeded, stratified ``test_fraction`` of each digit's images forms ``test``; ``val_fraction`` of the rest
+    forms ``val`` (:func:`metalab.core.tasks.supervised_splits`), the others ``train``.
+
+    Args:
+        test_fraction: Share of each digit's images in the test split, in ``(0, 1)``.
+        val_fraction: Share of each digit's remaining images in the val split, in ``(0, 1)``.
+        seed: Seed of both choices.
+
+    Returns:
+        A :class:`ClassificationDataset` with ``supervised=True``: images ``uint8 [n, 8, 8, 1]`` in 0..16
+        (``scale=16``), class names ``"digit_0"`` .. ``"digit_9"`` in every split.
+
+    Raises:
+        ValueError: If a fraction lies outside ``(0, 1)``.
+    """
+    from sklearn.datasets import load_digits
+
+    from metalab.core.tasks import holdout_rows, supervised_splits
+
+    for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
+        if not 0.0 < float(value) < 1.0:
+            raise ValueError(f"{name} must lie in (0, 1). Received: {name}={value!r}")
+    bunch = load_digits()
+    images = np.rint(bunch.images).astype(np.uint8)[..., None]
+    targets = bunch.target.astype(np.int64)
+    test = holdout_rows(targets, test_fraction, seed, "supervised_test")
+    train = np.setdiff1d(np.arange(len(targets)), test)
+    names = [f"digit_{d}" for d in range(int(targets.max()) + 1)]
+    splits = supervised_splits(images[train], targets[train], images[test], targets[test], names, val_fraction, seed)
+    return ClassificationDataset(
+        splits=splits,
+        input_shape=(8, 8, 1),
+        scale=float(GREY_LEVELS),
+        info={
+            "source": "sklearn.datasets.load_digits",
+            "mode": "supervised",
+            "split_digits": {name: list(range(len(names))) for name in splits},
+            "images": {name: int(len(s.labels)) for name, s in splits.items()},
+            "test_fraction": float(test_fraction),
+            "val_fraction": float(val_fraction),
+            "seed": int(seed),
+        },
+        supervised=True,
     )

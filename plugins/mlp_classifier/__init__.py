@@ -24,7 +24,8 @@ class MLPClassifierParams(Params):
         0.1, ge=0, lt=1,
         description=(
             "Share of each training class's images held out of training (chosen by the run's seed) to measure "
-            "plain supervised accuracy at the end; 0 trains on every image and reports no such accuracy."
+            "plain supervised accuracy at the end; 0 trains on every image and reports no such accuracy. Unused "
+            "on a supervised-mode dataset, whose own test split is scored instead."
         ),
     )
 
@@ -42,8 +43,10 @@ SPEC = AlgorithmSpec(
         "The supervised reference: a plain Keras MLP (flatten, ReLU hidden layers, softmax over the training "
         "classes) trained on ordinary mini-batches of the training split, its inputs scaled once by the dataset. "
         "At meta-test time each episode is classified by the nearest class centroid of the support set in the "
-        "last hidden layer's features. The report also gives its plain supervised accuracy on a seeded share "
-        "of the training images held out of training. It ignores the run's backbone."
+        "last hidden layer's features. The report also gives its plain supervised accuracy: on a dataset in "
+        "supervised mode (e.g. MNIST with mode=supervised: all classes, official train and test images) the "
+        "standard test accuracy on the test split, otherwise on a seeded share of the training images held out "
+        "of training. It ignores the run's backbone."
     ),
     params=MLPClassifierParams,
     factory=_make,
@@ -59,9 +62,10 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 @hookimpl
 def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
-    """Plain supervised accuracy on the held-out training images (MLP classifier runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    """Plain supervised accuracy on the test split or held-out training images (MLP classifier runs only)."""
+    data = report_data.get(SPEC.id)
+    if run.get("algorithm") != SPEC.id or not isinstance(data, dict) or not (data.get("test") or data.get("holdout")):
         return []
     from .panels import supervised_accuracy_panel
 
-    return [supervised_accuracy_panel(report_data[SPEC.id])]
+    return [supervised_accuracy_panel(data)]

@@ -10,9 +10,12 @@ classified by the nearest class centroid in the last hidden layer's features: ``
 the support images of class ``k`` and a query gets ``softmax_k(-||h(x) - c_k||^2)``. No parameter is updated at
 meta-test time; this is what plain supervised features give a few-shot task without any meta-learning.
 
-Its plain supervised accuracy is measured too: with ``holdout_fraction > 0`` the runner holds a seeded share of
-each training class's images out of the supervised batches and hands them over
-(``set_supervised_holdout``); ``report_data()`` scores the trained classifier on them at the end of the run.
+Its plain supervised accuracy is measured too. On a supervised-mode dataset (``ClassificationDataset.supervised``:
+every split holds every class, e.g. ``metalab.mnist`` with ``mode="supervised"``) the runner hands over the test
+split (``set_supervised_test``: MNIST's official test images) and ``report_data()`` gives the standard test
+accuracy over all classes. On a few-shot dataset, with ``holdout_fraction > 0``, the runner holds a seeded share of
+each training class's images out of the supervised batches and hands them over (``set_supervised_holdout``);
+``report_data()`` scores the trained classifier on them at the end of the run.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class MLPClassifier:
         #: Read by the runner, which then keeps these training images out of every batch.
         self.supervised_holdout_fraction = float(getattr(params, "holdout_fraction", 0.0))
         self._holdout: tuple[Any, np.ndarray, Callable[[Any], Any]] | None = None
+        self._test: tuple[Any, np.ndarray, Callable[[Any], Any]] | None = None
         layers: list[Any] = [keras.Input(tuple(task.input_shape)), keras.layers.Flatten(name="flatten")]
         layers += [keras.layers.Dense(int(h), activation="relu", name=f"dense{i}") for i, h in enumerate(params.hidden)]
         self.trunk = keras.Sequential(layers, name="mlp_trunk")
@@ -111,33 +115,69 @@ class MLPClassifier:
         """
         self._holdout = (images, np.asarray(labels, dtype=np.int64).reshape(-1), to_float)
 
+    def set_supervised_test(self, images: Any, labels: Any, to_float: Callable[[Any], Any]) -> None:
+        """Keeps a supervised-mode dataset's test split (e.g. MNIST's official test images) to score on at the end.
+
+        Called by the runner when the dataset has ``supervised=True`` (every split holds the training classes).
+
+        Args:
+            images: The test images as the dataset stores them ``[m, *input_shape]``.
+            labels: Their class indices ``[m]`` (the same classes as the head's).
+            to_float: The dataset's conversion to scaled ``float32`` inputs.
+        """
+        self._test = (images, np.asarray(labels, dtype=np.int64).reshape(-1), to_float)
+
+    def _score(self, images: Any, labels: np.ndarray, to_float: Callable[[Any], Any]) -> dict[str, Any]:
+        """Softmax-head accuracy on ``images``, scored in chunks of ``holdout_chunk`` (bounds memory)."""
+        classes = int(self.model.output_shape[-1])
+        correct = 0
+        hits = np.zeros(classes, dtype=np.int64)
+        totals = np.bincount(labels, minlength=classes)[:classes]
+        for start in range(0, len(labels), self.holdout_chunk):
+            x = np.asarray(to_float(images[start:start + self.holdout_chunk]), dtype=np.float32)
+            logits = ops.convert_to_numpy(self.model(x, training=False))
+            chunk = labels[start:start + self.holdout_chunk]
+            right = logits.argmax(axis=-1) == chunk
+            correct += int(np.sum(right))
+            hits += np.bincount(chunk[right], minlength=classes)[:classes]
+        per_class = [float(h / t) if t else None for h, t in zip(hits, totals)]
+        return {"accuracy": correct / len(labels), "correct": correct, "images": int(len(labels)),
+                "classes": classes, "chance": 1.0 / classes, "per_class": per_class}
+
     def holdout_accuracy(self) -> dict[str, Any] | None:
         """Scores the classifier on the held-out training images; ``None`` when none were held out.
 
         Returns:
             ``accuracy`` (fraction correct), ``correct``, ``images``, ``classes`` (training classes, the
             head's outputs), ``held_out_classes`` (classes among the held-out images), ``chance``
-            (``1 / classes``) and ``fraction`` (the ``holdout_fraction`` parameter).
+            (``1 / classes``), ``per_class`` (accuracy per head class, ``None`` for a class with no image) and
+            ``fraction`` (the ``holdout_fraction`` parameter).
         """
         if self._holdout is None or len(self._holdout[1]) == 0:
             return None
         images, labels, to_float = self._holdout
-        correct = 0
-        for start in range(0, len(labels), self.holdout_chunk):
-            x = np.asarray(to_float(images[start:start + self.holdout_chunk]), dtype=np.float32)
-            logits = ops.convert_to_numpy(self.model(x, training=False))
-            correct += int(np.sum(logits.argmax(axis=-1) == labels[start:start + self.holdout_chunk]))
-        classes = int(self.model.output_shape[-1])
-        return {
-            "accuracy": correct / len(labels), "correct": correct, "images": int(len(labels)), "classes": classes,
-            "held_out_classes": int(len(np.unique(labels))), "chance": 1.0 / classes,
-            "fraction": self.supervised_holdout_fraction,
-        }
+        return {**self._score(images, labels, to_float), "held_out_classes": int(len(np.unique(labels))),
+                "fraction": self.supervised_holdout_fraction}
+
+    def test_accuracy(self) -> dict[str, Any] | None:
+        """Scores the classifier on a supervised-mode dataset's test split; ``None`` when the runner gave none.
+
+        Returns:
+            ``accuracy`` (fraction correct over all classes), ``correct``, ``images``, ``classes``,
+            ``test_classes`` (classes among the test images), ``chance`` (``1 / classes``) and ``per_class``
+            (accuracy per class, ``None`` for a class with no test image).
+        """
+        if self._test is None or len(self._test[1]) == 0:
+            return None
+        images, labels, to_float = self._test
+        return {**self._score(images, labels, to_float), "test_classes": int(len(np.unique(labels)))}
 
     def report_data(self) -> dict[str, Any] | None:
-        """The report's data (plugin API 1.2): ``{"holdout": holdout_accuracy()}``, or ``None`` without one."""
-        holdout = self.holdout_accuracy()
-        return None if holdout is None else {"holdout": holdout}
+        """The report's data (plugin API 1.2): ``{"test": test_accuracy()}`` on a supervised-mode dataset,
+        ``{"holdout": holdout_accuracy()}`` with held-out training images, or ``None`` with neither."""
+        data = {name: value for name, value in (("test", self.test_accuracy()), ("holdout", self.holdout_accuracy()))
+                if value is not None}
+        return data or None
 
     def nearest_centroid(self, support_features: Any, support_y: Any, query_features: Any) -> Any:
         """Returns ``[queries, ways]`` logits: negative squared distances to the support class centroids."""

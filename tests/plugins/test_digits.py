@@ -76,3 +76,47 @@ def test_default_episodes_fit_every_split(split):
     e = spec().episode_defaults
     batch = EpisodeSampler(ds, split, e["ways"], e["shots"], e["queries"], seed=0).sample_batch(2)
     assert batch.support_x.shape == (2, 15, 8, 8, 1)
+
+
+def test_supervised_mode_divides_images_stratified_and_seeded():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = digits_plugin.make_digits({"mode": "supervised"})
+    assert ds.supervised is True and ds.info["mode"] == "supervised"
+    names = [f"digit_{d}" for d in range(10)]
+    assert all(split.class_names == names for split in ds.splits.values())
+    per_digit = np.bincount(bunch.target)
+    test = np.bincount(ds.splits["test"].labels, minlength=10)
+    val = np.bincount(ds.splits["val"].labels, minlength=10)
+    train = np.bincount(ds.splits["train"].labels, minlength=10)
+    np.testing.assert_array_equal(test, np.round(0.25 * per_digit))  # stratified: a quarter of every digit
+    np.testing.assert_array_equal(val, np.round(0.2 * (per_digit - test)))
+    np.testing.assert_array_equal(train + val + test, per_digit)
+    # Every image lands in exactly one split, with its own digit.
+    seen = []
+    for split in ds.splits.values():
+        for label in range(10):
+            seen += [(label, image.tobytes()) for image in split.images[split.labels == label]]
+    expected = [(int(t), np.rint(img).astype(np.uint8)[..., None].tobytes()) for img, t in zip(bunch.images, bunch.target)]
+    assert sorted(seen) == sorted(expected)
+    same = digits_plugin.make_digits({"mode": "supervised"})
+    other = digits_plugin.make_digits({"mode": "supervised", "seed": 1})
+    np.testing.assert_array_equal(same.splits["test"].images, ds.splits["test"].images)
+    assert not np.array_equal(other.splits["test"].images, ds.splits["test"].images)
+    assert digits_plugin.make_digits({}).supervised is False
+
+
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_default_episodes_fit_every_split_in_supervised_mode(split):
+    ds = digits_plugin.make_digits({"mode": "supervised"})
+    e = spec().episode_defaults
+    batch = EpisodeSampler(ds, split, e["ways"], e["shots"], e["queries"], seed=0).sample_batch(2)
+    assert batch.support_x.shape == (2, 15, 8, 8, 1)
+
+
+def test_supervised_fractions_are_checked():
+    with pytest.raises(ValueError, match="test_fraction"):
+        digits_plugin.DigitsParams(mode="supervised", test_fraction=1.0)
+    with pytest.raises(ValueError, match="mode"):
+        digits_plugin.DigitsParams(mode="tabular")

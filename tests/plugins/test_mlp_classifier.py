@@ -132,3 +132,83 @@ def test_report_panel_gives_supervised_accuracy_well_above_chance(builtin_regist
     from metalab.plugins import mlp_classifier
 
     assert mlp_classifier.metalab_report_panels(run={"algorithm": "metalab.maml"}, report_data=data) == []
+
+
+def _supervised_digits_config(registry, steps, **algorithm_params):
+    return resolve_config(registry, {
+        "dataset": "metalab.digits", "algorithm": "metalab.mlp_classifier", "steps": steps, "seed": 0,
+        "val_every": steps, "val_episodes": 4, "test_episodes": 8, "dataset_params": {"mode": "supervised"},
+        "algorithm_params": {"hidden": [128], **algorithm_params},
+    })
+
+
+def test_learns_the_supervised_digits_test_set_and_reports_it(builtin_registry, tmp_path):
+    from metalab.core.store import RunStore
+
+    config = _supervised_digits_config(builtin_registry, steps=100)
+    result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
+    store = RunStore(tmp_path / "runs.sqlite")
+    data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())
+    test = data["metalab.mlp_classifier"]["test"]
+    # All ten digits, the seeded quarter of the images kept out of training; chance is 10%.
+    assert (test["classes"], test["test_classes"], test["images"]) == (10, 10, 450)
+    assert test["accuracy"] > 0.8, test
+    assert test["correct"] == round(test["accuracy"] * 450) and min(test["per_class"]) > 0.5
+    assert "holdout" not in data["metalab.mlp_classifier"]
+    run = {"id": result.run_id, "algorithm": "metalab.mlp_classifier"}
+    found = [panel for panels in builtin_registry.pm.hook.metalab_report_panels(
+        run=run, report_data=data, artifacts_dir=str(tmp_path)) for panel in panels]
+    (panel,) = [p for p in found if p.title == "Supervised accuracy (no meta-learning)"]
+    panel.validate()
+    assert f"**Test accuracy {100 * test['accuracy']:.2f}%**" in panel.markdown
+    assert f"| test set | {100 * test['accuracy']:.1f}% ({test['correct']} of 450) | 10 | 450 | 10.0% |" in panel.markdown
+    assert "held-out training images" not in panel.markdown
+
+
+def test_on_a_supervised_dataset_the_runner_hands_over_the_test_split_and_holds_nothing_out(builtin_registry):
+    from metalab.core.runner import make_training_sampler
+
+    session = build_session(builtin_registry, _supervised_digits_config(builtin_registry, steps=1))
+    sampler = make_training_sampler(session)
+    assert len(sampler.excluded_rows) == 0 and session.algorithm._holdout is None
+    images, labels, to_float = session.algorithm._test
+    test = session.dataset.splits["test"]
+    np.testing.assert_array_equal(images, test.images)
+    np.testing.assert_array_equal(labels, test.labels)
+    assert to_float == session.dataset.to_float
+    assert session.task.num_train_classes == 10 and session.algorithm.model.output_shape == (None, 10)
+
+
+def test_a_supervised_dataset_whose_test_classes_differ_is_refused():
+    from types import SimpleNamespace
+
+    from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+    from metalab.core.runner import Session, make_training_sampler
+
+    def split(names):
+        return ClassSplit(images=np.zeros((4, 1, 1, 1), np.uint8), labels=np.array([0, 1, 0, 1]), class_names=names)
+
+    dataset = ClassificationDataset(splits={"train": split(["a", "b"]), "val": split(["a", "b"]),
+                                            "test": split(["b", "a"])}, input_shape=(1, 1, 1), supervised=True)
+    received = []
+    algorithm = SimpleNamespace(batch_kind="supervised", batch_size=2, set_supervised_test=received.append)
+    session = Session(config=SimpleNamespace(algorithm="x.y", dataset="x.toy", seed=0), dataset=dataset,
+                      algorithm=algorithm, task=SimpleNamespace(ways=2))
+    with pytest.raises(ValueError, match="test split must hold the training classes in the same order"):
+        make_training_sampler(session)
+    assert received == []
+
+
+def test_report_data_holds_whichever_accuracies_exist():
+    from metalab.plugins.mlp_classifier.algorithm import MLPClassifier
+    from metalab.plugins.mlp_classifier.panels import supervised_accuracy_panel
+
+    algo = MLPClassifier(MLPClassifierParams(hidden=[4]), _task(num_train_classes=3, shape=(2,)))
+    assert algo.report_data() is None
+    algo.set_supervised_test(np.eye(3, 2, dtype=np.float32), np.array([0, 1, 2]), lambda x: x)
+    data = algo.report_data()
+    assert set(data) == {"test"} and data["test"]["images"] == 3 and len(data["test"]["per_class"]) == 3
+    logits = np.asarray(algo.model(np.eye(3, 2, dtype=np.float32)))
+    assert data["test"]["correct"] == int(np.sum(logits.argmax(-1) == [0, 1, 2]))
+    with pytest.raises(ValueError, match="'test' or 'holdout'"):
+        supervised_accuracy_panel({})

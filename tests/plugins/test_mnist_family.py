@@ -173,3 +173,147 @@ def test_read_idx_round_trip(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     write_idx(tmp_path / "a.gz", array)
     np.testing.assert_array_equal(read_idx(tmp_path / "a.gz", 3), array)
+
+
+# -- supervised mode: every class in every split, the official test images as test --------------------------
+
+
+def write_sized_npz(path: Path, classes: int, train_per_class: int, test_per_class: int, first_label: int = 0) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x_train, y_train = fake_split(classes, train_per_class, first_label, seed=0)
+    x_test, y_test = fake_split(classes, test_per_class, first_label, seed=1)
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_supervised_mode_keeps_every_class_and_the_official_test_set(tmp_path, keras_home):
+    official = write_sized_npz(keras_home / "datasets" / "mnist.npz", 10, train_per_class=20, test_per_class=4)
+    ds = family.make_mnist({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))
+    assert ds.supervised is True and ds.info["mode"] == "supervised"
+    names = [f"digit_{d}" for d in range(10)]
+    for split in ds.splits.values():
+        assert split.class_names == names and split.images.shape[1:] == (28, 28, 1)
+        # Each image carries its label in pixel (0, 0): labels follow the images.
+        np.testing.assert_array_equal(split.images[:, 0, 0, 0], split.labels)
+    # Test is exactly the official test set, in order.
+    np.testing.assert_array_equal(ds.splits["test"].images[..., 0], official["x_test"])
+    np.testing.assert_array_equal(ds.splits["test"].labels, official["y_test"])
+    # Train and val divide the official train images: a stratified quarter of each class is val.
+    assert np.bincount(ds.splits["val"].labels).tolist() == [5] * 10
+    assert np.bincount(ds.splits["train"].labels).tolist() == [15] * 10
+    pooled = np.concatenate([ds.splits["train"].images, ds.splits["val"].images])[..., 0]
+    key = lambda a: sorted(map(bytes, a))  # noqa: E731 - order-free comparison of image sets
+    assert key(pooled) == key(official["x_train"])
+    assert ds.info["images"] == {"train": 150, "val": 50, "test": 40}
+    assert ds.info["official_test_images"] == 40 and ds.info["split_classes"]["test"] == names
+    # The seed picks the val images; the same seed, the same ones.
+    again = family.make_mnist({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))
+    other = family.make_mnist({"mode": "supervised", "val_fraction": 0.25, "seed": 1}, ctx(tmp_path))
+    np.testing.assert_array_equal(again.splits["val"].images, ds.splits["val"].images)
+    assert not np.array_equal(other.splits["val"].images, ds.splits["val"].images)
+    # Few-shot mode is unchanged and says so.
+    assert family.make_mnist({}, ctx(tmp_path)).supervised is False
+
+
+def test_supervised_emnist_letters_has_all_26_letters_labelled_from_zero(tmp_path):
+    official = write_sized_npz(tmp_path / "data" / "emnist" / "emnist-letters.npz", 26, 4, 2, first_label=1)
+    ds = family.make_emnist_letters({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))
+    letters = [chr(ord("A") + i) for i in range(26)]
+    assert all(split.class_names == letters for split in ds.splits.values())
+    np.testing.assert_array_equal(ds.splits["test"].labels, official["y_test"].astype(int) - 1)
+    assert ds.splits["test"].num_classes == 26 and len(ds.splits["val"].labels) == 26
+
+
+def test_few_shot_episodes_still_run_on_a_supervised_dataset(tmp_path, keras_home):
+    from metalab.core.tasks import EpisodeSampler, fixed_episodes
+
+    write_sized_npz(keras_home / "datasets" / "mnist.npz", 10, train_per_class=20, test_per_class=8)
+    ds = family.make_mnist({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))
+    batch = fixed_episodes(ds, "test", 5, 2, 3, n=4, seed=0).batch()
+    assert batch.support_x.shape == (4, 10, 28, 28, 1) and batch.query_y.shape == (4, 15)
+    EpisodeSampler(ds, "val", 10, 2, 3, seed=0).sample_batch(2)
+
+
+def test_mlp_classifier_run_on_supervised_mnist_reports_official_test_accuracy(builtin_registry, tmp_path):
+    import json
+
+    from metalab.core import testing
+    from metalab.core.config import resolve_config
+    from metalab.core.store import RunStore
+
+    npz = tmp_path / "mine" / "mnist.npz"
+    write_sized_npz(npz, 10, train_per_class=20, test_per_class=6)
+    config = resolve_config(builtin_registry, {
+        "dataset": "metalab.mnist", "algorithm": "metalab.mlp_classifier", "steps": 4, "val_every": 4,
+        "val_episodes": 2, "test_episodes": 4, "ways": 5, "shots": 2, "queries": 3,
+        "dataset_params": {"mode": "supervised", "val_fraction": 0.25, "path": str(npz)},
+        "algorithm_params": {"hidden": [8], "batch_size": 16},
+    })
+    result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
+    assert result.after["episodes"] == 4  # the few-shot evaluation ran on the test split's classes
+    store = RunStore(tmp_path / "runs.sqlite")
+    data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())["metalab.mlp_classifier"]
+    assert "holdout" not in data  # the dataset's own val split is the held-out share
+    test = data["test"]
+    assert (test["images"], test["classes"], test["test_classes"]) == (60, 10, 10)
+    assert len(test["per_class"]) == 10 and test["chance"] == 0.1
+
+
+# -- EMNIST's MATLAB release ------------------------------------------------------------------------------------
+
+
+def write_emnist_mat(path: Path, classes: int = 26) -> None:
+    """NIST's layout: struct ``dataset`` with train/test images (N x 784, each row column-major) and labels."""
+    from scipy.io import savemat
+
+    def part(seed: int, per_class: int) -> dict:
+        images, labels = fake_split(classes, per_class, first_label=1, seed=seed)
+        rows = images.transpose(0, 2, 1).reshape(len(images), 784)  # row-major of the transpose = column-major
+        return {"images": rows, "labels": labels.reshape(-1, 1), "writers": np.zeros((len(labels), 1))}
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mapping = np.stack([np.arange(1, 27), np.arange(65, 91), np.arange(97, 123)], axis=1)
+    savemat(str(path), {"dataset": {"train": part(0, 3), "test": part(1, 2), "mapping": mapping}})
+
+
+def test_emnist_letters_mat_is_read_upright_like_the_gzip_files(tmp_path):
+    write_emnist_mat(tmp_path / "data" / "emnist" / "emnist-letters.mat")
+    from_mat = family.make_emnist_letters({}, ctx(tmp_path))
+    assert from_mat.info["format"] == "mat"
+    check(from_mat, [chr(ord("A") + i) for i in range(26)], (16, 5, 5), first_label=1)
+    write_idx_set(tmp_path / "gz", EMNIST_IDX, 26, first_label=1, transpose=True)
+    from_gzip = family.make_emnist_letters({"path": str(tmp_path / "gz")}, ctx(tmp_path))
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(from_mat.splits[name].images, from_gzip.splits[name].images)
+        np.testing.assert_array_equal(from_mat.splits[name].labels, from_gzip.splits[name].labels)
+
+
+def test_emnist_letters_mat_at_a_path_in_supervised_mode(tmp_path):
+    path = tmp_path / "mine" / "letters.mat"
+    write_emnist_mat(path)
+    ds = family.make_emnist_letters({"path": str(path), "mode": "supervised", "val_fraction": 0.34}, ctx(tmp_path))
+    assert ds.info["sources"] == str(path) and ds.info["official_test_images"] == 52
+    assert len(ds.splits["test"].labels) == 52 and len(ds.splits["val"].labels) == 26
+    assert (ds.splits["test"].images[:, 0, 1, 0] == 200).all() and (ds.splits["test"].images[:, 1, 0, 0] == 50).all()
+
+
+def test_a_mat_file_of_another_layout_is_a_clear_error(tmp_path):
+    from scipy.io import savemat
+
+    path = tmp_path / "data" / "emnist" / "emnist-letters.mat"
+    path.parent.mkdir(parents=True)
+    savemat(str(path), {"images": np.zeros((2, 784), dtype=np.uint8)})
+    with pytest.raises(ValueError, match="struct 'dataset' with 'train' and 'test'"):
+        family.make_emnist_letters({}, ctx(tmp_path))
+    path.write_bytes(b"not a MATLAB file at all")
+    with pytest.raises(ValueError, match="emnist-letters.mat"):
+        family.make_emnist_letters({}, ctx(tmp_path))
+
+
+def test_missing_emnist_error_names_the_mat_file_in_either_mode(tmp_path):
+    for mode in ("few_shot", "supervised"):
+        with pytest.raises(FileNotFoundError, match=r"emnist-letters\.mat .*emnist-letters-train-images"):
+            family.make_emnist_letters({"mode": mode}, ctx(tmp_path))
+    with pytest.raises(FileNotFoundError, match="mnist.npz"):
+        family.make_mnist({"mode": "supervised"}, ctx(tmp_path))
