@@ -20,6 +20,7 @@ __all__ = [
     "PUBLISHED_RESULTS",
     "Series",
     "adaptation_curve_figure",
+    "batch_norm_summary",
     "compare_curves_figure",
     "embedding_figure",
     "episode_gallery_figure",
@@ -320,6 +321,29 @@ PUBLISHED_RESULTS: list[dict[str, Any]] = [
 ]
 
 
+def batch_norm_summary(config: dict[str, Any]) -> str | None:
+    """Says how a run's batch norm was set up at meta-test time, from its algorithm's parameters.
+
+    Reads the conventional parameters ``transductive`` and ``per_step_bn`` (any algorithm that has them); returns
+    ``None`` when the algorithm has neither. Every report prints it, since the choice moves published numbers by
+    several points (Nichol et al. 2018, section 5; Antoniou et al. 2019).
+
+    Args:
+        config: A run config (``algorithm_params`` is read).
+    """
+    params = config.get("algorithm_params") or {}
+    if "transductive" not in params and "per_step_bn" not in params:
+        return None
+    per_step = bool(params.get("per_step_bn", False))
+    if params.get("transductive", True):
+        text = "transductive (query batch statistics)"
+    elif per_step:
+        text = "inductive (per-step running statistics)"
+    else:
+        text = "inductive (no query's prediction depends on the other queries)"
+    return f"Meta-test batch norm: {text}" + ("; per-step batch norm (MAML++)" if per_step else "") + "."
+
+
 def published_results(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Published Omniglot results whose protocol matches a run's, with their citations.
 
@@ -552,6 +576,9 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         f"{run.get('step')}/{run.get('total_steps')}; seed {config.get('seed')}. Generated "
         f"{stamp.isoformat(timespec='seconds')}.</p>",
     ]
+    bn = batch_norm_summary(config)
+    if bn:
+        parts.append(f"<p class='batch-norm'>{html.escape(bn)}</p>")
     evaluation = _test_evaluation(report)
     if evaluation:
         name, value, ci = score_of(evaluation)

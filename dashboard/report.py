@@ -153,6 +153,9 @@ def _finished(run) -> None:
     cols[2].metric("Training time", _duration((run.finished or 0) - run.started if run.started and run.finished
                                               else None))
     cols[3].metric("Device", run.device or "–")
+    bn = reports.batch_norm_summary(run.config)
+    if bn:
+        st.caption(bn)
 
     published = reports.published_results(run.config)
     if published:

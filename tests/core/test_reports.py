@@ -230,3 +230,22 @@ def test_a_benchmark_evaluation_stands_beside_the_published_figures():
     assert values["this run"] == pytest.approx(86.0)
     assert values["people"] == pytest.approx(95.5)
     assert "Lake, Salakhutdinov and Tenenbaum 2015" in reports.report_html(report)
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"inner_lr": 0.4}, None),
+    ({"transductive": True}, "Meta-test batch norm: transductive (query batch statistics)."),
+    ({"transductive": False}, "Meta-test batch norm: inductive (no query's prediction depends on the other queries)."),
+    ({"transductive": False, "per_step_bn": True},
+     "Meta-test batch norm: inductive (per-step running statistics); per-step batch norm (MAML++)."),
+    ({"per_step_bn": True}, "Meta-test batch norm: transductive (query batch statistics); per-step batch norm (MAML++)."),
+])
+def test_batch_norm_summary_says_which_mode_the_run_used(params, expected):
+    assert reports.batch_norm_summary({"algorithm_params": params}) == expected
+
+
+def test_report_html_says_which_batch_norm_mode_was_used():
+    report = _report()
+    report["run"]["config"] = {**report["run"]["config"],
+                               "algorithm_params": {"transductive": False, "per_step_bn": True}}
+    assert "inductive (per-step running statistics); per-step batch norm (MAML++)" in reports.report_html(report)

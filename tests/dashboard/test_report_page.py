@@ -91,3 +91,12 @@ def test_without_a_run_the_page_offers_a_choice(page, fake_runs):
     assert at.selectbox[0].options and run_id in at.selectbox[0].options[0]
     at.selectbox[0].set_value(run_id).run()
     assert at.query_params["run"] in (run_id, [run_id])
+
+
+def test_report_says_which_batch_norm_mode_the_run_used(page, fake_runs):
+    from .conftest import SINUSOID_CONFIG
+
+    config = {**SINUSOID_CONFIG, "algorithm_params": {"inner_lr": 0.01, "transductive": False, "per_step_bn": True}}
+    at = page("run_report", {"run": fake_runs.completed(config=config)}).run()
+    assert not at.exception
+    assert any("inductive (per-step running statistics)" in c.value for c in at.caption)
