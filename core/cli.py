@@ -116,12 +116,32 @@ def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:
     else:
         if evals:
             console.print(_score_line(evals[0]))
+        _print_panels(services, run_id)
         console.print(run_id)
     if status == "failed":
         err.print(f"[red]run {run_id} failed:[/] {run.error}\n{run.traceback or ''}", highlight=False)
         raise typer.Exit(1)
     if status == "cancelled":
         err.print(f"run {run_id} cancelled at step {run.step}; resume with: metalab runs resume {run_id}")
+
+
+def _print_panels(services: Any, run_id: str) -> None:
+    """Prints how batch norm was used and the text of the panels plugins add to the run's report."""
+    from rich.markdown import Markdown
+
+    from .reports import batch_norm_summary
+
+    bn = batch_norm_summary(services.run(run_id).config)
+    if bn:
+        console.print(bn, highlight=False)
+    for panel in services.report_panels(run_id):
+        if panel.get("error"):
+            err.print(f"plugin {panel.get('plugin')} could not draw its panel {panel['title']!r}: {panel['error']}")
+        elif panel.get("markdown"):
+            console.print(f"[bold]{panel['title']}[/]")
+            console.print(Markdown(panel["markdown"]))
+        else:
+            console.print(f"[bold]{panel['title']}[/]: a figure; see the dashboard or `metalab report {run_id} --html`")
 
 
 def _score_line(result: dict[str, Any]) -> str:
@@ -185,6 +205,7 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
         console.print(f"  {name} = {value:.4f}")
     for ev in data["evaluations"][:1]:
         console.print(_score_line(ev))
+    _print_panels(services, run.id)
     if run.error:
         err.print(f"[red]{run.error}[/]\n{run.traceback or ''}", highlight=False)
 

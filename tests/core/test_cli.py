@@ -1,6 +1,7 @@
 """The metalab CLI, driven in-process with a fresh METALAB_HOME."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -67,3 +68,14 @@ def test_unknown_run_is_a_clear_error():
     result = invoke("runs", "show", "no-such-run")
     assert result.exit_code == 2
     assert "no-such-run" in result.output
+
+
+def test_supervised_mlp_run_prints_its_test_accuracy_panel():
+    result = invoke("train", "-d", "metalab.digits", "-a", "metalab.mlp_classifier", "--set", "dataset.mode=supervised",
+                    "--steps", "60", "--set", "test_episodes=20", "--set", "val_episodes=10")
+    assert result.exit_code == 0, result.output
+    assert "Supervised accuracy (no meta-learning)" in result.stdout
+    match = re.search(r"Test accuracy ([\d.]+)%", result.stdout)
+    assert match and float(match.group(1)) > 80.0  # ten digit classes: chance is 10%
+    run_id = result.stdout.strip().splitlines()[-1]
+    assert "Test accuracy" in invoke("runs", "show", run_id).stdout
