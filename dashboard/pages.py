@@ -64,6 +64,26 @@ def _param_table(schema: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).astype(str)
 
 
+def _dataset_files(dataset_id: str) -> None:
+    """Whether a dataset's files are present (on demand: it loads them), else where they are expected."""
+    cols = st.columns([1, 3])
+    if cols[0].button("Check files", key=f"files-{dataset_id}"):
+        try:
+            summary = services().dataset_summary(dataset_id, sample_classes=0)
+        except FileNotFoundError as exc:
+            # The plugin's message names the files and the places it looked.
+            st.error(f"Files missing. {exc}")
+        except Exception as exc:  # noqa: BLE001 - a broken dataset is reported, never fatal to the page
+            st.warning(f"The files could not be used: {type(exc).__name__}: {exc}")
+        else:
+            counts = summary.get("splits") or {}
+            sizes = ", ".join(f"{name}: {info.get('classes', '?')} classes, {info.get('images', '?')} images"
+                              for name, info in counts.items() if isinstance(info, dict))
+            st.success(f"Files present{' — ' + sizes if sizes else ''}.")
+    cols[1].page_link(routes.datasets_page(), label="Files, sizes and samples",
+                      query_params={"view": "browse", "dataset": dataset_id})
+
+
 def plugins() -> None:
     """The Plugins page: every spec with its parameters; failed and disabled plugins with their errors."""
     st.title("Plugins")
@@ -97,9 +117,7 @@ def plugins() -> None:
                 else:
                     st.caption("No parameters.")
                 if kind == "dataset":
-                    # Where the files are expected and whether they are present: the Datasets page loads it.
-                    st.page_link(routes.datasets_page(), label="Files, sizes and samples",
-                                 query_params={"view": "browse", "dataset": row["id"]})
+                    _dataset_files(row["id"])
     if broken:
         st.subheader("Failed or disabled plugins")
         for row in broken:

@@ -37,6 +37,18 @@ def test_plugins_page_lists_specs_with_parameters_and_broken_plugins(page):
     assert any("ModuleNotFoundError" in c.value for c in at.code)  # a traceback
 
 
+def test_plugins_page_checks_whether_a_datasets_files_are_present(page, monkeypatch, tmp_path):
+    monkeypatch.setenv("METALAB_DATA_DIR", str(tmp_path / "empty"))  # no MNIST anywhere here
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    at = page("plugins").run()
+    at.button(key="files-metalab.digits").click().run()
+    assert not at.exception
+    assert any("Files present" in s.value and "train:" in s.value for s in at.success)
+    at.button(key="files-metalab.mnist").click().run()
+    missing = " ".join(e.value for e in at.error)
+    assert "Files missing" in missing and "mnist.npz" in missing
+
+
 def test_plugins_page_marks_disabled_plugins(page, monkeypatch):
     monkeypatch.setenv("METALAB_DISABLE_PLUGINS", "lines")
     at = page("plugins").run()
