@@ -37,12 +37,8 @@ def per_step_batch_norm(steps: int) -> Iterator[None]:
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"per_step_batch_norm needs a positive number of steps. Received: steps={steps!r}")
-    previous = getattr(_context, "steps", None)
-    _context.steps = steps
-    try:
+    with _setting("steps", steps):
         yield
-    finally:
-        _context.steps = previous
 
 
 @contextlib.contextmanager
@@ -53,12 +49,18 @@ def batch_norm_step(step: Any) -> Iterator[None]:
         step: The inner-loop step, a Python int or a scalar int tensor (e.g. a loop counter); steps beyond a
             layer's last set use the last set.
     """
-    previous = getattr(_context, "step", None)
-    _context.step = step
+    with _setting("step", step):
+        yield
+
+
+@contextlib.contextmanager
+def _setting(name: str, value: Any) -> Iterator[None]:
+    previous = getattr(_context, name, None)
+    setattr(_context, name, value)
     try:
         yield
     finally:
-        _context.step = previous
+        setattr(_context, name, previous)
 
 
 def batch_norm_steps(model: Any) -> int:
