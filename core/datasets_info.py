@@ -53,6 +53,7 @@ __all__ = [
     "make_class_splits",
     "summarize_dataset",
     "episode_problems",
+    "to_uint8",
 ]
 
 #: File suffixes taken for images: a file with one of these that Pillow cannot read is reported as unreadable;
@@ -703,11 +704,21 @@ def make_class_splits(images: np.ndarray, labels: np.ndarray, class_names: Seque
 # ----------------------------------------------------------------------------------------------------------
 
 
+def to_uint8(images: Any, scale: float = 1.0) -> np.ndarray:
+    """Maps values in ``[0, scale]`` to ``uint8`` 0..255, rounded and clipped (for pictures in reports and pages).
+
+    Args:
+        images: Any array of pixel values.
+        scale: The value that becomes 255 (1 for images in [0, 1], a dataset's ``scale`` for its stored pixels).
+    """
+    images = np.asarray(images)
+    if scale == 255.0 and images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    return np.clip(np.rint(images.astype(np.float64) * (255.0 / float(scale))), 0, 255).astype(np.uint8)
+
+
 def _display_image(image: np.ndarray, scale: float) -> np.ndarray:
-    image = np.asarray(image)
-    if scale != 255.0 or image.dtype != np.uint8:
-        image = np.clip(np.rint(image.astype(np.float64) * (255.0 / float(scale))), 0, 255)
-    return np.ascontiguousarray(image.astype(np.uint8))
+    return np.ascontiguousarray(to_uint8(image, scale))
 
 
 def summarize_dataset(dataset: Any, *, sample_classes: int = 5, samples_per_class: int = 3, seed: int = 0) -> dict:

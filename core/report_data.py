@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .datasets_info import to_uint8
 from .plugin_api import TaskBatch
 
 logger = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ def _to_uint8(images: np.ndarray) -> list:
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 4:
         images = images[..., 0]
-    return np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8).tolist()
+    return to_uint8(images).tolist()
 
 
 def _features(algorithm: Any, x: np.ndarray) -> tuple[np.ndarray, str] | None:

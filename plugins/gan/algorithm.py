@@ -30,6 +30,7 @@ import numpy as np
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.datasets_info import to_uint8
 from metalab.core.episodic import prototype_logits
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
@@ -39,11 +40,6 @@ SNAPSHOTS = 8
 SAMPLES = 8
 #: Seed of the fixed noise vectors of the snapshots.
 SAMPLE_SEED = 2016
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Maps values in [0, 1] to ``uint8`` 0..255 (clipped)."""
-    return np.clip(np.round(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _bce(logits: Any, target: float) -> Any:

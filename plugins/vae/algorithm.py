@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from metalab.core import functional
+from metalab.core.datasets_info import to_uint8
 from metalab.core.episodic import prototype_logits
 from metalab.core.plugin_api import TaskBatch, TaskSpec
 
@@ -34,11 +35,6 @@ RECONSTRUCTIONS = 8
 PRIOR_SAMPLES = 16
 #: Seed of the prior samples in the report (the same codes for every run of a latent size).
 REPORT_SEED = 2014
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Maps values in [0, 1] to ``uint8`` 0..255 (clipped)."""
-    return np.clip(np.round(np.asarray(images, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def gaussian_kl(mean: Any, log_var: Any) -> Any:
