@@ -2,7 +2,8 @@
 
 ``python -m metalab.core.probe devices`` prints the devices TensorFlow sees; ``python -m metalab.core.probe
 estimate CONFIG_JSON`` builds a run's session as the runner does, times a few compiled train steps and prints
-parameter count, compile time, seconds per step, peak memory and, for second-order MAML, whether it fits.
+parameter count, compile time, seconds per step, peak memory beside the analytic estimate of ``core.memory``
+and, for second-order MAML, whether it fits.
 Both print one JSON object on the last line of stdout (``{"ok": false, "error": ...}`` on failure).
 """
 
@@ -252,8 +253,11 @@ def estimate(
         ``meta_batch_size``, ``compile_seconds`` (the first step), ``seconds_per_step`` (after warm-up),
         ``timed_steps``, ``run_steps`` and ``estimated_run_seconds`` (training steps only, no evaluation),
         ``memory`` (``kind``, ``baseline_bytes``, ``peak_bytes``, ``available_bytes``), ``second_order``,
-        ``fits`` (``None`` when unknown), ``hint`` (advice, or ``None``) and ``extrapolated`` (the times and
-        peak come from the single-task step because the full step was judged not to fit).
+        ``fits`` (``None`` when unknown), ``hint`` (advice, or ``None``), ``extrapolated`` (the times and
+        peak come from the single-task step because the full step was judged not to fit) and
+        ``memory_estimate`` (the analytic breakdown of :func:`metalab.core.memory.estimate_for_session`, made
+        from the layer shapes before any step runs, with the baseline above; ``{"modelled": False, "reason"}``
+        for algorithms it does not cover).
 
     Raises:
         ConfigError: The config is invalid.
@@ -306,6 +310,7 @@ def estimate(
         baseline = meter.current()
         memory = {"kind": meter.kind, "baseline_bytes": baseline, "peak_bytes": None, "available_bytes": available}
         result["memory"] = memory
+        result["memory_estimate"] = _analytic_estimate(session, settings, meter, tasks, baseline)
         budget = None if available is None else FIT_FRACTION * available
 
         if second_order and tasks > 1 and budget is not None:
@@ -363,6 +368,20 @@ def estimate(
                 + ("set algorithm.first_order (or fewer tasks per step)." if second_order
                    else "use fewer tasks per step, a smaller backbone or another device."))
     return result
+
+
+def _analytic_estimate(session: Any, settings: Settings, meter: _Meter, tasks: int, baseline: int) -> dict[str, Any]:
+    """:func:`metalab.core.memory.estimate_for_session` for the run's device; never raises (the probe goes on)."""
+    from . import memory
+    from .runner import thread_counts
+
+    try:
+        # On CPU the training worker runs about one task per inter-op thread at once; an accelerator's executor
+        # is not modelled that way, so every task counts there.
+        concurrency = (thread_counts(settings, tasks)[1] or None) if meter.on_host else None
+        return memory.estimate_for_session(session, concurrency=concurrency, baseline_bytes=baseline)
+    except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is reported, the probe still runs
+        return {"modelled": False, "reason": f"The memory estimate failed: {type(exc).__name__}: {exc}"}
 
 
 def _run_seconds(result: dict[str, Any]) -> float:

@@ -141,6 +141,68 @@ def _gib(n: int | float | None) -> str:
     return "unknown" if n is None else f"{n / 2**30:.1f} GiB"
 
 
+def _size(n: int | float | None) -> str:
+    """``"850 KB"``, ``"61.4 MB"`` or ``"1.6 GiB"`` (``"unknown"`` for ``None``)."""
+    if n is None:
+        return "unknown"
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KB"
+    if n < 2**30:
+        return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _inner_steps(n: int) -> str:
+    return f"{n} inner step" + ("" if n == 1 else "s")
+
+
+def memory_estimate_rows(estimate: dict[str, Any]) -> list[tuple[str, str]]:
+    """The analytic memory estimate of a probe result as ``(item, size)`` rows (empty when not modelled)."""
+    if not estimate or not estimate.get("modelled"):
+        return []
+    order = "second order" if estimate.get("second_order") else "first order"
+    steps = _inner_steps(estimate["inner_steps"])
+    rows = [
+        (f"Weights ({int(estimate['parameters']):,} parameters)", _size(estimate["parameter_bytes"])),
+        ("Optimizer slots", _size(estimate["optimizer_bytes"])),
+        ("Meta-gradient and update", _size(estimate["gradient_bytes"])),
+        (f"Batch ({estimate['meta_batch']} tasks)", _size(estimate["batch_bytes"])),
+        ("Gradients in flight (widest layer)", _size(estimate.get("transient_bytes", 0))),
+        ("Per task: query pass", _size(estimate["query_pass_bytes"])),
+        ("Per task: support pass, per inner step", _size(estimate["support_pass_bytes"])),
+        (f"Per task, kept for the backward pass ({steps}, {order})",
+         _size(estimate["per_task_activation_bytes"])),
+        (f"Activations: {estimate['tasks_alive']} of {estimate['meta_batch']} tasks alive at once",
+         _size(estimate["activation_bytes"])),
+        ("Step", _size(estimate["step_bytes"])),
+        ("Step if every task were alive at once", _size(estimate["all_tasks_bytes"])),
+        ("Runtime before the step (measured)", _size(estimate["baseline_bytes"])),
+        ("Total", _size(estimate["total_bytes"])),
+    ]
+    return rows
+
+
+def _memory_estimate_view(estimate: dict[str, Any] | None) -> None:
+    """The analytic estimate beside the measured peak: a one-line summary and the breakdown in an expander."""
+    if not estimate:
+        return
+    if not estimate.get("modelled"):
+        st.caption(f"Memory estimate: not modelled. {estimate.get('reason', '')}")
+        return
+    st.caption(
+        f"Memory estimate (from the layer shapes, before any step): {_size(estimate['total_bytes'])} in all, "
+        f"{_size(estimate['step_bytes'])} for the step: {_size(estimate['per_task_activation_bytes'])} per task "
+        f"x {estimate['tasks_alive']} of {estimate['meta_batch']} tasks alive, "
+        f"{_inner_steps(estimate['inner_steps'])}. On CPU the measured peak also holds the compiled graph, which the estimate leaves out."
+    )
+    with st.expander("Memory estimate: breakdown"):
+        st.table({"item": [r[0] for r in memory_estimate_rows(estimate)],
+                  "size": [r[1] for r in memory_estimate_rows(estimate)]})
+        if estimate.get("unmodelled_layers"):
+            st.caption("Layer kinds counted as keeping input, output and gradient (not in the model's table): "
+                       + ", ".join(estimate["unmodelled_layers"]))
+
+
 def _duration(seconds: float) -> str:
     """``"850 ms"``, ``"12.3 s"``, ``"4 min 05 s"`` or ``"2 h 03 min"``."""
     if seconds < 1:
@@ -247,7 +309,8 @@ def _estimate_section(svc: Any, config: RunConfig | None) -> None:
     per_step = float(result["seconds_per_step"])
     compile_s = float(result["compile_seconds"])
     memory = result.get("memory") or {}
-    cols = st.columns(5)
+    estimate = result.get("memory_estimate") or {}
+    cols = st.columns(6)
     cols[0].metric("Parameters", f"{int(result['parameters']):,}",
                    help=f"Trainable parameters; every weight: {int(result.get('weights', 0)):,}.")
     cols[1].metric("Compile (first step)", _duration(compile_s))
@@ -256,9 +319,13 @@ def _estimate_section(svc: Any, config: RunConfig | None) -> None:
                    help="Training steps only: validation and the final meta-test add to this.")
     cols[4].metric("Peak memory", _gib(memory.get("peak_bytes")),
                    help=f"{memory.get('kind', '')}; {_gib(memory.get('available_bytes'))} available.")
+    cols[5].metric("Estimated peak", _gib(estimate.get("total_bytes")) if estimate.get("modelled") else "not modelled",
+                   help="Analytic: the runtime before the step plus weights, optimizer slots and the activations "
+                        "the tasks keep for the backward pass (breakdown below).")
     basis = (f"{result.get('timed_steps', 0)} timed steps after the compile" if not result.get("extrapolated")
              else "one single-task step scaled to the meta-batch (the full step was not tried)")
     st.caption(f"Measured on {result['device']} from {basis}; {_gib(memory.get('available_bytes'))} available.")
+    _memory_estimate_view(estimate)
     if result.get("hint"):
         st.warning(result["hint"])
     elif result.get("second_order") and result.get("fits"):

@@ -60,6 +60,12 @@ def test_estimate_of_tiny_second_order_maml_is_measured(builtin_registry):
     assert memory["kind"] == "host RSS" and memory["peak_bytes"] >= memory["baseline_bytes"] > 2**20
     assert memory["available_bytes"] > memory["peak_bytes"]
     assert result["second_order"] is True and result["fits"] is True and result["hint"] is None
+    # The analytic estimate comes with the measured figures: same parameters, the measured baseline under it.
+    analytic = result["memory_estimate"]
+    assert analytic["modelled"] is True and analytic["second_order"] is True
+    assert analytic["parameters"] == result["parameters"] and analytic["meta_batch"] == 3
+    assert analytic["baseline_bytes"] == memory["baseline_bytes"]
+    assert analytic["total_bytes"] == analytic["baseline_bytes"] + analytic["step_bytes"] > memory["baseline_bytes"]
 
 
 def test_second_order_that_would_not_fit_gets_a_first_order_hint(builtin_registry):
@@ -70,6 +76,8 @@ def test_second_order_that_would_not_fit_gets_a_first_order_hint(builtin_registr
     assert "algorithm.first_order" in result["hint"] and "10 tasks per step" in result["hint"]
     assert result["memory"]["peak_bytes"] > result["memory"]["available_bytes"]
     assert result["seconds_per_step"] > 0
+    # The analytic estimate is made before the pilot step, so a run judged too large still gets it.
+    assert result["memory_estimate"]["modelled"] is True and result["memory_estimate"]["meta_batch"] == 10
 
 
 def test_first_order_gets_no_first_order_hint(builtin_registry):

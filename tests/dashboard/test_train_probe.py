@@ -52,6 +52,12 @@ def test_estimate_shows_parameters_times_memory_and_run_time(page):
     assert metrics["Per step"].endswith("ms")
     assert "Run, 50 steps" in metrics and "Peak memory" in metrics and metrics["Peak memory"].endswith("GiB")
     assert any("Measured on CPU:0" in c.value for c in at.caption)
+    # The analytic estimate sits beside the measured peak, with its breakdown.
+    assert metrics["Estimated peak"].endswith("GiB")
+    summary = next(c.value for c in at.caption if c.value.startswith("Memory estimate (from the layer shapes"))
+    assert "per task x 2 of 2 tasks alive, 1 inner step." in summary
+    items = list(at.table[0].value["item"])
+    assert "Weights (1,761 parameters)" in items and items[-1] == "Total"
     # The run time follows the steps without probing again, and the estimate is not marked stale.
     at.number_input(key="train.run.metalab.sinusoid.metalab.maml.steps").set_value(5000).run()
     assert "Run, 5,000 steps" in {m.label for m in at.metric}
@@ -93,3 +99,31 @@ def test_page_works_when_the_device_list_fails_and_can_list_again(page):
     # Now that the list is known, the linked device it lacks falls back to auto, with a warning.
     assert at.selectbox(key="train.device").value == "auto"
     assert any("'GPU:1' is not available to the worker" in w.value for w in at.warning)
+
+
+def test_estimate_of_an_algorithm_the_model_does_not_cover_says_so(page):
+    at = page("train", {**QUICK, "algorithm": "metalab.reptile", "algorithm.meta_batch_size": "2"}).run()
+    assert at.success, [e.value for e in at.error]
+    at.button(key="train.estimate").click().run(timeout=120)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Estimated peak"] == "not modelled" and metrics["Peak memory"].endswith("GiB")
+    assert any(c.value.startswith("Memory estimate: not modelled. The memory estimate does not model "
+                                  "metalab.reptile") for c in at.caption)
+
+
+def test_memory_estimate_rows_show_the_breakdown():
+    from metalab.dashboard.train import memory_estimate_rows
+
+    assert memory_estimate_rows({"modelled": False, "reason": "x"}) == []
+    estimate = {"modelled": True, "second_order": True, "parameters": 112261, "parameter_bytes": 449044,
+                "optimizer_bytes": 898088, "gradient_bytes": 898088, "batch_bytes": 3010560,
+                "transient_bytes": 10035200, "query_pass_bytes": 14924800, "support_pass_bytes": 5642340,
+                "per_task_activation_bytes": 21465228, "inner_steps": 1, "meta_batch": 32, "tasks_alive": 3,
+                "activation_bytes": 64395684, "step_bytes": 79686764, "all_tasks_bytes": 700000000,
+                "baseline_bytes": 2 * 2**30, "total_bytes": 2 * 2**30 + 79686764}
+    rows = dict(memory_estimate_rows(estimate))
+    assert rows["Weights (112,261 parameters)"] == "439 KB"
+    assert rows["Per task, kept for the backward pass (1 inner step, second order)"] == "20.5 MB"
+    assert rows["Activations: 3 of 32 tasks alive at once"] == "61.4 MB"
+    assert rows["Step"] == "76.0 MB" and rows["Total"] == "2.07 GiB"

@@ -1,0 +1,194 @@
+"""Peak memory of a second-order MAML train step against metalab's analytic estimate (issue 5, point 5).
+
+Run from the repository root with the project's virtual environment::
+
+    python benchmarks/memory.py                         # the default settings, each in its own subprocess
+    python benchmarks/memory.py --settings 4x1 32x1 8x5 --steps 3
+
+Each setting ``TxK`` is second-order MAML, 5-way 1-shot with 5 queries per class, conv-4 (64 filters) on random
+28x28x1 images, meta-batch ``T`` and ``K`` inner steps (``TxKfo``: first order), built through the plugins
+(registry, ``TaskSpec``, conv4 backbone) and stepped through the runner's compiled train step with the training
+worker's thread setting. In its own subprocess, after two warm-up steps (the first compiles), each measured step
+resets TensorFlow's allocator statistics and reads their peak: the bytes of live tensors at the step's high-water
+mark, weights and optimizer slots included (``TF_CPU_ALLOCATOR_USE_BFC=true`` makes the CPU allocator keep exact
+statistics). The estimate is ``metalab.core.memory.estimate_for_session``'s ``step_bytes``, computed from the
+model's layer shapes before any step runs. Peak RSS over the post-build baseline (compile included) is printed too,
+for context: on CPU the compiled graph of the unrolled tasks costs more than the step's tensors.
+
+Every setting ends with ``RESULT {json}``; the last line is ``VERDICT {json}`` (all within 25% or not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DEFAULT_SETTINGS = ["1x1", "4x1", "8x1", "16x1", "32x1", "4x2", "16x2", "1x5", "4x5", "8x5", "32x1fo"]
+TOLERANCE = 0.25
+
+
+def parse_setting(text: str) -> tuple[int, int, bool]:
+    """``"8x5"`` -> ``(8, 5, False)``; ``"32x1fo"`` -> ``(32, 1, True)``."""
+    match = re.fullmatch(r"(\d+)x(\d+)(fo)?", text)
+    if not match or int(match.group(1)) < 1 or int(match.group(2)) < 1:
+        raise argparse.ArgumentTypeError(
+            f"A setting is META_BATCHxINNER_STEPS, optionally followed by 'fo' (first order), e.g. 8x5. "
+            f"Received: {text!r}")
+    return int(match.group(1)), int(match.group(2)), bool(match.group(3))
+
+
+def _status_bytes(field: str) -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024
+
+
+def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int) -> dict[str, Any]:
+    """Builds the setting, estimates, then measures ``steps`` warm train steps in this process."""
+    import numpy as np
+
+    from metalab.core.config import RunConfig
+    from metalab.core.runner import Session, compile_train_step, configure_threads, thread_counts
+    from metalab.core.settings import load_settings
+
+    intra, inter = thread_counts(load_settings(), meta_batch)
+    configure_threads(intra, inter)
+    import keras
+    import tensorflow as tf
+
+    from metalab.core import functional, memory
+    from metalab.core.plugin_api import TaskBatch, TaskSpec
+    from metalab.core.plugin_manager import make_plugin_manager
+
+    registry = make_plugin_manager(distributions={"metalab"})
+    keras.utils.set_random_seed(0)
+    backbone = registry.backbone("metalab.conv4")
+    backbone_params = backbone.params()
+    shape = (28, 28, 1)
+    ways, shots, queries = 5, 1, 5
+    task = TaskSpec(kind="classification", input_shape=shape, output_dim=ways, ways=ways, shots=shots,
+                    queries=queries, total_steps=1000, make_backbone=lambda: backbone.factory(backbone_params, shape))
+    params = dict(inner_lr=0.4, inner_steps=inner_steps, first_order=first_order, meta_batch_size=meta_batch,
+                  outer_lr=1e-3)
+    spec = registry.algorithm("metalab.maml")
+    algorithm = spec.factory(spec.params(**params), task)
+    optimizer = algorithm.make_optimizer()
+    optimizer.build(algorithm.trainable_variables)
+    config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", ways=ways, shots=shots,
+                       queries=queries, algorithm_params=params)
+    session = Session(config=config, dataset=None, algorithm=algorithm, task=task)
+    post_build = _status_bytes("VmRSS")
+    est = memory.estimate_for_session(session, concurrency=inter or None, baseline_bytes=0)
+    # The backbone's layer order, so that a figure says which conv-4 it measured.
+    layers = [layer["kind"] for layer in est.pop("layers", [])]
+
+    rng = np.random.default_rng(0)
+
+    def batch() -> TaskBatch:
+        t = meta_batch
+        return TaskBatch(rng.random((t, ways * shots, *shape), dtype=np.float32),
+                         np.tile(np.repeat(np.arange(ways, dtype=np.int32), shots), (t, 1)),
+                         rng.random((t, ways * queries, *shape), dtype=np.float32),
+                         np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (t, 1)))
+
+    step = compile_train_step(algorithm, optimizer)
+    t0 = time.perf_counter()
+    float(functional.to_numpy(step(batch())["loss"]))
+    compile_s = time.perf_counter() - t0
+    after_compile = _status_bytes("VmRSS")
+    float(functional.to_numpy(step(batch())["loss"]))
+    peaks, before = [], []
+    for _ in range(steps):
+        b = batch()
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        before.append(tf.config.experimental.get_memory_info("CPU:0")["current"])
+        float(functional.to_numpy(step(b)["loss"]))
+        peaks.append(tf.config.experimental.get_memory_info("CPU:0")["peak"])
+    measured = int(statistics.median(peaks))
+    return {
+        "setting": f"{meta_batch}x{inner_steps}" + ("fo" if first_order else ""),
+        "meta_batch": meta_batch, "inner_steps": inner_steps, "first_order": first_order,
+        "estimate_bytes": int(est["step_bytes"]), "measured_peak_bytes": measured,
+        "measured_peaks": peaks, "live_before_step_bytes": before,
+        "ratio": round(est["step_bytes"] / measured, 3) if measured else None,
+        "estimate": est, "layers": layers, "threads": {"intra_op": intra, "inter_op": inter},
+        "compile_s": round(compile_s, 1),
+        "rss_post_build_mb": round(post_build / 2**20, 1),
+        "rss_compile_increase_mb": round((after_compile - post_build) / 2**20, 1),
+        "rss_peak_increase_mb": round((_status_bytes("VmHWM") - post_build) / 2**20, 1),
+        "tensorflow": tf.__version__, "keras": keras.__version__, "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def run_setting(text: str, steps: int) -> dict[str, Any] | None:
+    """Runs one setting in a fresh interpreter (exact allocator statistics on) and returns its RESULT."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", text, "--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(f"{text} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="TxK[fo]",
+                        help=f"Meta-batch x inner steps, 'fo' for first order (default: {' '.join(DEFAULT_SETTINGS)}).")
+    parser.add_argument("--steps", type=int, default=3, help="Measured steps per setting (after two warm-up steps).")
+    parser.add_argument("--inprocess", metavar="TxK", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inprocess:
+        result = measure(*parse_setting(args.inprocess), steps=args.steps)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    for text in args.settings:
+        try:
+            parse_setting(text)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(str(exc))
+    print(f"Second-order MAML 5w1s, 5 queries, conv-4 64 filters, 28x28x1; {os.cpu_count()} CPUs; tolerance "
+          f"{TOLERANCE:.0%}", flush=True)
+    print(f"{'setting':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}  {'peaks':<28} {'tasks alive':>11} "
+          f"{'compile RSS':>11}", flush=True)
+    results, outside = [], []
+    for text in args.settings:
+        r = run_setting(text, args.steps)
+        if r is None:
+            outside.append(text)
+            continue
+        if not results:
+            print("model: " + " ".join(r["layers"]), flush=True)
+        results.append(r)
+        ok = r["ratio"] is not None and abs(r["ratio"] - 1) <= TOLERANCE
+        if not ok:
+            outside.append(r["setting"])
+        peaks = ", ".join(f"{p / 2**20:.0f}" for p in r["measured_peaks"])
+        print(f"{r['setting']:>8} {_mb(r['estimate_bytes']):>10} {_mb(r['measured_peak_bytes']):>10} "
+              f"{r['ratio']:>6} {'' if ok else '!'} [{peaks}] MB {r['estimate']['tasks_alive']:>6} of "
+              f"{r['meta_batch']:<3} {r['rss_compile_increase_mb']:>8.0f} MB", flush=True)
+        print("RESULT " + json.dumps(r), flush=True)
+    verdict = {"within": not outside, "tolerance": TOLERANCE, "settings": len(args.settings), "outside": outside,
+               "ratios": {r["setting"]: r["ratio"] for r in results}}
+    print(("All settings within 25% of the measured peak." if not outside else
+           f"Outside 25% (or failed): {', '.join(outside)}."), flush=True)
+    print("VERDICT " + json.dumps(verdict), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""An analytic estimate of a meta-training step's peak memory, from the model's layer shapes (no step is run).
+
+Second-order MAML keeps, for every task whose backward pass is pending, the activations of the query forward
+pass and of each inner step's support forward *and backward* passes (the inner gradients are differentiated
+again). Which tensors a layer's gradient needs is known per kind of layer (TensorFlow's registered gradients):
+a convolution or dense layer keeps its input, a ReLU its output, a max-pool both, batch norm its input; to second
+order, the gradients arriving at convolutions, dense layers and batch norms are kept as well (their gradients are
+bilinear in them), while those at ReLUs and max-pools are not. :func:`activation_profile` reads the layer
+shapes of a built Keras model; :func:`estimate_step_memory` is plain arithmetic on that profile, so
+the dashboard's worker and the tests can call it without a training step.
+
+How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop:
+TensorFlow's dataflow executor starts a task's backward pass as soon as that task's forward pass is done, so on
+CPU far fewer than the meta-batch are alive at the peak. The estimate counts one task per inter-op thread plus
+one that waits for its backward pass (``tasks_alive``); ``all_tasks_bytes`` is the bound where every task is
+alive at once. Measured against TensorFlow's allocator peak (``benchmarks/memory.py``, ``benchmarks/MEMORY.md``):
+all 11 settings of 5-way 1-shot conv-4 (meta-batch 1-32, 1-5 inner steps, first order too) within 25% of the
+median peak, meta-batch 4 with 2 inner steps at the edge (1.25-1.37 over three runs): the executor keeps somewhat
+more tasks alive than the rule at meta-batch 16-32 and fewer at 4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = [
+    "LayerProfile",
+    "MODELLED_ALGORITHMS",
+    "RUNTIME_BASELINE_BYTES",
+    "activation_profile",
+    "estimate_for_session",
+    "estimate_step_memory",
+    "method_of",
+]
+
+#: Resident memory of a worker process after importing TensorFlow and Keras and building a small model on CPU
+#: (measured here: about 700 MB, see ``../shared/PITFALLS.md``); used when the caller knows no better figure.
+RUNTIME_BASELINE_BYTES = 700 * 2**20
+
+#: The algorithm plugins the estimate models, and how: ``maml`` (an inner loop through the whole network,
+#: differentiated to second order unless ``first_order``), ``anil`` (inner loop on the linear head only) and
+#: ``protonet`` (one forward and backward pass per episode).
+MODELLED_ALGORITHMS = {
+    "metalab.maml": "maml",
+    "metalab.metasgd": "maml",
+    "metalab.anil": "anil",
+    "metalab.protonet": "protonet",
+}
+
+# Keras layer classes by what their TensorFlow gradient keeps (names, so this module needs no Keras import).
+_WEIGHTED = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense",
+             "EinsumDense"}
+_NORMS = {"MetaBatchNorm", "BatchNormalization", "LayerNormalization", "GroupNormalization"}
+_KEEPS_OUTPUT = {"ReLU"}
+_MAX_POOLS = {"MaxPooling1D", "MaxPooling2D", "MaxPooling3D"}
+# Layers whose output is a view of their input (no new buffer).
+_VIEWS = {"Flatten", "Reshape", "Identity", "InputLayer"}
+# Layers whose gradient needs no saved tensor (views, or gradients that only need shapes).
+_FREE = {"Flatten", "Reshape", "InputLayer", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+         "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "Identity", "Permute"}
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One leaf layer of a model, in elements per example.
+
+    Attributes:
+        name: The layer's name.
+        kind: Its Keras class name.
+        input_elements: Elements of its input per example.
+        output_elements: Elements of its output per example.
+        keeps_input: Its gradient needs its input (kept from the forward pass until the backward pass).
+        keeps_output: Its gradient needs its output.
+        keeps_output_grad: To second order, the gradient arriving at its output is kept too.
+        modelled: False for a layer kind the table does not know (then input, output and gradient count, an
+            upper bound).
+    """
+
+    name: str
+    kind: str
+    input_elements: int
+    output_elements: int
+    keeps_input: bool
+    keeps_output: bool
+    keeps_output_grad: bool
+    modelled: bool = True
+
+
+def _layer_rule(kind: str, activation: str | None) -> tuple[bool, bool, bool, bool]:
+    """``(keeps_input, keeps_output, keeps_output_grad, modelled)`` for a layer kind."""
+    if kind in _WEIGHTED:
+        # A fused activation other than "linear" needs its output (ReLU's gradient reads the output).
+        return True, activation not in (None, "linear"), True, True
+    if kind in _NORMS:
+        return True, False, True, True
+    if kind in _KEEPS_OUTPUT:
+        return False, True, False, True
+    if kind in _MAX_POOLS:
+        return True, True, False, True
+    if kind in _FREE:
+        return False, False, False, True
+    if kind == "Dropout":
+        # The mask, one element per output element.
+        return False, True, False, True
+    return True, True, True, False
+
+
+def _leaves(layer: Any, input_shape: tuple) -> tuple[list[tuple[Any, tuple, tuple]], tuple]:
+    """The leaf layers of ``layer`` in call order with their input and output shapes (batch axis ``None``)."""
+    sublayers = getattr(layer, "layers", None)
+    if sublayers is not None and type(layer).__name__ == "Sequential":
+        out: list[tuple[Any, tuple, tuple]] = []
+        shape = input_shape
+        for sub in sublayers:
+            found, shape = _leaves(sub, shape)
+            out += found
+        return out, shape
+    output_shape = tuple(layer.compute_output_shape(input_shape))
+    return [(layer, input_shape, output_shape)], output_shape
+
+
+def activation_profile(model: Any, input_shape: tuple[int, ...] | None = None) -> list[LayerProfile]:
+    """The leaf layers of a Keras model with their per-example sizes and what their gradients keep.
+
+    Nested ``keras.Sequential`` models are walked into; any other layer (a functional sub-model included) counts as
+    one layer of its class.
+
+    Args:
+        model: A built Keras model or layer.
+        input_shape: One example's shape; default the model's input shape without the batch axis.
+
+    Returns:
+        One :class:`LayerProfile` per leaf layer, in call order.
+
+    Raises:
+        ValueError: If the input shape is unknown or has an unknown size.
+    """
+    if input_shape is None:
+        inputs = getattr(model, "inputs", None)
+        if not inputs:
+            raise ValueError("activation_profile needs the input shape of a model that has no Input. "
+                             f"Received: input_shape=None for model={getattr(model, 'name', model)!r}")
+        input_shape = tuple(inputs[0].shape[1:])
+    shape = tuple(input_shape)
+    if any(s is None for s in shape):
+        raise ValueError(f"activation_profile needs a fully known example shape. Received: input_shape={shape}")
+    leaves, _ = _leaves(model, (None, *shape))
+    profile = []
+    for layer, in_shape, out_shape in leaves:
+        kind = type(layer).__name__
+        activation = getattr(layer, "activation", None)
+        activation = getattr(activation, "__name__", None) if activation is not None else None
+        keeps_in, keeps_out, keeps_grad, modelled = _layer_rule(kind, activation)
+        profile.append(LayerProfile(
+            name=layer.name, kind=kind, input_elements=math.prod(int(s) for s in in_shape[1:]),
+            output_elements=math.prod(int(s) for s in out_shape[1:]), keeps_input=keeps_in, keeps_output=keeps_out,
+            keeps_output_grad=keeps_grad, modelled=modelled,
+        ))
+    return profile
+
+
+def _forward_kept(profile: list[LayerProfile]) -> int:
+    """Elements per example the forward pass keeps for the backward pass (each tensor counted once)."""
+    # Tensor i is the output of layer i (the model's input, tensor -1, is counted with the batch). A view layer's
+    # output shares its input's buffer, so it stands for the same tensor.
+    source = []
+    needed: dict[int, int] = {}
+    for i, layer in enumerate(profile):
+        producer = source[i - 1] if i else -1
+        if layer.keeps_input and producer >= 0:
+            needed[producer] = profile[producer].output_elements
+        source.append(producer if layer.kind in _VIEWS else i)
+        if layer.keeps_output:
+            needed[source[i]] = profile[source[i]].output_elements if source[i] >= 0 else 0
+    return sum(needed.values())
+
+
+def _backward_kept(profile: list[LayerProfile]) -> int:
+    """Elements per example of the inner backward pass that a second-order backward pass needs again."""
+    return sum(layer.output_elements for layer in profile if layer.keeps_output_grad)
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"estimate_step_memory needs {name} to be an integer >= {minimum}. "
+                         f"Received: {name}={value!r}")
+    return value
+
+
+def estimate_step_memory(
+    profile: list[LayerProfile],
+    *,
+    method: str,
+    parameters: int,
+    support_size: int,
+    query_size: int,
+    meta_batch: int,
+    inner_steps: int = 1,
+    first_order: bool = False,
+    input_elements: int | None = None,
+    optimizer_slots: int = 2,
+    concurrency: int | None = None,
+    dtype_bytes: int = 4,
+    baseline_bytes: int = RUNTIME_BASELINE_BYTES,
+) -> dict[str, Any]:
+    """Estimates the peak memory of one meta-training step from the model's layer profile.
+
+    ``step_bytes = weights + optimizer slots + gradients + batch + gradients in flight + per-task activations x
+    tasks alive``, where a
+    task's activations are its query forward pass plus, per inner step, the support forward pass and (second order
+    only) the support backward pass; ``total_bytes`` adds ``baseline_bytes`` (the runtime before the step).
+
+    Args:
+        profile: The model's :func:`activation_profile`.
+        method: ``"maml"`` (MAML, Meta-SGD), ``"anil"`` or ``"protonet"``.
+        parameters: Trainable parameters (meta-parameters, e.g. Meta-SGD's step sizes included).
+        support_size: Support examples per task (ways x shots).
+        query_size: Query examples per task (ways x queries).
+        meta_batch: Tasks per step.
+        inner_steps: Inner gradient steps per task during meta-training (``maml`` and ``anil``).
+        first_order: The inner gradients are constants (first-order MAML/ANIL): the support passes are freed as
+            soon as the inner step is taken.
+        input_elements: Elements of one example (for the batch's size); default the first layer's input.
+        optimizer_slots: Tensors the outer optimizer keeps per parameter (2 for Adam).
+        concurrency: Tasks the runtime runs side by side (the training worker's inter-op threads); ``None``
+            assumes every task of the meta-batch is alive at once.
+        dtype_bytes: Bytes per element (4 for float32).
+        baseline_bytes: Memory in use before the step (the runtime, the compiled step); part of ``total_bytes``.
+
+    Returns:
+        ``modelled`` (True), ``method``, ``second_order``, ``parameters``, ``parameter_bytes``,
+        ``optimizer_bytes``, ``gradient_bytes``, ``batch_bytes``, ``transient_bytes`` (the backward pass's
+        gradients in flight), ``support_pass_bytes`` and
+        ``query_pass_bytes`` (one task's kept activations per pass), ``per_task_activation_bytes``,
+        ``inner_steps``, ``meta_batch``, ``tasks_alive``, ``activation_bytes`` (per task x tasks alive),
+        ``all_tasks_bytes`` (the step if every task were alive at once), ``step_bytes``, ``baseline_bytes``,
+        ``total_bytes`` and ``unmodelled_layers`` (layer kinds counted by the conservative default).
+
+    Raises:
+        ValueError: On an unknown method, an empty profile, or a count below its minimum.
+    """
+    if method not in ("maml", "anil", "protonet"):
+        raise ValueError("estimate_step_memory models the methods 'maml', 'anil' and 'protonet'. "
+                         f"Received: method={method!r}")
+    if not profile:
+        raise ValueError("estimate_step_memory needs the layer profile of a model with at least one layer. "
+                         "Received: profile=[]")
+    parameters = _check_count("parameters", parameters, 1)
+    support_size = _check_count("support_size", support_size, 1)
+    query_size = _check_count("query_size", query_size, 1)
+    meta_batch = _check_count("meta_batch", meta_batch, 1)
+    inner_steps = _check_count("inner_steps", inner_steps, 1 if method in ("maml", "anil") else 0)
+    optimizer_slots = _check_count("optimizer_slots", optimizer_slots, 0)
+    dtype_bytes = _check_count("dtype_bytes", dtype_bytes, 1)
+    if concurrency is not None:
+        concurrency = _check_count("concurrency", concurrency, 1)
+    if input_elements is None:
+        input_elements = profile[0].input_elements
+
+    forward = _forward_kept(profile) * dtype_bytes
+    backward = _backward_kept(profile) * dtype_bytes
+    parameter_bytes = parameters * dtype_bytes
+    second_order = method != "protonet" and not first_order
+    if method == "maml":
+        support_pass = support_size * (forward + (backward if second_order else 0))
+        query_pass = query_size * forward
+        # Second order keeps every inner step's passes; first order frees each step's support pass once its
+        # gradient is taken, so one is alive at a time.
+        per_task = query_pass + (inner_steps if second_order else 1) * support_pass
+        # Each inner step makes a set of fast weights and their gradient; second order keeps all of them.
+        per_task += (inner_steps if second_order else 1) * 2 * parameter_bytes
+    elif method == "anil":
+        # The backbone runs once per set; the head's inner steps cost only head-sized tensors.
+        support_pass = support_size * forward
+        query_pass = query_size * forward
+        per_task = query_pass + support_pass
+    else:
+        support_pass = support_size * forward
+        query_pass = query_size * forward
+        per_task = support_pass + query_pass
+        inner_steps = 0
+
+    # ANIL and ProtoNet run all tasks through the backbone as one batch, so all are alive at once.
+    if method == "maml" and concurrency is not None:
+        # One task per inter-op thread runs forward or backward, and one more has finished its forward pass and
+        # waits for its backward pass to be scheduled.
+        tasks_alive = min(meta_batch, concurrency + 1)
+    else:
+        tasks_alive = meta_batch
+
+    batch_bytes = meta_batch * (support_size + query_size) * input_elements * dtype_bytes
+    optimizer_bytes = optimizer_slots * parameter_bytes
+    # The summed meta-gradient and the optimizer's update, one parameter-sized tensor each.
+    gradient_bytes = 2 * parameter_bytes
+    # The backward pass of the widest layer holds the gradient arriving at it and the one it sends on (the query
+    # set's, or the support set's when that is larger), on top of what the tasks keep.
+    widest = max(layer.output_elements for layer in profile) * dtype_bytes
+    transient_bytes = 2 * max(query_size, support_size) * widest
+    fixed = parameter_bytes + optimizer_bytes + gradient_bytes + batch_bytes + transient_bytes
+    step_bytes = fixed + per_task * tasks_alive
+    baseline_bytes = _check_count("baseline_bytes", int(baseline_bytes), 0)
+    return {
+        "modelled": True,
+        "method": method,
+        "second_order": second_order,
+        "parameters": parameters,
+        "parameter_bytes": parameter_bytes,
+        "optimizer_bytes": optimizer_bytes,
+        "gradient_bytes": gradient_bytes,
+        "batch_bytes": batch_bytes,
+        "transient_bytes": transient_bytes,
+        "support_pass_bytes": support_pass,
+        "query_pass_bytes": query_pass,
+        "per_task_activation_bytes": per_task,
+        "inner_steps": inner_steps,
+        "meta_batch": meta_batch,
+        "tasks_alive": tasks_alive,
+        "activation_bytes": per_task * tasks_alive,
+        "all_tasks_bytes": fixed + per_task * meta_batch,
+        "step_bytes": step_bytes,
+        "baseline_bytes": baseline_bytes,
+        "total_bytes": baseline_bytes + step_bytes,
+        "unmodelled_layers": sorted({layer.kind for layer in profile if not layer.modelled}),
+    }
+
+
+def method_of(algorithm_id: str) -> str | None:
+    """The estimate's method for an algorithm plugin id (``None``: not modelled)."""
+    return MODELLED_ALGORITHMS.get(algorithm_id)
+
+
+def estimate_for_session(session: Any, *, concurrency: int | None = None,
+                         baseline_bytes: int = RUNTIME_BASELINE_BYTES) -> dict[str, Any]:
+    """The step-memory estimate of a built run session (``runner.build_session``), or why there is none.
+
+    Args:
+        session: A session with ``config``, ``task`` and ``algorithm`` (whose ``model`` gives the layer shapes).
+        concurrency: Tasks the worker runs side by side (its inter-op threads); ``None``: all tasks at once.
+        baseline_bytes: Memory in use before the step.
+
+    Returns:
+        :func:`estimate_step_memory`'s breakdown, or ``{"modelled": False, "reason": ...}`` for an algorithm or
+        model the estimate does not cover.
+    """
+    config, task, algorithm = session.config, session.task, session.algorithm
+    method = method_of(config.algorithm)
+    if method is None:
+        return {"modelled": False, "reason": f"The memory estimate does not model {config.algorithm} (it models "
+                                              f"{', '.join(sorted(MODELLED_ALGORITHMS))})."}
+    model = getattr(algorithm, "model", None)
+    if model is None:
+        return {"modelled": False, "reason": f"{config.algorithm} exposes no Keras model to read layer shapes from."}
+    try:
+        profile = activation_profile(model, tuple(task.input_shape))
+    except (ValueError, NotImplementedError, TypeError, AttributeError) as exc:
+        return {"modelled": False, "reason": f"Could not read the model's layer shapes: {exc}"}
+    # The validated parameters (defaults filled in), else the config's raw ones.
+    validated = getattr(algorithm, "config", None)
+    params = validated.model_dump() if hasattr(validated, "model_dump") else dict(config.algorithm_params)
+    ways = int(task.ways)
+    parameters = int(sum(math.prod(int(s) for s in v.shape) for v in algorithm.trainable_variables))
+    estimate = estimate_step_memory(
+        profile, method=method, parameters=parameters, support_size=ways * int(task.shots),
+        query_size=ways * int(task.queries), meta_batch=int(getattr(algorithm, "meta_batch_size", 1)),
+        inner_steps=int(params.get("inner_steps", 1)), first_order=bool(params.get("first_order", False)),
+        input_elements=math.prod(int(s) for s in task.input_shape), concurrency=concurrency,
+        baseline_bytes=baseline_bytes,
+    )
+    estimate["layers"] = [asdict(layer) for layer in profile]
+    return estimate

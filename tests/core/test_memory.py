@@ -1,0 +1,142 @@
+"""The analytic step-memory estimate: what each layer keeps, and how the total grows with tasks and inner steps."""
+
+from __future__ import annotations
+
+import keras
+import pytest
+
+from metalab.core import memory
+from metalab.core.config import resolve_config
+from metalab.core.memory import LayerProfile, activation_profile, estimate_step_memory
+from metalab.core.runner import build_session
+
+
+def tiny_conv_model() -> keras.Model:
+    """Two conv blocks on 8x8x1, then a 3-way head: small enough to build in milliseconds."""
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.Sequential([
+            keras.layers.Conv2D(4, 3, padding="same"), keras.layers.BatchNormalization(), keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(4, 3, padding="same"), keras.layers.BatchNormalization(), keras.layers.ReLU(),
+            keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+        ]),
+        keras.layers.Dense(3),
+    ])
+
+
+@pytest.fixture(scope="module")
+def profile() -> list[LayerProfile]:
+    return activation_profile(tiny_conv_model())
+
+
+def estimate(profile, **overrides):
+    args = dict(method="maml", parameters=1000, support_size=3, query_size=15, meta_batch=4, inner_steps=1,
+                first_order=False, baseline_bytes=0)
+    return estimate_step_memory(profile, **{**args, **overrides})
+
+
+def test_profile_walks_nested_models_and_knows_what_each_layer_keeps(profile):
+    kinds = [p.kind for p in profile]
+    assert kinds == ["Conv2D", "BatchNormalization", "ReLU", "MaxPooling2D"] * 2 + ["Flatten", "Dense"]
+    conv, bn, relu, pool = profile[:4]
+    assert conv.input_elements == 64 and conv.output_elements == 8 * 8 * 4 and pool.output_elements == 4 * 4 * 4
+    assert conv.keeps_input and conv.keeps_output_grad and not conv.keeps_output
+    assert bn.keeps_input and bn.keeps_output_grad
+    assert relu.keeps_output and not relu.keeps_input and not relu.keeps_output_grad
+    assert pool.keeps_input and pool.keeps_output and not pool.keeps_output_grad
+    flatten = profile[-2]
+    assert not (flatten.keeps_input or flatten.keeps_output or flatten.keeps_output_grad)
+    assert all(p.modelled for p in profile)
+
+
+def test_forward_keeps_each_tensor_once(profile):
+    # Block 1 keeps conv out (256), relu out (256), pool out (64); block 2: 64, 64, 16; flatten is a view of
+    # the pool output (already counted); the logits are not needed by any gradient here.
+    e = estimate(profile, query_size=1, support_size=1, meta_batch=1, first_order=True)
+    assert e["query_pass_bytes"] == 4 * (256 + 256 + 64 + 64 + 64 + 16)
+    # Second order also keeps the gradients arriving at conv, BN and dense outputs.
+    e2 = estimate(profile, query_size=1, support_size=1, meta_batch=1)
+    assert e2["support_pass_bytes"] - e2["query_pass_bytes"] == 4 * (256 + 256 + 64 + 64 + 3)
+
+
+def test_grows_linearly_in_meta_batch(profile):
+    steps = [estimate(profile, meta_batch=t)["step_bytes"] for t in (1, 2, 3, 8)]
+    per_task = steps[1] - steps[0]
+    assert per_task > 0 and steps[2] - steps[1] == per_task and steps[3] - steps[0] == 7 * per_task
+    e = estimate(profile, meta_batch=1)
+    assert per_task == e["per_task_activation_bytes"] + e["batch_bytes"]
+
+
+def test_grows_with_inner_steps_in_second_order_only(profile):
+    second = [estimate(profile, inner_steps=k)["per_task_activation_bytes"] for k in (1, 2, 5)]
+    step = second[1] - second[0]
+    assert step > 0 and second[2] - second[0] == 4 * step
+    first = [estimate(profile, inner_steps=k, first_order=True)["per_task_activation_bytes"] for k in (1, 5)]
+    assert first[0] == first[1]
+
+
+def test_first_order_is_smaller_than_second_order(profile):
+    for k in (1, 3):
+        fo = estimate(profile, inner_steps=k, first_order=True)
+        so = estimate(profile, inner_steps=k)
+        assert fo["second_order"] is False and so["second_order"] is True
+        assert fo["step_bytes"] < so["step_bytes"] and fo["total_bytes"] < so["total_bytes"]
+
+
+def test_concurrency_caps_the_tasks_alive_and_keeps_the_all_tasks_bound(profile):
+    e = estimate(profile, meta_batch=32, concurrency=2)
+    assert e["tasks_alive"] == 3 and e["activation_bytes"] == 3 * e["per_task_activation_bytes"]
+    assert e["all_tasks_bytes"] > e["step_bytes"]
+    assert estimate(profile, meta_batch=2, concurrency=2)["tasks_alive"] == 2
+    # ANIL and ProtoNet push the whole batch through the backbone at once.
+    assert estimate(profile, method="anil", meta_batch=32, concurrency=2)["tasks_alive"] == 32
+
+
+def test_total_adds_the_baseline_and_parameters_add_weights_and_slots(profile):
+    e = estimate(profile, baseline_bytes=10**9)
+    assert e["total_bytes"] == e["step_bytes"] + 10**9
+    assert e["optimizer_bytes"] == 2 * e["parameter_bytes"] == 2 * 4 * 1000
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(meta_batch=0), "meta_batch to be an integer >= 1. Received: meta_batch=0"),
+    (dict(inner_steps=0), "inner_steps to be an integer >= 1. Received: inner_steps=0"),
+    (dict(query_size=2.5), "query_size to be an integer >= 1. Received: query_size=2.5"),
+    (dict(method="reptile"), "Received: method='reptile'"),
+])
+def test_bad_input_is_a_clear_error(profile, bad, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        estimate(profile, **bad)
+
+
+def test_empty_profile_and_unknown_shapes_are_errors():
+    with pytest.raises(ValueError, match="Received: profile=\\[\\]"):
+        estimate([])
+    with pytest.raises(ValueError, match="fully known example shape"):
+        activation_profile(tiny_conv_model(), (None, 8, 1))
+
+
+def test_unknown_layer_kinds_count_conservatively_and_are_named():
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(7), keras.layers.Activation("tanh")])
+    prof = activation_profile(model)
+    assert [p.kind for p in prof] == ["Dense", "Activation"] and not prof[1].modelled
+    e = estimate(prof, query_size=1, support_size=1, meta_batch=1, first_order=True)
+    assert e["unmodelled_layers"] == ["Activation"]
+    assert e["query_pass_bytes"] == 4 * (7 + 7)
+
+
+def test_estimate_for_a_built_session(builtin_registry):
+    config = resolve_config(builtin_registry, {
+        "dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5, "queries": 5,
+        "algorithm_params": {"meta_batch_size": 6, "inner_steps": 2}})
+    e = memory.estimate_for_session(build_session(builtin_registry, config), concurrency=1, baseline_bytes=7)
+    assert e["modelled"] is True and e["second_order"] is True and e["parameters"] == 1761
+    assert e["meta_batch"] == 6 and e["inner_steps"] == 2 and e["tasks_alive"] == 2 and e["baseline_bytes"] == 7
+    assert [layer["kind"] for layer in e["layers"]] == ["Flatten", "Dense", "Dense", "Dense"]
+
+
+def test_algorithms_it_does_not_cover_say_so(builtin_registry):
+    config = resolve_config(builtin_registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.reptile"})
+    e = memory.estimate_for_session(build_session(builtin_registry, config))
+    assert e["modelled"] is False and "does not model metalab.reptile" in e["reason"]
