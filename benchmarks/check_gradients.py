@@ -26,6 +26,10 @@ sys.path.insert(0, str(HERE))
 from speed import IMAGE_SHAPE, WORKLOADS, _algorithm_params, random_batches  # noqa: E402
 
 
+#: Workloads whose meta-gradients are compared (omniglot_pipeline is maml2 on real data).
+CHECKED = ("maml2", "maml1", "maml2_5steps", "reptile", "anil", "protonet", "protonet20")
+
+
 def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # conv kernel HWIO -> OIHW
         return value.transpose(3, 2, 0, 1)
@@ -34,7 +38,7 @@ def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
+def check(name: str, tasks: int, dtype: str, conv_bias: bool = True) -> tuple[float, float, float]:
     import keras
     import torch
 
@@ -42,15 +46,19 @@ def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
     from metalab.core.plugin_api import TaskBatch, TaskSpec
     from metalab.core.plugin_manager import make_plugin_manager
     from reference_torch import Conv4
-    from reference_torch.workloads import _tensors, maml_meta_loss, protonet_loss, reptile_update
+    from reference_torch.workloads import _tensors, anil_meta_loss, maml_meta_loss, protonet_loss, reptile_update
 
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
     w = dict(WORKLOADS[name], meta_batch=tasks)
+    if w["algorithm"] == "anil":
+        # A random head rather than the benchmark's zero head: every term of the head's second derivatives is
+        # then non-zero, so the check covers more than the workload's first step needs.
+        w["zero_head"] = False
     registry = make_plugin_manager(distributions={"metalab"})
     keras.utils.set_random_seed(0)
     backbone = registry.backbone("metalab.conv4")
-    bparams = backbone.params()
+    bparams = backbone.params(conv_bias=conv_bias)
     task = TaskSpec("classification", IMAGE_SHAPE, w["ways"], w["ways"], w["shots"], w["queries"], 1000,
                     lambda: backbone.factory(bparams, IMAGE_SHAPE))
     spec = registry.algorithm(f"metalab.{w['algorithm']}")
@@ -60,7 +68,7 @@ def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
     ours = [functional.to_numpy(g) for g in grads]
 
     tdtype = torch.float64 if dtype == "float64" else torch.float32
-    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], dtype=tdtype)
+    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], dtype=tdtype, conv_bias=conv_bias)
     theta = [functional.to_numpy(v) for v in algorithm.trainable_variables]
     if len(theta) != len(net.params):
         raise SystemExit(f"Parameter counts differ. Received: metalab={len(theta)}, torch={len(net.params)}")
@@ -68,9 +76,10 @@ def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
         (n, torch.tensor(to_torch_layout(n, t), dtype=tdtype, requires_grad=True)) for n, t in zip(net.params, theta)
     )
     sx, sy, qx, qy = (a.to(tdtype) if a.is_floating_point() else a for a in _tensors(*batch))
-    if w["algorithm"] == "maml":
-        loss, _ = maml_meta_loss(net, params, sx, sy, qx, qy, inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
-                                 first_order=w["first_order"])
+    if w["algorithm"] in ("maml", "anil"):
+        meta_loss = maml_meta_loss if w["algorithm"] == "maml" else anil_meta_loss
+        loss, _ = meta_loss(net, params, sx, sy, qx, qy, inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
+                            first_order=w["first_order"])
         theirs = torch.autograd.grad(loss, list(params.values()))
     elif w["algorithm"] == "protonet":
         loss, _ = protonet_loss(net, params, sx, sy, qx, qy, w["ways"])
@@ -93,24 +102,24 @@ def check(name: str, tasks: int, dtype: str) -> tuple[float, float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", default="all", choices=["all", "maml2", "maml1", "maml2_5steps", "reptile",
-                                                              "protonet", "protonet20"])
+    parser.add_argument("--workload", default="all", choices=["all", *CHECKED])
     parser.add_argument("--tasks", type=int, default=4, help="Tasks in the batch (fewer than the workload's 32).")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--conv-bias", default="on", choices=["on", "off"],
+                        help="Both sides: convolutions with or without a bias (as speed.py --conv-bias).")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()
     tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 1e-5)
-    names = ["maml2", "maml1", "maml2_5steps", "reptile", "protonet", "protonet20"] if args.workload == "all" else [
-        args.workload]
+    names = list(CHECKED) if args.workload == "all" else [args.workload]
     failed = False
     for name in names:
         tasks = 1 if WORKLOADS[name]["algorithm"] == "protonet" else args.tasks
-        total, worst, loss_diff = check(name, tasks, args.dtype)
+        total, worst, loss_diff = check(name, tasks, args.dtype, args.conv_bias == "on")
         ok = total < tolerance and worst < tolerance * 10
         failed |= not ok
-        print(f"{name} ({args.dtype}, {tasks} tasks): relative difference of the meta-gradient {total:.2e} "
-              f"(worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
+        print(f"{name} ({args.dtype}, {tasks} tasks, conv bias {args.conv_bias}): relative difference of the "
+              f"meta-gradient {total:.2e} (worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
     return 1 if failed else 0
 
 

@@ -45,7 +45,10 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     # Reptile: the paper's Omniglot inner loop (Adam with beta1=0, lr 1e-3, 5 steps) and the plugin's meta-batch 5.
     "reptile": dict(algorithm="reptile", ways=5, shots=5, queries=5, meta_batch=5, inner_lr=1e-3, inner_steps=5,
                     unit="it/s"),
-    "anil": dict(algorithm="anil", unit="it/s"),
+    # ANIL: MAML's 5w1s setting with only the head adapting, second order through the head as in the paper; the
+    # head starts at zero (the plugin's default, zero_head) on both sides.
+    "anil": dict(algorithm="anil", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4, inner_steps=1,
+                 first_order=False, outer_lr=1e-3, zero_head=True, unit="it/s"),
     "protonet": dict(algorithm="protonet", ways=5, shots=5, queries=15, meta_batch=1, outer_lr=1e-3,
                      unit="episodes/s"),
     "protonet20": dict(algorithm="protonet", ways=20, shots=5, queries=15, meta_batch=1, outer_lr=1e-3,
@@ -55,7 +58,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
                               inner_steps=1, first_order=False, outer_lr=1e-3, unit="it/s", data="omniglot"),
 }
 IMAGE_SHAPE = (28, 28, 1)
-DEFAULT_ITERS = {"maml2": 10, "maml1": 15, "maml2_5steps": 4, "reptile": 15, "protonet": 60, "protonet20": 20,
+DEFAULT_ITERS = {"anil": 15, "maml2": 10, "maml1": 15, "maml2_5steps": 4, "reptile": 15, "protonet": 60,
+                 "protonet20": 20,
                  "omniglot_pipeline": 10}
 
 
@@ -151,6 +155,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         from metalab.core.tasks import make_sampler
 
         config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", backbone="metalab.conv4",
+                           backbone_params=backbone_overrides(args),
                            ways=w["ways"], shots=w["shots"], queries=w["queries"], seed=0,
                            algorithm_params=_algorithm_params(w))
         session = build_session(registry, config)
@@ -159,7 +164,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     else:
         keras.utils.set_random_seed(0)
         backbone = registry.backbone("metalab.conv4")
-        backbone_params = backbone.params()
+        backbone_params = backbone.params(**backbone_overrides(args))
         task = TaskSpec(kind="classification", input_shape=IMAGE_SHAPE, output_dim=w["ways"], ways=w["ways"],
                         shots=w["shots"], queries=w["queries"], total_steps=100_000,
                         make_backbone=lambda: backbone.factory(backbone_params, IMAGE_SHAPE))
@@ -203,6 +208,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     result["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                          "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
                          "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+    result["conv_bias"] = conv_bias(args)
     result["jit_compile"] = bool(args.jit)
     result["precision"] = args.precision
     result.update(extra)
@@ -213,10 +219,28 @@ def _algorithm_params(w: dict[str, Any]) -> dict[str, Any]:
     if w["algorithm"] == "maml":
         return dict(inner_lr=w["inner_lr"], inner_steps=w["inner_steps"], first_order=w["first_order"],
                     meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"])
+    if w["algorithm"] == "anil":
+        return dict(inner_lr=w["inner_lr"], inner_steps=w["inner_steps"], first_order=w["first_order"],
+                    meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"], zero_head=w["zero_head"])
     if w["algorithm"] == "reptile":
         return dict(inner_optimizer="adam", inner_lr=w["inner_lr"], inner_steps=w["inner_steps"],
                     meta_batch_size=w["meta_batch"])
     return dict(outer_lr=w["outer_lr"], meta_batch_size=w["meta_batch"], lr_decay_every=0)
+
+
+def conv_bias(args: argparse.Namespace) -> bool:
+    """Whether both sides' convolutions have a bias: the conv4 plugin's default unless ``--conv-bias`` says."""
+    if args.conv_bias is not None:
+        return args.conv_bias == "on"
+    # The registration module imports no TensorFlow, so the torch side can read the default too.
+    from metalab.plugins.backbones import Conv4Params
+
+    return bool(Conv4Params().conv_bias)
+
+
+def backbone_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The conv4 parameters the benchmark sets (only ``conv_bias``; the rest are the plugin's defaults)."""
+    return {"conv_bias": conv_bias(args)}
 
 
 def _units_per_iter(w: dict[str, Any]) -> float:
@@ -238,7 +262,11 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
     from reference_torch import Conv4, make_step
 
     torch.manual_seed(0)
-    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"])
+    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], conv_bias=conv_bias(args))
+    if w.get("zero_head"):
+        with torch.no_grad():
+            net.params["head.weight"].zero_()
+            net.params["head.bias"].zero_()
     train = make_step(w, net)
     batches = random_batches(w)
     counter = iter(range(10**9))
@@ -249,6 +277,7 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
     result = measure(step, args.warmup, args.iters, _units_per_iter(w))
     result["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                          "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    result["conv_bias"] = conv_bias(args)
     return result
 
 
@@ -284,6 +313,8 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
             cmd += [f"--{flag}", str(getattr(args, flag))]
     if args.jit:
         cmd.append("--jit")
+    if args.conv_bias is not None:
+        cmd += ["--conv-bias", args.conv_bias]
     if args.library_threads:
         cmd.append("--library-threads")
 
@@ -312,14 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jit", action="store_true", help="metalab: compile the step with XLA (jit_compile).")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
                         help="metalab: Keras dtype policy (mixed_float16 has no loss scaling here; GPU only).")
+    parser.add_argument("--conv-bias", default=None, choices=["on", "off"],
+                        help="Both sides: convolutions with or without a bias (default: the conv4 plugin's "
+                             "conv_bias). Batch norm cancels the bias, so the network's function is the same.")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    names = [n for n in WORKLOADS if n != "anil"] if args.workload == "all" else [args.workload]
-    if "anil" in names or args.workload == "all":
-        print("anil: skipped (no ANIL plugin exists yet)", flush=True)
-        print("RESULT " + json.dumps({"workload": "anil", "impl": args.impl, "skipped": "no ANIL plugin"}))
-        names = [n for n in names if n != "anil"]
+    names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     if args.inprocess:
         args.iters = args.iters or DEFAULT_ITERS.get(names[0], 10)
         run_one(names[0], args.impl, args)

@@ -28,16 +28,20 @@ class Conv4:
         features: Flattened embedding size (``filters`` for 28x28 inputs and 4 blocks).
         head: Outputs of the linear head; 0 for none (ProtoNet's embedding).
         seed: Seed of the initial weights.
+        dtype: Parameter dtype.
+        conv_bias: Give each convolution a bias (as metalab's ``conv_bias``; batch norm cancels it either way).
     """
 
-    def __init__(self, in_channels=1, filters=64, blocks=4, features=64, head=5, seed=0, dtype=torch.float32):
+    def __init__(self, in_channels=1, filters=64, blocks=4, features=64, head=5, seed=0, dtype=torch.float32,
+                 conv_bias=True):
         g = torch.Generator().manual_seed(seed)
         params = OrderedDict()
         c = in_channels
         for i in range(blocks):
             bound = (6.0 / (9 * c + 9 * filters)) ** 0.5  # Glorot uniform, as Keras's default
             params[f"conv{i}.weight"] = (torch.rand(filters, c, 3, 3, generator=g, dtype=dtype) * 2 - 1) * bound
-            params[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
+            if conv_bias:
+                params[f"conv{i}.bias"] = torch.zeros(filters, dtype=dtype)
             params[f"bn{i}.weight"] = torch.ones(filters, dtype=dtype)
             params[f"bn{i}.bias"] = torch.zeros(filters, dtype=dtype)
             c = filters
@@ -51,13 +55,17 @@ class Conv4:
             p.requires_grad_(True)
         self.params = params
 
-    def forward(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
-        """Returns logits (or embeddings without a head) for NCHW ``x`` under ``params``."""
+    def features(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
+        """Returns the flattened conv-4 embedding of NCHW ``x`` under ``params`` (the head is not applied)."""
         for i in range(self.blocks):
-            x = F.conv2d(x, params[f"conv{i}.weight"], params[f"conv{i}.bias"], padding=1)
+            x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
             x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True, eps=BN_EPS)
             x = F.max_pool2d(F.relu(x), 2)
-        x = x.flatten(1)
+        return x.flatten(1)
+
+    def forward(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
+        """Returns logits (or embeddings without a head) for NCHW ``x`` under ``params``."""
+        x = self.features(params, x)
         if self.head:
             x = F.linear(x, params["head.weight"], params["head.bias"])
         return x
@@ -78,6 +86,28 @@ def maml_meta_loss(net: Conv4, params, sx, sy, qx, qy, *, inner_lr: float, inner
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
             fast = OrderedDict((n, w - inner_lr * g) for n, w, g in zip(names, fast.values(), grads))
         logits = net.forward(fast, qx[t])
+        losses.append(F.cross_entropy(logits, qy[t]))
+        accs.append((logits.argmax(-1) == qy[t]).float().mean())
+    return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
+def anil_meta_loss(net: Conv4, params, sx, sy, qx, qy, *, inner_lr: float, inner_steps: int, first_order: bool):
+    """Returns ANIL's mean query loss and accuracy: only the head adapts, on features computed once per set.
+
+    As Raghu et al. 2019 (and learn2learn's ANIL example): each task's support and query sets go through the
+    backbone once; the head's fast weights take ``inner_steps`` gradient steps on the support features with
+    ``create_graph=True`` (second order through the head; the backbone reaches the loss through the features).
+    """
+    head = [params["head.weight"], params["head.bias"]]
+    losses, accs = [], []
+    for t in range(sx.shape[0]):
+        fs, fq = net.features(params, sx[t]), net.features(params, qx[t])
+        weight, bias = head
+        for _ in range(inner_steps):
+            loss = F.cross_entropy(F.linear(fs, weight, bias), sy[t])
+            gw, gb = torch.autograd.grad(loss, [weight, bias], create_graph=not first_order)
+            weight, bias = weight - inner_lr * gw, bias - inner_lr * gb
+        logits = F.linear(fq, weight, bias)
         losses.append(F.cross_entropy(logits, qy[t]))
         accs.append((logits.argmax(-1) == qy[t]).float().mean())
     return torch.stack(losses).mean(), torch.stack(accs).mean()
@@ -157,9 +187,10 @@ def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
 
     def step(sx, sy, qx, qy):
         sx, sy, qx, qy = _tensors(sx, sy, qx, qy)
-        if algo == "maml":
-            loss, acc = maml_meta_loss(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
-                                       inner_steps=workload["inner_steps"], first_order=workload["first_order"])
+        if algo in ("maml", "anil"):
+            meta_loss = maml_meta_loss if algo == "maml" else anil_meta_loss
+            loss, acc = meta_loss(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
+                                  inner_steps=workload["inner_steps"], first_order=workload["first_order"])
         else:
             loss, acc = protonet_loss(net, params, sx, sy, qx, qy, workload["ways"])
         optimizer.zero_grad(set_to_none=True)

@@ -12,8 +12,11 @@ from metalab.core.layers import MetaBatchNorm
 def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
     """Builds the Conv-4 embedding: ``blocks`` x [Conv2D 3x3 same, MetaBatchNorm, ReLU, MaxPool 2], Flatten.
 
+    Each block pools before its ReLU: ``relu(maxpool(x)) == maxpool(relu(x))`` for every ``x`` (ReLU is monotone,
+    so it commutes with a max), and the ReLU and its gradient then touch a quarter of the values.
+
     Args:
-        params: A ``Conv4Params`` (``filters``, ``blocks``, ``bn_momentum``).
+        params: A ``Conv4Params`` (``filters``, ``blocks``, ``bn_momentum``, ``conv_bias``).
         input_shape: ``(height, width, channels)``.
 
     Returns:
@@ -38,10 +41,10 @@ def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
     layers: list[Any] = [keras.Input(shape)]
     for i in range(params.blocks):
         layers += [
-            keras.layers.Conv2D(params.filters, 3, padding="same", name=f"conv{i}"),
+            keras.layers.Conv2D(params.filters, 3, padding="same", use_bias=params.conv_bias, name=f"conv{i}"),
             MetaBatchNorm(momentum=params.bn_momentum, name=f"bn{i}"),
-            keras.layers.ReLU(name=f"relu{i}"),
             keras.layers.MaxPooling2D(2, name=f"pool{i}"),
+            keras.layers.ReLU(name=f"relu{i}"),
         ]
     layers.append(keras.layers.Flatten(name="flatten"))
     return keras.Sequential(layers, name="conv4")

@@ -120,6 +120,16 @@ def test_second_order_meta_gradient_matches_finite_differences_and_reaches_the_b
     assert set(metrics) == {"loss", "accuracy"}
 
 
+def test_backbone_runs_once_per_set_whatever_the_inner_steps():
+    # The inner loop only moves the head, so the features of each support and query set are computed once.
+    algorithm = make(inner_steps=3, zero_head=False)
+    calls = []
+    features = algorithm.features
+    algorithm.features = lambda weights, x: calls.append(x.shape[0]) or features(weights, x)
+    algorithm.meta_gradients(blob_batch(np.random.default_rng(0), 4))
+    assert calls == [2 * 3] * 4 + [5 * 3] * 4  # 4 support sets of 2 shots x 3 ways, then 4 query sets
+
+
 def test_first_order_drops_the_second_derivatives(float64):
     batch = blob_batch(np.random.default_rng(1), 2)
     second, _ = make(inner_steps=2, zero_head=False).meta_gradients(batch)

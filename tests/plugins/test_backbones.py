@@ -85,3 +85,51 @@ def test_each_call_makes_a_new_model():
     b = MLP.factory(MLPParams(hidden=[5]), (2,))
     assert a is not b
     assert not np.allclose(a.layers[1].kernel.numpy(), b.layers[1].kernel.numpy())
+
+
+def _textbook_conv4(model, blocks):
+    """The same weights in the papers' block order (conv, BN, ReLU, max-pool), as a function of a batch."""
+    import tensorflow as tf
+
+    def forward(x):
+        for i in range(blocks):
+            conv, bn = model.get_layer(f"conv{i}"), model.get_layer(f"bn{i}")
+            x = conv(x)
+            x = bn(x, training=True)
+            x = tf.nn.max_pool2d(tf.nn.relu(x), 2, 2, "VALID")
+        return tf.reshape(x, [tf.shape(x)[0], -1])
+
+    return forward
+
+
+def test_conv4_pools_before_its_relu_and_computes_the_papers_function_and_gradients():
+    import tensorflow as tf
+
+    model = CONV4.factory(Conv4Params(filters=6, blocks=2), (8, 8, 2))
+    names = [layer.name for layer in model.layers]
+    assert names.index("pool0") + 1 == names.index("relu0")  # the faster order
+    x = tf.constant(np.random.default_rng(0).normal(size=(5, 8, 8, 2)), "float32")
+    textbook = _textbook_conv4(model, 2)
+    with tf.GradientTape(persistent=True) as tape:
+        ours, theirs = model(x, training=True), textbook(x)
+        probe = tf.constant(np.random.default_rng(1).normal(size=ours.shape), "float32")
+        a, b = tf.reduce_sum(ours * probe), tf.reduce_sum(theirs * probe)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6, atol=1e-6)
+    for ga, gb in zip(tape.gradient(a, model.trainable_variables), tape.gradient(b, model.trainable_variables)):
+        np.testing.assert_allclose(ga.numpy(), gb.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_conv4_without_conv_bias_computes_the_same_function():
+    assert Conv4Params().conv_bias  # on by default: earlier runs' checkpoints keep their weights
+    keras.utils.set_random_seed(0)
+    with_bias = CONV4.factory(Conv4Params(filters=4, blocks=2), (8, 8, 1))
+    keras.utils.set_random_seed(0)
+    without = CONV4.factory(Conv4Params(filters=4, blocks=2, conv_bias=False), (8, 8, 1))
+    assert len(with_bias.trainable_variables) - len(without.trainable_variables) == 2
+    assert not any(v.path.endswith("conv0/bias") for v in without.trainable_variables)
+    for layer in ("conv0", "conv1"):
+        without.get_layer(layer).kernel.assign(with_bias.get_layer(layer).kernel)
+        # Batch norm in training mode removes any per-channel shift, so a bias changes nothing.
+        with_bias.get_layer(layer).bias.assign(np.linspace(-3, 3, 4).astype("float32"))
+    x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
+    np.testing.assert_allclose(with_bias(x, training=True).numpy(), without(x, training=True).numpy(), atol=1e-4)
