@@ -20,11 +20,11 @@ class Conv4Params(Params):
         0.9, ge=0.0, lt=1.0, description="Weight of the old value in the batch norm's running moments."
     )
     conv_bias: bool = Field(
-        True,
+        False,
         description=(
             "Give each convolution a bias. Batch norm right after it cancels any per-channel shift, so the network "
-            "computes the same function without one (its gradient is zero) and trains faster; on by default only "
-            "so that checkpoints of earlier runs still load."
+            "computes the same function without one (the bias's gradient is exactly zero) and trains faster. Runs "
+            "made before this option existed had biases: their checkpoints load with conv_bias=true."
         ),
     )
 

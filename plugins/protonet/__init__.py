@@ -22,6 +22,12 @@ class ProtoNetParams(Params):
     lr_decay_every: int = Field(
         2000, ge=0, le=10_000_000, description="Halve the learning rate every this many updates (0: never)."
     )
+    transductive: bool = Field(
+        False,
+        description="Meta-test batch norm: false (the paper's code) normalises with the running statistics learned "
+        "in training, so no query's prediction depends on the others (inductive); true normalises each episode "
+        "with the statistics of its own support and query images (transductive).",
+    )
 
 
 def _make(params: ProtoNetParams, task: TaskSpec) -> Any:

@@ -6,7 +6,9 @@ Each class ``k`` of an episode gets a prototype, the mean embedding of its suppo
 trained by Adam on the query cross-entropy.
 
 As in the paper's code, support and query are embedded in one batch during training (batch norm in training
-mode, which also moves its running moments) and evaluation uses the running moments.
+mode, which also moves its running moments) and evaluation uses the running moments (inductive). With
+``transductive`` an evaluated episode is normalised with its own batch statistics instead, as MAML's reference code
+does; the choice is part of the run config, so every report says which was used.
 """
 
 from __future__ import annotations
@@ -104,7 +106,10 @@ class ProtoNet:
         return grads, {"loss": loss, "accuracy": accuracy}
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
-        """Scores each episode's query set against its support prototypes (batch norm on running moments).
+        """Scores each episode's query set against its support prototypes.
+
+        Batch norm uses the running moments, or with ``transductive`` the statistics of the episode's support and
+        query images together (the running moments are not moved).
 
         Returns:
             ``loss`` ``[T]``, ``accuracy`` ``[T]`` and ``predictions`` (query logits ``[T, queries, ways]``).
@@ -113,7 +118,7 @@ class ProtoNet:
         weights, state = self.fmodel.params(), self.fmodel.state()
 
         def one_task(arrays):
-            return self.episode(weights, *arrays, training=False, state=state)[:3]
+            return self.episode(weights, *arrays, training=bool(self.config.transductive), state=state)[:3]
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
         return {"loss": losses, "accuracy": accuracies, "predictions": predictions}

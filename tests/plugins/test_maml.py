@@ -132,7 +132,7 @@ def test_builds_backbone_plus_head_and_follows_the_protocol():
 def _conv_maml(first_order=False, **params):
     keras.utils.set_random_seed(0)
     task = TaskSpec("classification", (4, 4, 1), 3, 3, 2, 3, 10,
-                    lambda: CONV4.factory(Conv4Params(filters=3, blocks=1), (4, 4, 1)))
+                    lambda: CONV4.factory(Conv4Params(filters=3, blocks=1, conv_bias=True), (4, 4, 1)))
     return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, first_order=first_order, **params), task)
 
 

@@ -153,6 +153,23 @@ def test_meta_gradients_move_running_moments_and_evaluate_uses_them():
     np.testing.assert_allclose(evaluate(algorithm, changed)["predictions"][:, 0], out["predictions"][:, 0], rtol=1e-4)
 
 
+def test_transductive_evaluation_normalises_each_episode_with_its_own_statistics():
+    keras.utils.set_random_seed(0)
+    inductive = SPEC.factory(ProtoNetParams(), image_task())
+    transductive = SPEC.factory(ProtoNetParams(transductive=True), image_task())
+    for a, b in zip(transductive.variables, inductive.variables):
+        a.assign(b)
+    batch = image_batch(np.random.default_rng(1), 2)
+    changed = TaskBatch(batch.support_x, batch.support_y, batch.query_x.copy(), batch.query_y)
+    changed.query_x[:, 1:] += 5.0
+    first = evaluate(transductive, batch)["predictions"][:, 0]
+    # The other queries move the batch statistics, so query 0's logits move too; running moments are untouched.
+    state = [v.numpy().copy() for v in transductive.model.non_trainable_variables]
+    assert not np.allclose(evaluate(transductive, changed)["predictions"][:, 0], first, rtol=1e-3)
+    assert all(np.array_equal(v.numpy(), s) for v, s in zip(transductive.model.non_trainable_variables, state))
+    assert not np.allclose(first, evaluate(inductive, batch)["predictions"][:, 0], rtol=1e-3)
+
+
 # -- learning --------------------------------------------------------------------------------------------
 
 
