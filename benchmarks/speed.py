@@ -211,6 +211,9 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     result["conv_bias"] = conv_bias(args)
     result["jit_compile"] = bool(args.jit)
     result["precision"] = args.precision
+    gpus = tf.config.list_physical_devices("GPU")
+    result["device"] = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                                 for g in gpus) or "CPU"
     result.update(extra)
     return result
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 from pydantic import Field
@@ -41,6 +41,17 @@ class RunConfig(pydantic.BaseModel):
     log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
     eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
+    precision: Literal["float32", "mixed_bfloat16"] = Field(
+        "float32",
+        description=(
+            "Compute precision: float32, or mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
+            "and TPUs with bfloat16 units; no loss scaling is needed since bfloat16 has float32's exponent range)."
+        ),
+    )
+    jit_compile: bool = Field(
+        False,
+        description="Compile the training step with XLA (often faster on GPU and TPU; measured slower on CPU here).",
+    )
     test_dataset: str | None = Field(
         None,
         description=(

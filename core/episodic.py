@@ -26,11 +26,14 @@ __all__ = [
 
 
 def build_model(task: TaskSpec, name: str) -> keras.Model:
-    """Returns the run's backbone followed by a linear head with ``task.output_dim`` outputs, built."""
+    """Returns the run's backbone followed by a linear head with ``task.output_dim`` outputs, built.
+
+    Under a mixed-precision policy the head computes in float32, so logits and losses keep full precision.
+    """
     backbone = task.make_backbone()
-    return keras.Sequential(
-        [keras.Input(tuple(task.input_shape)), backbone, keras.layers.Dense(task.output_dim, name="head")], name=name
-    )
+    mixed = keras.config.dtype_policy().compute_dtype in ("bfloat16", "float16")
+    head = keras.layers.Dense(task.output_dim, name="head", dtype="float32" if mixed else None)
+    return keras.Sequential([keras.Input(tuple(task.input_shape)), backbone, head], name=name)
 
 
 def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
@@ -196,15 +199,16 @@ def evaluate_adaptation(
         def step(i: Any, carry: Any) -> Any:
             state, curve = carry
             with batch_norm_step(i):
-                metric = score(weights_of(state), tqx, tqy)[1]
+                metric = ops.cast(score(weights_of(state), tqx, tqy)[1], curve.dtype)
                 curve = curve + metric * ops.one_hot(i, steps + 1, dtype=curve.dtype)
                 return inner_step(state, tsx, tsy), curve
 
-        curve = ops.zeros((steps + 1,), dtype=dtype)
+        # Scores stay in full precision under a mixed policy (the head computes in float32).
+        curve = ops.zeros((steps + 1,), dtype="float32" if dtype in ("bfloat16", "float16") else dtype)
         state, curve = ops.fori_loop(0, steps, step, (start, curve))
         with batch_norm_step(steps):
             loss, metric, outputs = score(weights_of(state), tqx, tqy)
-        curve = curve + metric * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
+        curve = curve + ops.cast(metric, curve.dtype) * ops.one_hot(steps, steps + 1, dtype=curve.dtype)
         return loss, metric, curve, outputs
 
     losses, metrics, curves, predictions = ops.map(one_task, (sx, sy, qx, qy))

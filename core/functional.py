@@ -159,5 +159,11 @@ def compile(fn: Callable[..., Any], *, jit_compile: bool = False) -> Callable[..
 
 
 def to_numpy(x: Any) -> Any:
-    """Converts a tensor, variable or nested structure of them to NumPy arrays."""
-    return tf.nest.map_structure(lambda t: np.asarray(keras.ops.convert_to_numpy(t)), x)
+    """Converts a tensor, variable or nested structure of them to NumPy arrays (bfloat16 and float16 as float32)."""
+
+    def convert(t: Any) -> np.ndarray:
+        if keras.backend.standardize_dtype(getattr(t, "dtype", "float32")) in ("bfloat16", "float16"):
+            t = keras.ops.cast(t, "float32")  # NumPy has no bfloat16
+        return np.asarray(keras.ops.convert_to_numpy(t))
+
+    return tf.nest.map_structure(convert, x)

@@ -315,7 +315,7 @@ def estimate(
 
         if second_order and tasks > 1 and budget is not None:
             # A separate graph: one traced function shared by two batch sizes would relax the task axis to None.
-            pilot_fn = compile_train_step(algorithm, optimizer)
+            pilot_fn = compile_train_step(algorithm, optimizer, jit_compile=cfg.jit_compile)
             meter.reset_peak()
             pilot_compile, _ = _timed_step(pilot_fn, sampler, 1)
             pilot_seconds, _ = _timed_step(pilot_fn, sampler, 1)
@@ -334,7 +334,7 @@ def estimate(
                 result["estimated_run_seconds"] = _run_seconds(result)
                 return result
 
-        step_fn = compile_train_step(algorithm, optimizer)
+        step_fn = compile_train_step(algorithm, optimizer, jit_compile=cfg.jit_compile)
         meter.reset_peak()
         times: list[float] = []
         loss = math.nan

@@ -88,8 +88,29 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
         make_backbone=lambda: backbone_spec.factory(backbone_params, input_shape),
         num_train_classes=0 if train_split is None else int(train_split.num_classes),
     )
-    algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
+    with dtype_policy(config.precision):
+        algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
     return Session(config=config, dataset=dataset, algorithm=algorithm, task=task)
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Builds the layers made inside under Keras dtype policy ``name`` (e.g. ``"mixed_bfloat16"``), then restores.
+
+    Layers keep the policy they were built with, so only model construction needs it; ``"float32"`` leaves the
+    current policy alone (tests that run in float64 set their own).
+    """
+    import keras
+
+    if name in ("", "float32"):
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @contextlib.contextmanager
@@ -327,10 +348,11 @@ def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = E
                           key=key)
 
 
-def compile_train_step(algorithm: Any, optimizer: Any) -> Callable[[TaskBatch], dict[str, Any]]:
+def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = False) -> Callable[[TaskBatch], dict[str, Any]]:
     """One compiled meta-training step (meta-gradients, then the optimizer's update) taking a :class:`TaskBatch`.
 
-    Each call of this function makes a new graph; the runner and the probe both step through it.
+    Each call of this function makes a new graph; the runner and the probe both step through it. With
+    ``jit_compile`` the step is also compiled by XLA (the run config's ``jit_compile``).
     """
     from . import functional
 
@@ -339,7 +361,7 @@ def compile_train_step(algorithm: Any, optimizer: Any) -> Callable[[TaskBatch], 
         optimizer.apply(grads, algorithm.trainable_variables)
         return metrics
 
-    compiled = functional.compile(train_step)
+    compiled = functional.compile(train_step, jit_compile=jit_compile)
 
     def step(batch: TaskBatch) -> dict[str, Any]:
         # Graphs take tensors, not objects: pass the arrays, and the extras only when the batch has them.
@@ -503,7 +525,7 @@ def train_run(
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
 
-            step_fn = compile_train_step(algorithm, optimizer)
+            step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile)
             eval_fn = compile_evaluate(algorithm)
             val_batch = fixed_episode_set(session, "val", config.val_episodes)
             window: dict[str, list[float]] = {}

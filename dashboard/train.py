@@ -25,7 +25,7 @@ DEFAULT_ALGORITHM = "metalab.maml"
 #: Run fields shown above the fold, and in the "Schedule and evaluation" expander.
 MAIN_FIELDS = ("ways", "shots", "queries", "steps", "seed")
 ADVANCED_FIELDS = ("val_every", "val_episodes", "test_episodes", "checkpoint_every", "log_every", "eval_at_end",
-                   "device")
+                   "device", "precision", "jit_compile")
 _PLUGIN_SECTIONS = ("dataset", "algorithm", "backbone")
 #: Run fields drawn by the schema form; ``device`` has its own selector, filled from the worker's device list.
 _FORM_ADVANCED_FIELDS = tuple(n for n in ADVANCED_FIELDS if n != "device")

@@ -118,3 +118,37 @@ def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
     assert thread_counts(plain, 1, cpus=2) == (0, 0)    # one episode: TensorFlow's defaults split each op
     assert thread_counts(plain, 32, cpus=1) == (0, 0)
     assert thread_counts(Settings(intra_op_threads=2, inter_op_threads=1), 32, cpus=2) == (2, 1)
+
+
+# -- precision and XLA options (issue 5, point 4) -------------------------------------------------------------
+
+
+def test_mixed_bfloat16_run_computes_in_bfloat16_keeps_float32_weights_and_learns(tmp_path):
+    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.runner import build_session
+    from metalab.core.testing import check_learns, tiny_config
+
+    registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+    config = tiny_config(registry, "metalab.maml", "classification", task={"precision": "mixed_bfloat16"})
+    model = build_session(registry, config).algorithm.model
+    assert model.compute_dtype == "bfloat16" and model.get_layer("head").compute_dtype == "float32"
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the policy applied to the build only
+    check_learns("metalab.maml", tmp_path, registry=registry, task={"precision": "mixed_bfloat16"})
+
+
+def test_xla_compiled_run_learns(tmp_path):
+    from metalab.core.testing import check_learns
+
+    check_learns("metalab.protonet", tmp_path, task={"jit_compile": True})
+
+
+def test_unknown_precision_is_refused_naming_the_field():
+    from metalab.core.config import ConfigError, resolve_config
+    from metalab.core.plugin_manager import make_plugin_manager
+
+    registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+    with pytest.raises(ConfigError, match="precision.*float16"):
+        resolve_config(registry, {"dataset": "metalab.digits", "algorithm": "metalab.protonet", "precision": "float16"})

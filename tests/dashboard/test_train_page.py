@@ -41,6 +41,10 @@ def test_widgets_follow_the_schema_ranges_types_and_help(page):
     assert at.text_input(key="train.backbone.metalab.sinusoid.metalab.mlp.hidden").value == "[40, 40]"
     # Regression has no "ways".
     assert "train.run.metalab.sinusoid.metalab.maml.ways" not in [w.key for w in at.number_input]
+    # Precision and XLA are run options next to the device.
+    precision = at.selectbox(key="train.run.metalab.sinusoid.metalab.maml.precision")
+    assert precision.value == "float32" and "mixed_bfloat16" in precision.options
+    assert at.checkbox(key="train.run.metalab.sinusoid.metalab.maml.jit_compile").value is False
 
 
 def test_literal_parameters_become_select_boxes(page):
