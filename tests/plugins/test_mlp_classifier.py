@@ -113,25 +113,30 @@ def test_held_out_training_images_never_appear_in_training_batches(builtin_regis
 
 
 def test_report_panel_gives_supervised_accuracy_well_above_chance(builtin_registry, tmp_path):
-    from metalab.core.store import RunStore
-
     config = testing.tiny_config(builtin_registry, "metalab.mlp_classifier", "classification", steps=60)
     result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
-    store = RunStore(tmp_path / "runs.sqlite")
-    data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())
+    data, panel = _report_data_and_panel(builtin_registry, result.run_id, tmp_path)
     holdout = data["metalab.mlp_classifier"]["holdout"]
     assert holdout["classes"] == 4 and holdout["held_out_classes"] == 4 and 60 <= holdout["images"] <= 80
     assert holdout["accuracy"] > holdout["chance"] + 0.4, holdout
-    run = {"id": result.run_id, "algorithm": "metalab.mlp_classifier"}
-    found = [panel for panels in builtin_registry.pm.hook.metalab_report_panels(
-        run=run, report_data=data, artifacts_dir=str(tmp_path)) for panel in panels]
-    (panel,) = [p for p in found if p.title == "Supervised accuracy (no meta-learning)"]
-    panel.validate()
     assert f"{100 * holdout['accuracy']:.1f}%" in panel.markdown
     assert f"| 4 | {holdout['images']} | 25.0% |" in panel.markdown
     from metalab.plugins import mlp_classifier
 
     assert mlp_classifier.metalab_report_panels(run={"algorithm": "metalab.maml"}, report_data=data) == []
+
+
+def _report_data_and_panel(registry, run_id, home):
+    """The run's stored report data and the supervised-accuracy panel the plugin's hook draws from it."""
+    from metalab.core.store import RunStore
+
+    data = json.loads((RunStore(home / "runs.sqlite").run_dir(run_id) / "report_data.json").read_text())
+    found = [panel for panels in registry.pm.hook.metalab_report_panels(
+        run={"id": run_id, "algorithm": "metalab.mlp_classifier"}, report_data=data, artifacts_dir=str(home))
+        for panel in panels]
+    (panel,) = [p for p in found if p.title == "Supervised accuracy (no meta-learning)"]
+    panel.validate()
+    return data, panel
 
 
 def _supervised_digits_config(registry, steps, **algorithm_params):
@@ -143,23 +148,15 @@ def _supervised_digits_config(registry, steps, **algorithm_params):
 
 
 def test_learns_the_supervised_digits_test_set_and_reports_it(builtin_registry, tmp_path):
-    from metalab.core.store import RunStore
-
     config = _supervised_digits_config(builtin_registry, steps=100)
     result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
-    store = RunStore(tmp_path / "runs.sqlite")
-    data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())
+    data, panel = _report_data_and_panel(builtin_registry, result.run_id, tmp_path)
     test = data["metalab.mlp_classifier"]["test"]
     # All ten digits, the seeded quarter of the images kept out of training; chance is 10%.
     assert (test["classes"], test["test_classes"], test["images"]) == (10, 10, 450)
     assert test["accuracy"] > 0.8, test
     assert test["correct"] == round(test["accuracy"] * 450) and min(test["per_class"]) > 0.5
     assert "holdout" not in data["metalab.mlp_classifier"]
-    run = {"id": result.run_id, "algorithm": "metalab.mlp_classifier"}
-    found = [panel for panels in builtin_registry.pm.hook.metalab_report_panels(
-        run=run, report_data=data, artifacts_dir=str(tmp_path)) for panel in panels]
-    (panel,) = [p for p in found if p.title == "Supervised accuracy (no meta-learning)"]
-    panel.validate()
     assert f"**Test accuracy {100 * test['accuracy']:.2f}%**" in panel.markdown
     assert f"| test set | {100 * test['accuracy']:.1f}% ({test['correct']} of 450) | 10 | 450 | 10.0% |" in panel.markdown
     assert "held-out training images" not in panel.markdown
