@@ -324,3 +324,85 @@ def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = Non
 def algorithm_ids(registry: Any | None = None) -> list[str]:
     """Every loaded algorithm id (for ``pytest.mark.parametrize``)."""
     return sorted(_registry(registry).algorithms)
+
+
+# -- tiny synthetic tasks and compiled steps, for an algorithm's own unit tests ---------------------------------
+
+
+def sinusoid_batch(rng: np.random.Generator, num_tasks: int, shots: int = 10, queries: int = 10) -> Any:
+    """Sine-wave regression tasks of Finn et al. 2017, section 5.1, drawn with NumPy (no dataset plugin).
+
+    Amplitude in [0.1, 5], phase in [0, pi], inputs uniform on [-5, 5].
+
+    Returns:
+        A :class:`~metalab.core.plugin_api.TaskBatch` of float32 arrays ``[num_tasks, n, 1]``.
+    """
+    from .plugin_api import TaskBatch
+
+    amplitude = rng.uniform(0.1, 5.0, (num_tasks, 1, 1))
+    phase = rng.uniform(0.0, np.pi, (num_tasks, 1, 1))
+    x = rng.uniform(-5.0, 5.0, (num_tasks, shots + queries, 1))
+    y = (amplitude * np.sin(x + phase)).astype("float32")
+    x = x.astype("float32")
+    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+
+
+def blob_batch(rng: np.random.Generator, num_tasks: int, ways: int = 3, shots: int = 1, queries: int = 5,
+               dim: int = 16) -> Any:
+    """Few-shot tasks whose classes are fresh Gaussian blobs in the first 2 of ``dim`` features; the rest is noise.
+
+    A random embedding is swamped by the noise features, so beating chance on new tasks means the algorithm
+    learned which features matter: a task that needs meta-learning yet trains in seconds.
+
+    Returns:
+        A :class:`~metalab.core.plugin_api.TaskBatch`: float32 ``[num_tasks, ways * n, dim]`` inputs, int32
+        labels ``0..ways-1``.
+    """
+    from .plugin_api import TaskBatch
+
+    centers = rng.normal(size=(num_tasks, ways, 1, 2))
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        signal = centers + 0.25 * rng.normal(size=(num_tasks, ways, n, 2))
+        noise = rng.normal(size=(num_tasks, ways, n, dim - 2))
+        x = np.concatenate([signal, noise], axis=-1).reshape(num_tasks, ways * n, dim).astype("float32")
+        y = np.tile(np.repeat(np.arange(ways, dtype="int32"), n), (num_tasks, 1))
+        return x, y
+
+    (sx, sy), (qx, qy) = draw(shots), draw(queries)
+    return TaskBatch(sx, sy, qx, qy)
+
+
+def train_steps(algorithm: Any, sample: Any, steps: int) -> list[dict[str, np.ndarray]]:
+    """Meta-trains ``algorithm`` as the runner does (one compiled step, fixed shapes) on ``sample()`` batches.
+
+    Args:
+        algorithm: An algorithm instance (the factory's result).
+        sample: ``sample() -> TaskBatch``, called once per step.
+        steps: Steps to run.
+
+    Returns:
+        The metrics of every step, as NumPy values.
+    """
+    from . import functional
+    from .plugin_api import TaskBatch
+
+    optimizer = algorithm.make_optimizer()
+    optimizer.build(algorithm.trainable_variables)
+
+    @functional.compile
+    def step(sx: Any, sy: Any, qx: Any, qy: Any) -> Any:
+        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
+        optimizer.apply(grads, algorithm.trainable_variables)
+        return metrics
+
+    return [functional.to_numpy(step(*sample().as_tuple())) for _ in range(steps)]
+
+
+def evaluate_compiled(algorithm: Any, batch: Any) -> dict[str, np.ndarray]:
+    """Runs ``algorithm.evaluate`` on ``batch`` compiled, as the runner does, and returns NumPy values."""
+    from . import functional
+    from .plugin_api import TaskBatch
+
+    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
+    return functional.to_numpy(compiled(*batch.as_tuple()))

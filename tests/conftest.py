@@ -25,3 +25,17 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"Shared data folder not found (expected {path}, beside the repository).")
     return path
+
+
+@pytest.fixture
+def float64():
+    """Runs a test with Keras in float64 (gradient checks); Keras caches the global dtype policy on first use, so
+    floatx and the policy are set together, and both restored."""
+    import keras
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    yield
+    keras.config.set_floatx(floatx)
+    keras.config.set_dtype_policy(policy)

@@ -9,17 +9,6 @@ from metalab.core import functional
 from metalab.core.layers import MetaBatchNorm
 
 
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so set it along with floatx, and restore both.
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
-
 def _conv_net(norm_layer) -> keras.Model:
     return keras.Sequential(
         [

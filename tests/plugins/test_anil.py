@@ -1,5 +1,6 @@
 """ANIL: registration, head-only inner loop, exact meta-gradients, evaluation, learning and its report panel."""
 
+import functools
 import subprocess
 import sys
 
@@ -8,26 +9,16 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional
+from metalab.core import functional, testing
 from metalab.core.plugin_api import Algorithm, ReportPanel, TaskBatch, TaskSpec
 from metalab.plugins import anil
 from metalab.plugins.anil import SPEC, ANILParams
 from metalab.plugins.backbones import MLP, MLPParams
 
 
-def blob_batch(rng, num_tasks, ways=3, shots=2, queries=5, dim=8):
-    """Tasks whose classes are fresh Gaussian blobs in the first 2 of ``dim`` features; the rest is noise."""
-    centers = rng.normal(size=(num_tasks, ways, 1, 2))
-
-    def draw(n):
-        signal = centers + 0.25 * rng.normal(size=(num_tasks, ways, n, 2))
-        noise = rng.normal(size=(num_tasks, ways, n, dim - 2))
-        x = np.concatenate([signal, noise], axis=-1).reshape(num_tasks, ways * n, dim).astype("float32")
-        y = np.tile(np.repeat(np.arange(ways, dtype="int32"), n), (num_tasks, 1))
-        return x, y
-
-    (sx, sy), (qx, qy) = draw(shots), draw(queries)
-    return TaskBatch(sx, sy, qx, qy)
+# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+blob_batch = functools.partial(testing.blob_batch, shots=2, dim=8)
+evaluate = testing.evaluate_compiled
 
 
 def blob_task(dim=8, hidden=(16,)):
@@ -38,22 +29,6 @@ def blob_task(dim=8, hidden=(16,)):
 def make(**params):
     keras.utils.set_random_seed(0)
     return SPEC.factory(ANILParams(**params), blob_task())
-
-
-def evaluate(algorithm, batch):
-    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
-    return functional.to_numpy(compiled(*batch.as_tuple()))
-
-
-@pytest.fixture
-def float64():
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
 
 def test_spec_is_valid_and_cites_the_paper():
     assert anil.metalab_register_algorithms() == [SPEC]

@@ -8,41 +8,19 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional
+from metalab.core import functional, testing
 from metalab.core.plugin_api import Algorithm, TaskBatch, TaskSpec
 from metalab.plugins import maml
 from metalab.plugins.backbones import CONV4, MLP, Conv4Params, MLPParams
 from metalab.plugins.maml import SPEC, MAMLParams
 
-# -- tiny tasks, built here with NumPy -------------------------------------------------------------------
+
+# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+sinusoid_batch, blob_batch = testing.sinusoid_batch, testing.blob_batch
+train, evaluate = testing.train_steps, testing.evaluate_compiled
 
 
-def sinusoid_batch(rng, num_tasks, shots=10, queries=10):
-    """Sine waves with amplitude in [0.1, 5] and phase in [0, pi] on [-5, 5] (Finn et al. 2017, section 5.1)."""
-    amplitude = rng.uniform(0.1, 5.0, (num_tasks, 1, 1))
-    phase = rng.uniform(0.0, np.pi, (num_tasks, 1, 1))
-    x = rng.uniform(-5.0, 5.0, (num_tasks, shots + queries, 1))
-    y = (amplitude * np.sin(x + phase)).astype("float32")
-    x = x.astype("float32")
-    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
-
-
-def blob_batch(rng, num_tasks, ways=3, shots=1, queries=5, dim=16):
-    """Few-shot tasks whose classes are fresh Gaussian blobs in the first 2 of ``dim`` features; the rest is noise.
-
-    A random embedding is swamped by the noise features; meta-learning must find the two that matter.
-    """
-    centers = rng.normal(size=(num_tasks, ways, 1, 2))
-
-    def draw(n):
-        signal = centers + 0.25 * rng.normal(size=(num_tasks, ways, n, 2))
-        noise = rng.normal(size=(num_tasks, ways, n, dim - 2))
-        x = np.concatenate([signal, noise], axis=-1).reshape(num_tasks, ways * n, dim).astype("float32")
-        y = np.tile(np.repeat(np.arange(ways, dtype="int32"), n), (num_tasks, 1))
-        return x, y
-
-    (sx, sy), (qx, qy) = draw(shots), draw(queries)
-    return TaskBatch(sx, sy, qx, qy)
+# -- tiny task specs ------------------------------------------------------------------------------------
 
 
 def regression_task(hidden=(40, 40), total_steps=1000):
@@ -53,37 +31,6 @@ def regression_task(hidden=(40, 40), total_steps=1000):
 def blob_task(shots=1, total_steps=1000):
     return TaskSpec("classification", (16,), 3, 3, shots, 5, total_steps,
                     lambda: MLP.factory(MLPParams(hidden=[32, 32]), (16,)))
-
-
-def train(algorithm, sample, steps):
-    """Meta-trains as the runner does (compiled step, fixed shapes); returns the metrics of every step."""
-    optimizer = algorithm.make_optimizer()
-    optimizer.build(algorithm.trainable_variables)
-
-    @functional.compile
-    def step(sx, sy, qx, qy):
-        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
-        optimizer.apply(grads, algorithm.trainable_variables)
-        return metrics
-
-    return [functional.to_numpy(step(*sample().as_tuple())) for _ in range(steps)]
-
-
-def evaluate(algorithm, batch):
-    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
-    return functional.to_numpy(compiled(*batch.as_tuple()))
-
-
-@pytest.fixture
-def float64():
-    # Keras caches the global dtype policy on first use, so set it along with floatx, and restore both.
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
 
 # -- registration ----------------------------------------------------------------------------------------
 

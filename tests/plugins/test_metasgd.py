@@ -8,20 +8,16 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional
+from metalab.core import functional, testing
 from metalab.core.plugin_api import Algorithm, ReportPanel, TaskBatch, TaskSpec
 from metalab.plugins import metasgd
 from metalab.plugins.backbones import MLP, MLPParams
 from metalab.plugins.metasgd import SPEC, MetaSGDParams
 
 
-def sinusoid_batch(rng, num_tasks, shots=10, queries=10):
-    amplitude = rng.uniform(0.1, 5.0, (num_tasks, 1, 1))
-    phase = rng.uniform(0.0, np.pi, (num_tasks, 1, 1))
-    x = rng.uniform(-5.0, 5.0, (num_tasks, shots + queries, 1))
-    y = (amplitude * np.sin(x + phase)).astype("float32")
-    x = x.astype("float32")
-    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+sinusoid_batch = testing.sinusoid_batch
+evaluate = testing.evaluate_compiled
 
 
 def regression_task(hidden=(20, 20)):
@@ -31,22 +27,6 @@ def regression_task(hidden=(20, 20)):
 def make(**params):
     keras.utils.set_random_seed(0)
     return SPEC.factory(MetaSGDParams(**params), regression_task())
-
-
-def evaluate(algorithm, batch):
-    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
-    return functional.to_numpy(compiled(*batch.as_tuple()))
-
-
-@pytest.fixture
-def float64():
-    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    yield
-    keras.config.set_floatx(floatx)
-    keras.config.set_dtype_policy(policy)
-
 
 def test_spec_is_valid_and_cites_the_paper():
     assert metasgd.metalab_register_algorithms() == [SPEC]

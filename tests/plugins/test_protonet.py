@@ -8,26 +8,16 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional
+from metalab.core import functional, testing
 from metalab.core.plugin_api import Algorithm, TaskBatch, TaskSpec
 from metalab.plugins import protonet
 from metalab.plugins.backbones import CONV4, MLP, Conv4Params, MLPParams
 from metalab.plugins.protonet import SPEC, ProtoNetParams
 
 
-def blob_batch(rng, num_tasks, ways=3, shots=1, queries=5, dim=16):
-    """Few-shot tasks whose classes are fresh Gaussian blobs in the first 2 of ``dim`` features; the rest is noise."""
-    centers = rng.normal(size=(num_tasks, ways, 1, 2))
-
-    def draw(n):
-        signal = centers + 0.25 * rng.normal(size=(num_tasks, ways, n, 2))
-        noise = rng.normal(size=(num_tasks, ways, n, dim - 2))
-        x = np.concatenate([signal, noise], axis=-1).reshape(num_tasks, ways * n, dim).astype("float32")
-        y = np.tile(np.repeat(np.arange(ways, dtype="int32"), n), (num_tasks, 1))
-        return x, y
-
-    (sx, sy), (qx, qy) = draw(shots), draw(queries)
-    return TaskBatch(sx, sy, qx, qy)
+# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+blob_batch = testing.blob_batch
+train, evaluate = testing.train_steps, testing.evaluate_compiled
 
 
 def blob_task(hidden=(32, 32)):
@@ -43,26 +33,6 @@ def image_task():
 def image_batch(rng, num_tasks):
     return TaskBatch(rng.normal(2.0, 1.0, size=(num_tasks, 6, 8, 8, 1)), np.tile([0, 0, 1, 1, 2, 2], (num_tasks, 1)),
                      rng.normal(2.0, 1.0, size=(num_tasks, 12, 8, 8, 1)), np.tile([0, 1, 2] * 4, (num_tasks, 1)))
-
-
-def train(algorithm, sample, steps):
-    """Meta-trains as the runner does (compiled step, fixed shapes); returns the metrics of every step."""
-    optimizer = algorithm.make_optimizer()
-    optimizer.build(algorithm.trainable_variables)
-
-    @functional.compile
-    def step(sx, sy, qx, qy):
-        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
-        optimizer.apply(grads, algorithm.trainable_variables)
-        return metrics
-
-    return [functional.to_numpy(step(*sample().as_tuple())) for _ in range(steps)]
-
-
-def evaluate(algorithm, batch):
-    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
-    return functional.to_numpy(compiled(*batch.as_tuple()))
-
 
 # -- registration ----------------------------------------------------------------------------------------
 

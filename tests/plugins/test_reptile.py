@@ -1,5 +1,6 @@
 """Reptile: registration, the outer update and its schedule, the inner optimizers, and learning on tiny tasks."""
 
+import functools
 import subprocess
 import sys
 
@@ -8,38 +9,20 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional
-from metalab.core.plugin_api import Algorithm, TaskBatch, TaskSpec
+from metalab.core import functional, testing
+from metalab.core.plugin_api import Algorithm, TaskSpec
 from metalab.plugins import reptile
 from metalab.plugins.backbones import MLP, MLPParams
 from metalab.plugins.reptile import SPEC, ReptileParams
 
-# -- tiny tasks, built here with NumPy -------------------------------------------------------------------
+
+# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+sinusoid_batch = testing.sinusoid_batch
+blob_batch = functools.partial(testing.blob_batch, shots=5)
+train, evaluate = testing.train_steps, testing.evaluate_compiled
 
 
-def sinusoid_batch(rng, num_tasks, shots=10, queries=10):
-    """Sine waves with amplitude in [0.1, 5] and phase in [0, pi] on [-5, 5]."""
-    amplitude = rng.uniform(0.1, 5.0, (num_tasks, 1, 1))
-    phase = rng.uniform(0.0, np.pi, (num_tasks, 1, 1))
-    x = rng.uniform(-5.0, 5.0, (num_tasks, shots + queries, 1))
-    y = (amplitude * np.sin(x + phase)).astype("float32")
-    x = x.astype("float32")
-    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
-
-
-def blob_batch(rng, num_tasks, ways=3, shots=5, queries=5, dim=16):
-    """Few-shot tasks whose classes are fresh Gaussian blobs in the first 2 of ``dim`` features; the rest is noise."""
-    centers = rng.normal(size=(num_tasks, ways, 1, 2))
-
-    def draw(n):
-        signal = centers + 0.25 * rng.normal(size=(num_tasks, ways, n, 2))
-        noise = rng.normal(size=(num_tasks, ways, n, dim - 2))
-        x = np.concatenate([signal, noise], axis=-1).reshape(num_tasks, ways * n, dim).astype("float32")
-        y = np.tile(np.repeat(np.arange(ways, dtype="int32"), n), (num_tasks, 1))
-        return x, y
-
-    (sx, sy), (qx, qy) = draw(shots), draw(queries)
-    return TaskBatch(sx, sy, qx, qy)
+# -- tiny task specs ------------------------------------------------------------------------------------
 
 
 def regression_task(total_steps=1000):
@@ -49,26 +32,6 @@ def regression_task(total_steps=1000):
 def blob_task(total_steps=1000):
     return TaskSpec("classification", (16,), 3, 3, 5, 5, total_steps,
                     lambda: MLP.factory(MLPParams(hidden=[32, 32]), (16,)))
-
-
-def train(algorithm, sample, steps):
-    """Meta-trains as the runner does (compiled step, fixed shapes); returns the metrics of every step."""
-    optimizer = algorithm.make_optimizer()
-    optimizer.build(algorithm.trainable_variables)
-
-    @functional.compile
-    def step(sx, sy, qx, qy):
-        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
-        optimizer.apply(grads, algorithm.trainable_variables)
-        return metrics
-
-    return [functional.to_numpy(step(*sample().as_tuple())) for _ in range(steps)]
-
-
-def evaluate(algorithm, batch):
-    compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
-    return functional.to_numpy(compiled(*batch.as_tuple()))
-
 
 def _values(tensors):
     return [functional.to_numpy(t) for t in tensors]
