@@ -105,8 +105,9 @@ def main() -> int:
     parser.add_argument("--workload", default="all", choices=["all", *CHECKED])
     parser.add_argument("--tasks", type=int, default=4, help="Tasks in the batch (fewer than the workload's 32).")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--conv-bias", default="on", choices=["on", "off"],
-                        help="Both sides: convolutions with or without a bias (as speed.py --conv-bias).")
+    parser.add_argument("--conv-bias", default="off", choices=["on", "off"],
+                        help="Both sides: convolutions with or without a bias (as speed.py --conv-bias; default off, "
+                             "the conv4 plugin's default).")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()
