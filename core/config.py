@@ -50,6 +50,7 @@ class RunConfig(pydantic.BaseModel):
     )
     jit_compile: bool = Field(
         False,
+        title="XLA (jit_compile)",
         description="Compile the training step with XLA (often faster on GPU and TPU; measured slower on CPU here).",
     )
     test_dataset: str | None = Field(

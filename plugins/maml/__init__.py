@@ -33,6 +33,7 @@ class MAMLParams(Params):
     )
     per_step_bn: bool = Field(
         False,
+        title="Per-step batch norm (MAML++)",
         description="MAML++ per-step batch norm (Antoniou et al. 2019, BNWB + BNRS): every inner step has its own "
         "batch-norm scale, offset and running statistics (inner_steps + 1 sets; the last scores the adapted "
         "model, and test-time steps beyond it reuse it). Needs a backbone with MetaBatchNorm layers.",
