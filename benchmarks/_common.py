@@ -64,9 +64,9 @@ class Environment:
 
 def machine_note() -> dict[str, Any]:
     """What the figures were measured on; the load average shows how much other work shared the CPU."""
-    from importlib import metadata
-
     import tensorflow as tf
+
+    from metalab.core.runner import installed_versions
 
     note: dict[str, Any] = {
         "cpus": os.cpu_count(),
@@ -75,11 +75,7 @@ def machine_note() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
-    for dist in ("tensorflow", "tensorflow-cpu", "keras"):
-        try:
-            note[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    note.update(installed_versions(("tensorflow", "tensorflow-cpu", "keras")))
     return note
 
 

@@ -113,15 +113,11 @@ def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: fl
 
 
 def machine(impl: str) -> dict[str, Any]:
-    from importlib import metadata
+    from metalab.core.runner import installed_versions  # no TensorFlow import: safe in the torch process too
 
     note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "loadavg": [round(x, 2) for x in os.getloadavg()]}
-    for dist in (("tensorflow", "keras", "numpy") if impl == "metalab" else ("torch", "numpy")):
-        try:
-            note[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
+    note.update(installed_versions(("tensorflow", "keras", "numpy") if impl == "metalab" else ("torch", "numpy")))
     return note
 
 

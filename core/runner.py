@@ -40,17 +40,23 @@ class RunCancelled(Exception):
     """Raised inside the loop when a cancel was requested; the runner checkpoints and records 'cancelled'."""
 
 
-def library_versions() -> dict[str, str]:
-    """Versions recorded with every run (for reports and reproducibility)."""
+def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
+    """The installed version of each named distribution; those not installed are left out."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("metalab", "tensorflow", "tensorflow-cpu", "keras", "numpy"):
+    versions = {}
+    for dist in distributions:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            pass
+            continue
     return versions
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded with every run (for reports and reproducibility)."""
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            **installed_versions(("metalab", "tensorflow", "tensorflow-cpu", "keras", "numpy"))}
 
 
 @dataclass

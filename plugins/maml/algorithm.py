@@ -79,15 +79,11 @@ class MAML:
 
     def task_loss(self, weights: list[Any], x: Any, y: Any) -> tuple[Any, Any]:
         """Returns ``(loss, metric)`` of the model under ``weights`` on one task's ``(x, y)``."""
-        return loss_and_metric(self.task.kind, self.fmodel(weights, x, training=True), y)
+        return self._forward(weights, x, y, None)[:2]
 
     def inner_step(self, weights: list[Any], x: Any, y: Any, *, first_order: bool) -> list[Any]:
         """One step of eq. 1 on ``(x, y)``; differentiable in ``weights`` unless ``first_order``."""
-        _, grads = functional.value_and_grad(lambda w: self.task_loss(w, x, y)[0], weights)
-        if first_order:
-            grads = functional.stop_gradient(grads)
-        lr = self.config.inner_lr
-        return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)]
+        return self._inner_update(weights, x, y, None, first_order=first_order)[0]
 
     def adapt(self, weights: list[Any], x: Any, y: Any, steps: int, *, first_order: bool = True) -> list[Any]:
         """Returns the fast weights after ``steps`` inner steps from ``weights`` on ``(x, y)``."""
@@ -95,61 +91,54 @@ class MAML:
             weights = self.inner_step(weights, x, y, first_order=first_order)
         return weights
 
+    def _forward(self, weights: list[Any], x: Any, y: Any, state: list[Any] | None) -> tuple[Any, Any, Any]:
+        """``(loss, metric, state)``; with ``state`` given, the running moments' updates are threaded through it."""
+        if state is None:
+            outputs = self.fmodel(weights, x, training=True)
+        else:
+            outputs, state = self.fmodel.call_with_state(weights, x, training=True, state=state)
+        return (*loss_and_metric(self.task.kind, outputs, y), state)
+
+    def _inner_update(self, weights: list[Any], x: Any, y: Any, state: list[Any] | None, *,
+                      first_order: bool) -> tuple[list[Any], Any]:
+        def loss(w):
+            value, _, new_state = self._forward(w, x, y, state)
+            return value, new_state
+
+        (_, state), grads = functional.value_and_grad(loss, weights, has_aux=True)
+        if first_order:
+            grads = functional.stop_gradient(grads)
+        lr = self.config.inner_lr
+        return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)], state
+
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradient of the mean query loss after adaptation (eq. 2), and query loss/accuracy.
 
         With ``per_step_bn`` the per-step running statistics are also updated (assigned), once per forward pass
-        of each task in turn, as the MAML++ reference does.
+        of each task in turn, as the MAML++ reference does; shared batch norm keeps no running statistics.
         """
-        if self.per_step_bn:
-            return self._per_step_meta_gradients(batch)
-        kind = self.task.kind
-        sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
-
-        def meta_loss(theta):
-            losses, metrics = [], []
-            for t in range(num_tasks):
-                fast = self.adapt(theta, sx[t], sy[t], self.config.inner_steps, first_order=self.config.first_order)
-                loss, metric = self.task_loss(fast, qx[t], qy[t])
-                losses.append(loss)
-                metrics.append(metric)
-            return ops.mean(ops.stack(losses)), ops.mean(ops.stack(metrics))
-
-        (loss, metric), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
-        return grads, self._metrics(loss, metric)
-
-    def _per_step_meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
-        kind, steps = self.task.kind, int(self.config.inner_steps)
-        sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
-
-        def forward(weights, x, y, state):
-            outputs, state = self.fmodel.call_with_state(weights, x, training=True, state=state)
-            loss, metric = loss_and_metric(kind, outputs, y)
-            return loss, (metric, state)
+        steps = int(self.config.inner_steps)
+        sx, sy, qx, qy, num_tasks = batch_tensors(batch, self.task.kind, self.model.compute_dtype)
 
         def meta_loss(theta):
             # The running statistics thread through every forward pass; they never carry gradients.
-            state = self.fmodel.state()
+            state = self.fmodel.state() if self.per_step_bn else None
             losses, metrics = [], []
             for t in range(num_tasks):
                 fast = theta
                 for k in range(steps):
-                    with batch_norm_step(k):
-                        (_, (_, state)), grads = functional.value_and_grad(
-                            lambda w: forward(w, sx[t], sy[t], state), fast, has_aux=True
-                        )
-                    if self.config.first_order:
-                        grads = functional.stop_gradient(grads)
-                    lr = self.config.inner_lr
-                    fast = [w - ops.cast(lr, w.dtype) * g for w, g in zip(fast, grads)]
+                    with batch_norm_step(k):  # no effect on one-set batch norm
+                        fast, state = self._inner_update(fast, sx[t], sy[t], state,
+                                                         first_order=self.config.first_order)
                 with batch_norm_step(steps):
-                    loss, (metric, state) = forward(fast, qx[t], qy[t], state)
+                    loss, metric, state = self._forward(fast, qx[t], qy[t], state)
                 losses.append(loss)
                 metrics.append(metric)
             return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(metrics)), state)
 
         (loss, (metric, state)), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
-        self.fmodel.set_state(functional.stop_gradient(state))
+        if state is not None:
+            self.fmodel.set_state(functional.stop_gradient(state))
         return grads, self._metrics(loss, metric)
 
     def _metrics(self, loss: Any, metric: Any) -> dict[str, Any]:
