@@ -5,6 +5,10 @@ One prepared command for a machine with an accelerator (TensorFlow with GPU supp
     python benchmarks/gpu.py                        # maml2: Omniglot-shaped 5-way 1-shot, meta-batch 32
     python benchmarks/gpu.py --iters 50 --schedule 60000
     python benchmarks/gpu.py --workload protonet --iters 5     # a quick check of the plumbing, e.g. on a CPU
+    python benchmarks/gpu.py --backend jax          # Keras's JAX backend (every step is XLA-compiled there)
+
+On a lent device machine whose image has JAX but no TensorFlow, ``benchmarks/gpu_device.sh`` installs what is
+missing from carried wheels and runs this script with ``--backend jax``.
 
 Each configuration (float32 / mixed_bfloat16, each without and with XLA: the run config's ``precision`` and
 ``jit_compile``; float16 would need loss scaling, which the runner does not do) runs in its own process
@@ -31,10 +35,11 @@ CONFIGS = [("float32", False), ("float32", True), ("mixed_bfloat16", False), ("m
 TARGET_HOURS = 1.0
 
 
-def measure(workload: str, precision: str, jit: bool, iters: int, warmup: int) -> dict[str, Any] | None:
+def measure(workload: str, precision: str, jit: bool, iters: int, warmup: int,
+            backend: str = "tensorflow") -> dict[str, Any] | None:
     """Runs one configuration of ``workload`` through speed.py in a fresh process; returns its RESULT or None."""
     cmd = [sys.executable, str(HERE / "speed.py"), "--workload", workload, "--impl", "metalab", "--inprocess",
-           "--iters", str(iters), "--warmup", str(warmup), "--precision", precision]
+           "--iters", str(iters), "--warmup", str(warmup), "--precision", precision, "--backend", backend]
     if jit:
         cmd.append("--jit")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
@@ -63,14 +68,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--schedule", type=int, default=60_000, help="Iterations of the schedule to extrapolate.")
     parser.add_argument("--only", nargs="*", default=None, metavar="PRECISION[+xla]",
                         help="Run only these configurations, e.g. float32 float32+xla mixed_bfloat16+xla.")
+    parser.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
+                        help="The Keras backend metalab runs on (jax: every step is XLA-compiled, so the "
+                             "+xla configurations are the only ones).")
     args = parser.parse_args(argv)
 
     rows = []
     for precision, jit in CONFIGS:
+        if args.backend == "jax" and not jit:
+            continue  # JAX compiles every step with XLA: the "without XLA" configurations do not exist there
         label = precision + ("+xla" if jit else "")
         if args.only is not None and label not in args.only:
             continue
-        result = measure(args.workload, precision, jit, args.iters, args.warmup)
+        result = measure(args.workload, precision, jit, args.iters, args.warmup, args.backend)
         if result is None:
             rows.append((label, None))
             continue
@@ -79,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU " + json.dumps({"workload": args.workload, "config": label, "median_step_s": result["median_step_s"],
                                    "first_step_s": result["first_step_s"], "schedule": args.schedule,
                                    "schedule_hours": round(hours, 3), "meets_target": hours < TARGET_HOURS,
-                                   "device": result.get("device")}), flush=True)
+                                   "device": result.get("device"),
+                                   "backend": args.backend}), flush=True)
 
-    print(f"\n{args.workload}: {args.schedule:,}-iteration schedule (target under {TARGET_HOURS:g} h)")
+    print(f"\n{args.workload} on {args.backend}: {args.schedule:,}-iteration schedule (target under "
+          f"{TARGET_HOURS:g} h)")
     print(f"{'configuration':<22}{'s/iter':>10}{'first step s':>14}{'schedule h':>12}")
     for label, result in rows:
         if result is None:

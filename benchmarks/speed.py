@@ -7,8 +7,9 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/speed.py --workload protonet --impl metalab --iters 50
 
 metalab's side goes through the product: the algorithm is built by its plugin (registry, ``TaskSpec`` with the
-conv4 backbone plugin) and trained by the runner's step (``meta_gradients`` then ``optimizer.apply``, compiled
-with ``functional.compile``, fed NumPy arrays, one metric read back per step). The torch side is
+conv4 backbone plugin) and trained by the runner's step (``runner.compile_train_step``: ``meta_gradients`` then
+``optimizer.apply``, compiled once, fed NumPy arrays, one metric read back per step), on TensorFlow or, with
+``--backend jax``, on Keras's JAX backend. The torch side is
 ``benchmarks/reference_torch``. Each (workload, impl) measurement runs in its own subprocess so that peak RSS and
 thread pools are its own; with ``--impl both`` the two alternate (A B, B A, ...) for ``--rounds`` rounds and the
 ratio of medians is printed. Every measurement ends with one line ``RESULT {json}``; a comparison adds
@@ -117,7 +118,13 @@ def machine(impl: str) -> dict[str, Any]:
 
     note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "loadavg": [round(x, 2) for x in os.getloadavg()]}
-    note.update(installed_versions(("tensorflow", "keras", "numpy") if impl == "metalab" else ("torch", "numpy")))
+    if impl == "metalab":
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        note["backend"] = backend
+        note.update(installed_versions(("jax", "jaxlib", "keras", "numpy") if backend == "jax"
+                                       else ("tensorflow", "keras", "numpy")))
+    else:
+        note.update(installed_versions(("torch", "numpy")))
     return note
 
 
@@ -125,13 +132,11 @@ def machine(impl: str) -> dict[str, Any]:
 
 
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    import tensorflow as tf
-
-    from metalab.core.runner import configure_threads, thread_counts
+    from metalab.core.runner import compile_train_step, configure_threads, thread_counts
     from metalab.core.settings import load_settings
 
     # The training worker's thread pools (runner.thread_counts) unless --intra/--inter say otherwise;
-    # --library-threads keeps TensorFlow's defaults.
+    # --library-threads keeps TensorFlow's defaults. (On JAX there are no pools to set.)
     intra, inter = (0, 0) if args.library_threads else thread_counts(load_settings(), w.get("meta_batch", 1))
     configure_threads(args.intra if args.intra is not None else intra, args.inter if args.inter is not None else inter)
     import keras
@@ -170,13 +175,11 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     optimizer = algorithm.make_optimizer()
     optimizer.build(algorithm.trainable_variables)
 
-    # The runner's train step (core/runner.py, train_run), compiled the same way.
-    def train_step(sx, sy, qx, qy):
-        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy))
-        optimizer.apply(grads, algorithm.trainable_variables)
-        return metrics
+    # The runner's own train step (meta-gradients, then the optimizer's update, compiled once).
+    train_step = compile_train_step(algorithm, optimizer, jit_compile=args.jit)
 
-    step_fn = functional.compile(train_step, jit_compile=args.jit)
+    def step_fn(sx, sy, qx, qy):
+        return train_step(TaskBatch(sx, sy, qx, qy))
     extra: dict[str, Any] = {}
     if sampler is not None:
         sample_times: list[float] = []
@@ -201,15 +204,25 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         result["sampler_s_per_batch"] = round(statistics.median(timed), 4)
         result["sampler_share_of_step"] = round(statistics.median(timed) / result["median_step_s"], 4)
     result["setup_s"] = round(setup_s, 2)
-    result["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                         "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+    result["backend"] = keras.backend.backend()
+    if result["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        result["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+        gpus = tf.config.list_physical_devices("GPU")
+        result["device"] = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
+                                     for g in gpus) or "CPU"
+    else:
+        import jax
+
+        result["threads"] = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "default")}
+        result["device"] = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     result["conv_bias"] = conv_bias(args)
-    result["jit_compile"] = bool(args.jit)
+    # On JAX every step is compiled by XLA; --jit matters on TensorFlow only.
+    result["jit_compile"] = bool(args.jit) or result["backend"] == "jax"
     result["precision"] = args.precision
-    gpus = tf.config.list_physical_devices("GPU")
-    result["device"] = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
-                                 for g in gpus) or "CPU"
     result.update(extra)
     return result
 
@@ -317,7 +330,10 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
     if args.library_threads:
         cmd.append("--library-threads")
 
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    env = dict(os.environ)
+    if impl == "metalab":
+        env["KERAS_BACKEND"] = args.backend  # Keras picks its backend once, at import
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     result = None
     for line in proc.stdout.splitlines():
         print(line, flush=True)
@@ -345,8 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conv-bias", default=None, choices=["on", "off"],
                         help="Both sides: convolutions with or without a bias (default: the conv4 plugin's "
                              "conv_bias). Batch norm cancels the bias, so the network's function is the same.")
+    parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        choices=["tensorflow", "jax"],
+                        help="metalab: the Keras backend (default: $KERAS_BACKEND, else tensorflow).")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.inprocess and args.impl == "metalab":
+        os.environ["KERAS_BACKEND"] = args.backend  # before anything imports keras
 
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     if args.inprocess:

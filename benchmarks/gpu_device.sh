@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU check of issue 5 (point 4) on a lent device machine whose image has JAX but no TensorFlow.
+#
+# Here (a machine with pip access), once, from the repository root:
+#     bash benchmarks/gpu_device.sh fetch            # wheels metalab needs beyond that image -> .whl/ (ignored)
+# There (the device tool's `run`, carrying .whl), from the repository root:
+#     bash benchmarks/gpu_device.sh run [gpu.py arguments]
+#
+# `run` installs the carried wheels and metalab itself (no dependencies: TensorFlow is not needed on the JAX
+# backend) into /tmp/site, then runs benchmarks/gpu.py with KERAS_BACKEND=jax and copies its output to $OUT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What metalab imports on the JAX backend that the device image (KINDS.md's package list) lacks.
+WHEELS=(keras==3.15.1 namex==0.1.0 optree==0.20.0 pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3
+        annotated-types==0.8.0 typing-inspection==0.4.5 python-dotenv==1.2.4 platformdirs==4.14.8)
+
+case "${1:-}" in
+  fetch)
+    python_version="${PYTHON_VERSION:-3.12}"   # the device image's python3
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    mkdir -p .whl
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+    ls -la .whl
+    du -sh .whl
+    ;;
+  run)
+    shift
+    site=/tmp/site
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    # metalab itself, without its dependencies (TensorFlow, Streamlit): the JAX backend needs neither.
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$site" .
+    export PYTHONPATH="$site" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    out="${OUT:-/tmp/gpu-out}"
+    mkdir -p "$out"
+    python3 benchmarks/gpu.py --backend jax "$@" 2>&1 | tee "$out/gpu.log"
+    ;;
+  *)
+    echo "usage: bash benchmarks/gpu_device.sh fetch | run [gpu.py arguments]" >&2
+    exit 2
+    ;;
+esac
