@@ -6,8 +6,9 @@
 # There (the device tool's `run`, carrying .whl), from the repository root:
 #     bash benchmarks/gpu_device.sh run [gpu.py arguments]
 #
-# `run` installs the carried wheels and metalab itself (no dependencies: TensorFlow is not needed on the JAX
-# backend) into /tmp/site, then runs benchmarks/gpu.py with KERAS_BACKEND=jax and copies its output to $OUT.
+# `fetch` also builds metalab's own wheel from this checkout: run it right before the device call. `run` installs
+# the carried wheels (metalab without its dependencies: the JAX backend needs no TensorFlow) into /tmp/site, then
+# runs benchmarks/gpu.py with KERAS_BACKEND=jax and keeps its log in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,15 +24,17 @@ case "${1:-}" in
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python_version" --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "${WHEELS[@]}"
+    # metalab itself as a wheel built here (the device image's setuptools may be older than pyproject needs).
+    rm -f .whl/metalab-*.whl
+    python3 -m pip wheel -q --no-deps -w .whl .
     ls -la .whl
     du -sh .whl
     ;;
   run)
     shift
     site=/tmp/site
+    # metalab comes without its dependencies (TensorFlow, Streamlit): the JAX backend needs neither.
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
-    # metalab itself, without its dependencies (TensorFlow, Streamlit): the JAX backend needs neither.
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$site" .
     export PYTHONPATH="$site" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     out="${OUT:-/tmp/gpu-out}"

@@ -1,20 +1,25 @@
 """The one place metalab differentiates: calls of Keras models with explicit weights, and (nested) gradients.
 
-Algorithms use ``keras.ops`` for their maths and this module for everything that needs a gradient, so that
-the backend's autodiff (TensorFlow's ``GradientTape`` today) stays behind one seam. ``value_and_grad`` may be
-called inside a function that is itself differentiated by ``value_and_grad``: the inner gradient is then
-recorded, and the outer gradient is exact to second order (what MAML needs).
+Algorithms use ``keras.ops`` for their maths and this module for everything that needs a gradient or a compiled
+step, so that the backend's autodiff stays behind one seam: TensorFlow's ``GradientTape`` and ``tf.function`` on
+Keras's TensorFlow backend (the default), ``jax.value_and_grad`` and ``jax.jit`` on its JAX backend (chosen the
+Keras way: ``KERAS_BACKEND=jax`` in the environment before Keras is imported). ``value_and_grad`` may be called
+inside a function that is itself differentiated by ``value_and_grad``: the inner gradient is then recorded, and
+the outer gradient is exact to second order (what MAML needs).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 __all__ = ["FunctionalModel", "value_and_grad", "stop_gradient", "compile", "to_numpy"]
+
+
+def _on_jax() -> bool:
+    return keras.backend.backend() == "jax"
 
 
 class FunctionalModel:
@@ -108,6 +113,16 @@ class FunctionalModel:
         return self.model.stateless_call(list(params), list(state), x, training=training)
 
 
+def _check_scalar(value: Any) -> None:
+    shape = getattr(value, "shape", ())
+    try:
+        dims = tuple(shape)
+    except (TypeError, ValueError):  # a TensorFlow shape of unknown rank: accepted, as before
+        return
+    if dims:
+        raise ValueError(f"value_and_grad needs fn to return a scalar. Received: value with shape={dims}")
+
+
 def value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: bool = False) -> Any:
     """Evaluates ``fn(params, *args)`` and its gradient with respect to ``params``.
 
@@ -128,34 +143,160 @@ def value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: boo
     Raises:
         ValueError: If ``fn`` does not return a scalar.
     """
+    if _on_jax():
+        import jax
+
+        params = keras.tree.map_structure(keras.ops.convert_to_tensor, params)
+
+        def split(p: Any) -> tuple[Any, Any]:
+            out = fn(p, *args)
+            value, aux = out if has_aux else (out, None)
+            _check_scalar(value)
+            return value, aux
+
+        # jax.value_and_grad nests (the inner gradient is traced by the outer one: exact second order) and
+        # gives zeros for parameters the value does not depend on, as the tape below is told to.
+        (value, aux), grads = jax.value_and_grad(split, has_aux=True)(params)
+        return ((value, aux), grads) if has_aux else (value, grads)
+
+    import tensorflow as tf
+
+    # tf.convert_to_tensor reads a variable into a tensor (keras.ops would hand back the tf.Variable itself).
     params = tf.nest.map_structure(tf.convert_to_tensor, params)
     with tf.GradientTape() as tape:
         tape.watch(tf.nest.flatten(params))
         out = fn(params, *args)
         value, aux = out if has_aux else (out, None)
-    shape = tf.TensorShape(getattr(value, "shape", ()))
-    if shape.rank not in (0, None):
-        raise ValueError(f"value_and_grad needs fn to return a scalar. Received: value with shape={tuple(shape)}")
+    _check_scalar(value)
     grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return ((value, aux), grads) if has_aux else (value, grads)
 
 
 def stop_gradient(tensors: Any) -> Any:
     """Returns ``tensors`` (any nested structure) with gradients stopped through every leaf."""
-    return tf.nest.map_structure(keras.ops.stop_gradient, tensors)
+    return keras.tree.map_structure(keras.ops.stop_gradient, tensors)
 
 
-def compile(fn: Callable[..., Any], *, jit_compile: bool = False) -> Callable[..., Any]:
-    """Compiles ``fn`` into a graph (``tf.function``) traced once per input signature.
+def compile(
+    fn: Callable[..., Any], *, jit_compile: bool = False, variables: Sequence[Any] | None = None
+) -> Callable[..., Any]:
+    """Compiles ``fn``: a graph traced once per input signature, which reads and assigns Keras variables.
+
+    On TensorFlow this is ``tf.function`` (``variables`` is not needed: graphs read and assign variables
+    themselves). On JAX it is ``jax.jit`` of a pure function: the current values of ``variables`` go in, ``fn``
+    runs inside a ``keras.StatelessScope`` that maps each variable to its value, and the values ``fn`` assigned
+    come out and are assigned outside the compiled function. Variables that ``fn`` reads or assigns but
+    ``variables`` does not list are found while tracing and added, at the cost of tracing once more (a compiled
+    function must never hold a variable's value as a constant, or it would not see later updates). It retraces
+    per input shapes and dtypes and per structure of the arguments (e.g. an optional ``extras`` dict).
 
     Args:
         fn: A function of tensors, e.g. an algorithm's bound ``meta_gradients``.
-        jit_compile: Also compile with XLA (slower to compile; on CPU rarely faster, see PITFALLS).
+        jit_compile: On TensorFlow, also compile with XLA (slower to compile; on CPU rarely faster, see PITFALLS).
+            JAX always compiles with XLA.
+        variables: The Keras variables ``fn`` reads and may assign (an algorithm's ``variables`` and its
+            optimizer's). Optimizers must be built before the first call (``optimizer.build(trainable_variables)``):
+            variables cannot be created inside a compiled function.
 
     Returns:
         The compiled callable.
     """
+    if _on_jax():
+        return _JaxCompiled(fn, variables or ())
+    import tensorflow as tf
+
     return tf.function(fn, reduce_retracing=True, jit_compile=jit_compile)
+
+
+class _TrackingScope(keras.StatelessScope):
+    """A stateless scope that notes every variable read or assigned inside it, and which were assigned."""
+
+    def __init__(self, state_mapping: list[tuple[Any, Any]]):
+        super().__init__(state_mapping=state_mapping)
+        self.seen: dict[int, Any] = {}
+        self.assigned: set[int] = set()
+
+    def get_current_value(self, variable: Any) -> Any:
+        self.seen.setdefault(id(variable), variable)
+        return super().get_current_value(variable)
+
+    def add_update(self, update: Any) -> None:
+        variable, _ = update
+        self.seen.setdefault(id(variable), variable)
+        self.assigned.add(id(variable))
+        super().add_update(update)
+
+
+class _JaxCompiled:
+    """``fn`` under ``jax.jit`` with the Keras variables it touches threaded through as inputs and outputs."""
+
+    def __init__(self, fn: Callable[..., Any], variables: Sequence[Any]):
+        self.fn = fn
+        self.variables: list[Any] = []
+        self._ids: set[int] = set()
+        self._add(variables)
+        # One jitted function per argument structure and per value of the non-array arguments (tf.function
+        # also retraces per Python value); jax.jit itself retraces per shape and dtype.
+        self._jitted: dict[Any, Callable[..., Any]] = {}
+
+    def _add(self, variables: Sequence[Any]) -> None:
+        for variable in variables:
+            if id(variable) not in self._ids:
+                self._ids.add(id(variable))
+                self.variables.append(variable)
+
+    def _make(self, treedef: Any, static: tuple[Any, ...], is_array: tuple[bool, ...]) -> Callable[..., Any]:
+        import jax
+
+        variables = list(self.variables)
+
+        def pure(values: list[Any], dynamic: list[Any]) -> tuple[Any, dict[int, Any], list[Any]]:
+            fixed, moving = iter(static), iter(dynamic)
+            leaves = [next(moving) if a else next(fixed) for a in is_array]
+            args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
+            with _TrackingScope(list(zip(variables, values))) as scope:
+                out = self.fn(*args, **kwargs)
+            assigned = {i: scope.get_current_value(v) for i, v in enumerate(variables) if id(v) in scope.assigned}
+            # Found while tracing (a Python side effect, kept on the side): variables the list lacked.
+            unknown[:] = [v for key, v in scope.seen.items() if key not in self._ids]
+            return out, assigned
+
+        unknown: list[Any] = []
+        jitted = jax.jit(pure)
+        return lambda values, dynamic: (*jitted(values, dynamic), unknown)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import jax
+
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+        is_array = tuple(isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or keras.ops.is_tensor(leaf)
+                         for leaf in leaves)
+        static = tuple(leaf for leaf, a in zip(leaves, is_array) if not a)
+        dynamic = [leaf for leaf, a in zip(leaves, is_array) if a]
+        key = (treedef, static, is_array)
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(
+                "compile: arguments must be arrays, tensors, nested lists/tuples/dicts of them, or hashable Python "
+                f"values. Received: non-array arguments {[type(s).__name__ for s in static]}"
+            ) from None
+        for _ in range(3):
+            if key not in self._jitted:
+                self._jitted[key] = self._make(treedef, static, is_array)
+            values = [v.value for v in self.variables]
+            out, assigned, unknown = self._jitted[key](values, dynamic)
+            if not unknown:
+                break
+            # The trace read some variables as constants: list them and trace again (the outputs are dropped,
+            # nothing was assigned).
+            self._add(unknown)
+            self._jitted.clear()
+        else:  # pragma: no cover - a variable list that keeps growing is a bug in fn
+            raise RuntimeError(f"compile: the variables of {self.fn!r} kept changing between traces.")
+        for index, value in assigned.items():
+            self.variables[index].assign(value)
+        return out
 
 
 def to_numpy(x: Any) -> Any:
@@ -166,4 +307,4 @@ def to_numpy(x: Any) -> Any:
             t = keras.ops.cast(t, "float32")  # NumPy has no bfloat16
         return np.asarray(keras.ops.convert_to_numpy(t))
 
-    return tf.nest.map_structure(convert, x)
+    return keras.tree.map_structure(convert, x)

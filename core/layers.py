@@ -97,7 +97,8 @@ class MetaBatchNorm(keras.layers.Layer):
         center: Learn an offset ``beta``.
         scale: Learn a scale ``gamma``.
         fused: In training mode on TensorFlow, normalise float32 NHWC inputs with the fused batch-norm kernel
-            (same values and exact derivatives of every order, faster). Other inputs use the plain form.
+            (same values and exact derivatives of every order, faster). Other inputs, and every input on the JAX
+            backend (whose autodiff of the plain form is exact to every order), use the plain form.
         steps: Per-step parameter sets (MAML++): ``gamma``, ``beta`` and the running moments get a leading axis of
             this size and a call uses the set of the current :func:`batch_norm_step`. ``None`` takes the enclosing
             :func:`per_step_batch_norm`, else 1 (an ordinary batch norm, with weights of shape ``[channels]``).
@@ -164,9 +165,9 @@ class MetaBatchNorm(keras.layers.Layer):
         if training and self._fusable(x):
             return ops.cast(self._fused_call(x, gamma, beta), input_dtype)
         if training:
-            mean = ops.mean(x, axis=self._reduction_axes, keepdims=True)
+            mean = self._mean(x)
             # No stop-gradient on `mean` here: that is the whole point of this layer.
-            variance = ops.mean(ops.square(x - mean), axis=self._reduction_axes, keepdims=True)
+            variance = self._mean(ops.square(x - mean))
             self._update_moving(mean, variance)
         else:
             mean = ops.reshape(ops.cast(select(self.moving_mean), dtype), self._broadcast_shape)
@@ -177,6 +178,20 @@ class MetaBatchNorm(keras.layers.Layer):
         if beta is not None:
             y = y + ops.reshape(ops.cast(beta, dtype), self._broadcast_shape)
         return ops.cast(y, input_dtype)
+
+    def _mean(self, x):
+        """The mean over the reduction axes (kept), in ``x``'s dtype."""
+        if keras.backend.backend() == "tensorflow":
+            return ops.mean(x, axis=self._reduction_axes, keepdims=True)
+        # Keras's JAX backend takes means in at most float32 (it caps type promotion at 32 bits), which would
+        # make float64 gradient checks fail; a sum keeps the input's dtype.
+        sizes = [x.shape[axis] for axis in self._reduction_axes]
+        if None in sizes:  # symbolic shapes only; a traced JAX array always has a static shape
+            return ops.mean(x, axis=self._reduction_axes, keepdims=True)
+        count = 1
+        for size in sizes:
+            count *= size
+        return ops.sum(x, axis=self._reduction_axes, keepdims=True) / ops.cast(count, x.dtype)
 
     def _step_mask(self, dtype: str) -> Any:
         """``[steps, 1]`` one-hot of the current inner step (clamped to the last set)."""

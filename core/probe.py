@@ -1,6 +1,7 @@
 """Device listing and a short pre-launch probe, run in a worker process so that the dashboard never imports TF.
 
-``python -m metalab.core.probe devices`` prints the devices TensorFlow sees; ``python -m metalab.core.probe
+``python -m metalab.core.probe devices`` prints the devices the Keras backend sees (TensorFlow's, or JAX's under
+``KERAS_BACKEND=jax``); ``python -m metalab.core.probe
 estimate CONFIG_JSON`` builds a run's session as the runner does, times a few compiled train steps and prints
 parameter count, compile time, seconds per step, peak memory beside the analytic estimate of ``core.memory``
 and, for second-order MAML, whether it fits.
@@ -102,7 +103,44 @@ def _cpu_description() -> str:
     return f"{cores} cores" + (f", {model}" if model else "")
 
 
-# -- TensorFlow side ------------------------------------------------------------------------------------
+# -- the backend side (TensorFlow, or JAX under KERAS_BACKEND=jax) -----------------------------------------
+
+
+def _on_jax() -> bool:
+    from .runner import keras_backend
+
+    return keras_backend() == "jax"
+
+
+def _jax_memory_stats(device: Any) -> dict[str, int] | None:
+    """``device.memory_stats()`` (JAX), or ``None`` where the platform keeps none (the CPU) or the call fails."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - memory is then "not available", never an error
+        return None
+    return dict(stats) if stats else None
+
+
+def _jax_list_devices() -> list[dict[str, Any]]:
+    from .runner import jax_devices
+
+    host = host_memory()
+    devices = []
+    for dev_id, device in jax_devices().items():
+        kind = dev_id.partition(":")[0]
+        row: dict[str, Any] = {"id": dev_id, "type": kind, "description": kind, "memory_bytes": None,
+                               "memory_available_bytes": None}
+        if kind == "CPU":
+            row.update(description=_cpu_description(), memory_bytes=host["total_bytes"],
+                       memory_available_bytes=host["available_bytes"])
+        else:
+            row["description"] = str(getattr(device, "device_kind", "") or kind)
+            stats = _jax_memory_stats(device) or {}
+            limit = stats.get("bytes_limit")
+            row["memory_bytes"] = limit
+            row["memory_available_bytes"] = None if limit is None else limit - stats.get("bytes_in_use", 0)
+        devices.append(row)
+    return devices
 
 
 def _grow_gpu_memory(tf: Any) -> None:
@@ -115,7 +153,16 @@ def _grow_gpu_memory(tf: Any) -> None:
 
 
 def _accelerator_limits() -> dict[str, int]:
-    """Bytes TensorFlow's allocator may use on each GPU/TPU (``{"GPU:0": bytes}``); empty when unknown."""
+    """Bytes the backend's allocator may use on each GPU/TPU (``{"GPU:0": bytes}``); empty when unknown."""
+    if _on_jax():
+        from .runner import jax_devices
+
+        limits = {}
+        for dev_id, device in jax_devices().items():
+            stats = _jax_memory_stats(device) if not dev_id.startswith("CPU") else None
+            if stats and stats.get("bytes_limit"):
+                limits[dev_id] = int(stats["bytes_limit"])
+        return limits
     try:
         from tensorflow.python.client import device_lib
 
@@ -126,13 +173,15 @@ def _accelerator_limits() -> dict[str, int]:
 
 
 def list_devices() -> list[dict[str, Any]]:
-    """The logical devices TensorFlow sees, with their memory where known (imports TensorFlow).
+    """The logical devices the backend sees, with their memory where known (imports TensorFlow, or JAX).
 
     Returns:
         One dict per device: ``id`` (what ``RunConfig.device`` takes, e.g. ``"CPU:0"``, ``"GPU:0"``), ``type``,
         ``description``, ``memory_bytes`` (total; ``None`` when unknown) and ``memory_available_bytes``
         (host memory free now for the CPU; the allocator limit for an accelerator).
     """
+    if _on_jax():
+        return _jax_list_devices()
     import tensorflow as tf
 
     _grow_gpu_memory(tf)
@@ -163,35 +212,69 @@ def list_devices() -> list[dict[str, Any]]:
 
 
 def _run_device(tf: Any, device: str) -> str:
-    """The device a run with ``RunConfig.device == device`` lands on (TensorFlow's choice for "auto")."""
+    """The device a run with ``RunConfig.device == device`` lands on (the backend's choice for "auto").
+
+    ``tf`` is the TensorFlow module, or ``None`` on the JAX backend.
+    """
+    from .runner import device_id, jax_devices
+
     if device in ("", "auto"):
+        if tf is None:
+            return next((d for d in jax_devices() if not d.startswith("CPU")), "CPU:0")
         return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-    name = device.upper().lstrip("/").removeprefix("DEVICE:")
-    return name if ":" in name else name + ":0"
+    return device_id(device)
 
 
 class _Meter:
-    """Peak memory of the run's device: the process RSS on CPU, TensorFlow's allocator on a GPU."""
+    """Peak memory of the run's device: the process RSS on CPU, the backend's allocator on a GPU.
+
+    ``tf`` is the TensorFlow module, or ``None`` on the JAX backend, whose device memory statistics
+    (``memory_stats()``) may be missing (then readings are ``None``: "not available") and whose peak cannot be
+    reset (it then counts from the start of the process).
+    """
 
     def __init__(self, tf: Any, device: str):
         self.tf, self.device = tf, device
         self.on_host = device.startswith("CPU")
         self.kind = "host RSS" if self.on_host else f"{device} allocator"
+        self._jax_device = None
+        if tf is None and not self.on_host:
+            from .runner import jax_devices
 
-    def current(self) -> int:
+            self._jax_device = jax_devices().get(device)
+
+    def _jax_stat(self, name: str) -> int | None:
+        stats = _jax_memory_stats(self._jax_device) if self._jax_device is not None else None
+        return None if not stats or name not in stats else int(stats[name])
+
+    def current(self) -> int | None:
         if self.on_host:
             return current_rss()
+        if self.tf is None:
+            return self._jax_stat("bytes_in_use")
         return int(self.tf.config.experimental.get_memory_info(self.device)["current"])
 
     def reset_peak(self) -> None:
-        if not self.on_host:
+        if not self.on_host and self.tf is not None:
             with contextlib.suppress(Exception):
                 self.tf.config.experimental.reset_memory_stats(self.device)
 
-    def peak(self) -> int:
+    def peak(self) -> int | None:
         if self.on_host:
             return peak_rss()
+        if self.tf is None:
+            return self._jax_stat("peak_bytes_in_use")
         return int(self.tf.config.experimental.get_memory_info(self.device)["peak"])
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the backend running out of device (or host) memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    if type(exc).__name__ == "ResourceExhaustedError":  # TensorFlow
+        return True
+    # JAX raises its runtime error with XLA's status in the message.
+    return type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and "RESOURCE_EXHAUSTED" in str(exc)
 
 
 def _training_sampler(session: Any) -> Any:
@@ -275,11 +358,14 @@ def estimate(
     cfg = resolve_config(registry, raw)
     steps = max(int(steps), 2)
 
-    import tensorflow as tf
-
     from .runner import build_session, compile_train_step, device_scope
 
-    _grow_gpu_memory(tf)
+    if _on_jax():
+        tf = None
+    else:
+        import tensorflow as tf
+
+        _grow_gpu_memory(tf)
     device = _run_device(tf, cfg.device)
     meter = _Meter(tf, device)
     if available_bytes is not None:
@@ -313,13 +399,13 @@ def estimate(
         result["memory_estimate"] = _analytic_estimate(session, settings, meter, tasks, baseline)
         budget = None if available is None else FIT_FRACTION * available
 
-        if second_order and tasks > 1 and budget is not None:
+        if second_order and tasks > 1 and budget is not None and baseline is not None:
             # A separate graph: one traced function shared by two batch sizes would relax the task axis to None.
             pilot_fn = compile_train_step(algorithm, optimizer, jit_compile=cfg.jit_compile)
             meter.reset_peak()
             pilot_compile, _ = _timed_step(pilot_fn, sampler, 1)
             pilot_seconds, _ = _timed_step(pilot_fn, sampler, 1)
-            per_task = max(meter.peak() - baseline, 0)
+            per_task = max((meter.peak() or baseline) - baseline, 0)
             # Conservative: the single-task increase includes tracing overhead that does not grow with tasks.
             predicted = baseline + per_task * tasks
             if predicted > budget:
@@ -345,8 +431,8 @@ def estimate(
                 timed = sum(times[1:])
                 if len(times) >= 2 and (timed >= max_seconds or (len(times) >= steps and timed >= min_seconds)):
                     break
-        except (tf.errors.ResourceExhaustedError, MemoryError) as exc:
-            if not second_order:
+        except Exception as exc:
+            if not (second_order and _out_of_memory(exc)):
                 raise
             result.update(fits=False, hint=(
                 f"Second-order MAML ran out of {device} memory ({type(exc).__name__}): set algorithm.first_order "
@@ -359,7 +445,7 @@ def estimate(
     result.update(compile_seconds=times[0], seconds_per_step=float(np.mean(times[1:])), timed_steps=len(times) - 1,
                   loss=loss)
     result["estimated_run_seconds"] = _run_seconds(result)
-    if budget is not None:
+    if budget is not None and peak is not None:
         result["fits"] = peak <= budget
         if not result["fits"]:
             result["hint"] = (
@@ -407,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m metalab.core.probe devices | estimate CONFIG_JSON [--steps N] [--max-seconds S]``."""
     parser = argparse.ArgumentParser(prog="python -m metalab.core.probe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("devices", help="List the devices TensorFlow sees, as JSON.")
+    commands.add_parser("devices", help="List the devices the Keras backend sees, as JSON.")
     est = commands.add_parser("estimate", help="Time a few train steps of a run config, as JSON.")
     est.add_argument("config", metavar="CONFIG_JSON", help="A JSON object, a JSON file, or - for stdin.")
     est.add_argument("--steps", type=int, default=3, help="Train steps to run (the first compiles).")
@@ -417,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.command == "devices":
+        # JAX reserves most of a GPU's memory when it starts; a listing must not (TensorFlow's: memory growth).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         # Anything printed while working goes to stderr: stdout carries only the JSON answer.
         with contextlib.redirect_stdout(sys.stderr):

@@ -53,10 +53,20 @@ def installed_versions(distributions: tuple[str, ...]) -> dict[str, str]:
     return versions
 
 
+def keras_backend() -> str:
+    """The Keras backend this process trains with: ``"tensorflow"`` (the default) or ``"jax"`` (imports Keras)."""
+    import keras
+
+    return keras.backend.backend()
+
+
 def library_versions() -> dict[str, str]:
-    """Versions recorded with every run (for reports and reproducibility)."""
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            **installed_versions(("metalab", "tensorflow", "tensorflow-cpu", "keras", "numpy"))}
+    """Versions recorded with every run (for reports and reproducibility), with the Keras backend that trained it."""
+    backend = keras_backend()
+    libraries = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin") if backend == "jax" else (
+        "tensorflow", "tensorflow-cpu")
+    return {"python": platform.python_version(), "platform": platform.platform(), "backend": backend,
+            **installed_versions(("metalab", *libraries, "keras", "numpy"))}
 
 
 @dataclass
@@ -119,17 +129,50 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
+def device_id(device: str) -> str:
+    """A ``RunConfig.device`` value other than "auto" as ``KIND:INDEX`` (``"gpu"`` -> ``"GPU:0"``)."""
+    name = device.upper().lstrip("/").removeprefix("DEVICE:")
+    return name if ":" in name else name + ":0"
+
+
+def jax_devices() -> dict[str, Any]:
+    """JAX's devices by ``KIND:INDEX`` (``"CPU:0"``, ``"GPU:0"``, ...), numbered per kind as TensorFlow does."""
+    import jax
+
+    devices: dict[str, Any] = {}
+    for kind in ("cpu", "gpu", "tpu"):
+        try:
+            found = jax.devices(kind)
+        except RuntimeError:  # no such platform here
+            continue
+        devices.update({f"{kind.upper()}:{i}": d for i, d in enumerate(found)})
+    return devices
+
+
 @contextlib.contextmanager
 def device_scope(device: str):
-    """Places the run on ``device``: "auto" (TensorFlow's default placement), "cpu", "gpu", "GPU:1", ..."""
+    """Places the run on ``device``: "auto" (the backend's default placement), "cpu", "gpu", "GPU:1", ...
+
+    On the JAX backend the device becomes JAX's default device, so variables made and steps compiled inside
+    live and run there.
+    """
     if device in ("", "auto"):
         yield
         return
+    name = device_id(device)
+    if keras_backend() == "jax":
+        import jax
+
+        devices = jax_devices()
+        if name not in devices:
+            raise ValueError(
+                f"device: not available here (available: {', '.join(devices)}). Received: device={device!r}"
+            )
+        with jax.default_device(devices[name]):
+            yield
+        return
     import tensorflow as tf
 
-    name = device.upper().lstrip("/").removeprefix("DEVICE:")
-    if ":" not in name:
-        name += ":0"
     available = [d.name.removeprefix("/device:") for d in tf.config.list_logical_devices()]
     if name not in available:
         raise ValueError(f"device: not available here (available: {', '.join(available)}). Received: device={device!r}")
@@ -157,7 +200,14 @@ def thread_counts(settings: Settings, meta_batch_size: int, cpus: int | None = N
 
 
 def configure_threads(intra_op: int, inter_op: int) -> bool:
-    """Sets TensorFlow's thread pools (0 keeps a default); returns False if TensorFlow had already started."""
+    """Sets TensorFlow's thread pools (0 keeps a default); returns False if they could not be set.
+
+    On the JAX backend nothing is set and the result is False: XLA's CPU thread pool has no runtime setting
+    (only ``XLA_FLAGS`` read when JAX starts), and a compiled JAX step is one XLA program that schedules its own
+    work, so the TensorFlow tuning above does not carry over.
+    """
+    if keras_backend() == "jax":
+        return False
     import tensorflow as tf
 
     try:
@@ -367,7 +417,11 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
         optimizer.apply(grads, algorithm.trainable_variables)
         return metrics
 
-    compiled = functional.compile(train_step, jit_compile=jit_compile)
+    if not optimizer.built:
+        # Its variables must exist before tracing: a compiled JAX step takes them as inputs.
+        optimizer.build(algorithm.trainable_variables)
+    compiled = functional.compile(train_step, jit_compile=jit_compile,
+                                  variables=[*algorithm.variables, *optimizer.variables])
 
     def step(batch: TaskBatch) -> dict[str, Any]:
         # Graphs take tensors, not objects: pass the arrays, and the extras only when the batch has them.
@@ -388,7 +442,7 @@ def compile_evaluate(algorithm: Any) -> Callable:
         n = int(sx.shape[0])
         if n not in graphs:
             graphs[n] = functional.compile(lambda sx, sy, qx, qy, extras=None: algorithm.evaluate(
-                TaskBatch(sx, sy, qx, qy, extras)))
+                TaskBatch(sx, sy, qx, qy, extras)), variables=algorithm.variables)
         return graphs[n](sx, sy, qx, qy, extras=extras)
 
     return evaluate
@@ -597,10 +651,18 @@ def train_run(
 
 
 def _device_name(device: str) -> str:
-    import tensorflow as tf
-
     if device not in ("", "auto"):
         return device
+    if keras_backend() == "jax":
+        import jax
+
+        # JAX's default device is its first accelerator, else the CPU; named as TensorFlow names its devices.
+        default = jax.devices()[0]
+        kind = default.platform.upper()
+        index = [d.id for d in jax.devices(default.platform)].index(default.id)
+        return f"/device:{kind}:{index}"
+    import tensorflow as tf
+
     gpus = tf.config.list_logical_devices("GPU")
     return gpus[0].name if gpus else "/device:CPU:0"
 

@@ -214,8 +214,10 @@ class DCGAN:
         mask = ops.logical_and(ops.equal(ops.arange(SNAPSHOTS, dtype="int64"), slot), record)
         samples = ops.stop_gradient(self.fgen(gen_params, ops.convert_to_tensor(self.fixed_noise), training=True))
         mask_images = ops.reshape(mask, (SNAPSHOTS,) + (1,) * (1 + len(self.input_shape)))
-        self.snapshots.assign(ops.where(mask_images, ops.expand_dims(samples, 0), self.snapshots))
-        self.snapshot_steps.assign(ops.where(mask, step, self.snapshot_steps))
+        # Variables read as tensors: JAX's ops refuse a Keras variable as an operand.
+        snapshots = ops.convert_to_tensor(self.snapshots)
+        self.snapshots.assign(ops.where(mask_images, ops.expand_dims(samples, 0), snapshots))
+        self.snapshot_steps.assign(ops.where(mask, step, ops.convert_to_tensor(self.snapshot_steps)))
         self.steps_taken.assign_add(1)
 
     def features(self, x: Any) -> Any:

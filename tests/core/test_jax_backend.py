@@ -1,0 +1,325 @@
+"""metalab on Keras's JAX backend: the same meta-gradients and training as on TensorFlow, the CLI end to end.
+
+The test session runs on TensorFlow and Keras fixes its backend once per process, so every JAX side runs in a
+subprocess with ``KERAS_BACKEND=jax``; where both sides compute the same thing, the TensorFlow side runs here and
+the two are compared through ``.npz`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax", reason="JAX is not installed (the optional jax extra): the JAX backend cannot be tested")
+
+import keras  # noqa: E402
+
+from metalab.core import functional  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_jax(code: str, tmp_path: Path, *, x64: bool = False, args: tuple[str, ...] = (), timeout: float = 300,
+            module: str | None = None) -> str:
+    """Runs ``code`` (or ``python -m module``) under ``KERAS_BACKEND=jax``; returns stdout, failing with stderr."""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env["JAX_ENABLE_X64"] = "1" if x64 else "0"
+    if module:
+        command = [sys.executable, "-m", module, *args]
+    else:
+        script = tmp_path / "jax_side.py"
+        script.write_text(textwrap.dedent(code))
+        command = [sys.executable, str(script), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    assert done.returncode == 0, f"JAX side failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done.stdout
+
+
+# -- second-order meta-gradients -----------------------------------------------------------------------------
+
+# Builds the small float64 conv MAML of the MAML tests and its batch; shared by both sides.
+MAML_SETUP = """
+import numpy as np, keras
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.plugins.backbones import CONV4, Conv4Params
+from metalab.plugins.maml import SPEC, MAMLParams
+
+
+def conv_maml(per_step_bn):
+    keras.utils.set_random_seed(0)
+    task = TaskSpec("classification", (4, 4, 1), 3, 3, 2, 3, 10,
+                    lambda: CONV4.factory(Conv4Params(filters=3, blocks=1, conv_bias=True), (4, 4, 1)))
+    return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, per_step_bn=per_step_bn), task)
+
+
+def conv_batch():
+    rng = np.random.default_rng(0)
+    return TaskBatch(rng.normal(size=(2, 6, 4, 4, 1)), np.tile([0, 1, 2] * 2, (2, 1)),
+                     rng.normal(size=(2, 9, 4, 4, 1)), np.tile([0, 1, 2] * 3, (2, 1)))
+"""
+
+MAML_JAX_SIDE = MAML_SETUP + """
+import sys
+from metalab.core import functional
+
+assert keras.backend.backend() == "jax"
+keras.config.set_floatx("float64")
+keras.config.set_dtype_policy("float64")
+for name in ("shared", "per_step"):
+    algorithm = conv_maml(name == "per_step")
+    saved = np.load(f"{sys.argv[1]}/{name}.weights.npz")
+    for i, variable in enumerate(algorithm.variables):
+        variable.assign(saved[f"v{i}"])
+    grads, metrics = algorithm.meta_gradients(conv_batch())
+    np.savez(f"{sys.argv[1]}/{name}.jax.npz", loss=functional.to_numpy(metrics["loss"]),
+             dtype=str(grads[0].dtype), **{f"g{i}": functional.to_numpy(g) for i, g in enumerate(grads)},
+             **{f"s{i}": functional.to_numpy(v) for i, v in enumerate(algorithm.model.non_trainable_variables)})
+"""
+
+
+def test_second_order_maml_meta_gradient_on_jax_equals_tensorflow(float64, tmp_path):
+    namespace: dict = {}
+    exec(MAML_SETUP, namespace)  # the very code the JAX side runs
+    expected = {}
+    for name in ("shared", "per_step"):
+        algorithm = namespace["conv_maml"](name == "per_step")
+        np.savez(tmp_path / f"{name}.weights.npz", **{f"v{i}": v.numpy() for i, v in enumerate(algorithm.variables)})
+        grads, metrics = algorithm.meta_gradients(namespace["conv_batch"]())
+        expected[name] = (functional.to_numpy(metrics["loss"]), [functional.to_numpy(g) for g in grads],
+                          [v.numpy() for v in algorithm.model.non_trainable_variables], algorithm.trainable_variables)
+
+    run_jax(MAML_JAX_SIDE, tmp_path, x64=True, args=(str(tmp_path),))
+    for name, (loss, grads, state, variables) in expected.items():
+        got = np.load(tmp_path / f"{name}.jax.npz")
+        assert str(got["dtype"]) == "float64"
+        # Keras's JAX backend takes ops.mean (the task losses) in at most float32, so the two sides agree to
+        # float32 round-off, not float64's; measured 2e-8. A first-order or stopped-BN meta-gradient is off by >1e-2.
+        np.testing.assert_allclose(got["loss"], loss, rtol=1e-6)
+        for i, g in enumerate(grads):
+            scale = max(float(np.abs(g).max()), 1e-3)
+            assert np.abs(got[f"g{i}"] - g).max() <= 1e-6 * scale, (name, variables[i].path)
+        conv_bias = next(i for i, v in enumerate(variables) if v.path.endswith("conv0/bias"))
+        # Batch norm cancels a per-channel shift to every order: exact BN second derivatives leave round-off only.
+        assert np.abs(got[f"g{conv_bias}"]).max() < 1e-12
+        for i, s in enumerate(state):  # per-step BN: the running statistics moved the same way
+            np.testing.assert_allclose(got[f"s{i}"], s, rtol=1e-6, atol=1e-9)
+
+
+def test_batch_norm_second_order_gradient_on_jax_matches_finite_differences(tmp_path):
+    # All in float64 with losses made of sums (Keras's JAX means stop at float32): one MAML step through
+    # MetaBatchNorm (per-step sets too), differentiated by nested jax.value_and_grad.
+    out = run_jax("""
+        import json, numpy as np, keras
+        from keras import ops
+        from metalab.core import functional
+        from metalab.core.layers import MetaBatchNorm, batch_norm_step
+
+        keras.config.set_floatx("float64")
+        keras.config.set_dtype_policy("float64")
+        keras.utils.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        sx, qx = rng.normal(size=(6, 4, 4, 1)), rng.normal(size=(9, 4, 4, 1))
+        sy, qy = np.eye(3)[[0, 1, 2] * 2], np.eye(3)[[0, 1, 2] * 3]
+        report = {}
+        for steps in (1, 2):
+            model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(3, 3, padding="same"),
+                                      MetaBatchNorm(steps=steps), keras.layers.MaxPooling2D(2), keras.layers.ReLU(),
+                                      keras.layers.Flatten(), keras.layers.Dense(3)])
+            fmodel = functional.FunctionalModel(model)
+
+            def loss(w, x, y):
+                return -ops.sum(y * ops.log_softmax(fmodel(w, x), axis=-1)) / x.shape[0]
+
+            def meta(theta):
+                with batch_norm_step(0):
+                    _, g = functional.value_and_grad(loss, theta, sx, sy)
+                with batch_norm_step(1):
+                    return loss([t - 0.4 * gi for t, gi in zip(theta, g)], qx, qy)
+
+            theta = [np.asarray(v) for v in fmodel.params()]
+            value, grads = functional.value_and_grad(meta, theta)
+            grads = functional.to_numpy(grads)
+            errors = []
+            for _ in range(3):
+                d = [rng.normal(size=t.shape) for t in theta]
+                eps = 1e-6
+                numeric = (float(meta([t + eps * x for t, x in zip(theta, d)]))
+                           - float(meta([t - eps * x for t, x in zip(theta, d)]))) / (2 * eps)
+                analytic = sum(float(np.sum(g * x)) for g, x in zip(grads, d))
+                errors.append(abs(numeric - analytic) / abs(numeric))
+            report[steps] = {"dtype": str(value.dtype), "errors": errors, "bias": float(np.abs(grads[1]).max())}
+        print(json.dumps(report))
+    """, tmp_path, x64=True)
+    report = json.loads(out.strip().splitlines()[-1])
+    for steps, row in report.items():
+        assert row["dtype"] == "float64", steps
+        assert max(row["errors"]) < 1e-6, (steps, row)  # measured ~1e-10; a stop-gradient in the variance: ~0.2
+        assert row["bias"] < 1e-12, (steps, row)
+
+
+# -- the runner's compiled steps: the same training on both backends -------------------------------------------
+
+TRAJECTORY_SETUP = """
+import numpy as np, keras
+from metalab.core import functional
+from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.runner import compile_evaluate, compile_train_step
+from metalab.plugins.backbones import CONV4, Conv4Params
+
+CASES = {
+    "maml_per_step_bn": ("metalab.maml", dict(per_step_bn=True, inner_steps=2, transductive=False, meta_batch_size=2,
+                                              outer_lr=0.01)),
+    "maml_first_order": ("metalab.maml", dict(first_order=True, meta_batch_size=2, outer_lr=0.01)),
+    "protonet": ("metalab.protonet", dict()),
+    "anil": ("metalab.anil", dict(meta_batch_size=2)),
+    "reptile": ("metalab.reptile", dict(meta_batch_size=2, inner_steps=3)),
+}
+
+
+def build(name):
+    registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+    algorithm_id, params = CASES[name]
+    spec = registry.algorithm(algorithm_id)
+    keras.utils.set_random_seed(0)
+    task = TaskSpec("classification", (8, 8, 1), 3, 3, 2, 3, 10,
+                    lambda: CONV4.factory(Conv4Params(filters=4, blocks=2, bn_momentum=0.9), (8, 8, 1)))
+    return spec.factory(spec.params(**params), task)
+
+
+def batches(tasks, count):
+    rng = np.random.default_rng(0)
+    return [TaskBatch(rng.normal(size=(tasks, 6, 8, 8, 1)).astype("float32"), np.tile([0, 1, 2] * 2, (tasks, 1)),
+                      rng.normal(size=(tasks, 9, 8, 8, 1)).astype("float32"), np.tile([0, 1, 2] * 3, (tasks, 1)))
+            for _ in range(count)]
+
+
+def train_and_score(algorithm, steps=3):
+    optimizer = algorithm.make_optimizer()
+    optimizer.build(algorithm.trainable_variables)
+    step = compile_train_step(algorithm, optimizer)
+    losses = [float(functional.to_numpy(step(b)["loss"])) for b in batches(algorithm.meta_batch_size, steps)]
+    scores = functional.to_numpy(compile_evaluate(algorithm)(*batches(4, 1)[0].as_tuple()))
+    return {"losses": np.array(losses), "eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"],
+            **{f"v{i}": v.numpy() for i, v in enumerate(algorithm.variables)}}
+"""
+
+TRAJECTORY_JAX_SIDE = TRAJECTORY_SETUP + """
+import sys
+
+for name in sys.argv[2:]:
+    algorithm = build(name)
+    saved = np.load(f"{sys.argv[1]}/{name}.init.npz")
+    for i, variable in enumerate(algorithm.variables):
+        variable.assign(saved[f"v{i}"])
+    np.savez(f"{sys.argv[1]}/{name}.jax.npz", **train_and_score(algorithm))
+"""
+
+
+def _check_same_training(tmp_path: Path, names: tuple[str, ...]) -> None:
+    """Three compiled meta-training steps and one compiled evaluation from the same weights (conv-4 with batch
+    norm) on both backends: weights, running statistics, optimizer state, losses and scores agree."""
+    namespace: dict = {}
+    exec(TRAJECTORY_SETUP, namespace)
+    expected = {}
+    for name in names:
+        algorithm = namespace["build"](name)
+        np.savez(tmp_path / f"{name}.init.npz", **{f"v{i}": v.numpy() for i, v in enumerate(algorithm.variables)})
+        expected[name] = namespace["train_and_score"](algorithm)
+
+    run_jax(TRAJECTORY_JAX_SIDE, tmp_path, args=(str(tmp_path), *names))
+    for name, tf_side in expected.items():
+        jax_side = np.load(tmp_path / f"{name}.jax.npz")
+        init = np.load(tmp_path / f"{name}.init.npz")
+        assert not np.allclose(init["v0"], tf_side["v0"]), name  # training moved the weights
+        for key, value in tf_side.items():
+            scale = max(float(np.abs(value).max()), 1e-3)
+            # Measured: at most 2e-6 of the scale (float32 round-off in another order of operations).
+            assert np.abs(jax_side[key] - value).max() <= 1e-4 * scale, (name, key, jax_side[key], value)
+
+
+def test_maml_with_per_step_batch_norm_and_protonet_train_the_same_on_jax_as_on_tensorflow(tmp_path):
+    # MAML++'s per-step running statistics, inductive evaluation; ProtoNet's running moments and LR schedule.
+    _check_same_training(tmp_path, ("maml_per_step_bn", "protonet"))
+
+
+@pytest.mark.slow
+def test_first_order_maml_anil_and_reptile_train_the_same_on_jax_as_on_tensorflow(tmp_path):
+    _check_same_training(tmp_path, ("maml_first_order", "anil", "reptile"))
+
+
+# -- learning, through the real runner --------------------------------------------------------------------------
+
+
+def test_maml_and_protonet_learn_on_jax(tmp_path):
+    out = run_jax("""
+        import json, sys
+        from pathlib import Path
+        import keras
+        from metalab.core import testing
+        from metalab.core.plugin_manager import make_plugin_manager
+
+        assert keras.backend.backend() == "jax"
+        registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+        home = Path(sys.argv[1])
+        # check_learns asserts the loss falls and the meta-test score beats the untrained model / chance.
+        maml = testing.check_learns("metalab.maml", home / "maml", registry=registry, kind="regression", steps=300)
+        conv = {"backbone": "metalab.conv4", "backbone_params": {"filters": 8, "blocks": 2}}
+        protonet = testing.check_learns("metalab.protonet", home / "protonet", registry=registry,
+                                        kind="classification", task=conv, margin=0.3)
+        print(json.dumps({"maml": [maml.before["mse"], maml.after["mse"]],
+                          "protonet": [protonet.before["accuracy"], protonet.after["accuracy"]]}))
+    """, tmp_path, args=(str(tmp_path),))
+    scores = json.loads(out.strip().splitlines()[-1])
+    assert scores["maml"][1] < 0.7 * scores["maml"][0]
+    assert scores["protonet"][1] > 1 / 3 + 0.3
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+
+def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("METALAB_HOME", str(home))
+    train = run_jax("", tmp_path, module="metalab.core.cli", args=(
+        "train", "-d", "metalab.sinusoid", "-a", "metalab.maml", "--steps", "6", "--seed", "3",
+        "--set", "meta_batch_size=2", "--set", "test_episodes=8", "--set", "val_every=3",
+        "--set", "eval_inner_steps=2", "--json"))
+    summary = json.loads(train)
+    run_id = summary["id"]
+    assert summary["status"] == "completed", summary["error"]
+    assert summary["evaluation"]["episodes"] == 8
+
+    from metalab.core.runner import checkpoint_path, evaluate_run
+    from metalab.core.store import RunStore
+    from metalab.core.plugin_manager import make_plugin_manager
+
+    store = RunStore(home / "runs.sqlite")
+    run = store.get_run(run_id)
+    assert run.versions["backend"] == "jax" and "jax" in run.versions and "tensorflow" not in run.versions
+    assert run.device == "/device:CPU:0"
+    assert checkpoint_path(store, run_id).is_file()
+
+    evaluated = json.loads(run_jax("", tmp_path, module="metalab.core.cli",
+                                   args=("eval", run_id, "--episodes", "10", "--json")))
+    assert evaluated["episodes"] == 10 and evaluated["mse"] > 0 and len(evaluated["curve"]) == 3
+
+    # The checkpoint holds plain arrays: TensorFlow scores the JAX-trained weights the same.
+    here = evaluate_run(store, run_id, make_plugin_manager(distributions={"metalab"}, strict=False), episodes=10,
+                        record=False)
+    np.testing.assert_allclose(here["mse"], evaluated["mse"], rtol=1e-4)
+
+
+def test_library_versions_name_the_backend_here():
+    from metalab.core.runner import library_versions
+
+    versions = library_versions()
+    assert versions["backend"] == keras.backend.backend() == "tensorflow"
+    assert "tensorflow" in versions or "tensorflow-cpu" in versions
