@@ -10,8 +10,8 @@ One prepared command for a machine with an accelerator (TensorFlow with GPU supp
 On a lent device machine whose image has JAX but no TensorFlow, ``benchmarks/gpu_device.sh`` installs what is
 missing from carried wheels and runs this script with ``--backend jax``.
 
-Each configuration (float32 / mixed_bfloat16, each without and with XLA: the run config's ``precision`` and
-``jit_compile``; float16 would need loss scaling, which the runner does not do) runs in its own process
+Each configuration (float32 / mixed_bfloat16 / mixed_float16 with dynamic loss scaling, each without and with
+XLA: the run config's ``precision`` and ``jit_compile``) runs in its own process
 through ``benchmarks/speed.py`` (metalab's side: the plugin-built algorithm and the runner's compiled step) and
 prints its ``RESULT`` line; a table follows with seconds per iteration, the first (compiling) step and the time a
 ``--schedule``-iteration run would take (first step + schedule x median step), against the issue's target of one
@@ -30,7 +30,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 #: (precision, XLA) pairs, in the order they run.
-CONFIGS = [("float32", False), ("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16", True)]
+CONFIGS = [("float32", False), ("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16", True),
+           ("mixed_float16", False), ("mixed_float16", True)]
 #: The issue's target for the whole schedule, in hours.
 TARGET_HOURS = 1.0
 

@@ -132,7 +132,7 @@ def machine(impl: str) -> dict[str, Any]:
 
 
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from metalab.core.runner import compile_train_step, configure_threads, thread_counts
+    from metalab.core.runner import compile_train_step, configure_threads, make_optimizer, thread_counts
     from metalab.core.settings import load_settings
 
     # The training worker's thread pools (runner.thread_counts) unless --intra/--inter say otherwise;
@@ -172,7 +172,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         spec = registry.algorithm(f"metalab.{w['algorithm']}")
         algorithm = spec.factory(spec.params(**_algorithm_params(w)), task)
     setup_s = time.perf_counter() - t_setup
-    optimizer = algorithm.make_optimizer()
+    optimizer = make_optimizer(algorithm, args.precision)  # loss-scaled for mixed_float16, as in a run
     optimizer.build(algorithm.trainable_variables)
 
     # The runner's own train step (meta-gradients, then the optimizer's update, compiled once).
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="metalab: keep TensorFlow's default thread pools instead of the training worker's.")
     parser.add_argument("--jit", action="store_true", help="metalab: compile the step with XLA (jit_compile).")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                        help="metalab: Keras dtype policy (mixed_float16 has no loss scaling here; GPU only).")
+                        help="metalab: Keras dtype policy (mixed_float16 with dynamic loss scaling, as in a run).")
     parser.add_argument("--conv-bias", default=None, choices=["on", "off"],
                         help="Both sides: convolutions with or without a bias (default: the conv4 plugin's "
                              "conv_bias). Batch norm cancels the bias, so the network's function is the same.")

@@ -41,11 +41,12 @@ class RunConfig(pydantic.BaseModel):
     log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
     eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
-    precision: Literal["float32", "mixed_bfloat16"] = Field(
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32",
         description=(
-            "Compute precision: float32, or mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
-            "and TPUs with bfloat16 units; no loss scaling is needed since bfloat16 has float32's exponent range)."
+            "Compute precision: float32; mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
+            "and TPUs with bfloat16 units; no loss scaling is needed since bfloat16 has float32's exponent range); "
+            "or mixed_float16 (float16 compute with dynamic loss scaling; for GPUs with float16 units)."
         ),
     )
     jit_compile: bool = Field(

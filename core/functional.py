@@ -10,12 +10,38 @@ the outer gradient is exact to second order (what MAML needs).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import contextlib
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 
-__all__ = ["FunctionalModel", "value_and_grad", "stop_gradient", "compile", "to_numpy"]
+__all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "compile", "to_numpy"]
+
+# The loss scale that value_and_grad applies while tracing (see loss_scaling); per thread, like a tape.
+_scaling = threading.local()
+
+
+@contextlib.contextmanager
+def loss_scaling(scale: Any) -> Iterator[None]:
+    """Inside, every :func:`value_and_grad` differentiates ``scale * fn`` and divides the gradients by ``scale``.
+
+    For float16 compute (``precision=mixed_float16``): gradients flowing back through float16 activations are
+    ``scale`` times larger, so small ones do not underflow to zero, while the gradients returned (inner-loop ones
+    included) are the true ones. Overflow shows up as non-finite gradients, which the runner's loss-scale
+    optimizer detects (it then skips the step and halves the scale). Values and aux outputs are not scaled.
+
+    Args:
+        scale: A positive scalar (a tensor or a variable read as a tensor), e.g. the loss-scale optimizer's
+            ``dynamic_scale``; ``None`` turns scaling off inside.
+    """
+    previous = getattr(_scaling, "scale", None)
+    _scaling.scale = scale
+    try:
+        yield
+    finally:
+        _scaling.scale = previous
 
 
 def _on_jax() -> bool:
@@ -143,6 +169,23 @@ def value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: boo
     Raises:
         ValueError: If ``fn`` does not return a scalar.
     """
+    scale = getattr(_scaling, "scale", None)
+    if scale is None:
+        return _value_and_grad(fn, params, *args, has_aux=has_aux)
+    (_, (value, aux)), grads = _value_and_grad(
+        lambda p, *a: _scaled(fn(p, *a), scale, has_aux), params, *args, has_aux=True)
+    grads = keras.tree.map_structure(lambda g: g / keras.ops.cast(scale, g.dtype), grads)
+    return ((value, aux), grads) if has_aux else (value, grads)
+
+
+def _scaled(out: Any, scale: Any, has_aux: bool) -> tuple[Any, tuple[Any, Any]]:
+    """``(scale * value, (value, aux))`` of an ``fn`` output: the scaled value is differentiated, the rest kept."""
+    value, aux = out if has_aux else (out, None)
+    return value * keras.ops.cast(scale, value.dtype), (value, aux)
+
+
+def _value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: bool = False) -> Any:
+    """:func:`value_and_grad` without loss scaling: the backend's autodiff itself."""
     if _on_jax():
         import jax
 

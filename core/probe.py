@@ -358,7 +358,7 @@ def estimate(
     cfg = resolve_config(registry, raw)
     steps = max(int(steps), 2)
 
-    from .runner import build_session, compile_train_step, device_scope
+    from .runner import build_session, compile_train_step, device_scope, make_optimizer
 
     if _on_jax():
         tf = None
@@ -382,7 +382,7 @@ def estimate(
         session = build_session(registry, cfg, settings)
         algorithm = session.algorithm
         sampler = _training_sampler(session)
-        optimizer = algorithm.make_optimizer()
+        optimizer = make_optimizer(algorithm, cfg.precision)
         optimizer.build(algorithm.trainable_variables)
 
         tasks = int(algorithm.meta_batch_size)

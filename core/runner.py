@@ -404,18 +404,61 @@ def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = E
                           key=key)
 
 
+def make_optimizer(algorithm: Any, precision: str = "float32") -> Any:
+    """The algorithm's meta-optimizer, wrapped in dynamic loss scaling for ``precision="mixed_float16"``.
+
+    float16's narrow exponent range lets small gradients underflow; Keras's ``LossScaleOptimizer`` keeps a scale
+    (2**15 to start, doubled after 2000 finite steps, halved and the step skipped on a non-finite one) that
+    :func:`compile_train_step` multiplies into every loss it differentiates. bfloat16 has float32's exponent
+    range and needs none.
+    """
+    import keras
+
+    optimizer = algorithm.make_optimizer()
+    if precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
 def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = False) -> Callable[[TaskBatch], dict[str, Any]]:
     """One compiled meta-training step (meta-gradients, then the optimizer's update) taking a :class:`TaskBatch`.
 
     Each call of this function makes a new graph; the runner and the probe both step through it. With
-    ``jit_compile`` the step is also compiled by XLA (the run config's ``jit_compile``).
+    ``jit_compile`` the step is also compiled by XLA (the run config's ``jit_compile``). With a
+    ``LossScaleOptimizer`` (:func:`make_optimizer` for float16) every gradient the algorithm takes, inner-loop ones
+    included, is computed on the scaled loss and returned unscaled (:func:`functional.loss_scaling`); the
+    meta-gradients are scaled again for the optimizer, which checks them for overflow and unscales them.
     """
+    import keras
+
     from . import functional
 
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def update(grads: list[Any]) -> None:
+        if scaled and keras_backend() == "jax":
+            # The stateful apply assigns inside lax.cond branches, which a compiled JAX step cannot hold; the
+            # stateless one returns the new values, assigned here (the step's StatelessScope records them).
+            read = keras.ops.copy
+            weights, slots = optimizer.stateless_apply([read(v) for v in optimizer.variables], grads,
+                                                       [read(v) for v in algorithm.trainable_variables])
+            for variable, value in zip([*algorithm.trainable_variables, *optimizer.variables], [*weights, *slots]):
+                variable.assign(value)
+        else:
+            optimizer.apply(grads, algorithm.trainable_variables)
+
     def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
-        grads, metrics = algorithm.meta_gradients(TaskBatch(sx, sy, qx, qy, extras))
-        optimizer.apply(grads, algorithm.trainable_variables)
-        return metrics
+        batch = TaskBatch(sx, sy, qx, qy, extras)
+        if not scaled:
+            grads, metrics = algorithm.meta_gradients(batch)
+            optimizer.apply(grads, algorithm.trainable_variables)
+            return metrics
+        # A copy, read now: on TensorFlow convert_to_tensor would hand back the variable, read after the update.
+        scale = keras.ops.copy(optimizer.dynamic_scale)
+        with functional.loss_scaling(scale):
+            grads, metrics = algorithm.meta_gradients(batch)
+        update([g * keras.ops.cast(scale, g.dtype) for g in grads])
+        return {**metrics, "loss_scale": scale}
 
     if not optimizer.built:
         # Its variables must exist before tracing: a compiled JAX step takes them as inputs.
@@ -577,7 +620,7 @@ def train_run(
             # Loaded (and its episodes checked) before training, so a bad test dataset fails the run at once.
             cross = cross_domain_session(session, registry, settings)
             cross_episodes = cross_domain_episodes(cross, config.test_episodes) if cross and config.eval_at_end else None
-            optimizer = algorithm.make_optimizer()
+            optimizer = make_optimizer(algorithm, config.precision)
             optimizer.build(algorithm.trainable_variables)
             ckpt = checkpoint_path(store, run_id)
             if ckpt.exists():

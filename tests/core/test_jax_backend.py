@@ -282,6 +282,47 @@ def test_maml_and_protonet_learn_on_jax(tmp_path):
     assert scores["protonet"][1] > 1 / 3 + 0.3
 
 
+def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path):
+    # On JAX the loss-scale optimizer's update goes through stateless_apply inside the compiled step.
+    out = run_jax("""
+        import json
+        import numpy as np, keras
+        from metalab.core import functional
+        from metalab.core.plugin_api import TaskBatch, TaskSpec
+        from metalab.core.plugin_manager import make_plugin_manager
+        from metalab.core.runner import compile_train_step, dtype_policy, make_optimizer
+        from metalab.plugins.backbones import CONV4, Conv4Params
+
+        registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+        spec = registry.algorithm("metalab.protonet")
+        keras.utils.set_random_seed(0)
+        task = TaskSpec("classification", (8, 8, 1), 3, 3, 2, 3, 10,
+                        lambda: CONV4.factory(Conv4Params(filters=4, blocks=2), (8, 8, 1)))
+        with dtype_policy("mixed_float16"):
+            algorithm = spec.factory(spec.params(), task)
+        rng = np.random.default_rng(0)
+        batch = TaskBatch(rng.normal(size=(1, 6, 8, 8, 1)).astype("float32"), np.tile([0, 1, 2] * 2, (1, 1)),
+                          rng.normal(size=(1, 9, 8, 8, 1)).astype("float32"), np.tile([0, 1, 2] * 3, (1, 1)))
+        weights = lambda: [np.array(v.numpy()) for v in algorithm.trainable_variables]
+        before = weights()
+        optimizer = keras.optimizers.LossScaleOptimizer(algorithm.make_optimizer(), initial_scale=2.0**70)
+        compile_train_step(algorithm, optimizer)(batch)
+        skipped = all(np.array_equal(a, b) for a, b in zip(before, weights()))
+        overflow_scale = float(optimizer.dynamic_scale.numpy())
+        optimizer = make_optimizer(algorithm, "mixed_float16")
+        step = compile_train_step(algorithm, optimizer)
+        losses = [float(functional.to_numpy(step(batch)["loss"])) for _ in range(6)]
+        print(json.dumps({"dtype": algorithm.model.compute_dtype, "skipped": skipped,
+                          "overflow_scale": overflow_scale, "losses": losses,
+                          "scale": float(optimizer.dynamic_scale.numpy())}))
+    """, tmp_path)
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["dtype"] == "float16"
+    assert report["skipped"] and report["overflow_scale"] == 2.0**69
+    assert all(np.isfinite(report["losses"])) and report["losses"][-1] < report["losses"][0]
+    assert 2.0**12 <= report["scale"] <= 2.0**15
+
+
 # -- the command line -------------------------------------------------------------------------------------------
 
 
