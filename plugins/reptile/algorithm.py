@@ -33,6 +33,10 @@ from metalab.core.plugin_api import TaskBatch, TaskSpec
 
 _ADAM_BETA2 = 0.999
 _ADAM_EPSILON = 1e-8
+#: Meta-training unrolls its tasks and inner steps (straight-line code the graph optimiser fuses, and tasks that
+#: run side by side on the inter-op threads) while tasks x steps stays within this; beyond it, loops keep the
+#: graph small and compiling fast.
+_UNROLL_LIMIT = 64
 
 
 class Reptile:
@@ -100,13 +104,21 @@ class Reptile:
         new = [w - ops.cast(step, w.dtype) * g / (ops.sqrt(vi) + _ADAM_EPSILON) for w, g, vi in zip(weights, grads, v)]
         return new, {"t": t, "v": v}
 
-    def adapt(self, weights: list[Any], x: Any, y: Any, steps: int) -> list[Any]:
-        """Returns the weights after ``steps`` inner-optimizer steps from ``weights`` on ``(x, y)``."""
+    def adapt(self, weights: list[Any], x: Any, y: Any, steps: int, *, unroll: bool = False) -> list[Any]:
+        """Returns the weights after ``steps`` inner-optimizer steps from ``weights`` on ``(x, y)``.
+
+        With ``unroll`` the steps are written out one after another instead of a loop (same result).
+        """
+        carry = (list(weights), self.init_inner_state(weights))
+        if unroll:
+            for _ in range(steps):
+                carry = self.inner_step(*carry, x, y)
+            return carry[0]
 
         def step(_, carry):
             return self.inner_step(*carry, x, y)
 
-        weights, _ = ops.fori_loop(0, steps, step, (list(weights), self.init_inner_state(weights)))
+        weights, _ = ops.fori_loop(0, steps, step, carry)
         return weights
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
@@ -115,15 +127,25 @@ class Reptile:
         sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
         theta = functional.stop_gradient(self.fmodel.params())
 
+        steps = int(self.config.inner_steps)
+        num_tasks = sx.shape[0]
+        unroll = num_tasks is not None and num_tasks * steps <= _UNROLL_LIMIT
+
         def one_task(arrays):
             tsx, tsy, tqx, tqy = arrays
-            phi = self.adapt(theta, tsx, tsy, self.config.inner_steps)
+            phi = self.adapt(theta, tsx, tsy, steps, unroll=unroll)
             loss, metric = self.task_loss(phi, tqx, tqy)
             return phi, loss, metric
 
-        # No gradient flows through the tasks, so they are mapped rather than unrolled: a small graph.
-        phis, losses, metrics = ops.map(one_task, (sx, sy, qx, qy))
-        grads = [w - ops.mean(p, axis=0) for w, p in zip(theta, phis)]
+        if unroll:
+            done = [one_task((sx[t], sy[t], qx[t], qy[t])) for t in range(num_tasks)]
+            mean_phi = [ops.mean(ops.stack(ws), axis=0) for ws in zip(*(phi for phi, _, _ in done))]
+            losses, metrics = ops.stack([d[1] for d in done]), ops.stack([d[2] for d in done])
+        else:
+            # No gradient flows through the tasks, so a loop over them is exact too, and keeps the graph small.
+            phis, losses, metrics = ops.map(one_task, (sx, sy, qx, qy))
+            mean_phi = [ops.mean(p, axis=0) for p in phis]
+        grads = [w - p for w, p in zip(theta, mean_phi)]
         result = {"loss": ops.mean(losses)}
         if kind == "classification":
             result["accuracy"] = ops.mean(metrics)

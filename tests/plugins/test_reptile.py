@@ -97,6 +97,24 @@ def test_outer_step_moves_theta_towards_the_mean_adapted_weights():
     assert set(metrics) == {"loss"}
 
 
+def test_unrolled_and_looped_meta_batches_give_the_same_update(monkeypatch):
+    # Small meta-batches are unrolled (tasks x steps <= the limit), larger ones loop: one update either way.
+    from metalab.plugins.reptile import algorithm as module
+
+    keras.utils.set_random_seed(0)
+    algorithm = SPEC.factory(ReptileParams(meta_batch_size=3, inner_steps=4), blob_task())
+    batch = blob_batch(np.random.default_rng(0), 3)
+    unrolled, unrolled_metrics = algorithm.meta_gradients(batch)
+    monkeypatch.setattr(module, "_UNROLL_LIMIT", 0)
+    looped, looped_metrics = algorithm.meta_gradients(batch)
+    assert max(float(np.abs(g).max()) for g in _values(unrolled)) > 1e-4  # the tasks moved the weights
+    for u, lo in zip(_values(unrolled), _values(looped)):
+        np.testing.assert_allclose(u, lo, rtol=1e-4, atol=1e-7)
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(functional.to_numpy(unrolled_metrics[key]), functional.to_numpy(looped_metrics[key]),
+                                   rtol=1e-5)
+
+
 def test_outer_step_size_is_annealed_linearly_to_zero():
     algorithm = SPEC.factory(ReptileParams(outer_stepsize=0.8), regression_task(total_steps=100))
     optimizer = algorithm.make_optimizer()
