@@ -15,6 +15,16 @@ statistics). The estimate is ``metalab.core.memory.estimate_for_session``'s ``st
 model's layer shapes before any step runs. Peak RSS over the post-build baseline (compile included) is printed too,
 for context: on CPU the compiled graph of the unrolled tasks costs more than the step's tensors.
 
+``--inter-op N`` / ``--intra-op N`` set the worker's thread pools (``METALAB_INTER_OP_THREADS`` /
+``METALAB_INTRA_OP_THREADS``) for every setting; the estimate then counts ``N`` tasks in flight.
+
+``--trace`` runs one more step under TensorFlow's profiler: the allocator records each allocation with the op that
+made it, the step's graph says which task each op works for (the task whose slice of the batch it depends on), and
+replaying the records to the peak gives what each task held there (the tasks in flight, what the others hold in
+parameter-sized units, tensors shared by several tasks or made by the graph optimizer, and tensors from before the
+step). The profiler slows every op, which changes the executor's schedule: a traced step parks fewer tasks than an
+untraced one (see MEMORY.md), so its peak is not one of the measured ones.
+
 Every setting ends with ``RESULT {json}``; the last line is ``VERDICT {json}`` (all within 25% or not).
 """
 
@@ -27,13 +37,16 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from inspect import getclosurevars
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-DEFAULT_SETTINGS = ["1x1", "4x1", "8x1", "16x1", "32x1", "4x2", "16x2", "1x5", "4x5", "8x5", "32x1fo"]
+DEFAULT_SETTINGS = ["1x1", "2x1", "4x1", "8x1", "16x1", "32x1", "4x2", "8x2", "16x2", "32x2", "4x3", "1x5", "2x5",
+                    "4x5", "8x5", "4x1fo", "16x1fo", "32x1fo"]
 TOLERANCE = 0.25
 
 
@@ -52,8 +65,90 @@ def _status_bytes(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024
 
 
-def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int) -> dict[str, Any]:
-    """Builds the setting, estimates, then measures ``steps`` warm train steps in this process."""
+def _task_labels(graph: Any, tf: Any) -> dict[str, int | None]:
+    """The task each op of the step's graph works for, or ``None`` for ops shared by several tasks (or none).
+
+    An op belongs to task ``t`` when every batch tensor it depends on is task ``t``'s slice of the batch (the
+    unrolled task loop indexes the batch arguments); creation order is a topological order, so one pass suffices.
+    """
+    arguments = {t.op.name for t in graph.inputs[:4]}
+    found: dict[str, frozenset[int]] = {}
+
+    def tensor_tasks(t: Any) -> frozenset[int]:
+        if t.op.type == "Unpack" and t.op.inputs[0].op.name in arguments:
+            return frozenset({t.value_index})
+        return found.get(t.op.name, frozenset())
+
+    for op in graph.get_operations():
+        if op.type == "StridedSlice" and op.inputs[0].op.name in arguments:
+            begin = tf.get_static_value(op.inputs[1])
+            found[op.name] = frozenset({int(begin[0])}) if begin is not None else frozenset()
+            continue
+        tasks: frozenset[int] = frozenset()
+        for t in op.inputs:
+            tasks |= tensor_tasks(t)
+        for c in op.control_inputs:
+            tasks |= found.get(c.name, frozenset())
+        found[op.name] = tasks
+    return {name: next(iter(tasks)) if len(tasks) == 1 else None for name, tasks in found.items()}
+
+
+def _traced_peak(run_step: Callable[[], None], labels: dict[str, int | None], tf: Any) -> dict[str, Any]:
+    """Runs one step under TensorFlow's profiler and says which task's ops made the tensors live at the peak.
+
+    The CPU allocator (BFC, see the module docstring) records every allocation and free with the op that made it
+    and the bytes in use after it; replaying them gives the live tensors at the step's high-water mark.
+    """
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run_step()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(next(Path(logdir).rglob("*.xplane.pb")).read_bytes())
+    events = []
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.stat_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                kind = plane.event_metadata[event.metadata_id].name
+                if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+                    continue
+                stats = {}
+                for stat in event.stats:
+                    value = getattr(stat, stat.WhichOneof("value"))
+                    if stat.HasField("ref_value"):  # a string stored once in the plane's metadata
+                        value = names.get(value, value)
+                    stats[names.get(stat.metadata_id)] = value
+                events.append((line.timestamp_ns * 1000 + event.offset_ps, kind == "MemoryAllocation", stats))
+    events.sort(key=lambda e: e[0])
+    live: dict[Any, tuple[int, str]] = {}
+    peak, at_peak = -1, {}
+    for _, allocation, stats in events:
+        if allocation:
+            live[stats.get("addr")] = (int(stats.get("allocation_bytes", 0)), str(stats.get("tf_op", "")))
+        else:
+            live.pop(stats.get("addr"), None)
+        in_use = int(stats.get("bytes_allocated", -1))
+        if in_use > peak:
+            peak, at_peak = in_use, dict(live)
+    held: dict[int | None, int] = {}
+    for size, op in at_peak.values():
+        task = labels.get(op)  # ops the graph optimizer made (not in the traced graph) count as shared
+        held[task] = held.get(task, 0) + size
+    shared = held.pop(None, 0)
+    return {"peak_bytes": peak, "task_bytes": {int(t): n for t, n in sorted(held.items())}, "shared_bytes": shared,
+            "before_step_bytes": peak - shared - sum(held.values())}
+
+
+def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, trace: bool = False) -> dict[str, Any]:
+    """Builds the setting, estimates, then measures ``steps`` warm train steps in this process.
+
+    With ``trace``, one more step runs under the profiler and the result says which tasks held what at its peak.
+    """
     import numpy as np
 
     from metalab.core.config import RunConfig
@@ -114,6 +209,21 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int) ->
         float(functional.to_numpy(step(b)["loss"]))
         peaks.append(tf.config.experimental.get_memory_info("CPU:0")["peak"])
     measured = int(statistics.median(peaks))
+    traced = None
+    if trace:
+        b = batch()
+        # The runner's step wraps one tf.function; its graph names the ops the allocator records.
+        compiled = getclosurevars(step).nonlocals["compiled"]
+        labels = _task_labels(compiled.get_concrete_function(*b.as_tuple()).graph, tf)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        traced = _traced_peak(lambda: float(functional.to_numpy(step(b)["loss"])), labels, tf)
+        # A task in flight holds at least half its kept activations; the others have not started or have finished.
+        cut = est["per_task_activation_bytes"] / 2
+        held = traced["task_bytes"]
+        others = [n for n in held.values() if n < cut] + [0] * (meta_batch - len(held))
+        traced.update(in_flight=sorted((n for n in held.values() if n >= cut), reverse=True),
+                      others_parameter_units=round(sum(others) / max(1, len(others)) / est["parameter_bytes"], 2)
+                      if others else None)
     return {
         "setting": f"{meta_batch}x{inner_steps}" + ("fo" if first_order else ""),
         "meta_batch": meta_batch, "inner_steps": inner_steps, "first_order": first_order,
@@ -125,6 +235,7 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int) ->
         "rss_post_build_mb": round(post_build / 2**20, 1),
         "rss_compile_increase_mb": round((after_compile - post_build) / 2**20, 1),
         "rss_peak_increase_mb": round((_status_bytes("VmHWM") - post_build) / 2**20, 1),
+        "trace": traced,
         "tensorflow": tf.__version__, "keras": keras.__version__, "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
@@ -133,10 +244,12 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
-def run_setting(text: str, steps: int) -> dict[str, Any] | None:
+def run_setting(text: str, steps: int, threads: dict[str, str] | None = None,
+                trace: bool = False) -> dict[str, Any] | None:
     """Runs one setting in a fresh interpreter (exact allocator statistics on) and returns its RESULT."""
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3", **(threads or {})}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", text, "--steps", str(steps)]
+    cmd += ["--trace"] if trace else []
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -150,10 +263,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="TxK[fo]",
                         help=f"Meta-batch x inner steps, 'fo' for first order (default: {' '.join(DEFAULT_SETTINGS)}).")
     parser.add_argument("--steps", type=int, default=3, help="Measured steps per setting (after two warm-up steps).")
+    parser.add_argument("--inter-op", type=int, default=0, metavar="N",
+                        help="Inter-op threads of the worker (default 0: the worker's own choice, one per core).")
+    parser.add_argument("--intra-op", type=int, default=0, metavar="N",
+                        help="Intra-op threads of the worker (default 0: the worker's own choice).")
+    parser.add_argument("--trace", action="store_true",
+                        help="Run one more step under TensorFlow's profiler and print the tasks in flight at its "
+                             "peak and what the other tasks hold.")
     parser.add_argument("--inprocess", metavar="TxK", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inprocess:
-        result = measure(*parse_setting(args.inprocess), steps=args.steps)
+        result = measure(*parse_setting(args.inprocess), steps=args.steps, trace=args.trace)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     for text in args.settings:
@@ -161,13 +281,16 @@ def main(argv: list[str] | None = None) -> int:
             parse_setting(text)
         except argparse.ArgumentTypeError as exc:
             parser.error(str(exc))
+    threads = {name: str(n) for name, n in (("METALAB_INTER_OP_THREADS", args.inter_op),
+                                             ("METALAB_INTRA_OP_THREADS", args.intra_op)) if n}
     print(f"Second-order MAML 5w1s, 5 queries, conv-4 64 filters, 28x28x1; {os.cpu_count()} CPUs; tolerance "
-          f"{TOLERANCE:.0%}", flush=True)
-    print(f"{'setting':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}  {'peaks':<28} {'tasks alive':>11} "
-          f"{'compile RSS':>11}", flush=True)
+          f"{TOLERANCE:.0%}; load average {os.getloadavg()[0]:.1f}"
+          + (f"; {' '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""), flush=True)
+    print(f"{'setting':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}  {'peaks':<28} {'in flight':>9} "
+          f"{'pending':>8} {'compile RSS':>11}", flush=True)
     results, outside = [], []
     for text in args.settings:
-        r = run_setting(text, args.steps)
+        r = run_setting(text, args.steps, threads, args.trace)
         if r is None:
             outside.append(text)
             continue
@@ -179,11 +302,20 @@ def main(argv: list[str] | None = None) -> int:
             outside.append(r["setting"])
         peaks = ", ".join(f"{p / 2**20:.0f}" for p in r["measured_peaks"])
         print(f"{r['setting']:>8} {_mb(r['estimate_bytes']):>10} {_mb(r['measured_peak_bytes']):>10} "
-              f"{r['ratio']:>6} {'' if ok else '!'} [{peaks}] MB {r['estimate']['tasks_alive']:>6} of "
-              f"{r['meta_batch']:<3} {r['rss_compile_increase_mb']:>8.0f} MB", flush=True)
+              f"{r['ratio']:>6} {'' if ok else '!'} [{peaks}] MB {r['estimate']['tasks_alive']:>4} of "
+              f"{r['meta_batch']:<3} {_mb(r['estimate'].get('pending_gradient_bytes', 0)):>8} "
+              f"{r['rss_compile_increase_mb']:>8.0f} MB", flush=True)
+        if r.get("trace"):
+            t = r["trace"]
+            print(f"{'':>8} traced step: {_mb(t['peak_bytes'])} peak, {len(t['in_flight'])} in flight "
+                  f"[{', '.join(f'{n / 2**20:.0f}' for n in t['in_flight'])}] MB, "
+                  + ("no others" if t["others_parameter_units"] is None else
+                     f"the others {t['others_parameter_units']} x parameters each")
+                  + f", {_mb(t['shared_bytes'])} shared, "
+                  f"{_mb(t['before_step_bytes'])} from before the step", flush=True)
         print("RESULT " + json.dumps(r), flush=True)
     verdict = {"within": not outside, "tolerance": TOLERANCE, "settings": len(args.settings), "outside": outside,
-               "ratios": {r["setting"]: r["ratio"] for r in results}}
+               "ratios": {r["setting"]: r["ratio"] for r in results}, "threads": threads or "worker default"}
     print(("All settings within 25% of the measured peak." if not outside else
            f"Outside 25% (or failed): {', '.join(outside)}."), flush=True)
     print("VERDICT " + json.dumps(verdict), flush=True)

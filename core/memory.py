@@ -9,14 +9,28 @@ bilinear in them), while those at ReLUs and max-pools are not. :func:`activation
 shapes of a built Keras model; :func:`estimate_step_memory` is plain arithmetic on that profile, so
 the dashboard's worker and the tests can call it without a training step.
 
-How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop:
-TensorFlow's dataflow executor starts a task's backward pass as soon as that task's forward pass is done, so on
-CPU far fewer than the meta-batch are alive at the peak. The estimate counts one task per inter-op thread plus
-one that waits for its backward pass (``tasks_alive``); ``all_tasks_bytes`` is the bound where every task is
-alive at once. Measured against TensorFlow's allocator peak (``benchmarks/memory.py``, ``benchmarks/MEMORY.md``):
-all 11 settings of 5-way 1-shot conv-4 (meta-batch 1-32, 1-5 inner steps, first order too) within 25% of the
-median peak, meta-batch 4 with 2 inner steps at the edge (1.25-1.37 over three runs): the executor keeps somewhat
-more tasks alive than the rule at meta-batch 16-32 and fewer at 4.
+How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop. A
+task's backward pass needs only that task's forward pass, so TensorFlow's dataflow executor runs tasks through to
+the end one after another on each inter-op thread: at the peak, ``min(meta_batch, inter_op)`` tasks are *in
+flight*, each holding its kept activations and the gradients in flight of its own backward pass. A task not in
+flight holds little, but not nothing: a finished task's contributions to the meta-gradient wait for the last task,
+because the gradient of each weight is one sum over all tasks, with one tensor per use of the weight in a task (the
+support forward pass, the inner backward pass and the fast weights' update to second order; the update alone to
+first order). The allocator's record of a step (which task's op made each tensor live at the peak, see
+``benchmarks/MEMORY.md``) shows exactly that in most steps: two tasks in flight with two inter-op threads, three or
+four with three or four, and each finished task holding three to four parameter-sized tensors (one to first
+order).
+
+In some steps the executor also *parks* tasks: it starts them, runs their support forward pass and leaves them
+waiting, which lifts the peak by up to a support pass per waiting task (measured: 1.6-2.3x the estimate at
+meta-batch 32 first order, 1.5x at 16 second order). It varies from step to step and from process to process,
+and the profiler, which slows every op, makes it rarer: most likely it follows the executor's running estimate of
+each op's cost (ops it deems cheap run inline, breadth first). It is not modelled: the estimate is the peak of the tidy
+schedule. With one inter-op thread it is not tidy at all: with one intra-op thread too, the executor ran every
+task's first passes before any backward pass (3x the estimate at meta-batch 16), and with two intra-op threads it
+still parked tasks (1.5x at meta-batch 8), so ``concurrency=None`` (the bound) suits one inter-op thread better.
+``all_tasks_bytes`` is the bound where every task is alive at once (used where the schedule is not modelled:
+accelerators, or ``concurrency=None``).
 """
 
 from __future__ import annotations
@@ -177,6 +191,31 @@ def _forward_kept(profile: list[LayerProfile]) -> int:
     return sum(needed.values())
 
 
+def _backward_walk_peak(profile: list[LayerProfile]) -> int:
+    """Elements per example held at the fullest point of a first-order backward pass, walking from the last layer.
+
+    At layer ``i`` the pass still holds the kept tensors that layer ``i`` or an earlier one needs (the later
+    layers' are freed) plus the gradient arriving at the layer's output and the one it sends to its input (none
+    from the first layer: the data needs no gradient; none from a view, which passes its gradient on as is).
+    """
+    # As in _forward_kept: tensor i is layer i's output, a view stands for its input's tensor.
+    source: list[int] = []
+    first_user: dict[int, int] = {}
+    for i, layer in enumerate(profile):
+        producer = source[i - 1] if i else -1
+        if layer.keeps_input and producer >= 0:
+            first_user.setdefault(producer, i)
+        source.append(producer if layer.kind in _VIEWS else i)
+        if layer.keeps_output and source[i] >= 0:
+            first_user.setdefault(source[i], i)
+    peak = 0
+    for i, layer in enumerate(profile):
+        held = sum(profile[t].output_elements for t, user in first_user.items() if user <= i)
+        grads = 0 if layer.kind in _VIEWS else layer.output_elements + (layer.input_elements if i else 0)
+        peak = max(peak, held + grads)
+    return peak
+
+
 def _backward_kept(profile: list[LayerProfile]) -> int:
     """Elements per example of the inner backward pass that a second-order backward pass needs again."""
     return sum(layer.output_elements for layer in profile if layer.keeps_output_grad)
@@ -207,10 +246,15 @@ def estimate_step_memory(
 ) -> dict[str, Any]:
     """Estimates the peak memory of one meta-training step from the model's layer profile.
 
-    ``step_bytes = weights + optimizer slots + gradients + batch + gradients in flight + per-task activations x
-    tasks alive``, where a
-    task's activations are its query forward pass plus, per inner step, the support forward pass and (second order
-    only) the support backward pass; ``total_bytes`` adds ``baseline_bytes`` (the runtime before the step).
+    ``step_bytes = weights + optimizer slots + meta-gradient and update + batch + per-task activations x tasks
+    in flight + gradients in flight + pending contributions``. A task's activations are its query forward pass
+    plus, per inner step, the support forward pass, the support backward pass and the fast weights (second
+    order), or the larger of its query and support forward passes with one set of fast weights (first order).
+    With ``concurrency`` (MAML on CPU), ``tasks_alive = min(meta_batch, concurrency)`` tasks are in flight, each
+    with its own backward pass's gradients in flight, and each of the others counts as finished: its
+    contributions to the meta-gradient (``3 x`` the parameters to second order, ``1 x`` to first order) wait for
+    the sum over all tasks. Without it every task is alive and one backward pass runs at a time
+    (``step_bytes == all_tasks_bytes``). ``total_bytes`` adds ``baseline_bytes`` (the runtime before the step).
 
     Args:
         profile: The model's :func:`activation_profile`.
@@ -220,22 +264,25 @@ def estimate_step_memory(
         query_size: Query examples per task (ways x queries).
         meta_batch: Tasks per step.
         inner_steps: Inner gradient steps per task during meta-training (``maml`` and ``anil``).
-        first_order: The inner gradients are constants (first-order MAML/ANIL): the support passes are freed as
-            soon as the inner step is taken.
+        first_order: The inner gradients are constants (first-order MAML/ANIL): each support pass is freed as
+            soon as its inner step is taken.
         input_elements: Elements of one example (for the batch's size); default the first layer's input.
         optimizer_slots: Tensors the outer optimizer keeps per parameter (2 for Adam).
-        concurrency: Tasks the runtime runs side by side (the training worker's inter-op threads); ``None``
-            assumes every task of the meta-batch is alive at once.
+        concurrency: Tasks the runtime runs side by side (the training worker's inter-op threads; measured for
+            two to four, see the module docstring for one); ``None`` assumes every task of the meta-batch is
+            alive at once. Only MAML's unrolled task loop is scheduled this way.
         dtype_bytes: Bytes per element (4 for float32).
         baseline_bytes: Memory in use before the step (the runtime, the compiled step); part of ``total_bytes``.
 
     Returns:
         ``modelled`` (True), ``method``, ``second_order``, ``parameters``, ``parameter_bytes``,
-        ``optimizer_bytes``, ``gradient_bytes``, ``batch_bytes``, ``transient_bytes`` (the backward pass's
-        gradients in flight), ``support_pass_bytes`` and
-        ``query_pass_bytes`` (one task's kept activations per pass), ``per_task_activation_bytes``,
-        ``inner_steps``, ``meta_batch``, ``tasks_alive``, ``activation_bytes`` (per task x tasks alive),
-        ``all_tasks_bytes`` (the step if every task were alive at once), ``step_bytes``, ``baseline_bytes``,
+        ``optimizer_bytes``, ``gradient_bytes`` (the meta-gradient and the update, ``pending_gradient_bytes``
+        included), ``batch_bytes``, ``transient_bytes`` (the gradients in flight of the tasks' backward passes),
+        ``support_pass_bytes`` and ``query_pass_bytes`` (one task's kept activations per pass),
+        ``per_task_activation_bytes``, ``inner_steps``, ``meta_batch``, ``tasks_alive`` (tasks in flight),
+        ``activation_bytes`` (per task x tasks alive), ``pending_gradient_bytes`` (the finished tasks'
+        contributions to the meta-gradient), ``all_tasks_bytes`` (the step if every task were alive at once),
+        ``step_bytes``, ``baseline_bytes``,
         ``total_bytes`` and ``unmodelled_layers`` (layer kinds counted by the conservative default).
 
     Raises:
@@ -266,11 +313,14 @@ def estimate_step_memory(
     if method == "maml":
         support_pass = support_size * (forward + (backward if second_order else 0))
         query_pass = query_size * forward
-        # Second order keeps every inner step's passes; first order frees each step's support pass once its
-        # gradient is taken, so one is alive at a time.
-        per_task = query_pass + (inner_steps if second_order else 1) * support_pass
-        # Each inner step makes a set of fast weights and their gradient; second order keeps all of them.
-        per_task += (inner_steps if second_order else 1) * 2 * parameter_bytes
+        if second_order:
+            # Every inner step's passes and its fast weights and their gradient (two parameter-sized tensors)
+            # are kept for the outer backward pass.
+            per_task = query_pass + inner_steps * (support_pass + 2 * parameter_bytes)
+        else:
+            # The inner gradients are constants, so each support pass is freed once its step is taken, before
+            # the query pass starts: the larger of the two is kept, with one set of fast weights and gradient.
+            per_task = max(query_pass, support_pass) + 2 * parameter_bytes
     elif method == "anil":
         # The backbone runs once per set; the head's inner steps cost only head-sized tensors.
         support_pass = support_size * forward
@@ -282,24 +332,40 @@ def estimate_step_memory(
         per_task = support_pass + query_pass
         inner_steps = 0
 
-    # ANIL and ProtoNet run all tasks through the backbone as one batch, so all are alive at once.
-    if method == "maml" and concurrency is not None:
-        # One task per inter-op thread runs forward or backward, and one more has finished its forward pass and
-        # waits for its backward pass to be scheduled.
-        tasks_alive = min(meta_batch, concurrency + 1)
+    # What a task's backward pass holds on top of what the task keeps, for its larger set (query or support).
+    largest_set = max(query_size, support_size)
+    if method == "maml" and not second_order:
+        # To first order the pass frees each layer's kept tensors once it has gone by, so it adds only what its
+        # fullest layer holds beyond the forward pass (about 1 MB for conv-4 and 25 queries).
+        task_transient = largest_set * max(0, _backward_walk_peak(profile) * dtype_bytes - forward)
     else:
-        tasks_alive = meta_batch
+        # To second order the support passes and their second-order gradients stay, and the measured peak of a
+        # task is its kept tensors plus the widest layer's gradients: the one arriving and the one sent on.
+        widest = max(layer.output_elements for layer in profile) * dtype_bytes
+        task_transient = 2 * largest_set * widest
+    # ANIL and ProtoNet run all tasks through the backbone as one batch, so all are alive at once; so are MAML's
+    # when the schedule is unknown (the bound, with one backward pass running at a time).
+    scheduled = method == "maml" and concurrency is not None
+    tasks_alive = min(meta_batch, concurrency) if scheduled else meta_batch
+    transient_bytes = (tasks_alive if scheduled else 1) * task_transient
+    # A task that is not in flight has either not started (nothing held) or finished: then its contributions to
+    # the meta-gradient, one parameter-sized tensor per use of the weights, wait for the sum over all tasks. The
+    # peak comes when the last tasks in flight meet the most finished ones. Second order uses each weight three
+    # times (the support forward pass, the inner backward pass, the update; 2.99 per weight for conv-4, whose
+    # first kernel, biases and batch-norm offsets are not used by the backward pass), first order once.
+    uses = 3 if second_order else 1
+    pending_gradient_bytes = (meta_batch - tasks_alive) * uses * parameter_bytes if scheduled else 0
 
     batch_bytes = meta_batch * (support_size + query_size) * input_elements * dtype_bytes
     optimizer_bytes = optimizer_slots * parameter_bytes
-    # The summed meta-gradient and the optimizer's update, one parameter-sized tensor each.
-    gradient_bytes = 2 * parameter_bytes
-    # The backward pass of the widest layer holds the gradient arriving at it and the one it sends on (the query
-    # set's, or the support set's when that is larger), on top of what the tasks keep.
-    widest = max(layer.output_elements for layer in profile) * dtype_bytes
-    transient_bytes = 2 * max(query_size, support_size) * widest
-    fixed = parameter_bytes + optimizer_bytes + gradient_bytes + batch_bytes + transient_bytes
-    step_bytes = fixed + per_task * tasks_alive
+    # The summed meta-gradient and the optimizer's update (one parameter-sized tensor each), and the finished
+    # tasks' contributions waiting to be summed.
+    gradient_bytes = 2 * parameter_bytes + pending_gradient_bytes
+    resident = parameter_bytes + optimizer_bytes + 2 * parameter_bytes + batch_bytes
+    step_bytes = resident + pending_gradient_bytes + transient_bytes + per_task * tasks_alive
+    # Every task alive, with the backward passes that run at once (one where the schedule is unknown); never
+    # below the step itself (a tiny model's pending contributions can outweigh its activations).
+    all_tasks_bytes = max(step_bytes, resident + transient_bytes + per_task * meta_batch)
     baseline_bytes = _check_count("baseline_bytes", int(baseline_bytes), 0)
     return {
         "modelled": True,
@@ -318,7 +384,8 @@ def estimate_step_memory(
         "meta_batch": meta_batch,
         "tasks_alive": tasks_alive,
         "activation_bytes": per_task * tasks_alive,
-        "all_tasks_bytes": fixed + per_task * meta_batch,
+        "pending_gradient_bytes": pending_gradient_bytes,
+        "all_tasks_bytes": all_tasks_bytes,
         "step_bytes": step_bytes,
         "baseline_bytes": baseline_bytes,
         "total_bytes": baseline_bytes + step_bytes,

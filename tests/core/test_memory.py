@@ -84,13 +84,62 @@ def test_first_order_is_smaller_than_second_order(profile):
         assert fo["step_bytes"] < so["step_bytes"] and fo["total_bytes"] < so["total_bytes"]
 
 
-def test_concurrency_caps_the_tasks_alive_and_keeps_the_all_tasks_bound(profile):
+def test_concurrency_sets_the_tasks_in_flight_and_finished_tasks_hold_their_gradient_contributions(profile):
     e = estimate(profile, meta_batch=32, concurrency=2)
-    assert e["tasks_alive"] == 3 and e["activation_bytes"] == 3 * e["per_task_activation_bytes"]
+    per_task, param = e["per_task_activation_bytes"], e["parameter_bytes"]
+    assert e["tasks_alive"] == 2 and e["activation_bytes"] == 2 * per_task
+    # The 30 finished tasks each keep three parameter-sized contributions (second order) until the sum.
+    assert e["pending_gradient_bytes"] == 30 * 3 * param
+    assert e["gradient_bytes"] == 2 * param + e["pending_gradient_bytes"]
+    # Each task in flight has its own backward pass: twice the single task's gradients in flight.
+    assert e["transient_bytes"] == 2 * estimate(profile, meta_batch=1, concurrency=2)["transient_bytes"]
+    parts = ("parameter_bytes", "optimizer_bytes", "gradient_bytes", "batch_bytes", "transient_bytes",
+             "activation_bytes")
+    assert e["step_bytes"] == sum(e[k] for k in parts)
     assert e["all_tasks_bytes"] > e["step_bytes"]
-    assert estimate(profile, meta_batch=2, concurrency=2)["tasks_alive"] == 2
-    # ANIL and ProtoNet push the whole batch through the backbone at once.
-    assert estimate(profile, method="anil", meta_batch=32, concurrency=2)["tasks_alive"] == 32
+    # Beyond the threads, a task more costs its inputs and its pending contributions, not its activations.
+    more = estimate(profile, meta_batch=33, concurrency=2)
+    assert more["step_bytes"] - e["step_bytes"] == 3 * param + e["batch_bytes"] // 32
+    # First order: one contribution per task (the update), the inner gradients being constants.
+    fo = estimate(profile, meta_batch=32, concurrency=2, first_order=True)
+    assert fo["pending_gradient_bytes"] == 30 * param
+    # More threads than tasks: all in flight, nothing pending, and the step is the all-tasks figure.
+    few = estimate(profile, meta_batch=2, concurrency=4)
+    assert few["tasks_alive"] == 2 and few["pending_gradient_bytes"] == 0
+    assert few["all_tasks_bytes"] == few["step_bytes"]
+    assert few["transient_bytes"] == 2 * estimate(profile, meta_batch=2)["transient_bytes"]
+    assert estimate(profile, meta_batch=5, concurrency=1)["tasks_alive"] == 1
+    # ANIL and ProtoNet push the whole batch through the backbone at once: no schedule, nothing pending.
+    anil = estimate(profile, method="anil", meta_batch=32, concurrency=2)
+    assert anil["tasks_alive"] == 32 and anil["pending_gradient_bytes"] == 0
+
+
+def test_without_concurrency_every_task_is_alive_and_the_step_is_the_bound(profile):
+    e = estimate(profile, meta_batch=32)
+    assert e["tasks_alive"] == 32 and e["pending_gradient_bytes"] == 0
+    assert e["step_bytes"] == e["all_tasks_bytes"]
+    # With threads, the bound counts every task alive and the backward passes that run at once.
+    two = estimate(profile, meta_batch=32, concurrency=2)
+    assert two["all_tasks_bytes"] == e["all_tasks_bytes"] + e["transient_bytes"]
+
+
+def test_first_order_keeps_the_larger_of_the_query_and_support_passes(profile):
+    # The support pass is freed before the query pass starts, so the two never add up.
+    e = estimate(profile, first_order=True, support_size=3, query_size=15)
+    assert e["per_task_activation_bytes"] == e["query_pass_bytes"] + 2 * e["parameter_bytes"]
+    big_support = estimate(profile, first_order=True, support_size=40, query_size=15)
+    assert big_support["per_task_activation_bytes"] == big_support["support_pass_bytes"] + 2 * 4 * 1000
+
+
+def test_gradients_in_flight_walk_the_backward_pass_to_first_order(profile):
+    # First order, walking back from the head: at the first ReLU the pass still holds the first conv's output and
+    # the ReLU's output (256 each) and the gradients at the ReLU's output and input (256 each): 1024 elements per
+    # example against 720 kept by the forward pass, so 304 more for each of the 15 queries.
+    fo = estimate(profile, first_order=True, query_size=15, support_size=3)
+    assert fo["transient_bytes"] == 15 * 4 * (1024 - 720)
+    # Second order keeps the support passes, and a task holds the widest layer's two gradients on top.
+    so = estimate(profile, query_size=15, support_size=3)
+    assert so["transient_bytes"] == 2 * 15 * 4 * 256
 
 
 def test_total_adds_the_baseline_and_parameters_add_weights_and_slots(profile):
@@ -132,7 +181,8 @@ def test_estimate_for_a_built_session(builtin_registry):
         "algorithm_params": {"meta_batch_size": 6, "inner_steps": 2}})
     e = memory.estimate_for_session(build_session(builtin_registry, config), concurrency=1, baseline_bytes=7)
     assert e["modelled"] is True and e["second_order"] is True and e["parameters"] == 1761
-    assert e["meta_batch"] == 6 and e["inner_steps"] == 2 and e["tasks_alive"] == 2 and e["baseline_bytes"] == 7
+    assert e["meta_batch"] == 6 and e["inner_steps"] == 2 and e["tasks_alive"] == 1 and e["baseline_bytes"] == 7
+    assert e["pending_gradient_bytes"] == 5 * 3 * e["parameter_bytes"]
     assert [layer["kind"] for layer in e["layers"]] == ["Flatten", "Dense", "Dense", "Dense"]
 
 
