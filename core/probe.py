@@ -121,6 +121,16 @@ def _jax_memory_stats(device: Any) -> dict[str, int] | None:
     return dict(stats) if stats else None
 
 
+def _device_row(dev_id: str, kind: str, host: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`list_devices` row; the CPU's is complete (host memory), an accelerator's is filled by the caller."""
+    row: dict[str, Any] = {"id": dev_id, "type": kind, "description": kind, "memory_bytes": None,
+                           "memory_available_bytes": None}
+    if kind == "CPU":
+        row.update(description=_cpu_description(), memory_bytes=host["total_bytes"],
+                   memory_available_bytes=host["available_bytes"])
+    return row
+
+
 def _jax_list_devices() -> list[dict[str, Any]]:
     from .runner import jax_devices
 
@@ -128,12 +138,8 @@ def _jax_list_devices() -> list[dict[str, Any]]:
     devices = []
     for dev_id, device in jax_devices().items():
         kind = dev_id.partition(":")[0]
-        row: dict[str, Any] = {"id": dev_id, "type": kind, "description": kind, "memory_bytes": None,
-                               "memory_available_bytes": None}
-        if kind == "CPU":
-            row.update(description=_cpu_description(), memory_bytes=host["total_bytes"],
-                       memory_available_bytes=host["available_bytes"])
-        else:
+        row = _device_row(dev_id, kind, host)
+        if kind != "CPU":
             row["description"] = str(getattr(device, "device_kind", "") or kind)
             stats = _jax_memory_stats(device) or {}
             limit = stats.get("bytes_limit")
@@ -192,12 +198,8 @@ def list_devices() -> list[dict[str, Any]]:
     for logical in tf.config.list_logical_devices():
         dev_id = logical.name.removeprefix("/device:")
         kind = logical.device_type
-        row: dict[str, Any] = {"id": dev_id, "type": kind, "description": kind, "memory_bytes": None,
-                               "memory_available_bytes": None}
-        if kind == "CPU":
-            row.update(description=_cpu_description(), memory_bytes=host["total_bytes"],
-                       memory_available_bytes=host["available_bytes"])
-        else:
+        row = _device_row(dev_id, kind, host)
+        if kind != "CPU":
             details: dict[str, Any] = {}
             if dev_id in physical:
                 with contextlib.suppress(Exception):
