@@ -434,31 +434,32 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
     from . import functional
 
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    # The loss-scale optimizer's stateful apply assigns inside lax.cond branches, which a compiled JAX step cannot
+    # hold; its stateless apply returns the new values, assigned here (the step's StatelessScope records them).
+    stateless = scaled and keras_backend() == "jax"
 
-    def update(grads: list[Any]) -> None:
-        if scaled and keras_backend() == "jax":
-            # The stateful apply assigns inside lax.cond branches, which a compiled JAX step cannot hold; the
-            # stateless one returns the new values, assigned here (the step's StatelessScope records them).
-            read = keras.ops.copy
-            weights, slots = optimizer.stateless_apply([read(v) for v in optimizer.variables], grads,
-                                                       [read(v) for v in algorithm.trainable_variables])
-            for variable, value in zip([*algorithm.trainable_variables, *optimizer.variables], [*weights, *slots]):
-                variable.assign(value)
-        else:
+    def apply(grads: list[Any]) -> None:
+        if not stateless:
             optimizer.apply(grads, algorithm.trainable_variables)
+            return
+        weights, slots = optimizer.stateless_apply([keras.ops.copy(v) for v in optimizer.variables], grads,
+                                                   [keras.ops.copy(v) for v in algorithm.trainable_variables])
+        for variable, value in zip([*algorithm.trainable_variables, *optimizer.variables], [*weights, *slots]):
+            variable.assign(value)
 
     def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
         batch = TaskBatch(sx, sy, qx, qy, extras)
         if not scaled:
             grads, metrics = algorithm.meta_gradients(batch)
-            optimizer.apply(grads, algorithm.trainable_variables)
-            return metrics
-        # A copy, read now: on TensorFlow convert_to_tensor would hand back the variable, read after the update.
-        scale = keras.ops.copy(optimizer.dynamic_scale)
-        with functional.loss_scaling(scale):
-            grads, metrics = algorithm.meta_gradients(batch)
-        update([g * keras.ops.cast(scale, g.dtype) for g in grads])
-        return {**metrics, "loss_scale": scale}
+        else:
+            # A copy, read now: on TensorFlow convert_to_tensor would hand back the variable, read after the update.
+            scale = keras.ops.copy(optimizer.dynamic_scale)
+            with functional.loss_scaling(scale):
+                grads, metrics = algorithm.meta_gradients(batch)
+            grads = [g * keras.ops.cast(scale, g.dtype) for g in grads]
+            metrics = {**metrics, "loss_scale": scale}
+        apply(grads)
+        return metrics
 
     if not optimizer.built:
         # Its variables must exist before tracing: a compiled JAX step takes them as inputs.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from metalab.core.plugin_api import ClassificationDataset, ClassSplit
@@ -51,17 +53,20 @@ def load_digits_dataset(train_classes: int = 4, val_classes: int = 3, seed: int 
             labels=relabel[targets[mask]],
             class_names=[f"digit_{d}" for d in digits],
         )
+    return _dataset(splits, "few_shot", {name: [int(d) for d in digits] for name, digits in groups.items()},
+                    seed=int(seed))
+
+
+def _dataset(splits: dict[str, ClassSplit], mode: str, split_digits: dict[str, list[int]],
+             **info: Any) -> ClassificationDataset:
+    """The digits' :class:`ClassificationDataset` (8x8x1, 0..16) with the info both loaders record."""
     return ClassificationDataset(
         splits=splits,
         input_shape=(8, 8, 1),
         scale=float(GREY_LEVELS),
-        info={
-            "source": "sklearn.datasets.load_digits",
-            "mode": "few_shot",
-            "split_digits": {name: [int(d) for d in digits] for name, digits in groups.items()},
-            "images": {name: int(len(s.labels)) for name, s in splits.items()},
-            "seed": int(seed),
-        },
+        info={"source": "sklearn.datasets.load_digits", "mode": mode, "split_digits": split_digits,
+              "images": {name: int(len(split.labels)) for name, split in splits.items()}, **info},
+        supervised=mode == "supervised",
     )
 
 
@@ -97,18 +102,5 @@ def load_digits_supervised(test_fraction: float = 0.25, val_fraction: float = 0.
     train = np.setdiff1d(np.arange(len(targets)), test)
     names = [f"digit_{d}" for d in range(int(targets.max()) + 1)]
     splits = supervised_splits(images[train], targets[train], images[test], targets[test], names, val_fraction, seed)
-    return ClassificationDataset(
-        splits=splits,
-        input_shape=(8, 8, 1),
-        scale=float(GREY_LEVELS),
-        info={
-            "source": "sklearn.datasets.load_digits",
-            "mode": "supervised",
-            "split_digits": {name: list(range(len(names))) for name in splits},
-            "images": {name: int(len(s.labels)) for name, s in splits.items()},
-            "test_fraction": float(test_fraction),
-            "val_fraction": float(val_fraction),
-            "seed": int(seed),
-        },
-        supervised=True,
-    )
+    return _dataset(splits, "supervised", {name: list(range(len(names))) for name in splits},
+                    test_fraction=float(test_fraction), val_fraction=float(val_fraction), seed=int(seed))
