@@ -32,6 +32,11 @@ case "${1:-}" in
     ;;
   run)
     shift
+    if ! ls .whl/metalab-*.whl > /dev/null 2>&1; then
+      echo "gpu_device.sh run: no .whl/metalab-*.whl here. Run 'bash benchmarks/gpu_device.sh fetch' on the" \
+           "machine with pip access first, and carry .whl (the device tool's carry: [\".whl\"])." >&2
+      exit 2
+    fi
     site=/tmp/site
     # metalab comes without its dependencies (TensorFlow, Streamlit): the JAX backend needs neither.
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
