@@ -24,6 +24,8 @@ import argparse
 import json
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +38,63 @@ CONFIGS = [("float32", False), ("float32", True), ("mixed_bfloat16", False), ("m
 TARGET_HOURS = 1.0
 
 
-def measure(workload: str, precision: str, jit: bool, iters: int, warmup: int,
-            backend: str = "tensorflow") -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration: metalab at a precision, with or without XLA and vmap; or the torch reference."""
+
+    precision: str = "float32"
+    jit: bool = False
+    vectorize: bool = False
+    torch_device: str | None = None  # set: the PyTorch reference on this device instead of metalab
+
+    @property
+    def label(self) -> str:
+        if self.torch_device:
+            return f"torch {self.torch_device}"
+        return self.precision + ("+xla" if self.jit else "") + ("+vmap" if self.vectorize else "")
+
+
+def plan(backend: str, torch_device: str | None, only: list[str] | None) -> list[Config]:
+    """The configurations in the order they run: the most telling first, so a time budget cuts the least."""
+    if backend == "jax":
+        # JAX compiles every step with XLA; each precision runs with the tasks vectorized (vmap, quick to
+        # compile) and unrolled (one copy of the inner loop per task: minutes of compiling), the vmap ones first.
+        f32, bf16, f16 = (Config(p, True, True) for p in ("float32", "mixed_bfloat16", "mixed_float16"))
+        configs = [f32, bf16, Config("float32", True), f16, Config("mixed_bfloat16", True),
+                   Config("mixed_float16", True)]
+    else:
+        configs = [Config(p, jit) for p, jit in CONFIGS]
+    if torch_device:
+        configs.insert(1, Config(torch_device=torch_device))
+    if only is not None:
+        configs = [c for c in configs if c.label in only]
+    return configs
+
+
+def measure(workload: str, config: Config, iters: int, warmup: int, backend: str = "tensorflow",
+            timeout: float | None = None) -> dict[str, Any] | None:
     """Runs one configuration of ``workload`` through speed.py in a fresh process; returns its RESULT or None."""
-    cmd = [sys.executable, str(HERE / "speed.py"), "--workload", workload, "--impl", "metalab", "--inprocess",
-           "--iters", str(iters), "--warmup", str(warmup), "--precision", precision, "--backend", backend]
-    if jit:
-        cmd.append("--jit")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    cmd = [sys.executable, str(HERE / "speed.py"), "--workload", workload, "--inprocess", "--iters", str(iters),
+           "--warmup", str(warmup)]
+    if config.torch_device:
+        cmd += ["--impl", "torch", "--torch-device", config.torch_device]
+    else:
+        cmd += ["--impl", "metalab", "--precision", config.precision, "--backend", backend]
+        cmd += ["--jit"] if config.jit else []
+        cmd += ["--param", "vectorize_tasks=true"] if config.vectorize else []
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        print(f"{workload} {config.label}: stopped after {timeout:.0f} s (the time budget)\n"
+              f"{(error.stdout or b'')[-2000:]!r}", flush=True)
+        return None
     result = None
     for line in proc.stdout.splitlines():
         print(line, flush=True)
         if line.startswith("RESULT "):
             result = json.loads(line[len("RESULT "):])
     if proc.returncode != 0 or result is None:
-        print(f"{workload} precision={precision} jit={jit} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
-              flush=True)
+        print(f"{workload} {config.label} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
         return None
     return result
 
@@ -67,41 +110,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=30, help="Timed iterations per configuration.")
     parser.add_argument("--warmup", type=int, default=3, help="Untimed iterations, the compiling one included.")
     parser.add_argument("--schedule", type=int, default=60_000, help="Iterations of the schedule to extrapolate.")
-    parser.add_argument("--only", nargs="*", default=None, metavar="PRECISION[+xla]",
-                        help="Run only these configurations, e.g. float32 float32+xla mixed_bfloat16+xla.")
+    parser.add_argument("--only", nargs="*", default=None, metavar="LABEL",
+                        help="Run only these configurations, e.g. float32 float32+xla mixed_bfloat16+xla+vmap "
+                             "'torch cuda'.")
     parser.add_argument("--backend", default="tensorflow", choices=["tensorflow", "jax"],
                         help="The Keras backend metalab runs on (jax: every step is XLA-compiled, so the "
-                             "+xla configurations are the only ones).")
+                             "+xla configurations are the only ones, each with and without +vmap).")
+    parser.add_argument("--torch-device", default=None,
+                        help="Also time the PyTorch reference on this device (e.g. cuda), right after the first "
+                             "configuration.")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="Stop starting configurations after this many seconds, and stop one that would "
+                             "run past it (for a device lease of fixed length).")
     args = parser.parse_args(argv)
 
-    rows = []
-    for precision, jit in CONFIGS:
-        if args.backend == "jax" and not jit:
-            continue  # JAX compiles every step with XLA: the "without XLA" configurations do not exist there
-        label = precision + ("+xla" if jit else "")
-        if args.only is not None and label not in args.only:
-            continue
-        result = measure(args.workload, precision, jit, args.iters, args.warmup, args.backend)
+    start = time.perf_counter()
+    rows: list[tuple[Config, dict[str, Any] | None]] = []
+    for config in plan(args.backend, args.torch_device, args.only):
+        timeout = None
+        if args.budget_s is not None:
+            timeout = args.budget_s - (time.perf_counter() - start)
+            if timeout < 30:
+                print(f"{config.label}: skipped, {timeout:.0f} s of the budget left", flush=True)
+                rows.append((config, None))
+                continue
+        result = measure(args.workload, config, args.iters, args.warmup, args.backend, timeout)
+        rows.append((config, result))
         if result is None:
-            rows.append((label, None))
             continue
         hours = schedule_hours(result, args.schedule)
-        rows.append((label, result))
-        print("GPU " + json.dumps({"workload": args.workload, "config": label, "median_step_s": result["median_step_s"],
-                                   "first_step_s": result["first_step_s"], "schedule": args.schedule,
-                                   "schedule_hours": round(hours, 3), "meets_target": hours < TARGET_HOURS,
-                                   "device": result.get("device"),
-                                   "backend": args.backend}), flush=True)
+        print("GPU " + json.dumps({"workload": args.workload, "config": config.label,
+                                   "median_step_s": result["median_step_s"], "first_step_s": result["first_step_s"],
+                                   "schedule": args.schedule, "schedule_hours": round(hours, 3),
+                                   "meets_target": hours < TARGET_HOURS, "device": result.get("device"),
+                                   "device_peak_mb": result.get("device_peak_mb"),
+                                   "backend": "torch" if config.torch_device else args.backend}), flush=True)
 
     print(f"\n{args.workload} on {args.backend}: {args.schedule:,}-iteration schedule (target under "
           f"{TARGET_HOURS:g} h)")
-    print(f"{'configuration':<22}{'s/iter':>10}{'first step s':>14}{'schedule h':>12}")
-    for label, result in rows:
+    print(f"{'configuration':<28}{'s/iter':>10}{'first step s':>14}{'schedule h':>12}{'peak MB':>10}")
+    for config, result in rows:
         if result is None:
-            print(f"{label:<22}{'failed':>10}")
+            print(f"{config.label:<28}{'failed or skipped':>20}")
             continue
-        print(f"{label:<22}{result['median_step_s']:>10.4f}{result['first_step_s']:>14.1f}"
-              f"{schedule_hours(result, args.schedule):>12.2f}")
+        peak = result.get("device_peak_mb")
+        print(f"{config.label:<28}{result['median_step_s']:>10.4f}{result['first_step_s']:>14.1f}"
+              f"{schedule_hours(result, args.schedule):>12.2f}{peak if peak is not None else '-':>10}")
     return 0 if any(result for _, result in rows) else 1
 
 

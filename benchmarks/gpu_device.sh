@@ -8,7 +8,12 @@
 #
 # `fetch` also builds metalab's own wheel from this checkout: run it right before the device call. `run` installs
 # the carried wheels (metalab without its dependencies: the JAX backend needs no TensorFlow) into /tmp/site, then
-# runs benchmarks/gpu.py with KERAS_BACKEND=jax and keeps its log in $OUT.
+# runs benchmarks/gpu.py with KERAS_BACKEND=jax and keeps its log in $OUT (as $GPU_LOG, default gpu.log).
+#
+# The call made on an H100 (issue 5, RESULTS.md), about 8 minutes inside a 15-minute lease:
+#     bash benchmarks/gpu_device.sh run --iters 30 --torch-device cuda --budget-s 420;
+#     GPU_LOG=protonet.log bash benchmarks/gpu_device.sh run --workload protonet --only float32+xla 'torch cuda' \
+#         --torch-device cuda --iters 50 --budget-s 70
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,7 +49,7 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     out="${OUT:-/tmp/gpu-out}"
     mkdir -p "$out"
-    python3 benchmarks/gpu.py --backend jax "$@" 2>&1 | tee "$out/gpu.log"
+    python3 benchmarks/gpu.py --backend jax "$@" 2>&1 | tee "$out/${GPU_LOG:-gpu.log}"
     ;;
   *)
     echo "usage: bash benchmarks/gpu_device.sh fetch | run [gpu.py arguments]" >&2

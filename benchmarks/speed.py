@@ -103,7 +103,7 @@ def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: fl
         "median_rate": round(statistics.median(rates), 4),
         "min_rate": round(rates[0], 4),
         "max_rate": round(rates[-1], 4),
-        "median_step_s": round(statistics.median(times), 4),
+        "median_step_s": round(statistics.median(times), 6),
         "cpu_s_per_iter": round(cpu / iters, 4),
         "cpu_util": round(cpu / wall, 2),
         "first_step_s": round(first, 2),
@@ -158,7 +158,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", backbone="metalab.conv4",
                            backbone_params=backbone_overrides(args),
                            ways=w["ways"], shots=w["shots"], queries=w["queries"], seed=0,
-                           algorithm_params=_algorithm_params(w))
+                           algorithm_params={**_algorithm_params(w), **args.param})
         session = build_session(registry, config)
         algorithm = session.algorithm
         sampler = make_sampler(session.dataset, "train", w["ways"], w["shots"], w["queries"], 0)
@@ -170,7 +170,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
                         shots=w["shots"], queries=w["queries"], total_steps=100_000,
                         make_backbone=lambda: backbone.factory(backbone_params, IMAGE_SHAPE))
         spec = registry.algorithm(f"metalab.{w['algorithm']}")
-        algorithm = spec.factory(spec.params(**_algorithm_params(w)), task)
+        algorithm = spec.factory(spec.params(**{**_algorithm_params(w), **args.param}), task)
     setup_s = time.perf_counter() - t_setup
     optimizer = make_optimizer(algorithm, args.precision)  # loss-scaled for mixed_float16, as in a run
     optimizer.build(algorithm.trainable_variables)
@@ -219,10 +219,15 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
 
         result["threads"] = {"XLA_FLAGS": os.environ.get("XLA_FLAGS", "default")}
         result["device"] = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+        stats = jax.devices()[0].memory_stats() or {}  # None on CPU; the allocator's figures on GPUs
+        if "peak_bytes_in_use" in stats:
+            result["device_peak_mb"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
     result["conv_bias"] = conv_bias(args)
     # On JAX every step is compiled by XLA; --jit matters on TensorFlow only.
     result["jit_compile"] = bool(args.jit) or result["backend"] == "jax"
     result["precision"] = args.precision
+    if args.param:
+        result["algorithm_params"] = args.param
     result.update(extra)
     return result
 
@@ -274,7 +279,8 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
     from reference_torch import Conv4, make_step
 
     torch.manual_seed(0)
-    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], conv_bias=conv_bias(args))
+    device = torch.device(args.torch_device)
+    net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], conv_bias=conv_bias(args), device=device)
     if w.get("zero_head"):
         with torch.no_grad():
             net.params["head.weight"].zero_()
@@ -289,6 +295,9 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
     result = measure(step, args.warmup, args.iters, _units_per_iter(w))
     result["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                          "mkldnn": bool(torch.backends.mkldnn.is_available())}
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if device.type == "cuda":
+        result["device_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     result["conv_bias"] = conv_bias(args)
     return result
 
@@ -319,7 +328,9 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
     """Runs one measurement in a fresh interpreter and returns its RESULT (its output is echoed)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--workload", name, "--impl", impl, "--inprocess",
            "--iters", str(args.iters or DEFAULT_ITERS.get(name, 10)), "--warmup", str(args.warmup),
-           "--precision", args.precision]
+           "--precision", args.precision, "--torch-device", args.torch_device]
+    for key, value in args.param.items():
+        cmd += ["--param", f"{key}={json.dumps(value)}"]
     for flag in ("intra", "inter"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -344,6 +355,20 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
     return result
 
 
+def parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``["vectorize_tasks=true", ...]`` -> ``{"vectorize_tasks": True, ...}`` (values as JSON, else strings)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--param takes NAME=VALUE. Received: --param {item!r}")
+        try:
+            params[name] = json.loads(text)
+        except json.JSONDecodeError:
+            params[name] = text
+    return params
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="all", choices=["all", *WORKLOADS])
@@ -364,8 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
                         choices=["tensorflow", "jax"],
                         help="metalab: the Keras backend (default: $KERAS_BACKEND, else tensorflow).")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="metalab: an algorithm parameter over the workload's (VALUE as JSON, else a string), "
+                             "e.g. --param vectorize_tasks=true. Repeatable.")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="torch: the device the reference runs on (cpu, cuda, cuda:1, ...).")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.param = parse_params(parser, args.param)
     if args.inprocess and args.impl == "metalab":
         os.environ["KERAS_BACKEND"] = args.backend  # before anything imports keras
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 import numpy as np
 
-__all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "compile", "to_numpy"]
+__all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "map_tasks", "compile", "to_numpy"]
 
 # The loss scale that value_and_grad applies while tracing (see loss_scaling); per thread, like a tape.
 _scaling = threading.local()
@@ -218,6 +218,44 @@ def _value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: bo
 def stop_gradient(tensors: Any) -> Any:
     """Returns ``tensors`` (any nested structure) with gradients stopped through every leaf."""
     return keras.tree.map_structure(keras.ops.stop_gradient, tensors)
+
+
+def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool = False) -> Any:
+    """Applies ``fn`` to each task's slice of ``tensors`` (their leading axis) and stacks the results.
+
+    ``fn(*slices)`` returns a tensor or a nested structure of tensors; the result has the same structure with a
+    leading task axis. By default the tasks run one after another (in a compiled step: one unrolled graph with a
+    copy of ``fn`` per task, which TensorFlow's executor may run side by side). With ``vectorize`` on the JAX
+    backend, ``jax.vmap`` turns ``fn`` into one batched program over all tasks (per-task weights become batched
+    tensors, convolutions grouped ones): fewer, larger kernels, which suits GPUs. ``fn`` may call
+    :func:`value_and_grad` (nested gradients stay exact to second order) and close over outer tensors, which are
+    then shared by all tasks.
+
+    Args:
+        fn: A function of one task's slices.
+        *tensors: Tensors (or NumPy arrays) with the same leading dimension, the number of tasks.
+        vectorize: Batch the tasks with ``jax.vmap`` (JAX backend only).
+
+    Raises:
+        ValueError: If ``vectorize`` is set on another backend than JAX, no tensors are given, or their leading
+            dimensions differ.
+    """
+    if not tensors:
+        raise ValueError("map_tasks needs at least one tensor to map over. Received: no tensors")
+    counts = [int(t.shape[0]) for t in tensors]
+    if len(set(counts)) != 1:
+        raise ValueError(f"map_tasks needs tensors with the same leading (task) dimension. Received: {counts}")
+    if vectorize:
+        if not _on_jax():
+            raise ValueError(
+                "map_tasks(vectorize=True) needs the JAX backend (KERAS_BACKEND=jax). "
+                f"Received: backend={keras.backend.backend()!r}"
+            )
+        import jax
+
+        return jax.vmap(fn)(*tensors)
+    outputs = [fn(*(t[i] for t in tensors)) for i in range(counts[0])]
+    return keras.tree.map_structure(lambda *xs: keras.ops.stack(xs), *outputs)
 
 
 def compile(

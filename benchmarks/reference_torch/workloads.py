@@ -33,7 +33,7 @@ class Conv4:
     """
 
     def __init__(self, in_channels=1, filters=64, blocks=4, features=64, head=5, seed=0, dtype=torch.float32,
-                 conv_bias=True):
+                 conv_bias=True, device=None):
         g = torch.Generator().manual_seed(seed)
         params = OrderedDict()
         c = in_channels
@@ -51,6 +51,8 @@ class Conv4:
             bound = (6.0 / (features + head)) ** 0.5
             params["head.weight"] = (torch.rand(head, features, generator=g, dtype=dtype) * 2 - 1) * bound
             params["head.bias"] = torch.zeros(head, dtype=dtype)
+        self.device = torch.device(device or "cpu")
+        params = OrderedDict((name, p.to(self.device)) for name, p in params.items())  # drawn on the CPU: same weights
         for p in params.values():
             p.requires_grad_(True)
         self.params = params
@@ -170,10 +172,10 @@ def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
     algo = workload["algorithm"]
     params = net.params
     if algo == "reptile":
-        lr = torch.tensor(1.0)  # the outer step size (epsilon); its annealing schedule costs nothing
+        lr = torch.tensor(1.0, device=net.device)  # the outer step size (epsilon); its schedule costs nothing
 
         def step(sx, sy, qx, qy):
-            sx, sy, qx, qy = _tensors(sx, sy, qx, qy)
+            sx, sy, qx, qy = _tensors(sx, sy, qx, qy, net.device)
             update, loss, acc = reptile_update(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
                                                inner_steps=workload["inner_steps"])
             with torch.no_grad():
@@ -186,7 +188,7 @@ def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
     optimizer = torch.optim.Adam(params.values(), lr=workload["outer_lr"])
 
     def step(sx, sy, qx, qy):
-        sx, sy, qx, qy = _tensors(sx, sy, qx, qy)
+        sx, sy, qx, qy = _tensors(sx, sy, qx, qy, net.device)
         if algo in ("maml", "anil"):
             meta_loss = maml_meta_loss if algo == "maml" else anil_meta_loss
             loss, acc = meta_loss(net, params, sx, sy, qx, qy, inner_lr=workload["inner_lr"],
@@ -201,11 +203,11 @@ def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
     return step
 
 
-def _tensors(sx, sy, qx, qy):
+def _tensors(sx, sy, qx, qy, device=None):
     def images(a):
-        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a, np.float32), -1, 2)))
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a, np.float32), -1, 2))).to(device)
 
     def labels(a):
-        return torch.from_numpy(np.asarray(a, np.int64))
+        return torch.from_numpy(np.asarray(a, np.int64)).to(device)
 
     return images(sx), labels(sy), images(qx), labels(qy)

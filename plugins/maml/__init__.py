@@ -38,6 +38,14 @@ class MAMLParams(Params):
         "batch-norm scale, offset and running statistics (inner_steps + 1 sets; the last scores the adapted "
         "model, and test-time steps beyond it reuse it). Needs a backbone with MetaBatchNorm layers.",
     )
+    vectorize_tasks: bool = Field(
+        False,
+        title="Vectorize tasks (JAX)",
+        description="JAX backend only: meta-train the meta-batch's tasks as one batched program (jax.vmap: per-task "
+        "fast weights as batched tensors, grouped convolutions) instead of one copy of the inner loop per task. "
+        "Same meta-gradient; fewer, larger kernels, which suits GPUs. Not with per_step_bn, whose running "
+        "statistics pass from task to task.",
+    )
 
 
 def _make(params: MAMLParams, task: TaskSpec) -> Any:

@@ -63,6 +63,18 @@ class MAML:
                 )
         else:
             self.model = build_model(task, "maml")
+        self.vectorize_tasks = bool(getattr(params, "vectorize_tasks", False))
+        if self.vectorize_tasks and self.per_step_bn:
+            raise ValueError(
+                "vectorize_tasks cannot be combined with per_step_bn: the per-step running statistics pass from "
+                "one task to the next, so the tasks cannot run as one batch. Received: vectorize_tasks=True, "
+                "per_step_bn=True"
+            )
+        if self.vectorize_tasks and keras.backend.backend() != "jax":
+            raise ValueError(
+                "vectorize_tasks needs Keras's JAX backend (KERAS_BACKEND=jax); on TensorFlow the tasks run as one "
+                f"unrolled graph. Received: vectorize_tasks=True, backend={keras.backend.backend()!r}"
+            )
         self.fmodel = functional.FunctionalModel(self.model)
 
     @property
@@ -120,9 +132,21 @@ class MAML:
         steps = int(self.config.inner_steps)
         sx, sy, qx, qy, num_tasks = batch_tensors(batch, self.task.kind, self.model.compute_dtype)
 
+        def task_loss(theta, sx_t, sy_t, qx_t, qy_t):
+            fast = theta
+            for _ in range(steps):
+                fast, _ = self._inner_update(fast, sx_t, sy_t, None, first_order=self.config.first_order)
+            loss, metric, _ = self._forward(fast, qx_t, qy_t, None)
+            return loss, metric
+
         def meta_loss(theta):
+            if not self.per_step_bn:
+                # One copy of the inner loop per task (unrolled), or one batched program (vectorize_tasks, JAX).
+                losses, metrics = functional.map_tasks(lambda *task: task_loss(theta, *task), sx, sy, qx, qy,
+                                                       vectorize=self.vectorize_tasks)
+                return ops.mean(losses), (ops.mean(metrics), None)
             # The running statistics thread through every forward pass; they never carry gradients.
-            state = self.fmodel.state() if self.per_step_bn else None
+            state = self.fmodel.state()
             losses, metrics = [], []
             for t in range(num_tasks):
                 fast = theta

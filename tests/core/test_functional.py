@@ -160,3 +160,25 @@ def test_to_numpy_converts_nested_structures():
     out = functional.to_numpy({"a": ops.ones((2,)), "b": [keras.Variable(np.zeros(3))]})
     assert isinstance(out["a"], np.ndarray) and isinstance(out["b"][0], np.ndarray)
     assert out["b"][0].shape == (3,)
+
+
+def test_map_tasks_applies_fn_per_task_and_stacks_structures():
+    x = np.arange(6.0).reshape(3, 2)
+    y = np.array([10.0, 20.0, 30.0])
+    sums, pairs = functional.map_tasks(lambda a, b: (ops.sum(a) + b, {"first": a[0], "b": b}), x, y)
+    np.testing.assert_allclose(functional.to_numpy(sums), [11.0, 25.0, 39.0])
+    np.testing.assert_allclose(functional.to_numpy(pairs["first"]), [0.0, 2.0, 4.0])
+    # Differentiable through the tasks, closing over the outer parameter.
+    _, grad = functional.value_and_grad(lambda w: ops.sum(functional.map_tasks(lambda a: ops.sum(w * a), x)),
+                                        np.array([1.0, 1.0]))
+    np.testing.assert_allclose(functional.to_numpy(grad), x.sum(axis=0))
+
+
+def test_map_tasks_refuses_mismatched_tasks_and_vectorize_off_jax():
+    with pytest.raises(ValueError, match=r"same leading \(task\) dimension. Received: \[3, 2\]"):
+        functional.map_tasks(lambda a, b: a, np.zeros((3, 1)), np.zeros((2, 1)))
+    with pytest.raises(ValueError, match="at least one tensor"):
+        functional.map_tasks(lambda: 0.0)
+    if keras.backend.backend() != "jax":
+        with pytest.raises(ValueError, match="needs the JAX backend.*backend='tensorflow'"):
+            functional.map_tasks(lambda a: a, np.zeros((3, 1)), vectorize=True)

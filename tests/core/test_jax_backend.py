@@ -52,11 +52,12 @@ from metalab.plugins.backbones import CONV4, Conv4Params
 from metalab.plugins.maml import SPEC, MAMLParams
 
 
-def conv_maml(per_step_bn):
+def conv_maml(per_step_bn, vectorize_tasks=False):
     keras.utils.set_random_seed(0)
     task = TaskSpec("classification", (4, 4, 1), 3, 3, 2, 3, 10,
                     lambda: CONV4.factory(Conv4Params(filters=3, blocks=1, conv_bias=True), (4, 4, 1)))
-    return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, per_step_bn=per_step_bn), task)
+    return SPEC.factory(MAMLParams(inner_lr=0.4, inner_steps=2, per_step_bn=per_step_bn,
+                                   vectorize_tasks=vectorize_tasks), task)
 
 
 def conv_batch():
@@ -72,9 +73,10 @@ from metalab.core import functional
 assert keras.backend.backend() == "jax"
 keras.config.set_floatx("float64")
 keras.config.set_dtype_policy("float64")
-for name in ("shared", "per_step"):
-    algorithm = conv_maml(name == "per_step")
-    saved = np.load(f"{sys.argv[1]}/{name}.weights.npz")
+# "vectorized": the shared-BN MAML with its tasks batched by jax.vmap, from the same weights as "shared".
+for name in ("shared", "per_step", "vectorized"):
+    algorithm = conv_maml(name == "per_step", vectorize_tasks=name == "vectorized")
+    saved = np.load(f"{sys.argv[1]}/{name.replace('vectorized', 'shared')}.weights.npz")
     for i, variable in enumerate(algorithm.variables):
         variable.assign(saved[f"v{i}"])
     grads, metrics = algorithm.meta_gradients(conv_batch())
@@ -96,6 +98,7 @@ def test_second_order_maml_meta_gradient_on_jax_equals_tensorflow(float64, tmp_p
                           [v.numpy() for v in algorithm.model.non_trainable_variables], algorithm.trainable_variables)
 
     run_jax(MAML_JAX_SIDE, tmp_path, x64=True, args=(str(tmp_path),))
+    expected["vectorized"] = expected["shared"]  # vmap over the tasks: the same meta-gradient as unrolled
     for name, (loss, grads, state, variables) in expected.items():
         got = np.load(tmp_path / f"{name}.jax.npz")
         assert str(got["dtype"]) == "float64"

@@ -261,6 +261,14 @@ def test_per_step_bn_needs_a_backbone_with_batch_norm():
         SPEC.factory(MAMLParams(per_step_bn=True), blob_task())
 
 
+def test_vectorize_tasks_is_refused_with_per_step_bn_and_off_jax():
+    with pytest.raises(ValueError, match="vectorize_tasks cannot be combined with per_step_bn"):
+        _conv_maml(per_step_bn=True, vectorize_tasks=True)
+    if keras.backend.backend() != "jax":  # the JAX side is tested in tests/core/test_jax_backend.py
+        with pytest.raises(ValueError, match="vectorize_tasks needs Keras's JAX backend.*backend='tensorflow'"):
+            _conv_maml(vectorize_tasks=True)
+
+
 def test_per_step_bn_inductive_evaluation_uses_running_statistics_and_ignores_other_queries():
     algorithm = _conv_maml(per_step_bn=True, transductive=False, eval_inner_steps=3)
     batch = _conv_batch()
