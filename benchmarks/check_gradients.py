@@ -23,7 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from speed import IMAGE_SHAPE, WORKLOADS, _algorithm_params, random_batches  # noqa: E402
+from speed import IMAGE_SHAPE, WORKLOADS, _algorithm_params, parse_params, random_batches  # noqa: E402
 
 
 #: Workloads whose meta-gradients are compared (omniglot_pipeline is maml2 on real data).
@@ -38,7 +38,8 @@ def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def check(name: str, tasks: int, dtype: str, conv_bias: bool = True) -> tuple[float, float, float]:
+def check(name: str, tasks: int, dtype: str, conv_bias: bool = True,
+          params: dict | None = None) -> tuple[float, float, float]:
     import keras
     import torch
 
@@ -62,7 +63,7 @@ def check(name: str, tasks: int, dtype: str, conv_bias: bool = True) -> tuple[fl
     task = TaskSpec("classification", IMAGE_SHAPE, w["ways"], w["ways"], w["shots"], w["queries"], 1000,
                     lambda: backbone.factory(bparams, IMAGE_SHAPE))
     spec = registry.algorithm(f"metalab.{w['algorithm']}")
-    algorithm = spec.factory(spec.params(**_algorithm_params(w)), task)
+    algorithm = spec.factory(spec.params(**{**_algorithm_params(w), **(params or {})}), task)
     batch = random_batches(w, count=1, seed=1)[0]
     grads, metrics = algorithm.meta_gradients(TaskBatch(*batch))
     ours = [functional.to_numpy(g) for g in grads]
@@ -108,18 +109,25 @@ def main() -> int:
     parser.add_argument("--conv-bias", default="off", choices=["on", "off"],
                         help="Both sides: convolutions with or without a bias (as speed.py --conv-bias; default off, "
                              "the conv4 plugin's default).")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="metalab: an algorithm parameter over the workload's, as speed.py's (e.g. "
+                             "vectorize_tasks=true on the JAX backend).")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()
+    params = parse_params(parser, args.param)
     tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 1e-5)
     names = list(CHECKED) if args.workload == "all" else [args.workload]
     failed = False
     for name in names:
         tasks = 1 if WORKLOADS[name]["algorithm"] == "protonet" else args.tasks
-        total, worst, loss_diff = check(name, tasks, args.dtype, args.conv_bias == "on")
+        total, worst, loss_diff = check(name, tasks, args.dtype, args.conv_bias == "on", params)
         ok = total < tolerance and worst < tolerance * 10
         failed |= not ok
-        print(f"{name} ({args.dtype}, {tasks} tasks, conv bias {args.conv_bias}): relative difference of the "
+        import keras
+
+        where = f"{keras.backend.backend()}{' ' + str(params) if params else ''}"
+        print(f"{name} ({args.dtype}, {tasks} tasks, conv bias {args.conv_bias}, {where}): relative difference of the "
               f"meta-gradient {total:.2e} (worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
     return 1 if failed else 0
 

@@ -5,6 +5,7 @@
 #     bash benchmarks/gpu_device.sh fetch            # wheels metalab needs beyond that image -> .whl/ (ignored)
 # There (the device tool's `run`, carrying .whl), from the repository root:
 #     bash benchmarks/gpu_device.sh run [gpu.py arguments]
+#     bash benchmarks/gpu_device.sh exec COMMAND...     # any command with the same environment
 #
 # `fetch` also builds metalab's own wheel from this checkout: run it right before the device call. `run` installs
 # the carried wheels (metalab without its dependencies: the JAX backend needs no TensorFlow) into /tmp/site, then
@@ -35,10 +36,11 @@ case "${1:-}" in
     ls -la .whl
     du -sh .whl
     ;;
-  run)
+  run|exec)
+    verb="$1"
     shift
     if ! ls .whl/metalab-*.whl > /dev/null 2>&1; then
-      echo "gpu_device.sh run: no .whl/metalab-*.whl here. Run 'bash benchmarks/gpu_device.sh fetch' on the" \
+      echo "gpu_device.sh $verb: no .whl/metalab-*.whl here. Run 'bash benchmarks/gpu_device.sh fetch' on the" \
            "machine with pip access first, and carry .whl (the device tool's carry: [\".whl\"])." >&2
       exit 2
     fi
@@ -49,10 +51,14 @@ case "${1:-}" in
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
     out="${OUT:-/tmp/gpu-out}"
     mkdir -p "$out"
-    python3 benchmarks/gpu.py --backend jax "$@" 2>&1 | tee "$out/${GPU_LOG:-gpu.log}"
+    if [ "$verb" = exec ]; then  # any command in that environment, e.g. python3 benchmarks/check_gradients.py
+      "$@" 2>&1 | tee "$out/${GPU_LOG:-exec.log}"
+    else
+      python3 benchmarks/gpu.py --backend jax "$@" 2>&1 | tee "$out/${GPU_LOG:-gpu.log}"
+    fi
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_device.sh fetch | run [gpu.py arguments]" >&2
+    echo "usage: bash benchmarks/gpu_device.sh fetch | run [gpu.py arguments] | exec COMMAND..." >&2
     exit 2
     ;;
 esac
