@@ -111,7 +111,7 @@ def main() -> int:
                              "the conv4 plugin's default).")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="metalab: an algorithm parameter over the workload's, as speed.py's (e.g. "
-                             "vectorize_tasks=true on the JAX backend).")
+                             "vectorize_tasks=on on the JAX backend).")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()

@@ -10,12 +10,15 @@ One prepared command for a machine with an accelerator (TensorFlow with GPU supp
 On a lent device machine whose image has JAX but no TensorFlow, ``benchmarks/gpu_device.sh`` installs what is
 missing from carried wheels and runs this script with ``--backend jax``.
 
-Each configuration (float32 / mixed_bfloat16 / mixed_float16 with dynamic loss scaling, each without and with
-XLA: the run config's ``precision`` and ``jit_compile``) runs in its own process
+Each configuration (float32 (exact) / tf32 (TensorFloat-32 matrix units) / mixed_bfloat16 / mixed_float16 with
+dynamic loss scaling, each without and with XLA: the run config's ``precision`` and ``jit_compile``; on JAX each
+with the tasks vectorized (``+vmap``, MAML's ``vectorize_tasks``) and unrolled) runs in its own process
 through ``benchmarks/speed.py`` (metalab's side: the plugin-built algorithm and the runner's compiled step) and
 prints its ``RESULT`` line; a table follows with seconds per iteration, the first (compiling) step and the time a
 ``--schedule``-iteration run would take (first step + schedule x median step), against the issue's target of one
-hour on one H100. A configuration that fails (e.g. a precision the device lacks) is reported and skipped.
+hour on one H100. A configuration that fails (e.g. a precision the device lacks) is reported and skipped;
+``--torch-device cuda`` also times the PyTorch reference on the GPU, and ``--budget-s`` fits the whole into a
+device lease.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from speed import WORKLOADS  # noqa: E402  (no TensorFlow or Keras import)
 
 #: (precision, XLA) pairs, in the order they run.
-CONFIGS = [("float32", False), ("float32", True), ("mixed_bfloat16", False), ("mixed_bfloat16", True),
-           ("mixed_float16", False), ("mixed_float16", True)]
+CONFIGS = [("float32", False), ("float32", True), ("tf32", False), ("tf32", True), ("mixed_bfloat16", False),
+           ("mixed_bfloat16", True), ("mixed_float16", False), ("mixed_float16", True)]
 #: The issue's target for the whole schedule, in hours.
 TARGET_HOURS = 1.0
 
@@ -54,13 +60,18 @@ class Config:
         return self.precision + ("+xla" if self.jit else "") + ("+vmap" if self.vectorize else "")
 
 
-def plan(backend: str, torch_device: str | None, only: list[str] | None) -> list[Config]:
-    """The configurations in the order they run: the most telling first, so a time budget cuts the least."""
-    if backend == "jax":
+def plan(backend: str, torch_device: str | None, only: list[str] | None, vectorizable: bool = True) -> list[Config]:
+    """The configurations in the order they run: the most telling first, so a time budget cuts the least.
+
+    ``vectorizable``: the workload's algorithm has ``vectorize_tasks`` (MAML); otherwise no ``+vmap`` configurations.
+    """
+    if backend == "jax" and not vectorizable:
+        configs = [Config(p, True) for p, jit in CONFIGS if jit]
+    elif backend == "jax":
         # JAX compiles every step with XLA; each precision runs with the tasks vectorized (vmap, quick to
         # compile) and unrolled (one copy of the inner loop per task: minutes of compiling), the vmap ones first.
-        f32, bf16, f16 = (Config(p, True, True) for p in ("float32", "mixed_bfloat16", "mixed_float16"))
-        configs = [f32, bf16, Config("float32", True), f16, Config("mixed_bfloat16", True),
+        f32, tf32, bf16, f16 = (Config(p, True, True) for p in ("float32", "tf32", "mixed_bfloat16", "mixed_float16"))
+        configs = [tf32, f32, bf16, Config("tf32", True), f16, Config("float32", True), Config("mixed_bfloat16", True),
                    Config("mixed_float16", True)]
     else:
         configs = [Config(p, jit) for p, jit in CONFIGS]
@@ -81,7 +92,8 @@ def measure(workload: str, config: Config, iters: int, warmup: int, backend: str
     else:
         cmd += ["--impl", "metalab", "--precision", config.precision, "--backend", backend]
         cmd += ["--jit"] if config.jit else []
-        cmd += ["--param", "vectorize_tasks=true"] if config.vectorize else []
+        if WORKLOADS[workload]["algorithm"] == "maml":  # explicit: the default ("auto") would vmap on a GPU
+            cmd += ["--param", "vectorize_tasks=" + ("on" if config.vectorize else "off")]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent, timeout=timeout)
     except subprocess.TimeoutExpired as error:
@@ -126,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     rows: list[tuple[Config, dict[str, Any] | None]] = []
-    for config in plan(args.backend, args.torch_device, args.only):
+    vectorizable = WORKLOADS[args.workload]["algorithm"] == "maml"
+    for config in plan(args.backend, args.torch_device, args.only, vectorizable):
         timeout = None
         if args.budget_s is not None:
             timeout = args.budget_s - (time.perf_counter() - start)

@@ -132,7 +132,8 @@ def machine(impl: str) -> dict[str, Any]:
 
 
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from metalab.core.runner import compile_train_step, configure_threads, make_optimizer, thread_counts
+    from metalab.core.runner import (compile_train_step, configure_threads, make_optimizer, set_matmul_precision,
+                                     thread_counts)
     from metalab.core.settings import load_settings
 
     # The training worker's thread pools (runner.thread_counts) unless --intra/--inter say otherwise;
@@ -145,7 +146,8 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     from metalab.core.plugin_api import TaskBatch, TaskSpec
     from metalab.core.plugin_manager import make_plugin_manager
 
-    if args.precision != "float32":
+    set_matmul_precision(args.precision)  # float32: exact; tf32: TensorFloat-32 on GPUs that have it (as a run)
+    if args.precision.startswith("mixed_"):
         keras.mixed_precision.set_global_policy(args.precision)
     registry = make_plugin_manager(distributions={"metalab"})
     t_setup = time.perf_counter()
@@ -356,7 +358,7 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
 
 
 def parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """``["vectorize_tasks=true", ...]`` -> ``{"vectorize_tasks": True, ...}`` (values as JSON, else strings)."""
+    """``["vectorize_tasks=on", "inner_steps=5"]`` -> ``{"vectorize_tasks": "on", "inner_steps": 5}`` (JSON, else text)."""
     params: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
@@ -381,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--library-threads", action="store_true",
                         help="metalab: keep TensorFlow's default thread pools instead of the training worker's.")
     parser.add_argument("--jit", action="store_true", help="metalab: compile the step with XLA (jit_compile).")
-    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+    parser.add_argument("--precision", default="float32",
+                        choices=["float32", "tf32", "mixed_bfloat16", "mixed_float16"],
                         help="metalab: Keras dtype policy (mixed_float16 with dynamic loss scaling, as in a run).")
     parser.add_argument("--conv-bias", default=None, choices=["on", "off"],
                         help="Both sides: convolutions with or without a bias (default: the conv4 plugin's "
@@ -391,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="metalab: the Keras backend (default: $KERAS_BACKEND, else tensorflow).")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="metalab: an algorithm parameter over the workload's (VALUE as JSON, else a string), "
-                             "e.g. --param vectorize_tasks=true. Repeatable.")
+                             "e.g. --param vectorize_tasks=on. Repeatable.")
     parser.add_argument("--torch-device", default="cpu",
                         help="torch: the device the reference runs on (cpu, cuda, cuda:1, ...).")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)

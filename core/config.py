@@ -41,10 +41,13 @@ class RunConfig(pydantic.BaseModel):
     log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
     eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
-    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = Field(
+    precision: Literal["float32", "tf32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32",
         description=(
-            "Compute precision: float32; mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
+            "Compute precision: float32 (exact: matrix products and convolutions in full float32, also on GPUs "
+            "whose libraries would use TensorFloat-32); tf32 (float32 with TensorFloat-32 matrix products and "
+            "convolutions on GPUs that have them, such as A100 and H100: faster, with a 10-bit mantissa, so "
+            "meta-gradients are approximate; the same as float32 on CPUs); mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
             "and TPUs with bfloat16 units; no loss scaling is needed since bfloat16 has float32's exponent range); "
             "or mixed_float16 (float16 compute with dynamic loss scaling; for GPUs with float16 units)."
         ),

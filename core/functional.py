@@ -220,21 +220,23 @@ def stop_gradient(tensors: Any) -> Any:
     return keras.tree.map_structure(keras.ops.stop_gradient, tensors)
 
 
-def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool = False) -> Any:
+def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool | str = False) -> Any:
     """Applies ``fn`` to each task's slice of ``tensors`` (their leading axis) and stacks the results.
 
     ``fn(*slices)`` returns a tensor or a nested structure of tensors; the result has the same structure with a
     leading task axis. By default the tasks run one after another (in a compiled step: one unrolled graph with a
     copy of ``fn`` per task, which TensorFlow's executor may run side by side). With ``vectorize`` on the JAX
     backend, ``jax.vmap`` turns ``fn`` into one batched program over all tasks (per-task weights become batched
-    tensors, convolutions grouped ones): fewer, larger kernels, which suits GPUs. ``fn`` may call
+    tensors, convolutions grouped ones): fewer, larger kernels, which suits GPUs (second-order MAML on an H100:
+    6x faster than unrolled), while XLA's grouped convolutions on CPUs are slow (50x slower there). ``fn`` may call
     :func:`value_and_grad` (nested gradients stay exact to second order) and close over outer tensors, which are
     then shared by all tasks.
 
     Args:
         fn: A function of one task's slices.
         *tensors: Tensors (or NumPy arrays) with the same leading dimension, the number of tasks.
-        vectorize: Batch the tasks with ``jax.vmap`` (JAX backend only).
+        vectorize: ``True``: batch the tasks with ``jax.vmap`` (JAX backend only); ``"auto"``: do so on JAX when
+            the computation runs on a GPU or TPU (JAX's default device, e.g. a run's ``device``), else loop.
 
     Raises:
         ValueError: If ``vectorize`` is set on another backend than JAX, no tensors are given, or their leading
@@ -245,6 +247,8 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool = False) ->
     counts = [int(t.shape[0]) for t in tensors]
     if len(set(counts)) != 1:
         raise ValueError(f"map_tasks needs tensors with the same leading (task) dimension. Received: {counts}")
+    if vectorize == "auto":
+        vectorize = _on_jax() and _jax_platform() != "cpu"
     if vectorize:
         if not _on_jax():
             raise ValueError(
@@ -256,6 +260,16 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool = False) ->
         return jax.vmap(fn)(*tensors)
     outputs = [fn(*(t[i] for t in tensors)) for i in range(counts[0])]
     return keras.tree.map_structure(lambda *xs: keras.ops.stack(xs), *outputs)
+
+
+def _jax_platform() -> str:
+    """The platform ("cpu", "gpu", "tpu") JAX computes on now: its default device (``jax.default_device``)."""
+    import jax
+
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
 
 
 def compile(

@@ -104,9 +104,32 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
         make_backbone=lambda: backbone_spec.factory(backbone_params, input_shape),
         num_train_classes=0 if train_split is None else int(train_split.num_classes),
     )
+    set_matmul_precision(config.precision)
     with dtype_policy(config.precision):
         algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
     return Session(config=config, dataset=dataset, algorithm=algorithm, task=task)
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Sets how this process computes float32 matrix products and convolutions, for ``RunConfig.precision``.
+
+    ``"float32"`` computes them in full float32 everywhere. TensorFlow and JAX would otherwise use TensorFloat-32
+    (a 10-bit mantissa) on GPUs that have it (A100, H100): on an H100 that moved the second-order MAML
+    meta-gradient by 7% (benchmarks/RESULTS.md). ``"tf32"`` asks for TensorFloat-32, which is faster there. The
+    mixed precisions keep the backend's default. CPUs compute float32 either way. It applies to computations
+    traced (compiled) after the call, in the whole process: a training worker runs one run.
+    """
+    tf32 = precision == "tf32"
+    exact = precision == "float32"
+    if keras_backend() == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision",
+                          "tensorfloat32" if tf32 else "highest" if exact else None)
+    else:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(not exact)
 
 
 @contextlib.contextmanager
@@ -118,7 +141,7 @@ def dtype_policy(name: str):
     """
     import keras
 
-    if name in ("", "float32"):
+    if name in ("", "float32", "tf32"):  # tf32 is float32 with faster GPU matrix units (set_matmul_precision)
         yield
         return
     previous = keras.config.dtype_policy()

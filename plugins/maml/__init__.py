@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -38,13 +38,14 @@ class MAMLParams(Params):
         "batch-norm scale, offset and running statistics (inner_steps + 1 sets; the last scores the adapted "
         "model, and test-time steps beyond it reuse it). Needs a backbone with MetaBatchNorm layers.",
     )
-    vectorize_tasks: bool = Field(
-        False,
+    vectorize_tasks: Literal["auto", "on", "off"] = Field(
+        "auto",
         title="Vectorize tasks (JAX)",
-        description="JAX backend only: meta-train the meta-batch's tasks as one batched program (jax.vmap: per-task "
-        "fast weights as batched tensors, grouped convolutions) instead of one copy of the inner loop per task. "
-        "Same meta-gradient; fewer, larger kernels, which suits GPUs. Not with per_step_bn, whose running "
-        "statistics pass from task to task.",
+        description="On Keras's JAX backend, meta-train the meta-batch's tasks as one batched program (jax.vmap: "
+        "per-task fast weights as batched tensors, grouped convolutions) instead of one copy of the inner loop "
+        "per task. Same meta-gradient; fewer, larger kernels: 6x faster on an H100 and far quicker to compile, "
+        "but slower on CPUs. auto: on when the run's device is a GPU or TPU. on needs the JAX backend; "
+        "TensorFlow always unrolls. Not with per_step_bn, whose running statistics pass from task to task.",
     )
 
 

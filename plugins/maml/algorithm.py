@@ -63,17 +63,20 @@ class MAML:
                 )
         else:
             self.model = build_model(task, "maml")
-        self.vectorize_tasks = bool(getattr(params, "vectorize_tasks", False))
-        if self.vectorize_tasks and self.per_step_bn:
+        # "on"/"off", or "auto": vmap on JAX when the step runs on an accelerator (decided by map_tasks).
+        mode = getattr(params, "vectorize_tasks", "auto")
+        self.vectorize_tasks: bool | str = {"on": True, "off": False}.get(mode, "auto")
+        if mode == "on" and self.per_step_bn:
             raise ValueError(
                 "vectorize_tasks cannot be combined with per_step_bn: the per-step running statistics pass from "
-                "one task to the next, so the tasks cannot run as one batch. Received: vectorize_tasks=True, "
+                "one task to the next, so the tasks cannot run as one batch. Received: vectorize_tasks='on', "
                 "per_step_bn=True"
             )
-        if self.vectorize_tasks and keras.backend.backend() != "jax":
+        if mode == "on" and keras.backend.backend() != "jax":
             raise ValueError(
-                "vectorize_tasks needs Keras's JAX backend (KERAS_BACKEND=jax); on TensorFlow the tasks run as one "
-                f"unrolled graph. Received: vectorize_tasks=True, backend={keras.backend.backend()!r}"
+                "vectorize_tasks='on' needs Keras's JAX backend (KERAS_BACKEND=jax); on TensorFlow the tasks run as "
+                f"one unrolled graph (use 'auto' or 'off'). Received: vectorize_tasks='on', "
+                f"backend={keras.backend.backend()!r}"
             )
         self.fmodel = functional.FunctionalModel(self.model)
 

@@ -182,3 +182,6 @@ def test_map_tasks_refuses_mismatched_tasks_and_vectorize_off_jax():
     if keras.backend.backend() != "jax":
         with pytest.raises(ValueError, match="needs the JAX backend.*backend='tensorflow'"):
             functional.map_tasks(lambda a: a, np.zeros((3, 1)), vectorize=True)
+        # "auto" vectorizes on JAX accelerators only: here it loops.
+        out = functional.map_tasks(lambda a: a * 2.0, np.ones((3, 1)), vectorize="auto")
+        np.testing.assert_allclose(functional.to_numpy(out), np.full((3, 1), 2.0))

@@ -52,7 +52,7 @@ from metalab.plugins.backbones import CONV4, Conv4Params
 from metalab.plugins.maml import SPEC, MAMLParams
 
 
-def conv_maml(per_step_bn, vectorize_tasks=False):
+def conv_maml(per_step_bn, vectorize_tasks="auto"):
     keras.utils.set_random_seed(0)
     task = TaskSpec("classification", (4, 4, 1), 3, 3, 2, 3, 10,
                     lambda: CONV4.factory(Conv4Params(filters=3, blocks=1, conv_bias=True), (4, 4, 1)))
@@ -75,7 +75,7 @@ keras.config.set_floatx("float64")
 keras.config.set_dtype_policy("float64")
 # "vectorized": the shared-BN MAML with its tasks batched by jax.vmap, from the same weights as "shared".
 for name in ("shared", "per_step", "vectorized"):
-    algorithm = conv_maml(name == "per_step", vectorize_tasks=name == "vectorized")
+    algorithm = conv_maml(name == "per_step", vectorize_tasks="on" if name == "vectorized" else "off")
     saved = np.load(f"{sys.argv[1]}/{name.replace('vectorized', 'shared')}.weights.npz")
     for i, variable in enumerate(algorithm.variables):
         variable.assign(saved[f"v{i}"])
@@ -324,6 +324,21 @@ def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path)
     assert report["skipped"] and report["overflow_scale"] == 2.0**69
     assert all(np.isfinite(report["losses"])) and report["losses"][-1] < report["losses"][0]
     assert 2.0**12 <= report["scale"] <= 2.0**15
+
+
+def test_run_precision_sets_jax_matmul_precision(tmp_path):
+    # JAX computes float32 matrix products and convolutions in TensorFloat-32 on GPUs by default (an H100 moved
+    # the second-order MAML meta-gradient by 7%): float32 runs ask for full float32, tf32 runs for TF32.
+    out = run_jax("""
+        import jax
+        from metalab.core.runner import set_matmul_precision
+        got = []
+        for precision in ("float32", "tf32", "mixed_bfloat16", "float32"):
+            set_matmul_precision(precision)
+            got.append(str(jax.config.jax_default_matmul_precision))
+        print(",".join(got))
+    """, tmp_path)
+    assert out.strip().splitlines()[-1] == "highest,tensorfloat32,None,highest"
 
 
 # -- the command line -------------------------------------------------------------------------------------------

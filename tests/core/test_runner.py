@@ -139,6 +139,28 @@ def test_mixed_bfloat16_run_computes_in_bfloat16_keeps_float32_weights_and_learn
     check_learns("metalab.maml", tmp_path, registry=registry, task={"precision": "mixed_bfloat16"})
 
 
+def test_float32_runs_turn_tensorfloat32_off_and_tf32_runs_turn_it_on():
+    # On GPUs with TensorFloat-32 units TensorFlow uses them for float32 by default; an H100 then moved the
+    # second-order MAML meta-gradient by 7%. float32 runs must be exact; tf32 asks for the fast units.
+    import tensorflow as tf
+
+    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.runner import build_session
+    from metalab.core.testing import tiny_config
+
+    registry = make_plugin_manager(distributions={"metalab"}, strict=False)
+    before = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        for precision, enabled in (("tf32", True), ("float32", False), ("mixed_bfloat16", True), ("tf32", True)):
+            config = tiny_config(registry, "metalab.protonet", "classification", task={"precision": precision})
+            session = build_session(registry, config)
+            assert tf.config.experimental.tensor_float_32_execution_enabled() is enabled, precision
+            assert session.algorithm.model.compute_dtype == ("bfloat16" if precision == "mixed_bfloat16"
+                                                             else "float32")
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(before)
+
+
 def test_xla_compiled_run_learns(tmp_path):
     from metalab.core.testing import check_learns
 

@@ -263,10 +263,14 @@ def test_per_step_bn_needs_a_backbone_with_batch_norm():
 
 def test_vectorize_tasks_is_refused_with_per_step_bn_and_off_jax():
     with pytest.raises(ValueError, match="vectorize_tasks cannot be combined with per_step_bn"):
-        _conv_maml(per_step_bn=True, vectorize_tasks=True)
+        _conv_maml(per_step_bn=True, vectorize_tasks="on")
     if keras.backend.backend() != "jax":  # the JAX side is tested in tests/core/test_jax_backend.py
-        with pytest.raises(ValueError, match="vectorize_tasks needs Keras's JAX backend.*backend='tensorflow'"):
-            _conv_maml(vectorize_tasks=True)
+        with pytest.raises(ValueError, match="vectorize_tasks='on' needs Keras's JAX backend.*backend='tensorflow'"):
+            _conv_maml(vectorize_tasks="on")
+        # auto (the default) and off unroll the tasks on TensorFlow: the same meta-gradient either way.
+        grads = [_conv_maml(vectorize_tasks=mode).meta_gradients(_conv_batch())[0] for mode in ("auto", "off")]
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(functional.to_numpy(a), functional.to_numpy(b))
 
 
 def test_per_step_bn_inductive_evaluation_uses_running_statistics_and_ignores_other_queries():
