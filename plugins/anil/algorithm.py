@@ -134,9 +134,10 @@ class ANIL:
 
         def meta_loss(theta):
             backbone, head = self.split(theta)
-            # Each task's sets go through the backbone once (and on their own, for per-set batch statistics).
-            fs = ops.stack([self.features(backbone, sx[t]) for t in range(num_tasks)])
-            fq = ops.stack([self.features(backbone, qx[t]) for t in range(num_tasks)])
+            # Each task's sets go through the backbone once (and on their own, for per-set batch statistics);
+            # on a JAX GPU or TPU as one vmapped (batched) call, else one call per set.
+            fs, fq = functional.map_tasks(lambda s, q: (self.features(backbone, s), self.features(backbone, q)),
+                                          sx, qx, vectorize="auto")
             heads = self.tile_head(head, num_tasks)
             for _ in range(self.config.inner_steps):
                 heads = self.head_step(heads, fs, sy, first_order=self.config.first_order)

@@ -326,6 +326,40 @@ def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path)
     assert 2.0**12 <= report["scale"] <= 2.0**15
 
 
+def test_auto_vectorized_tasks_on_an_accelerator_give_the_unrolled_meta_gradients(tmp_path):
+    # "auto" vmaps the meta-batch's tasks when JAX computes on a GPU or TPU. No accelerator here, so the platform
+    # check is made to answer "gpu": MAML's and ANIL's meta-gradients must equal the unrolled ones (float64).
+    out = run_jax(TRAJECTORY_SETUP + """
+import json, jax
+from metalab.core import functional
+
+keras.config.set_floatx("float64")
+keras.config.set_dtype_policy("float64")
+CASES["maml_auto"] = ("metalab.maml", dict(meta_batch_size=3, outer_lr=0.01))  # vectorize_tasks: the default
+report = {}
+for name in ("maml_auto", "anil"):
+    grads = {}
+    for platform in ("cpu", "gpu"):
+        functional._jax_platform = lambda platform=platform: platform
+        algorithm = build(name)
+        batch = batches(3, 1)[0]
+        jaxpr = str(jax.make_jaxpr(lambda: algorithm.meta_gradients(batch)[0])())
+        grads[platform] = ([functional.to_numpy(g) for g in algorithm.meta_gradients(batch)[0]],
+                           jaxpr.count("feature_group_count=3") + jaxpr.count("batch_group_count=3"),
+                           jaxpr.count("conv_general_dilated"))
+    (a, grouped_cpu, convs_cpu), (b, grouped_gpu, convs_gpu) = grads["cpu"], grads["gpu"]
+    report[name] = {"diff": max(float(np.abs(x - y).max() / max(np.abs(x).max(), 1e-12)) for x, y in zip(a, b)),
+                    "convs": [convs_cpu, convs_gpu], "grouped": [grouped_cpu, grouped_gpu]}
+print(json.dumps(report))
+""", tmp_path, x64=True)
+    report = json.loads(out.strip().splitlines()[-1])
+    for name, row in report.items():
+        assert row["diff"] < 1e-10, (name, row)  # measured 1e-14: the same arithmetic, batched
+        # Vectorized, the graph holds one copy of each convolution instead of one per task.
+        assert row["convs"][1] < row["convs"][0], (name, row)
+    assert report["maml_auto"]["grouped"][1] > 0  # per-task fast weights: grouped convolutions
+
+
 def test_run_precision_sets_jax_matmul_precision(tmp_path):
     # JAX computes float32 matrix products and convolutions in TensorFloat-32 on GPUs by default (an H100 moved
     # the second-order MAML meta-gradient by 7%): float32 runs ask for full float32, tf32 runs for TF32.
