@@ -102,7 +102,7 @@ def test_backbone_runs_once_per_set_whatever_the_inner_steps():
     features = algorithm.features
     algorithm.features = lambda weights, x: calls.append(x.shape[0]) or features(weights, x)
     algorithm.meta_gradients(blob_batch(np.random.default_rng(0), 4))
-    assert calls == [2 * 3] * 4 + [5 * 3] * 4  # 4 support sets of 2 shots x 3 ways, then 4 query sets
+    assert calls == [2 * 3, 5 * 3] * 4  # per task: its support set (2 shots x 3 ways), then its query set
 
 
 def test_first_order_drops_the_second_derivatives(float64):
