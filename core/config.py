@@ -47,7 +47,8 @@ class RunConfig(pydantic.BaseModel):
             "Compute precision: float32 (exact: matrix products and convolutions in full float32, also on GPUs "
             "whose libraries would use TensorFloat-32); tf32 (float32 with TensorFloat-32 matrix products and "
             "convolutions on GPUs that have them, such as A100 and H100: faster, with a 10-bit mantissa, so "
-            "meta-gradients are approximate; the same as float32 on CPUs); mixed_bfloat16 (bfloat16 compute, float32 weights and head; for GPUs "
+            "meta-gradients are approximate; the same as float32 on CPUs); mixed_bfloat16 (bfloat16 compute, "
+            "float32 weights and head; for GPUs "
             "and TPUs with bfloat16 units; no loss scaling is needed since bfloat16 has float32's exponent range); "
             "or mixed_float16 (float16 compute with dynamic loss scaling; for GPUs with float16 units)."
         ),
