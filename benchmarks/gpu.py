@@ -35,7 +35,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from speed import WORKLOADS  # noqa: E402  (no TensorFlow or Keras import)
+from speed import WORKLOADS, echoed_result  # noqa: E402  (no TensorFlow or Keras import)
 
 #: (precision, XLA) pairs, in the order they run.
 CONFIGS = [("float32", False), ("float32", True), ("tf32", False), ("tf32", True), ("mixed_bfloat16", False),
@@ -100,11 +100,7 @@ def measure(workload: str, config: Config, iters: int, warmup: int, backend: str
         print(f"{workload} {config.label}: stopped after {timeout:.0f} s (the time budget)\n"
               f"{(error.stdout or b'')[-2000:]!r}", flush=True)
         return None
-    result = None
-    for line in proc.stdout.splitlines():
-        print(line, flush=True)
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+    result = echoed_result(proc.stdout)
     if proc.returncode != 0 or result is None:
         print(f"{workload} {config.label} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
         return None

@@ -326,6 +326,16 @@ def run_one(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def echoed_result(stdout: str) -> dict[str, Any] | None:
+    """Prints a measurement process's output and returns its (last) ``RESULT`` object, if any."""
+    result = None
+    for line in stdout.splitlines():
+        print(line, flush=True)
+        if line.startswith("RESULT "):
+            result = json.loads(line[len("RESULT "):])
+    return result
+
+
 def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any] | None:
     """Runs one measurement in a fresh interpreter and returns its RESULT (its output is echoed)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--workload", name, "--impl", impl, "--inprocess",
@@ -347,11 +357,7 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
     if impl == "metalab":
         env["KERAS_BACKEND"] = args.backend  # Keras picks its backend once, at import
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    result = None
-    for line in proc.stdout.splitlines():
-        print(line, flush=True)
-        if line.startswith("RESULT "):
-            result = json.loads(line[len("RESULT "):])
+    result = echoed_result(proc.stdout)
     if proc.returncode != 0:
         print(f"{name} [{impl}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
     return result

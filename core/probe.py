@@ -213,18 +213,11 @@ def list_devices() -> list[dict[str, Any]]:
     return devices
 
 
-def _run_device(tf: Any, device: str) -> str:
-    """The device a run with ``RunConfig.device == device`` lands on (the backend's choice for "auto").
+def _run_device(device: str) -> str:
+    """The device a run with ``RunConfig.device == device`` lands on, as ``KIND:INDEX``."""
+    from .runner import default_device_id, device_id
 
-    ``tf`` is the TensorFlow module, or ``None`` on the JAX backend.
-    """
-    from .runner import device_id, jax_devices
-
-    if device in ("", "auto"):
-        if tf is None:
-            return next((d for d in jax_devices() if not d.startswith("CPU")), "CPU:0")
-        return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
-    return device_id(device)
+    return default_device_id() if device in ("", "auto") else device_id(device)
 
 
 class _Meter:
@@ -368,7 +361,7 @@ def estimate(
         import tensorflow as tf
 
         _grow_gpu_memory(tf)
-    device = _run_device(tf, cfg.device)
+    device = _run_device(cfg.device)
     meter = _Meter(tf, device)
     if available_bytes is not None:
         available = int(available_bytes)

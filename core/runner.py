@@ -717,21 +717,24 @@ def train_run(
         return "failed"
 
 
-def _device_name(device: str) -> str:
-    if device not in ("", "auto"):
-        return device
+def default_device_id() -> str:
+    """The device a run with ``device="auto"`` lands on, as ``KIND:INDEX``: the backend's first GPU, else the CPU."""
     if keras_backend() == "jax":
         import jax
 
-        # JAX's default device is its first accelerator, else the CPU; named as TensorFlow names its devices.
+        # JAX's default device is its first accelerator, else the CPU; numbered per kind as jax_devices does.
         default = jax.devices()[0]
-        kind = default.platform.upper()
         index = [d.id for d in jax.devices(default.platform)].index(default.id)
-        return f"/device:{kind}:{index}"
+        return f"{default.platform.upper()}:{index}"
     import tensorflow as tf
 
     gpus = tf.config.list_logical_devices("GPU")
-    return gpus[0].name if gpus else "/device:CPU:0"
+    return gpus[0].name.removeprefix("/device:") if gpus else "CPU:0"
+
+
+def _device_name(device: str) -> str:
+    """What the run store records as a run's device: ``device`` as configured, or where "auto" placed it."""
+    return device if device not in ("", "auto") else "/device:" + default_device_id()
 
 
 def evaluate_run(
