@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python benchmarks/check_gradients.py [--tasks 4] [--dtype float64]
+    python benchmarks/check_gradients.py [--tasks 4] [--dtype float64] [--matmul exact|tf32]
 
 Builds each speed workload's algorithm through metalab's plugins, copies its weights into
 ``benchmarks/reference_torch``'s Conv-4 (HWIO kernels to OIHW, Dense kernels transposed), computes one
@@ -112,10 +112,16 @@ def main() -> int:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="metalab: an algorithm parameter over the workload's, as speed.py's (e.g. "
                              "vectorize_tasks=on on the JAX backend).")
+    parser.add_argument("--matmul", default="exact", choices=["exact", "tf32"],
+                        help="metalab's float32 matrix products and convolutions: exact (a run's precision=float32, "
+                             "the default) or TensorFloat-32 (precision=tf32; GPUs that have it, e.g. an H100).")
     parser.add_argument("--tolerance", type=float, default=None,
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()
     params = parse_params(parser, args.param)
+    from metalab.core.runner import set_matmul_precision
+
+    set_matmul_precision("tf32" if args.matmul == "tf32" else "float32")  # as build_session does for a run
     tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 1e-5)
     names = list(CHECKED) if args.workload == "all" else [args.workload]
     failed = False
@@ -126,7 +132,7 @@ def main() -> int:
         failed |= not ok
         import keras
 
-        where = f"{keras.backend.backend()}{' ' + str(params) if params else ''}"
+        where = f"{keras.backend.backend()}, {args.matmul} matmul{' ' + str(params) if params else ''}"
         print(f"{name} ({args.dtype}, {tasks} tasks, conv bias {args.conv_bias}, {where}): relative difference of the "
               f"meta-gradient {total:.2e} (worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
     return 1 if failed else 0

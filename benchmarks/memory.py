@@ -15,6 +15,13 @@ statistics). The estimate is ``metalab.core.memory.estimate_for_session``'s ``st
 model's layer shapes before any step runs. Peak RSS over the post-build baseline (compile included) is printed too,
 for context: on CPU the compiled graph of the unrolled tasks costs more than the step's tensors.
 
+On TensorFlow MAML runs its tasks in a window (``functional.mean_task_gradients``: a task starts when the one
+``task_window`` places before it is over, by default the inter-op threads), so the estimate counts that many tasks
+in flight; ``--param task_window=32`` takes the window away (the executor's own schedule, estimated by the
+all-tasks bound). With ``KERAS_BACKEND=jax`` the measured figure is XLA's buffer assignment for the compiled step
+(arguments + outputs + temporaries, the same every step), against the all-tasks estimate; on a GPU the device
+allocator's peak is printed beside it. ``--param vectorize_tasks=on`` measures the vectorized (``jax.vmap``) step.
+
 ``--inter-op N`` / ``--intra-op N`` set the worker's thread pools (``METALAB_INTER_OP_THREADS`` /
 ``METALAB_INTRA_OP_THREADS``) for every setting; the estimate then counts ``N`` tasks in flight.
 
@@ -65,32 +72,17 @@ def _status_bytes(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", text).group(1)) * 1024
 
 
-def _task_labels(graph: Any, tf: Any) -> dict[str, int | None]:
+def _task_labels(graph: Any) -> dict[str, int | None]:
     """The task each op of the step's graph works for, or ``None`` for ops shared by several tasks (or none).
 
-    An op belongs to task ``t`` when every batch tensor it depends on is task ``t``'s slice of the batch (the
-    unrolled task loop indexes the batch arguments); creation order is a topological order, so one pass suffices.
+    ``functional.mean_task_gradients`` builds task ``t``'s forward and backward ops under the name scope
+    ``task{t}``; the running sum of the gradients and the optimizer's update are outside every task.
     """
-    arguments = {t.op.name for t in graph.inputs[:4]}
-    found: dict[str, frozenset[int]] = {}
-
-    def tensor_tasks(t: Any) -> frozenset[int]:
-        if t.op.type == "Unpack" and t.op.inputs[0].op.name in arguments:
-            return frozenset({t.value_index})
-        return found.get(t.op.name, frozenset())
-
+    labels: dict[str, int | None] = {}
     for op in graph.get_operations():
-        if op.type == "StridedSlice" and op.inputs[0].op.name in arguments:
-            begin = tf.get_static_value(op.inputs[1])
-            found[op.name] = frozenset({int(begin[0])}) if begin is not None else frozenset()
-            continue
-        tasks: frozenset[int] = frozenset()
-        for t in op.inputs:
-            tasks |= tensor_tasks(t)
-        for c in op.control_inputs:
-            tasks |= found.get(c.name, frozenset())
-        found[op.name] = tasks
-    return {name: next(iter(tasks)) if len(tasks) == 1 else None for name, tasks in found.items()}
+        match = re.search(r"(?:^|/)task(\d+)/", op.name)
+        labels[op.name] = int(match.group(1)) if match else None
+    return labels
 
 
 def _traced_peak(run_step: Callable[[], None], labels: dict[str, int | None], tf: Any) -> dict[str, Any]:
@@ -144,10 +136,12 @@ def _traced_peak(run_step: Callable[[], None], labels: dict[str, int | None], tf
             "before_step_bytes": peak - shared - sum(held.values())}
 
 
-def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, trace: bool = False) -> dict[str, Any]:
+def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, trace: bool = False,
+            algorithm_params: dict[str, Any] | None = None) -> dict[str, Any]:
     """Builds the setting, estimates, then measures ``steps`` warm train steps in this process.
 
     With ``trace``, one more step runs under the profiler and the result says which tasks held what at its peak.
+    On Keras's JAX backend the measured figure is XLA's buffer assignment for the step (see ``_measure_jax``).
     """
     import numpy as np
 
@@ -158,7 +152,10 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     intra, inter = thread_counts(load_settings(), meta_batch)
     configure_threads(intra, inter)
     import keras
-    import tensorflow as tf
+
+    on_jax = keras.backend.backend() == "jax"
+    if not on_jax:
+        import tensorflow as tf
 
     from metalab.core import functional, memory
     from metalab.core.plugin_api import TaskBatch, TaskSpec
@@ -173,7 +170,7 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     task = TaskSpec(kind="classification", input_shape=shape, output_dim=ways, ways=ways, shots=shots,
                     queries=queries, total_steps=1000, make_backbone=lambda: backbone.factory(backbone_params, shape))
     params = dict(inner_lr=0.4, inner_steps=inner_steps, first_order=first_order, meta_batch_size=meta_batch,
-                  outer_lr=1e-3)
+                  outer_lr=1e-3, **(algorithm_params or {}))
     spec = registry.algorithm("metalab.maml")
     algorithm = spec.factory(spec.params(**params), task)
     optimizer = algorithm.make_optimizer()
@@ -182,7 +179,7 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
                        queries=queries, algorithm_params=params)
     session = Session(config=config, dataset=None, algorithm=algorithm, task=task)
     post_build = _status_bytes("VmRSS")
-    est = memory.estimate_for_session(session, concurrency=inter or None, baseline_bytes=0)
+    est = memory.estimate_for_session(session, concurrency=inter or os.cpu_count(), baseline_bytes=0)
     # The backbone's layer order, so that a figure says which conv-4 it measured.
     layers = [layer["kind"] for layer in est.pop("layers", [])]
 
@@ -196,6 +193,16 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
                          np.tile(np.repeat(np.arange(ways, dtype=np.int32), queries), (t, 1)))
 
     step = compile_train_step(algorithm, optimizer)
+    common = {
+        "setting": f"{meta_batch}x{inner_steps}" + ("fo" if first_order else ""),
+        "meta_batch": meta_batch, "inner_steps": inner_steps, "first_order": first_order,
+        "algorithm_params": algorithm_params or {}, "estimate_bytes": int(est["step_bytes"]), "estimate": est,
+        "layers": layers, "threads": {"intra_op": intra, "inter_op": inter}, "rss_post_build_mb": round(post_build / 2**20, 1),
+        "keras": keras.__version__, "backend": keras.backend.backend(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+    if on_jax:
+        return {**common, **_measure_jax(step, batch, est, steps, post_build)}
     t0 = time.perf_counter()
     float(functional.to_numpy(step(batch())["loss"]))
     compile_s = time.perf_counter() - t0
@@ -214,7 +221,7 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
         b = batch()
         # The runner's step wraps one tf.function; its graph names the ops the allocator records.
         compiled = getclosurevars(step).nonlocals["compiled"]
-        labels = _task_labels(compiled.get_concrete_function(*b.as_tuple()).graph, tf)
+        labels = _task_labels(compiled.get_concrete_function(*b.as_tuple()).graph)
         tf.config.experimental.reset_memory_stats("CPU:0")
         traced = _traced_peak(lambda: float(functional.to_numpy(step(b)["loss"])), labels, tf)
         # A task in flight holds at least half its kept activations; the others have not started or have finished.
@@ -225,18 +232,48 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
                       others_parameter_units=round(sum(others) / max(1, len(others)) / est["parameter_bytes"], 2)
                       if others else None)
     return {
-        "setting": f"{meta_batch}x{inner_steps}" + ("fo" if first_order else ""),
-        "meta_batch": meta_batch, "inner_steps": inner_steps, "first_order": first_order,
-        "estimate_bytes": int(est["step_bytes"]), "measured_peak_bytes": measured,
-        "measured_peaks": peaks, "live_before_step_bytes": before,
+        **common, "measured_peak_bytes": measured, "measured_peaks": peaks, "live_before_step_bytes": before,
         "ratio": round(est["step_bytes"] / measured, 3) if measured else None,
-        "estimate": est, "layers": layers, "threads": {"intra_op": intra, "inter_op": inter},
         "compile_s": round(compile_s, 1),
-        "rss_post_build_mb": round(post_build / 2**20, 1),
         "rss_compile_increase_mb": round((after_compile - post_build) / 2**20, 1),
         "rss_peak_increase_mb": round((_status_bytes("VmHWM") - post_build) / 2**20, 1),
-        "trace": traced,
-        "tensorflow": tf.__version__, "keras": keras.__version__, "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "trace": traced, "tensorflow": tf.__version__,
+    }
+
+
+def _measure_jax(step: Callable[..., Any], batch: Callable[[], Any], est: dict[str, Any], steps: int,
+                 post_build: int) -> dict[str, Any]:
+    """The step's memory on Keras's JAX backend: XLA's buffer assignment, and the device's own peak where known.
+
+    XLA plans a compiled step's buffers before it runs: the arguments (variables and the batch), the outputs and
+    one block of temporaries. Their sum (``memory_analysis``'s ``peak_bytes``) is what a call holds at most, and
+    it is the same from step to step: that is the measured figure. On a GPU the device allocator's peak over the
+    process (compilation and autotuning included, so an upper figure) is reported beside it. ``steps`` warm steps
+    run after the first (compiling) one; with 0 only the first runs (the vectorized step is slow on CPUs).
+    """
+    import jax
+
+    from metalab.core import functional
+
+    compiled = getclosurevars(step).nonlocals["compiled"]
+    b = batch()
+    t0 = time.perf_counter()
+    float(functional.to_numpy(step(b)["loss"]))
+    compile_s = time.perf_counter() - t0
+    for _ in range(steps):
+        float(functional.to_numpy(step(batch())["loss"]))
+    analysis = compiled.memory_analysis(*b.as_tuple())
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    measured = analysis["peak_bytes"]
+    return {
+        "measured_peak_bytes": measured, "measured_peaks": [measured], "xla": analysis,
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "device_peak_bytes": stats.get("peak_bytes_in_use"), "device_in_use_bytes": stats.get("bytes_in_use"),
+        "ratio": round(est["step_bytes"] / measured, 3) if measured else None,
+        "compile_s": round(compile_s, 1),
+        "rss_peak_increase_mb": round((_status_bytes("VmHWM") - post_build) / 2**20, 1),
+        "jax": jax.__version__, "trace": None,
     }
 
 
@@ -244,12 +281,25 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
+def parse_param(text: str) -> tuple[str, Any]:
+    """``"task_window=32"`` -> ``("task_window", 32)`` (the value as JSON, else a string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"A parameter is NAME=VALUE, e.g. task_window=32. Received: {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
 def run_setting(text: str, steps: int, threads: dict[str, str] | None = None,
-                trace: bool = False) -> dict[str, Any] | None:
+                trace: bool = False, params: list[str] | None = None) -> dict[str, Any] | None:
     """Runs one setting in a fresh interpreter (exact allocator statistics on) and returns its RESULT."""
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3", **(threads or {})}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", text, "--steps", str(steps)]
     cmd += ["--trace"] if trace else []
+    for param in params or []:
+        cmd += ["--param", param]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -270,10 +320,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trace", action="store_true",
                         help="Run one more step under TensorFlow's profiler and print the tasks in flight at its "
                              "peak and what the other tasks hold.")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="A MAML parameter for every setting (VALUE as JSON, else a string), e.g. "
+                             "task_window=32 (no window) or vectorize_tasks=on (JAX). Repeatable.")
     parser.add_argument("--inprocess", metavar="TxK", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        params = dict(parse_param(p) for p in args.param)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if args.inprocess:
-        result = measure(*parse_setting(args.inprocess), steps=args.steps, trace=args.trace)
+        result = measure(*parse_setting(args.inprocess), steps=args.steps, trace=args.trace, algorithm_params=params)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     for text in args.settings:
@@ -286,11 +343,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Second-order MAML 5w1s, 5 queries, conv-4 64 filters, 28x28x1; {os.cpu_count()} CPUs; tolerance "
           f"{TOLERANCE:.0%}; load average {os.getloadavg()[0]:.1f}"
           + (f"; {' '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""), flush=True)
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    print(f"Keras backend: {backend}" + (" (measured: XLA's buffer assignment of the step)" if backend == "jax" else "")
+          + (f"; algorithm parameters {' '.join(args.param)}" if args.param else ""), flush=True)
     print(f"{'setting':>8} {'estimate':>10} {'measured':>10} {'ratio':>6}  {'peaks':<28} {'in flight':>9} "
-          f"{'pending':>8} {'compile RSS':>11}", flush=True)
+          f"{'all alive':>10} {'compile RSS / device peak':>26}", flush=True)
     results, outside = [], []
     for text in args.settings:
-        r = run_setting(text, args.steps, threads, args.trace)
+        r = run_setting(text, args.steps, threads, args.trace, args.param)
         if r is None:
             outside.append(text)
             continue
@@ -303,8 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         peaks = ", ".join(f"{p / 2**20:.0f}" for p in r["measured_peaks"])
         print(f"{r['setting']:>8} {_mb(r['estimate_bytes']):>10} {_mb(r['measured_peak_bytes']):>10} "
               f"{r['ratio']:>6} {'' if ok else '!'} [{peaks}] MB {r['estimate']['tasks_alive']:>4} of "
-              f"{r['meta_batch']:<3} {_mb(r['estimate'].get('pending_gradient_bytes', 0)):>8} "
-              f"{r['rss_compile_increase_mb']:>8.0f} MB", flush=True)
+              f"{r['meta_batch']:<3} {_mb(r['estimate']['all_tasks_bytes']):>10} "
+              + (f"{r['rss_compile_increase_mb']:>8.0f} MB RSS" if "rss_compile_increase_mb" in r else
+                 f"{_mb(r['device_peak_bytes'])} device" if r.get("device_peak_bytes") else "-"), flush=True)
         if r.get("trace"):
             t = r["trace"]
             print(f"{'':>8} traced step: {_mb(t['peak_bytes'])} peak, {len(t['in_flight'])} in flight "

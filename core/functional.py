@@ -11,13 +11,15 @@ the outer gradient is exact to second order (what MAML needs).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import keras
 import numpy as np
 
-__all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "map_tasks", "compile", "to_numpy"]
+__all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "map_tasks", "mean_task_gradients",
+           "compile", "to_numpy"]
 
 # The loss scale that value_and_grad applies while tracing (see loss_scaling); per thread, like a tape.
 _scaling = threading.local()
@@ -262,6 +264,73 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool | str = Fal
     return keras.tree.map_structure(lambda *xs: keras.ops.stack(xs), *outputs)
 
 
+def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vectorize: bool | str = False,
+                        window: int | str | None = None) -> tuple[tuple[Any, Any], Any]:
+    """The mean over tasks of ``fn(params, *task_slices)`` and of its gradient with respect to ``params``.
+
+    ``fn(params, *slices)`` returns ``(value, aux)`` for one task (a scalar and a structure of scalars); the
+    result is ``((mean value, mean aux), mean gradients)``, the gradient of the mean value, exact to second order
+    when ``fn`` takes gradients itself (MAML's inner loop). On JAX this is :func:`value_and_grad` of the mean over
+    :func:`map_tasks` (``vectorize`` as there): XLA schedules the whole program. On TensorFlow each task's
+    gradient is taken on its own and summed as the tasks finish, and with ``window`` a task starts only when the
+    task ``window`` places before it has its gradient (control dependencies on its inputs): at most ``window``
+    tasks hold their activations at once, however large the meta-batch. Without a window TensorFlow's executor
+    may start every task's first ops early and keep their tensors while it works through a few (a peak up to 2x
+    higher at meta-batch 16-32, changing from step to step; see ``benchmarks/MEMORY.md``).
+
+    Args:
+        fn: ``fn(params, *slices) -> (value, aux)`` for one task.
+        params: The parameters (a structure of tensors or variables) to differentiate.
+        *tensors: Tensors with the same leading (task) dimension.
+        vectorize: As :func:`map_tasks` (JAX only).
+        window: Tasks in flight at once on TensorFlow; ``"auto"``: TensorFlow's inter-op threads (the cores
+            unless set, e.g. by the training worker); ``None``: as many as the executor starts.
+
+    Raises:
+        ValueError: If ``window`` is not a positive integer, or as :func:`map_tasks`.
+    """
+    if window is not None and window != "auto" and (isinstance(window, bool) or not isinstance(window, int)
+                                                     or window < 1):
+        raise ValueError("mean_task_gradients needs window to be a positive integer, 'auto' or None. "
+                         f"Received: window={window!r}")
+    if _on_jax():
+        def mean_loss(p: Any) -> tuple[Any, Any]:
+            values, aux = map_tasks(lambda *task: fn(p, *task), *tensors, vectorize=vectorize)
+            return keras.ops.mean(values), keras.tree.map_structure(keras.ops.mean, aux)
+
+        return value_and_grad(mean_loss, params, has_aux=True)
+    if vectorize is True:
+        raise ValueError("mean_task_gradients(vectorize=True) needs the JAX backend (KERAS_BACKEND=jax). "
+                         f"Received: backend={keras.backend.backend()!r}")
+    if not tensors:
+        raise ValueError("mean_task_gradients needs at least one tensor to map over. Received: no tensors")
+    counts = [int(t.shape[0]) for t in tensors]
+    if len(set(counts)) != 1:
+        raise ValueError(f"mean_task_gradients needs tensors with the same leading (task) dimension. Received: {counts}")
+    import tensorflow as tf
+
+    if window == "auto":
+        window = tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count() or 1
+    values, auxes, total, done = [], [], None, []
+    for i in range(counts[0]):
+        with tf.name_scope(f"task{i}"):  # names each task's ops (profiles, memory traces)
+            slices = [t[i] for t in tensors]
+            if window is not None and i >= window:
+                with tf.control_dependencies(tf.nest.flatten(done[i - window])):
+                    slices = [tf.identity(s) for s in slices]
+            (value, aux), grads = value_and_grad(lambda p: fn(p, *slices), params, has_aux=True)
+        values.append(value)
+        auxes.append(aux)
+        total = grads if total is None else tf.nest.map_structure(tf.add, total, grads)
+        # A later task waits on this one's value, aux and the running sum, so the task is over (its gradient
+        # added in, its outputs computed, its activations freed) before the later one starts.
+        done.append((total, value, aux))
+    n = counts[0]
+    mean = tf.nest.map_structure(lambda g: g / tf.cast(n, g.dtype), total)
+    aux = keras.tree.map_structure(lambda *xs: keras.ops.mean(keras.ops.stack(xs)), *auxes)
+    return (keras.ops.mean(keras.ops.stack(values)), aux), mean
+
+
 def _jax_platform() -> str:
     """The platform ("cpu", "gpu", "tpu") JAX computes on now: its default device (``jax.default_device``)."""
     import jax
@@ -358,7 +427,32 @@ class _JaxCompiled:
 
         unknown: list[Any] = []
         jitted = jax.jit(pure)
-        return lambda values, dynamic: (*jitted(values, dynamic), unknown)
+        run = lambda values, dynamic: (*jitted(values, dynamic), unknown)  # noqa: E731
+        run.jitted = jitted
+        return run
+
+    def memory_analysis(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+        """XLA's buffer assignment for one call with these arguments (after a first call, which traced it).
+
+        Returns the bytes of the arguments (variables and inputs), the outputs, the outputs aliased to arguments,
+        the temporaries, and ``peak_bytes``: what one call holds at most, ``arguments + outputs - aliased +
+        temporaries`` (XLA allocates the temporaries as one block). Compiles again if JAX's cache does not hold
+        the executable.
+        """
+        import jax
+
+        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
+        is_array = tuple(isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or keras.ops.is_tensor(leaf)
+                         for leaf in leaves)
+        key = (treedef, tuple(leaf for leaf, a in zip(leaves, is_array) if not a), is_array)
+        if key not in self._jitted:
+            raise ValueError("memory_analysis needs a call with arguments of the same structure first (it traces).")
+        dynamic = [leaf for leaf, a in zip(leaves, is_array) if a]
+        stats = self._jitted[key].jitted.lower([v.value for v in self.variables], dynamic).compile().memory_analysis()
+        sizes = {name: int(getattr(stats, f"{name}_size_in_bytes"))
+                 for name in ("argument", "output", "alias", "temp", "generated_code")}
+        sizes["peak_bytes"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
+        return sizes
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import jax

@@ -9,33 +9,26 @@ bilinear in them), while those at ReLUs and max-pools are not. :func:`activation
 shapes of a built Keras model; :func:`estimate_step_memory` is plain arithmetic on that profile, so
 the dashboard's worker and the tests can call it without a training step.
 
-How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop. A
-task's backward pass needs only that task's forward pass, so TensorFlow's dataflow executor runs tasks through to
-the end one after another on each inter-op thread: at the peak, ``min(meta_batch, inter_op)`` tasks are *in
-flight*, each holding its kept activations and the gradients in flight of its own backward pass. A task not in
-flight holds little, but not nothing: a finished task's contributions to the meta-gradient wait for the last task,
-because the gradient of each weight is one sum over all tasks, with one tensor per use of the weight in a task (the
-support forward pass, the inner backward pass and the fast weights' update to second order; the update alone to
-first order). The allocator's record of a step (which task's op made each tensor live at the peak, see
-``benchmarks/MEMORY.md``) shows exactly that in most steps: two tasks in flight with two inter-op threads, three or
-four with three or four, and each finished task holding three to four parameter-sized tensors (one to first
-order).
+How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop.
+On TensorFlow, MAML and Meta-SGD take each task's gradient on its own (``functional.mean_task_gradients``) and
+start a task only when the one ``window`` places before it has been added to the running sum of gradients
+(``task_window``; by default the inter-op threads, one per core in the training worker). So at the peak
+``min(meta_batch, window)`` tasks are *in flight*, each holding its kept activations and the gradients in flight of
+its own backward pass, and a finished task holds nothing: the peak no longer grows with the meta-batch beyond its
+inputs. Measured (``benchmarks/MEMORY.md``): within 25% at meta-batch 1-32 and 1-5 inner steps, steadily from
+step to step.
 
-In some steps the executor also *parks* tasks: it starts them, runs their support forward pass and leaves them
-waiting, which lifts the peak by up to a support pass per waiting task (measured: 1.6-2.3x the estimate at
-meta-batch 32 first order, 1.5x at 16 second order). It varies from step to step and from process to process,
-and the profiler, which slows every op, makes it rarer: most likely it follows the executor's running estimate of
-each op's cost (ops it deems cheap run inline, breadth first). It is not modelled: the estimate is the peak of the tidy
-schedule. With one inter-op thread it is not tidy at all: with one intra-op thread too, the executor ran every
-task's first passes before any backward pass (3x the estimate at meta-batch 16), and with two intra-op threads it
-still parked tasks (1.5x at meta-batch 8), so ``concurrency=None`` (the bound) suits one inter-op thread better.
-``all_tasks_bytes`` is the bound where every task is alive at once (used where the schedule is not modelled:
-accelerators, or ``concurrency=None``).
+Without a window (``task_window`` at least the meta-batch) TensorFlow's dataflow executor is free to start every
+task's first passes early and park them, which lifted the peak up to 2x at meta-batch 16-32 and changed from step
+to step; that schedule is not modelled, and ``all_tasks_bytes`` (every task alive at once) is the bound used for
+it. It is also the figure where the schedule is XLA's (Keras's JAX backend: vectorized tasks are all alive at
+once) or otherwise unknown (``concurrency=None``).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -247,14 +240,13 @@ def estimate_step_memory(
     """Estimates the peak memory of one meta-training step from the model's layer profile.
 
     ``step_bytes = weights + optimizer slots + meta-gradient and update + batch + per-task activations x tasks
-    in flight + gradients in flight + pending contributions``. A task's activations are its query forward pass
-    plus, per inner step, the support forward pass, the support backward pass and the fast weights (second
-    order), or the larger of its query and support forward passes with one set of fast weights (first order).
-    With ``concurrency`` (MAML on CPU), ``tasks_alive = min(meta_batch, concurrency)`` tasks are in flight, each
-    with its own backward pass's gradients in flight, and each of the others counts as finished: its
-    contributions to the meta-gradient (``3 x`` the parameters to second order, ``1 x`` to first order) wait for
-    the sum over all tasks. Without it every task is alive and one backward pass runs at a time
-    (``step_bytes == all_tasks_bytes``). ``total_bytes`` adds ``baseline_bytes`` (the runtime before the step).
+    in flight + gradients in flight``. A task's activations are its query forward pass plus, per inner step, the
+    support forward pass, the support backward pass and the fast weights (second order), or the larger of its
+    query and support forward passes with one set of fast weights (first order). With ``concurrency`` (MAML's
+    task window on TensorFlow), ``tasks_alive = min(meta_batch, concurrency)`` tasks are in flight, each with its
+    own backward pass's gradients in flight; a finished task's gradient is already in the running sum. Without it
+    every task is alive and one backward pass runs at a time (``step_bytes == all_tasks_bytes``). ``total_bytes``
+    adds ``baseline_bytes`` (the runtime before the step).
 
     Args:
         profile: The model's :func:`activation_profile`.
@@ -268,20 +260,18 @@ def estimate_step_memory(
             soon as its inner step is taken.
         input_elements: Elements of one example (for the batch's size); default the first layer's input.
         optimizer_slots: Tensors the outer optimizer keeps per parameter (2 for Adam).
-        concurrency: Tasks the runtime runs side by side (the training worker's inter-op threads; measured for
-            two to four, see the module docstring for one); ``None`` assumes every task of the meta-batch is
-            alive at once. Only MAML's unrolled task loop is scheduled this way.
+        concurrency: Tasks in flight at once (MAML's ``task_window`` on TensorFlow: by default the inter-op
+            threads); ``None`` assumes every task of the meta-batch is alive at once. Only MAML's unrolled task
+            loop is scheduled this way.
         dtype_bytes: Bytes per element (4 for float32).
         baseline_bytes: Memory in use before the step (the runtime, the compiled step); part of ``total_bytes``.
 
     Returns:
         ``modelled`` (True), ``method``, ``second_order``, ``parameters``, ``parameter_bytes``,
-        ``optimizer_bytes``, ``gradient_bytes`` (the meta-gradient and the update, ``pending_gradient_bytes``
-        included), ``batch_bytes``, ``transient_bytes`` (the gradients in flight of the tasks' backward passes),
+        ``optimizer_bytes``, ``gradient_bytes`` (the meta-gradient and the update), ``batch_bytes``, ``transient_bytes`` (the gradients in flight of the tasks' backward passes),
         ``support_pass_bytes`` and ``query_pass_bytes`` (one task's kept activations per pass),
         ``per_task_activation_bytes``, ``inner_steps``, ``meta_batch``, ``tasks_alive`` (tasks in flight),
-        ``activation_bytes`` (per task x tasks alive), ``pending_gradient_bytes`` (the finished tasks'
-        contributions to the meta-gradient), ``all_tasks_bytes`` (the step if every task were alive at once),
+        ``activation_bytes`` (per task x tasks alive), ``all_tasks_bytes`` (the step if every task were alive at once),
         ``step_bytes``, ``baseline_bytes``,
         ``total_bytes`` and ``unmodelled_layers`` (layer kinds counted by the conservative default).
 
@@ -348,23 +338,13 @@ def estimate_step_memory(
     scheduled = method == "maml" and concurrency is not None
     tasks_alive = min(meta_batch, concurrency) if scheduled else meta_batch
     transient_bytes = (tasks_alive if scheduled else 1) * task_transient
-    # A task that is not in flight has either not started (nothing held) or finished: then its contributions to
-    # the meta-gradient, one parameter-sized tensor per use of the weights, wait for the sum over all tasks. The
-    # peak comes when the last tasks in flight meet the most finished ones. Second order uses each weight three
-    # times (the support forward pass, the inner backward pass, the update; 2.99 per weight for conv-4, whose
-    # first kernel, biases and batch-norm offsets are not used by the backward pass), first order once.
-    uses = 3 if second_order else 1
-    pending_gradient_bytes = (meta_batch - tasks_alive) * uses * parameter_bytes if scheduled else 0
-
     batch_bytes = meta_batch * (support_size + query_size) * input_elements * dtype_bytes
     optimizer_bytes = optimizer_slots * parameter_bytes
-    # The summed meta-gradient and the optimizer's update (one parameter-sized tensor each), and the finished
-    # tasks' contributions waiting to be summed.
-    gradient_bytes = 2 * parameter_bytes + pending_gradient_bytes
-    resident = parameter_bytes + optimizer_bytes + 2 * parameter_bytes + batch_bytes
-    step_bytes = resident + pending_gradient_bytes + transient_bytes + per_task * tasks_alive
-    # Every task alive, with the backward passes that run at once (one where the schedule is unknown); never
-    # below the step itself (a tiny model's pending contributions can outweigh its activations).
+    # The summed meta-gradient (the running sum) and the optimizer's update: one parameter-sized tensor each.
+    gradient_bytes = 2 * parameter_bytes
+    resident = parameter_bytes + optimizer_bytes + gradient_bytes + batch_bytes
+    step_bytes = resident + transient_bytes + per_task * tasks_alive
+    # Every task alive, with the backward passes that run at once (one where the schedule is unknown).
     all_tasks_bytes = max(step_bytes, resident + transient_bytes + per_task * meta_batch)
     baseline_bytes = _check_count("baseline_bytes", int(baseline_bytes), 0)
     return {
@@ -384,13 +364,18 @@ def estimate_step_memory(
         "meta_batch": meta_batch,
         "tasks_alive": tasks_alive,
         "activation_bytes": per_task * tasks_alive,
-        "pending_gradient_bytes": pending_gradient_bytes,
         "all_tasks_bytes": all_tasks_bytes,
         "step_bytes": step_bytes,
         "baseline_bytes": baseline_bytes,
         "total_bytes": baseline_bytes + step_bytes,
         "unmodelled_layers": sorted({layer.kind for layer in profile if not layer.modelled}),
     }
+
+
+def _keras_backend() -> str | None:
+    """Keras's backend if Keras is imported (it is wherever a session was built), else ``None``."""
+    keras = sys.modules.get("keras")
+    return keras.backend.backend() if keras is not None else None
 
 
 def method_of(algorithm_id: str) -> str | None:
@@ -404,7 +389,10 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
 
     Args:
         session: A session with ``config``, ``task`` and ``algorithm`` (whose ``model`` gives the layer shapes).
-        concurrency: Tasks the worker runs side by side (its inter-op threads); ``None``: all tasks at once.
+        concurrency: The inter-op threads of the process that will run the step (MAML's default task window on
+            TensorFlow); ``None``: unknown, all tasks at once. An algorithm's own ``task_window`` takes
+            precedence; on Keras's JAX backend (XLA schedules the step) and with no window below the meta-batch,
+            every task counts.
         baseline_bytes: Memory in use before the step.
 
     Returns:
@@ -427,12 +415,20 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
     validated = getattr(algorithm, "config", None)
     params = validated.model_dump() if hasattr(validated, "model_dump") else dict(config.algorithm_params)
     ways = int(task.ways)
+    meta_batch = int(getattr(algorithm, "meta_batch_size", 1))
+    # MAML's task window (TensorFlow): its own task_window, else the inter-op threads. A window as wide as the
+    # meta-batch is none: more tasks than threads are then the executor's to schedule (the bound).
+    window = int(params.get("task_window") or 0) or concurrency
+    if method != "maml" or _keras_backend() == "jax" or window is None:
+        window = None
+    elif window >= meta_batch:
+        window = meta_batch if concurrency is not None and meta_batch <= concurrency else None
     parameters = int(sum(math.prod(int(s) for s in v.shape) for v in algorithm.trainable_variables))
     estimate = estimate_step_memory(
         profile, method=method, parameters=parameters, support_size=ways * int(task.shots),
-        query_size=ways * int(task.queries), meta_batch=int(getattr(algorithm, "meta_batch_size", 1)),
+        query_size=ways * int(task.queries), meta_batch=meta_batch,
         inner_steps=int(params.get("inner_steps", 1)), first_order=bool(params.get("first_order", False)),
-        input_elements=math.prod(int(s) for s in task.input_shape), concurrency=concurrency,
+        input_elements=math.prod(int(s) for s in task.input_shape), concurrency=window,
         baseline_bytes=baseline_bytes,
     )
     estimate["layers"] = [asdict(layer) for layer in profile]

@@ -457,12 +457,9 @@ def _analytic_estimate(session: Any, settings: Settings, meter: _Meter, tasks: i
     from .runner import thread_counts
 
     try:
-        # On CPU the training worker runs about one task per inter-op thread at once; an accelerator's executor
-        # is not modelled that way, so every task counts there. With a single inter-op thread (or the library's
-        # default pool) TensorFlow runs every task's first passes before any backward pass (measured,
-        # MEMORY.md): every task counts then too.
-        inter_op = thread_counts(settings, tasks)[1] if meter.on_host else 0
-        concurrency = inter_op if inter_op > 1 else None
+        # MAML's task window on TensorFlow is by default the worker's inter-op threads (TensorFlow's default pool:
+        # one per core); estimate_for_session counts every task where XLA schedules the step (JAX).
+        concurrency = thread_counts(settings, tasks)[1] or os.cpu_count() or 1
         return memory.estimate_for_session(session, concurrency=concurrency, baseline_bytes=baseline)
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is reported, the probe still runs
         return {"modelled": False, "reason": f"The memory estimate failed: {type(exc).__name__}: {exc}"}

@@ -47,6 +47,14 @@ class MAMLParams(Params):
         "but slower on CPUs. auto: on when the run's device is a GPU or TPU. on needs the JAX backend; "
         "TensorFlow always unrolls. Not with per_step_bn, whose running statistics pass from task to task.",
     )
+    task_window: int = Field(
+        0, ge=0, le=1024,
+        title="Tasks in flight (TensorFlow)",
+        description="On TensorFlow, how many of the meta-batch's tasks may run at once: a task starts when the one "
+        "this many places before it has its meta-gradient, so the step holds the activations of this many tasks "
+        "at most (its memory no longer depends on the executor's whim). 0: the process's inter-op threads (the "
+        "training worker's cores); the meta-batch size or more: no limit. Same meta-gradient either way.",
+    )
 
 
 def _make(params: MAMLParams, task: TaskSpec) -> Any:

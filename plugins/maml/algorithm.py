@@ -142,12 +142,15 @@ class MAML:
             loss, metric, _ = self._forward(fast, qx_t, qy_t, None)
             return loss, metric
 
+        if not self.per_step_bn:
+            # One copy of the inner loop per task (unrolled; on TensorFlow at most task_window in flight), or one
+            # batched program (vectorize_tasks, JAX).
+            (loss, metric), grads = functional.mean_task_gradients(
+                task_loss, self.fmodel.params(), sx, sy, qx, qy, vectorize=self.vectorize_tasks,
+                window=self.config.task_window or "auto")
+            return grads, self._metrics(loss, metric)
+
         def meta_loss(theta):
-            if not self.per_step_bn:
-                # One copy of the inner loop per task (unrolled), or one batched program (vectorize_tasks, JAX).
-                losses, metrics = functional.map_tasks(lambda *task: task_loss(theta, *task), sx, sy, qx, qy,
-                                                       vectorize=self.vectorize_tasks)
-                return ops.mean(losses), (ops.mean(metrics), None)
             # The running statistics thread through every forward pass; they never carry gradients.
             state = self.fmodel.state()
             losses, metrics = [], []
@@ -164,8 +167,7 @@ class MAML:
             return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(metrics)), state)
 
         (loss, (metric, state)), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
-        if state is not None:
-            self.fmodel.set_state(functional.stop_gradient(state))
+        self.fmodel.set_state(functional.stop_gradient(state))
         return grads, self._metrics(loss, metric)
 
     def _metrics(self, loss: Any, metric: Any) -> dict[str, Any]:

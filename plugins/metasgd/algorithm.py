@@ -101,20 +101,16 @@ class MetaSGD:
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradients of the mean query loss after adaptation for the weights and the rates."""
         kind = self.task.kind
-        sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
+        sx, sy, qx, qy, _ = batch_tensors(batch, kind, self.model.compute_dtype)
 
-        def meta_loss(params):
+        def task_loss(params, sx_t, sy_t, qx_t, qy_t):
             theta, alphas = self.split(params)
-            losses, metrics = [], []
-            for t in range(num_tasks):
-                fast = self.adapt(theta, alphas, sx[t], sy[t], self.config.inner_steps,
-                                  first_order=self.config.first_order)
-                loss, metric = self.task_loss(fast, qx[t], qy[t])
-                losses.append(loss)
-                metrics.append(metric)
-            return ops.mean(ops.stack(losses)), ops.mean(ops.stack(metrics))
+            fast = self.adapt(theta, alphas, sx_t, sy_t, self.config.inner_steps, first_order=self.config.first_order)
+            return self.task_loss(fast, qx_t, qy_t)
 
-        (loss, metric), grads = functional.value_and_grad(meta_loss, self.params(), has_aux=True)
+        # Each task's gradient on its own, the tasks in a window of the inter-op threads on TensorFlow (as MAML).
+        (loss, metric), grads = functional.mean_task_gradients(task_loss, self.params(), sx, sy, qx, qy,
+                                                               window="auto")
         metrics = {"loss": loss}
         if kind == "classification":
             metrics["accuracy"] = metric

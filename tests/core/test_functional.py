@@ -185,3 +185,56 @@ def test_map_tasks_refuses_mismatched_tasks_and_vectorize_off_jax():
         # "auto" vectorizes on JAX accelerators only: here it loops.
         out = functional.map_tasks(lambda a: a * 2.0, np.ones((3, 1)), vectorize="auto")
         np.testing.assert_allclose(functional.to_numpy(out), np.full((3, 1), 2.0))
+
+
+def _task_loss(w, x):
+    """A second-order task: one inner gradient step on the task's data, then a loss at the adapted weights."""
+    _, g = functional.value_and_grad(lambda v: ops.sum(ops.tanh(v * x) ** 2), w)
+    fast = w - 0.3 * g
+    loss = ops.sum(ops.sin(fast * x))
+    return loss, {"fast_norm": ops.sum(fast**2)}
+
+
+@pytest.mark.parametrize("window", [None, 1, 2, "auto", 7])
+def test_mean_task_gradients_is_the_gradient_of_the_mean_with_any_window(window):
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    w = np.array([0.2, -0.4, 0.9])
+
+    def mean_loss(p):
+        losses, aux = functional.map_tasks(lambda xt: _task_loss(p, xt), x)
+        return ops.mean(losses), {"fast_norm": ops.mean(aux["fast_norm"])}
+
+    (value, aux), grads = functional.value_and_grad(mean_loss, w, has_aux=True)
+    (v2, aux2), g2 = functional.mean_task_gradients(_task_loss, w, x, window=window)
+    np.testing.assert_allclose(functional.to_numpy(v2), functional.to_numpy(value), rtol=1e-12)
+    np.testing.assert_allclose(functional.to_numpy(aux2["fast_norm"]), functional.to_numpy(aux["fast_norm"]),
+                               rtol=1e-12)
+    np.testing.assert_allclose(functional.to_numpy(g2), functional.to_numpy(grads), rtol=1e-12)
+
+
+def test_mean_task_gradients_refuses_bad_windows_and_tasks():
+    for bad in (0, -1, 1.5, True, "two"):
+        with pytest.raises(ValueError, match=f"window to be a positive integer, 'auto' or None. Received: window={bad!r}"):
+            functional.mean_task_gradients(_task_loss, np.ones(3), np.ones((2, 3)), window=bad)
+    with pytest.raises(ValueError, match=r"same leading \(task\) dimension. Received: \[2, 3\]"):
+        functional.mean_task_gradients(lambda w, a, b: _task_loss(w, a), np.ones(3), np.ones((2, 3)), np.ones((3, 3)))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the window is TensorFlow's executor's")
+def test_a_task_window_makes_each_task_wait_for_the_one_window_places_before():
+    import tensorflow as tf
+
+    x = tf.constant(np.ones((5, 3)))
+    graph = tf.function(lambda w, x: functional.mean_task_gradients(_task_loss, w, x, window=2)).get_concrete_function(
+        tf.constant(np.ones(3)), x).graph
+    waits = {}
+    for op in graph.get_operations():
+        if op.type == "Identity" and op.control_inputs and op.name.startswith("task"):
+            task = int(op.name.split("/")[0][4:])
+            waits.setdefault(task, set()).update(c.name for c in op.control_inputs)
+    # Tasks 0 and 1 start at once; task t waits on task t-2's value and aux and on the running sum after it
+    # (task 0's gradient itself for task 2, the sums outside the tasks for the later ones).
+    assert sorted(waits) == [2, 3, 4]
+    for task, names in waits.items():
+        assert any(n.startswith(f"task{task - 2}/") for n in names), (task, names)
+        assert task == 2 or any(not n.startswith("task") for n in names), (task, names)

@@ -84,39 +84,35 @@ def test_first_order_is_smaller_than_second_order(profile):
         assert fo["step_bytes"] < so["step_bytes"] and fo["total_bytes"] < so["total_bytes"]
 
 
-def test_concurrency_sets_the_tasks_in_flight_and_finished_tasks_hold_their_gradient_contributions(profile):
+def test_concurrency_sets_the_tasks_in_flight_and_finished_tasks_hold_nothing(profile):
     e = estimate(profile, meta_batch=32, concurrency=2)
     per_task, param = e["per_task_activation_bytes"], e["parameter_bytes"]
     assert e["tasks_alive"] == 2 and e["activation_bytes"] == 2 * per_task
-    # The 30 finished tasks each keep three parameter-sized contributions (second order) until the sum.
-    assert e["pending_gradient_bytes"] == 30 * 3 * param
-    assert e["gradient_bytes"] == 2 * param + e["pending_gradient_bytes"]
+    # The finished tasks' gradients are in the running sum: the meta-gradient and the update, nothing more.
+    assert "pending_gradient_bytes" not in e and e["gradient_bytes"] == 2 * param
     # Each task in flight has its own backward pass: twice the single task's gradients in flight.
     assert e["transient_bytes"] == 2 * estimate(profile, meta_batch=1, concurrency=2)["transient_bytes"]
     parts = ("parameter_bytes", "optimizer_bytes", "gradient_bytes", "batch_bytes", "transient_bytes",
              "activation_bytes")
     assert e["step_bytes"] == sum(e[k] for k in parts)
     assert e["all_tasks_bytes"] > e["step_bytes"]
-    # Beyond the threads, a task more costs its inputs and its pending contributions, not its activations.
+    # Beyond the window, a task more costs its inputs only.
     more = estimate(profile, meta_batch=33, concurrency=2)
-    assert more["step_bytes"] - e["step_bytes"] == 3 * param + e["batch_bytes"] // 32
-    # First order: one contribution per task (the update), the inner gradients being constants.
-    fo = estimate(profile, meta_batch=32, concurrency=2, first_order=True)
-    assert fo["pending_gradient_bytes"] == 30 * param
-    # More threads than tasks: all in flight, nothing pending, and the step is the all-tasks figure.
+    assert more["step_bytes"] - e["step_bytes"] == e["batch_bytes"] // 32
+    # More threads than tasks: all in flight, and the step is the all-tasks figure.
     few = estimate(profile, meta_batch=2, concurrency=4)
-    assert few["tasks_alive"] == 2 and few["pending_gradient_bytes"] == 0
+    assert few["tasks_alive"] == 2
     assert few["all_tasks_bytes"] == few["step_bytes"]
     assert few["transient_bytes"] == 2 * estimate(profile, meta_batch=2)["transient_bytes"]
     assert estimate(profile, meta_batch=5, concurrency=1)["tasks_alive"] == 1
-    # ANIL and ProtoNet push the whole batch through the backbone at once: no schedule, nothing pending.
+    # ANIL and ProtoNet push the whole batch through the backbone at once: no window.
     anil = estimate(profile, method="anil", meta_batch=32, concurrency=2)
-    assert anil["tasks_alive"] == 32 and anil["pending_gradient_bytes"] == 0
+    assert anil["tasks_alive"] == 32
 
 
 def test_without_concurrency_every_task_is_alive_and_the_step_is_the_bound(profile):
     e = estimate(profile, meta_batch=32)
-    assert e["tasks_alive"] == 32 and e["pending_gradient_bytes"] == 0
+    assert e["tasks_alive"] == 32
     assert e["step_bytes"] == e["all_tasks_bytes"]
     # With threads, the bound counts every task alive and the backward passes that run at once.
     two = estimate(profile, meta_batch=32, concurrency=2)
@@ -182,8 +178,17 @@ def test_estimate_for_a_built_session(builtin_registry):
     e = memory.estimate_for_session(build_session(builtin_registry, config), concurrency=1, baseline_bytes=7)
     assert e["modelled"] is True and e["second_order"] is True and e["parameters"] == 1761
     assert e["meta_batch"] == 6 and e["inner_steps"] == 2 and e["tasks_alive"] == 1 and e["baseline_bytes"] == 7
-    assert e["pending_gradient_bytes"] == 5 * 3 * e["parameter_bytes"]
     assert [layer["kind"] for layer in e["layers"]] == ["Flatten", "Dense", "Dense", "Dense"]
+    # MAML's own task_window comes before the threads; a window as wide as the meta-batch, with more tasks than
+    # threads, leaves the schedule to the executor: every task counts (the bound).
+    windowed = resolve_config(builtin_registry, {**config.model_dump(), "algorithm_params": {
+        **config.algorithm_params, "task_window": 3}})
+    assert memory.estimate_for_session(build_session(builtin_registry, windowed), concurrency=1)["tasks_alive"] == 3
+    unlimited = resolve_config(builtin_registry, {**config.model_dump(), "algorithm_params": {
+        **config.algorithm_params, "task_window": 6}})
+    e = memory.estimate_for_session(build_session(builtin_registry, unlimited), concurrency=2)
+    assert e["tasks_alive"] == 6 and e["step_bytes"] == e["all_tasks_bytes"]
+    assert memory.estimate_for_session(build_session(builtin_registry, config), concurrency=8)["tasks_alive"] == 6
 
 
 def test_algorithms_it_does_not_cover_say_so(builtin_registry):
