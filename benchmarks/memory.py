@@ -26,11 +26,12 @@ allocator's peak is printed beside it. ``--param vectorize_tasks=on`` measures t
 ``METALAB_INTRA_OP_THREADS``) for every setting; the estimate then counts ``N`` tasks in flight.
 
 ``--trace`` runs one more step under TensorFlow's profiler: the allocator records each allocation with the op that
-made it, the step's graph says which task each op works for (the task whose slice of the batch it depends on), and
-replaying the records to the peak gives what each task held there (the tasks in flight, what the others hold in
-parameter-sized units, tensors shared by several tasks or made by the graph optimizer, and tensors from before the
-step). The profiler slows every op, which changes the executor's schedule: a traced step parks fewer tasks than an
-untraced one (see MEMORY.md), so its peak is not one of the measured ones.
+made it, the step's graph says which task each op works for (``mean_task_gradients`` builds task ``t``'s ops under
+the name scope ``task{t}``), and replaying the records to the peak gives what each task held there (the tasks in
+flight, what the others hold in parameter-sized units, tensors shared by several tasks or made by the graph
+optimizer, and tensors from before the step). The profiler slows every op, which can change the executor's
+schedule (without the task window it parked fewer tasks, see MEMORY.md), so its peak is not one of the measured
+ones.
 
 Every setting ends with ``RESULT {json}``; the last line is ``VERDICT {json}`` (all within 25% or not).
 """

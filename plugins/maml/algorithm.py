@@ -12,6 +12,11 @@ always uses the statistics of the batch it sees, so running moments are not used
 ``transductive=False`` each query is scored in a batch of the support set plus itself (inductive), so no query's
 prediction depends on the others. The choice is part of the run config, so every report says which was used.
 
+The meta-gradient is the mean of the tasks' own gradients (``functional.mean_task_gradients``). On TensorFlow
+each task's gradient is added to a running sum as it finishes and ``task_window`` tasks at most are in flight (by
+default the inter-op threads), so a step holds the activations of that many tasks whatever the meta-batch size; on
+JAX, XLA schedules the unrolled or vectorized (``vectorize_tasks``) tasks itself.
+
 ``per_step_bn`` is MAML++'s per-step batch norm (Antoniou, Edwards and Storkey 2019, section 4, "BNWB" and
 "BNRS"): each batch-norm layer keeps ``inner_steps + 1`` sets of scale, offset and running statistics; the forward
 pass of inner step ``k`` (and the query pass after ``k`` steps) uses set ``k``, so the meta-learned

@@ -375,6 +375,43 @@ def test_run_precision_sets_jax_matmul_precision(tmp_path):
     assert out.strip().splitlines()[-1] == "highest,tensorfloat32,None,highest"
 
 
+def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(tmp_path):
+    # XLA plans the whole step (no task window on JAX): the estimate is the all-tasks figure whatever the threads;
+    # a compiled function reports XLA's buffer assignment, which memory.py compares with the estimate.
+    out = run_jax("""
+        import json
+        import numpy as np
+        from keras import ops
+        from metalab.core import functional, memory
+        from metalab.core.config import resolve_config
+        from metalab.core.plugin_manager import make_plugin_manager
+        from metalab.core.runner import build_session
+
+        registry = make_plugin_manager(distributions={"metalab"})
+        config = resolve_config(registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5,
+                                           "queries": 5, "algorithm_params": {"meta_batch_size": 6,
+                                                                              "task_window": 2}})
+        e = memory.estimate_for_session(build_session(registry, config), concurrency=2)
+        f = functional.compile(lambda x: ops.sum(ops.tanh(x @ ops.transpose(x))))
+        x = np.ones((256, 64), "float32")
+        try:
+            f.memory_analysis(x)
+            refused = ""
+        except ValueError as exc:
+            refused = str(exc)
+        f(x)
+        plan = f.memory_analysis(x)
+        print(json.dumps({"alive": e["tasks_alive"], "step": e["step_bytes"], "all": e["all_tasks_bytes"],
+                          "plan": plan, "refused": refused}))
+    """, tmp_path)
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["alive"] == 6 and got["step"] == got["all"]
+    plan = got["plan"]
+    assert plan["argument"] == 256 * 64 * 4 and plan["output"] == 4 and plan["temp"] >= 0
+    assert plan["peak_bytes"] == plan["argument"] + plan["output"] - plan["alias"] + plan["temp"]
+    assert "needs a call with arguments of the same structure first" in got["refused"]
+
+
 # -- the command line -------------------------------------------------------------------------------------------
 
 
