@@ -330,7 +330,8 @@ def estimate(
         ``ok`` (True), ``device``, ``parameters`` (trainable), ``weights`` (every variable's size),
         ``meta_batch_size``, ``compile_seconds`` (the first step), ``seconds_per_step`` (after warm-up),
         ``timed_steps``, ``run_steps`` and ``estimated_run_seconds`` (training steps only, no evaluation),
-        ``memory`` (``kind``, ``baseline_bytes``, ``peak_bytes``, ``available_bytes``), ``second_order``,
+        ``memory`` (``kind``, ``baseline_bytes``, ``peak_bytes``, ``available_bytes``; on JAX also
+        ``xla_plan_bytes``: XLA's buffer assignment of the step, its exact peak), ``second_order``,
         ``fits`` (``None`` when unknown), ``hint`` (advice, or ``None``), ``extrapolated`` (the times and
         peak come from the single-task step because the full step was judged not to fit) and
         ``memory_estimate`` (the analytic breakdown of :func:`metalab.core.memory.estimate_for_session`, made
@@ -437,6 +438,13 @@ def estimate(
 
     peak = meter.peak()
     memory["peak_bytes"] = peak
+    if _on_jax():
+        # XLA planned the compiled step's buffers: exact for the step itself, whatever the device reports.
+        try:
+            plan = step_fn.memory_plan(sampler.sample_batch(tasks))
+        except Exception:  # noqa: BLE001 - the plan is extra information; the probe's figures stand without it
+            plan = None
+        memory["xla_plan_bytes"] = None if plan is None else int(plan["peak_bytes"])
     result.update(compile_seconds=times[0], seconds_per_step=float(np.mean(times[1:])), timed_steps=len(times) - 1,
                   loss=loss)
     result["estimated_run_seconds"] = _run_seconds(result)

@@ -494,6 +494,17 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
         # Graphs take tensors, not objects: pass the arrays, and the extras only when the batch has them.
         return compiled(*batch.as_tuple(), batch.extras) if batch.extras else compiled(*batch.as_tuple())
 
+    def memory_plan(batch: TaskBatch) -> dict[str, int] | None:
+        """XLA's buffer assignment of the step for this batch's shapes (JAX, after a first step), else ``None``.
+
+        ``peak_bytes`` is what one step holds at most: its arguments (variables, batch), outputs and temporaries.
+        """
+        analysis = getattr(compiled, "memory_analysis", None)
+        if analysis is None:
+            return None
+        return analysis(*batch.as_tuple(), batch.extras) if batch.extras else analysis(*batch.as_tuple())
+
+    step.memory_plan = memory_plan
     return step
 
 

@@ -325,6 +325,10 @@ def _estimate_section(svc: Any, config: RunConfig | None) -> None:
     basis = (f"{result.get('timed_steps', 0)} timed steps after the compile" if not result.get("extrapolated")
              else "one single-task step scaled to the meta-batch (the full step was not tried)")
     st.caption(f"Measured on {result['device']} from {basis}; {_gib(memory.get('available_bytes'))} available.")
+    if memory.get("xla_plan_bytes"):
+        st.caption(f"XLA's plan for one step (JAX: arguments, outputs and temporaries, exact): "
+                   f"{_size(memory['xla_plan_bytes'])}. On JAX the analytic estimate counts every task alive and "
+                   "is a guide; this plan is the step's own figure.")
     _memory_estimate_view(estimate)
     if result.get("hint"):
         st.warning(result["hint"])

@@ -401,8 +401,11 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
             refused = str(exc)
         f(x)
         plan = f.memory_analysis(x)
+        from metalab.core.probe import estimate
+        probe = estimate({**config.model_dump(mode="json"), "steps": 5}, registry=registry, steps=2, max_seconds=5)
         print(json.dumps({"alive": e["tasks_alive"], "step": e["step_bytes"], "all": e["all_tasks_bytes"],
-                          "plan": plan, "refused": refused}))
+                          "plan": plan, "refused": refused, "probe_plan": probe["memory"]["xla_plan_bytes"],
+                          "weights": probe["weights"]}))
     """, tmp_path)
     got = json.loads(out.strip().splitlines()[-1])
     assert got["alive"] == 6 and got["step"] == got["all"]
@@ -410,6 +413,8 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
     assert plan["argument"] == 256 * 64 * 4 and plan["output"] == 4 and plan["temp"] >= 0
     assert plan["peak_bytes"] == plan["argument"] + plan["output"] - plan["alias"] + plan["temp"]
     assert "needs a call with arguments of the same structure first" in got["refused"]
+    # The probe (the Train page's Estimate) reports the compiled step's plan: at least the weights and Adam's slots.
+    assert got["probe_plan"] > 3 * 4 * got["weights"]
 
 
 # -- the command line -------------------------------------------------------------------------------------------

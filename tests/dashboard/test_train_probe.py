@@ -127,3 +127,25 @@ def test_memory_estimate_rows_show_the_breakdown():
     assert rows["Per task, kept for the backward pass (1 inner step, second order)"] == "20.5 MB"
     assert rows["Activations: 3 of 32 tasks alive at once"] == "61.4 MB"
     assert rows["Step"] == "76.0 MB" and rows["Total"] == "2.07 GiB"
+
+
+def test_a_jax_estimate_shows_xlas_plan_for_the_step():
+    from streamlit.testing.v1 import AppTest
+
+    def app():
+        import streamlit as st
+
+        from metalab.dashboard.train import _ESTIMATE, _estimate_section
+
+        st.session_state[_ESTIMATE] = {"config": {}, "result": {
+            "ok": True, "device": "GPU:0", "parameters": 112005, "weights": 112261, "meta_batch_size": 32,
+            "run_steps": 60000, "compile_seconds": 8.0, "seconds_per_step": 0.0206, "timed_steps": 30,
+            "memory": {"kind": "GPU:0 allocator", "baseline_bytes": 10**6, "peak_bytes": 927715584,
+                       "available_bytes": 80 * 2**30, "xla_plan_bytes": 925472036},
+            "memory_estimate": {"modelled": False, "reason": "x"}}}
+        _estimate_section(None, None)
+
+    at = AppTest.from_function(app).run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("XLA's plan for one step (JAX: arguments, outputs and temporaries, exact): 882.6 MB")
+               for c in at.caption), [c.value for c in at.caption]
