@@ -273,8 +273,9 @@ def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vect
     when ``fn`` takes gradients itself (MAML's inner loop). On JAX this is :func:`value_and_grad` of the mean over
     :func:`map_tasks` (``vectorize`` as there): XLA schedules the whole program. On TensorFlow each task's
     gradient is taken on its own and summed as the tasks finish, and with ``window`` a task starts only when the
-    task ``window`` places before it has its gradient (control dependencies on its inputs): at most ``window``
-    tasks hold their activations at once, however large the meta-batch. Without a window TensorFlow's executor
+    task ``window`` places before it is over (control dependencies on its inputs: that task's value, aux outputs
+    and the running sum after it): at most ``window`` tasks hold their activations at once, however large the
+    meta-batch. Without a window TensorFlow's executor
     may start every task's first ops early and keep their tensors while it works through a few (a peak up to 2x
     higher at meta-batch 16-32, changing from step to step; see ``benchmarks/MEMORY.md``).
 
