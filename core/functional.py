@@ -244,11 +244,7 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool | str = Fal
         ValueError: If ``vectorize`` is set on another backend than JAX, no tensors are given, or their leading
             dimensions differ.
     """
-    if not tensors:
-        raise ValueError("map_tasks needs at least one tensor to map over. Received: no tensors")
-    counts = [int(t.shape[0]) for t in tensors]
-    if len(set(counts)) != 1:
-        raise ValueError(f"map_tasks needs tensors with the same leading (task) dimension. Received: {counts}")
+    count = _task_count("map_tasks", tensors)
     if vectorize == "auto":
         vectorize = _on_jax() and _jax_platform() != "cpu"
     if vectorize:
@@ -260,8 +256,18 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool | str = Fal
         import jax
 
         return jax.vmap(fn)(*tensors)
-    outputs = [fn(*(t[i] for t in tensors)) for i in range(counts[0])]
+    outputs = [fn(*(t[i] for t in tensors)) for i in range(count)]
     return keras.tree.map_structure(lambda *xs: keras.ops.stack(xs), *outputs)
+
+
+def _task_count(caller: str, tensors: Sequence[Any]) -> int:
+    """The common leading (task) dimension of ``tensors``; a clear error if there are none or they differ."""
+    if not tensors:
+        raise ValueError(f"{caller} needs at least one tensor to map over. Received: no tensors")
+    counts = [int(t.shape[0]) for t in tensors]
+    if len(set(counts)) != 1:
+        raise ValueError(f"{caller} needs tensors with the same leading (task) dimension. Received: {counts}")
+    return counts[0]
 
 
 def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vectorize: bool | str = False,
@@ -303,17 +309,13 @@ def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vect
     if vectorize is True:
         raise ValueError("mean_task_gradients(vectorize=True) needs the JAX backend (KERAS_BACKEND=jax). "
                          f"Received: backend={keras.backend.backend()!r}")
-    if not tensors:
-        raise ValueError("mean_task_gradients needs at least one tensor to map over. Received: no tensors")
-    counts = [int(t.shape[0]) for t in tensors]
-    if len(set(counts)) != 1:
-        raise ValueError(f"mean_task_gradients needs tensors with the same leading (task) dimension. Received: {counts}")
+    count = _task_count("mean_task_gradients", tensors)
     import tensorflow as tf
 
     if window == "auto":
         window = tf.config.threading.get_inter_op_parallelism_threads() or os.cpu_count() or 1
     values, auxes, total, done = [], [], None, []
-    for i in range(counts[0]):
+    for i in range(count):
         with tf.name_scope(f"task{i}"):  # names each task's ops (profiles, memory traces)
             slices = [t[i] for t in tensors]
             if window is not None and i >= window:
@@ -326,8 +328,7 @@ def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vect
         # A later task waits on this one's value, aux and the running sum, so the task is over (its gradient
         # added in, its outputs computed, its activations freed) before the later one starts.
         done.append((total, value, aux))
-    n = counts[0]
-    mean = tf.nest.map_structure(lambda g: g / tf.cast(n, g.dtype), total)
+    mean = tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), total)
     aux = keras.tree.map_structure(lambda *xs: keras.ops.mean(keras.ops.stack(xs)), *auxes)
     return (keras.ops.mean(keras.ops.stack(values)), aux), mean
 
