@@ -138,7 +138,8 @@ def _traced_peak(run_step: Callable[[], None], labels: dict[str, int | None], tf
 
 
 def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, trace: bool = False,
-            algorithm_params: dict[str, Any] | None = None) -> dict[str, Any]:
+            algorithm_params: dict[str, Any] | None = None, algorithm_name: str = "maml",
+            episode: tuple[int, int, int] = (5, 1, 5)) -> dict[str, Any]:
     """Builds the setting, estimates, then measures ``steps`` warm train steps in this process.
 
     With ``trace``, one more step runs under the profiler and the result says which tasks held what at its peak.
@@ -167,16 +168,17 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     backbone = registry.backbone("metalab.conv4")
     backbone_params = backbone.params()
     shape = (28, 28, 1)
-    ways, shots, queries = 5, 1, 5
+    ways, shots, queries = episode
     task = TaskSpec(kind="classification", input_shape=shape, output_dim=ways, ways=ways, shots=shots,
                     queries=queries, total_steps=1000, make_backbone=lambda: backbone.factory(backbone_params, shape))
-    params = dict(inner_lr=0.4, inner_steps=inner_steps, first_order=first_order, meta_batch_size=meta_batch,
-                  outer_lr=1e-3, **(algorithm_params or {}))
-    spec = registry.algorithm("metalab.maml")
+    params = dict(meta_batch_size=meta_batch, outer_lr=1e-3, **(algorithm_params or {}))
+    if algorithm_name != "protonet":  # MAML and ANIL: the paper's Omniglot inner step size
+        params.update(inner_lr=0.4, inner_steps=inner_steps, first_order=first_order)
+    spec = registry.algorithm(f"metalab.{algorithm_name}")
     algorithm = spec.factory(spec.params(**params), task)
     optimizer = algorithm.make_optimizer()
     optimizer.build(algorithm.trainable_variables)
-    config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", ways=ways, shots=shots,
+    config = RunConfig(dataset="metalab.omniglot", algorithm=f"metalab.{algorithm_name}", ways=ways, shots=shots,
                        queries=queries, algorithm_params=params)
     session = Session(config=config, dataset=None, algorithm=algorithm, task=task)
     post_build = _status_bytes("VmRSS")
@@ -197,6 +199,7 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     common = {
         "setting": f"{meta_batch}x{inner_steps}" + ("fo" if first_order else ""),
         "meta_batch": meta_batch, "inner_steps": inner_steps, "first_order": first_order,
+        "algorithm": algorithm_name, "episode": list(episode),
         "algorithm_params": algorithm_params or {}, "estimate_bytes": int(est["step_bytes"]), "estimate": est,
         "layers": layers, "threads": {"intra_op": intra, "inter_op": inter}, "rss_post_build_mb": round(post_build / 2**20, 1),
         "keras": keras.__version__, "backend": keras.backend.backend(),
@@ -282,6 +285,14 @@ def _mb(n: float) -> str:
     return f"{n / 2**20:.1f} MB"
 
 
+def parse_episode(text: str) -> tuple[int, int, int]:
+    """``"5x5x15"`` -> ``(5, 5, 15)`` (ways, shots, queries per class)."""
+    match = re.fullmatch(r"(\d+)x(\d+)x(\d+)", text)
+    if not match or min(int(g) for g in match.groups()) < 1:
+        raise argparse.ArgumentTypeError(f"An episode is WAYSxSHOTSxQUERIES, e.g. 5x5x15. Received: {text!r}")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
 def parse_param(text: str) -> tuple[str, Any]:
     """``"task_window=32"`` -> ``("task_window", 32)`` (the value as JSON, else a string)."""
     name, sep, value = text.partition("=")
@@ -294,10 +305,12 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 
 def run_setting(text: str, steps: int, threads: dict[str, str] | None = None,
-                trace: bool = False, params: list[str] | None = None) -> dict[str, Any] | None:
+                trace: bool = False, params: list[str] | None = None, algorithm: str = "maml",
+                episode: str = "5x1x5") -> dict[str, Any] | None:
     """Runs one setting in a fresh interpreter (exact allocator statistics on) and returns its RESULT."""
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "3", **(threads or {})}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", text, "--steps", str(steps)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", text, "--steps", str(steps),
+           "--algorithm", algorithm, "--episode", episode]
     cmd += ["--trace"] if trace else []
     for param in params or []:
         cmd += ["--param", param]
@@ -324,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                         help="A MAML parameter for every setting (VALUE as JSON, else a string), e.g. "
                              "task_window=32 (no window) or vectorize_tasks=on (JAX). Repeatable.")
+    parser.add_argument("--algorithm", default="maml", choices=["maml", "anil", "protonet"],
+                        help="The algorithm stepped (default maml). For anil K is the head's inner steps; protonet "
+                             "has no inner loop (use K=1) and T episodes per step.")
+    parser.add_argument("--episode", default="5x1x5", type=parse_episode, metavar="WAYSxSHOTSxQUERIES",
+                        help="Episode shape (default 5x1x5, MAML's Omniglot 5-way 1-shot; ProtoNet's: 5x5x15).")
     parser.add_argument("--inprocess", metavar="TxK", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -331,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if args.inprocess:
-        result = measure(*parse_setting(args.inprocess), steps=args.steps, trace=args.trace, algorithm_params=params)
+        result = measure(*parse_setting(args.inprocess), steps=args.steps, trace=args.trace, algorithm_params=params,
+                         algorithm_name=args.algorithm, episode=args.episode)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     for text in args.settings:
@@ -341,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     threads = {name: str(n) for name, n in (("METALAB_INTER_OP_THREADS", args.inter_op),
                                              ("METALAB_INTRA_OP_THREADS", args.intra_op)) if n}
-    print(f"Second-order MAML 5w1s, 5 queries, conv-4 64 filters, 28x28x1; {os.cpu_count()} CPUs; tolerance "
+    ways, shots, queries = args.episode
+    what = {"maml": "MAML", "anil": "ANIL", "protonet": "ProtoNet"}[args.algorithm]
+    print(f"{what} {ways}-way {shots}-shot, {queries} queries, conv-4 64 filters, 28x28x1 (TxK: meta-batch x inner "
+          f"steps, fo: first order); {os.cpu_count()} CPUs; tolerance "
           f"{TOLERANCE:.0%}; load average {os.getloadavg()[0]:.1f}"
           + (f"; {' '.join(f'{k}={v}' for k, v in threads.items())}" if threads else ""), flush=True)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
@@ -351,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'all alive':>10} {'compile RSS / device peak':>26}", flush=True)
     results, outside = [], []
     for text in args.settings:
-        r = run_setting(text, args.steps, threads, args.trace, args.param)
+        r = run_setting(text, args.steps, threads, args.trace, args.param, args.algorithm,
+                        "x".join(map(str, args.episode)))
         if r is None:
             outside.append(text)
             continue
