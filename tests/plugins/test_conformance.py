@@ -21,7 +21,12 @@ def test_learns_on_every_supported_task_kind(algorithm_id, builtin_registry, tmp
 
 @pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
 def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp_path):
-    testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry)
+    # Adversarial training amplifies CPU round-off (kernels may sum in another order from run to run) step by step:
+    # over 20 steps a GAN's resumed weights once differed by 1.9e-3 of their scale in a full CI run. Over 8 steps
+    # (resumed at 4) round-off stays far below the tolerance, while a lost optimizer or sampler state still moves
+    # the weights by about the learning rate per step (2e-4 x 4 against a tolerance of 1e-3 x ~0.25).
+    steps = 8 if algorithm_id == "metalab.gan" else 20
+    testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry, steps=steps)
 
 
 @pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
