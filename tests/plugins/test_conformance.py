@@ -75,3 +75,37 @@ def test_the_suite_catches_state_missing_from_the_checkpoint(builtin_registry, t
                                    strict=False)
     with pytest.raises(AssertionError, match="resumed weights differ"):
         testing.check_resume("forgetful.maml", tmp_path, registry=registry, kind="classification", steps=8)
+
+
+class _ForgetfulGAN:
+    """A GAN plugin that leaves its noise generator's state out of the checkpoint (resumed runs draw other noise)."""
+
+    METALAB_PLUGIN_API = "1.2"
+
+    def __init__(self, registry):
+        self.gan = registry.algorithm("metalab.gan")
+
+    def _make(self, params, task):
+        algorithm = self.gan.factory(params, task)
+
+        class Forgetful(type(algorithm)):
+            @property
+            def variables(self):
+                return [v for v in super().variables if v is not self.seed_generator.state]
+
+        algorithm.__class__ = Forgetful
+        return algorithm
+
+    @hookimpl
+    def metalab_register_algorithms(self):
+        from dataclasses import replace
+
+        return [replace(self.gan, id="forgetful.gan", title="Forgetful GAN", factory=self._make)]
+
+
+def test_the_gans_short_resume_check_still_catches_lost_state(builtin_registry, tmp_path):
+    # The GAN's resume check runs 8 steps (see above); a lost noise state must still fail it.
+    registry = make_plugin_manager(distributions={"metalab"}, plugins=[("forgetful", _ForgetfulGAN(builtin_registry))],
+                                   strict=False)
+    with pytest.raises(AssertionError, match="resumed weights differ"):
+        testing.check_resume("forgetful.gan", tmp_path, registry=registry, steps=8)
