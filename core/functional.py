@@ -441,29 +441,25 @@ class _JaxCompiled:
         temporaries`` (XLA allocates the temporaries as one block). Compiles again if JAX's cache does not hold
         the executable.
         """
-        import jax
-
-        leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
-        is_array = tuple(isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or keras.ops.is_tensor(leaf)
-                         for leaf in leaves)
-        key = (treedef, tuple(leaf for leaf, a in zip(leaves, is_array) if not a), is_array)
+        key, dynamic = self._split(args, kwargs)
         if key not in self._jitted:
             raise ValueError("memory_analysis needs a call with arguments of the same structure first (it traces).")
-        dynamic = [leaf for leaf, a in zip(leaves, is_array) if a]
         stats = self._jitted[key].jitted.lower([v.value for v in self.variables], dynamic).compile().memory_analysis()
         sizes = {name: int(getattr(stats, f"{name}_size_in_bytes"))
                  for name in ("argument", "output", "alias", "temp", "generated_code")}
         sizes["peak_bytes"] = sizes["argument"] + sizes["output"] - sizes["alias"] + sizes["temp"]
         return sizes
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    @staticmethod
+    def _split(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, Any, tuple[bool, ...]], list[Any]]:
+        """``((treedef, static, is_array), dynamic)``: the arguments' structure and Python values (the key of
+        one jitted function), and their arrays (its inputs)."""
         import jax
 
         leaves, treedef = jax.tree_util.tree_flatten((args, kwargs))
         is_array = tuple(isinstance(leaf, (np.ndarray, np.generic, jax.Array)) or keras.ops.is_tensor(leaf)
                          for leaf in leaves)
         static = tuple(leaf for leaf, a in zip(leaves, is_array) if not a)
-        dynamic = [leaf for leaf, a in zip(leaves, is_array) if a]
         key = (treedef, static, is_array)
         try:
             hash(key)
@@ -472,9 +468,13 @@ class _JaxCompiled:
                 "compile: arguments must be arrays, tensors, nested lists/tuples/dicts of them, or hashable Python "
                 f"values. Received: non-array arguments {[type(s).__name__ for s in static]}"
             ) from None
+        return key, [leaf for leaf, a in zip(leaves, is_array) if a]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key, dynamic = self._split(args, kwargs)
         for _ in range(3):
             if key not in self._jitted:
-                self._jitted[key] = self._make(treedef, static, is_array)
+                self._jitted[key] = self._make(*key)
             values = [v.value for v in self.variables]
             out, assigned, unknown = self._jitted[key](values, dynamic)
             if not unknown:

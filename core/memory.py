@@ -28,7 +28,6 @@ once) or otherwise unknown (``concurrency=None``).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -268,11 +267,11 @@ def estimate_step_memory(
 
     Returns:
         ``modelled`` (True), ``method``, ``second_order``, ``parameters``, ``parameter_bytes``,
-        ``optimizer_bytes``, ``gradient_bytes`` (the meta-gradient and the update), ``batch_bytes``, ``transient_bytes`` (the gradients in flight of the tasks' backward passes),
-        ``support_pass_bytes`` and ``query_pass_bytes`` (one task's kept activations per pass),
+        ``optimizer_bytes``, ``gradient_bytes`` (the meta-gradient and the update), ``batch_bytes``,
+        ``transient_bytes`` (the gradients in flight of the tasks' backward passes), ``support_pass_bytes`` and ``query_pass_bytes`` (one task's kept activations per pass),
         ``per_task_activation_bytes``, ``inner_steps``, ``meta_batch``, ``tasks_alive`` (tasks in flight),
-        ``activation_bytes`` (per task x tasks alive), ``all_tasks_bytes`` (the step if every task were alive at once),
-        ``step_bytes``, ``baseline_bytes``,
+        ``activation_bytes`` (per task x tasks alive), ``all_tasks_bytes`` (the step if every task were alive at
+        once), ``step_bytes``, ``baseline_bytes``,
         ``total_bytes`` and ``unmodelled_layers`` (layer kinds counted by the conservative default).
 
     Raises:
@@ -372,12 +371,6 @@ def estimate_step_memory(
     }
 
 
-def _keras_backend() -> str | None:
-    """Keras's backend if Keras is imported (it is wherever a session was built), else ``None``."""
-    keras = sys.modules.get("keras")
-    return keras.backend.backend() if keras is not None else None
-
-
 def method_of(algorithm_id: str) -> str | None:
     """The estimate's method for an algorithm plugin id (``None``: not modelled)."""
     return MODELLED_ALGORITHMS.get(algorithm_id)
@@ -415,11 +408,13 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
     validated = getattr(algorithm, "config", None)
     params = validated.model_dump() if hasattr(validated, "model_dump") else dict(config.algorithm_params)
     ways = int(task.ways)
+    from .runner import keras_backend
+
     meta_batch = int(getattr(algorithm, "meta_batch_size", 1))
     # MAML's task window (TensorFlow): its own task_window, else the inter-op threads. A window as wide as the
     # meta-batch is none: more tasks than threads are then the executor's to schedule (the bound).
     window = int(params.get("task_window") or 0) or concurrency
-    if method != "maml" or _keras_backend() == "jax" or window is None:
+    if method != "maml" or keras_backend() == "jax" or window is None:
         window = None
     elif window >= meta_batch:
         window = meta_batch if concurrency is not None and meta_batch <= concurrency else None

@@ -51,7 +51,7 @@ class MAMLParams(Params):
         0, ge=0, le=1024,
         title="Tasks in flight (TensorFlow)",
         description="On TensorFlow, how many of the meta-batch's tasks may run at once: a task starts when the one "
-        "this many places before it has its meta-gradient, so the step holds the activations of this many tasks "
+        "this many places before it is over (its gradient added in), so the step holds the activations of this many tasks "
         "at most (its memory no longer depends on the executor's whim). 0: the process's inter-op threads (the "
         "training worker's cores); the meta-batch size or more: no limit. Same meta-gradient either way.",
     )
