@@ -9,7 +9,14 @@ from typing import Any, Iterator
 import keras
 from keras import ops
 
-__all__ = ["MetaBatchNorm", "per_step_batch_norm", "batch_norm_step", "batch_norm_steps"]
+__all__ = [
+    "FoldingSequential",
+    "MetaBatchNorm",
+    "batch_norm_step",
+    "batch_norm_steps",
+    "fold_conv_batch_norm_pool",
+    "per_step_batch_norm",
+]
 
 # Two settings that reach the batch-norm layers of any backbone without passing through its code: how many
 # per-step parameter sets new layers get (read when a layer is constructed), and which inner-loop step a call
@@ -270,3 +277,127 @@ class MetaBatchNorm(keras.layers.Layer):
             }
         )
         return config
+
+
+#: Largest convolution patch (kernel height x width x input channels) whose batch-norm statistics
+#: :func:`fold_conv_batch_norm_pool` takes from the patches' covariance; also at most half the filters.
+FOLD_MAX_PATCH = 32
+
+
+def _fold_applies(conv: Any, norm: Any, pool: Any, dtype: str) -> bool:
+    """Whether ``pool(norm(conv(x)))`` with inputs of ``dtype`` can be folded in training mode (TensorFlow only)."""
+    if type(conv) is not keras.layers.Conv2D or type(norm) is not MetaBatchNorm:
+        return False
+    if type(pool) is not keras.layers.MaxPooling2D or not (conv.built and norm.built):
+        return False
+    if keras.backend.backend() != "tensorflow" or not norm.fused or norm._feature_axis != 3:
+        return False
+    if conv.data_format != "channels_last" or pool.data_format != "channels_last":
+        return False
+    if tuple(conv.strides) != (1, 1) or tuple(conv.dilation_rate) != (1, 1) or conv.groups != 1:
+        return False
+    if getattr(conv.activation, "__name__", None) != "linear" or getattr(conv, "quantization_mode", None):
+        return False
+    if dtype not in ("float32", "float64") or keras.backend.standardize_dtype(conv.compute_dtype) != dtype:
+        return False
+    height, width, channels, filters = conv.kernel.shape
+    patch = int(height) * int(width) * int(channels)
+    return patch <= FOLD_MAX_PATCH and 2 * patch <= int(filters)
+
+
+def fold_conv_batch_norm_pool(conv: Any, norm: Any, pool: Any, x: Any) -> Any | None:
+    """``pool(norm(conv(x), training=True))`` with the batch norm folded into the convolution; None where it can't.
+
+    A batch norm of a convolution's output is a per-channel affine map ``a * conv(x, W) + b``, and its batch
+    moments are those of the convolution's patches: with ``P`` the ``[positions, k]`` matrix of input patches
+    (``k`` = kernel height x width x input channels), mean ``mu`` and covariance ``S``, filter ``f`` has mean
+    ``mu . W_f`` and variance ``W_f' S W_f``. A first layer has few input channels (``k`` = 9 for grey images), so
+    these come from a ``[k, k]`` matrix instead of a pass over the ``[N, H, W, filters]`` output; the normalised
+    output is then ``conv(x, W * a) + b``, and since ``max(z + b) = max(z) + b`` the shift is added after the
+    max-pool. What is left at full resolution is one convolution and the max-pool, and their gradients: no batch
+    norm forward or backward pass over the largest tensor of the network (ProtoNet's conv-4 step: 37.5 -> 34.5
+    ms, benchmarks/SPEED.md). Values, gradients of every order and the running-moment update are those of the
+    unfolded layers up to round-off (tests compare both; ``benchmarks/check_gradients.py`` against PyTorch).
+
+    Applies on TensorFlow to a ``Conv2D`` (stride and dilation 1, no activation, float32 or float64) followed by a
+    fused ``MetaBatchNorm`` on the channels and a ``MaxPooling2D``, when the patch size is at most
+    ``FOLD_MAX_PATCH`` and half the filters; returns None otherwise (then call the layers one by one).
+
+    Args:
+        conv: The ``keras.layers.Conv2D``.
+        norm: The ``MetaBatchNorm`` after it (its running moments move as in a training call).
+        pool: The ``keras.layers.MaxPooling2D`` after that.
+        x: The convolution's input, ``[N, H, W, C]``.
+
+    Returns:
+        The max-pooled normalised output, or None.
+    """
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if not _fold_applies(conv, norm, pool, dtype):
+        return None
+    import tensorflow as tf
+
+    kernel = tf.convert_to_tensor(conv.kernel)
+    height, width, channels, filters = (int(s) for s in kernel.shape)
+    patch = height * width * channels
+    padding = conv.padding.upper()
+    # The patches by a convolution with one-hot filters, in the order of the kernel's rows once reshaped.
+    picker = tf.reshape(tf.eye(patch, dtype=dtype), (height, width, channels, patch))
+    patches = tf.reshape(tf.nn.conv2d(x, picker, 1, padding), (-1, patch))
+    count = tf.cast(tf.shape(patches)[0], dtype)
+    mu = tf.reduce_mean(patches, axis=0)
+    centred = patches - mu
+    covariance = tf.matmul(centred, centred, transpose_a=True) / count
+    weights = tf.reshape(kernel, (patch, filters))
+    mean = tf.linalg.matvec(weights, mu, transpose_a=True)
+    if conv.use_bias:
+        mean = mean + tf.convert_to_tensor(conv.bias)
+    # W' S W >= 0 exactly; the clamp only guards round-off.
+    variance = tf.maximum(tf.reduce_sum(weights * tf.matmul(covariance, weights), axis=0), 0)
+    select = norm._step_selector()
+    gamma = tf.ones((filters,), dtype) if norm.gamma is None else tf.cast(select(norm.gamma), dtype)
+    beta = tf.zeros((filters,), dtype) if norm.beta is None else tf.cast(select(norm.beta), dtype)
+    scale = gamma * tf.math.rsqrt(variance + tf.cast(norm.epsilon, dtype))
+    # With a bias, conv(x, W) + c has mean mu.W + c: c cancels (its gradient is 0, as through the batch norm).
+    shift = beta - scale * mean
+    if conv.use_bias:
+        shift = shift + scale * tf.convert_to_tensor(conv.bias)
+    norm._update_moving(mean, variance)
+    return pool(tf.nn.conv2d(x, kernel * scale, 1, padding)) + shift
+
+
+@keras.saving.register_keras_serializable(package="metalab")
+class FoldingSequential(keras.Sequential):
+    """A ``keras.Sequential`` whose training calls fold each foldable Conv2D-MetaBatchNorm-MaxPooling2D run.
+
+    Same layers, weights, checkpoints and results as ``keras.Sequential``; in a training call on TensorFlow each
+    run of the three layers that :func:`fold_conv_batch_norm_pool` accepts (in practice the first block of a
+    conv net on images with few channels) is computed folded, every other layer as usual. Inference calls, the
+    JAX backend and masked calls are ``keras.Sequential``'s own.
+    """
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        if training is not True or mask is not None or kwargs or keras.backend.backend() != "tensorflow":
+            return super().call(inputs, training=training, mask=mask, **kwargs)
+        layers = self.layers
+        x = inputs
+        i = 0
+        while i < len(layers):
+            folded = fold_conv_batch_norm_pool(*layers[i:i + 3], x) if i + 3 <= len(layers) else None
+            if folded is not None:
+                x, i = folded, i + 3
+                continue
+            layer = layers[i]
+            x = layer(x, training=True) if layer._call_has_training_arg else layer(x)
+            i += 1
+        return x
+
+    def folded_layers(self, dtype: str | None = None) -> list[str]:
+        """Names of the ``MetaBatchNorm`` layers a training call folds (inputs of ``dtype``; default: the
+        convolution's compute dtype, which is what the model's own layers pass on)."""
+        layers = self.layers
+        return [
+            layers[i + 1].name
+            for i in range(len(layers) - 2)
+            if _fold_applies(*layers[i:i + 3], dtype or keras.backend.standardize_dtype(layers[i].compute_dtype))
+        ]

@@ -61,10 +61,14 @@ _WEIGHTED = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D",
 _NORMS = {"MetaBatchNorm", "BatchNormalization", "LayerNormalization", "GroupNormalization"}
 _KEEPS_OUTPUT = {"ReLU"}
 _MAX_POOLS = {"MaxPooling1D", "MaxPooling2D", "MaxPooling3D"}
+# A batch norm that ``FoldingSequential`` folds into the convolution before it (``layers.fold_conv_batch_norm_pool``):
+# the convolution's output is already normalised up to a per-channel shift added after the max-pool, so the norm
+# adds no tensor of its own and keeps nothing.
+_FOLDED_NORM = "MetaBatchNorm (folded)"
 # Layers whose output is a view of their input (no new buffer).
-_VIEWS = {"Flatten", "Reshape", "Identity", "InputLayer"}
+_VIEWS = {"Flatten", "Reshape", "Identity", "InputLayer", _FOLDED_NORM}
 # Layers whose gradient needs no saved tensor (views, or gradients that only need shapes).
-_FREE = {"Flatten", "Reshape", "InputLayer", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+_FREE = {_FOLDED_NORM, "Flatten", "Reshape", "InputLayer", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
          "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "Identity", "Permute"}
 
 
@@ -113,25 +117,28 @@ def _layer_rule(kind: str, activation: str | None) -> tuple[bool, bool, bool, bo
     return True, True, True, False
 
 
-def _leaves(layer: Any, input_shape: tuple) -> tuple[list[tuple[Any, tuple, tuple]], tuple]:
-    """The leaf layers of ``layer`` in call order with their input and output shapes (batch axis ``None``)."""
+def _leaves(layer: Any, input_shape: tuple) -> tuple[list[tuple[Any, tuple, tuple, bool]], tuple]:
+    """The leaf layers of ``layer`` in call order with their input and output shapes (batch axis ``None``) and
+    whether a training call folds them (a batch norm inside a ``FoldingSequential``)."""
     sublayers = getattr(layer, "layers", None)
-    if sublayers is not None and type(layer).__name__ == "Sequential":
-        out: list[tuple[Any, tuple, tuple]] = []
+    if sublayers is not None and type(layer).__name__ in ("Sequential", "FoldingSequential"):
+        folded = set(layer.folded_layers()) if hasattr(layer, "folded_layers") else set()
+        out: list[tuple[Any, tuple, tuple, bool]] = []
         shape = input_shape
         for sub in sublayers:
             found, shape = _leaves(sub, shape)
-            out += found
+            out += [(leaf, i, o, f or (leaf is sub and sub.name in folded)) for leaf, i, o, f in found]
         return out, shape
     output_shape = tuple(layer.compute_output_shape(input_shape))
-    return [(layer, input_shape, output_shape)], output_shape
+    return [(layer, input_shape, output_shape, False)], output_shape
 
 
 def activation_profile(model: Any, input_shape: tuple[int, ...] | None = None) -> list[LayerProfile]:
     """The leaf layers of a Keras model with their per-example sizes and what their gradients keep.
 
     Nested ``keras.Sequential`` models are walked into; any other layer (a functional sub-model included) counts as
-    one layer of its class.
+    one layer of its class. A batch norm that a ``FoldingSequential`` folds into its convolution has the kind
+    ``"MetaBatchNorm (folded)"`` and keeps nothing.
 
     Args:
         model: A built Keras model or layer.
@@ -154,8 +161,8 @@ def activation_profile(model: Any, input_shape: tuple[int, ...] | None = None) -
         raise ValueError(f"activation_profile needs a fully known example shape. Received: input_shape={shape}")
     leaves, _ = _leaves(model, (None, *shape))
     profile = []
-    for layer, in_shape, out_shape in leaves:
-        kind = type(layer).__name__
+    for layer, in_shape, out_shape, folded in leaves:
+        kind = _FOLDED_NORM if folded else type(layer).__name__
         activation = getattr(layer, "activation", None)
         activation = getattr(activation, "__name__", None) if activation is not None else None
         keeps_in, keeps_out, keeps_grad, modelled = _layer_rule(kind, activation)

@@ -6,14 +6,16 @@ from typing import Any
 
 import keras
 
-from metalab.core.layers import MetaBatchNorm
+from metalab.core.layers import FoldingSequential, MetaBatchNorm
 
 
 def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
     """Builds the Conv-4 embedding: ``blocks`` x [Conv2D 3x3 same, MetaBatchNorm, ReLU, MaxPool 2], Flatten.
 
     Each block pools before its ReLU: ``relu(maxpool(x)) == maxpool(relu(x))`` for every ``x`` (ReLU is monotone,
-    so it commutes with a max), and the ReLU and its gradient then touch a quarter of the values.
+    so it commutes with a max), and the ReLU and its gradient then touch a quarter of the values. The model is a
+    ``FoldingSequential``: in training calls the first block's batch norm folds into its convolution (few input
+    channels), which skips the batch norm's passes over the network's largest tensor.
 
     Args:
         params: A ``Conv4Params`` (``filters``, ``blocks``, ``bn_momentum``, ``conv_bias``).
@@ -47,7 +49,7 @@ def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
             keras.layers.ReLU(name=f"relu{i}"),
         ]
     layers.append(keras.layers.Flatten(name="flatten"))
-    return keras.Sequential(layers, name="conv4")
+    return FoldingSequential(layers, name="conv4")
 
 
 def mlp(params: Any, input_shape: tuple[int, ...]) -> keras.Model:

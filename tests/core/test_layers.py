@@ -260,3 +260,114 @@ def test_per_step_setting_is_scoped_serialised_and_validated():
         with pytest.raises(ValueError, match="steps"):
             with per_step_batch_norm(bad):
                 pass
+
+
+# -- the folded first block (FoldingSequential) ---------------------------------------------------------------
+
+
+def _block_net(cls, filters=20, input_shape=(6, 6, 1), conv_kwargs=None, norm_kwargs=None):
+    """Two conv blocks and a head; with 20 filters the first block (3x3x1 patches) folds, the second (3x3x20) not."""
+    keras.utils.set_random_seed(0)
+    conv_kwargs = {"padding": "same", **(conv_kwargs or {})}
+    layers = [keras.Input(input_shape)]
+    for i in range(2):
+        layers += [
+            keras.layers.Conv2D(filters, 3, name=f"conv{i}", **conv_kwargs),
+            MetaBatchNorm(name=f"bn{i}", momentum=0.5, **(norm_kwargs or {})),
+            keras.layers.MaxPooling2D(2, name=f"pool{i}"),
+            keras.layers.ReLU(name=f"relu{i}"),
+        ]
+    layers += [keras.layers.Flatten(), keras.layers.Dense(3, name="head")]
+    return cls(layers)
+
+
+def _folded_and_plain(**kwargs):
+    from metalab.core.layers import FoldingSequential
+
+    folded, plain = _block_net(FoldingSequential, **kwargs), _block_net(keras.Sequential, **kwargs)
+    plain.set_weights(folded.get_weights())
+    return folded, plain
+
+
+def test_folding_sequential_folds_the_first_block_only_and_runs_no_batch_norm_kernel_for_it():
+    import tensorflow as tf
+
+    folded, plain = _folded_and_plain()
+    assert folded.folded_layers() == ["bn0"]
+
+    def kernels(model, training):
+        fn = tf.function(lambda x: model(x, training=training))
+        graph = fn.get_concrete_function(tf.TensorSpec((4, 6, 6, 1), "float32")).graph
+        return sum(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
+
+    assert (kernels(folded, True), kernels(plain, True)) == (1, 2)
+    assert kernels(folded, False) == kernels(plain, False)  # inference calls are Sequential's own
+
+
+def test_folded_float32_training_call_and_running_moments_match_the_layers_one_by_one():
+    folded, plain = _folded_and_plain()
+    x = np.random.default_rng(0).normal(loc=0.5, size=(8, 6, 6, 1)).astype("float32")
+    out_f, out_p = functional.to_numpy(folded(x, training=True)), functional.to_numpy(plain(x, training=True))
+    np.testing.assert_allclose(out_f, out_p, rtol=1e-4, atol=1e-5)
+    for a, b in zip(folded.non_trainable_variables, plain.non_trainable_variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(  # and inference with the moved moments
+        functional.to_numpy(folded(x, training=False)), functional.to_numpy(plain(x, training=False)), rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_folded_second_order_meta_gradient_equals_the_unfolded_one_and_finite_differences(float64):
+    results = []
+    models = _folded_and_plain()
+    assert models[0].folded_layers() == ["bn0"]
+    for model in models:
+        assert all(keras.backend.standardize_dtype(v.dtype) == "float64" for v in model.trainable_variables)
+        fmodel = functional.FunctionalModel(model)
+        meta_loss = _maml_meta_loss(fmodel)
+        theta = fmodel.params()
+        value, grads = functional.value_and_grad(meta_loss, theta)
+        results.append((meta_loss, theta, float(functional.to_numpy(value)), [functional.to_numpy(g) for g in grads]))
+    (meta_loss, theta, value, grads), (_, _, plain_value, plain_grads) = results
+    assert abs(value - plain_value) < 1e-10 * abs(plain_value)
+    names = [v.path.split("/", 1)[1] for v in model.trainable_variables]
+    for name, a, b in zip(names, grads, plain_grads):
+        if name == "conv0/bias":
+            assert np.abs(a).max() < 1e-12  # an exact zero when folded (round-off when not)
+            continue
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12, err_msg=name)
+    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"filters": 16},  # 9-element patches need at least 18 filters
+        {"input_shape": (6, 6, 3), "filters": 32},  # 27-element patches: more than half of 32 filters
+        {"conv_kwargs": {"strides": 2}, "input_shape": (12, 12, 1)},
+        {"conv_kwargs": {"activation": "relu"}},
+        {"conv_kwargs": {"padding": "same", "dilation_rate": 2}},
+        {"norm_kwargs": {"fused": False}},  # the plain form was asked for
+    ],
+)
+def test_fold_is_skipped_where_it_does_not_apply_and_the_call_is_unchanged(kwargs):
+    folded, plain = _folded_and_plain(**kwargs)
+    assert folded.folded_layers() == []
+    shape = (8, *folded.inputs[0].shape[1:])
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    out = functional.to_numpy(folded(x, training=True))
+    np.testing.assert_array_equal(out, functional.to_numpy(plain(x, training=True)))
+
+
+def test_folding_sequential_round_trips_a_saved_model(tmp_path):
+    from metalab.core.layers import FoldingSequential
+
+    folded, _ = _folded_and_plain()
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype("float32")
+    folded(x, training=True)
+    folded.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, FoldingSequential) and loaded.folded_layers() == ["bn0"]
+    np.testing.assert_allclose(
+        functional.to_numpy(loaded(x, training=False)), functional.to_numpy(folded(x, training=False)), rtol=1e-5
+    )

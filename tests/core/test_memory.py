@@ -144,6 +144,29 @@ def test_total_adds_the_baseline_and_parameters_add_weights_and_slots(profile):
     assert e["optimizer_bytes"] == 2 * e["parameter_bytes"] == 2 * 4 * 1000
 
 
+def test_a_folded_batch_norm_keeps_nothing_and_the_max_pool_keeps_the_convolution_output():
+    from metalab.core.layers import FoldingSequential, MetaBatchNorm
+
+    def net(cls):
+        layers = [keras.Input((8, 8, 1))]
+        for i in range(2):  # 20 filters: the first block (3x3x1 patches) folds, the second (3x3x20) does not
+            layers += [keras.layers.Conv2D(20, 3, padding="same"), MetaBatchNorm(name=f"bn{i}"),
+                       keras.layers.MaxPooling2D(2), keras.layers.ReLU()]
+        return keras.Sequential([cls(layers + [keras.layers.Flatten()]), keras.layers.Dense(3)])
+
+    folded, plain = activation_profile(net(FoldingSequential)), activation_profile(net(keras.Sequential))
+    assert [p.kind for p in folded][:3] == ["Conv2D", "MetaBatchNorm (folded)", "MaxPooling2D"]
+    assert folded[5].kind == "MetaBatchNorm" and plain[1].kind == "MetaBatchNorm"
+    bn = folded[1]
+    assert not (bn.keeps_input or bn.keeps_output or bn.keeps_output_grad) and bn.modelled
+    # Kept (first block): conv out 8x8x20 = 1280 (the pool's input, through the folded norm), pool out 320,
+    # relu out 320; second block: conv out 320, bn out 320, pool out 80, relu out 80. Unfolded, the first
+    # norm's output (1280) is kept too.
+    one = dict(query_size=1, support_size=1, meta_batch=1, first_order=True)
+    assert estimate(folded, **one)["query_pass_bytes"] == 4 * 2720
+    assert estimate(plain, **one)["query_pass_bytes"] == 4 * (2720 + 1280)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(meta_batch=0), "meta_batch to be an integer >= 1. Received: meta_batch=0"),
     (dict(inner_steps=0), "inner_steps to be an integer >= 1. Received: inner_steps=0"),
