@@ -8,7 +8,11 @@ Builds each speed workload's algorithm through metalab's plugins, copies its wei
 ``benchmarks/reference_torch``'s Conv-4 (HWIO kernels to OIHW, Dense kernels transposed), computes one
 meta-gradient (or Reptile update) on both sides from the same random batch, and prints the relative difference
 ``|g_metalab - g_torch| / |g_torch|`` over all parameters and the worst single tensor. Exits non-zero if any
-exceeds ``--tolerance``.
+exceeds ``--tolerance``. In float32 it also computes both sides in float64 on the same weights and prints each
+side's float32 error against its own float64 result: an inner loop with a large step amplifies round-off (torch's
+float32 maml2_5steps meta-gradient is 6.5e-3 from its float64 one), and a float32 difference above the tolerance
+passes when metalab's error is no larger than torch's (on Keras's JAX backend only with ``JAX_ENABLE_X64=1``,
+without which float64 is float32).
 """
 
 from __future__ import annotations
@@ -38,24 +42,21 @@ def to_torch_layout(name: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
-def check(name: str, tasks: int, dtype: str, conv_bias: bool = True,
-          params: dict | None = None) -> tuple[float, float, float]:
+def metalab_gradients(name: str, tasks: int, dtype: str, conv_bias: bool, params: dict | None = None,
+                      theta: list[np.ndarray] | None = None) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+    """metalab's meta-gradient of workload ``name`` on its random batch: ``(gradients, weights, loss)``.
+
+    The weights are the plugin's seeded initialisation, or ``theta`` (cast to ``dtype``) when given.
+    """
     import keras
-    import torch
 
     from metalab.core import functional
     from metalab.core.plugin_api import TaskBatch, TaskSpec
     from metalab.core.plugin_manager import make_plugin_manager
-    from reference_torch import Conv4
-    from reference_torch.workloads import _tensors, anil_meta_loss, maml_meta_loss, protonet_loss, reptile_update
 
     keras.config.set_floatx(dtype)
     keras.config.set_dtype_policy(dtype)
-    w = dict(WORKLOADS[name], meta_batch=tasks)
-    if w["algorithm"] == "anil":
-        # A random head rather than the benchmark's zero head: every term of the head's second derivatives is
-        # then non-zero, so the check covers more than the workload's first step needs.
-        w["zero_head"] = False
+    w = _workload(name, tasks)
     registry = make_plugin_manager(distributions={"metalab"})
     keras.utils.set_random_seed(0)
     backbone = registry.backbone("metalab.conv4")
@@ -64,18 +65,33 @@ def check(name: str, tasks: int, dtype: str, conv_bias: bool = True,
                     lambda: backbone.factory(bparams, IMAGE_SHAPE))
     spec = registry.algorithm(f"metalab.{w['algorithm']}")
     algorithm = spec.factory(spec.params(**{**_algorithm_params(w), **(params or {})}), task)
+    if theta is not None:
+        for variable, value in zip(algorithm.trainable_variables, theta):
+            variable.assign(value.astype(dtype))
     batch = random_batches(w, count=1, seed=1)[0]
     grads, metrics = algorithm.meta_gradients(TaskBatch(*batch))
-    ours = [functional.to_numpy(g) for g in grads]
+    weights = [functional.to_numpy(v) for v in algorithm.trainable_variables]
+    return [functional.to_numpy(g) for g in grads], weights, float(functional.to_numpy(metrics["loss"]))
 
+
+def torch_gradients(name: str, tasks: int, dtype: str, conv_bias: bool,
+                    theta: list[np.ndarray]) -> tuple[list[str], list[np.ndarray], float]:
+    """The PyTorch reference's meta-gradient on weights ``theta`` (metalab's layout) and the same batch:
+    ``(parameter names, gradients in torch's layout, loss)``."""
+    import torch
+
+    from reference_torch import Conv4
+    from reference_torch.workloads import _tensors, anil_meta_loss, maml_meta_loss, protonet_loss, reptile_update
+
+    w = _workload(name, tasks)
     tdtype = torch.float64 if dtype == "float64" else torch.float32
     net = Conv4(head=0 if w["algorithm"] == "protonet" else w["ways"], dtype=tdtype, conv_bias=conv_bias)
-    theta = [functional.to_numpy(v) for v in algorithm.trainable_variables]
     if len(theta) != len(net.params):
         raise SystemExit(f"Parameter counts differ. Received: metalab={len(theta)}, torch={len(net.params)}")
     params = OrderedDict(
         (n, torch.tensor(to_torch_layout(n, t), dtype=tdtype, requires_grad=True)) for n, t in zip(net.params, theta)
     )
+    batch = random_batches(w, count=1, seed=1)[0]
     sx, sy, qx, qy = (a.to(tdtype) if a.is_floating_point() else a for a in _tensors(*batch))
     if w["algorithm"] in ("maml", "anil"):
         meta_loss = maml_meta_loss if w["algorithm"] == "maml" else anil_meta_loss
@@ -88,17 +104,58 @@ def check(name: str, tasks: int, dtype: str, conv_bias: bool = True,
     else:
         theirs, loss, _ = reptile_update(net, params, sx, sy, qx, qy, inner_lr=w["inner_lr"],
                                          inner_steps=w["inner_steps"])
-    theirs_t = [g.detach().numpy() for g in theirs]
-    ours_t = [to_torch_layout(n, g) for n, g in zip(net.params, ours)]
+    return list(net.params), [g.detach().numpy().astype(np.float64) for g in theirs], float(loss.detach())
+
+
+def _workload(name: str, tasks: int) -> dict:
+    w = dict(WORKLOADS[name], meta_batch=tasks)
+    if w["algorithm"] == "anil":
+        # A random head rather than the benchmark's zero head: every term of the head's second derivatives is
+        # then non-zero, so the check covers more than the workload's first step needs.
+        w["zero_head"] = False
+    return w
+
+
+def _float64_available() -> bool:
+    """False on Keras's JAX backend without ``JAX_ENABLE_X64=1``, where float64 arrays silently become float32."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return bool(jax.config.jax_enable_x64)
+
+
+def relative_difference(names: list[str], ours: list[np.ndarray], theirs: list[np.ndarray]) -> tuple[float, float]:
+    """``(|a - b| / |b| over all kept tensors, the worst single tensor's)``, both in torch's layout."""
     # Conv biases feed batch norm, which cancels any per-channel shift: their true gradient is 0 and both sides
     # give round-off (which Reptile's Adam, dividing by sqrt(v), even scales up to +-lr). They are left out.
-    kept = [(n, a, b) for n, a, b in zip(net.params, ours_t, theirs_t)
+    kept = [(a.astype(np.float64), b) for n, a, b in zip(names, ours, theirs)
             if not (n.startswith("conv") and n.endswith("bias"))]
-    diff = np.sqrt(sum(float(np.sum((a - b) ** 2)) for _, a, b in kept))
-    norm = np.sqrt(sum(float(np.sum(b**2)) for _, _, b in kept))
-    worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) for _, a, b in kept)
-    loss_diff = abs(float(functional.to_numpy(metrics["loss"])) - float(loss.detach())) / abs(float(loss.detach()))
-    return diff / norm, worst, loss_diff
+    diff = np.sqrt(sum(float(np.sum((a - b) ** 2)) for a, b in kept))
+    norm = np.sqrt(sum(float(np.sum(b**2)) for _, b in kept))
+    worst = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)) for a, b in kept)
+    return diff / norm, worst
+
+
+def check(name: str, tasks: int, dtype: str, conv_bias: bool = True,
+          params: dict | None = None) -> dict[str, float]:
+    """Both sides' meta-gradients on the same weights and batch: their relative difference (``total``, ``worst``)
+    and that of the losses; in float32 also each side's distance from its own float64 meta-gradient on the same
+    weights (``metalab_error``, ``torch_error``), which tells round-off that the two sides share from a real
+    difference."""
+    grads, theta, loss = metalab_gradients(name, tasks, dtype, conv_bias, params)
+    names, theirs, their_loss = torch_gradients(name, tasks, dtype, conv_bias, theta)
+    ours = [to_torch_layout(n, g) for n, g in zip(names, grads)]
+    total, worst = relative_difference(names, ours, theirs)
+    out = {"total": total, "worst": worst, "loss": abs(loss - their_loss) / abs(their_loss)}
+    if dtype == "float32" and _float64_available():
+        truth, _, _ = metalab_gradients(name, tasks, "float64", conv_bias, params, theta)
+        _, their_truth, _ = torch_gradients(name, tasks, "float64", conv_bias, theta)
+        out["metalab_error"] = relative_difference(names, ours, [to_torch_layout(n, g) for n, g in zip(names, truth)])[0]
+        out["torch_error"] = relative_difference(names, theirs, their_truth)[0]
+    return out
 
 
 def main() -> int:
@@ -127,14 +184,22 @@ def main() -> int:
     failed = False
     for name in names:
         tasks = 1 if WORKLOADS[name]["algorithm"] == "protonet" else args.tasks
-        total, worst, loss_diff = check(name, tasks, args.dtype, args.conv_bias == "on", params)
-        ok = total < tolerance and worst < tolerance * 10
+        r = check(name, tasks, args.dtype, args.conv_bias == "on", params)
+        ok = r["total"] < tolerance and r["worst"] < tolerance * 10
+        extra = ""
+        if "metalab_error" in r:
+            # In float32 both sides drift from the exact meta-gradient by round-off that an inner loop can amplify;
+            # where they differ by more than the tolerance, metalab passes if it is no further from its float64
+            # meta-gradient (which the float64 check matches to torch's) than torch is from its own.
+            ok = ok or r["metalab_error"] <= max(tolerance, r["torch_error"])
+            extra = f"; against float64 on the same weights: metalab {r['metalab_error']:.2e}, torch {r['torch_error']:.2e}"
         failed |= not ok
         import keras
 
         where = f"{keras.backend.backend()}, {args.matmul} matmul{' ' + str(params) if params else ''}"
         print(f"{name} ({args.dtype}, {tasks} tasks, conv bias {args.conv_bias}, {where}): relative difference of the "
-              f"meta-gradient {total:.2e} (worst tensor {worst:.2e}); loss {loss_diff:.2e} {'OK' if ok else 'MISMATCH'}", flush=True)
+              f"meta-gradient {r['total']:.2e} (worst tensor {r['worst']:.2e}); loss {r['loss']:.2e}{extra} "
+              f"{'OK' if ok else 'MISMATCH'}", flush=True)
     return 1 if failed else 0
 
 
