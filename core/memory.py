@@ -5,9 +5,10 @@ pass and of each inner step's support forward *and backward* passes (the inner g
 again). Which tensors a layer's gradient needs is known per kind of layer (TensorFlow's registered gradients):
 a convolution or dense layer keeps its input, a ReLU its output, a max-pool both, batch norm its input; to second
 order, the gradients arriving at convolutions, dense layers and batch norms are kept as well (their gradients are
-bilinear in them), while those at ReLUs and max-pools are not. :func:`activation_profile` reads the layer
-shapes of a built Keras model; :func:`estimate_step_memory` is plain arithmetic on that profile, so
-the dashboard's worker and the tests can call it without a training step.
+bilinear in them), while those at ReLUs and max-pools are not. A batch norm folded into its convolution
+(``layers.FoldingSequential``) keeps nothing and passes gradients on as they are. :func:`activation_profile` reads
+the layer shapes of a built Keras model; :func:`estimate_step_memory` is plain arithmetic on that profile, so the
+dashboard's worker and the tests can call it without a training step.
 
 How many tasks hold their activations at once depends on how the runtime schedules the unrolled task loop.
 On TensorFlow, MAML and Meta-SGD take each task's gradient on its own (``functional.mean_task_gradients``) and
@@ -215,6 +216,18 @@ def _backward_walk_peak(profile: list[LayerProfile]) -> int:
     return peak
 
 
+def _gradients_in_flight(profile: list[LayerProfile]) -> int:
+    """Elements per example of the largest pair of gradients a layer's backward step holds: the one arriving at its
+    output and the one it sends to its input (none from the first layer: the data needs no gradient; none at a
+    view, which passes its gradient on as it is)."""
+    first = next((i for i, layer in enumerate(profile) if layer.kind not in _VIEWS), None)
+    return max(
+        (layer.output_elements + (layer.input_elements if i != first else 0)
+         for i, layer in enumerate(profile) if layer.kind not in _VIEWS),
+        default=0,
+    )
+
+
 def _backward_kept(profile: list[LayerProfile]) -> int:
     """Elements per example of the inner backward pass that a second-order backward pass needs again."""
     return sum(layer.output_elements for layer in profile if layer.keeps_output_grad)
@@ -336,9 +349,9 @@ def estimate_step_memory(
         task_transient = largest_set * max(0, _backward_walk_peak(profile) * dtype_bytes - forward)
     else:
         # To second order the support passes and their second-order gradients stay, and the measured peak of a
-        # task is its kept tensors plus the widest layer's gradients: the one arriving and the one sent on.
-        widest = max(layer.output_elements for layer in profile) * dtype_bytes
-        task_transient = 2 * largest_set * widest
+        # task is its kept tensors plus the gradients of the layer where they are largest: the one arriving and
+        # the one sent on.
+        task_transient = largest_set * _gradients_in_flight(profile) * dtype_bytes
     # ANIL and ProtoNet run all tasks through the backbone as one batch, so all are alive at once; so are MAML's
     # when the schedule is unknown (the bound, with one backward pass running at a time).
     scheduled = method == "maml" and concurrency is not None

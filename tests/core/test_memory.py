@@ -165,6 +165,12 @@ def test_a_folded_batch_norm_keeps_nothing_and_the_max_pool_keeps_the_convolutio
     one = dict(query_size=1, support_size=1, meta_batch=1, first_order=True)
     assert estimate(folded, **one)["query_pass_bytes"] == 4 * 2720
     assert estimate(plain, **one)["query_pass_bytes"] == 4 * (2720 + 1280)
+    # A second-order task's gradients in flight: where the arriving and the sent gradient are largest together.
+    # Unfolded, the first norm's (1280 + 1280); folded, the first max-pool's (320 + 1280: the norm is a view, and
+    # the first convolution sends no gradient to the data).
+    two = dict(query_size=1, support_size=1, meta_batch=1, concurrency=1)
+    assert estimate(plain, **two)["transient_bytes"] == 4 * 2560
+    assert estimate(folded, **two)["transient_bytes"] == 4 * 1600
 
 
 @pytest.mark.parametrize("bad, message", [
