@@ -167,7 +167,7 @@ def memory_estimate_rows(estimate: dict[str, Any]) -> list[tuple[str, str]]:
         ("Optimizer slots", _size(estimate["optimizer_bytes"])),
         ("Meta-gradient and update", _size(estimate["gradient_bytes"])),
         (f"Batch ({estimate['meta_batch']} tasks)", _size(estimate["batch_bytes"])),
-        ("Gradients in flight (widest layer)", _size(estimate.get("transient_bytes", 0))),
+        ("Gradients in flight (backward pass)", _size(estimate.get("transient_bytes", 0))),
         ("Per task: query pass", _size(estimate["query_pass_bytes"])),
         ("Per task: support pass, per inner step", _size(estimate["support_pass_bytes"])),
         (f"Per task, kept for the backward pass ({steps}, {order})",
