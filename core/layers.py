@@ -1,4 +1,5 @@
-"""Keras layers that meta-learning needs and Keras does not provide: a batch norm with exact second derivatives."""
+"""Keras layers that meta-learning needs and Keras does not provide: a batch norm with exact second derivatives,
+and a ``keras.Sequential`` that folds a first conv block's batch norm into its convolution in training steps."""
 
 from __future__ import annotations
 
