@@ -209,23 +209,21 @@ def _backward_walk_peak(profile: list[LayerProfile]) -> int:
         if layer.keeps_output and source[i] >= 0:
             first_user.setdefault(source[i], i)
     peak = 0
-    for i, layer in enumerate(profile):
+    for i, grads in enumerate(_layer_gradients(profile)):
         held = sum(profile[t].output_elements for t, user in first_user.items() if user <= i)
-        grads = 0 if layer.kind in _VIEWS else layer.output_elements + (layer.input_elements if i else 0)
         peak = max(peak, held + grads)
     return peak
 
 
-def _gradients_in_flight(profile: list[LayerProfile]) -> int:
-    """Elements per example of the largest pair of gradients a layer's backward step holds: the one arriving at its
-    output and the one it sends to its input (none from the first layer: the data needs no gradient; none at a
-    view, which passes its gradient on as it is)."""
+def _layer_gradients(profile: list[LayerProfile]) -> list[int]:
+    """Elements per example of the gradients each layer's backward step holds: the one arriving at its output and
+    the one it sends to its input (none from the first layer that is not a view: the data needs no gradient; none
+    at a view, which passes its gradient on as it is)."""
     first = next((i for i, layer in enumerate(profile) if layer.kind not in _VIEWS), None)
-    return max(
-        (layer.output_elements + (layer.input_elements if i != first else 0)
-         for i, layer in enumerate(profile) if layer.kind not in _VIEWS),
-        default=0,
-    )
+    return [
+        0 if layer.kind in _VIEWS else layer.output_elements + (layer.input_elements if i != first else 0)
+        for i, layer in enumerate(profile)
+    ]
 
 
 def _backward_kept(profile: list[LayerProfile]) -> int:
@@ -351,7 +349,7 @@ def estimate_step_memory(
         # To second order the support passes and their second-order gradients stay, and the measured peak of a
         # task is its kept tensors plus the gradients of the layer where they are largest: the one arriving and
         # the one sent on.
-        task_transient = largest_set * _gradients_in_flight(profile) * dtype_bytes
+        task_transient = largest_set * max(_layer_gradients(profile), default=0) * dtype_bytes
     # ANIL and ProtoNet run all tasks through the backbone as one batch, so all are alive at once; so are MAML's
     # when the schedule is unknown (the bound, with one backward pass running at a time).
     scheduled = method == "maml" and concurrency is not None
