@@ -7,9 +7,11 @@ always ends in a ``FileNotFoundError`` that says which file, which folder, and w
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["download", "sha256_file", "cached_arrays", "cache_file", "fingerprint"]
+__all__ = ["download", "DownloadRefusedError", "sha256_file", "cached_arrays", "cache_file", "fingerprint"]
 
 _CHUNK = 1 << 20
 
@@ -41,21 +43,150 @@ def sha256_file(path: str | os.PathLike) -> str:
 def _missing_message(dest: Path, url: str, reason: str) -> str:
     return (
         f"{dest.name} not found in {dest.parent}/ and {reason}. Download it from {url} and put it in that "
-        f"folder (the folder is METALAB_DATA_DIR/{dest.parent.name}/). Received: file={str(dest)!r}"
+        f"folder. Received: file={dest.name!r}"
     )
 
 
-def download(url: str, dest: str | os.PathLike, sha256: str, *, allow_download: bool, timeout: float = 60.0) -> Path:
+class DownloadRefusedError(ValueError):
+    """A download that metalab's policy refuses: another scheme than https/http, a redirect to another host or
+    from https to http, or a destination outside the download folder."""
+
+
+_SCHEMES = ("https", "http")
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+
+
+def _host_key(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # a malformed port never equals a real one
+    return scheme, (parts.hostname or "").lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+def _same_host(old_url: str, new_url: str) -> bool:
+    """True when ``new_url`` is on ``old_url``'s host and port (an http->https upgrade on default ports counts)."""
+    old_scheme, old_host, old_port = _host_key(old_url)
+    new_scheme, new_host, new_port = _host_key(new_url)
+    if not old_host or old_host != new_host:
+        return False
+    if old_port == new_port:
+        return True
+    return (old_scheme, old_port, new_scheme, new_port) == ("http", 80, "https", 443)
+
+
+def _describe_host(url: str) -> str:
+    _, host, port = _host_key(url)
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    return host if port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same host, and never from https down to http.
+
+    A declared URL must not become a way to reach another machine (an internal address the server can see but
+    the user cannot), so every hop is compared with the one before it.
+    """
+
+    def http_error_302(self, req, fp, code, msg, headers):  # noqa: D102 (urllib's signature)
+        # urllib itself refuses file:// and the like with an HTTPError; refuse them as the policy they break.
+        location = headers.get("location") or headers.get("uri") or ""
+        scheme = urllib.parse.urlsplit(location).scheme.lower()
+        if scheme and scheme not in _SCHEMES:
+            fp.close()
+            raise DownloadRefusedError(
+                f"The download from {req.full_url} was redirected to a {scheme}:// URL; only https and http are "
+                f"followed. Received: status={code}, redirect_scheme={scheme!r}"
+            )
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's signature)
+        old_scheme = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new_scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+        problem = None
+        if new_scheme not in _SCHEMES:
+            problem = f"to a {new_scheme or 'relative'}:// URL; only https and http are followed"
+        elif old_scheme == "https" and new_scheme == "http":
+            problem = "from https down to http"
+        elif not _same_host(req.full_url, newurl):
+            problem = (f"from host {_describe_host(req.full_url)} to another host, {_describe_host(newurl)}; "
+                       f"only redirects on the same host are followed")
+        if problem:
+            fp.close()
+            raise DownloadRefusedError(
+                f"The download from {req.full_url} was redirected {problem}. Download the file yourself if you trust "
+                f"the new address. Received: status={code}, redirect_host={_describe_host(newurl)!r}"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    # Built by hand so that no file://, ftp:// or data: handler exists at all, whatever a redirect says.
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+        _SameHostRedirects(),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+def _check_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        # The URL itself is not echoed: a file:// URL names a server path.
+        raise DownloadRefusedError(
+            f"Only https:// and http:// URLs are downloaded; a {scheme or 'scheme-less'} URL is refused. "
+            f"Received: scheme={scheme!r}"
+        )
+    if not parts.hostname:
+        raise DownloadRefusedError(f"A download URL needs a host name. Received: scheme={scheme!r}, host=''")
+
+
+def _inside(dest: Path, root: Path) -> Path:
+    """``dest`` resolved (symlinks included); refused unless it lies strictly inside ``root`` resolved."""
+    real_root = root.expanduser().resolve()
+    real_dest = dest.expanduser().resolve()
+    if real_dest == real_root or not real_dest.is_relative_to(real_root):
+        raise DownloadRefusedError(
+            f"A download must land inside its download folder {root}/; {dest.name!r} resolves outside it. "
+            f"Received: file={dest.name!r}"
+        )
+    return real_dest
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    sha256: str,
+    *,
+    allow_download: bool,
+    root: str | os.PathLike,
+    timeout: float = 60.0,
+) -> Path:
     """Downloads ``url`` to ``dest`` unless it is there already, and checks its sha256.
 
-    The file is written to a temporary name beside ``dest`` and renamed only after its checksum matched, so
-    an interrupted download never leaves a partial file under the final name.
+    Only ``https://`` and ``http://`` URLs are fetched; a redirect is followed only on the same host (and never
+    from https to http). ``dest`` must lie inside ``root`` (``DataContext.download_dir(name)``), symlinks
+    included, so a URL can never place a file where code would run it. The file is written to a temporary name
+    beside ``dest`` and renamed only after its checksum matched, so an interrupted download never leaves a
+    partial file under the final name. Messages never print a file's computed sha256.
 
     Args:
-        url: Where the file lives.
-        dest: The final path.
+        url: Where the file lives (``https://`` or ``http://``).
+        dest: The final path, inside ``root``.
         sha256: The expected hex sha256 (required: unverified downloads are refused).
         allow_download: False: never touch the network; a missing file raises ``FileNotFoundError``.
+        root: The folder downloads must land in (``context.download_dir(name)``); created when absent.
         timeout: Seconds to wait for the server at each read.
 
     Returns:
@@ -63,45 +194,53 @@ def download(url: str, dest: str | os.PathLike, sha256: str, *, allow_download: 
 
     Raises:
         FileNotFoundError: ``dest`` is missing and downloads are off, or the server could not be reached.
-        ValueError: The downloaded file (or the existing ``dest``) has another sha256, or ``sha256`` is not a
-            64-digit hex string.
+        DownloadRefusedError: (a ``ValueError``) ``url`` is not https/http, a redirect leaves its host or goes
+            from https to http, or ``dest`` resolves outside ``root``.
+        ValueError: The downloaded file (or the existing ``dest``) does not match ``sha256``, or ``sha256`` is not
+            a 64-digit hex string.
+
+    Example:
+        folder = context.download_dir("cifar100")
+        archive = download(OFFICIAL_URL, folder / ARCHIVE, OFFICIAL_SHA256, allow_download=True, root=folder)
     """
-    dest = Path(dest)
-    expected = (sha256 or "").lower()
+    expected = (sha256 or "").lower() if isinstance(sha256, str) or sha256 is None else ""
     if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
         raise ValueError(f"download needs the file's sha256 as 64 hex digits. Received: sha256={sha256!r}")
-    if dest.exists():
-        actual = sha256_file(dest)
-        if actual != expected:
+    _check_url(url)
+    dest = Path(dest)
+    root = Path(root)
+    real_dest = _inside(dest, root)
+    if real_dest.exists():
+        if not real_dest.is_file() or sha256_file(real_dest) != expected:
             raise ValueError(
-                f"{dest} exists but its sha256 is {actual}, not the expected {expected} for {url}. Delete it to "
-                f"download it again, or replace it with the right file. Received: dest={str(dest)!r}"
+                f"{dest.name} exists in {dest.parent}/ but does not match the pinned sha256 for {url}. Delete it to "
+                f"download it again, or replace it with the right file. Received: file={dest.name!r}"
             )
         return dest
     if not allow_download:
         raise FileNotFoundError(_missing_message(dest, url, "downloads are off (METALAB_OFFLINE=1)"))
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+        real_dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=real_dest.name + ".", suffix=".part", dir=real_dest.parent)
     except OSError as exc:
-        raise FileNotFoundError(_missing_message(dest, url, f"the folder is not writable ({exc})")) from exc
+        reason = f"the folder is not writable ({type(exc).__name__})"
+        raise FileNotFoundError(_missing_message(dest, url, reason)) from exc
     digest = hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
+                with _opener().open(url, timeout=timeout) as response:
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         digest.update(chunk)
                         out.write(chunk)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
                 raise FileNotFoundError(_missing_message(dest, url, f"the download failed ({exc})")) from exc
-        actual = digest.hexdigest()
-        if actual != expected:
+        if digest.hexdigest() != expected:
             raise ValueError(
-                f"The file downloaded from {url} has sha256 {actual}, but {expected} was expected; it was not "
-                f"saved. Received: sha256={actual}"
+                f"The file downloaded from {url} does not match the pinned sha256; it was not saved. Check the URL "
+                f"and the checksum. Received: url={url!r}"
             )
-        os.replace(tmp_name, dest)
+        os.replace(tmp_name, real_dest)
     finally:
         if os.path.exists(tmp_name):
             os.remove(tmp_name)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pluggy
@@ -32,11 +33,17 @@ __all__ = [
     "Algorithm",
     "ReportPanel",
     "SPLITS",
+    "DataPath",
+    "DownloadURL",
+    "Checksum",
+    "RunRef",
+    "MACHINE_KINDS",
+    "machine_params",
 ]
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.2"
+PLUGIN_API_VERSION = "1.3"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -45,6 +52,62 @@ hookimpl = pluggy.HookimplMarker("metalab")
 SPLITS = ("train", "val", "test")
 
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+
+#: The JSON-schema key that marks a parameter touching the machine (its value is one of :data:`MACHINE_KINDS`).
+MACHINE_KEY = "x-metalab-machine"
+#: What a machine-touching parameter names: a server path, a download URL, a file checksum, or another run.
+MACHINE_KINDS = ("data_path", "download_url", "checksum", "run_ref")
+
+
+def _machine(kind: str) -> Any:
+    return pydantic.Field(json_schema_extra={MACHINE_KEY: kind})
+
+
+#: A parameter naming a file or folder on the server (since API 1.3). Core checks it where it enters: it must
+#: resolve, symlinks included, inside ``METALAB_DATA_DIR`` or the caller's upload area; it is never read from a
+#: link's query parameters, and a ``demo`` dashboard hides it. Declare ``path: DataPath = Field("", ...)``.
+DataPath = Annotated[str, _machine("data_path")]
+#: A parameter naming a URL to download from (since API 1.3). Only ``https``/``http`` URLs are fetched, redirects
+#: to other hosts are refused, files land in the cache folder only, and outside ``private`` mode only the URLs the
+#: plugin declares in its spec's ``downloads`` are fetched.
+DownloadURL = Annotated[str, _machine("download_url")]
+#: A parameter holding a file's sha256 (since API 1.3); fixed to its default outside ``private`` mode.
+Checksum = Annotated[str, _machine("checksum")]
+#: A parameter naming another run by id (since API 1.3), e.g. a distillation teacher; outside ``private`` mode only
+#: the caller's own runs and showcase runs may be named.
+RunRef = Annotated[str | None, _machine("run_ref")]
+
+_NAME_HINTS = {"path": "data_path", "dir": "data_path", "folder": "data_path", "file": "data_path",
+               "url": "download_url", "uri": "download_url", "sha256": "checksum", "checksum": "checksum",
+               "md5": "checksum"}
+
+
+def machine_params(model: type[pydantic.BaseModel]) -> dict[str, str]:
+    """The parameters of a plugin's model that touch the machine, ``{name: kind}``.
+
+    A field declared with :data:`DataPath`, :data:`DownloadURL`, :data:`Checksum` or :data:`RunRef` has its kind;
+    an undeclared string field whose name says it holds a path, a URL or a checksum (``path``, ``cub_path``,
+    ``data_dir``, ``url``, ``sha256``, ...) is treated as one too, so a plugin written before API 1.3 is safe.
+
+    Args:
+        model: A :class:`Params` subclass.
+
+    Returns:
+        ``{field name: kind}`` with kinds from :data:`MACHINE_KINDS`.
+    """
+    found: dict[str, str] = {}
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        kind = extra.get(MACHINE_KEY)
+        if kind is None and info.annotation in (str, str | None):
+            for part in name.lower().split("_"):
+                if part in _NAME_HINTS:
+                    kind = _NAME_HINTS[part]
+                    break
+        if kind in MACHINE_KINDS:
+            found[name] = kind
+    return found
 
 
 class Params(pydantic.BaseModel):
@@ -130,6 +193,9 @@ class DatasetSpec:
         episode_defaults: Defaults for the run's episode shape, e.g. ``{"ways": 5, "shots": 1, "queries": 15}``.
         algorithm_defaults: The parameters the papers used on this dataset, per algorithm id, applied before the
             user's own values, e.g. ``{"metalab.maml": {"inner_lr": 0.01}}`` for sinusoids (since API 1.1).
+        downloads: The files the plugin may download, ``{url: sha256}`` (since API 1.3). Outside ``private`` mode
+            a :data:`DownloadURL` parameter may name only these, and every download is checked against its pinned
+            sha256.
     """
 
     id: str
@@ -142,10 +208,18 @@ class DatasetSpec:
     default_backbone: str | None = None
     episode_defaults: dict[str, int] = field(default_factory=dict)
     algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    downloads: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "DatasetSpec")
+        for url, digest in (self.downloads or {}).items() if isinstance(self.downloads, dict) else [(None, None)]:
+            if not (isinstance(url, str) and url.startswith(("https://", "http://")) and isinstance(digest, str)
+                    and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise ValueError(
+                    f"DatasetSpec {self.id!r}: downloads must map https/http URLs to their sha256 (64 lowercase hex "
+                    f"digits). Received: downloads={self.downloads!r}"
+                )
         if not isinstance(self.algorithm_defaults, dict) or not all(
             isinstance(k, str) and isinstance(v, dict) for k, v in self.algorithm_defaults.items()
         ):
@@ -195,7 +269,7 @@ class DataContext:
 
     Attributes:
         data_dir: ``METALAB_DATA_DIR`` (or the default under the user's cache dir). A dataset looks for its
-            files in ``data_dir/<dataset name>/`` and downloads there when ``allow_download`` is true.
+            files in ``data_dir/<dataset name>/``; downloads land in :meth:`download_dir` (the cache), never here.
         cache_dir: Where decoded arrays may be cached (``data_dir/.cache`` by default).
         allow_download: False disables any network access (tests and CI set it through
             ``METALAB_OFFLINE=1``).
@@ -204,6 +278,17 @@ class DataContext:
     data_dir: str
     cache_dir: str
     allow_download: bool = True
+
+    def download_dir(self, dataset: str) -> Path:
+        """Where downloads of ``dataset`` land: ``cache_dir/downloads/<dataset>/`` (since API 1.3).
+
+        :func:`metalab.core.datafiles.download` writes nowhere else, so a URL can never place a file in the data
+        folder, the code's folders or anywhere a later process would run it.
+        """
+        name = str(dataset)
+        if not name or name != Path(name).name or name in (".", ".."):
+            raise ValueError(f"download_dir takes a plain folder name. Received: dataset={dataset!r}")
+        return Path(self.cache_dir) / "downloads" / name
 
 
 @dataclass

@@ -39,3 +39,62 @@ def float64():
     yield
     keras.config.set_floatx(floatx)
     keras.config.set_dtype_policy(policy)
+
+
+class LoopbackHTTP:
+    """A small HTTP server on 127.0.0.1 for download tests (no network): serves bytes, redirects, records paths."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.routes: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self.requests: list[str] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            timeout = 10  # a stuck client never holds the thread for long
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                owner.requests.append(self.path)
+                status, body, headers = owner.routes.get(self.path, (404, b"not found", {}))
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def serve(self, path: str, body: bytes) -> str:
+        """Serves ``body`` at ``path``; returns its URL."""
+        self.routes[path] = (200, body, {"Content-Type": "application/octet-stream"})
+        return self.url(path)
+
+    def redirect(self, path: str, location: str, status: int = 302) -> str:
+        """Answers ``path`` with a redirect to ``location``; returns the URL of ``path``."""
+        self.routes[path] = (status, b"", {"Location": location})
+        return self.url(path)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def http_server():
+    """A :class:`LoopbackHTTP` server for the test, shut down afterwards."""
+    server = LoopbackHTTP()
+    yield server
+    server.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.core.plugin_api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
 
 ARCHIVE = "cifar-100-python.tar.gz"
 FOLDER = "cifar100"
@@ -33,17 +33,22 @@ FC100_PAPER = (
 class CifarParams(Params):
     """Where the CIFAR-100 archive is and the image size."""
 
-    path: str = Field(
+    path: DataPath = Field(
         "",
         description=(
             "cifar-100-python.tar.gz or its extracted cifar-100-python/ folder. Empty: look in "
-            "METALAB_DATA_DIR/cifar100/, then in the Keras cache ($KERAS_HOME/datasets or ~/.keras/datasets)."
+            "METALAB_DATA_DIR/cifar100/, then in the download folder, then in the Keras cache ($KERAS_HOME/datasets "
+            "or ~/.keras/datasets)."
         ),
     )
-    url: str = Field(
-        "", description="Download URL used when the archive is absent (empty: the official CIFAR-100 URL)."
+    url: DownloadURL = Field(
+        "",
+        description=(
+            "Download URL used when the archive is absent (empty: the official CIFAR-100 URL). Downloads land in "
+            "the cache folder (downloads/cifar100/)."
+        ),
     )
-    sha256: str = Field("", description="sha256 of the file at url (required with a url of your own).")
+    sha256: Checksum = Field("", description="sha256 of the file at url (required with a url of your own).")
     image_size: int = Field(32, ge=4, le=256, description="Side of the square images (CIFAR's own is 32).")
 
 
@@ -84,7 +89,7 @@ make_fc100 = _make("fc100")
 def metalab_register_datasets() -> list:
     common = (
         " Reads cifar-100-python.tar.gz (or the extracted folder) from METALAB_DATA_DIR/cifar100/ or the Keras "
-        "cache, or downloads it, checksum-verified, when allowed."
+        "cache, or downloads it, checksum-verified, into the cache folder when allowed."
     )
     return [
         DatasetSpec(
@@ -98,6 +103,7 @@ def metalab_register_datasets() -> list:
             paper=CIFAR_FS_PAPER,
             default_backbone="metalab.conv4",
             episode_defaults={"ways": 5, "shots": 1, "queries": 15},
+            downloads={OFFICIAL_URL: OFFICIAL_SHA256},
         ),
         DatasetSpec(
             id="metalab.fc100",
@@ -110,5 +116,6 @@ def metalab_register_datasets() -> list:
             paper=FC100_PAPER,
             default_backbone="metalab.conv4",
             episode_defaults={"ways": 5, "shots": 1, "queries": 15},
+            downloads={OFFICIAL_URL: OFFICIAL_SHA256},
         ),
     ]

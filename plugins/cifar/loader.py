@@ -30,12 +30,28 @@ def _is_folder(path: Path) -> bool:
     return path.is_dir() and all((path / part).is_file() for part in _PARTS)
 
 
+def _download_plan(params: Any) -> tuple[str, str, str]:
+    """``(url, sha256, file name)`` of the download to try: the user's url, else the official one (no ``path``).
+
+    The official URL given as ``url`` keeps its pinned sha256 (outside private mode no other checksum is taken).
+    """
+    if params.url:
+        name = Path(params.url.split("?", 1)[0].split("#", 1)[0]).name
+        sha256 = params.sha256 or (OFFICIAL_SHA256 if params.url == OFFICIAL_URL else "")
+        return params.url, sha256, name if name not in ("", ".", "..") else ARCHIVE
+    if params.path:
+        return "", "", ARCHIVE
+    return OFFICIAL_URL, OFFICIAL_SHA256, ARCHIVE
+
+
 def _candidates(params: Any, context: DataContext) -> list[Path]:
     if params.path:
         given = Path(params.path).expanduser()
         return [given, given / "cifar-100-python"]
     home = Path(context.data_dir) / FOLDER
+    downloads = context.download_dir(FOLDER)
     out = [home / ARCHIVE, home / "cifar-100-python", home]
+    out += [downloads / name for name in dict.fromkeys([ARCHIVE, _download_plan(params)[2]])]
     for keras_dir in keras_cache_dirs():
         out += [
             keras_dir / "cifar-100-python",
@@ -49,25 +65,28 @@ def _candidates(params: Any, context: DataContext) -> list[Path]:
 def locate(params: Any, context: DataContext) -> Path:
     """Finds the CIFAR-100 archive or folder, downloading it (sha256-checked) when absent and allowed.
 
+    Downloads land in ``context.download_dir("cifar100")`` (under the cache folder), never in the data folder or
+    the ``path`` given, and are found there on the next load.
+
     Returns:
         The ``.tar.gz`` archive or the folder holding ``train``, ``test`` and ``meta``.
 
     Raises:
         FileNotFoundError: Not found and not downloadable; the message names the places looked in.
-        ValueError: A user ``url`` without its ``sha256``.
+        ValueError: A user ``url`` without its ``sha256``, or a download refused or not matching its sha256.
     """
     candidates = _candidates(params, context)
     for path in candidates:
         if _is_folder(path) or (path.is_file() and tarfile.is_tarfile(path)):
             return path
     home = Path(context.data_dir) / FOLDER
-    url = params.url or (OFFICIAL_URL if not params.path else "")
-    if url and context.allow_download:
-        if params.url and not params.sha256:
+    url, sha256, name = _download_plan(params)
+    folder = context.download_dir(FOLDER)
+    # An earlier download is reused offline too (download() checks it against its sha256 without the network).
+    if url and (context.allow_download or (folder / name).is_file()):
+        if not sha256:
             raise ValueError(f"A download url needs the file's sha256 (param sha256). Received: url={params.url!r}")
-        sha256 = params.sha256 if params.url else OFFICIAL_SHA256
-        name = ARCHIVE if not params.url else (Path(params.url.split("?", 1)[0]).name or ARCHIVE)
-        return download(url, home / name, sha256, allow_download=True)
+        return download(url, folder / name, sha256, allow_download=context.allow_download, root=folder)
     looked = "\n  ".join(str(p) for p in candidates)
     why = "downloads are off (METALAB_OFFLINE=1)" if url else "the path given does not hold it"
     raise FileNotFoundError(

@@ -6,15 +6,15 @@ from typing import Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.core.plugin_api import AlgorithmSpec, Params, ReportPanel, RunRef, TaskSpec, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.3"
 
 
 class DistillParams(Params):
     """Distillation parameters; ``temperature`` and ``alpha`` follow the ranges of Hinton et al. 2015."""
 
-    teacher_run: str | None = Field(
+    teacher_run: RunRef = Field(
         None,
         description=(
             "Id (or unique id prefix) of a completed run in the run store (METALAB_HOME) trained on the same "

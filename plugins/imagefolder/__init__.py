@@ -12,9 +12,9 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
 
 #: The folder looked in when ``path`` is empty: ``METALAB_DATA_DIR/imagefolder/``.
 DEFAULT_FOLDER = "imagefolder"
@@ -23,7 +23,7 @@ DEFAULT_FOLDER = "imagefolder"
 class ImageFolderParams(Params):
     """Where the images are, how they are preprocessed and how classes are divided between the splits."""
 
-    path: str = Field(
+    path: DataPath = Field(
         "",
         description=(
             "A folder with one sub-folder per class, or a .zip of such a folder. Empty: METALAB_DATA_DIR/imagefolder/. "

@@ -14,7 +14,8 @@ tiered-ImageNet (Ren et al., 2018: 351 / 97 / 160 classes from 20 / 6 / 8 ImageN
 (a dict with ``label_specific`` and optionally ``label_specific_str``, ``label_general``, ``label_general_str``).
 
 Files go in ``METALAB_DATA_DIR/mini_imagenet/`` and ``METALAB_DATA_DIR/tiered_imagenet/`` (any sub-folder), or
-where the ``path`` parameter says; a ``url`` with its ``sha256`` is downloaded (and unpacked if an archive) there.
+where the ``path`` parameter says; a ``url`` with its ``sha256`` is downloaded (and unpacked if an archive) into the
+cache folder's ``downloads/<dataset>/``, where later loads find it.
 Pickles are read with a restricted unpickler (no code runs). Registration is cheap: loaders are imported lazily.
 """
 
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.core.plugin_api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
 
 MINI_PAPER = (
     "Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016). Matching Networks for One Shot Learning. NeurIPS. "
@@ -37,11 +38,17 @@ TIERED_PAPER = (
 
 
 class _PickleParams(Params):
-    path: str = Field(
+    path: DataPath = Field(
         "", description="Folder holding the files (any sub-folder is searched). Empty: METALAB_DATA_DIR/<dataset>/."
     )
-    url: str = Field("", description="Download URL of the files (a .pkl/.npz, or a .zip/.tar archive of them) when absent.")
-    sha256: str = Field("", description="sha256 of the file at url (required with url).")
+    url: DownloadURL = Field(
+        "",
+        description=(
+            "Download URL of the files (a .pkl/.npz, or a .zip/.tar archive of them) when absent. Downloads land "
+            "in the cache folder (downloads/<dataset>/)."
+        ),
+    )
+    sha256: Checksum = Field("", description="sha256 of the file at url (required with url).")
     image_size: int = Field(84, ge=8, le=256, description="Side of the square images (the benchmark's is 84).")
 
 

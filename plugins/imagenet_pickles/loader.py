@@ -59,26 +59,37 @@ def _search(root: Path, names: set[str]) -> dict[str, Path]:
     return found
 
 
-def _fetch(params: Any, context: DataContext, root: Path) -> bool:
-    """Downloads ``params.url`` into ``root`` (unpacking an archive beside it); True if something was fetched."""
+def _fetch(params: Any, context: DataContext, folder: str) -> bool:
+    """Downloads ``params.url`` into ``context.download_dir(folder)`` (unpacking an archive there); True if there is
+    something new to search."""
     if not params.url:
         return False
     if not params.sha256:
         raise ValueError(f"A download url needs the file's sha256 (param sha256). Received: url={params.url!r}")
-    name = Path(params.url.split("?", 1)[0]).name or "download"
-    target = download(params.url, root / name, params.sha256, allow_download=context.allow_download)
+    downloads = context.download_dir(folder)
+    name = Path(params.url.split("?", 1)[0].split("#", 1)[0]).name
+    if name in ("", ".", ".."):
+        name = "download"
+    target = download(params.url, downloads / name, params.sha256, allow_download=context.allow_download,
+                      root=downloads)
     if name.lower().endswith(_ARCHIVE_SUFFIXES):
-        unpacked = root / (name.split(".", 1)[0] + "_unpacked")
+        unpacked = downloads / (name.split(".", 1)[0] + "_unpacked")
         if not unpacked.exists():
             safe_unpack(target, unpacked)
     return True
 
 
 def _locate(params: Any, context: DataContext, folder: str, find: Callable[[Path], Any], missing_message: str) -> Any:
+    """Finds the files in ``path`` (or ``METALAB_DATA_DIR/<folder>/``), then among earlier downloads, then downloads
+    ``url`` into the download folder (never into the data folder or ``path``)."""
     root = _root(params, context, folder)
+    downloads = context.download_dir(folder)
     found = find(root)
-    if found is None and _fetch(params, context, root):
-        found = find(root)
+    # A path of one's own is not silently replaced by an earlier download, unless a url was given with it.
+    if found is None and (not params.path or params.url):
+        found = find(downloads)
+    if found is None and _fetch(params, context, folder):
+        found = find(downloads)
     if found is None:
         raise FileNotFoundError(missing_message.format(root=root) + f" Received: path={params.path!r}, url={params.url!r}")
     return found

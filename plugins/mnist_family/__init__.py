@@ -39,9 +39,9 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
 
 MNIST_PAPER = "LeCun, Bottou, Bengio & Haffner (1998). Gradient-based learning applied to document recognition. Proc. IEEE."
 FASHION_PAPER = (
@@ -55,7 +55,7 @@ EMNIST_PAPER = (
 
 def _class_split_params(total: int, train: int, val: int, what: str) -> type[Params]:
     class SplitParams(Params):
-        path: str = Field("", description=f"A file or folder holding the {what} files (empty: the default places).")
+        path: DataPath = Field("", description=f"A file or folder holding the {what} files (empty: the default places).")
         mode: Literal["few_shot", "supervised"] = Field(
             "few_shot",
             description=(

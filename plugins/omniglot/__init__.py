@@ -14,7 +14,7 @@ from pydantic import Field
 
 from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
 
 TOTAL_CHARACTERS = 1623
 
@@ -96,6 +96,9 @@ def __getattr__(name: str) -> Any:
 
 @hookimpl
 def metalab_register_datasets() -> list:
+    # The loader module is light to import (no Pillow, no file read); it holds the official URLs and checksums.
+    from .loader import OFFICIAL_DOWNLOADS
+
     return [
         DatasetSpec(
             id="metalab.omniglot",
@@ -103,7 +106,7 @@ def metalab_register_datasets() -> list:
             description=(
                 "1623 handwritten characters from 50 alphabets, 20 drawings each, resized to 28x28. Reads the "
                 "official zips (or copies with the same layout) from METALAB_DATA_DIR/omniglot/ and downloads "
-                "them, checksum-verified, when allowed."
+                "them, checksum-verified, into the cache folder when allowed."
             ),
             params=OmniglotParams,
             factory=make_omniglot,
@@ -111,5 +114,6 @@ def metalab_register_datasets() -> list:
             paper=PAPER,
             default_backbone="metalab.conv4",
             episode_defaults={"ways": 5, "shots": 1, "queries": 15},
+            downloads=dict(OFFICIAL_DOWNLOADS),
         )
     ]

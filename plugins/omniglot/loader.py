@@ -32,12 +32,15 @@ __all__ = [
     "load_oneshot_runs",
     "build_dataset",
     "omniglot_dir",
+    "OFFICIAL_DOWNLOADS",
 ]
 
 IMAGES_PER_CHARACTER = 20
 NATIVE_SIZE = 105
 ROTATIONS = (0, 90, 180, 270)
-_BASE_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+# raw.githubusercontent.com serves the files itself: github.com/.../raw/... answers with a redirect to that other
+# host, which metalab's downloads refuse to follow.
+_BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 # Bump when the decoded arrays change meaning (preprocessing, layout), so old caches are not reused.
 _CACHE_VERSION = 1
 
@@ -124,9 +127,18 @@ class CharacterSet:
     path: str = ""
 
 
+#: Every official file and its sha256, as the dataset spec declares them (``DatasetSpec.downloads``).
+OFFICIAL_DOWNLOADS: dict[str, str] = {info.url: info.sha256 for info in (*SOURCES.values(), RUNS_SOURCE)}
+
+
 def omniglot_dir(context: DataContext) -> Path:
     """The folder holding the Omniglot files: ``<data_dir>/omniglot``."""
     return Path(context.data_dir) / "omniglot"
+
+
+def _download_dir(context: DataContext) -> Path:
+    """Where Omniglot downloads land and are found again: ``<cache_dir>/downloads/omniglot``."""
+    return context.download_dir("omniglot")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,16 +175,19 @@ def _missing_error(folder: Path, infos: Iterable[SourceInfo], reason: str) -> Fi
 
 
 def _locate(context: DataContext, infos: Iterable[SourceInfo]) -> dict[str, Path]:
-    """Finds each source, downloading the official file (sha256-checked) when allowed and absent."""
+    """Finds each source in ``<data_dir>/omniglot``, then among earlier downloads, downloading the official file
+    (sha256-checked) into the download folder when allowed and absent."""
     folder = omniglot_dir(context)
+    downloads = _download_dir(context)
     infos = list(infos)
-    found = {info.name: _find_source(folder, info) for info in infos}
+    found = {info.name: _find_source(folder, info) or _find_source(downloads, info) for info in infos}
     missing = [info for info in infos if found[info.name] is None]
     if missing and not context.allow_download:
         raise _missing_error(folder, missing, "downloads are off (METALAB_OFFLINE=1)")
     for info in missing:
         try:
-            found[info.name] = download(info.url, folder / info.official_file, info.sha256, allow_download=True)
+            found[info.name] = download(info.url, downloads / info.official_file, info.sha256, allow_download=True,
+                                        root=downloads)
         except FileNotFoundError as exc:
             raise _missing_error(folder, missing, f"downloading failed ({exc.__cause__ or exc})") from exc
     return found  # type: ignore[return-value]

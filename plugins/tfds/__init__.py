@@ -11,12 +11,16 @@ it is imported only when the dataset is built. Registration is cheap.
 
 from __future__ import annotations
 
+import re
+
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.3"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_]+(/[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*)?(:\d+(\.\d+)*)?")
 
 
 class TFDSParams(Params):
@@ -25,7 +29,7 @@ class TFDSParams(Params):
     name: str = Field(
         "", description="TFDS name, optionally with config and version: mnist, cifar100:3.0.2, my_set/config:1.0.0."
     )
-    data_dir: str = Field(
+    data_dir: DataPath = Field(
         "",
         description=(
             "The TFDS data folder holding the prepared dataset. Empty: METALAB_DATA_DIR/tfds/, then $TFDS_DATA_DIR, "
@@ -40,6 +44,17 @@ class TFDSParams(Params):
     train_fraction: float = Field(0.6, gt=0, lt=1, description="Share of the classes used for meta-training.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the classes for validation; the rest are test.")
     seed: int = Field(0, ge=0, description="Seed of the permutation that assigns classes to splits.")
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The name becomes folders under the data folder: no "..", no absolute path, nothing but TFDS's characters.
+        if value.strip() and (not _NAME_RE.fullmatch(value.strip()) or ".." in value):
+            raise ValueError(
+                "name must be a TFDS dataset name, optionally /config and :version (letters, digits, _ . + -), e.g. "
+                f"mnist, cifar100:3.0.2, my_set/config:1.0.0. Received: name={value!r}"
+            )
+        return value
 
     @pydantic.model_validator(mode="after")
     def _check(self) -> "TFDSParams":

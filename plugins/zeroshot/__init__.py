@@ -21,9 +21,9 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, DatasetSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.core.plugin_api import AlgorithmSpec, DataPath, DatasetSpec, Params, ReportPanel, TaskSpec, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.3"
 
 #: Attributes of a glyph class (one-hot per group; see ``glyphs.ATTRIBUTE_NAMES``).
 GLYPH_ATTRIBUTES = 17
@@ -117,7 +117,7 @@ def make_glyphs(params: GlyphsParams | dict | None = None, context: Any = None) 
 class CubAttributesParams(Params):
     """Where a CUB-format folder is and how it is split."""
 
-    cub_path: str = Field(
+    cub_path: DataPath = Field(
         "", description="Folder with classes.txt, attributes/ and images/ (default: METALAB_DATA_DIR/CUB_200_2011)."
     )
     image_size: int = Field(84, ge=8, le=512, description="Images are resized to image_size x image_size RGB.")

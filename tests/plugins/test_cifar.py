@@ -144,17 +144,71 @@ def test_missing_archive_names_file_and_folder_without_network(tmp_path):
         cifar.make_cifar_fs({"path": str(tmp_path / "nowhere")}, ctx(tmp_path, allow_download=True))
 
 
-def test_download_from_a_user_url_checks_sha256(tmp_path):
-    source = write_archive(tmp_path / "mirror" / "c100.tar.gz")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    url = source.as_uri()
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_download_from_a_user_url_checks_sha256_and_lands_in_the_cache(tmp_path, http_server):
+    body = write_archive(tmp_path / "mirror" / "c100.tar.gz").read_bytes()
+    digest = hashlib.sha256(body).hexdigest()
+    url = http_server.serve("/files/c100.tar.gz", body)
     with pytest.raises(ValueError, match="sha256"):
         cifar.make_cifar_fs({"url": url}, ctx(tmp_path, allow_download=True))
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(ValueError, match="does not match the pinned sha256") as info:
         cifar.make_cifar_fs({"url": url, "sha256": "0" * 64}, ctx(tmp_path, allow_download=True))
+    assert digest not in str(info.value)
     ds = cifar.make_cifar_fs({"url": url, "sha256": digest}, ctx(tmp_path, allow_download=True))
-    assert (tmp_path / "data" / "cifar100" / "c100.tar.gz").is_file()
+    assert files_under(tmp_path / "cache" / "downloads") == [tmp_path / "cache" / "downloads" / "cifar100" / "c100.tar.gz"]
+    assert files_under(tmp_path / "data") == []  # nothing is written in the data folder
     assert ds.splits["test"].num_classes == 20
+    # The next load finds the downloaded file, offline, without asking the server again.
+    asked = len(http_server.requests)
+    again = cifar.make_fc100({"url": url, "sha256": digest}, ctx(tmp_path, allow_download=False))
+    assert again.info["source"] == str(tmp_path / "cache" / "downloads" / "cifar100" / "c100.tar.gz")
+    assert len(http_server.requests) == asked
+
+
+def test_the_official_download_lands_in_the_download_folder(tmp_path, http_server, monkeypatch):
+    from metalab.plugins.cifar import loader
+
+    body = write_archive(tmp_path / "mirror" / "official.tar.gz").read_bytes()
+    monkeypatch.setattr(loader, "OFFICIAL_URL", http_server.serve("/~kriz/cifar-100-python.tar.gz", body))
+    monkeypatch.setattr(loader, "OFFICIAL_SHA256", hashlib.sha256(body).hexdigest())
+    ds = cifar.make_cifar_fs({}, ctx(tmp_path, allow_download=True))
+    target = tmp_path / "cache" / "downloads" / "cifar100" / cifar.ARCHIVE
+    assert ds.info["source"] == str(target) and target.is_file()
+    assert not (tmp_path / "data").exists()
+    assert cifar.make_fc100({}, ctx(tmp_path)).info["source"] == str(target)  # found again offline
+    assert http_server.requests == ["/~kriz/cifar-100-python.tar.gz"]
+
+
+def test_the_official_url_given_as_url_keeps_its_pinned_checksum(tmp_path, http_server, monkeypatch):
+    # Outside private mode no checksum of one's own is taken, so naming the declared URL must be enough.
+    from metalab.plugins.cifar import loader
+
+    body = write_archive(tmp_path / "mirror" / "official.tar.gz").read_bytes()
+    official = http_server.serve("/~kriz/cifar-100-python.tar.gz", body)
+    monkeypatch.setattr(loader, "OFFICIAL_URL", official)
+    monkeypatch.setattr(loader, "OFFICIAL_SHA256", hashlib.sha256(body).hexdigest())
+    ds = cifar.make_cifar_fs({"url": official}, ctx(tmp_path, allow_download=True))
+    assert ds.info["source"] == str(tmp_path / "cache" / "downloads" / "cifar100" / cifar.ARCHIVE)
+    monkeypatch.setattr(loader, "OFFICIAL_SHA256", "2" * 64)  # the pin is what the download is checked against
+    with pytest.raises(ValueError, match="does not match the pinned sha256"):
+        cifar.make_cifar_fs({"url": official}, ctx(tmp_path / "again", allow_download=True))
+
+
+def test_a_file_url_is_refused(tmp_path):
+    source = write_archive(tmp_path / "mirror" / "c100.tar.gz")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    with pytest.raises(ValueError, match="Received: scheme='file'") as info:
+        cifar.make_cifar_fs({"url": source.as_uri(), "sha256": digest}, ctx(tmp_path, allow_download=True))
+    assert str(source.parent) not in str(info.value)
+    assert files_under(tmp_path / "cache") == [] and files_under(tmp_path / "data") == []
+
+
+def test_official_download_is_declared():
+    for spec in cifar.metalab_register_datasets():
+        assert spec.downloads == {cifar.OFFICIAL_URL: cifar.OFFICIAL_SHA256}
 
 
 def test_second_load_reads_the_cache(tmp_path, archive, monkeypatch):

@@ -69,7 +69,7 @@ def build(tmp_path: Path, **params):
 def test_spec_is_valid_and_registration_imports_nothing_heavy():
     s = spec()
     s.validate()
-    assert s.id == "metalab.imagefolder" and s.kind == "classification" and imagefolder.METALAB_PLUGIN_API == "1.0"
+    assert s.id == "metalab.imagefolder" and s.kind == "classification" and imagefolder.METALAB_PLUGIN_API == "1.3"
     code = ("import sys, metalab.plugins.imagefolder as m; m.metalab_register_datasets(); "
             "print([x for x in ('tensorflow', 'keras', 'PIL') if x in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

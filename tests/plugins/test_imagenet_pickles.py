@@ -120,21 +120,64 @@ def test_mini_imagenet_is_cached(tmp_path, monkeypatch):
     check_mini(pickles.make_mini_imagenet({"image_size": 12}, ctx(tmp_path)), 12)
 
 
-def test_mini_imagenet_downloads_a_zip_given_url_and_sha256(tmp_path):
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def mini_zip(tmp_path: Path) -> bytes:
     staging = tmp_path / "staging"
     write_mini_pickles(staging)
-    archive = tmp_path / "mirror" / "mini.zip"
-    archive.parent.mkdir()
-    with zipfile.ZipFile(archive, "w") as zf:
-        for f in staging.iterdir():
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for f in sorted(staging.iterdir()):
             zf.write(f, "mini/" + f.name)
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    params = {"url": archive.as_uri(), "sha256": digest, "image_size": SIDE}
+    return buffer.getvalue()
+
+
+def test_mini_imagenet_downloads_a_zip_given_url_and_sha256(tmp_path, http_server):
+    body = mini_zip(tmp_path)
+    url = http_server.serve("/share/mini.zip", body)
+    params = {"url": url, "sha256": hashlib.sha256(body).hexdigest(), "image_size": SIDE}
     with pytest.raises(FileNotFoundError, match="downloads are off"):
         pickles.make_mini_imagenet(params, ctx(tmp_path, allow_download=False))
+    assert http_server.requests == []
     ds = pickles.make_mini_imagenet(params, ctx(tmp_path, allow_download=True))
     check_mini(ds, SIDE)
-    assert "mini_unpacked" in ds.info["sources"]["train"]
+    downloads = tmp_path / "cache" / "downloads" / "mini_imagenet"
+    assert (downloads / "mini.zip").is_file()
+    assert ds.info["sources"]["train"] == str(downloads / "mini_unpacked" / "mini" / "mini-imagenet-cache-train.pkl")
+    assert files_under(tmp_path / "data") == []  # nothing is written in the data folder
+    # The next load, offline and even without the url, finds the download.
+    again = pickles.make_mini_imagenet({"image_size": SIDE}, ctx(tmp_path, allow_download=False))
+    assert again.info["sources"] == ds.info["sources"] and http_server.requests == ["/share/mini.zip"]
+
+
+def test_a_download_never_lands_in_the_path_given(tmp_path, http_server):
+    body = mini_zip(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    params = {"path": str(mine), "url": http_server.serve("/mini.zip", body),
+              "sha256": hashlib.sha256(body).hexdigest(), "image_size": SIDE}
+    check_mini(pickles.make_mini_imagenet(params, ctx(tmp_path, allow_download=True)), SIDE)
+    assert list(mine.iterdir()) == []
+    assert (tmp_path / "cache" / "downloads" / "mini_imagenet" / "mini.zip").is_file()
+
+
+def test_a_mismatching_download_names_no_digest_and_leaves_nothing(tmp_path, http_server):
+    body = mini_zip(tmp_path)
+    params = {"url": http_server.serve("/mini.zip", body), "sha256": "1" * 64}
+    with pytest.raises(ValueError, match="does not match the pinned sha256") as info:
+        pickles.make_mini_imagenet(params, ctx(tmp_path, allow_download=True))
+    assert hashlib.sha256(body).hexdigest() not in str(info.value) and "1" * 64 not in str(info.value)
+    assert files_under(tmp_path / "cache") == [] and files_under(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/mini.zip"])
+def test_only_http_urls_are_downloaded(tmp_path, url):
+    with pytest.raises(ValueError, match="Only https:// and http:// URLs") as info:
+        pickles.make_tiered_imagenet({"url": url, "sha256": "a" * 64}, ctx(tmp_path, allow_download=True))
+    assert "/etc/passwd" not in str(info.value)
+    assert files_under(tmp_path) == []
 
 
 def test_a_pickle_asking_for_code_is_refused(tmp_path):

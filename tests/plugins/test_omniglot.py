@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -150,7 +149,7 @@ def test_missing_files_offline_name_files_and_folder(tmp_path):
     message = str(info.value)
     assert "images_background.zip" in message and "images_evaluation.zip" in message
     assert str(tmp_path / "data" / "omniglot") in message and "METALAB_DATA_DIR/omniglot/" in message
-    assert "https://github.com/brendenlake/omniglot/raw/master/python/images_background.zip" in message
+    assert "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_background.zip" in message
 
 
 @needs_data
@@ -202,27 +201,45 @@ def test_extracted_folder_is_accepted(tmp_path):
     np.testing.assert_array_equal(chars.images, from_zip.images)
 
 
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
 @needs_data
-def test_download_is_checksum_verified(tmp_path, monkeypatch):
-    # A file:// URL stands in for GitHub: the same download, checksum and load path, without network.
+def test_download_is_checksum_verified_and_lands_in_the_cache(tmp_path, monkeypatch, http_server):
+    # A loopback HTTP server stands in for GitHub: the same download, checksum and load path, without network.
     official = loader.SOURCES["background_small1"]
-    local = tmp_path / "mirror" / official.official_file
-    local.parent.mkdir()
-    shutil.copyfile(OMNIGLOT / official.official_file, local)
-    assert sha256_file(local) == official.sha256
+    body = (OMNIGLOT / official.official_file).read_bytes()
+    assert sha256_file(OMNIGLOT / official.official_file) == official.sha256
+    url = http_server.serve("/brendenlake/omniglot/master/python/" + official.official_file, body)
     monkeypatch.setitem(loader.SOURCES, "background_small1", loader.SourceInfo(
-        official.name, official.official_file, local.as_uri(), official.sha256, official.alphabets, official.characters))
+        official.name, official.official_file, url, official.sha256, official.alphabets, official.characters))
     ctx = DataContext(str(tmp_path / "data"), str(tmp_path / "cache"), allow_download=True)
     chars = loader.load_characters(ctx, "background_small1")
-    assert (tmp_path / "data" / "omniglot" / official.official_file).is_file()
+    target = tmp_path / "cache" / "downloads" / "omniglot" / official.official_file
+    assert chars.path == str(target) and target.is_file()
     assert chars.images.shape[0] == 136
+    assert not (tmp_path / "data").exists()  # nothing is written in the data folder
+    # Found again on the next load, offline, without asking the server.
+    offline = DataContext(str(tmp_path / "data"), str(tmp_path / "cache"), allow_download=False)
+    assert loader.load_characters(offline, "background_small1").path == str(target)
+    assert len(http_server.requests) == 1
 
-    bad = loader.SourceInfo(official.name, official.official_file, local.as_uri(), "f" * 64, 5, 136)
+    bad = loader.SourceInfo(official.name, official.official_file, url, "f" * 64, 5, 136)
     monkeypatch.setitem(loader.SOURCES, "background_small1", bad)
-    ctx2 = DataContext(str(tmp_path / "data2"), str(tmp_path / "cache"), allow_download=True)
-    with pytest.raises(ValueError, match="sha256"):
+    ctx2 = DataContext(str(tmp_path / "data2"), str(tmp_path / "cache2"), allow_download=True)
+    with pytest.raises(ValueError, match="sha256") as info:
         loader.load_characters(ctx2, "background_small1")
-    assert not (tmp_path / "data2" / "omniglot" / official.official_file).exists()
+    assert official.sha256 not in str(info.value)
+    assert files_under(tmp_path / "cache2") == [] and not (tmp_path / "data2").exists()
+
+
+def test_official_files_are_declared_and_fetched_without_redirects():
+    (spec,) = omniglot_plugin.metalab_register_datasets()
+    assert spec.downloads == {info.url: info.sha256 for info in (*loader.SOURCES.values(), loader.RUNS_SOURCE)}
+    assert len(spec.downloads) == 5
+    # github.com/<repo>/raw/... redirects to another host, which downloads refuse; the files' own host is named.
+    assert all(url.startswith("https://raw.githubusercontent.com/brendenlake/omniglot/") for url in spec.downloads)
 
 
 @pytest.mark.skipif(not (OMNIGLOT / "all_runs.zip").is_file(), reason=f"all_runs.zip not found in {OMNIGLOT}")

@@ -23,7 +23,7 @@ def ctx(tmp_path: Path) -> DataContext:
 def test_spec_is_valid_and_registered_without_tfds_imported():
     (spec,) = tfds_plugin.metalab_register_datasets()
     spec.validate()
-    assert spec.id == "metalab.tfds" and tfds_plugin.METALAB_PLUGIN_API == "1.0"
+    assert spec.id == "metalab.tfds" and tfds_plugin.METALAB_PLUGIN_API == "1.3"
     registry = make_plugin_manager(distributions={"metalab"}, settings=load_settings(disable_plugins=""), strict=False)
     if "metalab.tfds" not in registry.datasets:
         registry = make_plugin_manager(distributions={"metalab"}, plugins=[("metalab", tfds_plugin)],
@@ -47,6 +47,16 @@ def test_unprepared_dataset_fails_at_once_saying_where(tmp_path):
     assert str(tmp_path / "data" / "tfds" / "mnist") in message and "never downloads" in message
     with pytest.raises(ValueError, match="needs the TFDS dataset name"):
         tfds_plugin.make_tfds({}, ctx(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["../../etc", "/etc/passwd", "mnist/../../x", "a/b/c", "mnist:../1.0.0"])
+def test_a_name_cannot_leave_the_data_folder(tmp_path, name):
+    # The name becomes folders under the TFDS data folder, so it must stay a plain TFDS name.
+    with pytest.raises(ValueError, match="must be a TFDS dataset name") as info:
+        tfds_plugin.make_tfds({"name": name}, ctx(tmp_path))
+    assert f"Received: name={name!r}" in str(info.value)
+    for good in ("mnist", "cifar100:3.0.2", "my_set/config:1.0.0", "wmt14_translate/de-en"):
+        assert tfds_plugin.TFDSParams(name=good).name == good
 
 
 @pytest.fixture(scope="module")
