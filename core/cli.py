@@ -17,8 +17,10 @@ from rich.table import Table
 app = typer.Typer(help="metalab: a workbench for meta-learning.", no_args_is_help=True, add_completion=False)
 plugins_app = typer.Typer(help="Inspect the installed plugins.", no_args_is_help=True)
 runs_app = typer.Typer(help="List, inspect, resume, cancel and delete runs.", no_args_is_help=True)
+demo_app = typer.Typer(help="Showcase bundles for a shared (demo) dashboard.", no_args_is_help=True)
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(runs_app, name="runs")
+app.add_typer(demo_app, name="demo")
 
 console = Console()
 err = Console(stderr=True)
@@ -321,21 +323,107 @@ def report(
 @app.command()
 def dashboard(
     port: int = typer.Option(8501, help="Port to serve on."),
+    host: Optional[str] = typer.Option(
+        None, help="Address to listen on. Default 127.0.0.1 (this machine only); give 0.0.0.0 or an interface's "
+                   "address to let other machines reach it."),
+    mode: Optional[str] = typer.Option(
+        None, help="private (one trusted user; the default), demo (anyone with the link) or team (signed-in "
+                   "users). Default: METALAB_MODE, else private."),
     headless: bool = typer.Option(True, help="Do not open a browser."),
 ) -> None:
     """Start the metalab dashboard (Streamlit)."""
+    import os
+    import signal
     import subprocess
 
+    from .settings import load_settings
     from . import __file__ as core_file
 
+    env = dict(os.environ)
+    if mode is not None:
+        env["METALAB_MODE"] = mode
+    try:
+        settings = load_settings(**({"mode": mode} if mode else {}))
+    except Exception as exc:  # noqa: BLE001 - a bad setting is the user's to fix: say which
+        _fail(f"the dashboard's settings are invalid: {exc}")
+    problem = _mode_problem(settings)
+    if problem:
+        _fail(problem)
+    address = host or "127.0.0.1"
+    if host is None:
+        console.print(f"metalab dashboard ({settings.mode} mode) on http://127.0.0.1:{port} (this machine only; "
+                      "--host 0.0.0.0 to listen on every interface)", highlight=False)
+    else:
+        console.print(f"metalab dashboard ({settings.mode} mode) listening on {host}:{port}: anyone who can reach "
+                      "this address can open it" + (" and use everything (private mode: one trusted user)"
+                                                     if settings.mode == "private" else ""), highlight=False)
     app_path = Path(core_file).resolve().parent.parent / "streamlit_app.py"
     if not app_path.exists():
         from importlib import resources
 
         app_path = Path(str(resources.files("metalab.dashboard") / "serve.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
-           "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
-    raise typer.Exit(subprocess.call(cmd))
+           "--server.address", address, "--server.headless", str(headless).lower(),
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    if settings.mode != "private":
+        cmd += ["--server.maxUploadSize", str(int(settings.max_upload_mb)),
+                "--server.enableXsrfProtection", "true", "--server.enableCORS", "true"]
+    proc = subprocess.Popen(cmd, env=env)
+
+    def stop(signum: int, frame: Any) -> None:
+        # The server goes with this command: SIGTERM/SIGINT never leave it holding the port.
+        proc.terminate()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop)
+    try:
+        code = proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+
+
+def _mode_problem(settings: Any) -> str | None:
+    """Why the dashboard cannot start in its mode, or ``None``: team mode needs an OIDC provider in secrets."""
+    if settings.mode != "team":
+        return None
+    import os
+
+    import tomllib
+
+    places = [Path(p) for p in os.environ.get("METALAB_SECRETS", "").split(os.pathsep) if p] or [
+        Path.cwd() / ".streamlit" / "secrets.toml", Path.home() / ".streamlit" / "secrets.toml"]
+    for place in places:
+        try:
+            auth = tomllib.loads(place.read_text(encoding="utf-8")).get("auth") or {}
+        except (OSError, ValueError):
+            continue
+        missing = [k for k in ("redirect_uri", "cookie_secret") if not auth.get(k)]
+        if not missing and (auth.get("server_metadata_url") or any(isinstance(v, dict) for v in auth.values())):
+            return None
+    return ("team mode signs users in with an OIDC provider: put an [auth] section (redirect_uri, cookie_secret, "
+            "client_id, client_secret, server_metadata_url) in .streamlit/secrets.toml (see docs/deploy.md). "
+            "Received: mode='team'")
+
+
+@demo_app.command("pack")
+def demo_pack(
+    run_ids: list[str] = typer.Argument(..., metavar="RUN...", help="Completed runs to show."),
+    out: Path = typer.Option(..., "--out", "-o", help="A new folder for the bundle."),
+) -> None:
+    """Write a read-only showcase bundle (store rows, reports, checkpoints) that a dashboard serves with
+    METALAB_SHOWCASE_DIR=OUT (e.g. `metalab dashboard --mode demo`)."""
+    from .showcase import pack
+    from .store import RunNotFoundError
+
+    services = _services()
+    try:
+        folder = pack(services.store, run_ids, out)
+    except (ValueError, RunNotFoundError) as exc:
+        _fail(str(exc))
+    console.print(f"wrote {folder} ({len(run_ids)} runs); serve it with METALAB_SHOWCASE_DIR={folder} "
+                  "metalab dashboard --mode demo", highlight=False, soft_wrap=True)
 
 
 @app.command("new-plugin")

@@ -69,6 +69,54 @@ FIT_MODES = ("stretch", "crop")
 
 #: Images with more pixels are refused before decoding (a decompression bomb in a small file).
 DEFAULT_MAX_PIXELS = 64_000_000
+_PIXEL_CAP = [DEFAULT_MAX_PIXELS]
+
+
+def configure_pixel_cap(max_pixels: int) -> None:
+    """Sets this process's cap on image pixels (``METALAB_MAX_IMAGE_PIXELS``; the mode's default otherwise).
+
+    :func:`decode_image` and :func:`check_image_header` refuse larger images from their header, before the
+    decoder allocates; the run store's services and the training worker set it from their settings.
+    """
+    _PIXEL_CAP[0] = max(1, int(max_pixels))
+
+
+def pixel_cap() -> int:
+    """The cap :func:`configure_pixel_cap` set."""
+    return _PIXEL_CAP[0]
+
+
+def check_image_header(source: str | os.PathLike | bytes | IO[bytes], name: str, max_pixels: int | None = None,
+                       ) -> tuple[int, int]:
+    """Reads only an image's header and refuses it when it has more than ``max_pixels`` pixels.
+
+    Args:
+        source: A path, the file's bytes, or a binary file object.
+        name: The file's name for messages (never a server path).
+        max_pixels: The cap; ``None`` for :func:`pixel_cap`.
+
+    Returns:
+        ``(width, height)``.
+
+    Raises:
+        UnreadableImageError: Not an image Pillow recognises, or over the cap (the message names both numbers).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    cap = pixel_cap() if max_pixels is None else int(max_pixels)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    try:
+        with Image.open(source) as image:  # the header only: nothing is decoded here
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"{name}: not a readable image ({type(exc).__name__}).") from None
+    if width * height > cap:
+        raise UnreadableImageError(
+            f"{name}: {width}x{height} is {width * height:,} pixels, more than the {cap:,} allowed here "
+            f"(METALAB_MAX_IMAGE_PIXELS); shrink it first. Received: pixels={width * height}"
+        )
+    return width, height
 
 _IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 
@@ -157,7 +205,7 @@ def decode_image(
     channels: Literal[1, 3] = 3,
     fit: str = "stretch",
     invert: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """Decodes one image file into the array a dataset stores: ``uint8 [H, W, channels]``.
 
@@ -173,7 +221,7 @@ def decode_image(
         channels: 1 (grey) or 3 (RGB).
         fit: One of :data:`FIT_MODES`.
         invert: Make dark-on-light images light-on-dark (as Omniglot's loader does).
-        max_pixels: Refuse images with more pixels than this before decoding them.
+        max_pixels: Refuse images with more pixels than this before decoding them; ``None``: :func:`pixel_cap`.
 
     Returns:
         ``uint8`` array ``[H, W, channels]``.
@@ -189,6 +237,7 @@ def decode_image(
     if fit not in FIT_MODES:
         raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}. Received: fit={fit!r}")
     target = _size_tuple(size)
+    max_pixels = pixel_cap() if max_pixels is None else int(max_pixels)
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))

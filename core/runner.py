@@ -593,8 +593,11 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
 class _CancelWatch:
     """Polls the store for a cancel request (at most twice a second) and turns SIGTERM/SIGINT into one."""
 
-    def __init__(self, store: RunStore, run_id: str):
+    def __init__(self, store: RunStore, run_id: str, max_seconds: float = 0):
         self.store, self.run_id = store, run_id
+        # The wall-time cap of this worker session (0: none): past it the run stops like a cancel, resumable.
+        self.max_seconds = float(max_seconds or 0)
+        self._deadline = time.monotonic() + self.max_seconds if self.max_seconds else None
         self._last = 0.0
         self._signalled = False
         self._previous: dict[int, Any] = {}
@@ -616,6 +619,8 @@ class _CancelWatch:
         now = time.monotonic()
         if self._signalled:
             raise RunCancelled("signal")
+        if self._deadline is not None and now >= self._deadline:
+            raise RunCancelled("wall_time")
         if now - self._last >= 0.5:
             self._last = now
             if self.store.cancel_requested(self.run_id):
@@ -647,7 +652,7 @@ def train_run(
     step = 0
     session = optimizer = sampler = None
     try:
-        with device_scope(config.device), _CancelWatch(store, run_id) as watch:
+        with device_scope(config.device), _CancelWatch(store, run_id, settings.max_run_seconds) as watch:
             session = build_session(registry, config, settings)
             store.update_run(run_id, device=_device_name(config.device))
             algorithm = session.algorithm
@@ -715,9 +720,16 @@ def train_run(
             write_report_data(store, run_id, session, registry)
         store.update_run(run_id, status="completed", finished=time.time(), step=step)
         return "completed"
-    except RunCancelled:
+    except RunCancelled as stop:
         if session is not None and optimizer is not None and sampler is not None:
             save_checkpoint(store, run_id, step, session.algorithm, optimizer, sampler)
+        if stop.args and stop.args[0] == "wall_time":
+            store.update_run(
+                run_id, status="interrupted", finished=time.time(), step=step,
+                error=f"Stopped at the wall-time cap of {settings.max_run_seconds} s per run here "
+                      f"(METALAB_MAX_RUN_SECONDS) after step {step}; its owner can resume it from the checkpoint.",
+            )
+            return "interrupted"
         store.update_run(run_id, status="cancelled", finished=time.time(), step=step)
         return "cancelled"
     except Exception as exc:  # noqa: BLE001 - every failure is recorded for the user, never lost
@@ -838,6 +850,9 @@ def run_worker_main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     store_path, run_id = argv[0], argv[1]
     settings = load_settings()
+    from .datasets_info import configure_pixel_cap
+
+    configure_pixel_cap(settings.max_image_pixels)
     store = RunStore(store_path)
     registry = make_plugin_manager(settings=settings, strict=False)
     try:
@@ -849,7 +864,7 @@ def run_worker_main(argv: list[str] | None = None) -> int:
     # The worker is a fresh process: its thread pools can still be chosen before TensorFlow starts.
     configure_threads(*thread_counts(settings, meta_batch))
     status = train_run(store, run_id, registry, settings=settings)
-    return 0 if status in ("completed", "cancelled") else 1
+    return 0 if status in ("completed", "cancelled", "interrupted") else 1
 
 
 if __name__ == "__main__":

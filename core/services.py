@@ -7,6 +7,7 @@ and the dashboard runs those in worker processes through :meth:`Services.launch`
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import subprocess
@@ -16,9 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .access import AccessError, Actor, CapError, Policy
 from .config import RunConfig, resolve_config
 from .settings import Settings, load_settings
-from .store import RunRecord, RunStore
+from .store import RunNotFoundError, RunRecord, RunStore
 
 #: Statuses of a run whose worker is (or is about to be) busy.
 ACTIVE = ("queued", "running")
@@ -26,8 +28,9 @@ ACTIVE = ("queued", "running")
 RESUMABLE = ("cancelled", "interrupted", "failed")
 
 
-class LaunchLimitError(RuntimeError):
-    """Raised when starting a worker would exceed ``settings.max_workers`` runs at once."""
+class LaunchLimitError(CapError):
+    """Raised when starting a worker would exceed ``settings.max_workers`` runs and probes at once, or the
+    caller's ``max_runs_per_owner``."""
 
 
 class ProbeError(RuntimeError):
@@ -42,17 +45,44 @@ _DEVICES_LOCK = threading.Lock()
 class Services:
     """metalab's operations over one plugin registry and one run store.
 
+    Every request is made as :attr:`actor` and checked by :attr:`policy` here, where it enters core: ownership
+    of runs and uploads, parameters that touch the machine, and the caps. The dashboard shares one object and
+    calls it through :meth:`for_actor` with each browser session's identity.
+
     Args:
-        settings: Paths and plugin switches; read from the environment when omitted.
+        settings: Paths, plugin switches, mode and caps; read from the environment when omitted.
         registry: A :class:`~metalab.core.plugin_manager.PluginRegistry`; made (entry points on) when omitted.
+        actor: Who asks; by default :meth:`Actor.machine` (the CLI: this machine's owner).
     """
 
-    def __init__(self, settings: Settings | None = None, registry: Any | None = None):
+    def __init__(self, settings: Settings | None = None, registry: Any | None = None, actor: Actor | None = None):
         self.settings = settings or load_settings()
         self._registry = registry
+        self.actor = actor or Actor.machine()
         # Worker processes this object started: polled to reap them and to spot a worker that died early.
         self._workers: dict[str, subprocess.Popen] = {}
+        # Estimate probes running now, per owner (they count against max_workers).
+        self._probes: dict[str, int] = {}
         self._lock = threading.Lock()
+        from .datasets_info import configure_pixel_cap
+
+        configure_pixel_cap(self.settings.max_image_pixels)
+
+    def for_actor(self, actor: Actor) -> "Services":
+        """A view of this object that acts as ``actor``, sharing its registry, store, workers and probes."""
+        self.store, self.policy  # noqa: B018 - made once here, so every view shares them
+        view = copy.copy(self)
+        view.actor = actor
+        return view
+
+    @cached_property
+    def policy(self) -> Policy:
+        """The access rules of this process (see :class:`~metalab.core.access.Policy`)."""
+        return Policy(self.settings, upload_owners=lambda name: (self.store.upload_record(name) or {}).get("owner"))
+
+    def redact(self, message: str) -> str:
+        """``message`` as :attr:`actor` may see it (server paths hidden off the machine)."""
+        return self.policy.redact(self.actor, message)
 
     @property
     def registry(self) -> Any:
@@ -64,7 +94,18 @@ class Services:
 
     @cached_property
     def store(self) -> RunStore:
-        return RunStore(self.settings.store_path, self.settings.runs_dir)
+        store = RunStore(self.settings.store_path, self.settings.runs_dir)
+        self.showcase_error: str | None = None
+        if self.settings.showcase_dir:
+            from .showcase import install
+
+            try:
+                install(self.settings.showcase_dir, store)
+            except ValueError as exc:  # a broken bundle leaves the dashboard up, and says why
+                self.showcase_error = str(exc)
+            except OSError as exc:
+                self.showcase_error = f"The showcase folder could not be read ({type(exc).__name__})."
+        return store
 
     # -- plugins ----------------------------------------------------------------------------------------
 
@@ -80,13 +121,17 @@ class Services:
             ``title``, ``description``, ``paper``, ``params`` (the JSON schema) and ``defaults`` (every parameter's
             default, those made by a default factory included); datasets add ``kind``,
             ``default_backbone`` and ``episode_defaults``; algorithms ``task_kinds``; backbones ``input_kinds``.
+            ``machine`` maps the parameters that touch the machine (paths, URLs, checksums, runs) to their kind:
+            pages never fill them from a link, and hide them in ``demo`` mode.
         """
         reg = self.registry
+
+        from .plugin_api import machine_params
 
         def row(spec: Any, **extra: Any) -> dict[str, Any]:
             return {"id": spec.id, "title": spec.title, "description": spec.description, "paper": spec.paper,
                     "params": spec.params.model_json_schema(), "defaults": spec.params().model_dump(mode="json"),
-                    **extra}
+                    "machine": machine_params(spec.params), **extra}
 
         return {
             "datasets": {i: row(s, kind=s.kind, default_backbone=s.default_backbone,
@@ -103,34 +148,96 @@ class Services:
     # -- runs -------------------------------------------------------------------------------------------
 
     def resolve(self, raw: dict[str, Any], assignments: dict[str, Any] | None = None) -> RunConfig:
-        """Validates a run config against the chosen plugins (raises ``ConfigError`` naming field and value)."""
-        return resolve_config(self.registry, raw, assignments)
+        """Validates a run config against the chosen plugins and the caller's rights.
+
+        Raises:
+            ConfigError: A field is invalid (the message names field and value).
+            AccessError: A parameter names a path, URL, checksum or run the caller may not use.
+            CapError: More steps than ``max_steps``.
+        """
+        config = resolve_config(self.registry, raw, assignments)
+        self.check_config(config)
+        return config
+
+    def check_config(self, config: RunConfig) -> None:
+        """Checks a validated config against the caller's rights and the caps (see :meth:`resolve`)."""
+        reg, policy = self.registry, self.policy
+        owner_of = self._run_owner
+        for section, spec, values in (
+            ("dataset", reg.datasets.get(config.dataset), config.dataset_params),
+            ("algorithm", reg.algorithms.get(config.algorithm), config.algorithm_params),
+            ("backbone", reg.backbones.get(config.backbone or ""), config.backbone_params),
+            ("test_dataset", reg.datasets.get(config.test_dataset or ""), config.test_dataset_params),
+        ):
+            if spec is not None:
+                policy.check_params(self.actor, section, spec, values, run_owner=owner_of)
+        cap = self.settings.max_steps
+        if config.steps > cap and not self.actor.on_machine:
+            raise CapError(f"steps: at most {cap:,} steps per run here (METALAB_MAX_STEPS). Received: steps={config.steps}")
+
+    def _run_owner(self, run_id: str) -> str | None:
+        try:
+            return self.store.get_run(run_id).owner
+        except RunNotFoundError:
+            return None
 
     def create_run(self, config: RunConfig, name: str = "") -> str:
-        """Records a new queued run and returns its id."""
-        return self.store.create_run(config.model_dump(), name=name)
+        """Records a new queued run owned by :attr:`actor` and returns its id."""
+        self.policy.require_actor(self.actor, "create a run")
+        self.check_config(config)
+        return self.store.create_run(config.model_dump(), name=name, owner=self.actor.id)
 
     def train(self, run_id: str, progress: Any = None) -> str:
         """Trains (or resumes) a run in this process; returns its final status."""
         from .runner import train_run
 
-        return train_run(self.store, run_id, self.registry, settings=self.settings, progress=progress)
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: train")
+        return train_run(self.store, run.id, self.registry, settings=self.settings, progress=progress)
+
+    def _worker_limits(self) -> Any:
+        """The ``preexec_fn`` of worker and probe processes: niced, and with an address-space limit if set."""
+        nice, memory_mb = int(self.settings.worker_nice), int(self.settings.worker_memory_mb or 0)
+
+        def limit() -> None:  # runs in the child between fork and exec: no locks, no imports of our own
+            import resource
+
+            if nice:
+                os.nice(nice)
+            if memory_mb:
+                limit_bytes = memory_mb << 20
+                resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+        return limit
 
     def launch(self, run_id: str) -> subprocess.Popen:
-        """Starts a worker process that trains (or resumes) the run and reports to the store."""
+        """Starts a worker process that trains (or resumes) the run and reports to the store.
+
+        The worker runs niced and, when ``worker_memory_mb`` is set, under that address-space limit; its pid is
+        recorded at once, so a worker that dies before training frees its slot (the store marks the run failed).
+        """
         log_dir = self.store.run_dir(run_id)
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child process
-        env = dict(os.environ, METALAB_HOME=str(self.settings.home), METALAB_DATA_DIR=str(self.settings.data_dir))
-        return subprocess.Popen(
-            [sys.executable, "-m", "metalab.core.runner", str(self.store.path), run_id],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "metalab.core.runner", str(self.store.path), run_id],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._worker_env(),
+                start_new_session=True, preexec_fn=self._worker_limits(),
+            )
+        finally:
+            log.close()
+        self.store.update_run(run_id, pid=proc.pid, host=os.uname().nodename)
+        return proc
 
     # -- devices and the pre-launch probe (worker processes: this process never imports TensorFlow) -------
 
     def _worker_env(self) -> dict[str, str]:
-        return dict(os.environ, METALAB_HOME=str(self.settings.home), METALAB_DATA_DIR=str(self.settings.data_dir))
+        # The caps travel with the mode: a worker reads the same settings (wall time, pixels) as this process.
+        return dict(os.environ, METALAB_HOME=str(self.settings.home), METALAB_DATA_DIR=str(self.settings.data_dir),
+                    METALAB_CACHE_DIR=str(self.settings.cache_dir), METALAB_MODE=self.settings.mode,
+                    METALAB_MAX_RUN_SECONDS=str(self.settings.max_run_seconds),
+                    METALAB_MAX_IMAGE_PIXELS=str(self.settings.max_image_pixels))
 
     def _probe(self, args: list[str], timeout: float) -> dict[str, Any]:
         """Runs ``python -m metalab.core.probe ARGS`` and returns its JSON answer (``ok`` true or false).
@@ -141,7 +248,7 @@ class Services:
         command = [sys.executable, "-m", "metalab.core.probe", *args]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self._worker_env(),
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=self._worker_limits())
         except subprocess.TimeoutExpired:
             raise ProbeError(f"The probe took longer than {timeout:g} s and was stopped. "
                              f"Received: command={args[0]!r}, timeout={timeout:g}") from None
@@ -212,24 +319,57 @@ class Services:
             The probe's answer (see :func:`metalab.core.probe.estimate`) with ``ok`` true, or ``{"ok": False,
             "error": message, "traceback": text}``: a failure is returned, never raised.
         """
-        raw = config.model_dump(mode="json") if isinstance(config, RunConfig) else dict(config)
+        try:
+            checked = config if isinstance(config, RunConfig) else self.resolve(dict(config))
+            self.check_config(checked)
+            self._take_probe_slot()
+        except (AccessError, ValueError) as exc:
+            return {"ok": False, "error": self.redact(str(exc)), "traceback": ""}
+        raw = checked.model_dump(mode="json")
         args = ["estimate", json.dumps(raw), "--steps", str(int(steps)), "--max-seconds", str(float(max_seconds))]
         try:
-            return self._probe(args, timeout)
+            answer = self._probe(args, timeout)
         except ProbeError as exc:
-            return {"ok": False, "error": str(exc).splitlines()[0], "traceback": str(exc)}
+            return {"ok": False, "error": self.redact(str(exc).splitlines()[0]), "traceback": self.redact(str(exc))}
+        finally:
+            with self._lock:
+                self._probes[self.actor.id] -= 1
+        if not answer.get("ok"):
+            answer = {**answer, "error": self.redact(str(answer.get("error", ""))),
+                      "traceback": self.redact(str(answer.get("traceback", "")))}
+        return answer
+
+    def _take_probe_slot(self) -> None:
+        """Counts a probe against ``max_workers`` and ``max_probes_per_owner``, or raises :class:`CapError`."""
+        active = len(self.active_runs())
+        with self._lock:
+            probes = sum(self._probes.values())
+            mine = self._probes.get(self.actor.id, 0)
+            if active + probes >= self.settings.max_workers:
+                raise LaunchLimitError(
+                    f"{active} runs and {probes} estimates are running; at most {self.settings.max_workers} workers "
+                    f"run at once here (METALAB_MAX_WORKERS). Wait for one to finish. Received: workers={active + probes}")
+            if mine >= self.settings.max_probes_per_owner:
+                raise CapError(f"You have {mine} estimates running; at most {self.settings.max_probes_per_owner} at "
+                               f"once (METALAB_MAX_PROBES_PER_OWNER). Received: probes={mine}")
+            self._probes[self.actor.id] = mine + 1
 
     def active_runs(self) -> list[RunRecord]:
         """Runs that are queued or running now (reaps finished worker processes first)."""
         self._reap()
-        return [run for status in ACTIVE for run in self.store.list_runs(status=status)]
+        # Reading a run reconciles it with its worker: one found dead is no longer active.
+        return [run for status in ACTIVE for run in self.store.list_runs(status=status) if run.status in ACTIVE]
 
     def submit(self, config: RunConfig, name: str = "") -> str:
         """Records a new run and starts its worker process, within ``settings.max_workers`` runs at once.
 
         Raises:
-            LaunchLimitError: ``max_workers`` runs are already queued or running.
+            LaunchLimitError: ``max_workers`` runs and probes are already running, or the caller has
+                ``max_runs_per_owner`` runs queued or running.
+            AccessError, CapError: See :meth:`check_config`.
         """
+        self.policy.require_actor(self.actor, "launch a run")
+        self.check_config(config)
         self._check_capacity()
         run_id = self.create_run(config, name=name)
         self._start(run_id)
@@ -242,23 +382,33 @@ class Services:
             ValueError: The run is not in a resumable state.
             LaunchLimitError: ``max_workers`` runs are already queued or running.
         """
-        run = self.store.get_run(run_id)
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: resume")
         if run.status not in RESUMABLE:
             raise ValueError(
                 f"Only a {', '.join(RESUMABLE)} run can be resumed; run {run.id} is {run.status}. "
                 f"Received: run={run_id!r}"
             )
         self._check_capacity()
-        self.store.update_run(run.id, status="queued", cancel_requested=0, finished=None)
+        self.store.update_run(run.id, status="queued", cancel_requested=0, finished=None, pid=None)
         self._start(run.id)
 
     def _check_capacity(self) -> None:
         active = self.active_runs()
-        if len(active) >= self.settings.max_workers:
+        with self._lock:
+            probes = sum(self._probes.values())
+        if len(active) + probes >= self.settings.max_workers:
             raise LaunchLimitError(
-                f"{len(active)} runs are already queued or running (the limit is METALAB_MAX_WORKERS="
-                f"{self.settings.max_workers}); wait for one to finish or cancel one. "
-                f"Received: active={[r.id for r in active]}"
+                f"{len(active)} runs are already queued or running and {probes} estimates are running (the limit "
+                f"is METALAB_MAX_WORKERS={self.settings.max_workers}); wait for one to finish or cancel one. "
+                f"Received: active={len(active) + probes}"
+            )
+        mine = [r for r in active if r.owner == self.actor.id]
+        cap = self.settings.max_runs_per_owner
+        if len(mine) >= cap:
+            raise LaunchLimitError(
+                f"You have {len(mine)} runs queued or running; at most {cap} at once (METALAB_MAX_RUNS_PER_OWNER). "
+                f"Wait for one to finish or cancel one. Received: active={[r.id for r in mine]}"
             )
 
     def _start(self, run_id: str) -> None:
@@ -277,11 +427,18 @@ class Services:
                 run = self.store.get_run(rid)
             except KeyError:
                 continue
-            if run.status == "queued":
+            if run.status == "queued" or (run.status == "failed" and not run.traceback):
                 self.store.update_run(
                     rid, status="failed", error=f"The worker process exited with code {proc.returncode} before "
                     "training started.", traceback=self.worker_log(rid),
                 )
+
+    def untracked_workers(self) -> list[RunRecord]:
+        """Runs whose worker is alive on this machine but was not started by this process (an earlier
+        dashboard's, or the CLI's): they still obey cancel requests through the store."""
+        with self._lock:
+            tracked = set(self._workers)
+        return [r for r in self.active_runs() if r.status == "running" and r.id not in tracked]
 
     def worker_log(self, run_id: str, max_chars: int = 20_000) -> str:
         """The tail of the run's worker log (its stdout and stderr), or an empty string."""
@@ -290,23 +447,36 @@ class Services:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        return text[-max_chars:]
+        return self.redact(text[-max_chars:])
 
     def resume(self, run_id: str, progress: Any = None) -> str:
         """Continues an interrupted, cancelled or failed run from its last checkpoint."""
-        run = self.store.get_run(run_id)
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: resume")
         if run.status in ("running", "queued"):
             raise ValueError(f"Run {run.id} is {run.status}; only a finished run can be resumed. Received: run={run_id!r}")
         return self.train(run.id, progress=progress)
 
     def cancel(self, run_id: str) -> None:
-        self.store.request_cancel(run_id)
+        """Asks the run's worker to stop (its owner or an admin only)."""
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: cancel")
+        self.store.request_cancel(run.id)
 
     def runs(self, **filters: Any) -> list[RunRecord]:
-        return self.store.list_runs(**filters)
+        """Runs the caller may see, newest first (``store.list_runs`` filters)."""
+        return [r for r in self.store.list_runs(**filters) if self.policy.can_see(self.actor, r.owner)]
 
     def run(self, run_id: str) -> RunRecord:
-        return self.store.get_run(run_id)
+        """One run the caller may see; :class:`RunNotFoundError` otherwise (another visitor's run is not there)."""
+        run = self.store.get_run(run_id)
+        if not self.policy.can_see(self.actor, run.owner):
+            raise RunNotFoundError(f"No run with id {run_id!r}. Received: run={run_id!r}")
+        return run
+
+    def can_modify(self, run: RunRecord) -> bool:
+        """Whether the caller may cancel, delete, resume or rename ``run`` (pages hide the buttons otherwise)."""
+        return self.policy.can_modify(self.actor, run.owner)
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
         return self.store.metrics(run_id)
@@ -318,13 +488,20 @@ class Services:
         """Meta-test score of a run: mean with 95% CI over fixed episodes, plus the adaptation curve."""
         from .runner import evaluate_run
 
-        return evaluate_run(self.store, run_id, self.registry, episodes=episodes, split=split, settings=self.settings)
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: evaluate")
+        return evaluate_run(self.store, run.id, self.registry, episodes=episodes, split=split, settings=self.settings)
 
     def delete_run(self, run_id: str) -> None:
-        self.store.delete_run(run_id)
+        """Deletes a run and its folder (its owner or an admin only)."""
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: delete")
+        self.store.delete_run(run.id)
 
     def rename_run(self, run_id: str, name: str) -> None:
-        self.store.rename_run(run_id, name)
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: rename")
+        self.store.rename_run(run.id, name)
 
     def run_dir(self, run_id: str) -> Path:
         return self.store.run_dir(run_id)
@@ -343,10 +520,14 @@ class Services:
 
     def run_report(self, run_id: str) -> dict[str, Any]:
         """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data", "panels"}`` (plain data)."""
-        run = self.store.get_run(run_id)
+        run = self.run(run_id)
         data = self.report_data(run.id)
+        record = run.to_dict()
+        if not self.actor.on_machine:
+            record["error"] = self.redact(record.get("error") or "") or None
+            record["traceback"] = self.redact(record.get("traceback") or "") or None
         return {
-            "run": run.to_dict(),
+            "run": record,
             "metrics": self.store.metrics(run.id),
             "evaluations": self.store.evaluations(run.id),
             "report_data": data,
@@ -362,7 +543,7 @@ class Services:
         Returns:
             Dicts ``{"title", "figure" (Plotly JSON or None), "markdown" (str or None), "plugin", "error"}``.
         """
-        run = self.store.get_run(run_id)
+        run = self.run(run_id)
         return self._panels(run.to_dict(), self.report_data(run.id))
 
     def _panels(self, run: dict[str, Any], data: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -425,6 +606,7 @@ class Services:
         from .datasets_info import episode_problems, summarize_dataset
 
         spec = self.registry.dataset(dataset_id)
+        self.policy.check_params(self.actor, "dataset", spec, dict(params or {}), run_owner=self._run_owner)
         validated = spec.params(**(params or {}))
         dataset = spec.factory(validated, self.settings.data_context())
         summary = summarize_dataset(dataset, sample_classes=sample_classes, samples_per_class=samples_per_class,
@@ -438,7 +620,16 @@ class Services:
     @property
     def uploads_dir(self) -> Path:
         """Where uploaded image folders are extracted: ``METALAB_DATA_DIR/uploads/``."""
-        return Path(self.settings.data_dir) / "uploads"
+        return Path(self.settings.uploads_dir)
+
+    def upload_caps(self) -> dict[str, int]:
+        """What the caller may still upload: ``{"max_bytes", "uploads_left", "unpacked_bytes_left", "max_files"}``."""
+        mine = self.store.upload_records(owner=self.actor.id)
+        used = sum(int(r["unpacked_bytes"]) for r in mine)
+        return {"max_bytes": int(self.settings.max_upload_mb) << 20,
+                "uploads_left": max(int(self.settings.max_uploads_per_owner) - len(mine), 0),
+                "unpacked_bytes_left": max((int(self.settings.max_unpacked_mb_per_owner) << 20) - used, 0),
+                "max_files": int(self.settings.max_archive_files)}
 
     def upload_dataset(self, archive: bytes | Any, name: str, *, max_bytes: int | None = None) -> dict[str, Any]:
         """Extracts an uploaded zip of class sub-folders into ``METALAB_DATA_DIR/uploads/<name>/``, safely.
@@ -464,16 +655,43 @@ class Services:
 
         from .datasets_info import safe_extract_zip
 
-        max_bytes = DEFAULT_MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
+        from .datasets_info import UnsafeArchiveError, ZipLimits
+
+        self.policy.require_actor(self.actor, "upload")
+        caps = self.upload_caps()
+        max_bytes = caps["max_bytes"] if max_bytes is None else min(int(max_bytes), caps["max_bytes"])
+        if caps["uploads_left"] <= 0:
+            raise CapError(f"You have {self.settings.max_uploads_per_owner} uploaded folders, the most allowed here "
+                           "(METALAB_MAX_UPLOADS_PER_OWNER); delete one first. "
+                           f"Received: uploads={self.settings.max_uploads_per_owner}")
         if isinstance(archive, (bytes, bytearray, memoryview)):
             archive = io.BytesIO(bytes(archive))
         base = _upload_slug(name)
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        folder, n = base, 1
-        while (self.uploads_dir / folder).exists():
-            n += 1
-            folder = f"{base}-{n}"
-        safe_extract_zip(archive, self.uploads_dir / folder, upload_limits(max_bytes))
+        limits = upload_limits(max_bytes)
+        limits = ZipLimits(max_archive_bytes=limits.max_archive_bytes,
+                           max_total_bytes=min(limits.max_total_bytes, caps["unpacked_bytes_left"]),
+                           max_file_bytes=limits.max_file_bytes, max_files=caps["max_files"], max_ratio=limits.max_ratio)
+        with self._lock:  # two uploads of the same name in two sessions must not pick the same folder
+            folder, n = base, 1
+            while (self.uploads_dir / folder).exists() or self.store.upload_record(folder) is not None:
+                n += 1
+                folder = f"{base}-{n}"
+            (self.uploads_dir / folder).mkdir(parents=True)
+        try:
+            written = safe_extract_zip(archive, self.uploads_dir / folder, limits)
+        except BaseException as exc:
+            import shutil
+
+            shutil.rmtree(self.uploads_dir / folder, ignore_errors=True)
+            if isinstance(exc, UnsafeArchiveError):
+                raise UnsafeArchiveError(self.redact(str(exc))) from None
+            raise
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            archive.seek(0, os.SEEK_END)
+        archive_bytes = int(getattr(archive, "tell", lambda: 0)() or 0)
+        self.store.add_upload(folder, self.actor.id, archive_bytes=archive_bytes,
+                              unpacked_bytes=sum(p.stat().st_size for p in written if p.is_file()), files=len(written))
         return self.upload_info(folder)
 
     def uploads(self) -> list[dict[str, Any]]:
@@ -481,8 +699,13 @@ class Services:
         if not self.uploads_dir.is_dir():
             return []
         folders = [p for p in self.uploads_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        folders = [p for p in folders if self.policy.can_see(self.actor, self._upload_owner(p.name))]
         folders.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
         return [self.upload_info(p.name) for p in folders]
+
+    def _upload_owner(self, name: str) -> str:
+        # Folders made before owners were recorded belong to this machine's user.
+        return (self.store.upload_record(name) or {}).get("owner") or "local"
 
     def upload_info(self, name: str) -> dict[str, Any]:
         """Class folders and image counts of an uploaded image folder (read from the file names, not decoded).
@@ -507,8 +730,8 @@ class Services:
         if not name or name != Path(name).name or name in (".", ".."):
             raise ValueError(f"An upload is named by its folder name alone. Received: name={name!r}")
         path = self.uploads_dir / name
-        if not path.is_dir():
-            raise FileNotFoundError(f"No uploaded image folder {name!r} in {self.uploads_dir}. Received: name={name!r}")
+        if not path.is_dir() or path.is_symlink() or not self.policy.can_see(self.actor, self._upload_owner(name)):
+            raise FileNotFoundError(f"No uploaded image folder {name!r}. Received: name={name!r}")
         files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         files = [f for f in files if not is_hidden(f)]
         parts = [PurePosixPath(f).parts for f in files]
@@ -533,7 +756,9 @@ class Services:
         import shutil
 
         info = self.upload_info(name)
+        self.policy.require_modify(self.actor, self._upload_owner(name), f"upload {name}: delete")
         shutil.rmtree(info["path"])
+        self.store.delete_upload_record(name)
 
     # -- prediction on new images (a worker process: this process never imports TensorFlow) ----------------
 
@@ -563,10 +788,11 @@ class Services:
         import tempfile
         import time
 
-        from .datasets_info import safe_extract_zip
+        from .datasets_info import UnsafeArchiveError, ZipLimits, check_image_header, safe_extract_zip
 
-        max_bytes = DEFAULT_MAX_UPLOAD_BYTES if max_bytes is None else int(max_bytes)
-        base = Path(self.settings.home) / "predictions"
+        cap = int(self.settings.max_upload_mb) << 20
+        max_bytes = cap if max_bytes is None else min(int(max_bytes), cap)
+        base = Path(self.settings.predictions_dir)
         base.mkdir(parents=True, exist_ok=True)
         for old in base.iterdir():
             with contextlib.suppress(OSError):
@@ -579,7 +805,14 @@ class Services:
                 if isinstance(support_zip, (bytes, bytearray, memoryview)):
                     support_zip = io.BytesIO(bytes(support_zip))
                 out["support"] = folder / "support"
-                safe_extract_zip(support_zip, out["support"], upload_limits(max_bytes))
+                limits = upload_limits(max_bytes)
+                limits = ZipLimits(max_archive_bytes=limits.max_archive_bytes, max_total_bytes=limits.max_total_bytes,
+                                   max_file_bytes=limits.max_file_bytes, max_files=int(self.settings.max_archive_files),
+                                   max_ratio=limits.max_ratio)
+                try:
+                    safe_extract_zip(support_zip, out["support"], limits)
+                except UnsafeArchiveError as exc:
+                    raise UnsafeArchiveError(self.redact(str(exc))) from None
             if queries:
                 total = sum(len(data) for _, data in queries)
                 if total > max_bytes:
@@ -594,6 +827,8 @@ class Services:
                     if clean in used:
                         clean = f"{i}-{clean}"
                     used.add(clean)
+                    # Refused from the header, before anything decodes it (here, in the worker or on the page).
+                    check_image_header(bytes(data), clean, int(self.settings.max_image_pixels))
                     (out["query"] / clean).write_bytes(bytes(data))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -623,7 +858,14 @@ class Services:
         """
         from .predict import PredictionError
 
-        command = [sys.executable, "-m", "metalab.core.cli", "predict", str(run_id), "--support", str(support_dir),
+        run = self.run(run_id)
+        if not self.actor.on_machine:
+            staged = Path(self.settings.predictions_dir).resolve()
+            for field, folder in (("support", support_dir), ("query", query_dir)):
+                real = Path(folder).resolve()
+                if staged not in real.parents:
+                    self.policy.resolve_data_path(self.actor, str(folder), field)
+        command = [sys.executable, "-m", "metalab.core.cli", "predict", str(run.id), "--support", str(support_dir),
                    "--query", str(query_dir), "--json"]
         if invert is not None:
             command.append("--invert" if invert else "--no-invert")
@@ -631,7 +873,7 @@ class Services:
         env = dict(self._worker_env(), COLUMNS="10000")
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=self._worker_limits())
         except subprocess.TimeoutExpired:
             raise PredictionError(f"Prediction took longer than {timeout:g} s and was stopped. "
                                   f"Received: run={run_id!r}, timeout={timeout:g}") from None
@@ -642,11 +884,11 @@ class Services:
                 pass
         errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
         if proc.returncode == 2 and errors:
-            raise PredictionError(errors[-1])
+            raise PredictionError(self.redact(errors[-1]))
         reason = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
                   else f"exited with code {proc.returncode}")
-        raise PredictionError(f"The prediction worker {reason}; its output ends with:\n"
-                              f"{(proc.stderr or proc.stdout)[-3000:]}")
+        raise PredictionError(self.redact(f"The prediction worker {reason}; its output ends with:\n"
+                                          f"{(proc.stderr or proc.stdout)[-3000:]}"))
 
 
 #: The largest upload the dashboard accepts by default (Streamlit's own ``server.maxUploadSize`` default).

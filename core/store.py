@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     versions TEXT,
     error TEXT,
     traceback TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner TEXT NOT NULL DEFAULT 'local'
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -58,6 +60,14 @@ CREATE TABLE IF NOT EXISTS evaluations (
     episodes INTEGER NOT NULL,
     result TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS uploads (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created REAL NOT NULL,
+    archive_bytes INTEGER NOT NULL DEFAULT 0,
+    unpacked_bytes INTEGER NOT NULL DEFAULT 0,
+    files INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS artifacts (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     name TEXT NOT NULL,
@@ -68,6 +78,18 @@ CREATE TABLE IF NOT EXISTS artifacts (
     PRIMARY KEY (run_id, name)
 );
 """
+
+
+#: The schema's version, kept in ``PRAGMA user_version``. 0: the first release (no owners, no uploads table).
+SCHEMA_VERSION = 1
+
+#: ``{version: statements}`` that bring a store of ``version - 1`` to ``version``; applied in order on open.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
+        # The uploads table is created by the schema script itself (CREATE TABLE IF NOT EXISTS).
+    ),
+}
 
 
 class RunNotFoundError(KeyError):
@@ -101,6 +123,7 @@ class RunRecord:
     error: str | None
     traceback: str | None
     cancel_requested: bool
+    owner: str = "local"
 
     def summary(self) -> dict[str, Any]:
         """The fields `metalab runs list --json` prints."""
@@ -114,6 +137,7 @@ class RunRecord:
             "step": self.step,
             "total_steps": self.total_steps,
             "created": _iso(self.created),
+            "owner": self.owner,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,7 +195,36 @@ class RunStore:
         self.runs_dir = Path(runs_dir) if runs_dir else self.path.parent / "runs"
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
+            self._migrate(conn)
+
+    def _migrate(self, conn: Any) -> None:
+        """Creates the schema, or brings an older store's schema up to :data:`SCHEMA_VERSION`."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
+        if "runs" not in tables:
             conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"The run store {self.path.name} has schema version {version}, newer than this metalab's "
+                f"{SCHEMA_VERSION}; upgrade metalab to open it. Received: user_version={version}"
+            )
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _MIGRATIONS[target]:
+                    added = re.match(r"ALTER TABLE runs ADD COLUMN (\w+)", statement)
+                    if added and added.group(1) in columns:
+                        continue  # a store that already had it (written by a development build)
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        conn.executescript(_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
@@ -191,13 +244,14 @@ class RunStore:
         name: str = "",
         versions: dict[str, Any] | None = None,
         status: str = "queued",
+        owner: str = "local",
     ) -> str:
-        """Inserts a new run and returns its id."""
+        """Inserts a new run and returns its id (``owner``: who may cancel, delete and resume it)."""
         run_id = run_id or new_run_id()
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO runs (id, name, dataset, algorithm, backbone, config, status, created, updated,"
-                " total_steps, versions) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " total_steps, versions, owner) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     name,
@@ -210,6 +264,7 @@ class RunStore:
                     time.time(),
                     int(config.get("steps", 0)),
                     json.dumps(versions or {}),
+                    owner,
                 ),
             )
         return run_id
@@ -234,10 +289,11 @@ class RunStore:
         algorithm: str | None = None,
         status: str | None = None,
         limit: int | None = None,
+        owner: str | None = None,
     ) -> list[RunRecord]:
         """Runs, newest first, optionally filtered."""
         query, args = "SELECT * FROM runs WHERE 1=1", []
-        for column, value in (("dataset", dataset), ("algorithm", algorithm), ("status", status)):
+        for column, value in (("dataset", dataset), ("algorithm", algorithm), ("status", status), ("owner", owner)):
             if value:
                 query += f" AND {column} = ?"
                 args.append(value)
@@ -348,6 +404,35 @@ class RunStore:
             ).fetchall()
         return [dict(r) for r in rows]
 
+    # -- uploads ----------------------------------------------------------------------------------------
+
+    def add_upload(self, name: str, owner: str, *, archive_bytes: int, unpacked_bytes: int, files: int) -> None:
+        """Records an uploaded image folder and its owner."""
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO uploads (name, owner, created, archive_bytes, unpacked_bytes, files) "
+                "VALUES (?,?,?,?,?,?)", (name, owner, time.time(), int(archive_bytes), int(unpacked_bytes), int(files)),
+            )
+
+    def upload_record(self, name: str) -> dict[str, Any] | None:
+        """The upload's row (``name``, ``owner``, ``created``, sizes), or ``None``."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM uploads WHERE name = ?", (name,)).fetchone()
+        return dict(row) if row else None
+
+    def upload_records(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded upload (of ``owner``), newest first."""
+        query, args = "SELECT * FROM uploads", ()
+        if owner is not None:
+            query, args = query + " WHERE owner = ?", (owner,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY created DESC", args).fetchall()
+        return [dict(r) for r in rows]
+
+    def delete_upload_record(self, name: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM uploads WHERE name = ?", (name,))
+
     # -- helpers ----------------------------------------------------------------------------------------
 
     @staticmethod
@@ -364,6 +449,12 @@ class RunStore:
             run.status = "interrupted"
             run.error = run.error or "The training process ended without finishing (killed or crashed)."
             self.update_run(run.id, status=run.status, error=run.error)
+        elif run.status == "queued" and run.pid and not _pid_alive(run.pid, run.host):
+            # Its worker was started (the launcher records the pid) and is gone before training began: the run
+            # must not hold a worker slot for good. A failed run can be resumed or deleted.
+            run.status = "failed"
+            run.error = "The worker process ended before training started (see its worker log)."
+            self.update_run(run.id, status=run.status, error=run.error, finished=time.time())
         return run
 
 

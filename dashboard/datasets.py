@@ -9,7 +9,6 @@ with one sub-folder per class (size-capped, checked for zip-slip paths and zip b
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -19,11 +18,9 @@ import streamlit as st
 from metalab.core.datasets_info import UnsafeArchiveError
 from metalab.core.plugin_api import SPLITS
 
-from .forms import FormField, decode, encode, render_fields, schema_fields
-from .state import services
+from .forms import MISSING, FormField, from_link, link_params, render_fields, schema_fields
+from .state import mode, services
 
-#: The largest zip accepted, in megabytes (``METALAB_MAX_UPLOAD_MB``; Streamlit's own cap is 200 MB by default).
-MAX_UPLOAD_MB = int(os.environ.get("METALAB_MAX_UPLOAD_MB", "200"))
 
 IMAGEFOLDER = "metalab.imagefolder"
 #: The algorithm the "Train on these images" button proposes: it takes any number of classes at prediction time.
@@ -98,9 +95,9 @@ def show_summary(summary: dict[str, Any]) -> None:
 def _files_where(summary: dict[str, Any]) -> str | None:
     info = summary.get("info") or {}
     if info.get("source"):
-        return str(info["source"])
+        return services().redact(str(info["source"]))
     if isinstance(info.get("sources"), dict):
-        return ", ".join(str(v) for v in info["sources"].values())
+        return services().redact(", ".join(str(v) for v in info["sources"].values()))
     return None
 
 
@@ -114,11 +111,14 @@ def load_summary(dataset_id: str, params: dict[str, Any], episode: tuple[int, in
             return _summary(dataset_id, json.dumps(params, sort_keys=True, default=str),
                             str(svc.settings.data_dir), episode)
     except FileNotFoundError as exc:
-        st.error(f"The files of {dataset_id} are missing. {exc}")
-        st.info(f"METALAB_DATA_DIR is `{svc.settings.data_dir}`. Put the files where the message says, then "
-                "load again.")
+        st.error(f"The files of {dataset_id} are missing. {svc.redact(str(exc))}")
+        if mode() == "private":
+            st.info(f"METALAB_DATA_DIR is `{svc.settings.data_dir}`. Put the files where the message says, then "
+                    "load again.")
+    except PermissionError as exc:  # AccessError, CapError: the message is the whole explanation
+        st.error(str(exc))
     except Exception as exc:  # noqa: BLE001 - bad parameters or unusable files: explain, never crash
-        st.error(f"{dataset_id} cannot be loaded with these parameters: {type(exc).__name__}: {exc}")
+        st.error(f"{dataset_id} cannot be loaded with these parameters: {type(exc).__name__}: {svc.redact(str(exc))}")
     return None
 
 
@@ -137,26 +137,28 @@ def _browse(catalog: dict[str, dict[str, Any]], query: dict[str, str]) -> None:
     st.caption(row["description"])
     if row.get("paper"):
         st.caption(row["paper"])
-    fields = schema_fields(row["params"])
+    fields = schema_fields(row["params"], row.get("machine"))
     linked_for_this = query if query.get("dataset") == dataset_id else {}
 
     def initial(ff: FormField) -> Any:
-        if f"dataset.{ff.name}" in linked_for_this:
-            try:
-                return decode(ff, linked_for_this[f"dataset.{ff.name}"])
-            except ValueError:
-                pass
-        return row["defaults"].get(ff.name, ff.default)
+        try:
+            linked = from_link(ff, linked_for_this, f"dataset.{ff.name}")
+        except ValueError:
+            linked = MISSING
+        return row["defaults"].get(ff.name, ff.default) if linked is MISSING else linked
 
+    hidden = mode() == "demo"
     if fields:
-        with st.expander("Parameters", expanded=dataset_id == IMAGEFOLDER):
-            params, errors = render_fields(fields, f"datasets.params.{dataset_id}", initial)
+        with st.expander("Parameters", expanded=dataset_id == IMAGEFOLDER and not hidden):
+            params, errors = render_fields(fields, f"datasets.params.{dataset_id}", initial, hide_machine=hidden)
+            if hidden and any(ff.machine for ff in fields):
+                st.caption("Paths, URLs and checksums keep the plugin's defaults in demo mode.")
     else:
         params, errors = {}, []
     for line in errors:
         st.error(line)
     flat = {"view": "browse", "dataset": dataset_id}
-    flat.update({f"dataset.{k}": encode(v) for k, v in params.items() if v != row["defaults"].get(k)})
+    flat.update(link_params(fields, params, row["defaults"], "dataset."))
     st.query_params.from_dict(flat)
 
     key = _params_key(dataset_id, params)
@@ -223,19 +225,23 @@ def train_setup(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, An
 
 def _upload_section() -> None:
     svc = services()
+    caps = svc.upload_caps()
+    max_mb = max(1, caps["max_bytes"] >> 20)
     st.markdown("A zip with **one sub-folder per class**, each holding that class's images (any format Pillow "
                 "reads), e.g. `cats/001.jpg`, `dogs/001.jpg`; one wrapping folder (`photos/cats/...`) is fine. "
-                f"At most {MAX_UPLOAD_MB} MB (METALAB_MAX_UPLOAD_MB). It is extracted under "
-                f"`{svc.uploads_dir}`.")
+                f"At most {max_mb} MB and {caps['max_files']:,} files (METALAB_MAX_UPLOAD_MB, METALAB_MAX_ARCHIVE_FILES); "
+                f"you may add {caps['uploads_left']} more folders, {caps['unpacked_bytes_left'] >> 20:,} MB unpacked.")
     uploaded = st.file_uploader("Zip of class folders", type=["zip"], key="datasets.zip",
-                                max_upload_size=MAX_UPLOAD_MB)
+                                max_upload_size=max_mb)
     if uploaded is not None and st.button("Extract", key="datasets.extract", type="primary"):
         try:
-            info = svc.upload_dataset(uploaded, uploaded.name, max_bytes=MAX_UPLOAD_MB << 20)
+            info = svc.upload_dataset(uploaded, uploaded.name)
         except UnsafeArchiveError as exc:
             st.error(f"The zip was refused and nothing was extracted: {exc}")
+        except PermissionError as exc:  # a cap: the message names it
+            st.error(f"The zip was refused and nothing was extracted: {exc}")
         except Exception as exc:  # noqa: BLE001 - a disk or permission error must not crash the page
-            st.error(f"The zip could not be extracted: {type(exc).__name__}: {exc}")
+            st.error(f"The zip could not be extracted: {type(exc).__name__}: {svc.redact(str(exc))}")
         else:
             st.session_state[_UPLOAD] = info["name"]
             st.session_state[_UPLOADED] = info["name"]
@@ -258,7 +264,7 @@ def _your_images(query: dict[str, str]) -> None:
                                               f"{by_name[n]['images']} images")
     st.query_params.from_dict({"view": "upload", "upload": name})
     if st.session_state.pop(_UPLOADED, None) == name:
-        st.success(f"Extracted to `{by_name[name]['path']}`.")
+        st.success(f"Extracted as `uploads/{name}`.")
     show_upload(by_name[name])
 
 
@@ -268,7 +274,7 @@ def show_upload(info: dict[str, Any]) -> None:
 
     classes = info["classes"]
     st.subheader(f"{info['name']}: {len(classes)} classes, {info['images']} images")
-    st.caption(f"Class folders in `{info['root']}`.")
+    st.caption(f"Class folders in `{services().redact(info['root'])}`.")
     if classes:
         table = pd.DataFrame({"class": list(classes), "images": list(classes.values())})
         st.dataframe(table, hide_index=True)
@@ -294,9 +300,13 @@ def show_upload(info: dict[str, Any]) -> None:
         if st.button("Train on these images", key="datasets.train", type="primary"):
             open_in_train(config)
     if st.button("Delete this upload", key="datasets.delete"):
-        services().delete_upload(info["name"])
-        st.session_state.pop(_UPLOAD, None)
-        st.rerun()
+        try:
+            services().delete_upload(info["name"])
+        except PermissionError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state.pop(_UPLOAD, None)
+            st.rerun()
 
 
 def datasets() -> None:

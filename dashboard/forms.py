@@ -30,6 +30,8 @@ class FormField:
         options: Choices of a ``select`` field.
         nullable: The field accepts ``None`` (an empty input).
         help: The field's description, with its range.
+        machine: What the field names on the server (``"data_path"``, ``"download_url"``, ``"checksum"``,
+            ``"run_ref"``), or ``None``. Such a field is never filled from a link and is hidden in demo mode.
     """
 
     name: str
@@ -43,6 +45,7 @@ class FormField:
     options: list[Any] = field(default_factory=list)
     nullable: bool = False
     help: str = ""
+    machine: str | None = None
 
 
 def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -52,11 +55,13 @@ def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-def schema_fields(schema: dict[str, Any]) -> list[FormField]:
+def schema_fields(schema: dict[str, Any], machine: dict[str, str] | None = None) -> list[FormField]:
     """Describes each property of a pydantic JSON schema as a :class:`FormField`, in declaration order.
 
     Args:
         schema: ``Model.model_json_schema()``.
+        machine: The catalog's ``machine`` map (``{name: kind}``) of parameters that touch the machine; those
+            declared with the API's types are found in the schema without it.
 
     Returns:
         One field per property.
@@ -91,6 +96,7 @@ def schema_fields(schema: dict[str, Any]) -> list[FormField]:
             minimum=prop.get("minimum"), maximum=prop.get("maximum"),
             exclusive_minimum=prop.get("exclusiveMinimum"), exclusive_maximum=prop.get("exclusiveMaximum"),
             options=list(prop.get("enum") or []), nullable=nullable,
+            machine=(machine or {}).get(name) or raw.get("x-metalab-machine") or prop.get("x-metalab-machine"),
         )
         ff.help = _help(prop.get("description") or "", ff)
         fields.append(ff)
@@ -109,6 +115,29 @@ def _help(description: str, ff: FormField) -> str:
     if ff.default is not None:
         text += f" Default: {json.dumps(ff.default)}."
     return text.strip()
+
+
+def from_link(ff: FormField, query: dict[str, str], key: str) -> Any:
+    """The value a link gives ``ff`` under ``key``, or ``_MISSING``: a field that touches the machine (a path,
+    URL, checksum or run) is never taken from a link, whoever sent it.
+
+    Raises:
+        ValueError: The link's text does not hold a value of the field's type.
+    """
+    if ff.machine or key not in query:
+        return _MISSING
+    return decode(ff, query[key])
+
+
+def link_params(fields: list[FormField], values: dict[str, Any], defaults: dict[str, Any], prefix: str,
+                ) -> dict[str, str]:
+    """Query parameters for the values that differ from their defaults, leaving out fields that touch the machine
+    (a shared link carries no server path, URL or checksum)."""
+    machine = {ff.name for ff in fields if ff.machine}
+    return {f"{prefix}{k}": encode(v) for k, v in values.items() if k not in machine and v != defaults.get(k)}
+
+
+MISSING = _MISSING
 
 
 def encode(value: Any) -> str:
@@ -166,6 +195,7 @@ def render_fields(
     initial: Callable[[FormField], Any],
     container: Any = None,
     columns: int = 3,
+    hide_machine: bool = False,
 ) -> tuple[dict[str, Any], list[str]]:
     """Draws one widget per field and returns the values entered and the errors found before validation.
 
@@ -175,6 +205,8 @@ def render_fields(
         initial: Returns a field's starting value (used only when its widget has no state yet).
         container: Where to draw (defaults to the main area).
         columns: Widgets per row.
+        hide_machine: Draw no widget for fields that touch the machine (demo mode); they keep their
+            ``initial`` value (the default, or what this session's own upload set).
 
     Returns:
         ``(values, errors)``: ``values`` maps names to entered values; ``errors`` lists fields whose text did
@@ -183,6 +215,13 @@ def render_fields(
     container = container or st
     values: dict[str, Any] = {}
     errors: list[str] = []
+    if hide_machine:
+        for ff in fields:
+            if ff.machine:
+                value = initial(ff)
+                if value not in (None, "") or ff.default in (None, ""):
+                    values[ff.name] = value
+        fields = [ff for ff in fields if not ff.machine]
     cols = container.columns(columns) if fields else []
     for i, ff in enumerate(fields):
         key = f"{key_prefix}.{ff.name}"

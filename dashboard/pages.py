@@ -8,6 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from metalab.core.access import SHOWCASE_OWNER
+
 from . import routes
 from .forms import schema_fields
 from .report import run_label, run_report
@@ -19,7 +21,7 @@ __all__ = ["home", "plugins", "train", "runs", "compare", "run_report"]
 
 
 def home() -> None:
-    """The Home page: what is installed, what is running, where to start."""
+    """The Home page: what is installed, what is running, where to start; the showcase on a shared dashboard."""
     st.title("metalab")
     st.caption("A workbench for meta-learning: MAML, Reptile, Prototypical Networks and more, as plugins.")
     svc = services()
@@ -34,20 +36,36 @@ def home() -> None:
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         st.warning(f"{len(failed)} plugin(s) failed to load; see the Plugins page.")
+    showcase = [r for r in all_runs if r.owner == SHOWCASE_OWNER]
+    if getattr(svc, "showcase_error", None):
+        st.warning(f"The showcase could not be loaded: {svc.showcase_error}")
+    if showcase:
+        st.subheader("Showcase")
+        st.caption("Finished runs to explore: open a report, compare them, or try Predict on your own images.")
+        for run in showcase:
+            st.page_link(routes.report_page(), label=run_label(run), query_params={"run": run.id},
+                         icon=":material/star:")
     st.page_link(routes.train_page(), label="Train a model: sinusoid + MAML is ready to launch", icon=":material/rocket_launch:")
-    active = svc.active_runs()
+    active = [r for r in svc.active_runs() if svc.policy.can_see(svc.actor, r.owner)]
     if active:
         st.subheader("Running now")
         for run in active:
             st.page_link(routes.report_page(), label=f"{run_label(run)} (step {run.step}/{run.total_steps})",
                          query_params={"run": run.id})
-    st.subheader("Recent runs")
-    if not all_runs:
+    st.subheader("Your recent runs" if svc.settings.mode == "demo" else "Recent runs")
+    mine = [r for r in all_runs if r.owner != SHOWCASE_OWNER]
+    if not mine:
         st.info("No runs yet.")
-    for run in all_runs[:10]:
+    for run in mine[:10]:
         st.page_link(routes.report_page(), label=run_label(run), query_params={"run": run.id})
-    st.caption(f"Runs are stored in `{svc.settings.store_path}`. From a terminal: "
-               "`metalab train --dataset metalab.sinusoid --algorithm metalab.maml`.")
+    if svc.settings.mode == "private":
+        st.caption(f"Runs are stored in `{svc.settings.store_path}`. From a terminal: "
+                   "`metalab train --dataset metalab.sinusoid --algorithm metalab.maml`.")
+    else:
+        caps = svc.settings
+        st.caption(f"{svc.settings.mode.capitalize()} mode: you can launch runs of up to {caps.max_steps:,} steps "
+                   f"({caps.max_runs_per_owner} at once), upload {caps.max_uploads_per_owner} image folders of up to "
+                   f"{caps.max_upload_mb} MB, and cancel, resume or delete only your own runs.")
 
 
 def _param_table(schema: dict) -> pd.DataFrame:
@@ -72,9 +90,9 @@ def _dataset_files(dataset_id: str) -> None:
             summary = services().dataset_summary(dataset_id, sample_classes=0)
         except FileNotFoundError as exc:
             # The plugin's message names the files and the places it looked.
-            st.error(f"Files missing. {exc}")
+            st.error(f"Files missing. {services().redact(str(exc))}")
         except Exception as exc:  # noqa: BLE001 - a broken dataset is reported, never fatal to the page
-            st.warning(f"The files could not be used: {type(exc).__name__}: {exc}")
+            st.warning(f"The files could not be used: {type(exc).__name__}: {services().redact(str(exc))}")
         else:
             counts = summary.get("splits") or {}
             sizes = ", ".join(f"{name}: {info.get('classes', '?')} classes, {info.get('images', '?')} images"
@@ -126,6 +144,6 @@ def plugins() -> None:
                 st.error(label + f" — {row.get('error')}")
                 if row.get("traceback"):
                     with st.expander(f"Traceback of {row.get('plugin')}"):
-                        st.code(row["traceback"], language="text")
+                        st.code(services().redact(row["traceback"]), language="text")
             else:
                 st.warning(label + " — disabled (METALAB_DISABLE_PLUGINS)")

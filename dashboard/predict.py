@@ -20,10 +20,8 @@ from metalab.core.predict import PredictionError
 
 from . import routes
 from .report import run_label
-from .state import services
+from .state import mode, services
 
-#: The largest support zip, and the largest total of query images, in megabytes (``METALAB_MAX_UPLOAD_MB``).
-MAX_UPLOAD_MB = int(os.environ.get("METALAB_MAX_UPLOAD_MB", "200"))
 #: Seconds the prediction worker may take (TensorFlow import, model build, adaptation).
 TIMEOUT_S = float(os.environ.get("METALAB_PREDICT_TIMEOUT_S", "300"))
 
@@ -52,7 +50,9 @@ def _classification_runs(svc: Any) -> list[Any]:
 
 
 def _source(label: str, key: str) -> str:
-    return st.radio(label, _SOURCES, key=key, horizontal=True)
+    # A server folder is the machine owner's option: a shared dashboard offers uploads only.
+    options = _SOURCES if mode() == "private" else _SOURCES[:1]
+    return st.radio(label, options, key=key, horizontal=True)
 
 
 def _stage(svc: Any, support_kind: str, support_value: Any, query_kind: str, query_value: Any) -> tuple[Path, Path]:
@@ -60,7 +60,6 @@ def _stage(svc: Any, support_kind: str, support_value: Any, query_kind: str, que
     staged = svc.stage_prediction(
         support_zip=support_value if support_kind == _SOURCES[0] else None,
         queries=[(f.name, f.getvalue()) for f in query_value] if query_kind == _SOURCES[0] else None,
-        max_bytes=MAX_UPLOAD_MB << 20,
     )
     support = staged["support"] if support_kind == _SOURCES[0] else Path(str(support_value)).expanduser()
     query = staged["query"] if query_kind == _SOURCES[0] else Path(str(query_value)).expanduser()
@@ -113,13 +112,14 @@ def predict() -> None:
     params = config.get("dataset_params") or {}
     st.caption(f"Trained on {run.dataset} ({config.get('ways')}-way {config.get('shots')}-shot). Images are "
                "resized and converted as that dataset's training images were"
-               + (f" (path: `{params['path']}`)." if params.get("path") else "."))
+               + (f" (path: `{svc.redact(str(params['path']))}`)." if params.get("path") else "."))
 
     st.subheader("Support set")
     support_kind = _source("Support images from", "predict.support_kind")
+    max_mb = max(1, int(svc.settings.max_upload_mb))
     if support_kind == _SOURCES[0]:
         support_value = st.file_uploader("Zip with one sub-folder per class (a few labelled images each)",
-                                         type=["zip"], key="predict.support_zip", max_upload_size=MAX_UPLOAD_MB)
+                                         type=["zip"], key="predict.support_zip", max_upload_size=max_mb)
     else:
         support_value = st.text_input("Folder with one sub-folder per class", key="predict.support_dir",
                                       placeholder="/path/to/support (support/cat/1.jpg, support/dog/1.jpg)")
@@ -128,7 +128,7 @@ def predict() -> None:
     if query_kind == _SOURCES[0]:
         query_value = st.file_uploader("Images to classify", accept_multiple_files=True, key="predict.query_files",
                                        type=sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-                                       max_upload_size=MAX_UPLOAD_MB)
+                                       max_upload_size=max_mb)
     else:
         query_value = st.text_input("Folder of images (or one image file)", key="predict.query_dir")
     invert = st.selectbox("Grey-level inversion", list(_INVERT), key="predict.invert",
@@ -142,8 +142,8 @@ def predict() -> None:
                 results = svc.predict(run_id, support, query, invert=_INVERT[invert], timeout=TIMEOUT_S)
         except UnsafeArchiveError as exc:
             st.error(f"The support zip was refused: {exc}")
-        except (PredictionError, FileNotFoundError, ValueError) as exc:
-            st.error(f"Prediction failed: {exc}")
+        except (PredictionError, FileNotFoundError, ValueError, PermissionError) as exc:
+            st.error(f"Prediction failed: {svc.redact(str(exc))}")
         else:
             st.session_state[_RESULT] = {"run": run_id, "results": results}
     result = st.session_state.get(_RESULT)

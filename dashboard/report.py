@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from metalab.core import reports
-from metalab.core.services import ACTIVE, RESUMABLE, LaunchLimitError
+from metalab.core.services import ACTIVE, RESUMABLE
 from metalab.core.store import RunNotFoundError
 
 from .state import services
@@ -104,9 +104,13 @@ def _live(run_id: str) -> None:
                                              regression=None if kind is None else kind == "regression")
         st.plotly_chart(fig, key="live-curves")
     cancelling = run.cancel_requested
-    if not cancelling and st.button("Cancel run", key="live-cancel"):
-        svc.cancel(run.id)
-        cancelling = True
+    if not cancelling and svc.can_modify(run) and st.button("Cancel run", key="live-cancel"):
+        try:
+            svc.cancel(run.id)
+        except PermissionError as exc:
+            st.error(str(exc))
+        else:
+            cancelling = True
     if cancelling:
         st.warning("Cancel requested: the worker stops at its next step and keeps a checkpoint.")
     st.caption(f"Updated {time.strftime('%H:%M:%S')}; polling the run store every {POLL_SECONDS:g} s.")
@@ -116,21 +120,23 @@ def _finished(run) -> None:
     svc = services()
     report = svc.run_report(run.id)
     if run.status == "failed":
-        st.error(f"The run failed: {run.error}")
-        with st.expander("Traceback", expanded=True):
-            st.code(run.traceback or "(no traceback recorded)", language="text")
+        st.error(f"The run failed: {report['run'].get('error')}")
+        with st.expander("Traceback", expanded=svc.actor.on_machine or svc.can_modify(run)):
+            st.code(report["run"].get("traceback") or "(no traceback recorded)", language="text")
         log = svc.worker_log(run.id)
         if log:
             with st.expander("Worker log"):
                 st.code(log, language="text")
     elif run.status in ("cancelled", "interrupted"):
+        error = report["run"].get("error")
         st.warning(f"The run was {run.status} at step {run.step} of {run.total_steps}"
-                   + (f": {run.error}" if run.error else "") + ". Resume continues from its last checkpoint.")
+                   + (f": {error}" if error else "") + ". Resume continues from its last checkpoint.")
     actions = st.columns(4)
-    if run.status in RESUMABLE and actions[0].button("Resume", type="primary", key="report-resume"):
+    if (run.status in RESUMABLE and svc.can_modify(run)
+            and actions[0].button("Resume", type="primary", key="report-resume")):
         try:
             svc.relaunch(run.id)
-        except (LaunchLimitError, ValueError) as exc:
+        except (PermissionError, ValueError) as exc:
             st.error(str(exc))
         else:
             st.rerun()

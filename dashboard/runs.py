@@ -84,7 +84,7 @@ def runs() -> None:
         st.switch_page(routes.compare_page(), query_params={"runs": ",".join(chosen)})
     if buttons[1].button("Open report", disabled=len(chosen) != 1, key="runs.open"):
         st.switch_page(routes.report_page(), query_params={"run": chosen[0]})
-    if len(chosen) == 1:
+    if len(chosen) == 1 and svc.can_modify(by_id[chosen[0]]):
         run = by_id[chosen[0]]
         with st.form("runs.rename_form"):
             new_name = st.text_input("New name", value=run.name, key="runs.new_name")
@@ -92,7 +92,10 @@ def runs() -> None:
                 svc.rename_run(run.id, new_name)
                 st.success(f"Renamed {run.id} to {new_name!r}.")
                 st.rerun()
-    if chosen:
+    not_mine = [i for i in chosen if not svc.can_modify(by_id[i])]
+    if not_mine:
+        st.caption(f"Only their owners can rename or delete {', '.join(not_mine)}.")
+    if chosen and not not_mine:
         pending = st.session_state.get("runs.confirm_delete")
         if pending != chosen:
             if buttons[2].button(f"Delete {len(chosen)} run(s)", key="runs.delete"):
@@ -104,10 +107,13 @@ def runs() -> None:
                        + (f" Running runs are cancelled first: {', '.join(active)}." if active else ""))
             confirm, cancel = st.columns(2)
             if confirm.button("Yes, delete", type="primary", key="runs.confirm"):
-                for run_id in chosen:
-                    if by_id[run_id].status in ("queued", "running"):
-                        svc.cancel(run_id)
-                    svc.delete_run(run_id)
+                try:
+                    for run_id in chosen:
+                        if by_id[run_id].status in ("queued", "running"):
+                            svc.cancel(run_id)
+                        svc.delete_run(run_id)
+                except PermissionError as exc:
+                    st.error(str(exc))
                 st.session_state.pop("runs.confirm_delete", None)
                 st.session_state.pop("runs.chosen", None)
                 st.rerun()

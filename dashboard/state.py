@@ -1,13 +1,49 @@
-"""The one shared services object of the dashboard process (cached across sessions and reruns)."""
+"""The dashboard's services: one shared object per process, seen by each browser session as its own actor."""
 
 from __future__ import annotations
 
+import secrets
+
 import streamlit as st
 
+from metalab.core.access import Actor
 from metalab.core.services import Services
+
+_TOKEN = "metalab.session_token"
 
 
 @st.cache_resource
-def services() -> Services:
-    """The service facade: plugin registry and run store. Pages reach the core only through it."""
+def _shared() -> Services:
+    """The one services object of this process: plugin registry, run store, worker and probe tracking."""
     return Services()
+
+
+def mode() -> str:
+    """``private``, ``demo`` or ``team`` (``METALAB_MODE``)."""
+    return _shared().settings.mode
+
+
+def actor() -> Actor:
+    """Who this browser session is: the one trusted user (private), its own visitor identity (demo, kept for
+    the session), or the signed-in user (team; ``Actor.anonymous()`` until signed in)."""
+    svc = _shared()
+    if svc.settings.mode == "private":
+        return Actor.private_user()
+    if svc.settings.mode == "demo":
+        if _TOKEN not in st.session_state:
+            st.session_state[_TOKEN] = secrets.token_urlsafe(16)
+        return Actor.visitor(st.session_state[_TOKEN])
+    user = st.user
+    if not user.is_logged_in:
+        return Actor.anonymous()
+    return Actor.user(str(user.get("email") or user.get("sub") or ""), svc.settings.admin_ids)
+
+
+def services() -> Services:
+    """The service facade as this session's actor. Pages reach the core only through it."""
+    return _shared().for_actor(actor())
+
+
+def reset_services() -> None:
+    """Forgets the shared services object (tests point METALAB_HOME elsewhere between tests)."""
+    _shared.clear()

@@ -12,12 +12,12 @@ from typing import Any
 import streamlit as st
 
 from metalab.core.config import ConfigError, RunConfig
-from metalab.core.services import LaunchLimitError, ProbeError
+from metalab.core.services import ProbeError
 
 from . import routes
 from .datasets import dataset_panel
 from .forms import FormField, decode, encode, render_fields, schema_fields
-from .state import services
+from .state import mode, services
 
 DEFAULT_DATASET = "metalab.sinusoid"
 DEFAULT_ALGORITHM = "metalab.maml"
@@ -51,6 +51,9 @@ _LOADED = "train.loaded"
 _DEVICE = "train.device"
 _ESTIMATE = "train.estimate_result"
 _DATASET_SHOWN = "train.dataset_shown"
+#: A config handed over by another page of this session (``open_in_train``): the only way a path, URL, checksum
+#: or run reaches the form besides typing it, since links never carry those.
+_HANDOFF = "train.handoff"
 
 
 def preset(dataset: str, algorithm: str) -> dict[str, Any]:
@@ -58,24 +61,37 @@ def preset(dataset: str, algorithm: str) -> dict[str, Any]:
     return {**PRESETS.get((dataset, None), {}), **PRESETS.get((dataset, algorithm), {})}
 
 
-def config_query_params(config: dict[str, Any]) -> dict[str, str]:
-    """The query string of a run config (what the Train page reads back)."""
+def _machine_names(config: dict[str, Any], catalog: dict[str, Any] | None) -> dict[str, set[str]]:
+    """``{section: names}`` of the config's plugin parameters that touch the machine."""
+    catalog = catalog if catalog is not None else services().catalog()
+    tables = {"dataset": catalog["datasets"], "algorithm": catalog["algorithms"], "backbone": catalog["backbones"]}
+    return {section: set((tables[section].get(config.get(section) or "") or {}).get("machine") or {})
+            for section in _PLUGIN_SECTIONS}
+
+
+def config_query_params(config: dict[str, Any], catalog: dict[str, Any] | None = None) -> dict[str, str]:
+    """The query string of a run config (what the Train page reads back). Parameters that name a server path,
+    URL, checksum or run are left out: a link never carries them."""
     flat = {"dataset": config["dataset"], "algorithm": config["algorithm"]}
     if config.get("backbone"):
         flat["backbone"] = config["backbone"]
     for name in MAIN_FIELDS + ADVANCED_FIELDS:
         if config.get(name) is not None:
             flat[name] = encode(config[name])
+    machine = _machine_names(config, catalog)
     for section in _PLUGIN_SECTIONS:
         for name, value in (config.get(f"{section}_params") or {}).items():
-            flat[f"{section}.{name}"] = encode(value)
+            if name not in machine[section]:
+                flat[f"{section}.{name}"] = encode(value)
     return flat
 
 
 def open_in_train(config: dict[str, Any]) -> None:
-    """Switches to the Train page set up with ``config`` (its query string wins over remembered values)."""
+    """Switches to the Train page set up with ``config`` (its query string wins over remembered values; its
+    machine-touching parameters travel in this session's state, never in the link)."""
     st.session_state.pop(_LOADED, None)
     st.session_state.pop(_MEMORY, None)
+    st.session_state[_HANDOFF] = {section: dict(config.get(f"{section}_params") or {}) for section in _PLUGIN_SECTIONS}
     st.switch_page(routes.train_page(), query_params=config_query_params(config))
 
 
@@ -86,12 +102,22 @@ class _Initial:
         self.query = query if first_load else {}
         self.presets = presets
         self.memory: dict[str, Any] = st.session_state.setdefault(_MEMORY, {})
+        self.handoff: dict[str, dict[str, Any]] = st.session_state.get(_HANDOFF) or {}
         self.problems: list[str] = []
 
     def value(self, widget_key: str, query_key: str, ff: FormField, fallback: Any = None) -> Any:
         if widget_key in self.memory:
             return self.memory[widget_key]
-        if query_key in self.query:
+        section, _, name = query_key.rpartition(".")
+        if ff.machine:
+            # Never from a link: only this session's own hand-over (e.g. its upload) or the default.
+            handed = self.handoff.get(section, {})
+            if name in handed:
+                return handed[name]
+            if query_key in self.query:
+                self.problems.append(f"Link parameter ignored: {query_key} names a server path, URL, checksum or "
+                                     "run, which a link cannot set.")
+        elif query_key in self.query:
             try:
                 return decode(ff, self.query[query_key])
             except ValueError as exc:
@@ -413,14 +439,15 @@ def train() -> None:
     for section, spec_id, spec in (("algorithm", algorithm, algorithms[algorithm]),
                                    ("dataset", dataset, ds), ("backbone", backbone, backbones[backbone])):
         prefix = f"train.{section}.{dataset}.{spec_id}"
-        fields = schema_fields(spec["params"])
+        fields = schema_fields(spec["params"], spec.get("machine"))
         st.subheader(f"{section.capitalize()}: {spec['title']}")
         if spec.get("paper"):
             st.caption(spec["paper"])
         if not fields:
             st.caption("No parameters.")
         params[section], errors = render_fields(fields, prefix,
-                                                init.for_fields(prefix, section, spec.get("defaults")))
+                                                init.for_fields(prefix, section, spec.get("defaults")),
+                                                hide_machine=mode() == "demo")
         form_errors += errors
         if section == "dataset":
             _dataset_expander(dataset, ds, params[section], run_values, invalid=bool(errors))
@@ -436,7 +463,7 @@ def train() -> None:
     raw = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone,
            **{k: v for k, v in run_values.items()}, "device": device,
            **{f"{section}_params": values for section, values in params.items()}}
-    flat = config_query_params(raw)
+    flat = config_query_params(raw, catalog)
     if name:
         flat["name"] = name
     st.query_params.from_dict(flat)
@@ -454,6 +481,8 @@ def train() -> None:
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 st.error(line)
+        except PermissionError as exc:  # AccessError, CapError: the message is the whole explanation
+            st.error(str(exc))
     if config is not None:
         shape = (f"{config.shots}-shot regression, {config.queries} query points" if ds["kind"] == "regression"
                  else f"{config.ways}-way {config.shots}-shot, {config.queries} queries per class")
@@ -468,12 +497,18 @@ def train() -> None:
     if full:
         st.warning(f"{len(active)} of {limit} allowed runs are queued or running (METALAB_MAX_WORKERS); "
                    "wait for one to finish or cancel one.")
-    if active:
-        st.caption("Active runs: " + ", ".join(f"{r.id} ({r.status}, step {r.step}/{r.total_steps})" for r in active))
+    shown = [r for r in active if svc.policy.can_see(svc.actor, r.owner)]
+    if shown:
+        st.caption("Active runs: " + ", ".join(f"{r.id} ({r.status}, step {r.step}/{r.total_steps})" for r in shown))
+    if mode() != "private":
+        caps = svc.settings
+        st.caption(f"Caps here ({mode()} mode): {caps.max_steps:,} steps per run, {caps.max_runs_per_owner} of your "
+                   f"runs at once, " + (f"{caps.max_run_seconds // 60} minutes of training per run (resumable)"
+                                        if caps.max_run_seconds else "no time limit") + ".")
     if st.button("Launch", type="primary", disabled=config is None or full, key="train.launch"):
         try:
             run_id = svc.submit(config, name=name or "")
-        except LaunchLimitError as exc:
+        except PermissionError as exc:  # a cap or a refusal: the message names it
             st.error(str(exc))
         else:
             st.session_state["train.last_run"] = run_id

@@ -28,15 +28,15 @@ def _page_script(name: str) -> None:
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh METALAB_HOME; the dashboard's cached services are rebuilt on it."""
-    from metalab.dashboard.state import services
+    from metalab.dashboard.state import reset_services as services_reset
 
     path = tmp_path / "home"
     monkeypatch.setenv("METALAB_HOME", str(path))
     monkeypatch.setenv("METALAB_DISABLE_PLUGINS", "")
     monkeypatch.setenv("METALAB_STRICT_PLUGINS", "0")
-    services.clear()
+    services_reset()
     yield path
-    services.clear()
+    services_reset()
 
 
 @pytest.fixture

@@ -82,11 +82,11 @@ def world(tmp_path_factory):
 @pytest.fixture
 def env(world):
     """The world's environment for one test, with the dashboard's cached services rebuilt on it."""
-    from metalab.dashboard.state import services
+    from metalab.dashboard.state import reset_services as services_reset
 
-    services.clear()
+    services_reset()
     yield world
-    services.clear()
+    services_reset()
 
 
 def test_services_predict_classifies_staged_uploads(env, tmp_path):
