@@ -365,6 +365,9 @@ def dashboard(
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
            "--server.address", address, "--server.headless", str(headless).lower(),
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+    if os.environ.get("METALAB_SECRETS"):
+        # Streamlit reads exactly these secrets files (the [auth] section of team mode among them).
+        cmd += ["--secrets.files", os.environ["METALAB_SECRETS"]]
     if settings.mode != "private":
         cmd += ["--server.maxUploadSize", str(int(settings.max_upload_mb)),
                 "--server.enableXsrfProtection", "true", "--server.enableCORS", "true"]
