@@ -126,7 +126,7 @@ class Settings(BaseSettings):
 MODE_CAPS: dict[str, dict[str, int]] = {
     "private": {"max_runs_per_owner": 64, "max_steps": 10_000_000, "max_run_seconds": 0, "max_probes_per_owner": 64,
                 "max_uploads_per_owner": 100_000, "max_upload_mb": 200, "max_unpacked_mb_per_owner": 1_000_000,
-                "max_archive_files": 200_000, "max_image_pixels": 64_000_000, "worker_memory_mb": 0},
+                "max_archive_files": 200_000, "max_image_pixels": 50_000_000, "worker_memory_mb": 0},
     "demo": {"max_runs_per_owner": 1, "max_steps": 2_000, "max_run_seconds": 600, "max_probes_per_owner": 1,
              "max_uploads_per_owner": 3, "max_upload_mb": 20, "max_unpacked_mb_per_owner": 100,
              "max_archive_files": 2_000, "max_image_pixels": 4_000_000, "worker_memory_mb": 3_072},

@@ -59,6 +59,10 @@ def home() -> None:
     for run in mine[:10]:
         st.page_link(routes.report_page(), label=run_label(run), query_params={"run": run.id})
     if svc.settings.mode == "private":
+        others = svc.untracked_workers()
+        if others:
+            st.caption(f"{len(others)} runs were started by an earlier dashboard or the CLI and are still training: "
+                       + ", ".join(r.id for r in others) + ". Their reports can cancel them.")
         st.caption(f"Runs are stored in `{svc.settings.store_path}`. From a terminal: "
                    "`metalab train --dataset metalab.sinusoid --algorithm metalab.maml`.")
     else:

@@ -69,6 +69,19 @@ def _machine_names(config: dict[str, Any], catalog: dict[str, Any] | None) -> di
             for section in _PLUGIN_SECTIONS}
 
 
+def _within_caps(values: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    """A preset shortened to this dashboard's step cap (a demo's presets launch as they are)."""
+    steps = int(values.get("steps", 0) or 0)
+    if steps <= max_steps:
+        return values
+    scale = max_steps / steps
+    out = dict(values, steps=max_steps)
+    for name in ("val_every", "checkpoint_every", "log_every"):
+        if name in out:
+            out[name] = max(1, int(out[name] * scale))
+    return out
+
+
 def config_query_params(config: dict[str, Any], catalog: dict[str, Any] | None = None) -> dict[str, str]:
     """The query string of a run config (what the Train page reads back). Parameters that name a server path,
     URL, checksum or run are left out: a link never carries them."""
@@ -416,7 +429,7 @@ def train() -> None:
         backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
                            ds.get("default_backbone"), init, {k: v["title"] for k, v in backbones.items()},
                            help="The network under the algorithm (default: the dataset's).")
-    init.presets = preset(dataset, algorithm)
+    init.presets = _within_caps(preset(dataset, algorithm), svc.settings.max_steps)
     st.caption(ds["description"])
 
     run_schema = RunConfig.model_json_schema()
