@@ -479,10 +479,10 @@ class Services:
         return self.policy.can_modify(self.actor, run.owner)
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
-        return self.store.metrics(run_id)
+        return self.store.metrics(self.run(run_id).id)
 
     def evaluations(self, run_id: str) -> list[dict[str, Any]]:
-        return self.store.evaluations(run_id)
+        return self.store.evaluations(self.run(run_id).id)
 
     def evaluate(self, run_id: str, episodes: int | None = None, split: str = "test") -> dict[str, Any]:
         """Meta-test score of a run: mean with 95% CI over fixed episodes, plus the adaptation curve."""
@@ -510,7 +510,7 @@ class Services:
 
     def report_data(self, run_id: str) -> dict[str, Any] | None:
         """The figure data the worker stored at the end of training (``report_data.json``), if any."""
-        for artifact in self.store.artifacts(run_id):
+        for artifact in self.store.artifacts(self.run(run_id).id):
             if artifact["name"] == "report_data":
                 try:
                     return json.loads(Path(artifact["path"]).read_text(encoding="utf-8"))
