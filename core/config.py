@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import numbers
 from typing import Any, Literal
 
 import pydantic
 from pydantic import Field
 
-from .plugin_api import Params
+from .plugin_api import SPLITS, Params
+
+logger = logging.getLogger(__name__)
+
+# The run fields naming plugins: their --set values choose the plugins, so they are applied before any lookup.
+_PLUGIN_FIELDS = {"dataset": "dataset", "algorithm": "algorithm", "backbone": "backbone", "test_dataset": "dataset"}
 
 
 class ConfigError(ValueError):
@@ -147,29 +154,34 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
             parameter of the cross-domain test dataset.
 
     Raises:
-        ConfigError: an unknown plugin id, a parameter out of range, an episode shape the dataset cannot
-            serve, an algorithm that does not support the dataset's kind, or a ``test_dataset`` of another kind.
+        ConfigError: an unknown plugin id (``--set dataset=...`` and the like included), a parameter out of
+            range, an algorithm that does not support the dataset's kind, a ``test_dataset`` of another kind, or an
+            episode shape a split cannot serve (``ways`` above a split's classes, ``shots + queries`` above the
+            images of its smallest class) when the dataset's ``split_sizes`` can tell without loading the data.
     """
-    from .plugin_manager import UnknownPluginError
-
     raw = dict(raw)
     for key in ("dataset_params", "algorithm_params", "backbone_params", "test_dataset_params"):
         raw[key] = dict(raw.get(key) or {})
-    try:
-        dataset = registry.dataset(raw.get("dataset"))
-        algorithm = registry.algorithm(raw.get("algorithm"))
-        backbone_id = raw.get("backbone") or dataset.default_backbone
-        if backbone_id is None:
-            raise ConfigError(f"Dataset {dataset.id!r} names no default backbone; pass one. Received: backbone=None")
-        backbone = registry.backbone(backbone_id)
-    except UnknownPluginError as exc:
-        raise ConfigError(str(exc)) from None
+    assignments = dict(assignments or {})
+    # --set dataset=... and the like choose the plugins whose parameters the other assignments name.
+    for name in _PLUGIN_FIELDS:
+        if name in assignments:
+            raw[name] = assignments.pop(name)
+
+    dataset = _lookup(registry, "dataset", raw.get("dataset"))
+    algorithm = _lookup(registry, "algorithm", raw.get("algorithm"))
+    backbone_id = raw.get("backbone") or dataset.default_backbone
+    if backbone_id is None:
+        raise ConfigError(
+            f"backbone: dataset {dataset.id!r} names no default backbone; pass one. Received: backbone=None"
+        )
+    backbone = _lookup(registry, "backbone", backbone_id)
     raw["backbone"] = backbone.id
 
     # The papers' settings for this dataset come first; the user's own values override them.
     raw["algorithm_params"] = {**dataset.algorithm_defaults.get(algorithm.id, {}), **raw["algorithm_params"]}
     owners = {"algorithm": algorithm.params, "dataset": dataset.params, "backbone": backbone.params}
-    for name, value in (assignments or {}).items():
+    for name, value in assignments.items():
         head, _, tail = name.partition(".")
         if tail and head in owners:
             raw[f"{head}_params"][tail] = value
@@ -191,11 +203,7 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
                     f"or {backbone.id}. Received: {name}={value!r}"
                 )
 
-    try:
-        # After the assignments: --set test_dataset=... may name it.
-        test_dataset = registry.dataset(raw["test_dataset"]) if raw.get("test_dataset") else None
-    except UnknownPluginError as exc:
-        raise ConfigError(f"test_dataset: {exc}") from None
+    test_dataset = _lookup(registry, "test_dataset", raw["test_dataset"]) if raw.get("test_dataset") else None
 
     for key, val in dataset.episode_defaults.items():
         if raw.get(key) is None:
@@ -220,8 +228,10 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
 
     # Normalise plugin params to their full validated form so the stored config is explicit.
     config.algorithm_params = validate_params(algorithm.params, config.algorithm_params, "algorithm").model_dump()
-    config.dataset_params = validate_params(dataset.params, config.dataset_params, "dataset").model_dump()
+    dataset_params = validate_params(dataset.params, config.dataset_params, "dataset")
+    config.dataset_params = dataset_params.model_dump()
     config.backbone_params = validate_params(backbone.params, config.backbone_params, "backbone").model_dump()
+    _check_split_sizes(dataset, dataset_params, config, SPLITS, "dataset")
     if test_dataset is not None:
         if test_dataset.kind != dataset.kind:
             raise ConfigError(
@@ -229,12 +239,64 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
                 f"{test_dataset.id!r} is {test_dataset.kind}. Received: test_dataset={test_dataset.id!r}"
             )
         config.test_dataset = test_dataset.id
-        config.test_dataset_params = validate_params(
-            test_dataset.params, config.test_dataset_params, "test_dataset"
-        ).model_dump()
+        test_params = validate_params(test_dataset.params, config.test_dataset_params, "test_dataset")
+        config.test_dataset_params = test_params.model_dump()
+        # Only its test split is used (cross-domain meta-testing).
+        _check_split_sizes(test_dataset, test_params, config, ("test",), "test_dataset")
     elif config.test_dataset_params:
         raise ConfigError(
             "test_dataset_params: given without a test_dataset; name the dataset they belong to. "
             f"Received: test_dataset_params={config.test_dataset_params!r}"
         )
     return config
+
+
+def _lookup(registry: Any, field: str, spec_id: Any) -> Any:
+    """The spec a run field names; an unknown id is a :class:`ConfigError` naming the field, value and known ids."""
+    from .plugin_manager import UnknownPluginError
+
+    kind = _PLUGIN_FIELDS[field]
+    try:
+        return getattr(registry, kind)(spec_id)
+    except UnknownPluginError as exc:
+        raise ConfigError(f"{field}: {str(exc).replace(f'Received: {kind}=', f'Received: {field}=')}") from None
+
+
+def _check_split_sizes(spec: Any, params: Any, config: RunConfig, splits: tuple[str, ...], field: str) -> None:
+    """Refuses an episode shape a split cannot serve, from the dataset's ``split_sizes`` (no data is loaded).
+
+    A dataset without ``split_sizes`` (or a regression one) is checked when training starts instead.
+    """
+    if spec.kind != "classification" or getattr(spec, "split_sizes", None) is None:
+        return
+    try:
+        sizes = spec.split_sizes(params)
+    except ValueError as exc:  # the plugin says these parameters cannot give a usable split
+        raise ConfigError(f"{field}: {exc}") from None
+    except Exception:  # noqa: BLE001 - a plugin's bug here only postpones the check to training start
+        logger.warning("split_sizes of dataset %r failed; the episode shape is checked when training starts",
+                       spec.id, exc_info=True)
+        return
+    problems = []
+    for split in splits:
+        info = sizes.get(split) if isinstance(sizes, dict) else None
+        classes = info.get("classes") if isinstance(info, dict) else None
+        smallest = info.get("min_per_class") if isinstance(info, dict) else None
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (classes, smallest)):
+            logger.warning("split_sizes of dataset %r gave no class counts for split %r: %r; the episode shape is "
+                           "checked when training starts", spec.id, split, info)
+            continue
+        where = f"{'test_dataset ' if field == 'test_dataset' else ''}{spec.id}'s {split} split"
+        if config.ways > classes:
+            problems.append(
+                f"ways: {where} has {classes} classes, fewer than the {config.ways} an episode needs; lower ways "
+                f"or change the {field}'s parameters. Received: ways={config.ways}"
+            )
+        if config.shots + config.queries > smallest:
+            problems.append(
+                f"shots + queries: {where} has a class with only {smallest} images, fewer than the "
+                f"{config.shots + config.queries} an episode takes from each class; lower shots or queries. "
+                f"Received: shots={config.shots}, queries={config.queries}"
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))

@@ -196,6 +196,13 @@ class DatasetSpec:
         downloads: The files the plugin may download, ``{url: sha256}`` (since API 1.3). Outside ``private`` mode
             a :data:`DownloadURL` parameter may name only these, and every download is checked against its pinned
             sha256.
+        split_sizes: Optional, classification only: ``split_sizes(params) -> {split: {"classes": int,
+            "min_per_class": int}}``, the number of classes of each split and the image count of its smallest class
+            for the validated ``params``, computed WITHOUT reading the data (from the split definitions). With it a
+            run config whose ``ways`` exceeds a split's classes, or whose ``shots + queries`` exceeds a class's
+            images, is refused before the run is created; without it the check happens when training starts.
+            Raise ``ValueError`` for parameters the dataset cannot serve. Left out by datasets whose sizes depend
+            on their files.
     """
 
     id: str
@@ -209,10 +216,16 @@ class DatasetSpec:
     episode_defaults: dict[str, int] = field(default_factory=dict)
     algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)
+    split_sizes: Callable[[Any], dict[str, dict[str, int]]] | None = None
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "DatasetSpec")
+        if self.split_sizes is not None and not callable(self.split_sizes):
+            raise ValueError(
+                f"DatasetSpec {self.id!r}: split_sizes must be None or a function params -> "
+                f"{{split: {{'classes': int, 'min_per_class': int}}}}. Received: split_sizes={self.split_sizes!r}"
+            )
         for url, digest in (self.downloads or {}).items() if isinstance(self.downloads, dict) else [(None, None)]:
             if not (isinstance(url, str) and url.startswith(("https://", "http://")) and isinstance(digest, str)
                     and re.fullmatch(r"[0-9a-f]{64}", digest)):

@@ -1,14 +1,23 @@
 """The plugin manager factory: loads metalab plugins one at a time and keeps every failure beside what loaded.
 
 Built-in plugins and pip-installed ones go through the same path (entry points of the ``metalab`` group); a
-broken plugin is recorded as failed, with its package, version and traceback, and never stops the others.
+broken plugin is recorded as failed, with its package, version and traceback, and never stops the others: not by
+raising (``SystemExit`` included), and not by hanging, since each import and each registration hook runs under a
+time budget (``METALAB_PLUGIN_IMPORT_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
+import math
+import numbers
+import os
 import re
+import sys
+import threading
+import time
 import traceback as traceback_module
 import types
 from dataclasses import dataclass, field
@@ -17,7 +26,13 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .plugin_api import PLUGIN_API_VERSION, AlgorithmSpec, BackboneSpec, DatasetSpec
+from .plugin_api import (
+    PLUGIN_API_VERSION,
+    AlgorithmSpec,
+    BackboneSpec,
+    ClassificationDataset,
+    DatasetSpec,
+)
 from .settings import Settings, load_settings
 
 __all__ = [
@@ -26,6 +41,12 @@ __all__ = [
     "PluginRegistry",
     "UnknownPluginError",
     "PluginLoadError",
+    "PluginContractError",
+    "DEFAULT_IMPORT_TIMEOUT",
+    "IMPORT_TIMEOUT_ENV",
+    "SLOW_PLUGIN_SECONDS",
+    "check_factory_result",
+    "plugin_import_timeout",
     "make_plugin_manager",
     "normalize_namespace",
 ]
@@ -43,6 +64,20 @@ _REGISTRATION_HOOKS: dict[str, tuple[str, type]] = {
 }
 _KINDS = ("algorithm", "dataset", "backbone")
 _API_RE = re.compile(r"^(\d+)\.(\d+)$")
+
+#: The environment variable holding the seconds a plugin's import (and, apart, its registration hooks) may take.
+IMPORT_TIMEOUT_ENV = "METALAB_PLUGIN_IMPORT_TIMEOUT"
+#: The budget when ``METALAB_PLUGIN_IMPORT_TIMEOUT`` is unset: built-ins import in well under a second.
+DEFAULT_IMPORT_TIMEOUT = 10.0
+#: A plugin whose import and registration took at least this many seconds is listed as slow.
+SLOW_PLUGIN_SECONDS = 1.0
+
+# Imports that ran past their budget and are still running, by module name. Python cannot stop an import, and a
+# second import of a module still being imported waits for the first, so a later load in this process (a new
+# registry, or another entry point of the same module) must skip the module at once rather than wait again.
+# Process-wide on purpose: the import system it mirrors is process-wide too.
+_STALLED_IMPORTS: dict[str, tuple[threading.Thread, float]] = {}
+_STALLED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -62,6 +97,8 @@ class PluginRecord:
         traceback: The formatted traceback of the exception behind ``error``, where there was one.
         api_version: The plugin API version the plugin targets (its ``METALAB_PLUGIN_API``), where known.
         hooks: The hook names the plugin implements (empty when it was never registered).
+        seconds: Wall-clock seconds its import and registration took (``None`` for a disabled plugin); a plugin
+            stopped by the time budget shows about the budget.
     """
 
     name: str
@@ -74,6 +111,7 @@ class PluginRecord:
     traceback: str | None = None
     api_version: str | None = None
     hooks: list[str] = field(default_factory=list)
+    seconds: float | None = None
 
 
 class UnknownPluginError(KeyError, ValueError):
@@ -116,6 +154,27 @@ class PluginLoadError(RuntimeError):
         )
         super().__init__("\n".join(lines))
         self.failures = failures
+
+
+class PluginContractError(TypeError, ValueError):
+    """Raised when a plugin's factory returns something core cannot use; the message names the plugin.
+
+    A ``TypeError`` (the wrong kind of object) and a ``ValueError`` at once, so that callers reporting unusable
+    datasets or configs (``except ValueError``) show it as they show those.
+
+    Attributes:
+        kind: ``"algorithm"``, ``"dataset"`` or ``"backbone"``.
+        spec_id: The id of the spec whose factory was called.
+        plugin: The name of the plugin providing the spec, where known.
+        received: The type name of what the factory returned.
+    """
+
+    def __init__(self, message: str, *, kind: str, spec_id: str, plugin: str | None, received: str):
+        super().__init__(message)
+        self.kind = kind
+        self.spec_id = spec_id
+        self.plugin = plugin
+        self.received = received
 
 
 class _PluginFailure(Exception):
@@ -171,10 +230,15 @@ class PluginRegistry:
         message = f"Unknown {kind} {spec_id!r}. Known: {', '.join(known) if known else '(none)'}."
         # Point at a plugin that would have provided the id but did not load: the usual cause.
         prefix = spec_id.split(".", 1)[0] if isinstance(spec_id, str) else None
-        culprits = [f"{r.name} ({r.status})" for r in self.plugins if r.status != "loaded" and r.namespace == prefix]
+        culprits = [
+            f"{r.name} ({r.status}): {r.error}" if r.error else f"{r.name} ({r.status})"
+            for r in self.plugins
+            if r.status != "loaded" and r.namespace == prefix
+        ]
         if culprits:
+            # The failure itself, not only the plugin's name: a training worker's log is often all a user sees.
             message += (
-                f" Plugins of namespace {prefix!r} that did not load: {', '.join(culprits)}"
+                f" Plugins of namespace {prefix!r} that did not load: {'; '.join(culprits)}"
                 " (see `metalab plugins list`)."
             )
         return UnknownPluginError(f"{message} Received: {kind}={spec_id!r}", kind=kind, id=spec_id, known=known)
@@ -241,8 +305,9 @@ class PluginRegistry:
 
         Every row has the same keys: ``id``, ``kind`` (``"algorithm"``, ``"dataset"``, ``"backbone"``, or
         ``"plugin"`` for a plugin that did not load), ``title``, ``description``, ``paper``, ``plugin``,
-        ``package``, ``version``, ``status``, ``error``, ``traceback`` and ``params`` (the JSON schema of the
-        spec's parameter model). Keys that do not apply are ``None``.
+        ``package``, ``version``, ``status``, ``error``, ``traceback``, ``params`` (the JSON schema of the
+        spec's parameter model) and ``seconds`` (how long the plugin's import and registration took, see
+        :attr:`PluginRecord.seconds`). Keys that do not apply are ``None``.
 
         Returns:
             A list of JSON-serialisable dicts: specs sorted by kind then id, then failed and disabled plugins.
@@ -265,6 +330,7 @@ class PluginRegistry:
                         "error": None,
                         "traceback": None,
                         "params": spec.params.model_json_schema(),
+                        "seconds": record.seconds,
                     }
                 )
         for record in self.plugins:
@@ -284,9 +350,28 @@ class PluginRegistry:
                     "error": record.error,
                     "traceback": record.traceback,
                     "params": None,
+                    "seconds": record.seconds,
                 }
             )
         return rows
+
+    def slow_plugins(self, threshold: float = SLOW_PLUGIN_SECONDS) -> list[PluginRecord]:
+        """The plugins whose import and registration took at least ``threshold`` seconds, slowest first.
+
+        Failed ones count too: a plugin stopped by the time budget is the slowest of all.
+
+        Args:
+            threshold: Seconds; by default :data:`SLOW_PLUGIN_SECONDS`.
+
+        Returns:
+            :class:`PluginRecord` objects sorted by ``seconds``, descending.
+        """
+        timed = [r for r in self.plugins if r.seconds is not None and r.seconds >= threshold]
+        return sorted(timed, key=lambda r: r.seconds, reverse=True)
+
+    def check_factory_result(self, spec: Any, result: Any) -> Any:
+        """:func:`check_factory_result` naming the plugin of ``spec`` from this registry; returns ``result``."""
+        return check_factory_result(spec, result, registry=self)
 
 
 def normalize_namespace(name: str) -> str:
@@ -329,6 +414,214 @@ def _module_of(plugin: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _safe_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` on one line, cut to ``limit`` characters; never raises (a plugin's ``__repr__`` may)."""
+    try:
+        text = _one_line(repr(value))
+    except Exception:  # noqa: BLE001 - only for a message
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plugin_import_timeout(settings: Settings | None = None) -> float:
+    """The seconds a plugin's import, and apart its registration hooks, may take; ``0`` means no limit.
+
+    Read from ``settings.plugin_import_timeout`` when the settings have that field, else from the environment
+    variable ``METALAB_PLUGIN_IMPORT_TIMEOUT``; :data:`DEFAULT_IMPORT_TIMEOUT` when neither is set. A value that is
+    not a finite number >= 0 is ignored with a warning: a typo in the environment must not stop the host.
+
+    Args:
+        settings: The settings, or ``None``.
+
+    Returns:
+        The budget in seconds, ``0.0`` for none.
+    """
+    value = getattr(settings, "plugin_import_timeout", None) if settings is not None else None
+    source = "plugin_import_timeout"
+    if value is None:
+        value = os.environ.get(IMPORT_TIMEOUT_ENV, "").strip() or None
+        source = IMPORT_TIMEOUT_ENV
+    if value is None:
+        return DEFAULT_IMPORT_TIMEOUT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not (math.isfinite(seconds) and seconds >= 0):
+        logger.warning(
+            "%s must be a number of seconds >= 0 (0: no limit); using %s s. Received: %s=%r",
+            source, DEFAULT_IMPORT_TIMEOUT, source, value,
+        )
+        return DEFAULT_IMPORT_TIMEOUT
+    return min(seconds, threading.TIMEOUT_MAX)
+
+
+class _TimedOut:
+    """Internal: what :func:`_bounded_call` returns when the call ran past its budget."""
+
+    def __init__(self, thread: threading.Thread):
+        self.thread = thread
+
+
+def _bounded_call(fn: Any, timeout: float, name: str) -> tuple[str, Any]:
+    """Calls ``fn()`` with a time budget; a plugin's code must neither end nor stall the host.
+
+    With a budget the call runs in a daemon thread joined for ``timeout`` seconds (Python cannot interrupt an
+    import or a running function, so a call past its budget is abandoned, never stopped). ``timeout == 0`` calls
+    ``fn`` in the calling thread, without a limit.
+
+    Returns:
+        ``("ok", value)``, ``("raised", exception)`` for any ``BaseException`` but ``KeyboardInterrupt`` (which
+        is raised again here: Ctrl-C still stops the host), or ``("timeout", _TimedOut)``.
+    """
+    if not timeout:
+        try:
+            return "ok", fn()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # SystemExit and GeneratorExit included: a plugin may not end the host
+            return "raised", exc
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # everything: an escaped exception would only reach threading's excepthook
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"metalab-plugin:{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return "timeout", _TimedOut(thread)
+    if "error" in box:
+        if isinstance(box["error"], KeyboardInterrupt):
+            raise box["error"]
+        return "raised", box["error"]
+    return "ok", box.get("value")
+
+
+# The members core uses of the objects factories return (see plugin_api.Algorithm and RegressionTaskFamily).
+_ALGORITHM_METHODS = ("meta_gradients", "evaluate")
+_ALGORITHM_ATTRIBUTES = ("trainable_variables", "variables", "meta_batch_size")
+_REGRESSION_MEMBERS = ("kind", "input_shape", "output_dim", "sample_task", "sample_points", "evaluate")
+
+
+def _has(obj: Any, name: str) -> bool:
+    # Statically first, so a property is not run just to see it is there; then dynamically for __getattr__.
+    try:
+        inspect.getattr_static(obj, name)
+        return True
+    except AttributeError:
+        pass
+    try:
+        return hasattr(obj, name)
+    except Exception:  # noqa: BLE001 - a property that raises is as good as absent here
+        return False
+
+
+def _factory_name(spec: Any) -> str:
+    factory = getattr(spec, "factory", None)
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None) or type(factory).__name__
+    return f"{module}.{qualname}" if module else qualname
+
+
+def check_factory_result(spec: Any, result: Any, *, registry: Any = None) -> Any:
+    """Checks what a spec's factory returned before core uses it; returns ``result`` unchanged.
+
+    Call it wherever core calls ``spec.factory(...)``: a dataset factory must return a
+    :class:`~metalab.core.plugin_api.ClassificationDataset` (``kind="classification"``) or a
+    :class:`~metalab.core.plugin_api.RegressionTaskFamily` (``kind="regression"``); an algorithm factory an object
+    with the :class:`~metalab.core.plugin_api.Algorithm` members core calls (``meta_gradients``, ``evaluate``,
+    ``trainable_variables``, ``variables`` and a positive integer ``meta_batch_size``); a backbone factory a
+    callable model. Anything else would fail later and far away (an empty summary, a cryptic trace error).
+
+    Args:
+        spec: The :class:`AlgorithmSpec`, :class:`DatasetSpec` or :class:`BackboneSpec` whose factory was called.
+        result: What the factory returned.
+        registry: The :class:`PluginRegistry` holding ``spec``, to name its plugin, package and version in the
+            message; without one the message names the factory's module.
+
+    Returns:
+        ``result``.
+
+    Raises:
+        PluginContractError: ``result`` is not what the spec's kind promises; the message names the spec, the
+            plugin, the factory and the type received.
+        TypeError: ``spec`` is not a spec.
+
+    Example:
+        dataset = check_factory_result(spec, spec.factory(params, context), registry=registry)
+    """
+    if isinstance(spec, AlgorithmSpec):
+        kind = "algorithm"
+    elif isinstance(spec, DatasetSpec):
+        kind = "dataset"
+    elif isinstance(spec, BackboneSpec):
+        kind = "backbone"
+    else:
+        raise TypeError(
+            f"check_factory_result expects an AlgorithmSpec, DatasetSpec or BackboneSpec. "
+            f"Received: spec of type {type(spec).__name__}"
+        )
+    problem = _factory_problem(kind, spec, result)
+    if problem is None:
+        return result
+    plugin_name = None
+    where = f"factory {_factory_name(spec)}"
+    if registry is not None and hasattr(registry, "plugin_of"):
+        try:
+            record = registry.plugin_of(spec.id, kind=kind)
+        except (KeyError, ValueError):
+            record = None
+        if record is not None:
+            plugin_name = record.name
+            where = f"plugin {record.name!r} ({_origin(record)}), {where}"
+    received = type(result).__name__
+    raise PluginContractError(
+        f"The {kind} factory of {spec.id!r} ({where}) {problem}. Received: {received} {_safe_repr(result)}",
+        kind=kind, spec_id=spec.id, plugin=plugin_name, received=received,
+    )
+
+
+def _factory_problem(kind: str, spec: Any, result: Any) -> str | None:
+    """What is wrong with a factory's result, as the end of a sentence, or ``None``."""
+    if kind == "dataset":
+        is_classification = isinstance(result, ClassificationDataset)
+        missing = [m for m in _REGRESSION_MEMBERS if not _has(result, m)]
+        is_regression = not is_classification and not missing and getattr(result, "kind", None) == "regression"
+        if spec.kind == "classification":
+            if is_classification:
+                return None
+            if is_regression:
+                return ("returned a regression task family, but the spec declares kind='classification'; "
+                        "it must return a ClassificationDataset")
+            return "must return a ClassificationDataset (the spec declares kind='classification')"
+        if is_regression:
+            return None
+        if is_classification:
+            return ("returned a ClassificationDataset, but the spec declares kind='regression'; it must return a "
+                    "RegressionTaskFamily")
+        detail = f"; missing: {', '.join(missing)}" if missing else "; its kind must be 'regression'"
+        return f"must return a RegressionTaskFamily (the spec declares kind='regression'){detail}"
+    if kind == "algorithm":
+        missing = [m for m in _ALGORITHM_METHODS if not (_has(result, m) and callable(getattr(result, m, None)))]
+        missing += [m for m in _ALGORITHM_ATTRIBUTES if not _has(result, m)]
+        if missing:
+            return (f"must return an Algorithm (with {', '.join(_ALGORITHM_METHODS + _ALGORITHM_ATTRIBUTES)}); "
+                    f"missing or not callable: {', '.join(missing)}")
+        size = getattr(result, "meta_batch_size", None)
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or int(size) < 1:
+            return (f"must return an Algorithm whose meta_batch_size is an integer >= 1, "
+                    f"not meta_batch_size={_safe_repr(size)}")
+        return None
+    if result is None or not callable(result):
+        return "must return a model (a callable keras.Model mapping inputs to feature vectors)"
+    return None
+
+
 def _check_api_version(plugin: object) -> str:
     """Returns the plugin's ``METALAB_PLUGIN_API``; raises :class:`_PluginFailure` if metalab cannot load it."""
     supported = f"{PLUGIN_API_VERSION.split('.')[0]}.x"
@@ -353,13 +646,28 @@ def _check_api_version(plugin: object) -> str:
     return declared
 
 
+#: What :meth:`_Loader._import` returns for a plugin it recorded as failed.
+_SKIPPED = object()
+
+
+def _thread_stack(thread: threading.Thread) -> str | None:
+    """Where a thread is now, formatted like a traceback (what a stalled import is busy with), if known."""
+    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
+    if frame is None:
+        return None
+    return "Stack of the plugin's thread when its time ran out (most recent call last):\n" + "".join(
+        traceback_module.format_stack(frame)
+    )
+
+
 class _Loader:
     """Builds one registry: validates and registers plugins one at a time, keeping each failure."""
 
-    def __init__(self, disabled: set[str]):
+    def __init__(self, disabled: set[str], timeout: float = DEFAULT_IMPORT_TIMEOUT):
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.disabled = disabled
+        self.timeout = timeout
         self.disabled_namespaces = {normalize_namespace(name) for name in disabled}
         self.records: list[PluginRecord] = []
         self.tables: dict[str, dict[str, Any]] = {kind: {} for kind in _KINDS}
@@ -385,14 +693,48 @@ class _Loader:
         if self.is_disabled(ep.name, package):
             self._disable(record)
             return
+        start = time.perf_counter()
         try:
-            plugin = ep.load()
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a plugin's import may raise anything; it must not stop the others
-            self._fail(record, f"Import of {ep.value!r} failed: {_describe_exception(exc)}", _format_traceback(exc))
-            return
-        self._add(record, plugin)
+            plugin = self._import(record, ep)
+            if plugin is not _SKIPPED:
+                self._add(record, plugin)
+        finally:
+            record.seconds = round(time.perf_counter() - start, 3)
+
+    def _import(self, record: PluginRecord, ep: importlib.metadata.EntryPoint) -> Any:
+        """Imports an entry point under the time budget; returns the plugin, or ``_SKIPPED`` after recording why."""
+        with _STALLED_LOCK:
+            stalled = _STALLED_IMPORTS.get(ep.module)
+            if stalled is not None and not stalled[0].is_alive():
+                del _STALLED_IMPORTS[ep.module]
+                stalled = None
+        if stalled is not None:
+            # Importing it again would wait for the first import, which may never end.
+            self._fail(
+                record,
+                f"Import of {ep.value!r} is still running {time.monotonic() - stalled[1]:.0f} s after it started in "
+                f"an earlier load, which gave up on it (over its {IMPORT_TIMEOUT_ENV} budget); it is skipped. "
+                f"Received: module={ep.module!r}",
+            )
+            return _SKIPPED
+        started = time.monotonic()
+        outcome, value = _bounded_call(ep.load, self.timeout, ep.name)
+        if outcome == "ok":
+            return value
+        if outcome == "raised":  # a plugin's import may raise anything, SystemExit included; it fails alone
+            self._fail(record, f"Import of {ep.value!r} failed: {_describe_exception(value)}",
+                       _format_traceback(value))
+            return _SKIPPED
+        with _STALLED_LOCK:
+            _STALLED_IMPORTS[ep.module] = (value.thread, started)
+        self._fail(
+            record,
+            f"Import of {ep.value!r} took longer than {self.timeout:g} s; it is skipped (if it finishes later, this "
+            f"registry ignores it). Raise {IMPORT_TIMEOUT_ENV} if the plugin is only slow. "
+            f"Received: {IMPORT_TIMEOUT_ENV}={self.timeout:g}",
+            _thread_stack(value.thread),
+        )
+        return _SKIPPED
 
     def add_object(self, name: str, plugin: object) -> None:
         record = PluginRecord(
@@ -406,7 +748,11 @@ class _Loader:
         if self.is_disabled(name, None):
             self._disable(record)
             return
-        self._add(record, plugin)
+        start = time.perf_counter()
+        try:
+            self._add(record, plugin)
+        finally:
+            record.seconds = round(time.perf_counter() - start, 3)
 
     def _loaded(self, name: str) -> PluginRecord:
         return next(r for r in self.records if r.name == name and r.status == "loaded")
@@ -447,9 +793,15 @@ class _Loader:
         except _PluginFailure as failure:
             self._fail(record, failure.error)
             return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a module __getattr__ or a property may raise anything
+            self._fail(record, f"Reading METALAB_PLUGIN_API failed: {_describe_exception(exc)}",
+                       _format_traceback(exc))
+            return
         try:
             self.pm.register(plugin, name=record.name)
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             raise
         except BaseException as exc:  # pluggy refuses an implementation taking arguments its spec lacks
             self._fail(record, f"Registration failed: {_describe_exception(exc)}", _format_traceback(exc))
@@ -464,6 +816,11 @@ class _Loader:
             return
         except _PluginFailure as failure:
             self._reject(record, plugin, failure.error, failure.traceback)
+            return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # anything else a plugin's code raised on the way
+            self._reject(record, plugin, f"Registration failed: {_describe_exception(exc)}", _format_traceback(exc))
             return
         for kind, spec in specs:
             self.tables[kind][spec.id] = spec
@@ -484,26 +841,34 @@ class _Loader:
         self._fail(record, error, tb)
 
     def _collect(self, record: PluginRecord, plugin: object) -> list[tuple[str, Any]]:
-        """Calls the plugin's registration hooks and validates every spec; any fault rejects the whole plugin."""
+        """Calls the plugin's registration hooks and validates every spec; any fault rejects the whole plugin.
+
+        The hooks share one time budget, as the import has its own: a hook that hangs fails its plugin.
+        """
         specs: list[tuple[str, Any]] = []
         seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + self.timeout
         for hook_name, (kind, spec_type) in _REGISTRATION_HOOKS.items():
             caller = getattr(self.pm.hook, hook_name)
             for impl in caller.get_hookimpls():
                 if impl.plugin is not plugin:
                     continue
-                try:
-                    result = impl.function()
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException as exc:  # a raising hook fails its plugin only
+                left = max(deadline - time.monotonic(), 1e-3) if self.timeout else 0
+                outcome, result = _bounded_call(impl.function, left, f"{record.name}.{hook_name}")
+                if outcome == "raised":  # a raising hook fails its plugin only, SystemExit included
                     raise _PluginFailure(
-                        f"Hook {hook_name} raised {_describe_exception(exc)}", _format_traceback(exc)
-                    ) from None
+                        f"Hook {hook_name} raised {_describe_exception(result)}", _format_traceback(result)
+                    )
+                if outcome == "timeout":
+                    raise _PluginFailure(
+                        f"Hook {hook_name} took longer than {self.timeout:g} s (the plugin's registration hooks "
+                        f"together); the plugin is skipped. Received: {IMPORT_TIMEOUT_ENV}={self.timeout:g}",
+                        _thread_stack(result.thread),
+                    )
                 if not isinstance(result, (list, tuple)):
                     raise _PluginFailure(
                         f"Hook {hook_name} must return a list of {spec_type.__name__}. "
-                        f"Received: {type(result).__name__} {_one_line(repr(result))[:200]}"
+                        f"Received: {type(result).__name__} {_safe_repr(result)}"
                     )
                 for spec in result:
                     self._validate(record, hook_name, kind, spec_type, spec, seen)
@@ -517,13 +882,13 @@ class _Loader:
         if not isinstance(spec, spec_type):
             raise _PluginFailure(
                 f"Hook {hook_name} must return {spec_type.__name__} objects. "
-                f"Received: {type(spec).__name__} {_one_line(repr(spec))[:200]}"
+                f"Received: {type(spec).__name__} {_safe_repr(spec)}"
             )
         try:
             spec.validate()
             # The dashboard builds its forms from this schema, so a model without one is a broken spec.
             spec.params.model_json_schema()
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             raise
         except BaseException as exc:
             raise _PluginFailure(
@@ -581,12 +946,17 @@ def make_plugin_manager(
     plugins: Iterable[tuple[str, object]] = (),
     settings: Settings | None = None,
     strict: bool | None = None,
+    import_timeout: float | None = None,
 ) -> PluginRegistry:
     """Makes a fresh plugin manager, loads the plugins and returns their registry.
 
     Each entry point of the ``metalab`` group (the built-ins included) is loaded on its own: a plugin that
     cannot be imported, targets another major plugin API, implements an unknown hook, raises in a hook or returns
     an invalid spec is recorded as failed (and unregistered, none of its specs kept) while the others load.
+    ``SystemExit`` and any other ``BaseException`` a plugin raises count as its failure (``KeyboardInterrupt`` is
+    raised again). Each import runs in a daemon thread with a time budget, and so do the plugin's registration
+    hooks (a second budget of the same length): a plugin past it is recorded as failed and the others load. Each
+    record holds the seconds its plugin took (:attr:`PluginRecord.seconds`).
 
     Args:
         entry_points: Load the plugins declared as entry points. Off, only ``plugins`` are registered.
@@ -597,6 +967,9 @@ def make_plugin_manager(
         settings: Where ``disabled`` and ``strict_plugins`` come from; by default read from the environment
             (``METALAB_DISABLE_PLUGINS``, ``METALAB_STRICT_PLUGINS``).
         strict: Raise if any plugin failed; defaults to ``settings.strict_plugins``.
+        import_timeout: Seconds each plugin's import (and, apart, its registration hooks) may take; ``0`` imports
+            in this thread without a limit. Defaults to :func:`plugin_import_timeout`
+            (``METALAB_PLUGIN_IMPORT_TIMEOUT``, else :data:`DEFAULT_IMPORT_TIMEOUT`).
 
     Returns:
         A new :class:`PluginRegistry`, sharing no state with any other.
@@ -612,7 +985,15 @@ def make_plugin_manager(
         settings = load_settings()
     if strict is None:
         strict = settings.strict_plugins
-    loader = _Loader(settings.disabled)
+    if import_timeout is None:
+        import_timeout = plugin_import_timeout(settings)
+    elif isinstance(import_timeout, bool) or not (
+        isinstance(import_timeout, (int, float)) and math.isfinite(import_timeout) and import_timeout >= 0
+    ):
+        raise ValueError(
+            f"import_timeout must be a number of seconds >= 0. Received: import_timeout={import_timeout!r}"
+        )
+    loader = _Loader(settings.disabled, min(float(import_timeout), threading.TIMEOUT_MAX))
     if entry_points:
         for ep in _entry_points(distributions):
             loader.add_entry_point(ep)

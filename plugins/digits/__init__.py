@@ -22,6 +22,8 @@ from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
 METALAB_PLUGIN_API = "1.0"
 
 NUM_CLASSES = 10
+#: Images of each digit 0..9 in scikit-learn's load_digits (1797 in all), so split sizes need no data loaded.
+IMAGES_PER_DIGIT = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
 
 PAPER = (
     "Alpaydin & Kaynak (1998). Optical Recognition of Handwritten Digits. UCI Machine Learning Repository "
@@ -84,6 +86,40 @@ def make_digits(params: DigitsParams | dict | None = None, context=None):
     return load_digits_dataset(params.train_classes, params.val_classes, params.seed)
 
 
+def _held_out(n: int, fraction: float) -> int:
+    # metalab.core.tasks.holdout_rows's count for a class of n images (at least one image stays behind).
+    return max(min(n - 1, int(round(float(fraction) * n))), 0)
+
+
+def digits_split_sizes(params: DigitsParams | dict | None = None) -> dict[str, dict[str, int]]:
+    """The classes of each split and the images of its smallest class, without loading the images.
+
+    Few-shot mode divides the digits by the same seeded permutation as the loader; supervised mode keeps every
+    digit in every split and divides each digit's images as :func:`metalab.core.tasks.holdout_rows` does.
+
+    Args:
+        params: A :class:`DigitsParams` (or a dict of its fields).
+
+    Returns:
+        ``{split: {"classes": int, "min_per_class": int}}`` for ``train``, ``val`` and ``test``.
+    """
+    import numpy as np
+
+    if not isinstance(params, DigitsParams):
+        params = DigitsParams.model_validate(params or {})
+    if params.mode == "supervised":
+        test = [_held_out(n, params.test_fraction) for n in IMAGES_PER_DIGIT]
+        rest = [n - t for n, t in zip(IMAGES_PER_DIGIT, test)]
+        val = [_held_out(n, params.val_fraction) for n in rest]
+        counts = {"train": [n - v for n, v in zip(rest, val)], "val": val, "test": test}
+        return {name: {"classes": NUM_CLASSES, "min_per_class": min(c)} for name, c in counts.items()}
+    order = np.random.default_rng(params.seed).permutation(NUM_CLASSES)
+    cut = params.train_classes + params.val_classes
+    groups = {"train": order[:params.train_classes], "val": order[params.train_classes:cut], "test": order[cut:]}
+    return {name: {"classes": len(digits), "min_per_class": min(IMAGES_PER_DIGIT[d] for d in digits)}
+            for name, digits in groups.items()}
+
+
 @hookimpl
 def metalab_register_datasets() -> list:
     return [
@@ -102,5 +138,6 @@ def metalab_register_datasets() -> list:
             # 8x8 inputs cannot go through conv-4's four poolings; the MLP flattens image inputs.
             default_backbone="metalab.mlp",
             episode_defaults={"ways": 3, "shots": 5, "queries": 10},
+            split_sizes=digits_split_sizes,
         )
     ]

@@ -97,7 +97,7 @@ def __getattr__(name: str) -> Any:
 @hookimpl
 def metalab_register_datasets() -> list:
     # The loader module is light to import (no Pillow, no file read); it holds the official URLs and checksums.
-    from .loader import OFFICIAL_DOWNLOADS
+    from .loader import OFFICIAL_DOWNLOADS, split_sizes
 
     return [
         DatasetSpec(
@@ -115,5 +115,6 @@ def metalab_register_datasets() -> list:
             default_backbone="metalab.conv4",
             episode_defaults={"ways": 5, "shots": 1, "queries": 15},
             downloads=dict(OFFICIAL_DOWNLOADS),
+            split_sizes=split_sizes,
         )
     ]

@@ -33,6 +33,9 @@ __all__ = [
     "build_dataset",
     "omniglot_dir",
     "OFFICIAL_DOWNLOADS",
+    "BACKGROUND_ALPHABETS",
+    "MINIMAL_ALPHABETS",
+    "split_sizes",
 ]
 
 IMAGES_PER_CHARACTER = 20
@@ -97,6 +100,22 @@ RUNS_SOURCE = SourceInfo(
 )
 NUM_RUNS = 20
 RUN_WAYS = 20
+
+#: Characters of each alphabet of images_background (30 alphabets, 964 characters), as counted in the official
+#: file; the split sizes are computed from them without reading any file.
+BACKGROUND_ALPHABETS: dict[str, int] = {
+    "Alphabet_of_the_Magi": 20, "Anglo-Saxon_Futhorc": 29, "Arcadian": 26, "Armenian": 41,
+    "Asomtavruli_(Georgian)": 40, "Balinese": 24, "Bengali": 46, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 14,
+    "Braille": 26, "Burmese_(Myanmar)": 34, "Cyrillic": 33, "Early_Aramaic": 22, "Futurama": 26, "Grantha": 43,
+    "Greek": 24, "Gujarati": 48, "Hebrew": 22, "Inuktitut_(Canadian_Aboriginal_Syllabics)": 16,
+    "Japanese_(hiragana)": 52, "Japanese_(katakana)": 47, "Korean": 40, "Latin": 26, "Malay_(Jawi_-_Arabic)": 40,
+    "Mkhedruli_(Georgian)": 41, "N_Ko": 33, "Ojibwe_(Canadian_Aboriginal_Syllabics)": 14, "Sanskrit": 42,
+    "Syriac_(Estrangelo)": 23, "Tagalog": 17, "Tifinagh": 55,
+}
+#: The alphabets of images_background_small1 + small2 (242 distinct characters; each alphabet complete, Greek and
+#: Latin in both).
+MINIMAL_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit",
+                     "Tagalog")
 
 #: Which sources each split option reads.
 SPLIT_SOURCES = {
@@ -368,15 +387,62 @@ def _to_split(pool: _Pool, rotations: bool) -> ClassSplit:
 
 
 def _hold_out_alphabets(pool: _Pool, count: int, seed: int, what: str) -> tuple[_Pool, _Pool, list[str]]:
-    alphabets = sorted(set(pool.alphabets))
+    held = _held_alphabets(sorted(set(pool.alphabets)), count, seed, what)
+    in_val = np.array([a in held for a in pool.alphabets])
+    return pool.take(np.flatnonzero(~in_val)), pool.take(np.flatnonzero(in_val)), held
+
+
+def _held_alphabets(alphabets: list[str], count: int, seed: int, what: str) -> list[str]:
+    """The alphabets :func:`_hold_out_alphabets` moves to val: ``count`` of the sorted names, picked with ``seed``."""
+    alphabets = sorted(alphabets)
     if count >= len(alphabets):
         raise ValueError(
             f"val_alphabets must be smaller than the {len(alphabets)} alphabets of {what}. Received: val_alphabets={count}"
         )
     rng = np.random.default_rng(seed)
-    held = sorted(alphabets[i] for i in rng.permutation(len(alphabets))[:count])
-    in_val = np.array([a in held for a in pool.alphabets])
-    return pool.take(np.flatnonzero(~in_val)), pool.take(np.flatnonzero(in_val)), held
+    return sorted(alphabets[i] for i in rng.permutation(len(alphabets))[:count])
+
+
+def split_sizes(params: Any) -> dict[str, dict[str, int]]:
+    """The classes of each split and the images of its smallest class, from the split definitions alone.
+
+    No file is read: the counts come from the official files' sizes (:data:`SOURCES`, :data:`BACKGROUND_ALPHABETS`)
+    and the same seeded choices as :func:`build_dataset`. Every class has 20 images; rotations make four classes
+    of each character.
+
+    Args:
+        params: An ``OmniglotParams``.
+
+    Returns:
+        ``{split: {"classes": int, "min_per_class": int}}`` for ``train``, ``val`` and ``test``.
+
+    Raises:
+        ValueError: The parameters leave a split empty (e.g. ``val_alphabets`` not below the alphabets there).
+    """
+    split = params.split
+    if split not in SPLIT_SOURCES:
+        raise ValueError(f"Omniglot split must be one of {sorted(SPLIT_SOURCES)}. Received: split={split!r}")
+    evaluation = SOURCES["evaluation"].characters
+    if split == "vinyals":
+        total = SOURCES["background"].characters + evaluation
+        n_train, n_val = int(params.train_characters), int(params.val_characters)
+        if n_train + n_val >= total:
+            raise ValueError(
+                f"train_characters + val_characters must leave test characters out of {total}. "
+                f"Received: train_characters={n_train}, val_characters={n_val}"
+            )
+        characters = {"train": n_train, "val": n_val, "test": total - n_train - n_val}
+    else:
+        if split == "background_evaluation":
+            alphabets, what = list(BACKGROUND_ALPHABETS), "images_background"
+        else:
+            alphabets, what = list(MINIMAL_ALPHABETS), "images_background_small1 + small2"
+        held = _held_alphabets(alphabets, int(params.val_alphabets), int(params.seed), what)
+        val = sum(BACKGROUND_ALPHABETS[a] for a in held)
+        characters = {"train": sum(BACKGROUND_ALPHABETS[a] for a in alphabets) - val, "val": val, "test": evaluation}
+    per_character = len(ROTATIONS) if params.rotations else 1
+    return {name: {"classes": count * per_character, "min_per_class": IMAGES_PER_CHARACTER}
+            for name, count in characters.items()}
 
 
 def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:

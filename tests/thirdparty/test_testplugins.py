@@ -62,3 +62,15 @@ def test_noise_is_added_and_reproducible(spec):
     assert 0.4 < residual.std() < 0.6
     x2, y2 = family.sample_points(task, 500, np.random.default_rng(2))
     np.testing.assert_array_equal(y, y2)
+
+
+def test_slow_import_is_quick_unless_told_to_sleep(monkeypatch):
+    # The rest of the suite loads every installed plugin: slow_import must cost nothing there.
+    monkeypatch.delenv("METALAB_TESTPLUGINS_IMPORT_SLEEP", raising=False)
+    registry = make_plugin_manager(distributions={"metalab-testplugins"}, settings=load_settings(disable_plugins=""),
+                                   strict=False)
+    slow = next(r for r in registry.plugins if r.name == "slow_import")
+    assert slow.status == "loaded" and slow.hooks == [] and slow.seconds < 5
+    broken = {r.name for r in registry.failures}
+    assert broken == {"broken_import", "bad_spec", "future_api", "exit_at_import"}
+    assert "metalab_testplugins.string_dataset" in registry.datasets  # it registers; only its factory is broken

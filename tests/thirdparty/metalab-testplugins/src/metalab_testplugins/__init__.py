@@ -1,1 +1,2 @@
-"""Test plugins for metalab's plugin loader: ``lines`` works, the other modules are broken on purpose."""
+"""Test plugins for metalab's plugin loader: ``lines`` works, ``slow_import`` is slow when told to, the rest are
+broken on purpose."""
