@@ -18,11 +18,20 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .checkpoints import (  # noqa: F401 - re-exported: plugins and benchmarks import them from here
+    CheckpointError,
+    CheckpointMismatchError,
+    checkpoint_files,
+    checkpoint_path,
+    load_checkpoint,
+    record_warning,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from .config import RunConfig
 from .plugin_api import TaskBatch, TaskSpec
 from .settings import Settings, load_settings
@@ -245,48 +254,8 @@ def configure_threads(intra_op: int, inter_op: int) -> bool:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------------
-
-
-def checkpoint_path(store: RunStore, run_id: str) -> Path:
-    return store.run_dir(run_id) / "checkpoint.npz"
-
-
-def save_checkpoint(store: RunStore, run_id: str, step: int, algorithm: Any, optimizer: Any, sampler: Any) -> Path:
-    """Writes weights, optimizer state and sampler RNG state atomically (a crash never leaves half a file)."""
-    path = checkpoint_path(store, run_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"var_{i}": np.asarray(v.numpy()) for i, v in enumerate(algorithm.variables)}
-    arrays.update({f"opt_{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
-    meta = {"step": int(step), "sampler": sampler.get_state(), "n_vars": len(algorithm.variables),
-            "n_opt": len(optimizer.variables)}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    store.add_artifact(run_id, "checkpoint", "checkpoint", path, step=step)
-    return path
-
-
-def load_checkpoint(path: Path, algorithm: Any, optimizer: Any | None = None, sampler: Any | None = None) -> int:
-    """Restores what :func:`save_checkpoint` wrote; returns the step it was taken at."""
-    with np.load(path) as data:
-        meta = json.loads(bytes(data["meta"]).decode())
-        if meta["n_vars"] != len(algorithm.variables):
-            raise ValueError(
-                f"Checkpoint {path} holds {meta['n_vars']} variables but the model has {len(algorithm.variables)}: "
-                f"the run's config or plugin version changed. Received: checkpoint={str(path)!r}"
-            )
-        for i, var in enumerate(algorithm.variables):
-            var.assign(data[f"var_{i}"])
-        if optimizer is not None:
-            if meta["n_opt"] != len(optimizer.variables):
-                raise ValueError(f"Checkpoint {path}: optimizer state does not match. Received: n_opt={meta['n_opt']}")
-            for i, var in enumerate(optimizer.variables):
-                var.assign(data[f"opt_{i}"])
-        if sampler is not None:
-            sampler.set_state(meta["sampler"])
-    return int(meta["step"])
-
+# They live in .checkpoints (atomic writes, the last two files, manifests, verified loads); re-exported here
+# because plugins, benchmarks and tests import them from the runner.
 
 # -- training batches and cross-domain data -------------------------------------------------------------
 
@@ -662,9 +631,13 @@ def train_run(
             cross_episodes = cross_domain_episodes(cross, config.test_episodes) if cross and config.eval_at_end else None
             optimizer = make_optimizer(algorithm, config.precision)
             optimizer.build(algorithm.trainable_variables)
-            ckpt = checkpoint_path(store, run_id)
-            if ckpt.exists():
-                step = load_checkpoint(ckpt, algorithm, optimizer, sampler)
+            # The newest usable checkpoint (the previous one if the newest is bad, with a recorded warning);
+            # the step recorded and the metrics kept are those of the checkpoint actually restored.
+            restored = restore_checkpoint(store.run_dir(run_id), algorithm, optimizer, sampler,
+                                          total_steps=config.steps, config=run.config, quarantine=True)
+            if restored is not None:
+                step = restored.step
+                record_warning(store, run_id, restored, "resume")
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
 
@@ -701,10 +674,10 @@ def train_run(
                     store.log_metrics(run_id, step, logged)
                     store.update_run(run_id, step=step)
                 if step % config.checkpoint_every == 0 and step < config.steps:
-                    save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
+                    save_checkpoint(store, run_id, step, algorithm, optimizer, sampler, config=run.config)
                 if progress:
                     progress(step, config.steps, logged)
-            save_checkpoint(store, run_id, step, algorithm, optimizer, sampler)
+            save_checkpoint(store, run_id, step, algorithm, optimizer, sampler, config=run.config)
             if cross_episodes is not None:
                 # Recorded before the in-domain score, so "test" stays the newest evaluation.
                 result = evaluate_batch(cross, cross_episodes, eval_fn)
@@ -722,7 +695,12 @@ def train_run(
         return "completed"
     except RunCancelled as stop:
         if session is not None and optimizer is not None and sampler is not None:
-            save_checkpoint(store, run_id, step, session.algorithm, optimizer, sampler)
+            try:
+                save_checkpoint(store, run_id, step, session.algorithm, optimizer, sampler, config=run.config)
+            except FloatingPointError as exc:  # diverged weights are never kept; the previous checkpoint stays
+                store.update_run(run_id, status="failed", finished=time.time(), step=step,
+                                 error=f"{type(exc).__name__}: {exc}", traceback=None)
+                return "failed"
         if stop.args and stop.args[0] == "wall_time":
             store.update_run(
                 run_id, status="interrupted", finished=time.time(), step=step,
@@ -733,9 +711,11 @@ def train_run(
         store.update_run(run_id, status="cancelled", finished=time.time(), step=step)
         return "cancelled"
     except Exception as exc:  # noqa: BLE001 - every failure is recorded for the user, never lost
+        # A checkpoint the run cannot use is the user's file problem, fully named in the message: no traceback.
+        trace = None if isinstance(exc, CheckpointError) else traceback.format_exc()
         store.update_run(
             run_id, status="failed", finished=time.time(), step=step,
-            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
+            error=f"{type(exc).__name__}: {exc}", traceback=trace,
         )
         return "failed"
 
@@ -780,14 +760,10 @@ def evaluate_run(
         return _evaluate_benchmark(store, run_id, registry, split.partition(":")[2], settings=settings, record=record)
     run = store.get_run(run_id)
     config = RunConfig(**run.config)
-    ckpt = checkpoint_path(store, run.id)
-    if not ckpt.exists():
-        raise FileNotFoundError(
-            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run_id!r}"
-        )
+    _require_checkpoint(store, run)
     with device_scope(config.device):
         session = build_session(registry, config, settings)
-        load_checkpoint(ckpt, session.algorithm)
+        _restore_for_scoring(store, run, session.algorithm)
         n = episodes or config.test_episodes
         if split.startswith("cross:"):
             if not config.test_dataset or split != f"cross:{config.test_dataset}":
@@ -804,15 +780,29 @@ def evaluate_run(
     return result
 
 
+def _require_checkpoint(store: RunStore, run: Any) -> None:
+    if not any(path.exists() for path in checkpoint_files(store.run_dir(run.id))):
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run.id!r}"
+        )
+
+
+def _restore_for_scoring(store: RunStore, run: Any, algorithm: Any) -> int:
+    """Loads the run's newest usable checkpoint into ``algorithm`` (weights only; NaN/inf refused); its step."""
+    restored = restore_checkpoint(store.run_dir(run.id), algorithm, total_steps=int(run.config.get("steps", 0)) or None,
+                                  config=run.config)
+    if restored is None:  # removed since _require_checkpoint looked
+        _require_checkpoint(store, run)
+        raise FileNotFoundError(f"Run {run.id}: its checkpoint disappeared while loading. Received: run={run.id!r}")
+    record_warning(store, run.id, restored, "evaluate")
+    return restored.step
+
+
 def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, *, settings: Settings | None,
                         record: bool) -> dict[str, Any]:
     run = store.get_run(run_id)
     config = RunConfig(**run.config)
-    ckpt = checkpoint_path(store, run.id)
-    if not ckpt.exists():
-        raise FileNotFoundError(
-            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run_id!r}"
-        )
+    _require_checkpoint(store, run)
     with device_scope(config.device):
         session = build_session(registry, config, settings)
         available = getattr(session.dataset, "benchmarks", {}) or {}
@@ -830,8 +820,8 @@ def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, 
             shaped = config.model_copy(update={"ways": ways, "shots": shots, "queries": queries})
             session = build_session(registry, shaped, settings)
         try:
-            load_checkpoint(ckpt, session.algorithm)
-        except ValueError as exc:
+            _restore_for_scoring(store, run, session.algorithm)
+        except CheckpointMismatchError as exc:
             raise ValueError(
                 f"Run {run.id} ({config.algorithm}, trained {config.ways}-way) cannot be scored on {name!r}, which is "
                 f"{ways}-way {shots}-shot: its weights depend on the number of ways. {exc}"
