@@ -6,15 +6,34 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(help="metalab: a workbench for meta-learning.", no_args_is_help=True, add_completion=False)
+
+class _StoreErrors(TyperGroup):
+    """Turns a run store that cannot be opened or read into ``error: ...`` and exit code 2, without a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from .store import StoreError
+
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            _fail(escape(str(exc)))
+        except sqlite3.DatabaseError as exc:
+            _fail(escape(f"The run store could not be read ({exc}); `metalab doctor` checks it."))
+
+
+app = typer.Typer(help="metalab: a workbench for meta-learning.", no_args_is_help=True, add_completion=False,
+                  cls=_StoreErrors)
 plugins_app = typer.Typer(help="Inspect the installed plugins.", no_args_is_help=True)
 runs_app = typer.Typer(help="List, inspect, resume, cancel and delete runs.", no_args_is_help=True)
 demo_app = typer.Typer(help="Showcase bundles for a shared (demo) dashboard.", no_args_is_help=True)
@@ -165,6 +184,10 @@ def runs_list(
     status: Optional[str] = typer.Option(None, help="Only runs with this status."),
 ) -> None:
     """All runs, newest first."""
+    from .store import STATUSES
+
+    if status and status not in STATUSES:
+        _fail(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}. Received: status={status!r}")
     runs = _services().runs(dataset=dataset, algorithm=algorithm, status=status)
     if as_json:
         _print_json([r.summary() for r in runs])
@@ -220,9 +243,43 @@ def runs_resume(run_id: str = typer.Argument(..., metavar="RUN"),
     run = _get_run(services, run_id)
     if run.status in ("running", "queued"):
         _fail(f"Run {run.id} is {run.status}; only a finished run can be resumed. Received: run={run_id!r}")
-    err.print(f"resuming run [bold]{run.id}[/] from step {run.step}")
+    err.print(f"resuming run [bold]{run.id}[/] {_resume_point(services, run)}", highlight=False)
     status = _train_with_progress(services, run.id, lambda progress: services.resume(run.id, progress=progress))
     _report_end(services, run.id, status, as_json)
+
+
+def _resume_point(services: Any, run: Any) -> str:
+    """Where a resume restarts: the step of the checkpoint it will restore (not the last step the run logged)."""
+    run_dir = services.run_dir(run.id)
+    try:
+        from .checkpoints import checkpoint_files, checkpoint_step
+    except ImportError:  # pragma: no cover - a metalab from before the checkpoints module
+        files = [run_dir / "checkpoint.npz"]
+        step = _checkpoint_step(files[0]) if files[0].exists() else None
+    else:
+        files = list(checkpoint_files(run_dir))
+        step = checkpoint_step(run_dir, total_steps=run.total_steps or None, config=run.config)
+    if not any(path.exists() for path in files):
+        return "from the start (it has no checkpoint)"
+    if step is None:
+        return "from its last checkpoint (none of its checkpoint files passed the checks; the run will say why)"
+    later = f"; steps {step + 1}-{run.step} are trained again" if run.step > step else ""
+    return f"from its checkpoint at step {step}{later}"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint file was taken at, read without unpickling; ``None`` if it does not say."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "step" in data.files:
+                return int(data["step"])
+            if "meta" in data.files:
+                return int(json.loads(bytes(data["meta"]).decode())["step"])
+    except Exception:  # noqa: BLE001 - a damaged checkpoint is the runner's to report; here only the message
+        return None
+    return None
 
 
 @runs_app.command("cancel")
@@ -235,15 +292,90 @@ def runs_cancel(run_id: str = typer.Argument(..., metavar="RUN")) -> None:
 
 
 @runs_app.command("delete")
-def runs_delete(run_id: str = typer.Argument(..., metavar="RUN"),
-                yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")) -> None:
-    """Delete a run with its metrics and files."""
+def runs_delete(
+    run_id: str = typer.Argument(..., metavar="RUN"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Delete a running run too: cancel it, wait for its worker to "
+                               "stop (see --wait), then delete it."),
+    wait: float = typer.Option(30.0, "--wait", min=0, help="With --force: seconds to wait for the worker to stop."),
+) -> None:
+    """Delete a run with its metrics and files (a running one only with --force)."""
+    from .store import RunActiveError
+
     services = _services()
     run = _get_run(services, run_id)
-    if not yes and not typer.confirm(f"Delete run {run.id} ({run.algorithm} on {run.dataset})?"):
+    active = run.status == "running" or (run.status == "queued" and run.pid)
+    if active and not force:
+        _fail(_still_running(run))
+    if not yes and not typer.confirm(f"Delete run {run.id} ({run.algorithm} on {run.dataset})"
+                                     + (f", which is {run.status}" if active else "") + "?"):
         raise typer.Exit(1)
-    services.delete_run(run.id)
+    if active:
+        err.print(f"cancelling run {run.id}; waiting up to {wait:g} s for its worker to stop", highlight=False)
+    try:
+        last = services.delete_run(run.id, force=force, wait_s=wait)
+    except RunActiveError:  # it started between the look and the delete
+        _fail(_still_running(services.run(run.id)))
+    except PermissionError as exc:
+        _fail(escape(str(exc)))
+    if last.status in ("queued", "running") and active:
+        err.print(f"run {run.id}'s worker did not stop within {wait:g} s; deleted it anyway (the worker ends at its "
+                  "next write to the store)", highlight=False)
     console.print(f"deleted {run.id}")
+
+
+def _still_running(run: Any) -> str:
+    return (f"run {run.id} is {run.status}; cancel it first (metalab runs cancel {run.id}) and delete it once it "
+            f"has stopped, or pass --force to cancel it, wait for its worker to stop and delete it. "
+            f"Received: run={run.id!r}, status={run.status!r}")
+
+
+@app.command()
+def doctor(
+    repair: bool = typer.Option(False, "--repair", help="Fix what is safe: delete orphan rows, move orphan run "
+                                "folders to runs/.orphans/, record dead runs as interrupted, mend artifact rows."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Check the run store: SQLite integrity, orphan rows and folders, missing files, runs whose worker died.
+
+    Exit code 0 when healthy (or everything found was repaired), 1 when problems remain.
+    """
+    from .settings import load_settings
+    from .store import RunStore, StoreError
+
+    try:
+        settings = load_settings()
+    except Exception as exc:  # noqa: BLE001 - a bad setting is the user's to fix: say which
+        _fail(escape(f"the settings are invalid: {exc}"))
+    try:
+        report = RunStore(settings.store_path, settings.runs_dir).doctor(repair=repair)
+    except StoreError as exc:
+        report = {"store": str(settings.store_path), "schema_version": None, "healthy": False, "error": str(exc),
+                  "checks": [{"check": "open", "status": "problem", "found": 1, "repaired": 0, "detail": str(exc),
+                              "items": []}]}
+    except sqlite3.DatabaseError as exc:
+        report = {"store": str(settings.store_path), "schema_version": None, "healthy": False, "error": str(exc),
+                  "checks": [{"check": "integrity", "status": "problem", "found": 1, "repaired": 0,
+                              "detail": f"SQLite could not read the store: {exc}", "items": []}]}
+    if as_json:
+        _print_json(report)
+    else:
+        version = report.get("schema_version")
+        table = Table(title=f"metalab doctor: {report['store']}"
+                      + (f" (schema version {version})" if version is not None else ""))
+        for col in ("check", "status", "found", "repaired", "detail"):
+            table.add_column(col, overflow="fold")
+        for check in report["checks"]:
+            style = {"problem": "red", "repaired": "yellow"}.get(check["status"], "")
+            table.add_row(check["check"], check["status"], str(check["found"]), str(check["repaired"]),
+                          escape(check["detail"]), style=style)
+        console.print(table)
+        for check in report["checks"]:
+            for item in check["items"]:
+                console.print(f"  {check['check']}: {escape(item)}", highlight=False)
+        console.print("healthy" if report["healthy"] else "problems remain"
+                      + ("" if repair else "; `metalab doctor --repair` fixes what it safely can"), highlight=False)
+    raise typer.Exit(0 if report["healthy"] else 1)
 
 
 @app.command("eval")

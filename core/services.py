@@ -492,11 +492,16 @@ class Services:
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: evaluate")
         return evaluate_run(self.store, run.id, self.registry, episodes=episodes, split=split, settings=self.settings)
 
-    def delete_run(self, run_id: str) -> None:
-        """Deletes a run and its folder (its owner or an admin only)."""
+    def delete_run(self, run_id: str, *, force: bool = False, wait_s: float = 30.0) -> RunRecord:
+        """Deletes a run and its folder (its owner or an admin only).
+
+        A running run (or a queued one whose worker was started) is refused with
+        :class:`~metalab.core.store.RunActiveError` unless ``force``: then it is cancelled and its worker given
+        up to ``wait_s`` seconds to stop first. Returns the run as it was when deleted.
+        """
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: delete")
-        self.store.delete_run(run.id)
+        return self.store.delete_run(run.id, force=force, wait_s=wait_s)
 
     def rename_run(self, run_id: str, name: str) -> None:
         run = self.run(run_id)

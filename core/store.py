@@ -6,6 +6,7 @@ nothing a run wrote is lost if its process dies. No TensorFlow here: the dashboa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
@@ -99,6 +100,27 @@ class RunNotFoundError(KeyError):
         return str(self.args[0])
 
 
+class AmbiguousRunError(RunNotFoundError):
+    """Raised when a run id prefix matches more than one run (the message lists them)."""
+
+
+class RunActiveError(ValueError):
+    """Raised when a queued or running run is deleted without ``force``."""
+
+
+class StoreError(RuntimeError):
+    """Raised when a file cannot be opened as a metalab run store; the message names it and says what to do.
+
+    The file is left as it was: nothing is written to a file that is refused.
+    """
+
+
+#: The first 16 bytes of every SQLite database file.
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Columns every metalab store has had since the first release (schema version 0).
+_V0_RUN_COLUMNS = frozenset({"id", "dataset", "algorithm", "config", "status", "created", "step", "pid", "host"})
+
+
 @dataclass
 class RunRecord:
     """One row of the runs table, with the config decoded."""
@@ -147,6 +169,35 @@ class RunRecord:
         return data
 
 
+def _where(path: Path) -> str:
+    """``runs.sqlite in /folder (METALAB_HOME)``: the file's name and the folder it is in."""
+    folder = path.parent
+    home = os.environ.get("METALAB_HOME")
+    if not home:
+        try:
+            import platformdirs
+
+            home = platformdirs.user_data_dir("metalab")
+        except ImportError:  # pragma: no cover - a dependency of metalab
+            home = None
+    try:
+        is_home = home is not None and Path(home).expanduser().resolve() == folder.resolve()
+    except OSError:
+        is_home = False
+    return f"{path.name} in {folder}" + (" (METALAB_HOME)" if is_home else "")
+
+
+def _check(check: str, items: list[str], repaired: int, detail: str) -> dict[str, Any]:
+    """One row of :meth:`RunStore.doctor`'s report."""
+    status = "ok" if not items else "repaired" if repaired >= len(items) else "problem"
+    return {"check": check, "status": status, "found": len(items), "repaired": repaired,
+            "detail": detail if items else "", "items": items[:50]}
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -158,24 +209,47 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def _pid_alive(pid: int | None, host: str | None) -> bool:
+def _process_info(pid: int) -> tuple[str, float] | None:
+    """``(state, started_at)`` of a local process from ``/proc``: its state letter (``"Z"``: zombie) and the wall
+    time it started (field 22 of ``/proc/<pid>/stat``, clock ticks since boot, plus the boot time); ``None``
+    where ``/proc`` cannot tell (not Linux, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+        with open("/proc/stat") as fh:
+            boot = next(float(line.split()[1]) for line in fh if line.startswith("btime "))
+        # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+        fields = stat[stat.rindex(")") + 2:].split()
+        return fields[0], boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _pid_alive(pid: int | None, host: str | None, not_after: float | None = None) -> bool:
+    """Whether the run's worker ``pid`` on ``host`` may still be alive (``True`` whenever this host cannot tell).
+
+    Args:
+        not_after: When the worker was known to be running already (the run's ``started``, or the time its pid
+            was recorded): a process under that pid which started later is another process that reused the pid.
+    """
     if not pid or host != os.uname().nodename:
         return True  # cannot tell for another host: trust the recorded status
+    if pid == os.getpid():
+        return True  # a run trained in this very process
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # exists, owned by another user: /proc still tells its state and start
+    info = _process_info(pid)
+    if info is None:
         return True
-    # A zombie child of this process still answers kill(0); its status file says it is dead.
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("State:"):
-                    return "Z" not in line.split()[1]
-    except OSError:
-        pass
-    return True
+    state, started_at = info
+    if state in ("Z", "X"):
+        return False  # a zombie (e.g. a child of this process) still answers kill(0)
+    # Boot time is whole seconds and start ticks 1/100 s: allow for that rounding.
+    return not (not_after is not None and started_at > not_after + 2.0)
 
 
 class RunStore:
@@ -191,11 +265,113 @@ class RunStore:
 
     def __init__(self, path: str | os.PathLike, runs_dir: str | os.PathLike | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.runs_dir = Path(runs_dir) if runs_dir else self.path.parent / "runs"
-        with self._connect() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._migrate(conn)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not os.path.lexists(self.path):
+                self._create()
+            self._open()
+        except StoreError:
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"The run store {_where(self.path)} could not be opened ({_reason(exc)}). Check that the folder "
+                f"exists and that you may read and write it. Received: path={str(self.path)!r}"
+            ) from None
+
+    def _create(self) -> None:
+        """Makes a new store file whole, then links it in place: no process ever sees a half-made store, so an
+        empty or table-less file at ``path`` is never one of ours (and is refused, not silently reused)."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}-{secrets.token_hex(3)}")
+        try:
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            finally:
+                conn.close()
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process made the store first: open that one
+            except OSError:  # a filesystem without hard links
+                if not os.path.lexists(self.path):
+                    os.replace(tmp, self.path)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        """Checks that ``path`` is a metalab store before anything is written to it, then migrates it."""
+        if self.path.is_dir():
+            raise StoreError(self._refusal("it is a folder, not a file", "Move it away, or set METALAB_HOME to "
+                                           "another folder"))
+        if self.path.stat().st_size == 0:
+            raise StoreError(self._refusal(
+                "it is empty (0 bytes); an empty file is not a store, and a store that lost its contents looks "
+                "just like this", "If it should hold your runs, restore it from a backup; otherwise delete it or move "
+                "it away to start a new store there"))
+        with open(self.path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+        if head != _SQLITE_MAGIC:
+            raise StoreError(self._refusal(
+                "it is not an SQLite database (it does not start with the SQLite header)",
+                "If it should hold your runs, restore it from a backup; otherwise move it away or delete it to start "
+                "a new store there, or set METALAB_HOME to the folder that holds your store"))
+        sidecars = [Path(f"{self.path}{suffix}") for suffix in ("-wal", "-shm")]
+        had_sidecars = any(p.exists() for p in sidecars)
+        try:
+            with self._connect() as conn:
+                self._check_schema(conn)
+                conn.execute("PRAGMA journal_mode=WAL")
+                self._migrate(conn)
+                conn.execute("SELECT count(*) FROM runs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "malformed" not in str(exc):
+                raise
+            # SQLite leaves an empty -wal and its -shm beside a file it could not read: they were ours, and hold
+            # nothing, so the folder is left as it was found.
+            if not had_sidecars and sidecars[0].exists() and sidecars[0].stat().st_size == 0:
+                for sidecar in sidecars:
+                    sidecar.unlink(missing_ok=True)
+            raise StoreError(self._damaged(exc)) from None
+
+    def _check_schema(self, conn: Any) -> None:
+        """Refuses (before any write) a database without metalab's tables, or one of a newer schema."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
+        if "runs" not in tables:
+            found = f"its tables are {', '.join(sorted(tables)[:8])}" if tables else "it has no tables at all"
+            raise StoreError(self._refusal(
+                f"it is an SQLite database without metalab's tables ({found})",
+                "Set METALAB_HOME to the folder that holds your metalab store, or move this file away to start a new "
+                "store there"))
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
+        missing = sorted(_V0_RUN_COLUMNS - columns)
+        if missing or not {"metrics", "artifacts", "evaluations"} <= tables:
+            raise StoreError(self._refusal(
+                "it is an SQLite database whose runs table is not metalab's (missing: "
+                f"{', '.join(missing or sorted({'metrics', 'artifacts', 'evaluations'} - tables))})",
+                "Set METALAB_HOME to the folder that holds your metalab store, or move this file away to start a new "
+                "store there"))
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"The run store {_where(self.path)} has schema version {version}, newer than this metalab's "
+                f"{SCHEMA_VERSION}: a newer metalab wrote it. Upgrade metalab to open it; this one left the file "
+                f"untouched. Received: user_version={version}"
+            )
+
+    def _refusal(self, reason: str, advice: str) -> str:
+        return (f"The file {_where(self.path)} is not a metalab run store: {reason}. {advice}. metalab left the file "
+                f"untouched. Received: path={str(self.path)!r}")
+
+    def _damaged(self, exc: BaseException) -> str:
+        return (f"The run store {_where(self.path)} is damaged ({_reason(exc)}): it may be truncated or corrupted. "
+                f"Restore it from a backup, or recover what SQLite can read with "
+                f"`sqlite3 {self.path.name} .recover | sqlite3 recovered.sqlite` and use that file; move the damaged "
+                f"file away to start a new store there. metalab left the file untouched. "
+                f"Received: path={str(self.path)!r}")
 
     def _migrate(self, conn: Any) -> None:
         """Creates the schema, or brings an older store's schema up to :data:`SCHEMA_VERSION`."""
@@ -206,9 +382,10 @@ class RunStore:
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return
         if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"The run store {self.path.name} has schema version {version}, newer than this metalab's "
-                f"{SCHEMA_VERSION}; upgrade metalab to open it. Received: user_version={version}"
+            raise StoreError(
+                f"The run store {_where(self.path)} has schema version {version}, newer than this metalab's "
+                f"{SCHEMA_VERSION}: a newer metalab wrote it. Upgrade metalab to open it; this one left the file "
+                f"untouched. Received: user_version={version}"
             )
         columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
         for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -273,10 +450,19 @@ class RunStore:
         """Returns the run, or raises :class:`RunNotFoundError` naming the id."""
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                # Accept a unique prefix, as git does for commits.
-                rows = conn.execute("SELECT * FROM runs WHERE id LIKE ?", (run_id + "%",)).fetchall()
-                if len(rows) == 1:
+            if row is None and run_id:
+                # Accept a unique prefix, as git does for commits: an exact prefix (no LIKE, whose % and _ match
+                # anything).
+                rows = conn.execute(
+                    "SELECT * FROM runs WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 11", (len(run_id), run_id)
+                ).fetchall()
+                if len(rows) > 1:
+                    shown = ", ".join(r["id"] for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+                    raise AmbiguousRunError(
+                        f"The run id prefix {run_id!r} matches {'more than 10' if len(rows) > 10 else len(rows)} runs "
+                        f"({shown}); give more of the id. Received: run={run_id!r}"
+                    )
+                if rows:
                     row = rows[0]
         if row is None:
             raise RunNotFoundError(f"No run with id {run_id!r} in {self.path}. Received: run={run_id!r}")
@@ -291,7 +477,13 @@ class RunStore:
         limit: int | None = None,
         owner: str | None = None,
     ) -> list[RunRecord]:
-        """Runs, newest first, optionally filtered."""
+        """Runs, newest first, optionally filtered.
+
+        With a ``status`` filter, queued and running runs are first reconciled with their workers, so a run whose
+        worker died is found as ``interrupted`` (or ``failed``) before anything has read it.
+        """
+        if status:
+            self._reconcile_active()
         query, args = "SELECT * FROM runs WHERE 1=1", []
         for column, value in (("dataset", dataset), ("algorithm", algorithm), ("status", status), ("owner", owner)):
             if value:
@@ -302,7 +494,23 @@ class RunStore:
             query += f" LIMIT {int(limit)}"
         with self._connect() as conn:
             rows = conn.execute(query, args).fetchall()
-        return [self._reconcile(self._record(row)) for row in rows]
+        runs = []
+        for row in rows:
+            try:
+                runs.append(self._reconcile(self._record(row)))
+            except RunNotFoundError:
+                continue  # deleted since the query
+        return runs
+
+    def _reconcile_active(self) -> None:
+        """Reconciles every queued or running run with its worker (those found dead are recorded so)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM runs WHERE status IN ('queued', 'running')").fetchall()
+        for row in rows:
+            try:
+                self._reconcile(self._record(row))
+            except RunNotFoundError:
+                continue
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Sets columns of a run (``config`` and ``versions`` may be dicts)."""
@@ -321,21 +529,56 @@ class RunStore:
     def rename_run(self, run_id: str, name: str) -> None:
         self.update_run(self.get_run(run_id).id, name=name)
 
-    def delete_run(self, run_id: str) -> None:
-        """Deletes a run, its metrics, evaluations and artifact folder."""
+    def delete_run(self, run_id: str, *, force: bool = False, wait_s: float = 30.0, poll_s: float = 0.2) -> RunRecord:
+        """Deletes a run, its metrics, evaluations and artifact folder.
+
+        Args:
+            run_id: The run's id or a unique prefix.
+            force: Also delete a running run (or a queued one whose worker was started): request its cancel,
+                wait up to ``wait_s`` seconds for its worker to stop (its status leaves queued/running, or its
+                process is found dead), then delete it even if it has not stopped (its worker then ends at its
+                next write to the store).
+            wait_s: How long ``force`` waits for the worker.
+            poll_s: How often it looks.
+
+        Returns:
+            The run as it was when deleted (still ``running`` if its worker did not stop in time).
+
+        Raises:
+            RunActiveError: The run is running, or queued with a worker started, and ``force`` is false.
+            RunNotFoundError: No such run.
+        """
         run = self.get_run(run_id)
+        # A queued run with no recorded worker (never launched) has nothing that could still write to it.
+        if run.status == "running" or (run.status == "queued" and run.pid):
+            if not force:
+                raise RunActiveError(
+                    f"Run {run.id} is {run.status}; cancel it and wait for it to stop before deleting it, or delete "
+                    f"it with force. Received: run={run_id!r}, status={run.status!r}"
+                )
+            self.request_cancel(run.id)
+            deadline = time.monotonic() + max(0.0, wait_s)
+            while (run.status == "running" or run.pid) and run.status in ("queued", "running"):
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(poll_s)
+                run = self.get_run(run.id)
+                if run.status == "running" and not run.cancel_requested:
+                    self.request_cancel(run.id)  # a worker that was starting cleared the request
         with self._connect() as conn:
             conn.execute("DELETE FROM runs WHERE id = ?", (run.id,))
         shutil.rmtree(self.run_dir(run.id), ignore_errors=True)
+        return run
 
     def request_cancel(self, run_id: str) -> None:
         """Asks the run's worker to stop at its next step (it saves a checkpoint first)."""
         self.update_run(self.get_run(run_id).id, cancel_requested=1)
 
     def cancel_requested(self, run_id: str) -> bool:
+        """Whether the run's worker should stop: a cancel was requested, or the run was deleted under it."""
         with self._connect() as conn:
             row = conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return bool(row and row[0])
+        return row is None or bool(row[0])
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
@@ -346,7 +589,7 @@ class RunStore:
         """Appends scalar metrics of one step (committed at once)."""
         now = time.time()
         rows = [(run_id, int(step), name, float(value), now) for name, value in values.items()]
-        with self._connect() as conn:
+        with self._connect() as conn, self._deleted_as_not_found(run_id):
             conn.executemany("INSERT INTO metrics (run_id, step, name, value, time) VALUES (?,?,?,?,?)", rows)
 
     def metrics(self, run_id: str, names: Iterable[str] | None = None) -> dict[str, list[tuple[int, float]]]:
@@ -372,7 +615,7 @@ class RunStore:
     # -- evaluations and artifacts ---------------------------------------------------------------------
 
     def add_evaluation(self, run_id: str, split: str, episodes: int, result: dict[str, Any]) -> None:
-        with self._connect() as conn:
+        with self._connect() as conn, self._deleted_as_not_found(run_id):
             conn.execute(
                 "INSERT INTO evaluations (run_id, created, split, episodes, result) VALUES (?,?,?,?,?)",
                 (run_id, time.time(), split, int(episodes), json.dumps(result)),
@@ -391,7 +634,7 @@ class RunStore:
         ]
 
     def add_artifact(self, run_id: str, name: str, kind: str, path: str | os.PathLike, step: int | None = None) -> None:
-        with self._connect() as conn:
+        with self._connect() as conn, self._deleted_as_not_found(run_id):
             conn.execute(
                 "INSERT OR REPLACE INTO artifacts (run_id, name, kind, path, step, created) VALUES (?,?,?,?,?,?)",
                 (run_id, name, kind, str(path), step, time.time()),
@@ -433,7 +676,159 @@ class RunStore:
         with self._connect() as conn:
             conn.execute("DELETE FROM uploads WHERE name = ?", (name,))
 
+    # -- checks -----------------------------------------------------------------------------------------
+
+    def doctor(self, *, repair: bool = False, min_age_s: float = 60.0) -> dict[str, Any]:
+        """Checks the store and its run folders; with ``repair``, fixes what can be fixed without losing data.
+
+        Checks: SQLite's ``integrity_check``; metrics, evaluations and artifacts rows whose run is gone; folders
+        under :attr:`runs_dir` with no run (older than ``min_age_s``, so a run being made is not one); artifact
+        rows whose file is missing; queued or running runs whose worker is dead. Repairs: deletes orphan rows,
+        moves orphan folders to ``runs/.orphans/``, points an artifact row at its file when the file is in the
+        run's folder (the store moved) or else forgets the row, and records dead runs as interrupted (or failed).
+        A damaged database is never repaired here (writing to it could only make it worse).
+
+        Returns:
+            ``{"store", "schema_version", "healthy", "checks": [{"check", "status", "found", "repaired",
+            "detail", "items"}]}``; ``status`` is ``ok``, ``repaired`` or ``problem``; ``healthy`` is false
+            while any check is a problem.
+        """
+        with self._connect() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                problems = [r[0] for r in conn.execute("PRAGMA integrity_check(20)").fetchall()]
+            except sqlite3.DatabaseError as exc:
+                problems = [str(exc)]
+        damaged = problems != ["ok"]
+        checks = [_check("integrity", problems if damaged else [], 0,
+                         "SQLite reports damage: restore runs.sqlite from a backup, or recover it with "
+                         "`sqlite3 FILE .recover`; nothing else is repaired in a damaged store")]
+        repair = repair and not damaged
+        for name, check in (("orphan rows", self._orphan_rows), ("orphan folders", self._orphan_folders),
+                            ("missing files", self._missing_files), ("dead workers", self._dead_workers)):
+            try:
+                items, repaired, detail = check(repair, min_age_s)
+            except sqlite3.DatabaseError as exc:
+                items, repaired, detail = [f"could not be checked: {exc}"], 0, "the store could not be read"
+            checks.append(_check(name, items, repaired, detail))
+        return {"store": str(self.path), "schema_version": version,
+                "healthy": all(c["status"] != "problem" for c in checks), "checks": checks}
+
+    def _orphan_rows(self, repair: bool, min_age_s: float) -> tuple[list[str], int, str]:
+        """Metrics, evaluations and artifacts rows whose run is gone (written without foreign keys)."""
+        orphans: list[str] = []
+        with self._connect() as conn:
+            for table in ("metrics", "evaluations", "artifacts"):
+                where = f"FROM {table} WHERE run_id NOT IN (SELECT id FROM runs)"
+                found = conn.execute(f"SELECT run_id, count(*) {where} GROUP BY run_id").fetchall()
+                orphans += [f"{table}: {count} rows of run {run_id}" for run_id, count in found]
+                if repair and found:
+                    conn.execute(f"DELETE {where}")
+        fixed = len(orphans) if repair else 0
+        return orphans, fixed, "metrics, evaluations or artifacts rows whose run is gone" + (
+            "; deleted" if fixed else "; `metalab doctor --repair` deletes them")
+
+    def _orphan_folders(self, repair: bool, min_age_s: float) -> tuple[list[str], int, str]:
+        """Run folders without a run: a delete that could not remove its folder, or a worker writing after one."""
+        with self._connect() as conn:
+            ids = {r[0] for r in conn.execute("SELECT id FROM runs").fetchall()}
+        folders: list[Path] = []
+        if self.runs_dir.is_dir():
+            now = time.time()
+            for entry in sorted(self.runs_dir.iterdir()):
+                if entry.name.startswith(".") or entry.is_symlink() or not entry.is_dir() or entry.name in ids:
+                    continue
+                try:
+                    if now - entry.stat().st_mtime < min_age_s:
+                        continue  # perhaps a run being made or installed right now
+                except OSError:
+                    continue
+                folders.append(entry)
+        moved = 0
+        if repair and folders:
+            attic = self.runs_dir / ".orphans"
+            attic.mkdir(exist_ok=True)
+            for entry in folders:
+                target, n = attic / entry.name, 1
+                while target.exists():
+                    target, n = attic / f"{entry.name}-{n}", n + 1
+                try:
+                    entry.rename(target)
+                    moved += 1
+                except OSError:
+                    continue
+        return [f"runs/{f.name}" for f in folders], moved, "run folders with no run in the store" + (
+            "; moved to runs/.orphans/" if moved else "; `metalab doctor --repair` moves them to runs/.orphans/")
+
+    def _missing_files(self, repair: bool, min_age_s: float) -> tuple[list[str], int, str]:
+        """Artifact rows whose file is gone: its run folder was removed, or the store was moved elsewhere."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT run_id, name, path FROM artifacts WHERE run_id IN (SELECT id FROM runs)"
+                                ).fetchall()
+        missing: list[tuple[str, str, str, Path | None]] = []
+        for run_id, name, path in rows:
+            path = Path(path)
+            if path.exists():
+                continue
+            here = None
+            if run_id in path.parts:  # the same file under this store's folder for the run
+                index = len(path.parts) - 1 - path.parts[::-1].index(run_id)
+                candidate = self.run_dir(run_id).joinpath(*path.parts[index + 1:])
+                here = candidate if candidate.exists() else None
+            missing.append((run_id, name, str(path), here))
+        mended = 0
+        if repair and missing:
+            with self._connect() as conn:
+                for run_id, name, _, here in missing:
+                    if here is not None:
+                        conn.execute("UPDATE artifacts SET path = ? WHERE run_id = ? AND name = ?",
+                                     (str(here), run_id, name))
+                    else:
+                        conn.execute("DELETE FROM artifacts WHERE run_id = ? AND name = ?", (run_id, name))
+                    mended += 1
+        items = [f"run {r}: {n} at {p}" + (" (found in the run's folder)" if h else "") for r, n, p, h in missing]
+        return items, mended, "artifact rows (checkpoints, report data) whose file is gone" + (
+            "; pointed at the file in the run's folder where it was found, otherwise forgotten (such a run keeps its "
+            "metrics and evaluations; without a checkpoint it cannot be evaluated or resumed)" if mended
+            else "; `metalab doctor --repair` points them at the run's folder or forgets them")
+
+    def _dead_workers(self, repair: bool, min_age_s: float) -> tuple[list[str], int, str]:
+        """Queued or running runs whose worker process is gone (read raw: reading through get_run would fix them)."""
+        with self._connect() as conn:
+            active = [self._record(r) for r in conn.execute(
+                "SELECT * FROM runs WHERE status IN ('queued', 'running')").fetchall()]
+        # The same tests as _reconcile: a running run's worker since `started`, a queued run's since its pid was
+        # recorded (`updated`).
+        dead = [run for run in active
+                if (run.status == "running" and not _pid_alive(run.pid, run.host, run.started))
+                or (run.status == "queued" and run.pid and not _pid_alive(run.pid, run.host, run.updated))]
+        marked = 0
+        if repair:
+            for run in dead:
+                try:
+                    if self._reconcile(run).status not in ("queued", "running"):
+                        marked += 1
+                except RunNotFoundError:
+                    marked += 1  # deleted meanwhile: nothing left to mark
+        items = [f"run {r.id}: {r.status}, worker pid {r.pid} is gone" for r in dead]
+        return items, marked, "runs recorded as queued or running whose worker process is dead" + (
+            "; recorded as interrupted (or failed, if it never started)" if marked
+            else "; `metalab doctor --repair` records them as interrupted")
+
     # -- helpers ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _deleted_as_not_found(self, run_id: str) -> Iterator[None]:
+        """A row written for a run that is gone (deleted while its worker ran) raises :class:`RunNotFoundError`,
+        as :meth:`update_run` does, instead of SQLite's foreign-key ``IntegrityError``."""
+        try:
+            yield
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" not in str(exc):
+                raise
+            raise RunNotFoundError(
+                f"Run {run_id!r} is no longer in {self.path}: it was deleted. Received: run={run_id!r}"
+            ) from None
 
     @staticmethod
     def _record(row: sqlite3.Row) -> RunRecord:
@@ -445,11 +840,12 @@ class RunStore:
 
     def _reconcile(self, run: RunRecord) -> RunRecord:
         """A run marked running whose process is gone was interrupted; record that."""
-        if run.status == "running" and not _pid_alive(run.pid, run.host):
+        if run.status == "running" and not _pid_alive(run.pid, run.host, run.started):
             run.status = "interrupted"
             run.error = run.error or "The training process ended without finishing (killed or crashed)."
             self.update_run(run.id, status=run.status, error=run.error)
-        elif run.status == "queued" and run.pid and not _pid_alive(run.pid, run.host):
+        # A queued run's pid was recorded right after its worker was forked; `updated` is at or after that.
+        elif run.status == "queued" and run.pid and not _pid_alive(run.pid, run.host, run.updated):
             # Its worker was started (the launcher records the pid) and is gone before training began: the run
             # must not hold a worker slot for good. A failed run can be resumed or deleted.
             run.status = "failed"

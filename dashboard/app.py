@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from metalab.core.store import StoreError
+
 from . import routes
-from .state import actor, mode
+from .state import _shared, actor, mode, services
 
 
 def _sign_in() -> None:
@@ -30,6 +32,12 @@ def _identity_bar() -> None:
 def main() -> None:
     """Runs the app: ``streamlit run streamlit_app.py`` (or ``metalab dashboard``)."""
     st.set_page_config(page_title="metalab", page_icon="🧪", layout="wide")
+    try:
+        services()  # opens the run store once per process
+    except StoreError as exc:  # not a metalab store (or a newer one): say which file and what to do, no traceback
+        st.title("metalab")
+        st.error(_shared().policy.redact(actor(), str(exc)))
+        return
     if mode() == "team" and not st.user.is_logged_in:
         _sign_in()
         return
