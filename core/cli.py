@@ -65,7 +65,7 @@ def plugins_list(as_json: bool = typer.Option(False, "--json", help="Print machi
     """Every algorithm, dataset and backbone, with its plugin, package and version; failed plugins with errors."""
     rows = _services().plugins()
     if as_json:
-        keep = ("id", "kind", "title", "plugin", "package", "version", "status", "error")
+        keep = ("id", "kind", "title", "plugin", "package", "version", "status", "error", "seconds")
         _print_json([{k: row.get(k) for k in keep} for row in rows])
         return
     table = Table(title="metalab plugins")
@@ -79,6 +79,12 @@ def plugins_list(as_json: bool = typer.Option(False, "--json", help="Print machi
     for row in rows:
         if row.get("status") == "failed":
             err.print(f"[red]plugin {row.get('plugin')} failed:[/] {row.get('error')}", highlight=False)
+    from .plugin_manager import SLOW_PLUGIN_SECONDS, plugin_import_timeout
+
+    slow = {row["plugin"]: row["seconds"] for row in rows if (row.get("seconds") or 0) >= SLOW_PLUGIN_SECONDS}
+    for name, seconds in sorted(slow.items(), key=lambda item: -item[1]):
+        err.print(f"[yellow]plugin {name} took {seconds:.1f} s to import and register[/] (budget "
+                  f"{plugin_import_timeout():g} s, METALAB_PLUGIN_IMPORT_TIMEOUT)", highlight=False)
 
 
 @app.command()
@@ -219,7 +225,8 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
     run = _get_run(services, run_id)
     metrics = services.metrics(run.id)
     latest = {name: points[-1][1] for name, points in metrics.items() if points}
-    data = {**run.to_dict(), "latest_metrics": latest, "evaluations": services.evaluations(run.id)}
+    data = {**run.to_dict(), "latest_metrics": latest, "evaluations": services.evaluations(run.id),
+            "checkpoint_warnings": services.checkpoint_warnings(run.id)}
     if as_json:
         _print_json(data)
         return
@@ -230,6 +237,9 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
         console.print(f"  {name} = {value:.4f}")
     for ev in data["evaluations"][:1]:
         console.print(_score_line(ev))
+    for event in data["checkpoint_warnings"][-1:]:
+        err.print(f"[yellow]on {event.get('action')} the run went back to {event.get('restored')} (step "
+                  f"{event.get('step')}):[/] " + "; ".join(map(str, event.get("warnings") or [])), highlight=False)
     _print_panels(services, run.id)
     if run.error:
         err.print(f"[red]{run.error}[/]\n{run.traceback or ''}", highlight=False)

@@ -223,6 +223,12 @@ def _run_device(device: str) -> str:
 class _Meter:
     """Peak memory of the run's device: the process RSS on CPU, the backend's allocator on a GPU.
 
+    On the host the peak is a high-water mark of the same quantity as :meth:`current`: the larger of the kernel's
+    ``ru_maxrss`` and every RSS reading this meter took (including one taken when the peak is asked for). Linux
+    keeps RSS in per-CPU (older kernels: per-thread) counters that it folds in batches, and ``/proc/self/statm``
+    and ``ru_maxrss`` may read them at different precision, so on their own the two can disagree by a few hundred
+    KB and a "peak" could come out below the baseline it is compared with.
+
     ``tf`` is the TensorFlow module, or ``None`` on the JAX backend, whose device memory statistics
     (``memory_stats()``) may be missing (then readings are ``None``: "not available") and whose peak cannot be
     reset (it then counts from the start of the process).
@@ -232,6 +238,7 @@ class _Meter:
         self.tf, self.device = tf, device
         self.on_host = device.startswith("CPU")
         self.kind = "host RSS" if self.on_host else f"{device} allocator"
+        self._host_high = 0
         self._jax_device = None
         if tf is None and not self.on_host:
             from .runner import jax_devices
@@ -242,21 +249,28 @@ class _Meter:
         stats = _jax_memory_stats(self._jax_device) if self._jax_device is not None else None
         return None if not stats or name not in stats else int(stats[name])
 
+    def _host_rss(self) -> int:
+        rss = current_rss()
+        self._host_high = max(self._host_high, rss)
+        return rss
+
     def current(self) -> int | None:
         if self.on_host:
-            return current_rss()
+            return self._host_rss()
         if self.tf is None:
             return self._jax_stat("bytes_in_use")
         return int(self.tf.config.experimental.get_memory_info(self.device)["current"])
 
     def reset_peak(self) -> None:
+        # The process's RSS high-water mark cannot be reset: on the host the peak counts from the start.
         if not self.on_host and self.tf is not None:
             with contextlib.suppress(Exception):
                 self.tf.config.experimental.reset_memory_stats(self.device)
 
     def peak(self) -> int | None:
         if self.on_host:
-            return peak_rss()
+            self._host_rss()
+            return max(peak_rss(), self._host_high)
         if self.tf is None:
             return self._jax_stat("peak_bytes_in_use")
         return int(self.tf.config.experimental.get_memory_info(self.device)["peak"])

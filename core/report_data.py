@@ -137,7 +137,9 @@ def _algorithm_variant(session: Any, registry: Any, inner_steps: int) -> Any | N
     if "eval_inner_steps" not in spec.params.model_fields:
         return None
     values = {**session.config.algorithm_params, "eval_inner_steps": int(inner_steps)}
-    variant = spec.factory(spec.params(**values), session.task)
+    from .plugin_manager import check_factory_result
+
+    variant = check_factory_result(spec, spec.factory(spec.params(**values), session.task), registry=registry)
     if len(variant.variables) != len(session.algorithm.variables):
         return None
     for target, source in zip(variant.variables, session.algorithm.variables):

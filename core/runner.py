@@ -35,7 +35,7 @@ from .checkpoints import (  # noqa: F401 - re-exported: plugins and benchmarks i
 from .config import RunConfig
 from .plugin_api import TaskBatch, TaskSpec
 from .settings import Settings, load_settings
-from .store import RunStore
+from .store import RunNotFoundError, RunStore
 
 #: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
 EVAL_SEED = 2017
@@ -90,14 +90,19 @@ class Session:
 
 def build_session(registry: Any, config: RunConfig, settings: Settings | None = None) -> Session:
     """Instantiates the run's dataset, backbone and algorithm (imports Keras)."""
+    from .plugin_manager import check_factory_result
+
+    # The plugins first: a missing one (its plugin failed to load) fails before Keras is imported.
+    dataset_spec = registry.dataset(config.dataset)
+    algorithm_spec = registry.algorithm(config.algorithm)
+    backbone_spec = registry.backbone(config.backbone)
     import keras
 
     settings = settings or load_settings()
     keras.utils.set_random_seed(config.seed)
-    dataset_spec = registry.dataset(config.dataset)
-    algorithm_spec = registry.algorithm(config.algorithm)
-    backbone_spec = registry.backbone(config.backbone)
-    dataset = dataset_spec.factory(dataset_spec.params(**config.dataset_params), settings.data_context())
+    dataset = check_factory_result(
+        dataset_spec, dataset_spec.factory(dataset_spec.params(**config.dataset_params), settings.data_context()),
+        registry=registry)
     input_shape = tuple(dataset.input_shape)
     backbone_params = backbone_spec.params(**config.backbone_params)
     regression = dataset_spec.kind == "regression"
@@ -110,12 +115,15 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
         shots=int(config.shots),
         queries=int(config.queries),
         total_steps=int(config.steps),
-        make_backbone=lambda: backbone_spec.factory(backbone_params, input_shape),
+        make_backbone=lambda: check_factory_result(backbone_spec, backbone_spec.factory(backbone_params, input_shape),
+                                                   registry=registry),
         num_train_classes=0 if train_split is None else int(train_split.num_classes),
     )
     set_matmul_precision(config.precision)
     with dtype_policy(config.precision):
-        algorithm = algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task)
+        algorithm = check_factory_result(
+            algorithm_spec, algorithm_spec.factory(algorithm_spec.params(**config.algorithm_params), task),
+            registry=registry)
     return Session(config=config, dataset=dataset, algorithm=algorithm, task=task)
 
 
@@ -337,7 +345,10 @@ def cross_domain_session(session: Session, registry: Any, settings: Settings | N
         return None
     settings = settings or load_settings()
     spec = registry.dataset(config.test_dataset)
-    dataset = spec.factory(spec.params(**config.test_dataset_params), settings.data_context())
+    from .plugin_manager import check_factory_result
+
+    dataset = check_factory_result(spec, spec.factory(spec.params(**config.test_dataset_params),
+                                                      settings.data_context()), registry=registry)
     want, have = tuple(session.task.input_shape), tuple(dataset.input_shape)
     if have != want:
         if len(want) != 3 or len(have) != 3 or want[2] != have[2]:
@@ -606,9 +617,25 @@ def train_run(
 ) -> str:
     """Meta-trains the run ``run_id`` from its stored config (resuming from its checkpoint if there is one).
 
-    Every outcome is recorded in the store: ``completed``, ``cancelled`` (checkpoint kept; resumable) or
-    ``failed`` with the traceback. Returns the final status; never raises for a failure inside training.
+    Every outcome is recorded in the store: ``completed``, ``cancelled`` (checkpoint kept; resumable),
+    ``interrupted`` (over the wall-time cap; resumable) or ``failed`` with the traceback. Returns the final status;
+    never raises for a failure inside training. Returns ``"deleted"`` when the run was deleted while it trained:
+    nothing is left to record to, so the worker ends quietly.
     """
+    run = store.get_run(run_id)  # an unknown id still raises
+    try:
+        return _train_run(store, run.id, registry, settings=settings, progress=progress)
+    except RunNotFoundError:
+        # Deleted under its worker (runs delete --force, the dashboard): every write to it now says so, and a
+        # checkpoint saved on the way out may have made its folder again.
+        import shutil
+
+        shutil.rmtree(store.run_dir(run.id), ignore_errors=True)
+        return "deleted"
+
+
+def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Settings | None = None,
+               progress: ProgressFn | None = None) -> str:
     from . import functional
 
     settings = settings or load_settings()
@@ -710,7 +737,9 @@ def train_run(
             return "interrupted"
         store.update_run(run_id, status="cancelled", finished=time.time(), step=step)
         return "cancelled"
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded for the user, never lost
+    except RunNotFoundError:
+        raise  # deleted: train_run ends quietly
+    except (Exception, SystemExit, GeneratorExit) as exc:  # noqa: BLE001 - every failure is recorded, never lost
         # A checkpoint the run cannot use is the user's file problem, fully named in the message: no traceback.
         trace = None if isinstance(exc, CheckpointError) else traceback.format_exc()
         store.update_run(
@@ -844,7 +873,13 @@ def run_worker_main(argv: list[str] | None = None) -> int:
 
     configure_pixel_cap(settings.max_image_pixels)
     store = RunStore(store_path)
-    registry = make_plugin_manager(settings=settings, strict=False)
+    try:
+        registry = make_plugin_manager(settings=settings, strict=False)
+    except Exception as exc:  # noqa: BLE001 - a run must never stay queued because plugins could not load
+        store.update_run(run_id, status="failed", finished=time.time(),
+                         error=f"The plugins could not be loaded: {type(exc).__name__}: {exc}",
+                         traceback=traceback.format_exc())
+        return 1
     try:
         config = RunConfig(**store.get_run(run_id).config)
         params = registry.algorithm(config.algorithm).params(**config.algorithm_params)
@@ -853,8 +888,11 @@ def run_worker_main(argv: list[str] | None = None) -> int:
         meta_batch = 1
     # The worker is a fresh process: its thread pools can still be chosen before TensorFlow starts.
     configure_threads(*thread_counts(settings, meta_batch))
-    status = train_run(store, run_id, registry, settings=settings)
-    return 0 if status in ("completed", "cancelled", "interrupted") else 1
+    try:
+        status = train_run(store, run_id, registry, settings=settings)
+    except RunNotFoundError:
+        return 0  # deleted before its worker started
+    return 0 if status in ("completed", "cancelled", "interrupted", "deleted") else 1
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ class Services:
 
             try:
                 install(self.settings.showcase_dir, store)
-            except ValueError as exc:  # a broken bundle leaves the dashboard up, and says why
-                self.showcase_error = str(exc)
+            except (ValueError, RuntimeError) as exc:  # a broken bundle (or its store) leaves the dashboard up
+                self.showcase_error = str(exc).replace(str(self.settings.showcase_dir), "METALAB_SHOWCASE_DIR")
             except OSError as exc:
                 self.showcase_error = f"The showcase folder could not be read ({type(exc).__name__})."
         return store
@@ -112,6 +112,12 @@ class Services:
     def plugins(self) -> list[dict[str, Any]]:
         """Every algorithm, dataset and backbone, and every failed or disabled plugin (see ``describe``)."""
         return self.registry.describe()
+
+    def slow_plugins(self) -> list[dict[str, Any]]:
+        """Plugins that took a second or more to import and register: ``{"plugin", "package", "version",
+        "status", "seconds"}`` each, slowest first."""
+        return [{"plugin": r.name, "package": r.package, "version": r.version, "status": r.status,
+                 "seconds": r.seconds} for r in self.registry.slow_plugins()]
 
     def catalog(self) -> dict[str, dict[str, dict[str, Any]]]:
         """The loaded specs with what a form needs to offer them (no TensorFlow import).
@@ -469,7 +475,16 @@ class Services:
 
     def run(self, run_id: str) -> RunRecord:
         """One run the caller may see; :class:`RunNotFoundError` otherwise (another visitor's run is not there)."""
-        run = self.store.get_run(run_id)
+        from .store import AmbiguousRunError
+
+        try:
+            run = self.store.get_run(run_id)
+        except AmbiguousRunError:
+            if self.settings.mode != "demo" or self.actor.admin:
+                raise
+            # Listing the matches would name other visitors' runs.
+            raise RunNotFoundError(f"Run id prefix {run_id!r} is ambiguous; give more of the id. "
+                                   f"Received: run={run_id!r}") from None
         if not self.policy.can_see(self.actor, run.owner):
             raise RunNotFoundError(f"No run with id {run_id!r}. Received: run={run_id!r}")
         return run
@@ -522,6 +537,18 @@ class Services:
                 except (OSError, ValueError):
                     return None
         return None
+
+    def checkpoint_warnings(self, run_id: str) -> list[dict[str, Any]]:
+        """Each time the run went back to an older checkpoint because the newest was unusable, oldest first:
+        ``{"time", "action" ("resume" or "evaluate"), "restored" (file name), "step", "warnings": [text]}``."""
+        for artifact in self.store.artifacts(self.run(run_id).id):
+            if artifact["name"] == "checkpoint_warning":
+                try:
+                    events = json.loads(Path(artifact["path"]).read_text(encoding="utf-8")).get("events", [])
+                except (OSError, ValueError, AttributeError):
+                    return []
+                return [e for e in events if isinstance(e, dict)]
+        return []
 
     def run_report(self, run_id: str) -> dict[str, Any]:
         """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data", "panels"}`` (plain data)."""
@@ -610,10 +637,13 @@ class Services:
         """
         from .datasets_info import episode_problems, summarize_dataset
 
+        from .plugin_manager import check_factory_result
+
         spec = self.registry.dataset(dataset_id)
         self.policy.check_params(self.actor, "dataset", spec, dict(params or {}), run_owner=self._run_owner)
         validated = spec.params(**(params or {}))
-        dataset = spec.factory(validated, self.settings.data_context())
+        dataset = check_factory_result(spec, spec.factory(validated, self.settings.data_context()),
+                                       registry=self.registry)
         summary = summarize_dataset(dataset, sample_classes=sample_classes, samples_per_class=samples_per_class,
                                     seed=seed)
         problems: list[str] = []

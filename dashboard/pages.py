@@ -116,6 +116,10 @@ def plugins() -> None:
         return
     loaded = [r for r in rows if r.get("status") == "loaded"]
     broken = [r for r in rows if r.get("status") != "loaded"]
+    slow = services().slow_plugins()
+    if slow:
+        st.info("Slow to load: " + ", ".join(f"{p['plugin']} ({p['seconds']:.1f} s)" for p in slow)
+                + ". METALAB_PLUGIN_IMPORT_TIMEOUT caps each plugin's import.")
     if broken:
         st.warning(f"{sum(r['status'] == 'failed' for r in broken)} failed and "
                    f"{sum(r['status'] == 'disabled' for r in broken)} disabled plugin(s): see the bottom of the page.")

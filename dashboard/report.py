@@ -71,6 +71,9 @@ def run_report() -> None:
         return
     st.title(f"{_STATUS_ICONS.get(run.status, '')} Run {run.id}" + (f" — {run.name}" if run.name else ""))
     st.caption(f"{run.algorithm} on {run.dataset} with {run.backbone} · created {run.to_dict()['created']}")
+    for event in svc.checkpoint_warnings(run.id)[-1:]:
+        st.warning(f"On {event.get('action')}, the run went back to {event.get('restored')} (step {event.get('step')}): "
+                   + "; ".join(map(str, event.get("warnings") or [])))
     if run.status in ACTIVE:
         st.session_state["report.watching"] = run.id
         _live(run.id)

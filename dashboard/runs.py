@@ -109,10 +109,10 @@ def runs() -> None:
             if confirm.button("Yes, delete", type="primary", key="runs.confirm"):
                 try:
                     for run_id in chosen:
-                        if by_id[run_id].status in ("queued", "running"):
-                            svc.cancel(run_id)
-                        svc.delete_run(run_id)
-                except PermissionError as exc:
+                        # A live run is cancelled, and its worker given a few seconds to stop, first.
+                        with st.spinner(f"Deleting {run_id}..."):
+                            svc.delete_run(run_id, force=True, wait_s=15.0)
+                except (PermissionError, ValueError) as exc:
                     st.error(str(exc))
                 st.session_state.pop("runs.confirm_delete", None)
                 st.session_state.pop("runs.chosen", None)

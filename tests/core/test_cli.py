@@ -34,7 +34,7 @@ def test_plugins_list_json_has_every_builtin_with_its_package():
         assert by_id[plugin_id]["package"] == "metalab"
         assert by_id[plugin_id]["status"] == "loaded"
     for row in rows:
-        assert set(row) == {"id", "kind", "title", "plugin", "package", "version", "status", "error"}
+        assert set(row) == {"id", "kind", "title", "plugin", "package", "version", "status", "error", "seconds"}
 
 
 def test_train_rejects_a_bad_value_naming_field_and_value():
