@@ -53,7 +53,11 @@ def pack(store: RunStore, run_ids: list[str], out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     bundle = RunStore(out / "runs.sqlite", out / "runs")
     for run in runs:
-        _copy_run(store, bundle, run.id, owner=SHOWCASE_OWNER)
+        _copy_run(store.path, store.run_dir(run.id), bundle, run.id, owner=SHOWCASE_OWNER)
+    # One self-contained file (no -wal/-shm beside it), so the bundle can be mounted read-only.
+    with sqlite3.connect(bundle.path) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")
+    conn.close()
     (out / MANIFEST).write_text(json.dumps({"format": _FORMAT, "created": time.time(),
                                             "runs": [r.id for r in runs]}, indent=2), encoding="utf-8")
     return out
@@ -78,7 +82,6 @@ def install(bundle_dir: str | Path, store: RunStore) -> list[str]:
     if manifest.get("format") != _FORMAT:
         raise ValueError(f"The showcase bundle has format {manifest.get('format')!r}; this metalab reads {_FORMAT}. "
                          f"Received: format={manifest.get('format')!r}")
-    source = RunStore(bundle_dir / "runs.sqlite", bundle_dir / "runs")
     installed = []
     for run_id in ids:
         try:
@@ -86,23 +89,52 @@ def install(bundle_dir: str | Path, store: RunStore) -> list[str]:
             continue
         except KeyError:
             pass
-        _copy_run(source, store, run_id, owner=SHOWCASE_OWNER)
+        _copy_run(bundle_dir / "runs.sqlite", bundle_dir / "runs" / run_id, store, run_id, owner=SHOWCASE_OWNER,
+                  read_only=True)
         installed.append(run_id)
     return installed
 
 
-def _copy_run(source: RunStore, target: RunStore, run_id: str, *, owner: str) -> None:
-    """Copies one run's rows (run, metrics, evaluations, artifacts) and its folder's served files."""
-    src_dir, dst_dir = source.run_dir(run_id), target.run_dir(run_id)
-    with sqlite3.connect(source.path) as conn:
+def _copy_run(source_db: Path, src_dir: Path, target: RunStore, run_id: str, *, owner: str,
+              read_only: bool = False) -> None:
+    """Copies one run's rows (run, metrics, evaluations, artifacts) and its folder's served files.
+
+    A bundle is read as an immutable file, so a read-only mount (or a folder the dashboard's user cannot write)
+    serves as well as a writable one.
+    """
+    dst_dir = target.run_dir(run_id)
+    source = f"file:{Path(source_db).resolve()}?mode=ro&immutable=1" if read_only else str(source_db)
+    if read_only and not Path(source_db).is_file():
+        raise ValueError("The showcase folder has no runs.sqlite; write it with `metalab demo pack RUN... --out DIR`.")
+    try:
+        rows = _read_rows(source, read_only, run_id)
+    except sqlite3.Error as exc:
+        raise ValueError(f"The showcase's runs.sqlite cannot be read ({type(exc).__name__}: {exc}).") from None
+    if rows is None:
+        raise ValueError(f"The showcase's manifest names run {run_id}, which its runs.sqlite lacks. "
+                         f"Received: run={run_id!r}")
+    run, metrics, evaluations, artifacts = rows
+    _write_run(src_dir, dst_dir, target, run_id, owner, run, metrics, evaluations, artifacts)
+
+
+def _read_rows(source: str, read_only: bool, run_id: str) -> tuple | None:
+    with sqlite3.connect(source, uri=read_only) as conn:
         conn.row_factory = sqlite3.Row
-        run = dict(conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
+        found = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if found is None:
+            return None
+        run = dict(found)
         metrics = [tuple(r) for r in conn.execute("SELECT run_id, step, name, value, time FROM metrics WHERE run_id = ?",
                                                   (run_id,))]
         evaluations = [tuple(r) for r in conn.execute(
             "SELECT run_id, created, split, episodes, result FROM evaluations WHERE run_id = ?", (run_id,))]
         artifacts = [dict(r) for r in conn.execute("SELECT * FROM artifacts WHERE run_id = ?", (run_id,))]
     conn.close()
+    return run, metrics, evaluations, artifacts
+
+
+def _write_run(src_dir: Path, dst_dir: Path, target: RunStore, run_id: str, owner: str, run: dict[str, Any],
+               metrics: list[tuple], evaluations: list[tuple], artifacts: list[dict[str, Any]]) -> None:
     if dst_dir.exists():
         shutil.rmtree(dst_dir)
     dst_dir.mkdir(parents=True)

@@ -337,7 +337,16 @@ def test_a_showcase_bundle_is_served_read_only(make, tmp_path):
 
     settings = load_settings(home=tmp_path / "demo-home", data_dir=tmp_path / "data", cache_dir=tmp_path / "cache",
                              mode="demo", showcase_dir=bundle, admins="session:admin-token")
-    served = Services(settings=settings, registry=source.registry)
+    # Served from a folder nobody may write (as a read-only mount would be), where that can be arranged.
+    frozen = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(bundle)], capture_output=True).returncode == 0
+    try:
+        served = Services(settings=settings, registry=source.registry)
+        served.store  # noqa: B018 - installs the showcase
+    finally:
+        if frozen:
+            subprocess.run(["chattr", "-i", str(bundle)], check=True)
+    assert served.showcase_error is None
+    assert sorted(p.name for p in bundle.iterdir()) == ["runs", "runs.sqlite", "showcase.json"]
     visitor = served.for_actor(Actor.visitor("alice-token"))
     run = visitor.run(run_id)
     assert run.owner == "showcase" and run.status == "completed"
