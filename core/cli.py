@@ -506,7 +506,9 @@ def dashboard(
         app_path = Path(str(resources.files("metalab.dashboard") / "serve.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
            "--server.address", address, "--server.headless", str(headless).lower(),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+           # A served dashboard does not watch its source files: on a small host that is CPU the runs need.
+           "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
     if os.environ.get("METALAB_SECRETS"):
         # Streamlit reads exactly these secrets files (the [auth] section of team mode among them).
         cmd += ["--secrets.files", os.environ["METALAB_SECRETS"]]

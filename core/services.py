@@ -347,11 +347,12 @@ class Services:
 
     def _take_probe_slot(self) -> None:
         """Counts a probe against ``max_workers`` and ``max_probes_per_owner``, or raises :class:`CapError`."""
-        active = len(self.active_runs())
+        busy = self._busy_workers(self.active_runs())
         with self._lock:
             probes = sum(self._probes.values())
+            active = busy - probes
             mine = self._probes.get(self.actor.id, 0)
-            if active + probes >= self.settings.max_workers:
+            if busy >= self.settings.max_workers:
                 raise LaunchLimitError(
                     f"{active} runs and {probes} estimates are running; at most {self.settings.max_workers} workers "
                     f"run at once here (METALAB_MAX_WORKERS). Wait for one to finish. Received: workers={active + probes}")
@@ -399,11 +400,19 @@ class Services:
         self.store.update_run(run.id, status="queued", cancel_requested=0, finished=None, pid=None)
         self._start(run.id)
 
+    def _busy_workers(self, active: list[RunRecord]) -> int:
+        """Workers holding a slot: the active runs, and the processes this object started that have not exited
+        yet (a worker records 'completed' before its process is gone)."""
+        with self._lock:
+            alive = {rid for rid, proc in self._workers.items() if proc.poll() is None}
+            probes = sum(self._probes.values())
+        return len({r.id for r in active} | alive) + probes
+
     def _check_capacity(self) -> None:
         active = self.active_runs()
         with self._lock:
             probes = sum(self._probes.values())
-        if len(active) + probes >= self.settings.max_workers:
+        if self._busy_workers(active) >= self.settings.max_workers:
             raise LaunchLimitError(
                 f"{len(active)} runs are already queued or running and {probes} estimates are running (the limit "
                 f"is METALAB_MAX_WORKERS={self.settings.max_workers}); wait for one to finish or cancel one. "
@@ -609,6 +618,12 @@ class Services:
 
     # -- datasets: summaries and uploaded image folders (numpy and Pillow only: no TensorFlow here) ------
 
+    def check_dataset_params(self, dataset_id: str, params: dict[str, Any] | None) -> None:
+        """Raises :class:`AccessError` when the caller may not load ``dataset_id`` with ``params`` (pages call it
+        before using a cached summary, which another caller may have made)."""
+        spec = self.registry.dataset(dataset_id)
+        self.policy.check_params(self.actor, "dataset", spec, dict(params or {}), run_owner=self._run_owner)
+
     def dataset_summary(self, dataset_id: str, params: dict[str, Any] | None = None, *,
                         episode: tuple[int, int, int] | None = None, sample_classes: int = 5,
                         samples_per_class: int = 3, seed: int = 0) -> dict[str, Any]:
@@ -715,6 +730,7 @@ class Services:
             (self.uploads_dir / folder).mkdir(parents=True)
         try:
             written = safe_extract_zip(archive, self.uploads_dir / folder, limits)
+            self._check_image_headers(written, self.uploads_dir / folder)
         except BaseException as exc:
             import shutil
 
@@ -728,6 +744,20 @@ class Services:
         self.store.add_upload(folder, self.actor.id, archive_bytes=archive_bytes,
                               unpacked_bytes=sum(p.stat().st_size for p in written if p.is_file()), files=len(written))
         return self.upload_info(folder)
+
+    def _check_image_headers(self, files: list[Path], root: Path) -> None:
+        """Refuses an upload holding an image over ``max_image_pixels`` (read from its header: nothing is decoded)."""
+        from .datasets_info import IMAGE_EXTENSIONS, UnreadableImageError, UnsafeArchiveError, check_image_header
+
+        cap = int(self.settings.max_image_pixels)
+        for path in files:
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                name = path.relative_to(root).as_posix()
+                try:
+                    check_image_header(path, name, cap)
+                except UnreadableImageError as exc:
+                    if "more than the" in str(exc):
+                        raise UnsafeArchiveError(f"The zip holds an image that is too large: {exc}") from None
 
     def uploads(self) -> list[dict[str, Any]]:
         """Every uploaded image folder, newest first: :meth:`upload_info` of each."""

@@ -107,6 +107,8 @@ def load_summary(dataset_id: str, params: dict[str, Any], episode: tuple[int, in
     missing files with the plugin's message naming them and where to put them, or invalid parameters."""
     svc = services()
     try:
+        # The summary cache is shared by every session: the caller's rights are checked before it is used.
+        svc.check_dataset_params(dataset_id, params)
         with st.spinner(f"Loading {dataset_id} (the first load decodes its files; later loads are cached)..."):
             return _summary(dataset_id, json.dumps(params, sort_keys=True, default=str),
                             str(svc.settings.data_dir), episode)

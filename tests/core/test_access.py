@@ -387,3 +387,35 @@ def test_policy_on_its_own_refuses_other_owners():
     assert not policy.can_modify(alice, "user:bob@example.org")
     assert not policy.can_modify(Actor.machine().__class__("x", "x", admin=True), "showcase")
     assert policy.can_modify(Actor.machine(), "showcase")
+
+
+def test_an_upload_holding_an_oversized_image_is_refused_and_leaves_nothing(make):
+    svc = make("demo").for_actor(Actor.visitor("alice-token"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in ("a/0.png", "b/0.png", "c/0.png"):
+            png = io.BytesIO()
+            Image.new("L", (8, 8)).save(png, format="PNG")
+            zf.writestr(name, png.getvalue())
+        big = io.BytesIO()
+        Image.new("L", (3000, 3000)).save(big, format="PNG")  # 9 M pixels, over demo's 4 M
+        zf.writestr("c/big.png", big.getvalue())
+    from metalab.core.datasets_info import UnsafeArchiveError
+
+    with pytest.raises(UnsafeArchiveError, match=r"c/big.png: 3000x3000 is 9,000,000 pixels"):
+        svc.upload_dataset(buffer.getvalue(), "bomb.zip")
+    assert _files(Path(svc.settings.uploads_dir)) == [] and svc.store.upload_records() == []
+
+
+def test_a_worker_still_exiting_holds_its_slot(make):
+    base = make("demo", max_workers=1)
+    alice = base.for_actor(Actor.visitor("alice-token"))
+    lingering = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        base._workers["a-run-that-recorded-completed"] = lingering  # its run is finished, its process is not
+        with pytest.raises(LaunchLimitError, match="METALAB_MAX_WORKERS=1"):
+            alice._check_capacity()
+    finally:
+        lingering.kill()
+        lingering.wait()
+    alice._check_capacity()
