@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(METALAB_HOME=str(work / "home"), METALAB_DATA_DIR=str(work / "data"),
                       METALAB_CACHE_DIR=str(work / "cache"), METALAB_INTRA_OP_THREADS="1",
                       METALAB_INTER_OP_THREADS="1")
+    from metalab.core.checkpoints import checkpoint_step
     from metalab.core.plugin_manager import make_plugin_manager
     from metalab.core.services import Services
     from metalab.core.settings import load_settings
@@ -125,16 +126,15 @@ def main(argv: list[str] | None = None) -> int:
             _kill(run.pid)
             reached = svc.store.get_run(run_id).step
             checkpoints = sorted(svc.store.run_dir(run_id).glob("checkpoint*.npz"), key=lambda p: p.stat().st_mtime)
-            kept = max([a["step"] or 0 for a in svc.store.artifacts(run_id) if a["name"] == "checkpoint"] or [0])
             if checkpoints and rng.random() < args.damage:
                 _damage(checkpoints[-1], rng.choice(["truncate", "empty", "random"]), rng)
                 damaged += 1
             run = svc.store.get_run(run_id)
             messages.append(run.error or "")
+            # What the resume restarts from: the newest checkpoint that passes its checks (0 with none).
+            restart = checkpoint_step(svc.store.run_dir(run_id), total_steps=args.steps, config=run.config) or 0
+            lost.append(max(reached - restart, 0))
             svc.relaunch(run_id)
-            resumed = _wait(lambda: (r := svc.store.get_run(run_id)).status != "queued" and r, timeout=600)
-            restart = resumed.step if resumed else kept
-            lost.append(max(reached - min(restart, reached), 0))
         run = _wait(lambda: (r := svc.store.get_run(run_id)).status not in ("queued", "running") and r, timeout=900)
         if run is None or run.status != "completed":
             unrecoverable.append(run_id)

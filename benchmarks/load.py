@@ -28,9 +28,7 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the shared process helpers live in tests/support
+from tests.support.processes import end_workers as _end_workers, free_port as _free_port  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -50,34 +50,6 @@ GLOBAL_CAP = "METALAB_MAX_WORKERS"
 OWNER_CAP = "METALAB_MAX_RUNS_PER_OWNER"
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _end_workers(pids: list[int], grace: float = 30.0) -> None:
-    """SIGTERM to these worker processes (the runner takes it as a cancel and checkpoints), SIGKILL to any
-    still alive after ``grace`` seconds, so none outlives the folders it writes to."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = [pid for pid in alive if _running(pid)]
-    for pid in alive:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cpu_note() -> dict[str, Any]:
@@ -423,7 +395,7 @@ def main() -> int:
     for s in sessions:
         for name, values in s.times.items():
             pages.setdefault(name, []).extend(values)
-    print(f"\n| page | n | p50 (s) | p95 (s) | max (s) |\n|---|---:|---:|---:|---:|")
+    print("\n| page | n | p50 (s) | p95 (s) | max (s) |\n|---|---:|---:|---:|---:|")
     for name in ("home (first load)", "home (revisit)", "train (first visit)", "train: valid after setting steps", "train (revisit)",
                  "launch → report", "report"):
         values = pages.get(name, [])

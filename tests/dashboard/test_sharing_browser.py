@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,40 +32,14 @@ RUN_LINK = ("dataset=metalab.sinusoid&algorithm=metalab.maml&steps=2000&log_ever
             "&checkpoint_every=1000&test_episodes=20&algorithm.meta_batch_size=2")
 HEX64 = re.compile(r"\b[0-9a-fA-F]{64}\b")
 
+from tests.support.processes import end_workers as _end_workers, free_port as _free_port
+
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
 ]
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (not gone, not a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _end_workers(pids: list[int], grace: float = 30.0) -> None:
-    """SIGTERM to these worker processes (the runner takes it as a cancel and checkpoints), SIGKILL to any
-    still alive after ``grace`` seconds, so none outlives the folders it writes to."""
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.5)
-        alive = [pid for pid in alive if _running(pid)]
-    for pid in alive:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Dashboard:
