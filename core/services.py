@@ -329,8 +329,10 @@ class Services:
             checked = config if isinstance(config, RunConfig) else self.resolve(dict(config))
             self.check_config(checked)
             self._take_probe_slot()
-        except (AccessError, ValueError) as exc:
+        except AccessError as exc:  # the message is the whole explanation
             return {"ok": False, "error": self.redact(str(exc)), "traceback": ""}
+        except ValueError as exc:  # ConfigError and other bad input: say which kind
+            return {"ok": False, "error": self.redact(f"{type(exc).__name__}: {exc}"), "traceback": ""}
         raw = checked.model_dump(mode="json")
         args = ["estimate", json.dumps(raw), "--steps", str(int(steps)), "--max-seconds", str(float(max_seconds))]
         try:

@@ -131,7 +131,7 @@ def test_estimate_through_the_facade_runs_a_worker_process(svc):
 def test_bad_config_gives_a_clear_error(svc):
     result = svc.estimate({"dataset": "metalab.sinusoid", "algorithm": "nobody.nothing"})
     assert result["ok"] is False
-    assert result["error"].startswith("ConfigError: Unknown algorithm 'nobody.nothing'")
+    assert result["error"].startswith("ConfigError: algorithm: Unknown algorithm 'nobody.nothing'")
     assert "Received: algorithm='nobody.nothing'" in result["error"]
 
 

@@ -114,7 +114,7 @@ def test_the_runner_picks_the_sampler_by_batch_kind():
 
 def test_task_spec_tells_the_number_of_training_classes(builtin_registry):
     config = resolve_config(builtin_registry, {"dataset": "metalab.digits", "algorithm": "metalab.mlp_classifier",
-                                               "dataset_params": {"train_classes": 5, "val_classes": 2}})
+                                               "ways": 2, "dataset_params": {"train_classes": 5, "val_classes": 2}})
     session = build_session(builtin_registry, config)
     assert session.task.num_train_classes == 5
     assert session.algorithm.model.output_shape[-1] == 5
