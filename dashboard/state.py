@@ -48,7 +48,7 @@ def _browser_token() -> str | None:
         cookie = st.context.cookies.get("_streamlit_xsrf")
     except Exception:  # noqa: BLE001 - no request context (tests): a per-session token instead
         return None
-    if not cookie:
+    if not isinstance(cookie, str) or not cookie:
         return None
     # Tornado's v2 token is "2|mask|masked|time": the unmasked token is the stable secret.
     parts = cookie.split("|")
