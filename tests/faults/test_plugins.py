@@ -398,7 +398,7 @@ def test_dataset_kind_and_result_must_agree():
     with pytest.raises(PluginContractError, match="missing: output_dim, sample_task, sample_points, evaluate"):
         check_factory_result(regression, Partial())
     # Without a registry, the factory's module and name say where to look.
-    with pytest.raises(PluginContractError, match=r"\(factory tests\.core\.test_plugin_faults\._dataset_spec\."
+    with pytest.raises(PluginContractError, match=r"\(factory tests\.faults\.test_plugins\._dataset_spec\."
                                                   r"<locals>\.<lambda>\) must return"):
         check_factory_result(classification, None)
 
