@@ -9,6 +9,10 @@ from metalab.core.services import ProbeError, Services
 
 #: A setup whose estimate takes a few seconds: two tasks per step, one inner step.
 QUICK = {"steps": "50", "algorithm.meta_batch_size": "2", "algorithm.inner_steps": "1"}
+#: Seconds a script run that starts a probe process may take: longer than the page's own wait for the probe
+#: (Services.estimate, 300 s), so that a slow probe shows the page's message rather than ending the script run.
+#: These tests took 25-41 s each on an idle 2-core AVX2 host; one ran past 120 s in a full run on a loaded one.
+PROBE_WAIT = 330
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +48,7 @@ def test_a_linked_device_the_worker_lacks_is_ignored_with_a_warning(page):
 def test_estimate_shows_parameters_times_memory_and_run_time(page):
     at = page("train", QUICK).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=120)
+    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"] == "1,761"
@@ -74,7 +78,7 @@ def test_a_failed_estimate_is_shown_not_raised(page, monkeypatch, tmp_path):
     monkeypatch.setenv("METALAB_OFFLINE", "1")
     at = page("train", {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=120)
+    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any(e.startswith("Estimate failed: FileNotFoundError: Omniglot needs") for e in errors), errors
@@ -93,7 +97,7 @@ def test_page_works_when_the_device_list_fails_and_can_list_again(page):
     assert device.value == "GPU:1" and device.options[:2] == ["auto — TensorFlow's choice (the first GPU if there "
                                                               "is one, else the CPU)", "CPU:0 — the host CPU"]
     assert "Valid:" in at.success[0].value
-    at.button(key="train.devices_retry").click().run(timeout=120)
+    at.button(key="train.devices_retry").click().run(timeout=PROBE_WAIT)
     assert not any(w.value.startswith("Could not list the devices") for w in at.warning)
     assert any("cores" in o for o in at.selectbox(key="train.device").options)
     # Now that the list is known, the linked device it lacks falls back to auto, with a warning.
@@ -104,7 +108,7 @@ def test_page_works_when_the_device_list_fails_and_can_list_again(page):
 def test_estimate_of_an_algorithm_the_model_does_not_cover_says_so(page):
     at = page("train", {**QUICK, "algorithm": "metalab.reptile", "algorithm.meta_batch_size": "2"}).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=120)
+    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Estimated peak"] == "not modelled" and metrics["Peak memory"].endswith("GiB")

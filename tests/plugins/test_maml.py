@@ -288,8 +288,9 @@ def test_per_step_bn_inductive_evaluation_uses_running_statistics_and_ignores_ot
     assert not np.allclose(evaluate(transductive, batch)["predictions"], evaluate(algorithm, batch)["predictions"])
 
 
-# Measured: meta-test accuracy 0.54 (chance 0.33); the shared-BN inductive run reaches 0.50 at outer_lr 1e-3.
-PER_STEP_PARAMS = {"per_step_bn": True, "inner_steps": 2, "transductive": False, "outer_lr": 0.01}
+# Measured on an AVX2 host, seeds 0-2: meta-test accuracy 0.723 / 0.702 / 0.690 (chance + 0.15 = 0.483). With the
+# Omniglot inner step 0.4 it was 0.543 / 0.463 / 0.605, too near the bar for a check on one seed.
+PER_STEP_PARAMS = {"per_step_bn": True, "inner_steps": 2, "transductive": False, "outer_lr": 0.01, "inner_lr": 0.1}
 CONV_TASK = {"backbone": "metalab.conv4", "backbone_params": {"filters": 8, "blocks": 2, "bn_momentum": 0.9}}
 
 

@@ -40,7 +40,9 @@ def test_kl_term_matches_the_closed_form_and_a_monte_carlo_estimate():
 
 
 def test_elbo_improves_and_report_shows_reconstructions_and_samples(builtin_registry, tmp_path):
-    result = testing.check_learns("metalab.vae", tmp_path, registry=builtin_registry, steps=40)
+    # 200 steps: after 40 the reconstructions were no nearer their originals than other images (mean squared
+    # distance 0.996 of the others' on seed 0; 0.983 / 0.998 on seeds 1-2); after 200: 0.914 / 0.895 / 0.889.
+    result = testing.check_learns("metalab.vae", tmp_path, registry=builtin_registry, steps=200)
     # Negative ELBO per 8x8 image, in nats: it must fall clearly, not just by noise.
     assert result.last_loss < 0.85 * result.first_loss
     from metalab.core.store import RunStore
