@@ -412,13 +412,12 @@ class Services:
 
     def _check_capacity(self) -> None:
         active = self.active_runs()
-        with self._lock:
-            probes = sum(self._probes.values())
-        if self._busy_workers(active) >= self.settings.max_workers:
+        busy = self._busy_workers(active)
+        if busy >= self.settings.max_workers:
             raise LaunchLimitError(
-                f"{len(active)} runs are already queued or running and {probes} estimates are running (the limit "
-                f"is METALAB_MAX_WORKERS={self.settings.max_workers}); wait for one to finish or cancel one. "
-                f"Received: active={len(active) + probes}"
+                f"{busy} workers (runs queued, running or still exiting, and estimates) are busy; the limit is "
+                f"METALAB_MAX_WORKERS={self.settings.max_workers}. Wait for one to finish or cancel one. "
+                f"Received: workers={busy}"
             )
         mine = [r for r in active if r.owner == self.actor.id]
         cap = self.settings.max_runs_per_owner

@@ -218,9 +218,7 @@ def render_fields(
     if hide_machine:
         for ff in fields:
             if ff.machine:
-                value = initial(ff)
-                if value not in (None, "") or ff.default in (None, ""):
-                    values[ff.name] = value
+                values[ff.name] = initial(ff)
         fields = [ff for ff in fields if not ff.machine]
     cols = container.columns(columns) if fields else []
     for i, ff in enumerate(fields):
