@@ -66,7 +66,7 @@ def machine_note() -> dict[str, Any]:
     """What the figures were measured on; the load average shows how much other work shared the CPU."""
     import tensorflow as tf
 
-    from metalab.core.runner import installed_versions
+    from metalab.core.engine.runner import installed_versions
 
     note: dict[str, Any] = {
         "cpus": os.cpu_count(),
@@ -92,7 +92,7 @@ def print_machine_note(label: str) -> dict[str, Any]:
 
 def make_services() -> Any:
     """The service facade over the built-in plugins and the run store under ``METALAB_HOME``."""
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.contract.manager import make_plugin_manager
     from metalab.core.services import Services
     from metalab.core.settings import load_settings
 
@@ -178,10 +178,10 @@ def restore(services: Any, run_id: str, **episode: int) -> Any:
         **episode: ``ways``, ``shots``, ``queries`` overriding the run's.
 
     Returns:
-        A :class:`metalab.core.runner.Session` holding the trained weights.
+        A :class:`metalab.core.engine.runner.Session` holding the trained weights.
     """
-    from metalab.core.config import RunConfig
-    from metalab.core.runner import build_session, checkpoint_path, load_checkpoint
+    from metalab.core.engine.config import RunConfig
+    from metalab.core.engine.runner import build_session, checkpoint_path, load_checkpoint
 
     run = services.run(run_id)
     config = RunConfig(**{**run.config, **episode})

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(METALAB_HOME=str(work / "home"), METALAB_DATA_DIR=str(work / "data"),
                       METALAB_CACHE_DIR=str(work / "cache"), METALAB_INTRA_OP_THREADS="1",
                       METALAB_INTER_OP_THREADS="1")
-    from metalab.core.checkpoints import checkpoint_step
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.engine.checkpoints import checkpoint_step
+    from metalab.core.contract.manager import make_plugin_manager
     from metalab.core.services import Services
     from metalab.core.settings import load_settings
 

@@ -11,7 +11,7 @@ Each setting ``TxK`` is second-order MAML, 5-way 1-shot with 5 queries per class
 worker's thread setting. In its own subprocess, after two warm-up steps (the first compiles), each measured step
 resets TensorFlow's allocator statistics and reads their peak: the bytes of live tensors at the step's high-water
 mark, weights and optimizer slots included (``TF_CPU_ALLOCATOR_USE_BFC=true`` makes the CPU allocator keep exact
-statistics). The estimate is ``metalab.core.memory.estimate_for_session``'s ``step_bytes``, computed from the
+statistics). The estimate is ``metalab.core.engine.memory.estimate_for_session``'s ``step_bytes``, computed from the
 model's layer shapes before any step runs. Peak RSS over the post-build baseline (compile included) is printed too,
 for context: on CPU the compiled graph of the unrolled tasks costs more than the step's tensors.
 
@@ -147,8 +147,8 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     """
     import numpy as np
 
-    from metalab.core.config import RunConfig
-    from metalab.core.runner import Session, compile_train_step, configure_threads, thread_counts
+    from metalab.core.engine.config import RunConfig
+    from metalab.core.engine.runner import Session, compile_train_step, configure_threads, thread_counts
     from metalab.core.settings import load_settings
 
     intra, inter = thread_counts(load_settings(), meta_batch)
@@ -159,9 +159,10 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     if not on_jax:
         import tensorflow as tf
 
-    from metalab.core import functional, memory
-    from metalab.core.plugin_api import TaskBatch, TaskSpec
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.engine import functional
+    from metalab.core.engine import memory
+    from metalab.core.contract.specs import TaskBatch, TaskSpec
+    from metalab.core.contract.manager import make_plugin_manager
 
     registry = make_plugin_manager(distributions={"metalab"})
     keras.utils.set_random_seed(0)
@@ -257,7 +258,7 @@ def _measure_jax(step: Callable[..., Any], batch: Callable[[], Any], est: dict[s
     """
     import jax
 
-    from metalab.core import functional
+    from metalab.core.engine import functional
 
     compiled = getclosurevars(step).nonlocals["compiled"]
     b = batch()

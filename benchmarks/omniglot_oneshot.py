@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def runs_batch(runs: list[dict[str, Any]], to_float: Any) -> Any:
     """The 20 one-shot runs as one TaskBatch of 20 tasks (support: training images 0..19; query: test images)."""
-    from metalab.core.plugin_api import TaskBatch
+    from metalab.core.contract.specs import TaskBatch
 
     support_x = np.stack([to_float(r["train_images"]) for r in runs])
     query_x = np.stack([to_float(r["test_images"]) for r in runs])
@@ -73,8 +73,8 @@ def runs_batch(runs: list[dict[str, Any]], to_float: Any) -> Any:
 
 def score_runs(services: Any, run_id: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Restores the trained run as a 20-way ProtoNet and classifies every run's test images."""
-    from metalab.core import functional
-    from metalab.core.runner import compile_evaluate, evaluate_batch
+    from metalab.core.engine import functional
+    from metalab.core.engine.runner import compile_evaluate, evaluate_batch
 
     t0 = time.perf_counter()
     ways = len(runs[0]["train_images"])

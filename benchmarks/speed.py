@@ -114,7 +114,7 @@ def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: fl
 
 
 def machine(impl: str) -> dict[str, Any]:
-    from metalab.core.runner import installed_versions  # no TensorFlow import: safe in the torch process too
+    from metalab.core.engine.runner import installed_versions  # no TensorFlow import: safe in the torch process too
 
     note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "loadavg": [round(x, 2) for x in os.getloadavg()]}
@@ -132,7 +132,7 @@ def machine(impl: str) -> dict[str, Any]:
 
 
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from metalab.core.runner import (compile_train_step, configure_threads, make_optimizer, set_matmul_precision,
+    from metalab.core.engine.runner import (compile_train_step, configure_threads, make_optimizer, set_matmul_precision,
                                      thread_counts)
     from metalab.core.settings import load_settings
 
@@ -142,9 +142,9 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     configure_threads(args.intra if args.intra is not None else intra, args.inter if args.inter is not None else inter)
     import keras
 
-    from metalab.core import functional
-    from metalab.core.plugin_api import TaskBatch, TaskSpec
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.engine import functional
+    from metalab.core.contract.specs import TaskBatch, TaskSpec
+    from metalab.core.contract.manager import make_plugin_manager
 
     set_matmul_precision(args.precision)  # float32: exact; tf32: TensorFloat-32 on GPUs that have it (as a run)
     if args.precision.startswith("mixed_"):
@@ -153,9 +153,9 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     t_setup = time.perf_counter()
     sampler = None
     if w.get("data") == "omniglot":
-        from metalab.core.config import RunConfig
-        from metalab.core.runner import build_session
-        from metalab.core.tasks import make_sampler
+        from metalab.core.engine.config import RunConfig
+        from metalab.core.engine.runner import build_session
+        from metalab.core.engine.sampling import make_sampler
 
         config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", backbone="metalab.conv4",
                            backbone_params=backbone_overrides(args),

@@ -22,7 +22,7 @@ class _StoreErrors(TyperGroup):
     """Turns a run store that cannot be opened or read into ``error: ...`` and exit code 2, without a traceback."""
 
     def invoke(self, ctx: Any) -> Any:
-        from .store import StoreError
+        from metalab.core.store import StoreError
 
         try:
             return super().invoke(ctx)
@@ -46,7 +46,7 @@ err = Console(stderr=True)
 
 
 def _services():
-    from .services import Services
+    from metalab.core.services import Services
 
     return Services()
 
@@ -79,7 +79,7 @@ def plugins_list(as_json: bool = typer.Option(False, "--json", help="Print machi
     for row in rows:
         if row.get("status") == "failed":
             err.print(f"[red]plugin {row.get('plugin')} failed:[/] {row.get('error')}", highlight=False)
-    from .plugin_manager import SLOW_PLUGIN_SECONDS, plugin_import_timeout
+    from metalab.core.contract.manager import SLOW_PLUGIN_SECONDS, plugin_import_timeout
 
     slow = {row["plugin"]: row["seconds"] for row in rows if (row.get("seconds") or 0) >= SLOW_PLUGIN_SECONDS}
     for name, seconds in sorted(slow.items(), key=lambda item: -item[1]):
@@ -99,7 +99,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON at the end."),
 ) -> None:
     """Validate a config, train a run with a progress bar, evaluate it, and print its id."""
-    from .config import ConfigError, parse_assignments
+    from metalab.core.engine.config import ConfigError, parse_assignments
 
     services = _services()
     raw: dict[str, Any] = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone}
@@ -156,7 +156,7 @@ def _print_panels(services: Any, run_id: str) -> None:
     """Prints how batch norm was used and the text of the panels plugins add to the run's report."""
     from rich.markdown import Markdown
 
-    from .reports import batch_norm_summary
+    from metalab.core.reports.figures import batch_norm_summary
 
     bn = batch_norm_summary(services.run(run_id).config)
     if bn:
@@ -190,7 +190,7 @@ def runs_list(
     status: Optional[str] = typer.Option(None, help="Only runs with this status."),
 ) -> None:
     """All runs, newest first."""
-    from .store import STATUSES
+    from metalab.core.store import STATUSES
 
     if status and status not in STATUSES:
         _fail(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}. Received: status={status!r}")
@@ -209,7 +209,7 @@ def runs_list(
 
 
 def _get_run(services: Any, run_id: str) -> Any:
-    from .store import RunNotFoundError
+    from metalab.core.store import RunNotFoundError
 
     try:
         return services.run(run_id)
@@ -262,7 +262,7 @@ def _resume_point(services: Any, run: Any) -> str:
     """Where a resume restarts: the step of the checkpoint it will restore (not the last step the run logged)."""
     run_dir = services.run_dir(run.id)
     try:
-        from .checkpoints import checkpoint_files, checkpoint_step
+        from metalab.core.engine.checkpoints import checkpoint_files, checkpoint_step
     except ImportError:  # pragma: no cover - a metalab from before the checkpoints module
         files = [run_dir / "checkpoint.npz"]
         step = _checkpoint_step(files[0]) if files[0].exists() else None
@@ -310,7 +310,7 @@ def runs_delete(
     wait: float = typer.Option(30.0, "--wait", min=0, help="With --force: seconds to wait for the worker to stop."),
 ) -> None:
     """Delete a run with its metrics and files (a running one only with --force)."""
-    from .store import RunActiveError
+    from metalab.core.store import RunActiveError
 
     services = _services()
     run = _get_run(services, run_id)
@@ -350,8 +350,8 @@ def doctor(
 
     Exit code 0 when healthy (or everything found was repaired), 1 when problems remain.
     """
-    from .settings import load_settings
-    from .store import RunStore, StoreError
+    from metalab.core.settings import load_settings
+    from metalab.core.store import RunStore, StoreError
 
     try:
         settings = load_settings()
@@ -422,7 +422,7 @@ def predict_(
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Adapt a run to a labelled support set and classify query images, with per-class probabilities."""
-    from .predict import predict
+    from metalab.core.engine.predict import predict
 
     services = _services()
     run = _get_run(services, run_id)
@@ -478,8 +478,8 @@ def dashboard(
     import signal
     import subprocess
 
-    from .settings import load_settings
-    from . import __file__ as core_file
+    from metalab.core.settings import load_settings
+    from metalab.core import __file__ as core_file
 
     env = dict(os.environ)
     if mode is not None:
@@ -561,8 +561,8 @@ def demo_pack(
 ) -> None:
     """Write a read-only showcase bundle (store rows, reports, checkpoints) that a dashboard serves with
     METALAB_SHOWCASE_DIR=OUT (e.g. `metalab dashboard --mode demo`)."""
-    from .showcase import pack
-    from .store import RunNotFoundError
+    from metalab.core.services.showcase import pack
+    from metalab.core.store import RunNotFoundError
 
     services = _services()
     try:
@@ -580,8 +580,8 @@ def new_plugin(
     dest: Path = typer.Option(Path("."), "--dest", help="Folder to write the package folder metalab-NAME/ into."),
 ) -> None:
     """Write a ready-to-install plugin package: pyproject with the entry point, one spec, a conformance test, a README."""
-    from .scaffold import new_plugin as write_plugin
-    from .scaffold import plugin_names
+    from metalab.core.authoring.scaffold import new_plugin as write_plugin
+    from metalab.core.authoring.scaffold import plugin_names
 
     try:
         root = write_plugin(name, kind=kind, dest=dest)

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from metalab.core.datasets_info import UnsafeArchiveError
-from metalab.core.plugin_api import SPLITS
+from metalab.core.data.info import UnsafeArchiveError
+from metalab.core.contract.specs import SPLITS
 
 from .forms import MISSING, FormField, from_link, link_params, render_fields, schema_fields
 from .state import mode, services

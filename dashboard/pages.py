@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from metalab.core.access import SHOWCASE_OWNER
+from metalab.core.services.access import SHOWCASE_OWNER
 
 from . import routes
 from .forms import schema_fields

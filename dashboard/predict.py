@@ -15,8 +15,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from metalab.core.datasets_info import IMAGE_EXTENSIONS, UnsafeArchiveError
-from metalab.core.predict import PredictionError
+from metalab.core.data.info import IMAGE_EXTENSIONS, UnsafeArchiveError
+from metalab.core.engine.predict import PredictionError
 
 from . import routes
 from .report import run_label

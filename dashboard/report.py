@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import streamlit as st
 
-from metalab.core import reports
+from metalab.core.reports import figures as reports
 from metalab.core.services import ACTIVE, RESUMABLE
 from metalab.core.store import RunNotFoundError
 

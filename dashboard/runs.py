@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from metalab.core import reports
+from metalab.core.reports import figures as reports
 
 from . import routes
 from .report import run_label

@@ -7,7 +7,7 @@ import secrets
 
 import streamlit as st
 
-from metalab.core.access import Actor
+from metalab.core.services.access import Actor
 from metalab.core.services import Services
 
 _TOKEN = "metalab.session_token"

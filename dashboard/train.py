@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from metalab.core.config import ConfigError, RunConfig
+from metalab.core.engine.config import ConfigError, RunConfig
 from metalab.core.services import ProbeError
 
 from . import routes

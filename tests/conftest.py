@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core.plugin_manager import PluginRegistry, make_plugin_manager
+from metalab.core.contract.manager import PluginRegistry, make_plugin_manager
 from metalab.core.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

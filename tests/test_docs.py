@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core import hookspecs, plugin_api, testing
-from metalab.core.plugin_manager import ENTRY_POINT_GROUP, PluginRecord
+from metalab.core.contract import hookspecs
+from metalab.core.contract import specs as plugin_api
+from metalab.core.authoring import testing
+from metalab.core.contract.manager import ENTRY_POINT_GROUP, PluginRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC_PATH = REPO_ROOT / "docs" / "plugins.md"
@@ -122,7 +124,7 @@ def test_params_base_class_documented():
 
 def test_functional_seam_documented():
     # Read __all__ without importing the module (it imports TensorFlow).
-    tree = ast.parse((REPO_ROOT / "core" / "functional.py").read_text(encoding="utf-8"))
+    tree = ast.parse((REPO_ROOT / "core" / "engine" / "functional.py").read_text(encoding="utf-8"))
     names = next(
         ast.literal_eval(node.value)
         for node in tree.body
@@ -130,7 +132,7 @@ def test_functional_seam_documented():
     )
     body = section("Algorithm")
     missing = [name for name in names if f"`{name}" not in body]
-    assert not missing, f"docs/plugins.md, section `Algorithm`: metalab.core.functional names missing: {missing}"
+    assert not missing, f"docs/plugins.md, section `Algorithm`: metalab.core.engine.functional names missing: {missing}"
 
 
 @pytest.mark.parametrize("name", CONFORMANCE_CHECKS)

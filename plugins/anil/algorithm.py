@@ -23,9 +23,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors, batched_loss_and_metric, build_model
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors, batched_loss_and_metric, build_model
+from metalab.api import TaskBatch, TaskSpec
 
 
 class ANIL:

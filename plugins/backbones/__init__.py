@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import BackboneSpec, Params, hookimpl
+from metalab.api import BackboneSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 

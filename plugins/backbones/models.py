@@ -6,7 +6,7 @@ from typing import Any
 
 import keras
 
-from metalab.core.layers import FoldingSequential, MetaBatchNorm
+from metalab.api.layers import FoldingSequential, MetaBatchNorm
 
 
 def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:

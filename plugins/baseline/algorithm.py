@@ -20,9 +20,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import loss_and_metric
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import loss_and_metric
+from metalab.api import TaskBatch, TaskSpec
 
 #: Seed of the new head's initialisation: every episode starts from the same draw, so scores are reproducible.
 HEAD_SEED = 1234

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from metalab.core.plugin_api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
+from metalab.api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -58,10 +58,10 @@ def _make(which: str):
 
         Args:
             params: A :class:`CifarParams` (or a dict of its fields).
-            context: A :class:`~metalab.core.plugin_api.DataContext`; ``None`` reads the settings.
+            context: A :class:`~metalab.api.DataContext`; ``None`` reads the settings.
 
         Returns:
-            A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
+            A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
 
         Raises:
             FileNotFoundError: The archive is absent and cannot be downloaded; the message says where to put it.
@@ -72,9 +72,9 @@ def _make(which: str):
         if not isinstance(params, CifarParams):
             params = CifarParams.model_validate(params or {})
         if context is None:
-            from metalab.core.settings import load_settings
+            from metalab.api.data import default_context
 
-            context = load_settings().data_context()
+            context = default_context()
         return build_dataset(which, params, context)
 
     factory.__name__ = f"make_{which}"

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.datafiles import cache_file, cached_arrays, download, fingerprint
-from metalab.core.datasets_info import keras_cache_dirs, make_class_splits, resize_array, safe_unpickle
-from metalab.core.plugin_api import ClassificationDataset, DataContext
+from metalab.api.data import cache_file, cached_arrays, download, fingerprint
+from metalab.api.data import keras_cache_dirs, make_class_splits, resize_array, safe_unpickle
+from metalab.api import ClassificationDataset, DataContext
 
 from . import ARCHIVE, FOLDER, OFFICIAL_SHA256, OFFICIAL_URL
 from .splits import CIFAR_FS, FC100

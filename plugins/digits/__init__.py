@@ -17,7 +17,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.api import DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 
@@ -75,7 +75,7 @@ def make_digits(params: DigitsParams | dict | None = None, context=None):
         context: The data context (ignored).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, 8, 8, 1]`` images (scale 16).
+        A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, 8, 8, 1]`` images (scale 16).
     """
     from .loader import load_digits_dataset, load_digits_supervised
 
@@ -87,7 +87,7 @@ def make_digits(params: DigitsParams | dict | None = None, context=None):
 
 
 def _held_out(n: int, fraction: float) -> int:
-    # metalab.core.tasks.holdout_rows's count for a class of n images (at least one image stays behind).
+    # metalab.api.data.holdout_rows's count for a class of n images (at least one image stays behind).
     return max(min(n - 1, int(round(float(fraction) * n))), 0)
 
 
@@ -95,7 +95,7 @@ def digits_split_sizes(params: DigitsParams | dict | None = None) -> dict[str, d
     """The classes of each split and the images of its smallest class, without loading the images.
 
     Few-shot mode divides the digits by the same seeded permutation as the loader; supervised mode keeps every
-    digit in every split and divides each digit's images as :func:`metalab.core.tasks.holdout_rows` does.
+    digit in every split and divides each digit's images as :func:`metalab.api.data.holdout_rows` does.
 
     Args:
         params: A :class:`DigitsParams` (or a dict of its fields).

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+from metalab.api import ClassificationDataset, ClassSplit
 
 #: load_digits pixels are counts of set bits in 4x4 blocks of a 32x32 bitmap: 0..16.
 GREY_LEVELS = 16
@@ -74,7 +74,7 @@ def load_digits_supervised(test_fraction: float = 0.25, val_fraction: float = 0.
     """Returns the digits divided by image for supervised learning: every split holds all ten digits.
 
     A seeded, stratified ``test_fraction`` of each digit's images forms ``test``; ``val_fraction`` of the rest
-    forms ``val`` (:func:`metalab.core.tasks.supervised_splits`), the others ``train``.
+    forms ``val`` (:func:`metalab.api.data.supervised_splits`), the others ``train``.
 
     Args:
         test_fraction: Share of each digit's images in the test split, in ``(0, 1)``.
@@ -90,7 +90,7 @@ def load_digits_supervised(test_fraction: float = 0.25, val_fraction: float = 0.
     """
     from sklearn.datasets import load_digits
 
-    from metalab.core.tasks import holdout_rows, supervised_splits
+    from metalab.api.data import holdout_rows, supervised_splits
 
     for name, value in (("test_fraction", test_fraction), ("val_fraction", val_fraction)):
         if not 0.0 < float(value) < 1.0:

@@ -41,9 +41,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import loss_and_metric, nearest_centroid_evaluate
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import loss_and_metric, nearest_centroid_evaluate
+from metalab.api import TaskBatch, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Teacher:
 
     Attributes:
         run_id: The teacher run's full id.
-        config: The teacher run's :class:`~metalab.core.config.RunConfig`.
+        config: The teacher run's :class:`~metalab.core.engine.config.RunConfig`.
         algorithm: The teacher's algorithm object with its checkpoint loaded.
         dataset: The teacher run's dataset (the student must train on the same one).
         mode: ``"head"`` (the teacher's classifier over the training classes) or ``"prototypes"`` (distances to
@@ -132,9 +132,9 @@ def load_teacher(run_id: str, task: TaskSpec, prototype_shots: int = 20, setting
         ValueError: If the run is unknown or unfinished, is not a classification run, or does not match the
             student's inputs and training classes.
     """
-    from metalab.core.config import RunConfig
-    from metalab.core.plugin_manager import make_plugin_manager
-    from metalab.core.runner import build_session, checkpoint_path, load_checkpoint
+    from metalab.core.engine.config import RunConfig
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.engine.runner import build_session, checkpoint_path, load_checkpoint
     from metalab.core.settings import load_settings
     from metalab.core.store import RunNotFoundError, RunStore
 
@@ -395,8 +395,8 @@ class Distill:
         return data
 
     def _report_episodes(self) -> TaskBatch | None:
-        from metalab.core.runner import EVAL_SEED
-        from metalab.core.tasks import fixed_tasks
+        from metalab.core.engine.runner import EVAL_SEED
+        from metalab.core.engine.sampling import fixed_tasks
 
         config = self.teacher.config
         key = json.dumps([config.dataset, config.dataset_params], sort_keys=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 _COLORS = {"teacher": "#7f7f7f", "student": "#2ca02c"}
 

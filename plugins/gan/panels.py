@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 
 def _rgb(images: np.ndarray) -> np.ndarray:

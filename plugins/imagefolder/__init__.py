@@ -2,7 +2,7 @@
 
 A folder with one sub-folder per class (any image format Pillow reads), or a zip of such a folder. Classes are
 divided between train, val and test by a seeded permutation; images are resized and converted the same way for
-training and for :func:`metalab.core.predict.predict`. Registration is cheap: the loader is imported by the factory.
+training and for metalab's predictions. Registration is cheap: the loader is imported by the factory.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
+from metalab.api import DataPath, DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -66,10 +66,10 @@ def make_imagefolder(params: ImageFolderParams | dict | None = None, context=Non
 
     Args:
         params: An :class:`ImageFolderParams` (or a dict of its fields).
-        context: A :class:`~metalab.core.plugin_api.DataContext`; ``None`` reads the settings.
+        context: A :class:`~metalab.api.DataContext`; ``None`` reads the settings.
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, s, s, channels]`` images.
+        A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, s, s, channels]`` images.
 
     Raises:
         FileNotFoundError: The folder or zip does not exist.
@@ -80,9 +80,9 @@ def make_imagefolder(params: ImageFolderParams | dict | None = None, context=Non
     if not isinstance(params, ImageFolderParams):
         params = ImageFolderParams.model_validate(params or {})
     if context is None:
-        from metalab.core.settings import load_settings
+        from metalab.api.data import default_context
 
-        context = load_settings().data_context()
+        context = default_context()
     return build_dataset(params, context)
 
 

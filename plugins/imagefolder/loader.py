@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from metalab.core.datafiles import cache_file, cached_arrays, fingerprint
-from metalab.core.datasets_info import (
+from metalab.api.data import cache_file, cached_arrays, fingerprint
+from metalab.api.data import (
     IMAGE_EXTENSIONS,
     UnreadableImageError,
     ZipLimits,
@@ -28,7 +28,7 @@ from metalab.core.datasets_info import (
     read_zip_member,
     split_class_counts,
 )
-from metalab.core.plugin_api import ClassificationDataset, DataContext
+from metalab.api import ClassificationDataset, DataContext
 
 __all__ = ["build_dataset", "resolve_source", "list_class_files", "decode_folder"]
 

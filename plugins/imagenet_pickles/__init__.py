@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from metalab.core.plugin_api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
+from metalab.api import Checksum, DatasetSpec, DataPath, DownloadURL, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -62,9 +62,9 @@ class TieredImageNetParams(_PickleParams):
 
 def _context(context):
     if context is None:
-        from metalab.core.settings import load_settings
+        from metalab.api.data import default_context
 
-        return load_settings().data_context()
+        return default_context()
     return context
 
 
@@ -72,7 +72,7 @@ def make_mini_imagenet(params: MiniImageNetParams | dict | None = None, context=
     """Builds mini-ImageNet (the dataset factory).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
+        A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
 
     Raises:
         FileNotFoundError: No pickles nor images + CSVs found; the message names the files and the folder.
@@ -88,7 +88,7 @@ def make_tiered_imagenet(params: TieredImageNetParams | dict | None = None, cont
     """Builds tiered-ImageNet (the dataset factory).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
+        A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, s, s, 3]`` images.
 
     Raises:
         FileNotFoundError: The image and label files are absent; the message names them and the folder.

@@ -8,8 +8,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from metalab.core.datafiles import cache_file, cached_arrays, download
-from metalab.core.datasets_info import (
+from metalab.api.data import cache_file, cached_arrays, download
+from metalab.api.data import (
     UnreadableImageError,
     decode_image,
     quick_fingerprint,
@@ -17,7 +17,7 @@ from metalab.core.datasets_info import (
     safe_unpack,
     safe_unpickle,
 )
-from metalab.core.plugin_api import SPLITS, ClassificationDataset, ClassSplit, DataContext
+from metalab.api import SPLITS, ClassificationDataset, ClassSplit, DataContext
 
 __all__ = ["MINI_PICKLES", "MINI_CSVS", "TIERED_FILES", "build_mini_imagenet", "build_tiered_imagenet"]
 

@@ -32,10 +32,10 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
-from metalab.core.layers import batch_norm_step, batch_norm_steps, per_step_batch_norm
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
+from metalab.api.layers import batch_norm_step, batch_norm_steps, per_step_batch_norm
+from metalab.api import TaskBatch, TaskSpec
 
 
 class MAML:

@@ -20,9 +20,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
+from metalab.api import TaskBatch, TaskSpec
 
 #: Bins of each learned-rate histogram in the report.
 HISTOGRAM_BINS = 30

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 _COLS = 3
 

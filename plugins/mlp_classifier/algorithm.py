@@ -26,9 +26,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import loss_and_metric
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import loss_and_metric
+from metalab.api import TaskBatch, TaskSpec
 
 
 class MLPClassifier:

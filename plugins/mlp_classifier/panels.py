@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 TITLE = "Supervised accuracy (no meta-learning)"
 

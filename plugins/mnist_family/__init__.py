@@ -4,7 +4,7 @@ datasets: ``metalab.mnist``, ``metalab.fashion_mnist`` and ``metalab.emnist_lett
 All three are 28x28 grey images (bright strokes on black; 1 channel). The parameter ``mode`` picks the division:
 
 ``mode="few_shot"`` (the default): the official train and test images are pooled, then the classes are divided
-between the meta-splits by a seeded permutation (:func:`metalab.core.datasets_info.assign_classes`);
+between the meta-splits by a seeded permutation (:func:`metalab.api.data.assign_classes`);
 ``info["split_classes"]`` lists each split's classes. The defaults (seed 0) give:
 
 - MNIST and Fashion-MNIST, 4 / 3 / 3 classes: train labels {2, 4, 6, 7}, val {3, 5, 9}, test {0, 1, 8} (for
@@ -39,7 +39,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
+from metalab.api import DataPath, DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -107,7 +107,7 @@ def _factory(which: str, model: type[Params]):
         """Builds the dataset (the dataset factory).
 
         Returns:
-            A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, 28, 28, 1]`` images.
+            A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, 28, 28, 1]`` images.
 
         Raises:
             FileNotFoundError: The files are absent; the message names them and where to put them.
@@ -117,9 +117,9 @@ def _factory(which: str, model: type[Params]):
         if not isinstance(params, model):
             params = model.model_validate(params or {})
         if context is None:
-            from metalab.core.settings import load_settings
+            from metalab.api.data import default_context
 
-            context = load_settings().data_context()
+            context = default_context()
         return build_dataset(which, params, context)
 
     factory.__name__ = f"make_{which}"

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.datasets_info import assign_classes, keras_cache_dirs, make_class_splits
-from metalab.core.plugin_api import ClassificationDataset, DataContext
+from metalab.api.data import assign_classes, keras_cache_dirs, make_class_splits
+from metalab.api import ClassificationDataset, DataContext
 
 __all__ = ["SOURCES", "read_idx", "read_emnist_mat", "find_files", "load_parts", "load_arrays", "build_dataset"]
 
@@ -240,7 +240,7 @@ def build_dataset(which: str, params: Any, context: DataContext) -> Classificati
         FileNotFoundError: The files are absent (never downloaded).
         ValueError: A file is not in the expected format, or labels fall outside the classes.
     """
-    from metalab.core.tasks import supervised_splits
+    from metalab.api.data import supervised_splits
 
     parts, facts = load_parts(which, params, context)
     names = _class_names(which)

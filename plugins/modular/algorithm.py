@@ -32,9 +32,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors
+from metalab.api import TaskBatch, TaskSpec
 
 #: Largest structure space whose every structure gets its own usage counter (else only slot-module counts).
 MAX_COUNTED_STRUCTURES = 4096

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 
 def module_usage_panel(data: dict[str, Any]) -> ReportPanel:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
 
 METALAB_PLUGIN_API = "1.2"
 

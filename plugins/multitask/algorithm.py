@@ -26,9 +26,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import nearest_centroid_evaluate
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import nearest_centroid_evaluate
+from metalab.api import TaskBatch, TaskSpec
 
 
 def task_groups(num_classes: int, num_tasks: int) -> list[list[int]]:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 _TASK_METRIC = re.compile(r"^train/task(\d+)_(loss|accuracy)$")
 

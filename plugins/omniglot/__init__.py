@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.api import DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -64,11 +64,11 @@ def make_omniglot(params: OmniglotParams | dict | None = None, context=None):
 
     Args:
         params: An :class:`OmniglotParams` (or a dict of its fields).
-        context: A :class:`~metalab.core.plugin_api.DataContext`; ``None`` reads the settings
+        context: A :class:`~metalab.api.DataContext`; ``None`` reads the settings
             (``METALAB_DATA_DIR``, ``METALAB_OFFLINE``).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` of ``uint8 [n, s, s, 1]`` images.
+        A :class:`~metalab.api.ClassificationDataset` of ``uint8 [n, s, s, 1]`` images.
 
     Raises:
         FileNotFoundError: Files are absent from ``METALAB_DATA_DIR/omniglot/`` and cannot be downloaded.
@@ -79,9 +79,9 @@ def make_omniglot(params: OmniglotParams | dict | None = None, context=None):
     if not isinstance(params, OmniglotParams):
         params = OmniglotParams.model_validate(params or {})
     if context is None:
-        from metalab.core.settings import load_settings
+        from metalab.api.data import default_context
 
-        context = load_settings().data_context()
+        context = default_context()
     return build_dataset(params, context)
 
 

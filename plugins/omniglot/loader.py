@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from metalab.core.datafiles import cache_file, cached_arrays, download, fingerprint
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit, DataContext, TaskBatch
+from metalab.api.data import cache_file, cached_arrays, download, fingerprint
+from metalab.api import ClassificationDataset, ClassSplit, DataContext, TaskBatch
 
 __all__ = [
     "SOURCES",

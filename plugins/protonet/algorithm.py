@@ -18,9 +18,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors
+from metalab.api import TaskBatch, TaskSpec
 
 
 class ProtoNet:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 

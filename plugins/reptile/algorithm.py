@@ -27,9 +27,9 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
+from metalab.api import TaskBatch, TaskSpec
 
 _ADAM_BETA2 = 0.999
 _ADAM_EPSILON = 1e-8

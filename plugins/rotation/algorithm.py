@@ -24,9 +24,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import loss_and_metric, prototype_logits
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import loss_and_metric, prototype_logits
+from metalab.api import TaskBatch, TaskSpec
 
 #: The rotations predicted, in degrees counter-clockwise; the class of a rotation is its index.
 ANGLES = (0, 90, 180, 270)

@@ -11,7 +11,7 @@ import math
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.api import DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.1"
 

@@ -17,7 +17,7 @@ class SinusoidTask:
 
 @dataclass(frozen=True)
 class SinusoidFamily:
-    """The MAML paper's sinusoid regression tasks (a :class:`~metalab.core.plugin_api.RegressionTaskFamily`).
+    """The MAML paper's sinusoid regression tasks (a :class:`~metalab.api.RegressionTaskFamily`).
 
     Args:
         amplitude_range: ``(low, high)`` of the uniform amplitude distribution (paper: 0.1 to 5).

@@ -16,7 +16,7 @@ import re
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import DataPath, DatasetSpec, Params, hookimpl
+from metalab.api import DataPath, DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -72,7 +72,7 @@ def make_tfds(params: TFDSParams | dict | None = None, context=None):
     """Builds the few-shot dataset from a prepared TFDS folder (the dataset factory).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset`.
+        A :class:`~metalab.api.ClassificationDataset`.
 
     Raises:
         ImportError: tensorflow-datasets is not installed (the message says how to install it).
@@ -84,9 +84,9 @@ def make_tfds(params: TFDSParams | dict | None = None, context=None):
     if not isinstance(params, TFDSParams):
         params = TFDSParams.model_validate(params or {})
     if context is None:
-        from metalab.core.settings import load_settings
+        from metalab.api.data import default_context
 
-        context = load_settings().data_context()
+        context = default_context()
     return build_dataset(params, context)
 
 

@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.datafiles import cache_file, cached_arrays
-from metalab.core.datasets_info import (
+from metalab.api.data import cache_file, cached_arrays
+from metalab.api.data import (
     assign_classes,
     make_class_splits,
     quick_fingerprint,
     resize_array,
     split_class_counts,
 )
-from metalab.core.plugin_api import ClassificationDataset, DataContext
+from metalab.api import ClassificationDataset, DataContext
 
 __all__ = ["import_tfds", "data_dirs", "find_prepared", "build_dataset"]
 

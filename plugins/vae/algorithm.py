@@ -24,10 +24,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.datasets_info import to_uint8
-from metalab.core.episodic import prototype_logits
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.data import to_uint8
+from metalab.api.episodic import prototype_logits
+from metalab.api import TaskBatch, TaskSpec
 
 #: Held-out images kept from the latest evaluation, and reconstructed in the report.
 RECONSTRUCTIONS = 8

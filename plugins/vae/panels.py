@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.plugin_api import ReportPanel
+from metalab.api import ReportPanel
 
 
 def mosaic(rows: list[np.ndarray], cols: int | None = None, gap: int = 1) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, DataPath, DatasetSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, DataPath, DatasetSpec, Params, ReportPanel, TaskSpec, hookimpl
 
 METALAB_PLUGIN_API = "1.3"
 
@@ -105,7 +105,7 @@ def make_glyphs(params: GlyphsParams | dict | None = None, context: Any = None) 
         context: The data context (ignored).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` with ``info["class_attributes"]``.
+        A :class:`~metalab.api.ClassificationDataset` with ``info["class_attributes"]``.
     """
     from .glyphs import make_glyphs_dataset
 
@@ -131,11 +131,11 @@ def make_cub_attributes(params: CubAttributesParams | dict | None = None, contex
 
     Args:
         params: A :class:`CubAttributesParams` (or a dict of its fields).
-        context: A :class:`~metalab.core.plugin_api.DataContext`; its ``data_dir`` holds ``CUB_200_2011/`` when
+        context: A :class:`~metalab.api.DataContext`; its ``data_dir`` holds ``CUB_200_2011/`` when
             ``cub_path`` is empty (``None`` reads the settings).
 
     Returns:
-        A :class:`~metalab.core.plugin_api.ClassificationDataset` with ``info["class_attributes"]``.
+        A :class:`~metalab.api.ClassificationDataset` with ``info["class_attributes"]``.
 
     Raises:
         FileNotFoundError: If the folder lacks ``classes.txt``, the attribute file or ``images/``.
@@ -149,9 +149,9 @@ def make_cub_attributes(params: CubAttributesParams | dict | None = None, contex
     root = params.cub_path
     if not root:
         if context is None:
-            from metalab.core.settings import load_settings
+            from metalab.api.data import default_context
 
-            context = load_settings().data_context()
+            context = default_context()
         root = str(Path(context.data_dir) / "CUB_200_2011")
     return load_cub_attributes(root, image_size=params.image_size, train_classes=params.train_classes,
                                val_classes=params.val_classes, max_images_per_class=params.max_images_per_class)

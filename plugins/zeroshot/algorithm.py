@@ -25,9 +25,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.episodic import batch_tensors
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api.episodic import batch_tensors
+from metalab.api import TaskBatch, TaskSpec
 
 #: The key of the per-episode class attributes in ``TaskBatch.extras``.
 ATTRIBUTES_KEY = "class_attributes"

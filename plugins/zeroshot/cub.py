@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+from metalab.api import ClassificationDataset, ClassSplit
 
 ATTRIBUTES_FILE = Path("attributes") / "class_attribute_labels_continuous.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")

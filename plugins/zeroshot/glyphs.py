@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+from metalab.api import ClassificationDataset, ClassSplit
 
 #: The attribute groups and their values; a class is one value per group, encoded one-hot per group.
 ATTRIBUTES: dict[str, tuple] = {

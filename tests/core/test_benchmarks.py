@@ -2,8 +2,8 @@
 
 import pytest
 
-from metalab.core.config import resolve_config
-from metalab.core.runner import evaluate_run, train_run
+from metalab.core.engine.config import resolve_config
+from metalab.core.engine.runner import evaluate_run, train_run
 from metalab.core.store import RunStore
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from metalab.core.config import ConfigError, parse_assignments, resolve_config
+from metalab.core.engine.config import ConfigError, parse_assignments, resolve_config
 
 
 def test_defaults_come_from_the_dataset_and_plugins(builtin_registry):
@@ -160,8 +160,8 @@ def test_test_dataset_is_checked_on_its_test_split_only(builtin_registry):
 
 
 def _registry_with(spec):
-    from metalab.core.plugin_api import PLUGIN_API_VERSION, hookimpl
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.contract.specs import PLUGIN_API_VERSION, hookimpl
+    from metalab.core.contract.manager import make_plugin_manager
     from metalab.core.settings import load_settings
 
     class Plugin:
@@ -176,7 +176,7 @@ def _registry_with(spec):
 
 
 def _extra_dataset(split_sizes=None):
-    from metalab.core.plugin_api import DatasetSpec, Params
+    from metalab.core.contract.specs import DatasetSpec, Params
 
     class NoParams(Params):
         pass

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from metalab.core.config import ConfigError, resolve_config
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit, DatasetSpec, Params, hookimpl
-from metalab.core.plugin_manager import make_plugin_manager
-from metalab.core.runner import evaluate_run, train_run
+from metalab.core.engine.config import ConfigError, resolve_config
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit, DatasetSpec, Params, hookimpl
+from metalab.core.contract.manager import make_plugin_manager
+from metalab.core.engine.runner import evaluate_run, train_run
 from metalab.core.settings import load_settings
 from metalab.core.store import RunStore
-from metalab.core.tasks import resize_images
+from metalab.core.engine.sampling import resize_images
 from metalab.plugins.digits import make_digits
 
 

@@ -1,4 +1,4 @@
-"""Tests for metalab.core.datafiles: checked downloads (from a loopback HTTP server, no network) and the array cache."""
+"""Tests for metalab.core.data.files: checked downloads (from a loopback HTTP server, no network) and the array cache."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from metalab.core.datafiles import (
+from metalab.core.data.files import (
     DownloadRefusedError,
     _SameHostRedirects,
     cache_file,

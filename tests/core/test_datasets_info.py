@@ -1,4 +1,4 @@
-"""Tests for metalab.core.datasets_info: image decoding, safe archives and pickles, class splits, summaries."""
+"""Tests for metalab.core.data.info: image decoding, safe archives and pickles, class splits, summaries."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metalab.core import datasets_info as di
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+from metalab.core.data import info as di
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit
 
 
 def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.layers import MetaBatchNorm
+from metalab.core.engine import functional
+from metalab.core.engine.layers import MetaBatchNorm
 
 
 def _small_model(input_dim: int = 3) -> keras.Model:
@@ -259,7 +259,7 @@ def test_a_window_of_one_keeps_eight_tasks_at_the_memory_of_one(tmp_path):
         tf.config.threading.set_inter_op_parallelism_threads(2)
         tf.config.threading.set_intra_op_parallelism_threads(1)
         from keras import ops
-        from metalab.core import functional
+        from metalab.core.engine import functional
 
         def task(w, x):
             a = ops.tanh(x[:, None] * w[None, :])

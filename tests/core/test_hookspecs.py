@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core import hookspecs
+from metalab.core.contract import hookspecs
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 PROJECT = "metalab"

@@ -21,7 +21,7 @@ pytest.importorskip("jax", reason="JAX is not installed (the optional jax extra)
 
 import keras  # noqa: E402
 
-from metalab.core import functional  # noqa: E402
+from metalab.core.engine import functional  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def run_jax(code: str, tmp_path: Path, *, x64: bool = False, args: tuple[str, ..
 # Builds the small float64 conv MAML of the MAML tests and its batch; shared by both sides.
 MAML_SETUP = """
 import numpy as np, keras
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.plugins.backbones import CONV4, Conv4Params
 from metalab.plugins.maml import SPEC, MAMLParams
 
@@ -68,7 +68,7 @@ def conv_batch():
 
 MAML_JAX_SIDE = MAML_SETUP + """
 import sys
-from metalab.core import functional
+from metalab.core.engine import functional
 
 assert keras.backend.backend() == "jax"
 keras.config.set_floatx("float64")
@@ -121,8 +121,8 @@ def test_batch_norm_second_order_gradient_on_jax_matches_finite_differences(tmp_
     out = run_jax("""
         import json, numpy as np, keras
         from keras import ops
-        from metalab.core import functional
-        from metalab.core.layers import MetaBatchNorm, batch_norm_step
+        from metalab.core.engine import functional
+        from metalab.core.engine.layers import MetaBatchNorm, batch_norm_step
 
         keras.config.set_floatx("float64")
         keras.config.set_dtype_policy("float64")
@@ -171,10 +171,10 @@ def test_batch_norm_second_order_gradient_on_jax_matches_finite_differences(tmp_
 
 TRAJECTORY_SETUP = """
 import numpy as np, keras
-from metalab.core import functional
-from metalab.core.plugin_api import TaskBatch, TaskSpec
-from metalab.core.plugin_manager import make_plugin_manager
-from metalab.core.runner import compile_evaluate, compile_train_step
+from metalab.core.engine import functional
+from metalab.core.contract.specs import TaskBatch, TaskSpec
+from metalab.core.contract.manager import make_plugin_manager
+from metalab.core.engine.runner import compile_evaluate, compile_train_step
 from metalab.plugins.backbones import CONV4, Conv4Params
 
 CASES = {
@@ -266,8 +266,8 @@ def test_maml_and_protonet_learn_on_jax(tmp_path):
         import json, sys
         from pathlib import Path
         import keras
-        from metalab.core import testing
-        from metalab.core.plugin_manager import make_plugin_manager
+        from metalab.core.authoring import testing
+        from metalab.core.contract.manager import make_plugin_manager
 
         assert keras.backend.backend() == "jax"
         registry = make_plugin_manager(distributions={"metalab"}, strict=False)
@@ -292,10 +292,10 @@ def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path)
     out = run_jax("""
         import json
         import numpy as np, keras
-        from metalab.core import functional
-        from metalab.core.plugin_api import TaskBatch, TaskSpec
-        from metalab.core.plugin_manager import make_plugin_manager
-        from metalab.core.runner import compile_train_step, dtype_policy, make_optimizer
+        from metalab.core.engine import functional
+        from metalab.core.contract.specs import TaskBatch, TaskSpec
+        from metalab.core.contract.manager import make_plugin_manager
+        from metalab.core.engine.runner import compile_train_step, dtype_policy, make_optimizer
         from metalab.plugins.backbones import CONV4, Conv4Params
 
         registry = make_plugin_manager(distributions={"metalab"}, strict=False)
@@ -333,7 +333,7 @@ def test_auto_vectorized_tasks_on_an_accelerator_give_the_unrolled_meta_gradient
     # check is made to answer "gpu": MAML's and ANIL's meta-gradients must equal the unrolled ones (float64).
     out = run_jax(TRAJECTORY_SETUP + """
 import json, jax
-from metalab.core import functional
+from metalab.core.engine import functional
 
 keras.config.set_floatx("float64")
 keras.config.set_dtype_policy("float64")
@@ -367,7 +367,7 @@ def test_run_precision_sets_jax_matmul_precision(tmp_path):
     # the second-order MAML meta-gradient by 7%): float32 runs ask for full float32, tf32 runs for TF32.
     out = run_jax("""
         import jax
-        from metalab.core.runner import set_matmul_precision
+        from metalab.core.engine.runner import set_matmul_precision
         got = []
         for precision in ("float32", "tf32", "mixed_bfloat16", "float32"):
             set_matmul_precision(precision)
@@ -384,10 +384,11 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
         import json
         import numpy as np
         from keras import ops
-        from metalab.core import functional, memory
-        from metalab.core.config import resolve_config
-        from metalab.core.plugin_manager import make_plugin_manager
-        from metalab.core.runner import build_session
+        from metalab.core.engine import functional
+        from metalab.core.engine import memory
+        from metalab.core.engine.config import resolve_config
+        from metalab.core.contract.manager import make_plugin_manager
+        from metalab.core.engine.runner import build_session
 
         registry = make_plugin_manager(distributions={"metalab"})
         config = resolve_config(registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5,
@@ -403,7 +404,7 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
             refused = str(exc)
         f(x)
         plan = f.memory_analysis(x)
-        from metalab.core.probe import estimate
+        from metalab.core.engine.probe import estimate
         probe = estimate({**config.model_dump(mode="json"), "steps": 5}, registry=registry, steps=2, max_seconds=5)
         print(json.dumps({"alive": e["tasks_alive"], "step": e["step_bytes"], "all": e["all_tasks_bytes"],
                           "plan": plan, "refused": refused, "probe_plan": probe["memory"]["xla_plan_bytes"],
@@ -434,9 +435,9 @@ def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
     assert summary["status"] == "completed", summary["error"]
     assert summary["evaluation"]["episodes"] == 8
 
-    from metalab.core.runner import checkpoint_path, evaluate_run
+    from metalab.core.engine.runner import checkpoint_path, evaluate_run
     from metalab.core.store import RunStore
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.contract.manager import make_plugin_manager
 
     store = RunStore(home / "runs.sqlite")
     run = store.get_run(run_id)
@@ -455,7 +456,7 @@ def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
 
 
 def test_library_versions_name_the_backend_here():
-    from metalab.core.runner import library_versions
+    from metalab.core.engine.runner import library_versions
 
     versions = library_versions()
     assert versions["backend"] == keras.backend.backend() == "tensorflow"

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.layers import MetaBatchNorm
+from metalab.core.engine import functional
+from metalab.core.engine.layers import MetaBatchNorm
 
 
 def _conv_net(norm_layer) -> keras.Model:
@@ -172,7 +172,7 @@ def test_fused_float32_second_order_meta_gradient_matches_the_explicit_form():
 
 
 def _per_step_layer(steps=3, channels=2, fused=True):
-    from metalab.core.layers import per_step_batch_norm
+    from metalab.core.engine.layers import per_step_batch_norm
 
     with per_step_batch_norm(steps):
         layer = MetaBatchNorm(momentum=0.5, fused=fused)
@@ -185,7 +185,7 @@ def _per_step_layer(steps=3, channels=2, fused=True):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_per_step_layer_uses_the_set_of_the_current_step_and_clamps_beyond_the_last(fused):
-    from metalab.core.layers import batch_norm_step
+    from metalab.core.engine.layers import batch_norm_step
 
     layer = _per_step_layer(fused=fused)
     assert layer.gamma.shape == (3, 2) and layer.moving_mean.shape == (3, 2)
@@ -203,7 +203,7 @@ def test_per_step_layer_uses_the_set_of_the_current_step_and_clamps_beyond_the_l
 def test_per_step_layer_moves_only_the_current_steps_running_moments_and_infers_with_them():
     import tensorflow as tf
 
-    from metalab.core.layers import batch_norm_step
+    from metalab.core.engine.layers import batch_norm_step
 
     layer = _per_step_layer()
     x = (3.0 + np.random.default_rng(2).normal(size=(8, 4, 4, 2))).astype("float32")
@@ -226,7 +226,7 @@ def test_per_step_layer_moves_only_the_current_steps_running_moments_and_infers_
 
 
 def test_per_step_weights_get_dense_gradients_only_in_their_own_row():
-    from metalab.core.layers import batch_norm_step
+    from metalab.core.engine.layers import batch_norm_step
 
     layer = _per_step_layer()
     x = np.random.default_rng(3).normal(size=(5, 4, 4, 2)).astype("float32")
@@ -244,7 +244,7 @@ def test_per_step_weights_get_dense_gradients_only_in_their_own_row():
 
 
 def test_per_step_setting_is_scoped_serialised_and_validated():
-    from metalab.core.layers import batch_norm_steps, per_step_batch_norm
+    from metalab.core.engine.layers import batch_norm_steps, per_step_batch_norm
 
     with per_step_batch_norm(4):
         inside = MetaBatchNorm()
@@ -282,7 +282,7 @@ def _block_net(cls, filters=20, input_shape=(6, 6, 1), conv_kwargs=None, norm_kw
 
 
 def _folded_and_plain(**kwargs):
-    from metalab.core.layers import FoldingSequential
+    from metalab.core.engine.layers import FoldingSequential
 
     folded, plain = _block_net(FoldingSequential, **kwargs), _block_net(keras.Sequential, **kwargs)
     plain.set_weights(folded.get_weights())
@@ -360,7 +360,7 @@ def test_fold_is_skipped_where_it_does_not_apply_and_the_call_is_unchanged(kwarg
 
 
 def test_folding_sequential_round_trips_a_saved_model(tmp_path):
-    from metalab.core.layers import FoldingSequential
+    from metalab.core.engine.layers import FoldingSequential
 
     folded, _ = _folded_and_plain()
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype("float32")

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.plugin_api import TaskSpec
-from metalab.core.runner import compile_train_step, dtype_policy, make_optimizer
-from metalab.core.testing import blob_batch
+from metalab.core.engine import functional
+from metalab.core.contract.specs import TaskSpec
+from metalab.core.engine.runner import compile_train_step, dtype_policy, make_optimizer
+from metalab.core.authoring.testing import blob_batch
 
 
 def _tiny_maml(precision: str = "float32", **params):
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.contract.manager import make_plugin_manager
     from metalab.plugins.backbones import CONV4, Conv4Params
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
@@ -103,7 +103,7 @@ def test_float16_step_skips_an_overflowing_update_and_halves_the_scale_then_trai
 
 @pytest.mark.slow
 def test_mixed_float16_run_learns(tmp_path):
-    from metalab.core.testing import check_learns
+    from metalab.core.authoring.testing import check_learns
 
     # Inner step 0.1, as in the bfloat16 check (tests/core/test_runner.py): with 0.4 the accuracy was 0.513 against
     # chance + 0.15 = 0.483 (seed 0, AVX2); with 0.1: 0.682 / 0.705 / 0.677 on seeds 0-2.

@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import pytest
 
-from metalab.core import memory
-from metalab.core.config import resolve_config
-from metalab.core.memory import LayerProfile, activation_profile, estimate_step_memory
-from metalab.core.runner import build_session
+from metalab.core.engine import memory
+from metalab.core.engine.config import resolve_config
+from metalab.core.engine.memory import LayerProfile, activation_profile, estimate_step_memory
+from metalab.core.engine.runner import build_session
 
 
 def tiny_conv_model() -> keras.Model:
@@ -145,7 +145,7 @@ def test_total_adds_the_baseline_and_parameters_add_weights_and_slots(profile):
 
 
 def test_a_folded_batch_norm_keeps_nothing_and_the_max_pool_keeps_the_convolution_output():
-    from metalab.core.layers import FoldingSequential, MetaBatchNorm
+    from metalab.core.engine.layers import FoldingSequential, MetaBatchNorm
 
     def net(cls):
         layers = [keras.Input((8, 8, 1))]

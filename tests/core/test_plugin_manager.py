@@ -12,8 +12,8 @@ import uuid
 import pytest
 from pydantic import Field
 
-from metalab.core import hookspecs
-from metalab.core.plugin_api import (
+from metalab.core.contract import hookspecs
+from metalab.core.contract.specs import (
     PLUGIN_API_VERSION,
     AlgorithmSpec,
     BackboneSpec,
@@ -21,7 +21,7 @@ from metalab.core.plugin_api import (
     Params,
     hookimpl,
 )
-from metalab.core.plugin_manager import (
+from metalab.core.contract.manager import (
     PluginLoadError,
     PluginRecord,
     PluginRegistry,
@@ -165,7 +165,7 @@ def fake_distribution(tmp_path, monkeypatch):
 def _module_source(kind: str, spec_id: str, api: str = "1.0") -> str:
     spec_class = {"algorithms": "AlgorithmSpec", "datasets": "DatasetSpec", "backbones": "BackboneSpec"}[kind]
     return f"""
-        from metalab.core.plugin_api import {spec_class}, Params, hookimpl
+        from metalab.core.contract.specs import {spec_class}, Params, hookimpl
 
         METALAB_PLUGIN_API = {api!r}
 
@@ -208,7 +208,7 @@ def test_loading_every_plugin_imports_no_deep_learning_framework():
     # A subprocess: this test process may already hold TensorFlow from other tests.
     code = (
         "import sys\n"
-        "from metalab.core.plugin_manager import make_plugin_manager\n"
+        "from metalab.core.contract.manager import make_plugin_manager\n"
         "make_plugin_manager(strict=False)\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'torch', 'jax') if m in sys.modules))\n"
     )

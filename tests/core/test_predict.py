@@ -12,10 +12,10 @@ from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 import metalab.plugins.imagefolder as imagefolder
-from metalab.core.config import resolve_config
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
-from metalab.core.plugin_manager import make_plugin_manager
-from metalab.core.predict import PredictionError, list_query_images, list_support_set, predict, prepare_images
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit
+from metalab.core.contract.manager import make_plugin_manager
+from metalab.core.engine.predict import PredictionError, list_query_images, list_support_set, predict, prepare_images
 from metalab.core.services import Services
 from metalab.core.settings import load_settings
 

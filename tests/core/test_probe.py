@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core import probe
+from metalab.core.engine import probe
 from metalab.core import services as services_module
-from metalab.core.config import resolve_config
-from metalab.core.runner import build_session
+from metalab.core.engine.config import resolve_config
+from metalab.core.engine.runner import build_session
 from metalab.core.services import ProbeError, Services
 from metalab.core.settings import load_settings
 

@@ -8,9 +8,9 @@ import types
 import plotly.graph_objects as go
 import pytest
 
-from metalab.core import reports
-from metalab.core.plugin_api import ReportPanel, hookimpl
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.reports import figures as reports
+from metalab.core.contract.specs import ReportPanel, hookimpl
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.services import Services
 from metalab.core.settings import load_settings
 
@@ -108,7 +108,7 @@ def test_malformed_panels_are_refused(panel, match):
 
 def test_a_trained_meta_sgd_run_shows_its_learned_rates(tmp_path, monkeypatch):
     """End to end: the worker stores report_data() under the algorithm's id; the built-in hook draws it."""
-    from metalab.core import testing
+    from metalab.core.authoring import testing
 
     monkeypatch.setenv("METALAB_HOME", str(tmp_path))
     settings = load_settings(disable_plugins="")

@@ -9,7 +9,7 @@ import re
 import plotly.graph_objects as go
 import pytest
 
-from metalab.core import reports
+from metalab.core.reports import figures as reports
 
 METRICS = {
     "train/loss": [(10, 2.0), (20, 1.5), (30, 1.0)],
@@ -168,15 +168,15 @@ def test_reports_module_imports_no_streamlit_or_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, metalab.core.reports; print([m for m in ('streamlit', 'tensorflow') if m in sys.modules])"
+    code = "import sys, metalab.core.reports.figures; print([m for m in ('streamlit', 'tensorflow') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_worker_writes_report_data_for_classification(tmp_path, builtin_registry):
     """A tiny real run: the end-of-run hook stores an episode gallery and an embedding projection."""
-    from metalab.core.config import resolve_config
-    from metalab.core.runner import train_run
+    from metalab.core.engine.config import resolve_config
+    from metalab.core.engine.runner import train_run
     from metalab.core.settings import load_settings
     from metalab.core.store import RunStore
 
@@ -196,7 +196,7 @@ def test_worker_writes_report_data_for_classification(tmp_path, builtin_registry
 
 
 def test_cross_domain_scores_stand_beside_the_in_domain_score():
-    from metalab.core import reports
+    from metalab.core.reports import figures as reports
 
     report = {
         "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.baseline"}},
@@ -214,7 +214,7 @@ def test_cross_domain_scores_stand_beside_the_in_domain_score():
 
 
 def test_a_benchmark_evaluation_stands_beside_the_published_figures():
-    from metalab.core import reports
+    from metalab.core.reports import figures as reports
 
     report = {
         "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}},

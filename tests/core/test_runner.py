@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from metalab.core.config import resolve_config
-from metalab.core.plugin_api import AlgorithmSpec, Params, hookimpl
-from metalab.core.plugin_manager import make_plugin_manager
-from metalab.core.runner import RunCancelled, checkpoint_path, evaluate_run, train_run
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.specs import AlgorithmSpec, Params, hookimpl
+from metalab.core.contract.manager import make_plugin_manager
+from metalab.core.engine.runner import RunCancelled, checkpoint_path, evaluate_run, train_run
 from metalab.core.store import RunStore
 
 TINY = {
@@ -110,7 +110,7 @@ def test_a_failing_run_is_recorded_with_its_traceback(store):
 
 
 def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
-    from metalab.core.runner import thread_counts
+    from metalab.core.engine.runner import thread_counts
     from metalab.core.settings import Settings
 
     plain = Settings()
@@ -124,9 +124,9 @@ def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
 
 
 def test_mixed_bfloat16_run_computes_in_bfloat16_keeps_float32_weights_and_learns(tmp_path):
-    from metalab.core.plugin_manager import make_plugin_manager
-    from metalab.core.runner import build_session
-    from metalab.core.testing import check_learns, tiny_config
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.engine.runner import build_session
+    from metalab.core.authoring.testing import check_learns, tiny_config
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
     # MAML's Omniglot inner step (0.4) overshoots on the tiny digits MLP once meta-trained: the meta-test accuracy
@@ -152,9 +152,9 @@ def test_float32_runs_turn_tensorfloat32_off_and_tf32_runs_turn_it_on():
     # second-order MAML meta-gradient by 7%. float32 runs must be exact; tf32 asks for the fast units.
     import tensorflow as tf
 
-    from metalab.core.plugin_manager import make_plugin_manager
-    from metalab.core.runner import build_session
-    from metalab.core.testing import tiny_config
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.engine.runner import build_session
+    from metalab.core.authoring.testing import tiny_config
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
     before = tf.config.experimental.tensor_float_32_execution_enabled()
@@ -170,14 +170,14 @@ def test_float32_runs_turn_tensorfloat32_off_and_tf32_runs_turn_it_on():
 
 
 def test_xla_compiled_run_learns(tmp_path):
-    from metalab.core.testing import check_learns
+    from metalab.core.authoring.testing import check_learns
 
     check_learns("metalab.protonet", tmp_path, task={"jit_compile": True})
 
 
 def test_unknown_precision_is_refused_naming_the_field():
-    from metalab.core.config import ConfigError, resolve_config
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.engine.config import ConfigError, resolve_config
+    from metalab.core.contract.manager import make_plugin_manager
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
     with pytest.raises(ConfigError, match="precision.*float16"):

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from metalab.core.cli import app
-from metalab.core.plugin_api import PLUGIN_API_VERSION
-from metalab.core.plugin_manager import make_plugin_manager, normalize_namespace
-from metalab.core.scaffold import KINDS, new_plugin, plugin_names, render_plugin
+from metalab.core.contract.specs import PLUGIN_API_VERSION
+from metalab.core.contract.manager import make_plugin_manager, normalize_namespace
+from metalab.core.authoring.scaffold import KINDS, new_plugin, plugin_names, render_plugin
 from metalab.core.settings import load_settings
 
 

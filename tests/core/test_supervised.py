@@ -6,11 +6,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from metalab.core.config import resolve_config
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
-from metalab.core.runner import Session, build_session, checkpoint_path, make_training_sampler, train_run
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit
+from metalab.core.engine.runner import Session, build_session, checkpoint_path, make_training_sampler, train_run
 from metalab.core.store import RunStore
-from metalab.core.tasks import EpisodeSampler, SupervisedSampler
+from metalab.core.engine.sampling import EpisodeSampler, SupervisedSampler
 from metalab.plugins.digits import make_digits
 from metalab.plugins.sinusoid.family import SinusoidFamily
 
@@ -121,7 +121,7 @@ def test_task_spec_tells_the_number_of_training_classes(builtin_registry):
 
 
 def test_a_supervised_run_resumed_midway_ends_like_an_uninterrupted_one(builtin_registry, tmp_path):
-    from metalab.core.runner import RunCancelled
+    from metalab.core.engine.runner import RunCancelled
 
     raw = {"dataset": "metalab.digits", "algorithm": "metalab.mlp_classifier", "steps": 14, "val_every": 14,
            "val_episodes": 4, "test_episodes": 8, "checkpoint_every": 100, "log_every": 7,

@@ -1,4 +1,4 @@
-"""Tests for metalab.core.tasks: episode and regression samplers, fixed evaluation tasks."""
+"""Tests for metalab.core.engine.sampling: episode and regression samplers, fixed evaluation tasks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit, TaskBatch
-from metalab.core.tasks import (
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit, TaskBatch
+from metalab.core.engine.sampling import (
     EpisodeSampler,
     RegressionSampler,
     clear_fixed_tasks_cache,

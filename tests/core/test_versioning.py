@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from pydantic import Field
 
-from metalab.core import plugin_manager
-from metalab.core.plugin_api import PLUGIN_API_VERSION, DatasetSpec, Params, hookimpl
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract import manager as plugin_manager
+from metalab.core.contract.specs import PLUGIN_API_VERSION, DatasetSpec, Params, hookimpl
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
 
-from metalab.core.predict import PredictionError
+from metalab.core.engine.predict import PredictionError
 from metalab.core.services import Services
 
 from .conftest import make_completed_run, plotly_specs

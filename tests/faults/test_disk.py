@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.services import Services
 from metalab.core.settings import load_settings
 from tests.faults.helpers import TINY

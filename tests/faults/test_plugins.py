@@ -15,8 +15,8 @@ import uuid
 import numpy as np
 import pytest
 
-from metalab.core import plugin_manager
-from metalab.core.plugin_api import (
+from metalab.core.contract import manager as plugin_manager
+from metalab.core.contract.specs import (
     PLUGIN_API_VERSION,
     AlgorithmSpec,
     BackboneSpec,
@@ -26,7 +26,7 @@ from metalab.core.plugin_api import (
     Params,
     hookimpl,
 )
-from metalab.core.plugin_manager import (
+from metalab.core.contract.manager import (
     DEFAULT_IMPORT_TIMEOUT,
     PluginContractError,
     check_factory_result,
@@ -92,7 +92,7 @@ def fake_distribution(tmp_path, monkeypatch):
 
 
 GOOD_MODULE = """
-    from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+    from metalab.core.contract.specs import DatasetSpec, Params, hookimpl
 
     METALAB_PLUGIN_API = "1.0"
 
@@ -303,7 +303,7 @@ def test_import_timeout_from_the_environment(monkeypatch, caplog, value, expecte
         monkeypatch.delenv("METALAB_PLUGIN_IMPORT_TIMEOUT", raising=False)
     else:
         monkeypatch.setenv("METALAB_PLUGIN_IMPORT_TIMEOUT", value)
-    with caplog.at_level(logging.WARNING, logger="metalab.core.plugin_manager"):
+    with caplog.at_level(logging.WARNING, logger="metalab.core.contract.manager"):
         assert plugin_import_timeout(settings()) == expected
     if value in ("abc", "-1", "inf", "nan"):
         assert f"Received: METALAB_PLUGIN_IMPORT_TIMEOUT={value!r}" in caplog.text

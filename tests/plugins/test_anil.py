@@ -9,14 +9,15 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import Algorithm, ReportPanel, TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import Algorithm, ReportPanel, TaskBatch, TaskSpec
 from metalab.plugins import anil
 from metalab.plugins.anil import SPEC, ANILParams
 from metalab.plugins.backbones import MLP, MLPParams
 
 
-# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+# Shared tiny tasks and the runner's compiled steps (metalab.core.authoring.testing).
 blob_batch = functools.partial(testing.blob_batch, shots=2, dim=8)
 evaluate = testing.evaluate_compiled
 

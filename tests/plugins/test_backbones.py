@@ -8,7 +8,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core.layers import MetaBatchNorm
+from metalab.core.engine.layers import MetaBatchNorm
 from metalab.plugins import backbones
 from metalab.plugins.backbones import CONV4, MLP, Conv4Params, MLPParams
 

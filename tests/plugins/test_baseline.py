@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.plugins.baseline import SPEC, BaselineParams
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import metalab.plugins.cifar as cifar
-from metalab.core.plugin_api import DataContext
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract.specs import DataContext
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 from metalab.plugins.cifar.splits import CIFAR_FS, FC100
 

@@ -1,10 +1,10 @@
-"""Every built-in algorithm passes the conformance suite that ships in metalab.core.testing."""
+"""Every built-in algorithm passes the conformance suite that ships in metalab.core.authoring.testing."""
 
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import hookimpl
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import hookimpl
+from metalab.core.contract.manager import make_plugin_manager
 
 BUILTIN_ALGORITHMS = testing.algorithm_ids(make_plugin_manager(distributions={"metalab"}, strict=False))
 
@@ -81,7 +81,7 @@ class _ForgetfulMAML:
 
     @hookimpl
     def metalab_register_algorithms(self):
-        from metalab.core.plugin_api import AlgorithmSpec
+        from metalab.core.contract.specs import AlgorithmSpec
 
         return [AlgorithmSpec(id="forgetful.maml", title="Forgetful", description="Drops its head from checkpoints.",
                               params=self.maml.params, factory=self._make)]

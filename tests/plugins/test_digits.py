@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import metalab.plugins.digits as digits_plugin
-from metalab.core.plugin_api import ClassificationDataset
-from metalab.core.tasks import EpisodeSampler
+from metalab.core.contract.specs import ClassificationDataset
+from metalab.core.engine.sampling import EpisodeSampler
 
 
 def spec():

@@ -6,8 +6,8 @@ import logging
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import ReportPanel, TaskBatch, TaskSpec
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import ReportPanel, TaskBatch, TaskSpec
 from metalab.core.store import RunStore
 from metalab.plugins.distill import SPEC, DistillParams, metalab_report_panels
 
@@ -36,7 +36,7 @@ def _train(registry, home, algorithm, steps, params, hidden):
 @pytest.fixture(scope="module")
 def teacher_home(tmp_path_factory):
     """A run store holding one finished teacher: the supervised Baseline with a wide MLP on digits."""
-    from metalab.core.plugin_manager import make_plugin_manager
+    from metalab.core.contract.manager import make_plugin_manager
     from metalab.core.settings import load_settings
 
     registry = make_plugin_manager(distributions={"metalab"}, settings=load_settings(disable_plugins=""), strict=False)

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.plugins.gan import SPEC, GANParams, metalab_report_panels
 
 
@@ -52,7 +52,7 @@ def test_refuses_a_conv_generator_it_cannot_build():
 def test_each_player_gets_the_gradient_of_its_own_loss():
     import keras
 
-    from metalab.core import functional
+    from metalab.core.engine import functional
     from metalab.plugins.gan.algorithm import DCGAN, _bce
 
     keras.utils.set_random_seed(0)
@@ -85,7 +85,7 @@ def test_each_player_gets_the_gradient_of_its_own_loss():
 
 
 def test_snapshots_are_recorded_at_fixed_intervals_inside_the_compiled_step():
-    from metalab.core import functional
+    from metalab.core.engine import functional
     from metalab.plugins.gan.algorithm import DCGAN, SNAPSHOTS
 
     algo = DCGAN(GANParams(latent_dim=4, generator_filters=4, batch_size=8), _task(total_steps=20))

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 import metalab.plugins.imagefolder as imagefolder
-from metalab.core.datasets_info import decode_image
-from metalab.core.plugin_api import DataContext
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.data.info import decode_image
+from metalab.core.contract.specs import DataContext
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
-from metalab.core.tasks import EpisodeSampler
+from metalab.core.engine.sampling import EpisodeSampler
 
 SHAPES = ("circle", "square", "triangle", "cross", "hline", "vline")
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import metalab.plugins.imagenet_pickles as pickles
-from metalab.core.plugin_api import DataContext
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract.specs import DataContext
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 CLASSES = {"train": ["n01", "n02", "n03", "n04"], "val": ["n05", "n06"], "test": ["n07", "n08", "n09"]}

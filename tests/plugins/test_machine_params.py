@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from metalab.core.plugin_api import MACHINE_KEY, machine_params
+from metalab.core.contract.specs import MACHINE_KEY, machine_params
 
 PATH_URL_SHA = {"path": "data_path", "url": "download_url", "sha256": "checksum"}
 

@@ -8,14 +8,15 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import Algorithm, TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import Algorithm, TaskBatch, TaskSpec
 from metalab.plugins import maml
 from metalab.plugins.backbones import CONV4, MLP, Conv4Params, MLPParams
 from metalab.plugins.maml import SPEC, MAMLParams
 
 
-# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+# Shared tiny tasks and the runner's compiled steps (metalab.core.authoring.testing).
 sinusoid_batch, blob_batch = testing.sinusoid_batch, testing.blob_batch
 train, evaluate = testing.train_steps, testing.evaluate_compiled
 
@@ -199,9 +200,9 @@ def test_inductive_evaluation_scores_each_query_independently_of_the_others():
     # Transductive batch norm lets one query's prediction depend on the other queries; inductive must not.
     import numpy as np
 
-    from metalab.core.plugin_api import TaskBatch
-    from metalab.core.plugin_manager import make_plugin_manager
-    from metalab.core.plugin_api import TaskSpec
+    from metalab.core.contract.specs import TaskBatch
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.contract.specs import TaskSpec
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
     backbone = registry.backbone("metalab.conv4")
@@ -295,7 +296,7 @@ CONV_TASK = {"backbone": "metalab.conv4", "backbone_params": {"filters": 8, "blo
 
 
 def test_per_step_bn_learns_with_inductive_running_statistics(tmp_path):
-    from metalab.core.testing import check_learns
+    from metalab.core.authoring.testing import check_learns
 
     result = check_learns("metalab.maml", tmp_path, algorithm_params=PER_STEP_PARAMS, task=CONV_TASK)
     assert result.weights  # the per-step running moments are among the checkpointed variables
@@ -303,6 +304,6 @@ def test_per_step_bn_learns_with_inductive_running_statistics(tmp_path):
 
 @pytest.mark.slow
 def test_per_step_bn_resumes_with_its_running_statistics(tmp_path):
-    from metalab.core.testing import check_resume
+    from metalab.core.authoring.testing import check_resume
 
     check_resume("metalab.maml", tmp_path, algorithm_params=PER_STEP_PARAMS, task=CONV_TASK)

@@ -8,14 +8,15 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import Algorithm, ReportPanel, TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import Algorithm, ReportPanel, TaskBatch, TaskSpec
 from metalab.plugins import metasgd
 from metalab.plugins.backbones import MLP, MLPParams
 from metalab.plugins.metasgd import SPEC, MetaSGDParams
 
 
-# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+# Shared tiny tasks and the runner's compiled steps (metalab.core.authoring.testing).
 sinusoid_batch = testing.sinusoid_batch
 evaluate = testing.evaluate_compiled
 

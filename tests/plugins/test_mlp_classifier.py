@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.config import resolve_config
-from metalab.core.plugin_api import TaskSpec
-from metalab.core.report_data import compute_report_data
-from metalab.core.runner import build_session
+from metalab.core.authoring import testing
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.specs import TaskSpec
+from metalab.core.reports.data import compute_report_data
+from metalab.core.engine.runner import build_session
 from metalab.plugins.mlp_classifier import SPEC, MLPClassifierParams
 
 
@@ -73,8 +73,8 @@ def _digits_session(registry, seed=0, **algorithm_params):
 
 
 def test_held_out_training_images_never_appear_in_training_batches(builtin_registry):
-    from metalab.core.runner import make_training_sampler
-    from metalab.core.tasks import SupervisedSampler
+    from metalab.core.engine.runner import make_training_sampler
+    from metalab.core.engine.sampling import SupervisedSampler
 
     session = _digits_session(builtin_registry)
     split = session.dataset.splits["train"]
@@ -163,7 +163,7 @@ def test_learns_the_supervised_digits_test_set_and_reports_it(builtin_registry, 
 
 
 def test_on_a_supervised_dataset_the_runner_hands_over_the_test_split_and_holds_nothing_out(builtin_registry):
-    from metalab.core.runner import make_training_sampler
+    from metalab.core.engine.runner import make_training_sampler
 
     session = build_session(builtin_registry, _supervised_digits_config(builtin_registry, steps=1))
     sampler = make_training_sampler(session)
@@ -179,8 +179,8 @@ def test_on_a_supervised_dataset_the_runner_hands_over_the_test_split_and_holds_
 def test_a_supervised_dataset_whose_test_classes_differ_is_refused():
     from types import SimpleNamespace
 
-    from metalab.core.plugin_api import ClassificationDataset, ClassSplit
-    from metalab.core.runner import Session, make_training_sampler
+    from metalab.core.contract.specs import ClassificationDataset, ClassSplit
+    from metalab.core.engine.runner import Session, make_training_sampler
 
     def split(names):
         return ClassSplit(images=np.zeros((4, 1, 1, 1), np.uint8), labels=np.array([0, 1, 0, 1]), class_names=names)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import metalab.plugins.mnist_family as family
-from metalab.core.plugin_api import DataContext
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract.specs import DataContext
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 from metalab.plugins.mnist_family.loader import read_idx
 
@@ -226,7 +226,7 @@ def test_supervised_emnist_letters_has_all_26_letters_labelled_from_zero(tmp_pat
 
 
 def test_few_shot_episodes_still_run_on_a_supervised_dataset(tmp_path, keras_home):
-    from metalab.core.tasks import EpisodeSampler, fixed_episodes
+    from metalab.core.engine.sampling import EpisodeSampler, fixed_episodes
 
     write_sized_npz(keras_home / "datasets" / "mnist.npz", 10, train_per_class=20, test_per_class=8)
     ds = family.make_mnist({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))
@@ -238,8 +238,8 @@ def test_few_shot_episodes_still_run_on_a_supervised_dataset(tmp_path, keras_hom
 def test_mlp_classifier_run_on_supervised_mnist_reports_official_test_accuracy(builtin_registry, tmp_path):
     import json
 
-    from metalab.core import testing
-    from metalab.core.config import resolve_config
+    from metalab.core.authoring import testing
+    from metalab.core.engine.config import resolve_config
     from metalab.core.store import RunStore
 
     npz = tmp_path / "mine" / "mnist.npz"

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.core.store import RunStore
 from metalab.plugins import modular
 

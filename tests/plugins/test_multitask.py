@@ -4,8 +4,8 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.core.store import RunStore
 from metalab.plugins.multitask import SPEC, MultiTaskParams
 

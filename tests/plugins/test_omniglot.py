@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import metalab.plugins.omniglot as omniglot_plugin
-from metalab.core.datafiles import sha256_file
-from metalab.core.plugin_api import DataContext
-from metalab.core.tasks import EpisodeSampler
+from metalab.core.data.files import sha256_file
+from metalab.core.contract.specs import DataContext
+from metalab.core.engine.sampling import EpisodeSampler
 from metalab.plugins.omniglot import loader
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"

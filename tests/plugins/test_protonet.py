@@ -8,14 +8,15 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import Algorithm, TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import Algorithm, TaskBatch, TaskSpec
 from metalab.plugins import protonet
 from metalab.plugins.backbones import CONV4, MLP, Conv4Params, MLPParams
 from metalab.plugins.protonet import SPEC, ProtoNetParams
 
 
-# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+# Shared tiny tasks and the runner's compiled steps (metalab.core.authoring.testing).
 blob_batch = testing.blob_batch
 train, evaluate = testing.train_steps, testing.evaluate_compiled
 

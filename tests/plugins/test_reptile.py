@@ -9,14 +9,15 @@ import numpy as np
 import pydantic
 import pytest
 
-from metalab.core import functional, testing
-from metalab.core.plugin_api import Algorithm, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import Algorithm, TaskSpec
 from metalab.plugins import reptile
 from metalab.plugins.backbones import MLP, MLPParams
 from metalab.plugins.reptile import SPEC, ReptileParams
 
 
-# Shared tiny tasks and the runner's compiled steps (metalab.core.testing).
+# Shared tiny tasks and the runner's compiled steps (metalab.core.authoring.testing).
 sinusoid_batch = testing.sinusoid_batch
 blob_batch = functools.partial(testing.blob_batch, shots=5)
 train, evaluate = testing.train_steps, testing.evaluate_compiled

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import metalab.plugins.sinusoid as sinusoid_plugin
-from metalab.core.plugin_api import RegressionTaskFamily
+from metalab.core.contract.specs import RegressionTaskFamily
 from metalab.plugins.sinusoid.family import SinusoidFamily, SinusoidTask
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import metalab.plugins.tfds as tfds_plugin
-from metalab.core.plugin_api import DataContext
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.contract.specs import DataContext
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 NUM_CLASSES = 6

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.authoring import testing
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.plugins.vae import SPEC, VAEParams, metalab_report_panels
 
 

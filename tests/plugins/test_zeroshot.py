@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.config import resolve_config
-from metalab.core.plugin_api import TaskBatch
-from metalab.core.tasks import EpisodeSampler, fixed_episodes
+from metalab.core.authoring import testing
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.specs import TaskBatch
+from metalab.core.engine.sampling import EpisodeSampler, fixed_episodes
 from metalab.plugins import zeroshot
 from metalab.plugins.zeroshot import cub, glyphs
 
@@ -97,7 +97,7 @@ def _algorithm(**overrides):
     from metalab.plugins.backbones.models import mlp
     from metalab.plugins.backbones import MLPParams
     from metalab.plugins.zeroshot.algorithm import ZeroShotProtoNet
-    from metalab.core.plugin_api import TaskSpec
+    from metalab.core.contract.specs import TaskSpec
 
     keras.utils.set_random_seed(0)
     task = TaskSpec(kind="classification", input_shape=(20, 20, 1), output_dim=5, ways=5, shots=1, queries=3,
@@ -128,7 +128,7 @@ def test_wrong_attribute_count_is_a_clear_error(small_glyphs):
 
 
 def test_zero_shot_recognises_unseen_glyph_classes(builtin_registry, tmp_path):
-    from metalab.core.runner import build_session, checkpoint_path, fixed_batch, load_checkpoint
+    from metalab.core.engine.runner import build_session, checkpoint_path, fixed_batch, load_checkpoint
     from metalab.core.store import RunStore
 
     raw = {
@@ -206,7 +206,7 @@ def test_cub_format_loader_reads_attributes_and_images(tmp_path):
 
 
 def test_cub_loader_uses_the_data_dir_and_names_missing_files(tmp_path):
-    from metalab.core.plugin_api import DataContext
+    from metalab.core.contract.specs import DataContext
 
     context = DataContext(data_dir=str(tmp_path), cache_dir=str(tmp_path / ".cache"), allow_download=False)
     with pytest.raises(FileNotFoundError, match="class_attribute_labels_continuous.txt"):

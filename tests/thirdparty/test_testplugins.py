@@ -7,8 +7,8 @@ import importlib.metadata
 import numpy as np
 import pytest
 
-from metalab.core.plugin_api import RegressionTaskFamily
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.api import RegressionTaskFamily
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 try:

@@ -1,7 +1,7 @@
 """Tests of the Matching Networks plugin, runnable from this package's own folder: ``pytest`` (metalab installed).
 
 The unit tests check the paper's equations on tiny tensors; the conformance tests run metalab's suite
-(``metalab.core.testing``) on the embedded digits dataset, as for any algorithm plugin.
+(``metalab.api.testing``) on the embedded digits dataset, as for any algorithm plugin.
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_api import TaskBatch, TaskSpec
-from metalab.core.plugin_manager import make_plugin_manager
-from metalab.core.settings import load_settings
+from metalab.api import TaskBatch, TaskSpec, testing
 
 ALGORITHM = "metalab_matchingnet.matchingnet"
 WAYS, SHOTS, QUERIES, FEATURES = 3, 2, 2, 8
@@ -25,9 +22,7 @@ WAYS, SHOTS, QUERIES, FEATURES = 3, 2, 2, 8
 def registry():
     # Only metalab's built-ins (for the tiny datasets and the MLP backbone) and this plugin: other installed
     # plugins, broken or not, do not matter here.
-    return make_plugin_manager(
-        distributions={"metalab", "metalab-matchingnet"}, settings=load_settings(disable_plugins=""), strict=False
-    )
+    return testing.registry_for("metalab-matchingnet")
 
 
 def make_algorithm(registry, **params):

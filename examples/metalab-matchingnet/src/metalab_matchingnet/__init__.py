@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
 
 __all__ = ["METALAB_PLUGIN_API", "MatchingNetParams", "SPEC", "metalab_register_algorithms"]
 

@@ -28,8 +28,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.api import functional
+from metalab.api import TaskBatch, TaskSpec
 
 __all__ = ["MatchingNet", "FullContextEmbedding", "class_log_probs"]
 

@@ -4,7 +4,7 @@
 ``metalab_testplugins.string_algorithm``'s returns a string instead of an Algorithm.
 """
 
-from metalab.core.plugin_api import AlgorithmSpec, DatasetSpec, Params, hookimpl
+from metalab.api import AlgorithmSpec, DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 

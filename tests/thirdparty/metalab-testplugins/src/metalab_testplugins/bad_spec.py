@@ -1,6 +1,6 @@
 """A broken plugin: it returns an algorithm spec whose id is not '<plugin>.<name>'."""
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, hookimpl
+from metalab.api import AlgorithmSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 

@@ -1,6 +1,6 @@
 """A plugin for a future metalab: it targets plugin API 2.0, so this metalab (1.x) must refuse it."""
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.api import DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "2.0"
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from metalab.core.plugin_api import DatasetSpec, Params, hookimpl
+from metalab.api import DatasetSpec, Params, hookimpl
 
 METALAB_PLUGIN_API = "1.0"
 

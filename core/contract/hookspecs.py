@@ -1,7 +1,7 @@
 """The metalab hook specifications: the versioned contract between metalab and its plugins.
 
 Every hook is documented here and in ``docs/plugins.md``; hooks change only by addition (see the changelog
-there). A plugin implements any subset with ``@metalab.core.plugin_api.hookimpl``.
+there). A plugin implements any subset with ``@metalab.core.contract.specs.hookimpl``.
 """
 
 from __future__ import annotations

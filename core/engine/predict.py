@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .datasets_info import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
+from metalab.core.data.info import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
 
 __all__ = ["PredictionError", "list_support_set", "list_query_images", "prepare_images", "predict"]
 
@@ -99,7 +99,7 @@ def prepare_images(files: list[Path], dataset: Any, *, invert: bool | None = Non
 
     Args:
         files: Image files.
-        dataset: The run's :class:`~metalab.core.plugin_api.ClassificationDataset` (its ``input_shape``, ``scale``,
+        dataset: The run's :class:`~metalab.core.contract.specs.ClassificationDataset` (its ``input_shape``, ``scale``,
             ``to_float`` and ``info["invert"]``/``info["fit"]``).
         invert: Override the dataset's inversion; ``None`` follows ``dataset.info["invert"]`` (default false).
         skip_non_images: Leave out files that cannot be decoded and have no image suffix (a README among the
@@ -199,10 +199,10 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
         PredictionError: Unusable images, a support set whose class count the model cannot take, a dataset that
             is not of images, or an algorithm whose ``evaluate`` returns no ``predictions``.
     """
-    from . import functional
-    from .config import RunConfig
-    from .plugin_api import TaskBatch
-    from .runner import build_session, checkpoint_path, device_scope, load_checkpoint
+    from metalab.core.engine import functional
+    from metalab.core.engine.config import RunConfig
+    from metalab.core.contract.specs import TaskBatch
+    from metalab.core.engine.runner import build_session, checkpoint_path, device_scope, load_checkpoint
 
     run = store.get_run(run_id)
     config = RunConfig(**run.config)

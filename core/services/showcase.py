@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .access import SHOWCASE_OWNER
-from .store import RunStore
+from metalab.core.services.access import SHOWCASE_OWNER
+from metalab.core.store import RunStore
 
 __all__ = ["pack", "install", "MANIFEST"]
 

@@ -1,7 +1,7 @@
 """Device listing and a short pre-launch probe, run in a worker process so that the dashboard never imports TF.
 
-``python -m metalab.core.probe devices`` prints the devices the Keras backend sees (TensorFlow's, or JAX's under
-``KERAS_BACKEND=jax``); ``python -m metalab.core.probe
+``python -m metalab.core.engine.probe devices`` prints the devices the Keras backend sees (TensorFlow's, or JAX's under
+``KERAS_BACKEND=jax``); ``python -m metalab.core.engine.probe
 estimate CONFIG_JSON`` builds a run's session as the runner does, times a few compiled train steps and prints
 parameter count, compile time, seconds per step, peak memory beside the analytic estimate of ``core.memory``
 and, for second-order MAML, whether it fits.
@@ -22,8 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .settings import Settings, load_settings
+from metalab.core.engine.config import RunConfig
+from metalab.core.settings import Settings, load_settings
 
 #: Share of the available memory a run may use before the probe advises first order (headroom for evaluation).
 FIT_FRACTION = 0.9
@@ -107,7 +107,7 @@ def _cpu_description() -> str:
 
 
 def _on_jax() -> bool:
-    from .runner import keras_backend
+    from metalab.core.engine.runner import keras_backend
 
     return keras_backend() == "jax"
 
@@ -132,7 +132,7 @@ def _device_row(dev_id: str, kind: str, host: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jax_list_devices() -> list[dict[str, Any]]:
-    from .runner import jax_devices
+    from metalab.core.engine.runner import jax_devices
 
     host = host_memory()
     devices = []
@@ -161,7 +161,7 @@ def _grow_gpu_memory(tf: Any) -> None:
 def _accelerator_limits() -> dict[str, int]:
     """Bytes the backend's allocator may use on each GPU/TPU (``{"GPU:0": bytes}``); empty when unknown."""
     if _on_jax():
-        from .runner import jax_devices
+        from metalab.core.engine.runner import jax_devices
 
         limits = {}
         for dev_id, device in jax_devices().items():
@@ -215,7 +215,7 @@ def list_devices() -> list[dict[str, Any]]:
 
 def _run_device(device: str) -> str:
     """The device a run with ``RunConfig.device == device`` lands on, as ``KIND:INDEX``."""
-    from .runner import default_device_id, device_id
+    from metalab.core.engine.runner import default_device_id, device_id
 
     return default_device_id() if device in ("", "auto") else device_id(device)
 
@@ -241,7 +241,7 @@ class _Meter:
         self._host_high = 0
         self._jax_device = None
         if tf is None and not self.on_host:
-            from .runner import jax_devices
+            from metalab.core.engine.runner import jax_devices
 
             self._jax_device = jax_devices().get(device)
 
@@ -288,12 +288,12 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _training_sampler(session: Any) -> Any:
     """The sampler the runner trains from (episodes, or mini-batches where the runner supports those)."""
-    from . import runner
+    from metalab.core.engine import runner
 
     make = getattr(runner, "make_training_sampler", None)
     if make is not None:
         return make(session)
-    from .tasks import make_sampler
+    from metalab.core.engine.sampling import make_sampler
 
     cfg = session.config
     return make_sampler(session.dataset, "train", session.task.ways, cfg.shots, cfg.queries, cfg.seed)
@@ -301,7 +301,7 @@ def _training_sampler(session: Any) -> Any:
 
 def _timed_step(step_fn: Any, sampler: Any, num_tasks: int) -> tuple[float, float]:
     """One train step on a freshly sampled batch; returns ``(seconds, loss)`` once its result is on the host."""
-    from . import functional
+    from metalab.core.engine import functional
 
     start = time.perf_counter()
     batch = sampler.sample_batch(num_tasks)
@@ -348,7 +348,7 @@ def estimate(
         ``xla_plan_bytes``: XLA's buffer assignment of the step, its exact peak), ``second_order``,
         ``fits`` (``None`` when unknown), ``hint`` (advice, or ``None``), ``extrapolated`` (the times and
         peak come from the single-task step because the full step was judged not to fit) and
-        ``memory_estimate`` (the analytic breakdown of :func:`metalab.core.memory.estimate_for_session`, made
+        ``memory_estimate`` (the analytic breakdown of :func:`metalab.core.engine.memory.estimate_for_session`, made
         from the layer shapes before any step runs, with the baseline above; ``{"modelled": False, "reason"}``
         for algorithms it does not cover).
 
@@ -357,18 +357,18 @@ def estimate(
     """
     import numpy as np
 
-    from .config import resolve_config
+    from metalab.core.engine.config import resolve_config
 
     settings = settings or load_settings()
     if registry is None:
-        from .plugin_manager import make_plugin_manager
+        from metalab.core.contract.manager import make_plugin_manager
 
         registry = make_plugin_manager(settings=settings, strict=False)
     raw = config.model_dump() if isinstance(config, RunConfig) else dict(config)
     cfg = resolve_config(registry, raw)
     steps = max(int(steps), 2)
 
-    from .runner import build_session, compile_train_step, device_scope, make_optimizer
+    from metalab.core.engine.runner import build_session, compile_train_step, device_scope, make_optimizer
 
     if _on_jax():
         tf = None
@@ -474,9 +474,9 @@ def estimate(
 
 
 def _analytic_estimate(session: Any, settings: Settings, meter: _Meter, tasks: int, baseline: int) -> dict[str, Any]:
-    """:func:`metalab.core.memory.estimate_for_session` for the run's device; never raises (the probe goes on)."""
-    from . import memory
-    from .runner import thread_counts
+    """:func:`metalab.core.engine.memory.estimate_for_session` for the run's device; never raises (the probe goes on)."""
+    from metalab.core.engine import memory
+    from metalab.core.engine.runner import thread_counts
 
     try:
         # MAML's task window on TensorFlow is by default the worker's inter-op threads (TensorFlow's default pool:
@@ -507,8 +507,8 @@ def _read_config(text: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m metalab.core.probe devices | estimate CONFIG_JSON [--steps N] [--max-seconds S]``."""
-    parser = argparse.ArgumentParser(prog="python -m metalab.core.probe", description=__doc__.splitlines()[0])
+    """``python -m metalab.core.engine.probe devices | estimate CONFIG_JSON [--steps N] [--max-seconds S]``."""
+    parser = argparse.ArgumentParser(prog="python -m metalab.core.engine.probe", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("devices", help="List the devices the Keras backend sees, as JSON.")
     est = commands.add_parser("estimate", help="Time a few train steps of a run config, as JSON.")

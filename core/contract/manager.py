@@ -25,15 +25,15 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
-from .plugin_api import (
+from metalab.core.contract import hookspecs
+from metalab.core.contract.specs import (
     PLUGIN_API_VERSION,
     AlgorithmSpec,
     BackboneSpec,
     ClassificationDataset,
     DatasetSpec,
 )
-from .settings import Settings, load_settings
+from metalab.core.settings import Settings, load_settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -532,9 +532,9 @@ def check_factory_result(spec: Any, result: Any, *, registry: Any = None) -> Any
     """Checks what a spec's factory returned before core uses it; returns ``result`` unchanged.
 
     Call it wherever core calls ``spec.factory(...)``: a dataset factory must return a
-    :class:`~metalab.core.plugin_api.ClassificationDataset` (``kind="classification"``) or a
-    :class:`~metalab.core.plugin_api.RegressionTaskFamily` (``kind="regression"``); an algorithm factory an object
-    with the :class:`~metalab.core.plugin_api.Algorithm` members core calls (``meta_gradients``, ``evaluate``,
+    :class:`~metalab.core.contract.specs.ClassificationDataset` (``kind="classification"``) or a
+    :class:`~metalab.core.contract.specs.RegressionTaskFamily` (``kind="regression"``); an algorithm factory an object
+    with the :class:`~metalab.core.contract.specs.Algorithm` members core calls (``meta_gradients``, ``evaluate``,
     ``trainable_variables``, ``variables`` and a positive integer ``meta_batch_size``); a backbone factory a
     callable model. Anything else would fail later and far away (an empty summary, a cryptic trace error).
 

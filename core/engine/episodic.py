@@ -11,8 +11,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from .layers import batch_norm_step
-from .plugin_api import TaskBatch, TaskSpec
+from metalab.core.engine.layers import batch_norm_step
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 
 __all__ = [
     "build_model",
@@ -112,7 +112,7 @@ def nearest_centroid_evaluate(fmodel: Any, batch: TaskBatch, ways: int) -> dict[
     Features are computed in inference mode (batch norm on its running moments) with the current weights.
 
     Args:
-        fmodel: A :class:`metalab.core.functional.FunctionalModel` of the feature extractor.
+        fmodel: A :class:`metalab.core.engine.functional.FunctionalModel` of the feature extractor.
         batch: Classification episodes.
         ways: Classes per episode.
 
@@ -153,7 +153,7 @@ def evaluate_adaptation(
     looped, not unrolled, so the compiled graph holds one task's adaptation whatever the batch size.
 
     Args:
-        fmodel: The :class:`~metalab.core.functional.FunctionalModel` to score.
+        fmodel: The :class:`~metalab.core.engine.functional.FunctionalModel` to score.
         kind: ``"classification"`` or ``"regression"``.
         batch: The tasks.
         start: The inner loop's initial state (the meta-parameters, or a tuple holding them).
@@ -165,7 +165,7 @@ def evaluate_adaptation(
             set plus itself only, so no query's prediction depends on the others (Nichol et al. 2018, section 5).
         running_statistics: With ``transductive=False``, normalise the queries with the batch-norm running
             statistics instead of the support set's (inductive as well). Each step's forward passes run under
-            :func:`metalab.core.layers.batch_norm_step`, so per-step batch norm (MAML++) uses that step's
+            :func:`metalab.core.engine.layers.batch_norm_step`, so per-step batch norm (MAML++) uses that step's
             parameters and, here, that step's running statistics.
 
     Returns:

@@ -17,10 +17,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .access import AccessError, Actor, CapError, Policy
-from .config import RunConfig, resolve_config
-from .settings import Settings, load_settings
-from .store import RunNotFoundError, RunRecord, RunStore
+from metalab.core.services.access import AccessError, Actor, CapError, Policy
+from metalab.core.engine.config import RunConfig, resolve_config
+from metalab.core.settings import Settings, load_settings
+from metalab.core.store import RunNotFoundError, RunRecord, RunStore
 
 #: Statuses of a run whose worker is (or is about to be) busy.
 ACTIVE = ("queued", "running")
@@ -51,7 +51,7 @@ class Services:
 
     Args:
         settings: Paths, plugin switches, mode and caps; read from the environment when omitted.
-        registry: A :class:`~metalab.core.plugin_manager.PluginRegistry`; made (entry points on) when omitted.
+        registry: A :class:`~metalab.core.contract.manager.PluginRegistry`; made (entry points on) when omitted.
         actor: Who asks; by default :meth:`Actor.machine` (the CLI: this machine's owner).
     """
 
@@ -64,7 +64,7 @@ class Services:
         # Estimate probes running now, per owner (they count against max_workers).
         self._probes: dict[str, int] = {}
         self._lock = threading.Lock()
-        from .datasets_info import configure_pixel_cap
+        from metalab.core.data.info import configure_pixel_cap
 
         configure_pixel_cap(self.settings.max_image_pixels)
 
@@ -77,7 +77,7 @@ class Services:
 
     @cached_property
     def policy(self) -> Policy:
-        """The access rules of this process (see :class:`~metalab.core.access.Policy`)."""
+        """The access rules of this process (see :class:`~metalab.core.services.access.Policy`)."""
         return Policy(self.settings, upload_owners=lambda name: (self.store.upload_record(name) or {}).get("owner"))
 
     def redact(self, message: str) -> str:
@@ -87,7 +87,7 @@ class Services:
     @property
     def registry(self) -> Any:
         if self._registry is None:
-            from .plugin_manager import make_plugin_manager
+            from metalab.core.contract.manager import make_plugin_manager
 
             self._registry = make_plugin_manager(settings=self.settings)
         return self._registry
@@ -97,7 +97,7 @@ class Services:
         store = RunStore(self.settings.store_path, self.settings.runs_dir)
         self.showcase_error: str | None = None
         if self.settings.showcase_dir:
-            from .showcase import install
+            from metalab.core.services.showcase import install
 
             try:
                 install(self.settings.showcase_dir, store)
@@ -132,7 +132,7 @@ class Services:
         """
         reg = self.registry
 
-        from .plugin_api import machine_params
+        from metalab.core.contract.specs import machine_params
 
         def row(spec: Any, **extra: Any) -> dict[str, Any]:
             return {"id": spec.id, "title": spec.title, "description": spec.description, "paper": spec.paper,
@@ -195,7 +195,7 @@ class Services:
 
     def train(self, run_id: str, progress: Any = None) -> str:
         """Trains (or resumes) a run in this process; returns its final status."""
-        from .runner import train_run
+        from metalab.core.engine.runner import train_run
 
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: train")
@@ -227,7 +227,7 @@ class Services:
         log = open(log_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "metalab.core.runner", str(self.store.path), run_id],
+                [sys.executable, "-m", "metalab.core.engine.runner", str(self.store.path), run_id],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._worker_env(),
                 start_new_session=True, preexec_fn=self._worker_limits(),
             )
@@ -246,12 +246,12 @@ class Services:
                     METALAB_MAX_IMAGE_PIXELS=str(self.settings.max_image_pixels))
 
     def _probe(self, args: list[str], timeout: float) -> dict[str, Any]:
-        """Runs ``python -m metalab.core.probe ARGS`` and returns its JSON answer (``ok`` true or false).
+        """Runs ``python -m metalab.core.engine.probe ARGS`` and returns its JSON answer (``ok`` true or false).
 
         Raises:
             ProbeError: The process timed out, or died without a JSON answer.
         """
-        command = [sys.executable, "-m", "metalab.core.probe", *args]
+        command = [sys.executable, "-m", "metalab.core.engine.probe", *args]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self._worker_env(),
                                   stdin=subprocess.DEVNULL, preexec_fn=self._worker_limits())
@@ -322,7 +322,7 @@ class Services:
             max_seconds: Cap on the time the probe spends timing steps after the compile.
 
         Returns:
-            The probe's answer (see :func:`metalab.core.probe.estimate`) with ``ok`` true, or ``{"ok": False,
+            The probe's answer (see :func:`metalab.core.engine.probe.estimate`) with ``ok`` true, or ``{"ok": False,
             "error": message, "traceback": text}``: a failure is returned, never raised.
         """
         try:
@@ -485,7 +485,7 @@ class Services:
 
     def run(self, run_id: str) -> RunRecord:
         """One run the caller may see; :class:`RunNotFoundError` otherwise (another visitor's run is not there)."""
-        from .store import AmbiguousRunError
+        from metalab.core.store import AmbiguousRunError
 
         try:
             run = self.store.get_run(run_id)
@@ -511,7 +511,7 @@ class Services:
 
     def evaluate(self, run_id: str, episodes: int | None = None, split: str = "test") -> dict[str, Any]:
         """Meta-test score of a run: mean with 95% CI over fixed episodes, plus the adaptation curve."""
-        from .runner import evaluate_run
+        from metalab.core.engine.runner import evaluate_run
 
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: evaluate")
@@ -589,7 +589,7 @@ class Services:
         return self._panels(run.to_dict(), self.report_data(run.id))
 
     def _panels(self, run: dict[str, Any], data: dict[str, Any] | None) -> list[dict[str, Any]]:
-        from .plugin_api import ReportPanel
+        from metalab.core.contract.specs import ReportPanel
 
         arguments = {"run": run, "report_data": data or {}, "artifacts_dir": str(self.store.run_dir(run["id"]))}
         panels: list[dict[str, Any]] = []
@@ -613,7 +613,7 @@ class Services:
 
     def report_html(self, run_id: str) -> str:
         """The run's self-contained HTML report (figures, config, metrics, versions, seed)."""
-        from .reports import report_html
+        from metalab.core.reports.figures import report_html
 
         return report_html(self.run_report(run_id))
 
@@ -637,10 +637,10 @@ class Services:
             dataset_id: A loaded dataset id.
             params: The dataset's parameters (validated here; missing ones take their defaults).
             episode: ``(ways, shots, queries)`` to check the dataset against (see ``problems`` below).
-            sample_classes, samples_per_class, seed: As :func:`~metalab.core.datasets_info.summarize_dataset`.
+            sample_classes, samples_per_class, seed: As :func:`~metalab.core.data.info.summarize_dataset`.
 
         Returns:
-            :func:`~metalab.core.datasets_info.summarize_dataset`'s dict plus ``"id"``, ``"params"`` (every
+            :func:`~metalab.core.data.info.summarize_dataset`'s dict plus ``"id"``, ``"params"`` (every
             parameter, validated) and ``"problems"`` (every reason the dataset cannot serve ``episode``; empty
             when it can or when no ``episode`` is given).
 
@@ -651,9 +651,9 @@ class Services:
                 put them).
             ValueError: The files are there but unusable (the plugin says why).
         """
-        from .datasets_info import episode_problems, summarize_dataset
+        from metalab.core.data.info import episode_problems, summarize_dataset
 
-        from .plugin_manager import check_factory_result
+        from metalab.core.contract.manager import check_factory_result
 
         spec = self.registry.dataset(dataset_id)
         self.policy.check_params(self.actor, "dataset", spec, dict(params or {}), run_owner=self._run_owner)
@@ -686,7 +686,7 @@ class Services:
         """Extracts an uploaded zip of class sub-folders into ``METALAB_DATA_DIR/uploads/<name>/``, safely.
 
         Every member is checked before anything is written (see
-        :func:`~metalab.core.datasets_info.safe_extract_zip`): absolute or ``..`` paths, links and encrypted
+        :func:`~metalab.core.data.info.safe_extract_zip`): absolute or ``..`` paths, links and encrypted
         members are refused, and so are archives over ``max_bytes``, unpacking to more than
         :func:`upload_limits` allow, or expanding like a zip bomb. A refused archive leaves nothing behind.
 
@@ -704,9 +704,9 @@ class Services:
         """
         import io
 
-        from .datasets_info import safe_extract_zip
+        from metalab.core.data.info import safe_extract_zip
 
-        from .datasets_info import UnsafeArchiveError, ZipLimits
+        from metalab.core.data.info import UnsafeArchiveError, ZipLimits
 
         self.policy.require_actor(self.actor, "upload")
         caps = self.upload_caps()
@@ -748,7 +748,7 @@ class Services:
 
     def _check_image_headers(self, files: list[Path], root: Path) -> None:
         """Refuses an upload holding an image over ``max_image_pixels`` (read from its header: nothing is decoded)."""
-        from .datasets_info import IMAGE_EXTENSIONS, UnreadableImageError, UnsafeArchiveError, check_image_header
+        from metalab.core.data.info import IMAGE_EXTENSIONS, UnreadableImageError, UnsafeArchiveError, check_image_header
 
         cap = int(self.settings.max_image_pixels)
         for path in files:
@@ -791,7 +791,7 @@ class Services:
         """
         from pathlib import PurePosixPath
 
-        from .datasets_info import IMAGE_EXTENSIONS, is_hidden
+        from metalab.core.data.info import IMAGE_EXTENSIONS, is_hidden
 
         if not name or name != Path(name).name or name in (".", ".."):
             raise ValueError(f"An upload is named by its folder name alone. Received: name={name!r}")
@@ -854,7 +854,7 @@ class Services:
         import tempfile
         import time
 
-        from .datasets_info import UnsafeArchiveError, ZipLimits, check_image_header, safe_extract_zip
+        from metalab.core.data.info import UnsafeArchiveError, ZipLimits, check_image_header, safe_extract_zip
 
         cap = int(self.settings.max_upload_mb) << 20
         max_bytes = cap if max_bytes is None else min(int(max_bytes), cap)
@@ -906,7 +906,7 @@ class Services:
         """Adapts a finished run to a support set and classifies query images, in a worker process.
 
         Runs ``python -m metalab.core.cli predict RUN --support DIR --query DIR --json`` (see
-        :func:`metalab.core.predict.predict`), so TensorFlow is imported there, never here.
+        :func:`metalab.core.engine.predict.predict`), so TensorFlow is imported there, never here.
 
         Args:
             run_id: The run (a unique prefix of its id works).
@@ -922,7 +922,7 @@ class Services:
             PredictionError: The worker refused the inputs or the run (its message, e.g. a support set with
                 the wrong number of classes), failed, or took longer than ``timeout``.
         """
-        from .predict import PredictionError
+        from metalab.core.engine.predict import PredictionError
 
         run = self.run(run_id)
         if not self.actor.on_machine:
@@ -965,9 +965,9 @@ def upload_limits(max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> Any:
     """The zip caps of an upload of at most ``max_bytes``: it may unpack to 10 times that (4 GiB at most).
 
     Images barely compress, so a larger expansion means a zip bomb; the per-member and whole-archive ratio
-    caps of :class:`~metalab.core.datasets_info.ZipLimits` stay at their defaults.
+    caps of :class:`~metalab.core.data.info.ZipLimits` stay at their defaults.
     """
-    from .datasets_info import ZipLimits
+    from metalab.core.data.info import ZipLimits
 
     return ZipLimits(max_archive_bytes=int(max_bytes), max_total_bytes=min(10 * int(max_bytes), 4 << 30),
                      max_file_bytes=min(int(max_bytes), 256 << 20))

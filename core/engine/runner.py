@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .checkpoints import (  # noqa: F401 - re-exported: plugins and benchmarks import them from here
+from metalab.core.engine.checkpoints import (  # noqa: F401 - re-exported: plugins and benchmarks import them from here
     CheckpointError,
     CheckpointMismatchError,
     checkpoint_files,
@@ -32,10 +32,10 @@ from .checkpoints import (  # noqa: F401 - re-exported: plugins and benchmarks i
     restore_checkpoint,
     save_checkpoint,
 )
-from .config import RunConfig
-from .plugin_api import TaskBatch, TaskSpec
-from .settings import Settings, load_settings
-from .store import RunNotFoundError, RunStore
+from metalab.core.engine.config import RunConfig
+from metalab.core.contract.specs import TaskBatch, TaskSpec
+from metalab.core.settings import Settings, load_settings
+from metalab.core.store import RunNotFoundError, RunStore
 
 #: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
 EVAL_SEED = 2017
@@ -90,7 +90,7 @@ class Session:
 
 def build_session(registry: Any, config: RunConfig, settings: Settings | None = None) -> Session:
     """Instantiates the run's dataset, backbone and algorithm (imports Keras)."""
-    from .plugin_manager import check_factory_result
+    from metalab.core.contract.manager import check_factory_result
 
     # The plugins first: a missing one (its plugin failed to load) fails before Keras is imported.
     dataset_spec = registry.dataset(config.dataset)
@@ -272,7 +272,7 @@ def make_training_sampler(session: Session) -> Any:
     """The sampler of the run's training stream: episodes, or mini-batches for a ``"supervised"`` algorithm.
 
     A supervised algorithm may hold out part of the training split: with an attribute
-    ``supervised_holdout_fraction`` above 0, :func:`~metalab.core.tasks.holdout_rows` (seeded by the run's
+    ``supervised_holdout_fraction`` above 0, :func:`~metalab.core.engine.sampling.holdout_rows` (seeded by the run's
     seed) picks those rows, the sampler never draws them, and an optional method
     ``algorithm.set_supervised_holdout(images, labels, to_float)`` receives them (images as the dataset stores
     them, labels the split's class indices, ``to_float`` the dataset's scaling) to score itself on them.
@@ -287,7 +287,7 @@ def make_training_sampler(session: Session) -> Any:
             dataset or has no valid ``batch_size``, or a ``supervised`` dataset's test classes differ from its
             training classes.
     """
-    from .tasks import SupervisedSampler, holdout_rows, make_sampler
+    from metalab.core.engine.sampling import SupervisedSampler, holdout_rows, make_sampler
 
     config, algorithm = session.config, session.algorithm
     batch_kind = getattr(algorithm, "batch_kind", "episodic")
@@ -337,15 +337,15 @@ def cross_domain_session(session: Session, registry: Any, settings: Settings | N
     Raises:
         ConfigError: If the test dataset's inputs cannot be brought to the run's input shape.
     """
-    from .config import ConfigError
-    from .tasks import resize_images
+    from metalab.core.engine.config import ConfigError
+    from metalab.core.engine.sampling import resize_images
 
     config = session.config
     if not config.test_dataset:
         return None
     settings = settings or load_settings()
     spec = registry.dataset(config.test_dataset)
-    from .plugin_manager import check_factory_result
+    from metalab.core.contract.manager import check_factory_result
 
     dataset = check_factory_result(spec, spec.factory(spec.params(**config.test_dataset_params),
                                                       settings.data_context()), registry=registry)
@@ -367,13 +367,13 @@ def cross_domain_episodes(cross: Session, episodes: int) -> Any:
     """The fixed test episodes of the cross-domain dataset (its ``test`` split, the run's episode shape).
 
     Returns:
-        A :class:`~metalab.core.tasks.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
+        A :class:`~metalab.core.engine.sampling.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
 
     Raises:
         ConfigError: If that split cannot serve the run's episodes (too few classes or samples per class).
     """
-    from .config import ConfigError
-    from .tasks import fixed_episodes
+    from metalab.core.engine.config import ConfigError
+    from metalab.core.engine.sampling import fixed_episodes
 
     cfg = cross.config
     key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
@@ -389,7 +389,7 @@ def cross_domain_episodes(cross: Session, episodes: int) -> Any:
 
 def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> TaskBatch:
     """The fixed, cached tasks every algorithm is scored on for this dataset, split and episode shape."""
-    from .tasks import fixed_tasks
+    from metalab.core.engine.sampling import fixed_tasks
 
     cfg = session.config
     key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
@@ -399,7 +399,7 @@ def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SE
 def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> Any:
     """Like :func:`fixed_batch`, but materialises the episodes one chunk at a time (600 20-way 5-shot episodes
     would otherwise take ~750 MB at once)."""
-    from .tasks import fixed_episodes
+    from metalab.core.engine.sampling import fixed_episodes
 
     cfg = session.config
     key = json.dumps([cfg.dataset, cfg.dataset_params], sort_keys=True)
@@ -434,7 +434,7 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
     """
     import keras
 
-    from . import functional
+    from metalab.core.engine import functional
 
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     # The loss-scale optimizer's stateful apply assigns inside lax.cond branches, which a compiled JAX step cannot
@@ -490,7 +490,7 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
 
 def compile_evaluate(algorithm: Any) -> Callable:
     """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
-    from . import functional
+    from metalab.core.engine import functional
 
     # One graph per task count: a shared graph would generalise the task axis to None, and algorithms that
     # unroll their task loop need it static.
@@ -515,7 +515,7 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
         ``accuracy`` (0–1) or ``mse``, ``ci95``, ``loss``, ``episodes`` and, for gradient-based algorithms,
         ``curve`` (mean score after 0..steps inner steps) with ``curve_ci95``.
     """
-    from . import functional
+    from metalab.core.engine import functional
 
     evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
     if isinstance(batch, TaskBatch):
@@ -636,7 +636,7 @@ def train_run(
 
 def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Settings | None = None,
                progress: ProgressFn | None = None) -> str:
-    from . import functional
+    from metalab.core.engine import functional
 
     settings = settings or load_settings()
     run = store.get_run(run_id)
@@ -715,7 +715,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 store.add_evaluation(run_id, "test", result["episodes"], result)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
             # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.
-            from .report_data import write_report_data
+            from metalab.core.reports.data import write_report_data
 
             write_report_data(store, run_id, session, registry)
         store.update_run(run_id, status="completed", finished=time.time(), step=step)
@@ -863,13 +863,13 @@ def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, 
 
 
 def run_worker_main(argv: list[str] | None = None) -> int:
-    """Entry point of a training worker process: ``python -m metalab.core.runner STORE RUN_ID``."""
-    from .plugin_manager import make_plugin_manager
+    """Entry point of a training worker process: ``python -m metalab.core.engine.runner STORE RUN_ID``."""
+    from metalab.core.contract.manager import make_plugin_manager
 
     argv = list(sys.argv[1:] if argv is None else argv)
     store_path, run_id = argv[0], argv[1]
     settings = load_settings()
-    from .datasets_info import configure_pixel_cap
+    from metalab.core.data.info import configure_pixel_cap
 
     configure_pixel_cap(settings.max_image_pixels)
     store = RunStore(store_path)

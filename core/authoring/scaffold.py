@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plugin_api import PLUGIN_API_VERSION
+from metalab.core.contract.specs import PLUGIN_API_VERSION
 
 __all__ = ["KINDS", "PluginNames", "plugin_names", "render_plugin", "new_plugin"]
 
@@ -207,7 +207,7 @@ instead of being skipped.
 | `pyproject.toml` | the distribution `$distribution` and its entry point in the group `metalab` |
 | `src/$module/__init__.py` | the registration: `METALAB_PLUGIN_API`, the parameter model, the spec, the hook. Imports no deep-learning framework, so listing plugins stays fast. |
 | `src/$module/$impl.py` | the implementation, imported only by the spec's factory |
-| `tests/test_$name.py` | tests using `metalab.core.testing` |
+| `tests/test_$name.py` | tests using `metalab.core.authoring.testing` |
 
 ## Publish
 
@@ -233,7 +233,7 @@ from typing import Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.core.contract.specs import AlgorithmSpec, Params, TaskSpec, hookimpl
 
 #: The plugin API version this plugin is written for; metalab loads it under any version of the same major.
 METALAB_PLUGIN_API = "$api"
@@ -250,7 +250,7 @@ class ${cls}Params(Params):
 
 
 def _make(params: ${cls}Params, task: TaskSpec) -> Any:
-    from .algorithm import $cls
+    from metalab.core.algorithm import $cls
 
     return $cls(params, task)
 
@@ -283,7 +283,7 @@ For each task of a meta-batch the weights are adapted to its support set by a fe
 gradients are treated as constants (first order); the meta-gradient is the query-loss gradient at the adapted
 weights, averaged over the tasks, and Adam applies it. metalab's runner owns the loop, compilation, logging,
 checkpoints and evaluation: an algorithm only computes meta-gradients and adapts to tasks. Differentiate with
-``metalab.core.functional.value_and_grad`` and call the model with explicit weights through ``FunctionalModel``.
+``metalab.core.engine.functional.value_and_grad`` and call the model with explicit weights through ``FunctionalModel``.
 """
 
 from __future__ import annotations
@@ -293,8 +293,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from metalab.core import functional
-from metalab.core.plugin_api import TaskBatch, TaskSpec
+from metalab.core.engine import functional
+from metalab.core.contract.specs import TaskBatch, TaskSpec
 
 
 class $cls:
@@ -411,8 +411,8 @@ regression) on the CPU, for every task kind the spec declares; run ``pytest``.
 
 import pytest
 
-from metalab.core import testing
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.authoring import testing
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 DISTRIBUTION = "$distribution"
@@ -457,8 +457,8 @@ and `evaluate` with your algorithm, and the parameter model in `__init__.py` wit
 `meta_gradients(batch)` returns gradients aligned with `trainable_variables` and metrics (`loss`, and
 `accuracy` for classification); `evaluate(batch)` returns per-task `loss` and `accuracy` (and a `curve` for
 gradient-based algorithms). Write the maths with `keras.ops`, differentiate with
-`metalab.core.functional.value_and_grad`, and call models with explicit weights through
-`metalab.core.functional.FunctionalModel`.
+`metalab.core.engine.functional.value_and_grad`, and call models with explicit weights through
+`metalab.core.engine.functional.FunctionalModel`.
 
 The spec declares classification only: the code handles regression too, but metalab's conformance suite
 checks every declared task kind, and these defaults are tuned for classification. Add `"regression"` to
@@ -492,7 +492,7 @@ from typing import Any
 
 from pydantic import Field
 
-from metalab.core.plugin_api import DataContext, DatasetSpec, Params, hookimpl
+from metalab.core.contract.specs import DataContext, DatasetSpec, Params, hookimpl
 
 #: The plugin API version this plugin is written for; metalab loads it under any version of the same major.
 METALAB_PLUGIN_API = "$api"
@@ -511,7 +511,7 @@ class ${cls}Params(Params):
 
 
 def _make(params: ${cls}Params, context: DataContext) -> Any:
-    from .data import make_dataset
+    from metalab.core.data import make_dataset
 
     return make_dataset(params)
 
@@ -545,7 +545,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.plugin_api import ClassificationDataset, ClassSplit
+from metalab.core.contract.specs import ClassificationDataset, ClassSplit
 
 
 def make_dataset(params: Any) -> ClassificationDataset:
@@ -578,14 +578,14 @@ def make_dataset(params: Any) -> ClassificationDataset:
 _DATASET_TEST = '''\
 """Tests of $spec_id: the splits are well formed, and an algorithm trained on it learns.
 
-The training check uses metalab's conformance helpers (``metalab.core.testing``) on the CPU; run ``pytest``.
+The training check uses metalab's conformance helpers (``metalab.core.authoring.testing``) on the CPU; run ``pytest``.
 """
 
 import numpy as np
 
-from metalab.core import testing
-from metalab.core.config import resolve_config
-from metalab.core.plugin_manager import make_plugin_manager
+from metalab.core.authoring import testing
+from metalab.core.engine.config import resolve_config
+from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings
 
 DISTRIBUTION = "$distribution"

@@ -4,7 +4,7 @@ Pure numpy and Pillow (no TensorFlow, no Streamlit), so the dashboard can show a
 
 - images: :func:`decode_image` turns any file Pillow reads into a ``uint8 [H, W, C]`` array with one documented
   preprocessing (orientation, transparency, grey or RGB, resize, optional inversion), the same for dataset loaders
-  and for :mod:`metalab.core.predict`;
+  and for :mod:`metalab.core.engine.predict`;
 - archives: :func:`safe_extract_zip` and :func:`checked_zip_members` guard against zip-slip paths, links, zip
   bombs and oversized uploads; :func:`safe_unpickle` reads dataset pickles without running code;
 - splits: :func:`split_class_counts`, :func:`assign_classes` and :func:`make_class_splits` divide classes
@@ -30,7 +30,7 @@ from typing import IO, Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from .plugin_api import SPLITS, ClassSplit
+from metalab.core.contract.specs import SPLITS, ClassSplit
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -212,7 +212,7 @@ def decode_image(
     The preprocessing, in order: apply the EXIF orientation; composite transparency onto white; convert to grey
     (``channels=1``, ITU-R 601-2 luma, Pillow's ``"L"``) or RGB (``channels=3``); crop (``fit="crop"``) and resize
     with a Lanczos filter to ``size``; invert (``255 - x``) when ``invert``. Every dataset plugin that reads image
-    files and :func:`metalab.core.predict.predict` use this function, so a model meets new images exactly as it
+    files and :func:`metalab.core.engine.predict.predict` use this function, so a model meets new images exactly as it
     met its training images.
 
     Args:
@@ -774,7 +774,7 @@ def summarize_dataset(dataset: Any, *, sample_classes: int = 5, samples_per_clas
     """Counts per split and a few sample images of a loaded dataset, for the Train page's summary and sample grid.
 
     Args:
-        dataset: A :class:`~metalab.core.plugin_api.ClassificationDataset` (a regression task family gets only
+        dataset: A :class:`~metalab.core.contract.specs.ClassificationDataset` (a regression task family gets only
             its kind and input shape).
         sample_classes: Classes shown per split (picked with ``seed``).
         samples_per_class: Images shown per class (the first ones of the class).
@@ -836,7 +836,7 @@ def episode_problems(dataset: Any, ways: int, shots: int, queries: int) -> list[
     class with too few images, so a user can fix a folder of images in one go.
 
     Args:
-        dataset: A :class:`~metalab.core.plugin_api.ClassificationDataset`.
+        dataset: A :class:`~metalab.core.contract.specs.ClassificationDataset`.
         ways, shots, queries: The episode shape.
 
     Returns:

@@ -2,7 +2,7 @@
 
 Use it from a plugin's own tests (no metalab test suite needed)::
 
-    from metalab.core import testing
+    from metalab.core.authoring import testing
 
     def test_my_algorithm_conforms(tmp_path):
         testing.check_algorithm("myplugin.myalgo", tmp_path)
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, resolve_config
-from .store import RunStore
+from metalab.core.engine.config import RunConfig, resolve_config
+from metalab.core.store import RunStore
 
 #: Tiny-task settings per dataset kind: the embedded datasets and a small backbone.
 TINY_TASKS: dict[str, dict[str, Any]] = {
@@ -77,7 +77,7 @@ class ConformanceResult:
 def _registry(registry: Any | None) -> Any:
     if registry is not None:
         return registry
-    from .plugin_manager import make_plugin_manager
+    from metalab.core.contract.manager import make_plugin_manager
 
     return make_plugin_manager(strict=False)
 
@@ -100,10 +100,10 @@ def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60,
             "backbone_params": {...}}`` for an option that needs batch norm).
 
     Returns:
-        A :class:`~metalab.core.config.RunConfig`.
+        A :class:`~metalab.core.engine.config.RunConfig`.
 
     Raises:
-        metalab.core.config.ConfigError: If a parameter is invalid.
+        metalab.core.engine.config.ConfigError: If a parameter is invalid.
         UnknownPluginError: If the algorithm or a built-in is not loaded.
     """
     spec = registry.algorithm(algorithm_id)
@@ -142,7 +142,7 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
         AssertionError: If the run does not complete (the message holds its error and traceback), or the
             interrupted run was not cancelled.
     """
-    from .runner import RunCancelled, build_session, evaluate_batch, fixed_batch, train_run
+    from metalab.core.engine.runner import RunCancelled, build_session, evaluate_batch, fixed_batch, train_run
 
     store = RunStore(Path(home) / "runs.sqlite")
     run_id = store.create_run(config.model_dump())
@@ -170,7 +170,7 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
     losses = [v for _, v in store.metrics(run_id, ["train/loss"])["train/loss"]]
     after = store.evaluations(run_id)[0]
 
-    from .runner import checkpoint_path
+    from metalab.core.engine.runner import checkpoint_path
 
     with np.load(checkpoint_path(store, run_id)) as data:
         weights = [data[k] for k in sorted(data.files, key=_var_order) if k.startswith("var_")]
@@ -335,9 +335,9 @@ def sinusoid_batch(rng: np.random.Generator, num_tasks: int, shots: int = 10, qu
     Amplitude in [0.1, 5], phase in [0, pi], inputs uniform on [-5, 5].
 
     Returns:
-        A :class:`~metalab.core.plugin_api.TaskBatch` of float32 arrays ``[num_tasks, n, 1]``.
+        A :class:`~metalab.core.contract.specs.TaskBatch` of float32 arrays ``[num_tasks, n, 1]``.
     """
-    from .plugin_api import TaskBatch
+    from metalab.core.contract.specs import TaskBatch
 
     amplitude = rng.uniform(0.1, 5.0, (num_tasks, 1, 1))
     phase = rng.uniform(0.0, np.pi, (num_tasks, 1, 1))
@@ -355,10 +355,10 @@ def blob_batch(rng: np.random.Generator, num_tasks: int, ways: int = 3, shots: i
     learned which features matter: a task that needs meta-learning yet trains in seconds.
 
     Returns:
-        A :class:`~metalab.core.plugin_api.TaskBatch`: float32 ``[num_tasks, ways * n, dim]`` inputs, int32
+        A :class:`~metalab.core.contract.specs.TaskBatch`: float32 ``[num_tasks, ways * n, dim]`` inputs, int32
         labels ``0..ways-1``.
     """
-    from .plugin_api import TaskBatch
+    from metalab.core.contract.specs import TaskBatch
 
     centers = rng.normal(size=(num_tasks, ways, 1, 2))
 
@@ -384,8 +384,8 @@ def train_steps(algorithm: Any, sample: Any, steps: int) -> list[dict[str, np.nd
     Returns:
         The metrics of every step, as NumPy values.
     """
-    from . import functional
-    from .plugin_api import TaskBatch
+    from metalab.core.engine import functional
+    from metalab.core.contract.specs import TaskBatch
 
     optimizer = algorithm.make_optimizer()
     optimizer.build(algorithm.trainable_variables)
@@ -401,8 +401,8 @@ def train_steps(algorithm: Any, sample: Any, steps: int) -> list[dict[str, np.nd
 
 def evaluate_compiled(algorithm: Any, batch: Any) -> dict[str, np.ndarray]:
     """Runs ``algorithm.evaluate`` on ``batch`` compiled, as the runner does, and returns NumPy values."""
-    from . import functional
-    from .plugin_api import TaskBatch
+    from metalab.core.engine import functional
+    from metalab.core.contract.specs import TaskBatch
 
     compiled = functional.compile(lambda *arrays: algorithm.evaluate(TaskBatch(*arrays)))
     return functional.to_numpy(compiled(*batch.as_tuple()))

@@ -135,7 +135,7 @@ def _check_common(spec: Any, kind: str) -> None:
         raise ValueError(f"{kind} {spec.id!r} needs a non-empty title. Received: title={spec.title!r}")
     if not (isinstance(spec.params, type) and issubclass(spec.params, pydantic.BaseModel)):
         raise ValueError(
-            f"{kind} {spec.id!r}: params must be a pydantic model class (subclass metalab.core.plugin_api.Params). "
+            f"{kind} {spec.id!r}: params must be a pydantic model class (subclass metalab.core.contract.specs.Params). "
             f"Received: params={spec.params!r}"
         )
     try:
@@ -259,7 +259,7 @@ class BackboneSpec:
         factory: ``factory(params, input_shape) -> keras.Model`` mapping a batch of inputs of
             ``input_shape`` (no batch axis) to a batch of flat feature vectors. Each call returns a new, unbuilt
             or freshly built model. Batch normalisation inside must give exact second derivatives
-            (use :class:`metalab.core.layers.MetaBatchNorm`, not ``keras.layers.BatchNormalization``).
+            (use :class:`metalab.core.engine.layers.MetaBatchNorm`, not ``keras.layers.BatchNormalization``).
         input_kinds: ``"image"`` (H, W, C inputs) and/or ``"vector"`` (flat inputs).
     """
 
@@ -295,7 +295,7 @@ class DataContext:
     def download_dir(self, dataset: str) -> Path:
         """Where downloads of ``dataset`` land: ``cache_dir/downloads/<dataset>/`` (since API 1.3).
 
-        :func:`metalab.core.datafiles.download` writes nowhere else, so a URL can never place a file in the data
+        :func:`metalab.core.data.files.download` writes nowhere else, so a URL can never place a file in the data
         folder, the code's folders or anywhere a later process would run it.
         """
         name = str(dataset)
@@ -443,8 +443,8 @@ class Algorithm(Protocol):
 
     The runner owns the loop, compilation, logging, checkpoints and cancellation. An algorithm only says how
     to compute meta-gradients for a batch of tasks and how to adapt to and score one task. Differentiate with
-    :func:`metalab.core.functional.value_and_grad` and call models with explicit weights through
-    :class:`metalab.core.functional.FunctionalModel`; use ``keras.ops`` for the maths.
+    :func:`metalab.core.engine.functional.value_and_grad` and call models with explicit weights through
+    :class:`metalab.core.engine.functional.FunctionalModel`; use ``keras.ops`` for the maths.
 
     Attributes:
         meta_batch_size: Tasks per meta-training step.
@@ -452,7 +452,7 @@ class Algorithm(Protocol):
         variables: Every variable to checkpoint (includes ``trainable_variables``).
         batch_kind: Optional (since API 1.2): ``"episodic"`` (the default when absent) trains on episodes;
             ``"supervised"`` trains on ordinary mini-batches of the training split with global class labels
-            (see :class:`metalab.core.tasks.SupervisedSampler`): ``meta_gradients`` then gets a batch whose
+            (see :class:`metalab.core.engine.sampling.SupervisedSampler`): ``meta_gradients`` then gets a batch whose
             ``support_*`` and ``query_*`` are the two halves of ``meta_batch_size`` mini-batches, labels in
             ``0..task.num_train_classes-1``. Evaluation stays episodic either way.
         batch_size: Required when ``batch_kind == "supervised"``: examples per mini-batch (at least 2).

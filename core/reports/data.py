@@ -2,7 +2,7 @@
 
 The dashboard never imports TensorFlow, so whatever a report shows of the model itself (fits of 1-D regression
 tasks before and after adaptation, a test episode's predictions, query embeddings) is computed here, at the end
-of training, and stored as the run's ``report_data.json`` artifact. :mod:`metalab.core.reports` draws it.
+of training, and stored as the run's ``report_data.json`` artifact. :mod:`metalab.core.reports.figures` draws it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .datasets_info import to_uint8
-from .plugin_api import TaskBatch
+from metalab.core.data.info import to_uint8
+from metalab.core.contract.specs import TaskBatch
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def write_report_data(store: Any, run_id: str, session: Any, registry: Any) -> P
     Args:
         store: The :class:`~metalab.core.store.RunStore`.
         run_id: The run.
-        session: The run's :class:`~metalab.core.runner.Session` holding the trained algorithm.
+        session: The run's :class:`~metalab.core.engine.runner.Session` holding the trained algorithm.
         registry: The plugin registry (to build algorithm variants with other inner-step counts).
 
     Returns:
@@ -137,7 +137,7 @@ def _algorithm_variant(session: Any, registry: Any, inner_steps: int) -> Any | N
     if "eval_inner_steps" not in spec.params.model_fields:
         return None
     values = {**session.config.algorithm_params, "eval_inner_steps": int(inner_steps)}
-    from .plugin_manager import check_factory_result
+    from metalab.core.contract.manager import check_factory_result
 
     variant = check_factory_result(spec, spec.factory(spec.params(**values), session.task), registry=registry)
     if len(variant.variables) != len(session.algorithm.variables):
@@ -148,7 +148,7 @@ def _algorithm_variant(session: Any, registry: Any, inner_steps: int) -> Any | N
 
 
 def _numpy(value: Any) -> np.ndarray:
-    from . import functional
+    from metalab.core.engine import functional
 
     return np.asarray(functional.to_numpy(value))
 
@@ -219,7 +219,7 @@ def _features(algorithm: Any, x: np.ndarray) -> tuple[np.ndarray, str] | None:
 
 def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One fixed test episode with predicted labels, and a 2-D PCA of its query embeddings."""
-    from .runner import fixed_batch
+    from metalab.core.engine.runner import fixed_batch
 
     batch = fixed_batch(session, "test", 1, seed=REPORT_SEED)
     out = session.algorithm.evaluate(batch)

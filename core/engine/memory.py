@@ -426,7 +426,7 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
     validated = getattr(algorithm, "config", None)
     params = validated.model_dump() if hasattr(validated, "model_dump") else dict(config.algorithm_params)
     ways = int(task.ways)
-    from .runner import keras_backend
+    from metalab.core.engine.runner import keras_backend
 
     meta_batch = int(getattr(algorithm, "meta_batch_size", 1))
     # MAML's task window (TensorFlow): its own task_window, else the inter-op threads. A window as wide as the

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pydantic
 from pydantic import Field
 
-from .plugin_api import SPLITS, Params
+from metalab.core.contract.specs import SPLITS, Params
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     """Builds a complete, validated :class:`RunConfig`.
 
     Args:
-        registry: A :class:`metalab.core.plugin_manager.PluginRegistry`.
+        registry: A :class:`metalab.core.contract.manager.PluginRegistry`.
         raw: Run fields (``dataset``, ``algorithm``, ``steps``, ...).
         assignments: ``--set`` values; unqualified names go to the run fields, else to whichever of the algorithm,
             dataset and backbone declares them (ambiguous names must be qualified); ``test_dataset.NAME`` sets a
@@ -253,7 +253,7 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
 
 def _lookup(registry: Any, field: str, spec_id: Any) -> Any:
     """The spec a run field names; an unknown id is a :class:`ConfigError` naming the field, value and known ids."""
-    from .plugin_manager import UnknownPluginError
+    from metalab.core.contract.manager import UnknownPluginError
 
     kind = _PLUGIN_FIELDS[field]
     try:

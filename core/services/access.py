@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from .plugin_api import machine_params
+from metalab.core.contract.specs import machine_params
 
 __all__ = ["Actor", "AccessError", "CapError", "Policy", "SHOWCASE_OWNER", "LOCAL_OWNER"]
 
@@ -145,7 +145,7 @@ class Policy:
             section: ``"dataset"``, ``"algorithm"``, ``"backbone"`` or ``"test_dataset"`` (for messages).
             spec: The plugin's spec (its ``params`` model; a dataset's ``downloads``).
             values: The parameter values (validated or not).
-            run_owner: ``run_owner(run id) -> owner id`` for :data:`~metalab.core.plugin_api.RunRef` values.
+            run_owner: ``run_owner(run id) -> owner id`` for :data:`~metalab.core.contract.specs.RunRef` values.
 
         Raises:
             AccessError: A path outside the data folder and the caller's uploads, a URL that may not be
@@ -180,7 +180,7 @@ class Policy:
                                       f"Received: {field}={value!r}")
 
     def resolve_data_path(self, actor: Actor, value: str, field: str) -> Path:
-        """The real path a :data:`~metalab.core.plugin_api.DataPath` value names, if ``actor`` may read it.
+        """The real path a :data:`~metalab.core.contract.specs.DataPath` value names, if ``actor`` may read it.
 
         A relative value is taken under ``METALAB_DATA_DIR``. The path is resolved with every symlink followed
         and must then lie inside ``METALAB_DATA_DIR`` (outside its ``uploads/`` folder) or inside one of the
@@ -206,7 +206,7 @@ class Policy:
         )
 
     def check_url(self, actor: Actor, value: str, field: str, declared: dict[str, str]) -> None:
-        """Refuses a :data:`~metalab.core.plugin_api.DownloadURL` that may not be fetched.
+        """Refuses a :data:`~metalab.core.contract.specs.DownloadURL` that may not be fetched.
 
         Only ``https``/``http`` URLs with a host; outside ``private`` mode only the plugin's declared downloads.
         """

@@ -1,6 +1,6 @@
 """File helpers for dataset plugins: checked downloads and a cache of decoded arrays.
 
-Downloads never run when the :class:`~metalab.core.plugin_api.DataContext` forbids them, and a missing file
+Downloads never run when the :class:`~metalab.core.contract.specs.DataContext` forbids them, and a missing file
 always ends in a ``FileNotFoundError`` that says which file, which folder, and where to get it.
 """
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .plugin_api import SPLITS, ClassificationDataset, ClassSplit, TaskBatch
+from metalab.core.contract.specs import SPLITS, ClassificationDataset, ClassSplit, TaskBatch
 
 __all__ = [
     "EpisodeSampler",
