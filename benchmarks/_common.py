@@ -66,7 +66,7 @@ def machine_note() -> dict[str, Any]:
     """What the figures were measured on; the load average shows how much other work shared the CPU."""
     import tensorflow as tf
 
-    from metalab.core.engine.runner import installed_versions
+    from metalab.core.engine.devices import installed_versions
 
     note: dict[str, Any] = {
         "cpus": os.cpu_count(),
@@ -178,10 +178,11 @@ def restore(services: Any, run_id: str, **episode: int) -> Any:
         **episode: ``ways``, ``shots``, ``queries`` overriding the run's.
 
     Returns:
-        A :class:`metalab.core.engine.runner.Session` holding the trained weights.
+        A :class:`metalab.core.engine.session.Session` holding the trained weights.
     """
     from metalab.core.engine.config import RunConfig
-    from metalab.core.engine.runner import build_session, checkpoint_path, load_checkpoint
+    from metalab.core.engine.checkpoints import checkpoint_path, load_checkpoint
+    from metalab.core.engine.session import build_session
 
     run = services.run(run_id)
     config = RunConfig(**{**run.config, **episode})

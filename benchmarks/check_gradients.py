@@ -176,7 +176,7 @@ def main() -> int:
                         help="Largest relative difference accepted (default 1e-3 in float32, 1e-5 in float64).")
     args = parser.parse_args()
     params = parse_params(parser, args.param)
-    from metalab.core.engine.runner import set_matmul_precision
+    from metalab.core.engine.devices import set_matmul_precision
 
     set_matmul_precision("tf32" if args.matmul == "tf32" else "float32")  # as build_session does for a run
     tolerance = args.tolerance or (1e-3 if args.dtype == "float32" else 1e-5)

@@ -177,8 +177,9 @@ class Sampler(threading.Thread):
             streamlit = self._streamlit_pid()
             if streamlit is not None:
                 kids = _children(streamlit)
-                workers = [p for p, cmd in kids if "metalab.core.engine.runner" in cmd]
-                probes = [p for p, cmd in kids if "metalab.core.engine.probe estimate" in cmd]
+                # Worker processes name their job first in the request they take as argument.
+                workers = [p for p, cmd in kids if 'metalab.core.worker {"job":"train"' in cmd]
+                probes = [p for p, cmd in kids if 'metalab.core.worker {"job":"estimate"' in cmd]
                 self.max_workers_alive = max(self.max_workers_alive, len(workers))
                 self.max_probes_alive = max(self.max_probes_alive, len(probes))
             self.samples += 1

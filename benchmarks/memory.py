@@ -148,7 +148,9 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
     import numpy as np
 
     from metalab.core.engine.config import RunConfig
-    from metalab.core.engine.runner import Session, compile_train_step, configure_threads, thread_counts
+    from metalab.core.engine.devices import configure_threads, thread_counts
+    from metalab.core.engine.runner import compile_train_step
+    from metalab.core.engine.session import Session
     from metalab.core.settings import load_settings
 
     intra, inter = thread_counts(load_settings(), meta_batch)
@@ -183,7 +185,8 @@ def measure(meta_batch: int, inner_steps: int, first_order: bool, steps: int, tr
                        queries=queries, algorithm_params=params)
     session = Session(config=config, dataset=None, algorithm=algorithm, task=task)
     post_build = _status_bytes("VmRSS")
-    est = memory.estimate_for_session(session, concurrency=inter or os.cpu_count(), baseline_bytes=0)
+    est = memory.estimate_for_session(session, registry=registry, concurrency=inter or os.cpu_count(),
+                                      baseline_bytes=0)
     # The backbone's layer order, so that a figure says which conv-4 it measured.
     layers = [layer["kind"] for layer in est.pop("layers", [])]
 

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             trained = train(services, raw, label=label, train_minutes=per_model_minutes, print_every=250)
             print(f"[{label}] trained {trained['steps']} steps in {trained['train_s']:.1f} s ({trained['status']})",
                   flush=True)
-            from metalab.core.engine.runner import evaluate_batch, fixed_batch
+            from metalab.core.engine.evaluation import evaluate_batch, fixed_batch
 
             for ways in args.eval_ways:
                 t0 = time.perf_counter()

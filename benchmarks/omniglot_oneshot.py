@@ -74,7 +74,7 @@ def runs_batch(runs: list[dict[str, Any]], to_float: Any) -> Any:
 def score_runs(services: Any, run_id: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Restores the trained run as a 20-way ProtoNet and classifies every run's test images."""
     from metalab.core.engine import functional
-    from metalab.core.engine.runner import compile_evaluate, evaluate_batch
+    from metalab.core.engine.evaluation import compile_evaluate, evaluate_batch
 
     t0 = time.perf_counter()
     ways = len(runs[0]["train_images"])

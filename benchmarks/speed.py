@@ -114,7 +114,7 @@ def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: fl
 
 
 def machine(impl: str) -> dict[str, Any]:
-    from metalab.core.engine.runner import installed_versions  # no TensorFlow import: safe in the torch process too
+    from metalab.core.engine.devices import installed_versions  # no TensorFlow import: safe in the torch process too
 
     note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "loadavg": [round(x, 2) for x in os.getloadavg()]}
@@ -132,11 +132,11 @@ def machine(impl: str) -> dict[str, Any]:
 
 
 def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    from metalab.core.engine.runner import (compile_train_step, configure_threads, make_optimizer, set_matmul_precision,
-                                     thread_counts)
+    from metalab.core.engine.devices import configure_threads, set_matmul_precision, thread_counts
+    from metalab.core.engine.runner import compile_train_step, make_optimizer
     from metalab.core.settings import load_settings
 
-    # The training worker's thread pools (runner.thread_counts) unless --intra/--inter say otherwise;
+    # The training worker's thread pools (devices.thread_counts) unless --intra/--inter say otherwise;
     # --library-threads keeps TensorFlow's defaults. (On JAX there are no pools to set.)
     intra, inter = (0, 0) if args.library_threads else thread_counts(load_settings(), w.get("meta_batch", 1))
     configure_threads(args.intra if args.intra is not None else intra, args.inter if args.inter is not None else inter)
@@ -154,7 +154,7 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     sampler = None
     if w.get("data") == "omniglot":
         from metalab.core.engine.config import RunConfig
-        from metalab.core.engine.runner import build_session
+        from metalab.core.engine.session import build_session
         from metalab.core.engine.sampling import make_sampler
 
         config = RunConfig(dataset="metalab.omniglot", algorithm="metalab.maml", backbone="metalab.conv4",

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -60,37 +61,136 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _plugin_registry() -> tuple[Any, bool]:
+    """The registry the ``plugins`` commands show, and whether strict mode is on.
+
+    Every failure is kept even in strict mode (the command lists them, then exits 1), and the loader's own log line
+    per failure is silenced: the command prints each failure once itself.
+    """
+    import logging
+
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.settings import load_settings
+
+    settings = load_settings()
+    log = logging.getLogger("metalab.core.contract.manager")
+    was_disabled, log.disabled = log.disabled, True
+    try:
+        registry = make_plugin_manager(settings=settings, strict=False)
+    finally:
+        log.disabled = was_disabled
+    return registry, bool(settings.strict_plugins)
+
+
+def _strict_exit(registry: Any, strict: bool) -> None:
+    failed = len(registry.failures)
+    if strict and failed:
+        _fail(f"{failed} plugin(s) failed to load and strict mode is on (METALAB_STRICT_PLUGINS); fix or uninstall "
+              f"them, or block them with METALAB_DISABLE_PLUGINS=<name>. Received: strict_plugins=True", code=1)
+
+
 @plugins_app.command("list")
 def plugins_list(as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON.")) -> None:
-    """Every algorithm, dataset and backbone, with its plugin, package and version; failed plugins with errors."""
-    rows = _services().plugins()
+    """Every algorithm, dataset and backbone, with its plugin, package and version; failed plugins with errors.
+
+    In strict mode (METALAB_STRICT_PLUGINS=1) the listing is printed as usual and the exit code is 1 when any
+    plugin failed.
+    """
+    registry, strict = _plugin_registry()
+    rows = registry.describe()
     if as_json:
         keep = ("id", "kind", "title", "plugin", "package", "version", "status", "error", "seconds")
         _print_json([{k: row.get(k) for k in keep} for row in rows])
+        _strict_exit(registry, strict)
         return
     table = Table(title="metalab plugins")
     for col in ("id", "kind", "title", "plugin", "package", "version", "status"):
         table.add_column(col)
     for row in rows:
         style = {"failed": "red", "disabled": "yellow"}.get(row.get("status"), "")
-        table.add_row(*(str(row.get(c) or "") for c in ("id", "kind", "title", "plugin", "package", "version", "status")),
-                      style=style)
+        table.add_row(*(escape(str(row.get(c) or "")) for c in ("id", "kind", "title", "plugin", "package", "version",
+                                                                 "status")), style=style)
     console.print(table)
-    for row in rows:
-        if row.get("status") == "failed":
-            err.print(f"[red]plugin {row.get('plugin')} failed:[/] {row.get('error')}", highlight=False)
+    for record in registry.failures:
+        err.print(f"[red]plugin {escape(record.name)} failed:[/] {escape(record.error or '')}", highlight=False)
     from metalab.core.contract.manager import SLOW_PLUGIN_SECONDS, plugin_import_timeout
 
     slow = {row["plugin"]: row["seconds"] for row in rows if (row.get("seconds") or 0) >= SLOW_PLUGIN_SECONDS}
     for name, seconds in sorted(slow.items(), key=lambda item: -item[1]):
         err.print(f"[yellow]plugin {name} took {seconds:.1f} s to import and register[/] (budget "
                   f"{plugin_import_timeout():g} s, METALAB_PLUGIN_IMPORT_TIMEOUT)", highlight=False)
+    _strict_exit(registry, strict)
+
+
+def _spec_details(registry: Any, kind: str, spec: Any) -> dict[str, Any]:
+    from metalab.core.contract.params import describe_params
+
+    record = registry.plugin_of(spec.id, kind=kind)
+    details: dict[str, Any] = {
+        "id": spec.id, "kind": kind, "title": spec.title, "description": spec.description, "paper": spec.paper,
+        "plugin": record.name, "package": record.package, "version": record.version,
+    }
+    if kind == "algorithm":
+        details["task_kinds"] = list(spec.task_kinds)
+    elif kind == "dataset":
+        details.update(dataset_kind=spec.kind, default_backbone=spec.default_backbone,
+                       episode_defaults=dict(spec.episode_defaults))
+    else:
+        details.update(input_kinds=list(spec.input_kinds), feature_maps=bool(getattr(spec, "feature_maps", False)))
+    details["params"] = describe_params(spec.params)
+    return details
+
+
+@plugins_app.command("show")
+def plugins_show(
+    spec_id: str = typer.Argument(..., metavar="ID", help="An algorithm, dataset or backbone id."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """One algorithm, dataset or backbone: its description, paper and parameters (type, range, default, meaning)."""
+    from metalab.core.contract.manager import UnknownPluginError
+
+    registry, _ = _plugin_registry()
+    found = [(kind, table[spec_id]) for kind, table in
+             (("algorithm", registry.algorithms), ("dataset", registry.datasets), ("backbone", registry.backbones))
+             if spec_id in table]
+    if not found:
+        try:
+            registry.plugin_of(spec_id)
+        except UnknownPluginError as exc:
+            _fail(escape(str(exc)))
+    items = [_spec_details(registry, kind, spec) for kind, spec in found]
+    if as_json:
+        _print_json(items[0] if len(items) == 1 else items)
+        return
+    for item in items:
+        console.print(f"[bold]{escape(item['id'])}[/] ({item['kind']}): {escape(item['title'])}", highlight=False)
+        origin = f"{item['package']} {item['version']}" if item["package"] else "registered directly"
+        console.print(f"plugin {escape(item['plugin'])} ({escape(origin)})", highlight=False)
+        if item["paper"]:
+            console.print(f"paper: {escape(item['paper'])}", highlight=False)
+        for key in ("task_kinds", "dataset_kind", "default_backbone", "episode_defaults", "input_kinds",
+                    "feature_maps"):
+            if key in item and item[key] not in (None, {}, []):
+                value = ", ".join(item[key]) if isinstance(item[key], list) else item[key]
+                console.print(f"{key.replace('_', ' ')}: {escape(str(value))}", highlight=False)
+        console.print(escape(item["description"]), highlight=False)
+        console.print(f"\n[bold]parameters[/] (metalab train --set name=value, or --set {item['kind']}.name=value "
+                      "when another plugin has a parameter of that name):", highlight=False)
+        if not item["params"]:
+            console.print("  (none)")
+        for row in item["params"]:
+            facts = [row["type"], *([row["range"]] if row["range"] else []), f"default {json.dumps(row['default'])}"]
+            console.print(f"  [bold]{escape(row['name'])}[/]: {escape(', '.join(facts))}", highlight=False)
+            if row["description"]:
+                console.print(Padding(escape(row["description"]), (0, 0, 0, 6)), highlight=False)
+        if len(items) > 1:
+            console.print()
 
 
 @app.command()
 def train(
-    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset id, e.g. metalab.omniglot."),
-    algorithm: str = typer.Option(..., "--algorithm", "-a", help="Algorithm id, e.g. metalab.maml."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset id (`metalab plugins list` lists them)."),
+    algorithm: str = typer.Option(..., "--algorithm", "-a", help="Algorithm id (`metalab plugins list` lists them)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", help="Backbone id (default: the dataset's)."),
     set_: list[str] = typer.Option([], "--set", "-s", help="name=value; e.g. inner_lr=0.4, ways=20, dataset.split=minimal."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Meta-training steps."),
@@ -156,9 +256,7 @@ def _print_panels(services: Any, run_id: str) -> None:
     """Prints how batch norm was used and the text of the panels plugins add to the run's report."""
     from rich.markdown import Markdown
 
-    from metalab.core.reports.figures import batch_norm_summary
-
-    bn = batch_norm_summary(services.run(run_id).config)
+    bn = services.batch_norm_summary(services.run(run_id).config)
     if bn:
         console.print(bn, highlight=False)
     for panel in services.report_panels(run_id):

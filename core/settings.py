@@ -26,7 +26,7 @@ class Settings(BaseSettings):
         strict_plugins: Turn any plugin failure into an error (``METALAB_STRICT_PLUGINS=1``).
         max_workers: Training runs allowed at once from the dashboard (``METALAB_MAX_WORKERS``).
         intra_op_threads: Threads inside one op in a training worker (``METALAB_INTRA_OP_THREADS``); 0 picks
-            per run (see ``metalab.core.engine.runner.thread_counts``).
+            per run (see ``metalab.core.engine.devices.thread_counts``).
         inter_op_threads: Ops run at once in a training worker (``METALAB_INTER_OP_THREADS``); 0 picks per run.
         mode: Who the dashboard serves (``METALAB_MODE``): ``private`` (one trusted user on this machine, the
             default), ``demo`` (anyone with the link; each browser session owns its runs and uploads) or ``team``

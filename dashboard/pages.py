@@ -64,7 +64,7 @@ def home() -> None:
             st.caption(f"{len(others)} runs were started by an earlier dashboard or the CLI and are still training: "
                        + ", ".join(r.id for r in others) + ". Their reports can cancel them.")
         st.caption(f"Runs are stored in `{svc.settings.store_path}`. From a terminal: "
-                   "`metalab train --dataset metalab.sinusoid --algorithm metalab.maml`.")
+                   "`metalab train --dataset DATASET --algorithm ALGORITHM`, with ids as the Plugins page lists them.")
     else:
         caps = svc.settings
         st.caption(f"{svc.settings.mode.capitalize()} mode: you can launch runs of up to {caps.max_steps:,} steps "

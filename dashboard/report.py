@@ -162,14 +162,13 @@ def _finished(run) -> None:
     cols[2].metric("Training time", _duration((run.finished or 0) - run.started if run.started and run.finished
                                               else None))
     cols[3].metric("Device", run.device or "–")
-    bn = reports.batch_norm_summary(run.config)
-    if bn:
-        st.caption(bn)
+    if report.get("batch_norm"):
+        st.caption(report["batch_norm"])
 
-    published = reports.published_results(run.config)
+    published = [row for row in report.get("published") or [] if row.get("benchmark") is None]
     if published:
         st.subheader("Published results (same protocol)")
-        st.dataframe(pd.DataFrame(published), hide_index=True)
+        st.dataframe(pd.DataFrame(published).drop(columns=["benchmark"]), hide_index=True)
     for i, (title, fig) in enumerate(reports.report_figures(report)):
         st.subheader(title)
         st.plotly_chart(fig, key=f"report-fig-{i}")

@@ -19,6 +19,8 @@ from .datasets import dataset_panel
 from .forms import FormField, decode, encode, render_fields, schema_fields
 from .state import mode, services
 
+#: What the form opens on: the app's choice of a first run, not knowledge about the plugins (their presets and
+#: defaults come from their specs); when one is not loaded the form opens on the first that is.
 DEFAULT_DATASET = "metalab.sinusoid"
 DEFAULT_ALGORITHM = "metalab.maml"
 
@@ -30,22 +32,6 @@ _PLUGIN_SECTIONS = ("dataset", "algorithm", "backbone")
 #: Run fields drawn by the schema form; ``device`` has its own selector, filled from the worker's device list.
 _FORM_ADVANCED_FIELDS = tuple(n for n in ADVANCED_FIELDS if n != "device")
 
-#: Starting values of the form where they differ from the plugins' (paper) defaults, so that a first run
-#: finishes in about a minute on two CPU cores. Keys are run fields or qualified plugin parameters; an entry
-#: for ``(dataset, None)`` applies to every algorithm on that dataset.
-PRESETS: dict[tuple[str, str | None], dict[str, Any]] = {
-    ("metalab.sinusoid", None): {"steps": 2000, "val_every": 250, "log_every": 50, "checkpoint_every": 500},
-    ("metalab.sinusoid", "metalab.maml"): {
-        "steps": 4000, "val_every": 500, "checkpoint_every": 1000,
-        # The MAML paper's sinusoid settings (alpha 0.01, 10 steps at test time), with 10 tasks per batch.
-        "algorithm.inner_lr": 0.01, "algorithm.meta_batch_size": 10, "algorithm.eval_inner_steps": 10,
-    },
-    ("metalab.sinusoid", "metalab.reptile"): {"algorithm.eval_inner_steps": 10},
-    ("metalab.digits", None): {"steps": 300, "val_every": 50, "log_every": 10, "checkpoint_every": 100,
-                               "test_episodes": 200},
-    ("metalab.digits", "metalab.maml"): {"algorithm.meta_batch_size": 4},
-}
-
 _MEMORY = "train.memory"
 _LOADED = "train.loaded"
 _DEVICE = "train.device"
@@ -56,9 +42,16 @@ _DATASET_SHOWN = "train.dataset_shown"
 _HANDOFF = "train.handoff"
 
 
-def preset(dataset: str, algorithm: str) -> dict[str, Any]:
-    """The form's starting values for a dataset and algorithm (see :data:`PRESETS`)."""
-    return {**PRESETS.get((dataset, None), {}), **PRESETS.get((dataset, algorithm), {})}
+def preset(dataset: dict[str, Any], algorithm: str) -> dict[str, Any]:
+    """The form's starting values for a dataset and algorithm where they differ from the plugins' (paper)
+    defaults: the dataset plugin's ``presets`` for every algorithm (``"*"``), then for this one.
+
+    Args:
+        dataset: The dataset's catalog row (``Services.catalog``).
+        algorithm: The algorithm id.
+    """
+    presets = dataset.get("presets") or {}
+    return {**presets.get("*", {}), **presets.get(algorithm, {})}
 
 
 def _machine_names(config: dict[str, Any], catalog: dict[str, Any] | None) -> dict[str, set[str]]:
@@ -429,7 +422,7 @@ def train() -> None:
         backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
                            ds.get("default_backbone"), init, {k: v["title"] for k, v in backbones.items()},
                            help="The network under the algorithm (default: the dataset's).")
-    init.presets = _within_caps(preset(dataset, algorithm), svc.settings.max_steps)
+    init.presets = _within_caps(preset(ds, algorithm), svc.settings.max_steps)
     st.caption(ds["description"])
 
     run_schema = RunConfig.model_json_schema()

@@ -26,8 +26,10 @@ SPEC_DATACLASSES = [
     plugin_api.DatasetSpec,
     plugin_api.BackboneSpec,
     plugin_api.ReportPanel,
+    plugin_api.PublishedResult,
     plugin_api.TaskSpec,
     plugin_api.TaskBatch,
+    plugin_api.LoadedRun,
     plugin_api.DataContext,
     plugin_api.ClassificationDataset,
     plugin_api.ClassSplit,
@@ -146,9 +148,11 @@ def test_conformance_checks_documented_with_their_signatures(name):
             assert f"{parameter.name}={parameter.default!r}" in row, f"{name}: default of {parameter.name} differs"
 
 
-def test_conformance_tiny_tasks_documented():
+def test_conformance_tiny_tasks_documented(builtin_registry):
     body = section("Testing a plugin: the conformance kit")
-    for kind, tiny in testing.TINY_TASKS.items():
+    tasks = testing.tiny_tasks(builtin_registry)
+    assert set(tasks) == {"classification", "regression"}
+    for kind, tiny in tasks.items():
         assert f"`{tiny['dataset']}`" in body and f"`{tiny['backbone']}`" in body
         assert str(tiny["backbone_params"]["hidden"]).replace(" ", "") in body.replace(" ", "")
 

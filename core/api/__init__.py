@@ -3,6 +3,8 @@
 ``metalab.api`` holds the hook marker, the spec types, the parameter types and the protocols; its submodules
 hold the rest of the author's kit:
 
+* :mod:`metalab.api.algorithms` - :class:`MetaAlgorithm`, the base class of algorithm implementations
+  (variables, the outer optimizer, metrics);
 * :mod:`metalab.api.functional` - the functional seam (stateless calls with explicit weights, gradients);
 * :mod:`metalab.api.layers` - meta-learning layers (per-step batch norm, folding Sequential);
 * :mod:`metalab.api.episodic` - episodic helpers (prototypes, batched losses, adaptation evaluation);

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from metalab.core.authoring.testing import (  # noqa: F401 - the kit's public names
-    TINY_TASKS,
     ConformanceResult,
     algorithm_ids,
     blob_batch,
@@ -26,17 +25,19 @@ from metalab.core.authoring.testing import (  # noqa: F401 - the kit's public na
     check_learns,
     check_resume,
     evaluate_compiled,
+    paper_defaults,
     run_tiny,
     sinusoid_batch,
     supported_kinds,
     tiny_config,
+    tiny_tasks,
     train_steps,
 )
 
 __all__ = [
     "ConformanceResult", "algorithm_ids", "blob_batch", "check_algorithm", "check_deterministic", "check_learns",
-    "check_resume", "evaluate_compiled", "run_tiny", "sinusoid_batch", "supported_kinds", "tiny_config",
-    "train_steps", "registry_for", "metalab_registry",
+    "check_resume", "evaluate_compiled", "paper_defaults", "run_tiny", "sinusoid_batch", "supported_kinds",
+    "tiny_config", "tiny_tasks", "train_steps", "registry_for", "metalab_registry",
 ]
 
 

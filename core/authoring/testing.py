@@ -8,9 +8,9 @@ Use it from a plugin's own tests (no metalab test suite needed)::
         testing.check_algorithm("myplugin.myalgo", tmp_path)
 
 or parametrise over every installed algorithm with :func:`algorithm_ids`. Each check trains a tiny model for
-a few dozen steps through the real runner on the embedded datasets (scikit-learn digits with an MLP for
-classification, sinusoids for regression; see :data:`TINY_TASKS`), so a whole algorithm takes 20 s to a minute
-on two cores, most of it graph tracing. The plugin must be installed (its entry point is how it is found);
+a few dozen steps through the real runner on the tiny tasks the dataset plugins declare (``DatasetSpec.tiny_task``;
+metalab's built-ins give embedded 8x8 digits with an MLP for classification and sinusoids for regression; see
+:func:`tiny_tasks`), so a whole algorithm takes 20 s to a minute on two cores, most of it graph tracing. The plugin must be installed (its entry point is how it is found);
 pass ``registry=make_plugin_manager(distributions={"metalab", "<your distribution>"}, strict=False)`` to keep
 other installed plugins out. docs/plugins.md ("Testing a plugin") is the guide.
 
@@ -24,6 +24,7 @@ What is checked:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,17 +34,27 @@ import numpy as np
 from metalab.core.engine.config import RunConfig, resolve_config
 from metalab.core.store import RunStore
 
-#: Tiny-task settings per dataset kind: the embedded datasets and a small backbone.
-TINY_TASKS: dict[str, dict[str, Any]] = {
-    "classification": {
-        "dataset": "metalab.digits", "backbone": "metalab.mlp", "ways": 3, "shots": 5, "queries": 5,
-        "backbone_params": {"hidden": [32, 32]},
-    },
-    "regression": {
-        "dataset": "metalab.sinusoid", "backbone": "metalab.mlp", "shots": 10, "queries": 10,
-        "backbone_params": {"hidden": [40, 40]},
-    },
-}
+def tiny_tasks(registry: Any) -> dict[str, dict[str, Any]]:
+    """The tiny task of each dataset kind: run-config fields (``dataset`` and its ``tiny_task``).
+
+    A dataset plugin marks a dataset as one with ``DatasetSpec.tiny_task``; per kind the first such dataset in
+    plugin load order is taken (metalab's built-ins load first), so what a check runs on does not depend on which
+    other plugins are installed.
+
+    Args:
+        registry: The plugin registry.
+
+    Returns:
+        ``{kind: {"dataset": id, **tiny_task}}`` for the kinds that have one (deep copies: edit them freely).
+    """
+    order = {record.name: index for index, record in enumerate(registry.plugins)}
+    marked = sorted((order.get(registry.plugin_of(spec_id, "dataset").name, len(order)), spec_id)
+                    for spec_id, spec in registry.datasets.items() if spec.tiny_task is not None)
+    found: dict[str, dict[str, Any]] = {}
+    for _, spec_id in marked:
+        spec = registry.datasets[spec_id]
+        found.setdefault(spec.kind, {"dataset": spec_id, **copy.deepcopy(spec.tiny_task)})
+    return found
 
 
 #: Meta-training steps of :func:`check_learns` per task kind (regression needs more to beat its baselines).
@@ -92,22 +103,29 @@ def tiny_config(registry: Any, algorithm_id: str, kind: str, *, steps: int = 60,
     Args:
         registry: The plugin registry holding the algorithm and metalab's built-ins.
         algorithm_id: The algorithm to run.
-        kind: ``"classification"`` or ``"regression"`` (a key of :data:`TINY_TASKS`).
+        kind: ``"classification"`` or ``"regression"`` (a kind :func:`tiny_tasks` has a task for).
         steps: Meta-training steps.
         seed: The run's seed.
         algorithm_params: Algorithm parameters overriding the defaults.
-        task: Run-config fields overriding those of the tiny task (e.g. ``{"backbone": "metalab.conv4",
-            "backbone_params": {...}}`` for an option that needs batch norm).
+        task: Run-config fields overriding those of the tiny task (e.g. a ``backbone`` with batch norm and its
+            ``backbone_params``, for an option that needs one).
 
     Returns:
         A :class:`~metalab.core.engine.config.RunConfig`.
 
     Raises:
         metalab.core.engine.config.ConfigError: If a parameter is invalid.
-        UnknownPluginError: If the algorithm or a built-in is not loaded.
+        UnknownPluginError: If the algorithm or the tiny task's dataset or backbone is not loaded.
+        ValueError: If no loaded dataset declares a tiny task of ``kind``.
     """
     spec = registry.algorithm(algorithm_id)
-    tiny = {**TINY_TASKS[kind], **(task or {})}
+    tasks = tiny_tasks(registry)
+    if kind not in tasks:
+        raise ValueError(
+            f"No loaded dataset declares a tiny task of kind {kind!r} (DatasetSpec.tiny_task); kinds with one: "
+            f"{', '.join(sorted(tasks)) or 'none'}. Received: kind={kind!r}"
+        )
+    tiny = {**tasks[kind], **(task or {})}
     params = dict(algorithm_params or {})
     fields = spec.params.model_fields
     if "meta_batch_size" in fields and "meta_batch_size" not in params:
@@ -142,7 +160,9 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
         AssertionError: If the run does not complete (the message holds its error and traceback), or the
             interrupted run was not cancelled.
     """
-    from metalab.core.engine.runner import RunCancelled, build_session, evaluate_batch, fixed_batch, train_run
+    from metalab.core.engine.evaluation import evaluate_batch, fixed_batch
+    from metalab.core.engine.runner import RunCancelled, train_run
+    from metalab.core.engine.session import build_session
 
     store = RunStore(Path(home) / "runs.sqlite")
     run_id = store.create_run(config.model_dump())
@@ -170,7 +190,7 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
     losses = [v for _, v in store.metrics(run_id, ["train/loss"])["train/loss"]]
     after = store.evaluations(run_id)[0]
 
-    from metalab.core.engine.runner import checkpoint_path
+    from metalab.core.engine.checkpoints import checkpoint_path
 
     with np.load(checkpoint_path(store, run_id)) as data:
         weights = [data[k] for k in sorted(data.files, key=_var_order) if k.startswith("var_")]
@@ -184,7 +204,8 @@ def _var_order(name: str) -> tuple[str, int]:
 
 def supported_kinds(registry: Any, algorithm_id: str) -> list[str]:
     """Returns the algorithm's ``task_kinds`` that have a tiny task, in the spec's order."""
-    return [k for k in registry.algorithm(algorithm_id).task_kinds if k in TINY_TASKS]
+    tasks = tiny_tasks(registry)
+    return [k for k in registry.algorithm(algorithm_id).task_kinds if k in tasks]
 
 
 def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
@@ -303,22 +324,43 @@ def check_deterministic(algorithm_id: str, home: Path, *, registry: Any | None =
     np.testing.assert_allclose(a.after["loss"], b.after["loss"], rtol=WEIGHT_TOLERANCE, atol=1e-6)
 
 
-def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = None) -> None:
+def check_algorithm(algorithm_id: str, home: Path, *, registry: Any | None = None,
+                    algorithm_params: dict[str, Any] | None = None, task: dict[str, Any] | None = None) -> None:
     """Runs :func:`check_learns`, :func:`check_resume` and :func:`check_deterministic` for every supported kind.
 
     Args:
         algorithm_id: The algorithm to check.
         home: A folder for the run stores (``tmp_path``).
         registry: The plugin registry; by default a fresh ``make_plugin_manager(strict=False)``.
+        algorithm_params: Algorithm parameters overriding the defaults, in every check;
+            ``paper_defaults(registry, algorithm_id)`` checks the spec's own defaults, uncapped.
+        task: Run-config fields overriding the tiny task's (see :func:`tiny_config`).
 
     Raises:
         AssertionError: From the first check that fails.
     """
     registry = _registry(registry)
+    given = {"registry": registry, "algorithm_params": algorithm_params, "task": task}
     for kind in supported_kinds(registry, algorithm_id):
-        check_learns(algorithm_id, Path(home) / kind / "learns", registry=registry, kind=kind)
-        check_resume(algorithm_id, Path(home) / kind / "resume", registry=registry, kind=kind)
-        check_deterministic(algorithm_id, Path(home) / kind / "determinism", registry=registry, kind=kind)
+        check_learns(algorithm_id, Path(home) / kind / "learns", kind=kind, **given)
+        check_resume(algorithm_id, Path(home) / kind / "resume", kind=kind, **given)
+        check_deterministic(algorithm_id, Path(home) / kind / "determinism", kind=kind, **given)
+
+
+def paper_defaults(registry: Any | None, algorithm_id: str) -> dict[str, Any]:
+    """Every parameter of the algorithm at its declared default (the paper's), to pass as ``algorithm_params``.
+
+    The checks cap ``meta_batch_size`` at 4 and ``eval_inner_steps`` at 10 to stay fast, except for parameters
+    given in ``algorithm_params``; these give them all, so a check runs the defaults users get (slower).
+
+    Args:
+        registry: The plugin registry; ``None`` makes a fresh one.
+        algorithm_id: The algorithm.
+
+    Returns:
+        ``{name: default}`` for every parameter, default factories included.
+    """
+    return _registry(registry).algorithm(algorithm_id).params().model_dump()
 
 
 def algorithm_ids(registry: Any | None = None) -> list[str]:

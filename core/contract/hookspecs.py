@@ -55,22 +55,30 @@ def metalab_register_backbones() -> list:
 
 
 @hookspec
-def metalab_report_panels(run: dict, report_data: dict, artifacts_dir: str) -> list:
+def metalab_report_panels(run: dict, report_data: dict, artifacts_dir: str, metrics: dict) -> list:
     """Returns the panels this plugin adds to a run's report, as a list of ``ReportPanel``.
 
     Called by the report (the dashboard's Run report page and the HTML export, through the service facade) for
     every finished run, in the dashboard's process: never import a deep-learning framework here, and read only
     plain data. Whatever a panel needs from the trained model must be written by the training worker: an
     algorithm's optional ``report_data()`` method returns a JSON-serialisable dict that metalab stores in the
-    run's ``report_data.json`` under the algorithm's id (``report_data["metalab_foo.foo"]``). Return an empty list
-    for runs the plugin has nothing to say about (check ``run["algorithm"]``). A hook that raises or returns
-    something else shows as a warning in that plugin's place; the rest of the report is unaffected.
+    run's ``report_data.json`` under the algorithm's id (``report_data["metalab_foo.foo"]``); what it logged during
+    training arrives as ``metrics``. A hook that raises or returns something else shows as a warning in that
+    plugin's place; the rest of the report is unaffected.
+
+    Which runs: a plugin targeting plugin API 1.4 or later (``METALAB_PLUGIN_API = "1.4"``) that registers
+    algorithms, datasets or backbones is called only for the runs that use one of them, so its panels need no
+    check of ``run["algorithm"]``; a plugin that registers none is called for every run. A plugin targeting an
+    earlier API is called for every run, and returns an empty list for runs it has nothing to say about.
 
     Args:
         run: The run's record as a dict (``id``, ``algorithm``, ``dataset``, ``backbone``, ``config``,
             ``status``, ...).
         report_data: The run's ``report_data.json`` (an empty dict when the worker wrote none).
         artifacts_dir: The run's folder (checkpoint, ``report_data.json`` and any other artifact files).
+        metrics: The series the run logged, ``{name: [(step, value), ...]}`` in step order (e.g.
+            ``"train/loss"``, ``"val/accuracy"`` and whatever the algorithm's metrics add). Since: plugin API 1.4;
+            like every argument, an implementation names it only if it uses it.
 
     Returns:
         list[ReportPanel]

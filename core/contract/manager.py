@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import pluggy
 
 from metalab.core.contract import hookspecs
+from metalab.core.contract.factories import SpecFactory
 from metalab.core.contract.specs import (
     PLUGIN_API_VERSION,
     AlgorithmSpec,
@@ -46,6 +47,7 @@ __all__ = [
     "IMPORT_TIMEOUT_ENV",
     "SLOW_PLUGIN_SECONDS",
     "check_factory_result",
+    "backbone_maker",
     "plugin_import_timeout",
     "make_plugin_manager",
     "normalize_namespace",
@@ -253,7 +255,7 @@ class PluginRegistry:
         """Returns the algorithm spec with this id.
 
         Args:
-            id: An algorithm id such as ``"metalab.maml"``.
+            id: An algorithm id such as ``"metalab_foo.foo"``.
 
         Returns:
             The :class:`AlgorithmSpec`.
@@ -523,6 +525,8 @@ def _has(obj: Any, name: str) -> bool:
 
 def _factory_name(spec: Any) -> str:
     factory = getattr(spec, "factory", None)
+    if isinstance(factory, SpecFactory):
+        return factory.name
     module = getattr(factory, "__module__", None)
     qualname = getattr(factory, "__qualname__", None) or type(factory).__name__
     return f"{module}.{qualname}" if module else qualname
@@ -584,6 +588,42 @@ def check_factory_result(spec: Any, result: Any, *, registry: Any = None) -> Any
         f"The {kind} factory of {spec.id!r} ({where}) {problem}. Received: {received} {_safe_repr(result)}",
         kind=kind, spec_id=spec.id, plugin=plugin_name, received=received,
     )
+
+
+def backbone_maker(spec: BackboneSpec, params: Any, input_shape: tuple[int, ...], *,
+                   registry: Any = None) -> Any:
+    """The ``make_backbone`` of a :class:`~metalab.core.contract.specs.TaskSpec`: a new, checked model per call.
+
+    Args:
+        spec: The run's backbone spec.
+        params: Its validated parameters.
+        input_shape: The shape of one input.
+        registry: The registry holding ``spec``, to name its plugin in messages and the backbones that give
+            feature maps.
+
+    Returns:
+        ``make_backbone(feature_maps=False) -> keras.Model``. With ``feature_maps=True`` the spec's factory is
+        called with ``feature_maps=True`` and the model returns its last feature map ``[N, h, w, c]``.
+
+    Raises:
+        ValueError: (from ``make_backbone``) ``feature_maps=True`` for a backbone whose spec does not declare
+            ``feature_maps``; the message names the backbones that do.
+    """
+
+    def make_backbone(feature_maps: bool = False) -> Any:
+        if not feature_maps:
+            return check_factory_result(spec, spec.factory(params, input_shape), registry=registry)
+        if not spec.feature_maps:
+            table = getattr(registry, "backbones", {}) or {}
+            able = sorted(sid for sid, other in table.items() if getattr(other, "feature_maps", False))
+            raise ValueError(
+                f"Backbone {spec.id!r} gives flat feature vectors only (its spec does not declare feature_maps); "
+                f"run with a backbone that gives feature maps ({', '.join(able) or 'none is loaded'}). "
+                f"Received: feature_maps=True"
+            )
+        return check_factory_result(spec, spec.factory(params, input_shape, feature_maps=True), registry=registry)
+
+    return make_backbone
 
 
 def _factory_problem(kind: str, spec: Any, result: Any) -> str | None:
@@ -804,7 +844,8 @@ class _Loader:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # pluggy refuses an implementation taking arguments its spec lacks
-            self._fail(record, f"Registration failed: {_describe_exception(exc)}", _format_traceback(exc))
+            mismatch = self._signature_message(record, plugin)
+            self._fail(record, mismatch or f"Registration failed: {_describe_exception(exc)}", _format_traceback(exc))
             return
         record.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         try:
@@ -826,6 +867,34 @@ class _Loader:
             self.tables[kind][spec.id] = spec
             self.owners[(kind, spec.id)] = record.name
         self.records.append(record)
+
+    def _signature_message(self, record: PluginRecord, plugin: object) -> str | None:
+        """Says which hook implementation takes arguments its hook does not pass, and what the hook passes.
+
+        pluggy's own refusal names neither the arguments metalab passes nor what to do; ``None`` when no
+        implementation of a known hook has such an argument (the refusal was about something else).
+        """
+        for name in dir(plugin):
+            caller = getattr(self.pm.hook, name, None)
+            if not hasattr(caller, "has_spec") or not caller.has_spec():
+                continue
+            if self.pm.parse_hookimpl_opts(plugin, name) is None:
+                continue
+            try:
+                parameters = inspect.signature(getattr(plugin, name)).parameters
+            except (TypeError, ValueError):
+                continue
+            taken = [p for p, info in parameters.items() if info.kind not in (info.VAR_POSITIONAL, info.VAR_KEYWORD)]
+            passed = tuple(caller.spec.argnames)
+            extra = [p for p in taken if p not in passed]
+            if extra:
+                offer = (f"metalab calls it with {', '.join(passed)} (an implementation takes any of them, by name)"
+                         if passed else "metalab calls it with no arguments")
+                return (
+                    f"Hook {name} of plugin {record.name!r} takes {', '.join(map(repr, extra))}, which the hook does "
+                    f"not pass; {offer}. Received: {name}({', '.join(taken)})"
+                )
+        return None
 
     def _unknown_hooks_message(self, plugin: object) -> str:
         callers = self.pm.get_hookcallers(plugin) or []
@@ -885,9 +954,9 @@ class _Loader:
                 f"Received: {type(spec).__name__} {_safe_repr(spec)}"
             )
         try:
+            # Also refuses parameter defaults outside their own ranges and models without a JSON schema (the
+            # dashboard builds its forms from it): the plugin fails here, not a run later in a worker.
             spec.validate()
-            # The dashboard builds its forms from this schema, so a model without one is a broken spec.
-            spec.params.model_json_schema()
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
@@ -979,7 +1048,7 @@ def make_plugin_manager(
 
     Example:
         registry = make_plugin_manager(distributions={"metalab"})
-        spec = registry.algorithm("metalab.maml")
+        spec = registry.algorithm("metalab_foo.foo")
     """
     if settings is None:
         settings = load_settings()

@@ -8,6 +8,7 @@ lazily, inside their factories.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Annotated, Any, Callable, Literal, Protocol, runtime_checkabl
 import numpy as np
 import pluggy
 import pydantic
+
+from metalab.core.contract.factories import SpecFactory, factory_problem, wrap_factory
+from metalab.core.contract.params import params_problem
 
 __all__ = [
     "PLUGIN_API_VERSION",
@@ -26,12 +30,16 @@ __all__ = [
     "BackboneSpec",
     "TaskSpec",
     "TaskBatch",
+    "LoadedRun",
     "DataContext",
     "ClassSplit",
     "ClassificationDataset",
     "RegressionTaskFamily",
     "Algorithm",
     "ReportPanel",
+    "PublishedResult",
+    "MEMORY_MODELS",
+    "TINY_TASK_FIELDS",
     "SPLITS",
     "DataPath",
     "DownloadURL",
@@ -43,7 +51,7 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.3"
+PLUGIN_API_VERSION = "1.4"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -52,6 +60,15 @@ hookimpl = pluggy.HookimplMarker("metalab")
 SPLITS = ("train", "val", "test")
 
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
+
+#: The step-memory models of the memory estimate an algorithm can name in ``AlgorithmSpec.memory_model`` (since API
+#: 1.4): ``"maml"`` (an inner loop through the whole network, differentiated to second order unless the params'
+#: ``first_order`` is set; MAML, Meta-SGD), ``"anil"`` (an inner loop on a linear head over the backbone's features)
+#: and ``"protonet"`` (one forward and backward pass per episode, no inner loop).
+MEMORY_MODELS = ("maml", "anil", "protonet")
+
+#: The run-config fields a ``DatasetSpec.tiny_task`` may set (since API 1.4).
+TINY_TASK_FIELDS = ("backbone", "backbone_params", "dataset_params", "ways", "shots", "queries")
 
 
 #: The JSON-schema key that marks a parameter touching the machine (its value is one of :data:`MACHINE_KINDS`).
@@ -114,8 +131,9 @@ class Params(pydantic.BaseModel):
     """Base class for a plugin's parameter model.
 
     Declare each parameter as a pydantic field with a default, a range (``ge``/``gt``/``le``/``lt``), a
-    ``description`` (shown as help in the CLI and the dashboard) and, for choices, a ``Literal`` type.
-    Unknown parameter names are refused.
+    ``description`` (shown by ``metalab plugins show`` and the dashboard) and, for choices, a ``Literal`` type.
+    Unknown parameter names are refused. A default outside its own range, or a type without a JSON schema, fails
+    the plugin when it loads.
 
     Example:
         class MAMLParams(Params):
@@ -138,12 +156,105 @@ def _check_common(spec: Any, kind: str) -> None:
             f"{kind} {spec.id!r}: params must be a pydantic model class (subclass metalab.core.contract.specs.Params). "
             f"Received: params={spec.params!r}"
         )
-    try:
-        spec.params()
-    except pydantic.ValidationError as exc:
-        raise ValueError(f"{kind} {spec.id!r}: every parameter needs a valid default. {exc}") from None
-    if not callable(spec.factory):
-        raise ValueError(f"{kind} {spec.id!r}: factory must be callable. Received: factory={spec.factory!r}")
+    problem = params_problem(spec.params, f"{kind} {spec.id!r}")  # defaults within range, a JSON schema
+    if problem is not None:
+        raise ValueError(problem)
+    problem = factory_problem(spec.factory)
+    if problem is not None:
+        target = getattr(spec.factory, "target", spec.factory)
+        raise ValueError(f"{kind} {spec.id!r}: factory {problem}. Received: factory={target!r}")
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """A score a paper reports, which the report sets beside a run's whose protocol matches (since API 1.4).
+
+    Declared in ``DatasetSpec.published_results`` (the dataset's papers) or ``AlgorithmSpec.published_results`` (an
+    algorithm's paper, on any dataset). A run matches when it is on ``dataset`` with every parameter of
+    ``dataset_params`` at that value (its defaults filled in) and, unless they are ``None``, ``ways`` and ``shots``
+    are the run's; the report marks the row as the run's own method when the run's algorithm is ``algorithm`` with
+    every parameter of ``algorithm_params`` at that value.
+
+    Args:
+        method: The method as the paper names it, e.g. ``"first-order MAML"``.
+        citation: Authors, year, title and table, e.g. ``"Finn, Abbeel and Levine 2017, ... (ICML), Table 1"``.
+        value: The score as the paper gives it: accuracy in percent, or the mean squared error.
+        ci95: Half-width of its 95% confidence interval, or ``None`` when the paper gives none.
+        metric: ``"accuracy"`` (percent) or ``"mse"``.
+        ways: The episode's classes (``None``: any, e.g. a benchmark's own fixed tasks).
+        shots: Support examples per class (``None``: any).
+        dataset: The dataset id; on a ``DatasetSpec`` leave it empty (the spec's own id).
+        dataset_params: The dataset parameters the paper's protocol fixes, e.g. ``{"image_size": 28}``.
+        algorithm: The algorithm id that produced the score, or ``""`` for a reference that is no algorithm of
+            metalab (people, another paper's method).
+        algorithm_params: The parameters that make this variant, e.g. ``{"first_order": True}``.
+        benchmark: The named task set of ``ClassificationDataset.benchmarks`` it was measured on (``metalab eval
+            RUN --benchmark NAME``), or ``None`` for the dataset's test split under the run's episode shape.
+    """
+
+    method: str
+    citation: str
+    value: float
+    ci95: float | None = None
+    metric: Literal["accuracy", "mse"] = "accuracy"
+    ways: int | None = None
+    shots: int | None = None
+    dataset: str = ""
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    algorithm: str = ""
+    algorithm_params: dict[str, Any] = field(default_factory=dict)
+    benchmark: str | None = None
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` with a clear message if the record is malformed."""
+        for name in ("method", "citation"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"PublishedResult needs a non-empty {name}. Received: {name}={value!r}")
+        for name in ("value", "ci95"):
+            value = getattr(self, name)
+            if (value is None and name == "ci95") or (
+                    isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+                continue
+            raise ValueError(f"PublishedResult {self.method!r}: {name} must be a finite number"
+                             f"{' or None' if name == 'ci95' else ''}. Received: {name}={value!r}")
+        if self.metric not in ("accuracy", "mse"):
+            raise ValueError(f"PublishedResult {self.method!r}: metric must be 'accuracy' or 'mse'. "
+                             f"Received: metric={self.metric!r}")
+        for name in ("ways", "shots"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"PublishedResult {self.method!r}: {name} must be a positive int or None. "
+                                 f"Received: {name}={value!r}")
+        for name in ("dataset", "algorithm"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and (value == "" or _ID_RE.match(value))):
+                raise ValueError(f"PublishedResult {self.method!r}: {name} must be a spec id '<plugin>.<name>' or "
+                                 f"''. Received: {name}={value!r}")
+        for name in ("dataset_params", "algorithm_params"):
+            value = getattr(self, name)
+            if not (isinstance(value, dict) and all(isinstance(k, str) for k in value)):
+                raise ValueError(f"PublishedResult {self.method!r}: {name} must be a dict of parameter names to "
+                                 f"values. Received: {name}={value!r}")
+        if self.benchmark is not None and not (isinstance(self.benchmark, str) and self.benchmark):
+            raise ValueError(f"PublishedResult {self.method!r}: benchmark must be a task-set name or None. "
+                             f"Received: benchmark={self.benchmark!r}")
+
+
+def _check_published(spec: Any, kind: str) -> None:
+    """Checks a spec's ``published_results``: a list or tuple of valid :class:`PublishedResult` records."""
+    records = spec.published_results
+    if not isinstance(records, (list, tuple)) or not all(isinstance(r, PublishedResult) for r in records):
+        raise ValueError(f"{kind} {spec.id!r}: published_results must be a tuple of PublishedResult. "
+                         f"Received: published_results={records!r}")
+    for record in records:
+        record.validate()
+        if kind == "DatasetSpec" and record.dataset not in ("", spec.id):
+            raise ValueError(f"DatasetSpec {spec.id!r}: a published result on another dataset belongs to that "
+                             f"dataset's spec (or an algorithm's). Received: dataset={record.dataset!r}")
+        if kind == "AlgorithmSpec" and not record.dataset:
+            raise ValueError(f"AlgorithmSpec {spec.id!r}: each published result names the dataset it was measured "
+                             f"on. Received: dataset={record.dataset!r} (method {record.method!r})")
 
 
 @dataclass(frozen=True)
@@ -151,23 +262,43 @@ class AlgorithmSpec:
     """Declares a meta-learning algorithm.
 
     Args:
-        id: ``<plugin>.<name>``, e.g. ``metalab.maml``.
+        id: ``<plugin>.<name>``, e.g. ``metalab_foo.foo``.
         title: Short human name, e.g. ``"MAML"``.
-        description: One paragraph for the Plugins page.
+        description: One paragraph, shown by ``metalab plugins show`` and the Plugins page.
         params: The pydantic parameter model (a :class:`Params` subclass); defaults follow the paper.
         factory: ``factory(params, task) -> Algorithm``, called in the training process with the validated
-            params instance and a :class:`TaskSpec`. Import Keras inside the factory, not at module level.
+            params instance and a :class:`TaskSpec`, or the string ``"package.module:Attribute"`` naming it
+            (e.g. the implementation class), imported on first use so that registration imports no Keras (since
+            API 1.4). A task whose kind is not in ``task_kinds`` is refused before the factory runs.
         paper: Citation of the paper the algorithm implements.
         task_kinds: Which dataset kinds it supports (``"classification"``, ``"regression"``).
+        published_results: Scores the algorithm's paper reports, each a :class:`PublishedResult` naming its
+            dataset; the report shows those whose protocol matches a run's (since API 1.4).
+        batch_norm_mode: ``batch_norm_mode(params) -> str``: how the algorithm uses batch-norm statistics at
+            meta-test time under the validated ``params``, completing "Meta-test batch norm: ...", e.g.
+            ``"transductive (query batch statistics)"``. Every report on a backbone with batch norm prints it,
+            since the choice moves published numbers by points; ``None`` says nothing (since API 1.4).
+        memory_model: Which of :data:`MEMORY_MODELS` the step-memory estimate uses for the algorithm (its
+            params' ``inner_steps``, ``first_order`` and ``task_window`` are read where present); ``None``: not
+            estimated (since API 1.4).
     """
 
     id: str
     title: str
     description: str
     params: type[pydantic.BaseModel]
-    factory: Callable[..., "Algorithm"]
+    factory: Callable[..., "Algorithm"] | str
     paper: str = ""
     task_kinds: tuple[str, ...] = ("classification", "regression")
+    published_results: tuple[PublishedResult, ...] = ()
+    batch_norm_mode: Callable[[Any], str] | None = None
+    memory_model: str | None = None
+
+    def __post_init__(self) -> None:
+        # One door for every caller: a "module:Attribute" factory is imported on first use, and a task of a kind
+        # missing from task_kinds is refused before any implementation runs.
+        kinds = self.task_kinds if isinstance(self.task_kinds, tuple) else None
+        object.__setattr__(self, "factory", wrap_factory(self.factory, f"AlgorithmSpec {self.id!r}", kinds))
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
@@ -175,6 +306,13 @@ class AlgorithmSpec:
         bad = set(self.task_kinds) - {"classification", "regression"}
         if not self.task_kinds or bad:
             raise ValueError(f"AlgorithmSpec {self.id!r}: unknown task kinds. Received: task_kinds={self.task_kinds!r}")
+        _check_published(self, "AlgorithmSpec")
+        if self.batch_norm_mode is not None and not callable(self.batch_norm_mode):
+            raise ValueError(f"AlgorithmSpec {self.id!r}: batch_norm_mode must be None or a function params -> str. "
+                             f"Received: batch_norm_mode={self.batch_norm_mode!r}")
+        if self.memory_model is not None and self.memory_model not in MEMORY_MODELS:
+            raise ValueError(f"AlgorithmSpec {self.id!r}: memory_model must be None or one of "
+                             f"{', '.join(MEMORY_MODELS)}. Received: memory_model={self.memory_model!r}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +320,7 @@ class DatasetSpec:
     """Declares a dataset (a class-indexed image set or a regression task family).
 
     Args:
-        id: ``<plugin>.<name>``, e.g. ``metalab.omniglot``.
+        id: ``<plugin>.<name>``, e.g. ``metalab_foo.foo``.
         title, description, paper: As for :class:`AlgorithmSpec`.
         params: The pydantic parameter model (a :class:`Params` subclass).
         factory: ``factory(params, context) -> ClassificationDataset | RegressionTaskFamily`` with a
@@ -192,7 +330,7 @@ class DatasetSpec:
         default_backbone: Backbone id used when the run config names none.
         episode_defaults: Defaults for the run's episode shape, e.g. ``{"ways": 5, "shots": 1, "queries": 15}``.
         algorithm_defaults: The parameters the papers used on this dataset, per algorithm id, applied before the
-            user's own values, e.g. ``{"metalab.maml": {"inner_lr": 0.01}}`` for sinusoids (since API 1.1).
+            user's own values, e.g. ``{"metalab_foo.foo": {"inner_lr": 0.01}}`` (since API 1.1).
         downloads: The files the plugin may download, ``{url: sha256}`` (since API 1.3). Outside ``private`` mode
             a :data:`DownloadURL` parameter may name only these, and every download is checked against its pinned
             sha256.
@@ -203,13 +341,24 @@ class DatasetSpec:
             images, is refused before the run is created; without it the check happens when training starts.
             Raise ``ValueError`` for parameters the dataset cannot serve. Left out by datasets whose sizes depend
             on their files.
+        published_results: Scores the dataset's papers report, as :class:`PublishedResult` records (``dataset``
+            left empty); the report shows those whose protocol matches a run's (since API 1.4).
+        presets: Starting values of the dashboard's Train form for a quick first run on this dataset, per
+            algorithm id, with ``"*"`` for every algorithm (an algorithm's own entry goes over it), e.g.
+            ``{"*": {"steps": 300}, "metalab_foo.foo": {"algorithm.inner_lr": 0.01}}``. Keys are run fields or
+            qualified plugin parameters, as ``metalab train --set`` takes them (since API 1.4).
+        tiny_task: Marks the dataset as a tiny task of the conformance kit (``metalab.api.testing``): the
+            run-config fields of a run that takes seconds on a CPU with no download, e.g. ``{"backbone":
+            "metalab_foo.mlp", "backbone_params": {"hidden": [32, 32]}, "ways": 3, "shots": 5, "queries": 5}``,
+            keys among :data:`TINY_TASK_FIELDS`. Per task kind the kit takes the first such dataset in plugin load
+            order (metalab's built-ins load first); ``None``: not a tiny task (since API 1.4).
     """
 
     id: str
     title: str
     description: str
     params: type[pydantic.BaseModel]
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     kind: Literal["classification", "regression"] = "classification"
     paper: str = ""
     default_backbone: str | None = None
@@ -217,10 +366,33 @@ class DatasetSpec:
     algorithm_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
     downloads: dict[str, str] = field(default_factory=dict)
     split_sizes: Callable[[Any], dict[str, dict[str, int]]] | None = None
+    published_results: tuple[PublishedResult, ...] = ()
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tiny_task: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factory, (str, SpecFactory)):  # "module:Attribute", imported on first use
+            object.__setattr__(self, "factory", wrap_factory(self.factory, f"DatasetSpec {self.id!r}"))
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "DatasetSpec")
+        _check_published(self, "DatasetSpec")
+        if not isinstance(self.presets, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and all(isinstance(n, str) for n in v)
+            for k, v in self.presets.items()
+        ):
+            raise ValueError(
+                f"DatasetSpec {self.id!r}: presets must map algorithm ids (or '*') to dicts of run fields and "
+                f"qualified parameters. Received: presets={self.presets!r}"
+            )
+        if self.tiny_task is not None and not (
+            isinstance(self.tiny_task, dict) and set(self.tiny_task) <= set(TINY_TASK_FIELDS)
+        ):
+            raise ValueError(
+                f"DatasetSpec {self.id!r}: tiny_task must be None or a dict with keys among "
+                f"{', '.join(TINY_TASK_FIELDS)}. Received: tiny_task={self.tiny_task!r}"
+            )
         if self.split_sizes is not None and not callable(self.split_sizes):
             raise ValueError(
                 f"DatasetSpec {self.id!r}: split_sizes must be None or a function params -> "
@@ -261,19 +433,38 @@ class BackboneSpec:
             or freshly built model. Batch normalisation inside must give exact second derivatives
             (use :class:`metalab.core.engine.layers.MetaBatchNorm`, not ``keras.layers.BatchNormalization``).
         input_kinds: ``"image"`` (H, W, C inputs) and/or ``"vector"`` (flat inputs).
+        has_batch_norm: Whether the model normalises with batch statistics: ``True`` or ``False``, or ``None``
+            when not declared. The report prints the algorithm's ``batch_norm_mode`` only for a backbone that may
+            have batch norm, and says there is none for one that declares ``False`` (since API 1.4).
+        feature_maps: ``True`` when the factory also takes ``feature_maps=True`` and then returns a model whose
+            output is its last feature map ``[N, h, w, c]`` instead of the flat vector (for relation modules and
+            other spatial heads; an algorithm asks with ``task.make_backbone(feature_maps=True)``). Default
+            ``False``: the factory is called with ``(params, input_shape)`` only (since API 1.4).
     """
 
     id: str
     title: str
     description: str
     params: type[pydantic.BaseModel]
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     paper: str = ""
     input_kinds: tuple[str, ...] = ("image", "vector")
+    has_batch_norm: bool | None = None
+    feature_maps: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.factory, (str, SpecFactory)):  # "module:Attribute", imported on first use
+            object.__setattr__(self, "factory", wrap_factory(self.factory, f"BackboneSpec {self.id!r}"))
 
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "BackboneSpec")
+        if not isinstance(self.feature_maps, bool):
+            raise ValueError(f"BackboneSpec {self.id!r}: feature_maps must be True or False. "
+                             f"Received: feature_maps={self.feature_maps!r}")
+        if not isinstance(self.has_batch_norm, (bool, type(None))):
+            raise ValueError(f"BackboneSpec {self.id!r}: has_batch_norm must be True, False or None. "
+                             f"Received: has_batch_norm={self.has_batch_norm!r}")
 
 
 @dataclass(frozen=True)
@@ -397,8 +588,15 @@ class TaskSpec:
         ways, shots, queries: The episode shape (``ways`` is 1 for regression).
         total_steps: Meta-training steps planned for the run (for schedules).
         make_backbone: ``make_backbone() -> keras.Model``: a new backbone of the run's choice for this input shape.
+            ``make_backbone(feature_maps=True)`` returns its last feature map ``[N, h, w, c]`` instead of the flat
+            vector when the backbone declares ``BackboneSpec.feature_maps`` (else ``ValueError``; since API 1.4).
         num_train_classes: Classes of the training split (classification; 0 for regression): the output size
             of a pre-training head over all base classes (since API 1.2).
+        load_run: A store-free way to load another run's model (since API 1.4): ``load_run(run_ref) ->
+            LoadedRun`` takes a run id (or a unique prefix of it), e.g. a :data:`RunRef` parameter, and returns the
+            completed run rebuilt with its checkpoint loaded. It raises ``ValueError`` (no such run, several, not
+            completed, an unusable checkpoint) or ``FileNotFoundError`` (no run store, no checkpoint), each naming
+            the run. The engine sets it; ``None`` where no run can be loaded (a task built by hand).
     """
 
     kind: str
@@ -408,8 +606,9 @@ class TaskSpec:
     shots: int
     queries: int
     total_steps: int
-    make_backbone: Callable[[], Any]
+    make_backbone: Callable[..., Any]
     num_train_classes: int = 0
+    load_run: Callable[[str], LoadedRun] | None = None
 
 
 @dataclass
@@ -435,6 +634,54 @@ class TaskBatch:
     @property
     def num_tasks(self) -> int:
         return int(self.support_x.shape[0])
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """Another completed run with its trained weights, as :attr:`TaskSpec.load_run` returns it (since API 1.4).
+
+    A plugin that builds on another run (a distillation student on its teacher, say) gets it from the task it
+    is given and never opens the run store: the engine resolves the id, requires a completed run with a
+    checkpoint, rebuilds the run's dataset and algorithm through the plugins and loads its newest usable
+    checkpoint.
+
+    Attributes:
+        id: The run's full id.
+        config: The run's config as stored: the run-config fields (``dataset``, ``algorithm``, ``backbone``,
+            ``ways``, ``shots``, ``queries``, ``seed``, ``dataset_params``, ``algorithm_params``, ...).
+        algorithm_id: The run's algorithm id, e.g. ``"metalab_foo.foo"``.
+        dataset_id: The run's dataset id.
+        algorithm: The run's algorithm object, holding the weights of its checkpoint.
+        dataset: The run's dataset (a :class:`ClassificationDataset` or a :class:`RegressionTaskFamily`).
+        task: The :class:`TaskSpec` the run's algorithm was built with.
+        evaluations: The run's recorded evaluations (dicts with ``split``, ``episodes``, ``accuracy`` or ``mse``,
+            ``ci95``, ...), as the run store lists them.
+        episode_maker: What :meth:`fixed_episodes` calls, set by the engine; ``None`` when there is none.
+    """
+
+    id: str
+    config: dict[str, Any]
+    algorithm_id: str
+    dataset_id: str
+    algorithm: Any
+    dataset: Any
+    task: TaskSpec
+    evaluations: list[dict[str, Any]] = field(default_factory=list)
+    episode_maker: Callable[[str, int | None, int, int, int], TaskBatch] | None = field(default=None, repr=False)
+
+    def fixed_episodes(self, split: str, ways: int | None, shots: int, queries: int, count: int) -> TaskBatch:
+        """The engine's fixed evaluation episodes of the run's dataset: ``count`` tasks of ``split`` in this shape.
+
+        They are the episodes every run on that dataset is scored on (the engine's evaluation seed), so two
+        models compared on them meet the same tasks.
+
+        Raises:
+            ValueError: The split cannot serve episodes of this shape, or the run came without an episode maker.
+        """
+        if self.episode_maker is None:
+            raise ValueError(f"Run {self.id!r} was loaded without an episode maker, so it has no fixed episodes. "
+                             f"Received: episode_maker=None")
+        return self.episode_maker(split, ways, shots, queries, count)
 
 
 @runtime_checkable

@@ -192,10 +192,13 @@ def save_checkpoint(store: Any, run_id: str, step: int, algorithm: Any, optimize
     paths = [str(getattr(v, "path", "") or getattr(v, "name", "")) for v in algorithm.variables]
     bad = _non_finite(arrays)
     if bad:
+        from metalab.core.engine.config import divergence_hint
+
+        hint = divergence_hint(config)
         raise FloatingPointError(
             f"Refusing to save a checkpoint of run {run_id} at step {step}: {_names(bad, paths)} hold NaN or inf "
-            f"(training diverged); the previous checkpoint is kept. Lower the learning rates (e.g. inner_lr, "
-            f"outer_lr). Received: step={step}"
+            f"(training diverged); the previous checkpoint is kept. {hint[:1].upper() + hint[1:]}. "
+            f"Received: step={step}"
         )
     meta = {"sampler": sampler.get_state(), "n_vars": len(algorithm.variables), "n_opt": len(optimizer.variables)}
     tmp = run_dir / f".{LATEST}.new"

@@ -30,8 +30,8 @@ class RunConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    dataset: str = Field(description="Dataset plugin id, e.g. metalab.omniglot.")
-    algorithm: str = Field(description="Algorithm plugin id, e.g. metalab.maml.")
+    dataset: str = Field(description="Dataset plugin id, <plugin>.<name>.")
+    algorithm: str = Field(description="Algorithm plugin id, <plugin>.<name>.")
     backbone: str | None = Field(None, description="Backbone plugin id; empty: the dataset's default.")
     dataset_params: dict[str, Any] = Field(default_factory=dict)
     algorithm_params: dict[str, Any] = Field(default_factory=dict)
@@ -68,8 +68,8 @@ class RunConfig(pydantic.BaseModel):
     test_dataset: str | None = Field(
         None,
         description=(
-            "Cross-domain transfer: also meta-test on this dataset's test split (e.g. train on metalab.omniglot, "
-            "test on metalab.digits); empty: in-domain only."
+            "Cross-domain transfer: also meta-test on this dataset's test split (e.g. train on handwritten "
+            "characters, test on digits); empty: in-domain only."
         ),
     )
     test_dataset_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of test_dataset.")
@@ -122,8 +122,9 @@ def validate_params(model: type[pydantic.BaseModel], values: dict[str, Any], pre
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     """Parses ``--set name=value`` pairs; values are read as JSON when they parse, else as strings.
 
-    A name may be qualified (``algorithm.inner_lr``, ``dataset.split``, ``backbone.filters``, or a run field
-    such as ``ways``); an unqualified name is looked up by :func:`resolve_config`.
+    A name may be qualified (``algorithm.inner_lr``, ``dataset.split``, ``backbone.filters``, ``run.seed``); an
+    unqualified name (``ways``, ``inner_lr``) is looked up by :func:`resolve_config`, which refuses one that both the
+    run and a plugin, or two plugins, have.
     """
     import json
 
@@ -149,8 +150,9 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     Args:
         registry: A :class:`metalab.core.contract.manager.PluginRegistry`.
         raw: Run fields (``dataset``, ``algorithm``, ``steps``, ...).
-        assignments: ``--set`` values; unqualified names go to the run fields, else to whichever of the algorithm,
-            dataset and backbone declares them (ambiguous names must be qualified); ``test_dataset.NAME`` sets a
+        assignments: ``--set`` values; an unqualified name goes to the one of the run fields, the algorithm, the
+            dataset and the backbone that has it (a name two of them have is refused: qualify it as
+            ``run.NAME``, ``algorithm.NAME``, ``dataset.NAME`` or ``backbone.NAME``); ``test_dataset.NAME`` sets a
             parameter of the cross-domain test dataset.
 
     Raises:
@@ -181,6 +183,7 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     # The papers' settings for this dataset come first; the user's own values override them.
     raw["algorithm_params"] = {**dataset.algorithm_defaults.get(algorithm.id, {}), **raw["algorithm_params"]}
     owners = {"algorithm": algorithm.params, "dataset": dataset.params, "backbone": backbone.params}
+    ids = {"run": "the run", "algorithm": algorithm.id, "dataset": dataset.id, "backbone": backbone.id}
     for name, value in assignments.items():
         head, _, tail = name.partition(".")
         if tail and head in owners:
@@ -188,15 +191,24 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
         elif tail and head == "test_dataset":
             # Never matched unqualified: the test dataset often shares parameter names with the training one.
             raw["test_dataset_params"][tail] = value
-        elif name in RunConfig.model_fields and not name.endswith("_params"):
-            raw[name] = value
+        elif tail and head == "run" and _is_run_field(tail):
+            raw[tail] = value
         else:
-            matches = [owner for owner, model in owners.items() if name in model.model_fields]
-            if len(matches) == 1:
+            # A run field is a match like any other: `seed` alone must not silently pick the run's seed when the
+            # dataset has a `seed` of its own.
+            matches = ["run"] if _is_run_field(name) else []
+            matches += [owner for owner, model in owners.items() if name in model.model_fields]
+            if len(matches) == 1 and matches[0] == "run":
+                raw[name] = value
+            elif len(matches) == 1:
                 raw[f"{matches[0]}_params"][name] = value
             elif len(matches) > 1:
                 qualified = " or ".join(f"{m}.{name}" for m in matches)
-                raise ConfigError(f"Parameter {name!r} is ambiguous; write {qualified}. Received: {name}={value!r}")
+                holders = [ids[m] if m == "run" else f"{m} {ids[m]}" for m in matches]
+                owned = f"{', '.join(holders[:-1])} and {holders[-1]} {'both' if len(holders) == 2 else 'all'}"
+                raise ConfigError(
+                    f"Parameter {name!r} is ambiguous: {owned} have it; write {qualified}. Received: {name}={value!r}"
+                )
             else:
                 raise ConfigError(
                     f"Unknown parameter {name!r}: not a run field nor a parameter of {algorithm.id}, {dataset.id} "
@@ -249,6 +261,47 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
             f"Received: test_dataset_params={config.test_dataset_params!r}"
         )
     return config
+
+
+def learning_rate_params(algorithm_params: dict[str, Any]) -> dict[str, float]:
+    """The learning rates among an algorithm's parameters, ``{name: value}``, in the parameters' order.
+
+    A learning rate is a float parameter whose name has the word ``lr`` (``lr``, ``outer_lr``, ``inner_lr_init``,
+    ``finetune_lr``) or ``stepsize`` (Reptile's ``outer_stepsize``); ``lr_decay_every`` is an integer, not a rate.
+
+    Args:
+        algorithm_params: A run's validated algorithm parameters (``RunConfig.algorithm_params``).
+    """
+    found = {}
+    for name, value in algorithm_params.items():
+        words = name.lower().split("_")
+        if isinstance(value, float) and not isinstance(value, bool) and ("lr" in words or "stepsize" in words):
+            found[name] = value
+    return found
+
+
+def divergence_hint(config: RunConfig | dict[str, Any] | None) -> str:
+    """What to do about a run that diverged, naming the run's own algorithm's learning rates and their values.
+
+    Args:
+        config: The run's config (a :class:`RunConfig` or its stored dict); ``None`` gives the generic advice.
+
+    Returns:
+        A clause such as ``"lower the learning rates of metalab_foo.foo (outer_lr=0.001)"``.
+    """
+    if config is None:
+        return "lower the algorithm's learning rates"
+    data = config.model_dump() if isinstance(config, RunConfig) else dict(config)
+    rates = learning_rate_params(dict(data.get("algorithm_params") or {}))
+    algorithm = data.get("algorithm") or "the algorithm"
+    if not rates:
+        return f"lower the learning rates of {algorithm}"
+    listed = ", ".join(f"{name}={value:g}" for name, value in rates.items())
+    return f"lower the learning rates of {algorithm} ({listed}; --set {next(iter(rates))}=...)"
+
+
+def _is_run_field(name: str) -> bool:
+    return name in RunConfig.model_fields and not name.endswith("_params")
 
 
 def _lookup(registry: Any, field: str, spec_id: Any) -> Any:

@@ -87,21 +87,31 @@ def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, An
     return sx, sy, qx, qy, int(num_tasks)
 
 
-def prototype_logits(support_features: Any, support_y: Any, query_features: Any, ways: int) -> Any:
-    """Returns ``[queries, ways]`` logits: minus the squared Euclidean distance from each query to each class mean.
+def prototype_logits(support_features: Any, support_y: Any, query_features: Any, ways: int,
+                     distance: str = "euclidean") -> Any:
+    """Returns ``[queries, ways]`` logits: minus the distance from each query to each class mean (its prototype).
 
-    The nearest-centroid classifier of Prototypical Networks (Snell et al. 2017, eq. 1 and 2), used to score
-    frozen features few-shot.
+    The nearest-centroid classifier of Prototypical Networks (Snell et al. 2017, eq. 1 and 2), used by ProtoNet
+    and to score frozen features few-shot.
 
     Args:
         support_features: ``[n_support, d]`` features of the support set.
         support_y: ``[n_support]`` int labels in ``0..ways-1``.
         query_features: ``[n_query, d]`` features of the query set.
         ways: Number of classes of the episode.
+        distance: ``"euclidean"`` (squared, the paper's) or ``"cosine"`` (the logits are ``cos - 1``).
+
+    Raises:
+        ValueError: If ``distance`` is neither.
     """
+    if distance not in ("euclidean", "cosine"):
+        raise ValueError(f"distance must be 'euclidean' or 'cosine'. Received: distance={distance!r}")
     onehot = ops.one_hot(ops.cast(support_y, "int32"), ways, dtype=support_features.dtype)
     counts = ops.maximum(ops.sum(onehot, axis=0), ops.cast(1, support_features.dtype))
     prototypes = ops.matmul(ops.transpose(onehot), support_features) / ops.expand_dims(counts, -1)
+    if distance == "cosine":
+        queries = ops.normalize(query_features, axis=-1)
+        return ops.matmul(queries, ops.transpose(ops.normalize(prototypes, axis=-1))) - 1.0
     diff = ops.expand_dims(query_features, 1) - ops.expand_dims(prototypes, 0)
     return -ops.sum(ops.square(diff), axis=-1)
 

@@ -34,7 +34,6 @@ from typing import Any
 
 __all__ = [
     "LayerProfile",
-    "MODELLED_ALGORITHMS",
     "RUNTIME_BASELINE_BYTES",
     "activation_profile",
     "estimate_for_session",
@@ -45,16 +44,6 @@ __all__ = [
 #: Resident memory of a worker process after importing TensorFlow and Keras and building a small model on CPU
 #: (measured here: about 700 MB, see ``../shared/PITFALLS.md``); used when the caller knows no better figure.
 RUNTIME_BASELINE_BYTES = 700 * 2**20
-
-#: The algorithm plugins the estimate models, and how: ``maml`` (an inner loop through the whole network,
-#: differentiated to second order unless ``first_order``), ``anil`` (inner loop on the linear head only) and
-#: ``protonet`` (one forward and backward pass per episode).
-MODELLED_ALGORITHMS = {
-    "metalab.maml": "maml",
-    "metalab.metasgd": "maml",
-    "metalab.anil": "anil",
-    "metalab.protonet": "protonet",
-}
 
 # Keras layer classes by what their TensorFlow gradient keeps (names, so this module needs no Keras import).
 _WEIGHTED = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense",
@@ -389,17 +378,21 @@ def estimate_step_memory(
     }
 
 
-def method_of(algorithm_id: str) -> str | None:
-    """The estimate's method for an algorithm plugin id (``None``: not modelled)."""
-    return MODELLED_ALGORITHMS.get(algorithm_id)
+def method_of(registry: Any, algorithm_id: str) -> str | None:
+    """The estimate's method for an algorithm id: its spec's ``memory_model`` (``None``: not modelled, or not
+    loaded). Which algorithm follows which model is the algorithm plugin's to say (``AlgorithmSpec.memory_model``,
+    one of ``metalab.core.contract.specs.MEMORY_MODELS``), so a third-party algorithm is estimated the same way."""
+    spec = registry.algorithms.get(algorithm_id)
+    return getattr(spec, "memory_model", None)
 
 
-def estimate_for_session(session: Any, *, concurrency: int | None = None,
+def estimate_for_session(session: Any, *, registry: Any, concurrency: int | None = None,
                          baseline_bytes: int = RUNTIME_BASELINE_BYTES) -> dict[str, Any]:
-    """The step-memory estimate of a built run session (``runner.build_session``), or why there is none.
+    """The step-memory estimate of a built run session (``session.build_session``), or why there is none.
 
     Args:
         session: A session with ``config``, ``task`` and ``algorithm`` (whose ``model`` gives the layer shapes).
+        registry: The plugin registry: the algorithm's spec says which model it follows (``memory_model``).
         concurrency: The inter-op threads of the process that will run the step (MAML's default task window on
             TensorFlow); ``None``: unknown, all tasks at once. An algorithm's own ``task_window`` takes
             precedence; on Keras's JAX backend (XLA schedules the step) and with no window below the meta-batch,
@@ -411,10 +404,11 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
         model the estimate does not cover.
     """
     config, task, algorithm = session.config, session.task, session.algorithm
-    method = method_of(config.algorithm)
+    method = method_of(registry, config.algorithm)
     if method is None:
-        return {"modelled": False, "reason": f"The memory estimate does not model {config.algorithm} (it models "
-                                              f"{', '.join(sorted(MODELLED_ALGORITHMS))})."}
+        modelled = sorted(i for i, spec in registry.algorithms.items() if getattr(spec, "memory_model", None))
+        return {"modelled": False, "reason": f"The memory estimate does not model {config.algorithm} (its spec "
+                                              f"names no memory_model; modelled: {', '.join(modelled) or 'none'})."}
     model = getattr(algorithm, "model", None)
     if model is None:
         return {"modelled": False, "reason": f"{config.algorithm} exposes no Keras model to read layer shapes from."}
@@ -426,7 +420,7 @@ def estimate_for_session(session: Any, *, concurrency: int | None = None,
     validated = getattr(algorithm, "config", None)
     params = validated.model_dump() if hasattr(validated, "model_dump") else dict(config.algorithm_params)
     ways = int(task.ways)
-    from metalab.core.engine.runner import keras_backend
+    from metalab.core.engine.devices import keras_backend
 
     meta_batch = int(getattr(algorithm, "meta_batch_size", 1))
     # MAML's task window (TensorFlow): its own task_window, else the inter-op threads. A window as wide as the

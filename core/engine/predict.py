@@ -157,7 +157,8 @@ def _check_checkpoint_fits(path: Path, algorithm: Any, run: Any, config: Any, nu
             f"Run {run.id} ({config.algorithm}) was trained on {config.ways}-way episodes and its model has a "
             f"{config.ways}-way output layer, so it classifies exactly {config.ways} classes; the support set has "
             f"{num_classes}. Give a support set with {config.ways} class folders, or use a run of an algorithm "
-            f"without a fixed output layer (e.g. metalab.protonet). Received: classes={num_classes}"
+            f"without a fixed output layer (a metric-based one such as Prototypical Networks). "
+            f"Received: classes={num_classes}"
         )
     raise PredictionError(
         f"Run {run.id}'s checkpoint does not fit the model built from its config (the plugin or its version "
@@ -202,7 +203,9 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
     from metalab.core.engine import functional
     from metalab.core.engine.config import RunConfig
     from metalab.core.contract.specs import TaskBatch
-    from metalab.core.engine.runner import build_session, checkpoint_path, device_scope, load_checkpoint
+    from metalab.core.engine.checkpoints import checkpoint_path, load_checkpoint
+    from metalab.core.engine.devices import device_scope
+    from metalab.core.engine.session import build_session
 
     run = store.get_run(run_id)
     config = RunConfig(**run.config)

@@ -1,24 +1,20 @@
-"""Device listing and a short pre-launch probe, run in a worker process so that the dashboard never imports TF.
+"""Device listing and a short pre-launch probe; the worker process runs them, so the dashboard never imports TF.
 
-``python -m metalab.core.engine.probe devices`` prints the devices the Keras backend sees (TensorFlow's, or JAX's under
-``KERAS_BACKEND=jax``); ``python -m metalab.core.engine.probe
-estimate CONFIG_JSON`` builds a run's session as the runner does, times a few compiled train steps and prints
-parameter count, compile time, seconds per step, peak memory beside the analytic estimate of ``core.memory``
-and, for second-order MAML, whether it fits.
-Both print one JSON object on the last line of stdout (``{"ok": false, "error": ...}`` on failure).
+:func:`list_devices` lists the devices the Keras backend sees (TensorFlow's, or JAX's under ``KERAS_BACKEND=jax``);
+:func:`estimate` builds a run's session as the runner does, times a few compiled train steps and reports the
+parameter count, compile time, seconds per step, peak memory beside the analytic estimate of
+:mod:`~metalab.core.engine.memory` and, for second-order MAML, whether it fits. The worker's ``devices`` and
+``estimate`` jobs (:mod:`metalab.core.worker`) call them.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import os
 import resource
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +103,7 @@ def _cpu_description() -> str:
 
 
 def _on_jax() -> bool:
-    from metalab.core.engine.runner import keras_backend
+    from metalab.core.engine.devices import keras_backend
 
     return keras_backend() == "jax"
 
@@ -132,7 +128,7 @@ def _device_row(dev_id: str, kind: str, host: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jax_list_devices() -> list[dict[str, Any]]:
-    from metalab.core.engine.runner import jax_devices
+    from metalab.core.engine.devices import jax_devices
 
     host = host_memory()
     devices = []
@@ -161,7 +157,7 @@ def _grow_gpu_memory(tf: Any) -> None:
 def _accelerator_limits() -> dict[str, int]:
     """Bytes the backend's allocator may use on each GPU/TPU (``{"GPU:0": bytes}``); empty when unknown."""
     if _on_jax():
-        from metalab.core.engine.runner import jax_devices
+        from metalab.core.engine.devices import jax_devices
 
         limits = {}
         for dev_id, device in jax_devices().items():
@@ -215,7 +211,7 @@ def list_devices() -> list[dict[str, Any]]:
 
 def _run_device(device: str) -> str:
     """The device a run with ``RunConfig.device == device`` lands on, as ``KIND:INDEX``."""
-    from metalab.core.engine.runner import default_device_id, device_id
+    from metalab.core.engine.devices import default_device_id, device_id
 
     return default_device_id() if device in ("", "auto") else device_id(device)
 
@@ -241,7 +237,7 @@ class _Meter:
         self._host_high = 0
         self._jax_device = None
         if tf is None and not self.on_host:
-            from metalab.core.engine.runner import jax_devices
+            from metalab.core.engine.devices import jax_devices
 
             self._jax_device = jax_devices().get(device)
 
@@ -284,19 +280,6 @@ def _out_of_memory(exc: BaseException) -> bool:
         return True
     # JAX raises its runtime error with XLA's status in the message.
     return type(exc).__name__ in ("JaxRuntimeError", "XlaRuntimeError") and "RESOURCE_EXHAUSTED" in str(exc)
-
-
-def _training_sampler(session: Any) -> Any:
-    """The sampler the runner trains from (episodes, or mini-batches where the runner supports those)."""
-    from metalab.core.engine import runner
-
-    make = getattr(runner, "make_training_sampler", None)
-    if make is not None:
-        return make(session)
-    from metalab.core.engine.sampling import make_sampler
-
-    cfg = session.config
-    return make_sampler(session.dataset, "train", session.task.ways, cfg.shots, cfg.queries, cfg.seed)
 
 
 def _timed_step(step_fn: Any, sampler: Any, num_tasks: int) -> tuple[float, float]:
@@ -368,7 +351,9 @@ def estimate(
     cfg = resolve_config(registry, raw)
     steps = max(int(steps), 2)
 
-    from metalab.core.engine.runner import build_session, compile_train_step, device_scope, make_optimizer
+    from metalab.core.engine.devices import device_scope
+    from metalab.core.engine.runner import compile_train_step, make_optimizer
+    from metalab.core.engine.session import build_session, make_training_sampler
 
     if _on_jax():
         tf = None
@@ -391,7 +376,7 @@ def estimate(
     with device_scope(cfg.device):
         session = build_session(registry, cfg, settings)
         algorithm = session.algorithm
-        sampler = _training_sampler(session)
+        sampler = make_training_sampler(session)
         optimizer = make_optimizer(algorithm, cfg.precision)
         optimizer.build(algorithm.trainable_variables)
 
@@ -406,7 +391,7 @@ def estimate(
         baseline = meter.current()
         memory = {"kind": meter.kind, "baseline_bytes": baseline, "peak_bytes": None, "available_bytes": available}
         result["memory"] = memory
-        result["memory_estimate"] = _analytic_estimate(session, settings, meter, tasks, baseline)
+        result["memory_estimate"] = _analytic_estimate(session, registry, settings, meter, tasks, baseline)
         budget = None if available is None else FIT_FRACTION * available
 
         if second_order and tasks > 1 and budget is not None and baseline is not None:
@@ -473,69 +458,21 @@ def estimate(
     return result
 
 
-def _analytic_estimate(session: Any, settings: Settings, meter: _Meter, tasks: int, baseline: int) -> dict[str, Any]:
+def _analytic_estimate(session: Any, registry: Any, settings: Settings, meter: _Meter, tasks: int,
+                       baseline: int) -> dict[str, Any]:
     """:func:`metalab.core.engine.memory.estimate_for_session` for the run's device; never raises (the probe goes on)."""
     from metalab.core.engine import memory
-    from metalab.core.engine.runner import thread_counts
+    from metalab.core.engine.devices import thread_counts
 
     try:
         # MAML's task window on TensorFlow is by default the worker's inter-op threads (TensorFlow's default pool:
         # one per core); estimate_for_session counts every task where XLA schedules the step (JAX).
         concurrency = thread_counts(settings, tasks)[1] or os.cpu_count() or 1
-        return memory.estimate_for_session(session, concurrency=concurrency, baseline_bytes=baseline)
+        return memory.estimate_for_session(session, registry=registry, concurrency=concurrency,
+                                           baseline_bytes=baseline)
     except Exception as exc:  # noqa: BLE001 - an estimate that cannot be made is reported, the probe still runs
         return {"modelled": False, "reason": f"The memory estimate failed: {type(exc).__name__}: {exc}"}
 
 
 def _run_seconds(result: dict[str, Any]) -> float:
     return float(result["compile_seconds"] + max(result["run_steps"] - 1, 0) * result["seconds_per_step"])
-
-
-def _read_config(text: str) -> dict[str, Any]:
-    """A config from a JSON object, a path to a JSON file, or ``-`` for stdin."""
-    if text == "-":
-        text = sys.stdin.read()
-    elif not text.lstrip().startswith("{") and Path(text).is_file():
-        text = Path(text).read_text(encoding="utf-8")
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"CONFIG_JSON must be a JSON object, a JSON file or '-' ({exc}). Received: {text[:200]!r}")
-    if not isinstance(value, dict):
-        raise ValueError(f"CONFIG_JSON must be a JSON object. Received: {type(value).__name__}")
-    return value
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m metalab.core.engine.probe devices | estimate CONFIG_JSON [--steps N] [--max-seconds S]``."""
-    parser = argparse.ArgumentParser(prog="python -m metalab.core.engine.probe", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("devices", help="List the devices the Keras backend sees, as JSON.")
-    est = commands.add_parser("estimate", help="Time a few train steps of a run config, as JSON.")
-    est.add_argument("config", metavar="CONFIG_JSON", help="A JSON object, a JSON file, or - for stdin.")
-    est.add_argument("--steps", type=int, default=3, help="Train steps to run (the first compiles).")
-    est.add_argument("--max-seconds", type=float, default=30.0, help="Cap on the time spent timing steps.")
-    est.add_argument("--memory-bytes", type=int, default=None,
-                     help="Plan for this much device memory instead of what is free now.")
-    args = parser.parse_args(argv)
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if args.command == "devices":
-        # JAX reserves most of a GPU's memory when it starts; a listing must not (TensorFlow's: memory growth).
-        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    try:
-        # Anything printed while working goes to stderr: stdout carries only the JSON answer.
-        with contextlib.redirect_stdout(sys.stderr):
-            if args.command == "devices":
-                out: dict[str, Any] = {"ok": True, "devices": list_devices()}
-            else:
-                out = estimate(_read_config(args.config), steps=args.steps, max_seconds=args.max_seconds,
-                               available_bytes=args.memory_bytes)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a clear JSON answer for the dashboard
-        out = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    print(json.dumps(out, default=str), flush=True)
-    return 0 if out.get("ok") else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

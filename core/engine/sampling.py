@@ -38,7 +38,11 @@ __all__ = [
     "fixed_task_chunks",
     "clear_fixed_tasks_cache",
     "num_chunks",
+    "EVAL_SEED",
 ]
+
+#: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
+EVAL_SEED = 2017
 
 # Salts keep the training stream and the fixed evaluation sets apart even when they share a seed and split.
 _SALT_STREAM = 0x5354524D  # "STRM"

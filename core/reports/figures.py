@@ -17,7 +17,6 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 __all__ = [
-    "PUBLISHED_RESULTS",
     "Series",
     "adaptation_curve_figure",
     "batch_norm_summary",
@@ -298,84 +297,74 @@ def embedding_figure(data: dict[str, Any]) -> go.Figure:
     return fig
 
 
-# -- published results -----------------------------------------------------------------------------------
-
-_MAML = "Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML), Table 1"
-_PROTO = "Snell, Swersky and Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS), Table 1"
-_REPTILE = "Nichol, Achiam and Schulman 2018, On First-Order Meta-Learning Algorithms (arXiv:1803.02999), Table 1"
-_LAKE = ("Lake, Salakhutdinov and Tenenbaum 2015, Human-level concept learning through probabilistic program "
-         "induction (Science 350:1332), the 20 within-alphabet 20-way one-shot runs")
-
-#: Omniglot test accuracies (%, 95% CI where the paper gives one) as reported, keyed by ``(ways, shots)``.
-PUBLISHED_RESULTS: list[dict[str, Any]] = [
-    {"method": "MAML", "algorithm": "metalab.maml", "first_order": False, "citation": _MAML,
-     "scores": {(5, 1): (98.7, 0.4), (5, 5): (99.9, 0.1), (20, 1): (95.8, 0.3), (20, 5): (98.9, 0.2)}},
-    {"method": "first-order MAML", "algorithm": "metalab.maml", "first_order": True, "citation": _MAML,
-     "scores": {(5, 1): (98.3, 0.5), (5, 5): (99.2, 0.2), (20, 1): (89.4, 0.5), (20, 5): (97.9, 0.1)}},
-    {"method": "Prototypical Networks", "algorithm": "metalab.protonet", "citation": _PROTO,
-     "scores": {(5, 1): (98.8, None), (5, 5): (99.7, None), (20, 1): (96.0, None), (20, 5): (98.9, None)}},
-    {"method": "Reptile", "algorithm": "metalab.reptile", "transductive": False, "citation": _REPTILE,
-     "scores": {(5, 1): (95.39, 0.09), (5, 5): (98.90, 0.10), (20, 1): (88.14, 0.15), (20, 5): (96.65, 0.33)}},
-    {"method": "Reptile + transduction", "algorithm": "metalab.reptile", "transductive": True, "citation": _REPTILE,
-     "scores": {(5, 1): (97.68, 0.04), (5, 5): (99.48, 0.06), (20, 1): (89.43, 0.14), (20, 5): (97.12, 0.32)}},
-]
+# -- published results and batch norm ------------------------------------------------------------------------
 
 
-def batch_norm_summary(config: dict[str, Any]) -> str | None:
-    """Says how a run's batch norm was set up at meta-test time, from its algorithm's parameters.
+def published_results(config: dict[str, Any], records: Iterable[Any]) -> list[dict[str, Any]]:
+    """The published results whose protocol matches a run's, with their citations.
 
-    Reads the conventional parameters ``transductive`` and ``per_step_bn`` (any algorithm that has them); returns
-    ``None`` when the algorithm has neither. Every report prints it, since the choice moves published numbers by
-    several points (Nichol et al. 2018, section 5; Antoniou et al. 2019).
+    A record matches when it is on the run's dataset, every parameter of its ``dataset_params`` has that value in
+    the run's, and its ``ways`` and ``shots`` (where not ``None``) are the run's. It is the run's own method when
+    the run's algorithm is the record's with every parameter of its ``algorithm_params`` at that value.
+
+    Args:
+        config: The run's config, its ``dataset_params`` and ``algorithm_params`` with their defaults filled in
+            (``Services.published_results`` fills them from the specs).
+        records: ``PublishedResult`` records with their ``dataset`` set (the plugins' specs declare them).
+
+    Returns:
+        Rows ``{"method", "metric", "value", "ci95", "citation", "benchmark", "same_algorithm"}`` in the records'
+        order; empty when nothing matches.
+    """
+    dataset_params = config.get("dataset_params") or {}
+    algorithm_params = config.get("algorithm_params") or {}
+    rows = []
+    for record in records:
+        if record.dataset != config.get("dataset"):
+            continue
+        if any(want is not None and want != config.get(name)
+               for name, want in (("ways", record.ways), ("shots", record.shots))):
+            continue
+        if any(name not in dataset_params or dataset_params[name] != value
+               for name, value in record.dataset_params.items()):
+            continue
+        same = bool(record.algorithm) and record.algorithm == config.get("algorithm") and all(
+            name in algorithm_params and algorithm_params[name] == value
+            for name, value in record.algorithm_params.items())
+        rows.append({"method": record.method, "metric": record.metric, "value": record.value, "ci95": record.ci95,
+                     "citation": record.citation, "benchmark": record.benchmark, "same_algorithm": same})
+    return rows
+
+
+def batch_norm_summary(config: dict[str, Any], algorithm: Any = None, backbone: Any = None) -> str | None:
+    """Says how a run's batch norm was set up at meta-test time, from its algorithm's and backbone's specs.
+
+    The choice moves published numbers by several points (Nichol et al. 2018, section 5; Antoniou et al. 2019),
+    so every report prints it: "none" for a backbone that declares no batch norm (``has_batch_norm=False``), else
+    what the algorithm's ``batch_norm_mode`` says for the run's parameters.
 
     Args:
         config: A run config (``algorithm_params`` is read).
-    """
-    params = config.get("algorithm_params") or {}
-    if "transductive" not in params and "per_step_bn" not in params:
-        return None
-    per_step = bool(params.get("per_step_bn", False))
-    if params.get("transductive", True):
-        text = "transductive (query batch statistics)"
-    elif per_step:
-        text = "inductive (per-step running statistics)"
-    else:
-        text = "inductive (no query's prediction depends on the other queries)"
-    return f"Meta-test batch norm: {text}" + ("; per-step batch norm (MAML++)" if per_step else "") + "."
-
-
-def published_results(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Published Omniglot results whose protocol matches a run's, with their citations.
-
-    The protocol matches for ``metalab.omniglot`` with the Vinyals split, rotations as extra classes, 28x28
-    images and a 5- or 20-way, 1- or 5-shot episode shape. (Lake et al.'s 20 one-shot runs are a separate
-    protocol that the runner's fixed test episodes do not follow.)
-
-    Args:
-        config: The run's config.
+        algorithm: The run's ``AlgorithmSpec``, or ``None`` when no loaded plugin provides it.
+        backbone: The run's ``BackboneSpec``, or ``None``.
 
     Returns:
-        Rows ``{"method", "accuracy", "ci95", "citation", "same_algorithm"}``; empty when nothing matches.
+        One sentence, or ``None`` when nothing is known: the algorithm describes no mode (or its description
+        failed, e.g. on parameters a newer version of the plugin no longer takes) and the backbone may have
+        batch norm.
     """
-    if config.get("dataset") != "metalab.omniglot":
-        return []
-    params = config.get("dataset_params") or {}
-    if params.get("split", "vinyals") != "vinyals" or not params.get("rotations", True) or params.get(
-            "image_size", 28) != 28:
-        return []
-    key = (config.get("ways"), config.get("shots"))
-    rows = []
-    for entry in PUBLISHED_RESULTS:
-        if key not in entry["scores"]:
-            continue
-        accuracy, ci = entry["scores"][key]
-        algorithm_params = config.get("algorithm_params") or {}
-        same = entry["algorithm"] == config.get("algorithm") and all(
-            entry[flag] == bool(algorithm_params.get(flag, default))
-            for flag, default in (("first_order", False), ("transductive", True)) if flag in entry)
-        rows.append({"method": entry["method"], "accuracy": accuracy, "ci95": ci, "citation": entry["citation"],
-                     "same_algorithm": same})
-    return rows
+    if backbone is not None and getattr(backbone, "has_batch_norm", None) is False:
+        return f"Batch norm: none (the {backbone.title} backbone has no batch-norm layers)."
+    mode = getattr(algorithm, "batch_norm_mode", None)
+    if mode is None:
+        return None
+    try:
+        text = mode(algorithm.params(**(config.get("algorithm_params") or {})))
+    except Exception:  # noqa: BLE001 - a plugin's description must never break the report
+        return None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return f"Meta-test batch norm: {text.strip().rstrip('.')}."
 
 
 # -- progress ----------------------------------------------------------------------------------------------
@@ -405,13 +394,12 @@ def run_progress(run: dict[str, Any], metrics: Series, now: float | None = None)
 # -- the report ----------------------------------------------------------------------------------------
 
 
-#: Published accuracies on a dataset's named benchmark task sets (``metalab eval RUN --benchmark NAME``).
-PUBLISHED_BENCHMARKS: dict[str, list[dict[str, Any]]] = {
-    "lake20": [
-        {"method": "people", "accuracy": 95.5, "ci95": None, "citation": _LAKE},
-        {"method": "Bayesian Program Learning", "accuracy": 96.7, "ci95": None, "citation": _LAKE},
-    ],
-}
+def _published(report: dict[str, Any], evaluation: dict[str, Any], benchmark: str | None) -> list[dict[str, Any]]:
+    """The report's published rows (``report["published"]``) of one benchmark (``None``: the test split) whose
+    metric is the evaluation's."""
+    metric = "accuracy" if "accuracy" in evaluation else "mse"
+    return [row for row in report.get("published") or []
+            if row.get("benchmark") == benchmark and row.get("metric") == metric]
 
 
 def benchmark_evaluations(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -438,8 +426,8 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     """Every figure of a run's report, in reading order.
 
     Args:
-        report: ``{"run": run dict, "metrics": Series, "evaluations": [...], "report_data": dict | None}``
-            (what ``Services.run_report`` returns).
+        report: ``{"run": run dict, "metrics": Series, "evaluations": [...], "report_data": dict | None,
+            "published": rows of :func:`published_results`}`` (what ``Services.run_report`` returns).
 
     Returns:
         ``[(title, figure), ...]``: learning curves, adaptation curve, meta-test score beside published
@@ -460,17 +448,16 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
             _, cross_value, cross_ci = score_of(cross)
             rows.append({"label": f"cross-domain: {cross['split'][len('cross:'):]}", "value": cross_value,
                          "ci95": cross_ci, "metric": name, "group": "cross-domain"})
-        if "accuracy" in evaluation:
-            for pub in published_results(report["run"].get("config") or {}):
-                rows.append({"label": pub["method"], "value": pub["accuracy"], "ci95": pub["ci95"], "metric": name,
-                             "group": "published"})
+        for pub in _published(report, evaluation, None):
+            rows.append({"label": pub["method"], "value": pub["value"], "ci95": pub["ci95"], "metric": name,
+                         "group": "published"})
         figures.append(("Meta-test score", scores_figure(rows)))
     for bench in benchmark_evaluations(report):
         name = bench["split"].partition(":")[2]
         metric, value, ci = score_of(bench)
         rows = [{"label": "this run", "value": value, "ci95": ci, "metric": metric, "group": "this run"}]
-        rows += [{"label": pub["method"], "value": pub["accuracy"], "ci95": None, "metric": metric,
-                  "group": "published"} for pub in PUBLISHED_BENCHMARKS.get(name, [])]
+        rows += [{"label": pub["method"], "value": pub["value"], "ci95": pub["ci95"], "metric": metric,
+                  "group": "published"} for pub in _published(report, bench, name)]
         figures.append((f"Benchmark: {name}", scores_figure(rows)))
     data = report.get("report_data") or {}
     if data.get("sinusoid"):
@@ -576,7 +563,7 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         f"{run.get('step')}/{run.get('total_steps')}; seed {config.get('seed')}. Generated "
         f"{stamp.isoformat(timespec='seconds')}.</p>",
     ]
-    bn = batch_norm_summary(config)
+    bn = report.get("batch_norm")
     if bn:
         parts.append(f"<p class='batch-norm'>{html.escape(bn)}</p>")
     evaluation = _test_evaluation(report)
@@ -587,20 +574,21 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         for bench in benchmark_evaluations(report):
             name = bench["split"].partition(":")[2]
             _, bench_value, bench_ci = score_of(bench)
-            published = "; ".join(f"{html.escape(p['method'])} {p['accuracy']}% ({html.escape(p['citation'])})"
-                                  for p in PUBLISHED_BENCHMARKS.get(name, []))
+            published = "; ".join(f"{html.escape(p['method'])} {p['value']}{'%' if p['metric'] == 'accuracy' else ''} "
+                                  f"({html.escape(p['citation'])})" for p in _published(report, bench, name))
             parts.append(f"<p class='score'>benchmark {html.escape(name)}: <b>{bench_value:.4g}</b> ± "
                          f"{bench_ci:.3g}{'; published: ' + published if published else ''}</p>")
         for cross in cross_domain_evaluations(report):
             _, cross_value, cross_ci = score_of(cross)
             parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}): "
                          f"<b>{cross_value:.4g}</b> ± {cross_ci:.3g}</p>")
-    published = published_results(config)
+    published = [row for row in report.get("published") or [] if row.get("benchmark") is None]
     if published:
-        parts.append("<h3>Published results (same protocol)</h3><table><tr><th>method</th><th>accuracy (%)</th>"
+        parts.append("<h3>Published results (same protocol)</h3><table><tr><th>method</th><th>score</th>"
                      "<th>95% CI</th><th>citation</th></tr>")
         for row in published:
-            parts.append(f"<tr><td>{html.escape(row['method'])}</td><td>{row['accuracy']}</td>"
+            unit = "accuracy (%)" if row["metric"] == "accuracy" else "MSE"
+            parts.append(f"<tr><td>{html.escape(row['method'])}</td><td>{row['value']} {unit}</td>"
                          f"<td>{'' if row['ci95'] is None else row['ci95']}</td>"
                          f"<td>{html.escape(row['citation'])}</td></tr>")
         parts.append("</table>")

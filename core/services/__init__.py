@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import subprocess
-import sys
 import threading
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +21,7 @@ from metalab.core.services.access import AccessError, Actor, CapError, Policy
 from metalab.core.engine.config import RunConfig, resolve_config
 from metalab.core.settings import Settings, load_settings
 from metalab.core.store import RunNotFoundError, RunRecord, RunStore
+from metalab.core.worker import read_reply, worker_command
 
 #: Statuses of a run whose worker is (or is about to be) busy.
 ACTIVE = ("queued", "running")
@@ -126,7 +127,8 @@ class Services:
             ``{"datasets": {id: row}, "algorithms": {id: row}, "backbones": {id: row}}``; every row has ``id``,
             ``title``, ``description``, ``paper``, ``params`` (the JSON schema) and ``defaults`` (every parameter's
             default, those made by a default factory included); datasets add ``kind``,
-            ``default_backbone`` and ``episode_defaults``; algorithms ``task_kinds``; backbones ``input_kinds``.
+            ``default_backbone``, ``episode_defaults`` and ``presets`` (the Train form's quick-start values per
+            algorithm id, ``"*"`` for all); algorithms ``task_kinds``; backbones ``input_kinds``.
             ``machine`` maps the parameters that touch the machine (paths, URLs, checksums, runs) to their kind:
             pages never fill them from a link, and hide them in ``demo`` mode.
         """
@@ -141,7 +143,8 @@ class Services:
 
         return {
             "datasets": {i: row(s, kind=s.kind, default_backbone=s.default_backbone,
-                                episode_defaults=dict(s.episode_defaults)) for i, s in reg.datasets.items()},
+                                episode_defaults=dict(s.episode_defaults), presets=copy.deepcopy(dict(s.presets)))
+                         for i, s in reg.datasets.items()},
             "algorithms": {i: row(s, task_kinds=list(s.task_kinds)) for i, s in reg.algorithms.items()},
             "backbones": {i: row(s, input_kinds=list(s.input_kinds)) for i, s in reg.backbones.items()},
         }
@@ -194,42 +197,38 @@ class Services:
         return self.store.create_run(config.model_dump(), name=name, owner=self.actor.id)
 
     def train(self, run_id: str, progress: Any = None) -> str:
-        """Trains (or resumes) a run in this process; returns its final status."""
-        from metalab.core.engine.runner import train_run
+        """Trains (or resumes) a run in this process, with a worker's process set-up; returns its final status."""
+        from metalab.core.worker import run_training
 
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: train")
-        return train_run(self.store, run.id, self.registry, settings=self.settings, progress=progress)
+        return run_training(self.store, run.id, self.registry, settings=self.settings, progress=progress)
 
-    def _worker_limits(self) -> Any:
-        """The ``preexec_fn`` of worker and probe processes: niced, and with an address-space limit if set."""
-        nice, memory_mb = int(self.settings.worker_nice), int(self.settings.worker_memory_mb or 0)
+    def _worker_limits(self) -> dict[str, int]:
+        """The ``limits`` of every worker request: niced, and with an address-space limit if one is set."""
+        return {"nice": int(self.settings.worker_nice), "memory_mb": int(self.settings.worker_memory_mb or 0)}
 
-        def limit() -> None:  # runs in the child between fork and exec: no locks, no imports of our own
-            import resource
-
-            if nice:
-                os.nice(nice)
-            if memory_mb:
-                limit_bytes = memory_mb << 20
-                resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-        return limit
+    def _request(self, job: str, **fields: Any) -> dict[str, Any]:
+        """A worker request for ``job`` (:mod:`metalab.core.worker`), with this process's limits."""
+        if job in ("train", "predict"):
+            fields.update(store=str(self.store.path), runs_dir=str(self.store.runs_dir))
+        return {"job": job, **fields, "limits": self._worker_limits()}
 
     def launch(self, run_id: str) -> subprocess.Popen:
         """Starts a worker process that trains (or resumes) the run and reports to the store.
 
         The worker runs niced and, when ``worker_memory_mb`` is set, under that address-space limit; its pid is
         recorded at once, so a worker that dies before training frees its slot (the store marks the run failed).
+        Its output and its reply go to the run's ``worker.log``.
         """
         log_dir = self.store.run_dir(run_id)
         log_dir.mkdir(parents=True, exist_ok=True)
         log = open(log_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "metalab.core.engine.runner", str(self.store.path), run_id],
+                worker_command(self._request("train", run=run_id)),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._worker_env(),
-                start_new_session=True, preexec_fn=self._worker_limits(),
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -245,31 +244,28 @@ class Services:
                     METALAB_MAX_RUN_SECONDS=str(self.settings.max_run_seconds),
                     METALAB_MAX_IMAGE_PIXELS=str(self.settings.max_image_pixels))
 
-    def _probe(self, args: list[str], timeout: float) -> dict[str, Any]:
-        """Runs ``python -m metalab.core.engine.probe ARGS`` and returns its JSON answer (``ok`` true or false).
+    def _run_worker(self, request: dict[str, Any], timeout: float, error: type[Exception],
+                    what: str) -> dict[str, Any]:
+        """Runs ``request`` in a worker process and returns its reply (``ok`` true or false).
 
         Raises:
-            ProbeError: The process timed out, or died without a JSON answer.
+            error: The worker took longer than ``timeout`` (it is stopped), or ended without a reply; the
+                message starts with ``what`` (e.g. ``"The probe"``).
         """
-        command = [sys.executable, "-m", "metalab.core.engine.probe", *args]
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=self._worker_env(),
-                                  stdin=subprocess.DEVNULL, preexec_fn=self._worker_limits())
+            proc = subprocess.run(worker_command(request), capture_output=True, text=True, timeout=timeout,
+                                  env=self._worker_env(), stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
-            raise ProbeError(f"The probe took longer than {timeout:g} s and was stopped. "
-                             f"Received: command={args[0]!r}, timeout={timeout:g}") from None
-        lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        try:
-            answer = json.loads(lines[-1]) if lines else None
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
+            raise error(f"{what} took longer than {timeout:g} s and was stopped. "
+                        f"Received: job={request['job']!r}, timeout={timeout:g}") from None
+        reply = read_reply(proc.stdout)
+        if reply is None:
             # Killed by a signal (e.g. the kernel's out-of-memory killer) or crashed inside TensorFlow.
-            reason = (f"killed by signal {-proc.returncode}" if proc.returncode < 0
+            reason = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
                       else f"exited with code {proc.returncode}")
-            raise ProbeError(f"The probe process {reason} without an answer; its output ends with:\n"
-                             f"{(proc.stderr or proc.stdout)[-3000:]}")
-        return answer
+            raise error(f"{what} {reason} without an answer; its output ends with:\n"
+                        f"{(proc.stderr or proc.stdout)[-3000:]}")
+        return reply
 
     def devices(self, timeout: float = 120.0, refresh: bool = False) -> list[dict[str, Any]]:
         """The devices a worker process sees (CPU, GPUs, TPU), listed once per process by a probe process.
@@ -288,11 +284,12 @@ class Services:
         with _DEVICES_LOCK:
             if refresh or "answer" not in _DEVICES:
                 try:
-                    answer = self._probe(["devices"], timeout)
-                    if not answer.get("ok"):
-                        raise ProbeError(f"Listing devices failed: {answer.get('error')}\n"
-                                         f"{answer.get('traceback', '')}")
-                    _DEVICES["answer"] = list(answer["devices"])
+                    reply = self._run_worker(self._request("devices"), timeout, ProbeError, "The probe")
+                    if not reply["ok"]:
+                        error = reply.get("error") or {}
+                        raise ProbeError(f"Listing devices failed: {error.get('type')}: {error.get('message')}\n"
+                                         f"{error.get('traceback') or ''}")
+                    _DEVICES["answer"] = list(reply["result"])
                 except ProbeError as exc:
                     _DEVICES["answer"] = exc
             answer = _DEVICES["answer"]
@@ -323,7 +320,7 @@ class Services:
 
         Returns:
             The probe's answer (see :func:`metalab.core.engine.probe.estimate`) with ``ok`` true, or ``{"ok": False,
-            "error": message, "traceback": text}``: a failure is returned, never raised.
+            "error": "Type: message", "traceback": text}``: a failure is returned, never raised.
         """
         try:
             checked = config if isinstance(config, RunConfig) else self.resolve(dict(config))
@@ -333,19 +330,20 @@ class Services:
             return {"ok": False, "error": self.redact(str(exc)), "traceback": ""}
         except ValueError as exc:  # ConfigError and other bad input: say which kind
             return {"ok": False, "error": self.redact(f"{type(exc).__name__}: {exc}"), "traceback": ""}
-        raw = checked.model_dump(mode="json")
-        args = ["estimate", json.dumps(raw), "--steps", str(int(steps)), "--max-seconds", str(float(max_seconds))]
+        request = self._request("estimate", config=checked.model_dump(mode="json"), steps=int(steps),
+                                max_seconds=float(max_seconds))
         try:
-            answer = self._probe(args, timeout)
+            reply = self._run_worker(request, timeout, ProbeError, "The probe")
         except ProbeError as exc:
             return {"ok": False, "error": self.redact(str(exc).splitlines()[0]), "traceback": self.redact(str(exc))}
         finally:
             with self._lock:
                 self._probes[self.actor.id] -= 1
-        if not answer.get("ok"):
-            answer = {**answer, "error": self.redact(str(answer.get("error", ""))),
-                      "traceback": self.redact(str(answer.get("traceback", "")))}
-        return answer
+        if not reply["ok"]:
+            error = reply.get("error") or {}
+            return {"ok": False, "error": self.redact(f"{error.get('type')}: {error.get('message')}"),
+                    "traceback": self.redact(str(error.get("traceback") or ""))}
+        return dict(reply["result"])
 
     def _take_probe_slot(self) -> None:
         """Counts a probe against ``max_workers`` and ``max_probes_per_owner``, or raises :class:`CapError`."""
@@ -511,7 +509,7 @@ class Services:
 
     def evaluate(self, run_id: str, episodes: int | None = None, split: str = "test") -> dict[str, Any]:
         """Meta-test score of a run: mean with 95% CI over fixed episodes, plus the adaptation curve."""
-        from metalab.core.engine.runner import evaluate_run
+        from metalab.core.engine.evaluation import evaluate_run
 
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: evaluate")
@@ -561,20 +559,62 @@ class Services:
         return []
 
     def run_report(self, run_id: str) -> dict[str, Any]:
-        """Everything a report shows: ``{"run", "metrics", "evaluations", "report_data", "panels"}`` (plain data)."""
+        """Everything a report shows, as plain data: ``{"run", "metrics", "evaluations", "report_data", "panels",
+        "published", "batch_norm"}`` (the last two from :meth:`published_results` and
+        :meth:`batch_norm_summary`)."""
         run = self.run(run_id)
         data = self.report_data(run.id)
         record = run.to_dict()
         if not self.actor.on_machine:
             record["error"] = self.redact(record.get("error") or "") or None
             record["traceback"] = self.redact(record.get("traceback") or "") or None
+        metrics = self.store.metrics(run.id)
         return {
             "run": record,
-            "metrics": self.store.metrics(run.id),
+            "metrics": metrics,
             "evaluations": self.store.evaluations(run.id),
             "report_data": data,
-            "panels": self._panels(run.to_dict(), data),
+            "panels": self._panels(run.to_dict(), data, metrics),
+            "published": self.published_results(run.config),
+            "batch_norm": self.batch_norm_summary(run.config),
         }
+
+    def _filled(self, config: dict[str, Any]) -> dict[str, Any]:
+        """A run config whose plugin parameters have every default filled in (from the loaded specs), so that a
+        run stored before a parameter existed compares as the plugin's default."""
+        filled = dict(config)
+        for section, table in (("dataset", self.registry.datasets), ("algorithm", self.registry.algorithms)):
+            spec = table.get(config.get(section) or "")
+            if spec is None:
+                continue
+            try:
+                defaults = spec.params().model_dump(mode="json")
+            except Exception:  # noqa: BLE001 - a plugin's model must never break the report
+                defaults = {}
+            filled[f"{section}_params"] = {**defaults, **(config.get(f"{section}_params") or {})}
+        return filled
+
+    def published_results(self, config: dict[str, Any]) -> list[dict[str, Any]]:
+        """The published scores whose protocol matches a run config's, from every loaded dataset's and algorithm's
+        ``published_results`` (see :func:`metalab.core.reports.figures.published_results` for the rows)."""
+        from metalab.core.reports.figures import published_results
+
+        records = [dataclasses.replace(r, dataset=r.dataset or spec.id)
+                   for spec in self.registry.datasets.values() for r in spec.published_results]
+        records += [r for spec in self.registry.algorithms.values() for r in spec.published_results]
+        return published_results(self._filled(config), records)
+
+    def batch_norm_summary(self, config: dict[str, Any]) -> str | None:
+        """How a run config's batch norm works at meta-test time, from its algorithm's ``batch_norm_mode`` and its
+        backbone's ``has_batch_norm`` (``None`` when neither says; see
+        :func:`metalab.core.reports.figures.batch_norm_summary`)."""
+        from metalab.core.reports.figures import batch_norm_summary
+
+        reg = self.registry
+        dataset = reg.datasets.get(config.get("dataset") or "")
+        backbone_id = config.get("backbone") or (dataset.default_backbone if dataset is not None else None)
+        return batch_norm_summary(config, reg.algorithms.get(config.get("algorithm") or ""),
+                                  reg.backbones.get(backbone_id or ""))
 
     def report_panels(self, run_id: str) -> list[dict[str, Any]]:
         """The panels plugins add to a run's report (the ``metalab_report_panels`` hook), in plugin load order.
@@ -588,12 +628,30 @@ class Services:
         run = self.run(run_id)
         return self._panels(run.to_dict(), self.report_data(run.id))
 
-    def _panels(self, run: dict[str, Any], data: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def _panel_plugins(self, run: dict[str, Any]) -> set[str]:
+        """The plugins whose report hook ``run`` skips. A plugin targeting plugin API 1.4 or later that registered
+        algorithms, datasets or backbones is called only for runs using one of them; one that registered none, or
+        targets an earlier API, for every run."""
+        reg = self.registry
+        owned: dict[str, set[str]] = {}
+        for kind, table in (("algorithm", reg.algorithms), ("dataset", reg.datasets), ("backbone", reg.backbones)):
+            for spec_id in table:
+                owned.setdefault(reg.plugin_of(spec_id, kind).name, set()).add(spec_id)
+        used = {run.get(name) for name in ("algorithm", "dataset", "backbone")}
+        versions = {record.name: record.api_version for record in reg.plugins if record.status == "loaded"}
+        return {name for name, ids in owned.items() if _api_at_least(versions.get(name), (1, 4)) and not ids & used}
+
+    def _panels(self, run: dict[str, Any], data: dict[str, Any] | None,
+                metrics: dict[str, list[tuple[int, float]]] | None = None) -> list[dict[str, Any]]:
         from metalab.core.contract.specs import ReportPanel
 
-        arguments = {"run": run, "report_data": data or {}, "artifacts_dir": str(self.store.run_dir(run["id"]))}
+        arguments = {"run": run, "report_data": data or {}, "artifacts_dir": str(self.store.run_dir(run["id"])),
+                     "metrics": metrics if metrics is not None else self.store.metrics(run["id"])}
+        skipped = self._panel_plugins(run)
         panels: list[dict[str, Any]] = []
         for impl in self.registry.pm.hook.metalab_report_panels.get_hookimpls():
+            if impl.plugin_name in skipped:
+                continue
             try:
                 result = impl.function(*[arguments[name] for name in impl.argnames])
                 if not isinstance(result, (list, tuple)):
@@ -905,7 +963,7 @@ class Services:
                 invert: bool | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
         """Adapts a finished run to a support set and classifies query images, in a worker process.
 
-        Runs ``python -m metalab.core.cli predict RUN --support DIR --query DIR --json`` (see
+        Runs the worker's ``predict`` job (:mod:`metalab.core.worker`, which calls
         :func:`metalab.core.engine.predict.predict`), so TensorFlow is imported there, never here.
 
         Args:
@@ -931,34 +989,29 @@ class Services:
                 real = Path(folder).resolve()
                 if staged not in real.parents:
                     self.policy.resolve_data_path(self.actor, str(folder), field)
-        command = [sys.executable, "-m", "metalab.core.cli", "predict", str(run.id), "--support", str(support_dir),
-                   "--query", str(query_dir), "--json"]
-        if invert is not None:
-            command.append("--invert" if invert else "--no-invert")
-        # A wide terminal keeps the worker's error message on one line.
-        env = dict(self._worker_env(), COLUMNS="10000")
+        request = self._request("predict", run=run.id, support=str(support_dir), query=str(query_dir), invert=invert)
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
-                                  stdin=subprocess.DEVNULL, preexec_fn=self._worker_limits())
-        except subprocess.TimeoutExpired:
-            raise PredictionError(f"Prediction took longer than {timeout:g} s and was stopped. "
-                                  f"Received: run={run_id!r}, timeout={timeout:g}") from None
-        if proc.returncode == 0:
-            try:
-                return list(json.loads(proc.stdout)["predictions"])
-            except (ValueError, KeyError, TypeError):
-                pass
-        errors = [line.split("error:", 1)[1].strip() for line in proc.stderr.splitlines() if "error:" in line]
-        if proc.returncode == 2 and errors:
-            raise PredictionError(self.redact(errors[-1]))
-        reason = (f"was killed by signal {-proc.returncode}" if proc.returncode < 0
-                  else f"exited with code {proc.returncode}")
-        raise PredictionError(self.redact(f"The prediction worker {reason}; its output ends with:\n"
-                                          f"{(proc.stderr or proc.stdout)[-3000:]}"))
+            reply = self._run_worker(request, timeout, PredictionError, "Prediction")
+        except PredictionError as exc:
+            raise PredictionError(self.redact(str(exc))) from None
+        if reply["ok"]:
+            return list(reply["result"])
+        error = reply.get("error") or {}
+        message = str(error.get("message"))
+        if error.get("traceback"):
+            # A crash, not a refusal of the run or the images: say what failed, without the traceback.
+            message = f"Prediction failed: {error.get('type')}: {message}"
+        raise PredictionError(self.redact(message))
 
 
 #: The largest upload the dashboard accepts by default (Streamlit's own ``server.maxUploadSize`` default).
 DEFAULT_MAX_UPLOAD_BYTES = 200 << 20
+
+
+def _api_at_least(version: str | None, wanted: tuple[int, int]) -> bool:
+    """Whether a plugin's ``METALAB_PLUGIN_API`` (``"MAJOR.MINOR"``) is ``wanted`` or later."""
+    major, _, minor = (version or "").partition(".")
+    return major.isdigit() and minor.isdigit() and (int(major), int(minor)) >= wanted
 
 
 def upload_limits(max_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> Any:

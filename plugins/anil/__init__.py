@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class ANILParams(Params):
@@ -35,10 +33,10 @@ class ANILParams(Params):
     )
 
 
-def _make(params: ANILParams, task: TaskSpec) -> Any:
-    from .algorithm import ANIL
-
-    return ANIL(params, task)
+def _batch_norm_mode(params: ANILParams) -> str:
+    """How ANIL normalises at meta-test time (the same for every ``params``; the report prints it)."""
+    return ("transductive (the backbone normalises the support set and the query set each with its own batch "
+            "statistics)")
 
 
 SPEC = AlgorithmSpec(
@@ -50,12 +48,14 @@ SPEC = AlgorithmSpec(
         "than MAML, and about as accurate (feature reuse)."
     ),
     params=ANILParams,
-    factory=_make,
+    factory="metalab.plugins.anil.algorithm:ANIL",
     paper=(
         "Raghu, Raghu, Bengio and Vinyals 2019, Rapid Learning or Feature Reuse? Towards Understanding the "
         "Effectiveness of MAML (ICLR 2020, arXiv:1909.09157)"
     ),
     task_kinds=("classification", "regression"),
+    batch_norm_mode=_batch_norm_mode,
+    memory_model="anil",
 )
 
 
@@ -65,9 +65,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Shows which layers adapt in the inner loop and which only in the outer loop (ANIL runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import adaptation_panel
 

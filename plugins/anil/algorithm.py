@@ -19,33 +19,27 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors, batched_loss_and_metric, build_model
 from metalab.api import TaskBatch, TaskSpec
 
 
-class ANIL:
+class ANIL(MetaAlgorithm):
     """Almost No Inner Loop: MAML whose inner loop adapts only the linear head.
 
     Args:
         params: A validated ``ANILParams``.
         task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
-
-    Raises:
-        ValueError: If ``task.kind`` is neither classification nor regression.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind not in ("classification", "regression"):
-            raise ValueError(f"ANIL supports classification and regression tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.model = build_model(task, "anil")
+        self.track(self.model)  # the outer optimizer is the base class's Adam at outer_lr (beta)
         self.backbone, self.head = self.model.layers[0], self.model.layers[-1]
         self.fbackbone = functional.FunctionalModel(self.backbone)
         variables = self.trainable_variables
@@ -57,18 +51,6 @@ class ANIL:
         if params.zero_head:
             for weight in (self.head.kernel, self.head.bias):
                 weight.assign(ops.zeros(weight.shape, dtype=weight.dtype))
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return list(self.model.trainable_variables)
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam with the meta step size beta (``outer_lr``)."""
-        return keras.optimizers.Adam(learning_rate=self.config.outer_lr)
 
     # -- pieces ---------------------------------------------------------------------------------------------
 
@@ -144,15 +126,8 @@ class ANIL:
             losses, metrics = batched_loss_and_metric(kind, self.head_outputs(heads, fq), qy)
             return ops.mean(losses), ops.mean(metrics)
 
-        (loss, metric), grads = functional.value_and_grad(meta_loss, self.model_params(), has_aux=True)
-        metrics = {"loss": loss}
-        if kind == "classification":
-            metrics["accuracy"] = metric
-        return grads, metrics
-
-    def model_params(self) -> list[Any]:
-        """The current values of ``trainable_variables`` as tensors."""
-        return [ops.convert_to_tensor(v) for v in self.trainable_variables]
+        (loss, metric), grads = functional.value_and_grad(meta_loss, self.params(), has_aux=True)
+        return grads, self.scores(loss, metric)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts every task's head with ``eval_inner_steps`` steps on its support features and scores its queries.
@@ -163,7 +138,7 @@ class ANIL:
         """
         kind = self.task.kind
         sx, sy, qx, qy, num_tasks = batch_tensors(batch, kind, self.model.compute_dtype)
-        backbone, head = self.split(functional.stop_gradient(self.model_params()))
+        backbone, head = self.split(functional.stop_gradient(self.params()))
         steps = int(self.config.eval_inner_steps)
         # Mapped, not unrolled: the graph holds one backbone call per set whatever the number of tasks.
         fs, fq = ops.map(lambda xs: (self.features(backbone, xs[0]), self.features(backbone, xs[1])), (sx, qx))
@@ -180,10 +155,7 @@ class ANIL:
         outputs = self.head_outputs(heads, fq)
         losses, metrics = batched_loss_and_metric(kind, outputs, qy)
         curve = curve + metrics[:, None] * ops.one_hot(steps, steps + 1, dtype=dtype)[None, :]
-        result = {"loss": losses, "curve": curve, "predictions": outputs}
-        if kind == "classification":
-            result["accuracy"] = metrics
-        return result
+        return self.scores(losses, metrics, curve=curve, predictions=outputs)
 
     def report_data(self) -> dict[str, Any]:
         """Which weights adapt in the inner loop (the head) and which are meta-learned only (the backbone).

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
 from metalab.api import BackboneSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.4"
 
 
 class Conv4Params(Params):
@@ -37,33 +37,23 @@ class MLPParams(Params):
     )
 
 
-def _conv4(params: Conv4Params, input_shape: tuple[int, ...]) -> Any:
-    from . import models
-
-    return models.conv4(params, input_shape)
-
-
-def _mlp(params: MLPParams, input_shape: tuple[int, ...]) -> Any:
-    from . import models
-
-    return models.mlp(params, input_shape)
-
-
 CONV4 = BackboneSpec(
     id="metalab.conv4",
     title="Conv-4",
     description=(
         "Four blocks of 3x3 convolution (64 filters), batch norm, ReLU and 2x2 max-pooling, then flatten: the "
         "standard few-shot image embedding. 28x28 inputs give 64 features. Batch norm is MetaBatchNorm, exact to "
-        "second order for MAML."
+        "second order for MAML. Also gives its last feature map (h x w x filters) to spatial heads."
     ),
     params=Conv4Params,
-    factory=_conv4,
+    factory="metalab.plugins.backbones.models:conv4",
     paper=(
         "Vinyals et al. 2016, Matching Networks for One Shot Learning (NeurIPS); Finn et al. 2017, "
         "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
     ),
     input_kinds=("image",),
+    has_batch_norm=True,
+    feature_maps=True,
 )
 
 MLP = BackboneSpec(
@@ -71,9 +61,10 @@ MLP = BackboneSpec(
     title="MLP",
     description="Flattens any input, then ReLU hidden layers (40, 40 by default, as for MAML's sinusoid regression).",
     params=MLPParams,
-    factory=_mlp,
+    factory="metalab.plugins.backbones.models:mlp",
     paper="Finn et al. 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)",
     input_kinds=("image", "vector"),
+    has_batch_norm=False,
 )
 
 

@@ -9,7 +9,7 @@ import keras
 from metalab.api.layers import FoldingSequential, MetaBatchNorm
 
 
-def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
+def conv4(params: Any, input_shape: tuple[int, ...], *, feature_maps: bool = False) -> keras.Model:
     """Builds the Conv-4 embedding: ``blocks`` x [Conv2D 3x3 same, MetaBatchNorm, ReLU, MaxPool 2], Flatten.
 
     Each block pools before its ReLU: ``relu(maxpool(x)) == maxpool(relu(x))`` for every ``x`` (ReLU is monotone,
@@ -20,9 +20,12 @@ def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
     Args:
         params: A ``Conv4Params`` (``filters``, ``blocks``, ``bn_momentum``, ``conv_bias``).
         input_shape: ``(height, width, channels)``.
+        feature_maps: Leave out the Flatten: the model returns the last block's feature map ``[N, h, w, filters]``
+            (``h = H // 2**blocks``), for relation modules and other spatial heads.
 
     Returns:
-        A built ``keras.Sequential`` mapping ``[N, H, W, C]`` to ``[N, filters * h * w]``.
+        A built ``keras.Sequential`` mapping ``[N, H, W, C]`` to ``[N, filters * h * w]`` (or ``[N, h, w,
+        filters]`` with ``feature_maps``).
 
     Raises:
         ValueError: If ``input_shape`` is not ``(H, W, C)`` or is too small for ``blocks`` poolings.
@@ -48,7 +51,8 @@ def conv4(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
             keras.layers.MaxPooling2D(2, name=f"pool{i}"),
             keras.layers.ReLU(name=f"relu{i}"),
         ]
-    layers.append(keras.layers.Flatten(name="flatten"))
+    if not feature_maps:
+        layers.append(keras.layers.Flatten(name="flatten"))
     return FoldingSequential(layers, name="conv4")
 
 

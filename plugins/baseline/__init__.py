@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class BaselineParams(Params):
@@ -35,12 +35,6 @@ class BaselineParams(Params):
     )
 
 
-def _make(params: BaselineParams, task: TaskSpec) -> Any:
-    from .algorithm import Baseline
-
-    return Baseline(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.baseline",
     title="Baseline / Baseline++ (fine-tuning)",
@@ -50,7 +44,7 @@ SPEC = AlgorithmSpec(
         "cosine-similarity (Baseline++) head on the support set."
     ),
     params=BaselineParams,
-    factory=_make,
+    factory="metalab.plugins.baseline.algorithm:Baseline",
     paper="Chen, Liu, Kira, Wang and Huang 2019, A Closer Look at Few-shot Classification (ICLR)",
     task_kinds=("classification",),
 )

@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import loss_and_metric
 from metalab.api import TaskBatch, TaskSpec
 
@@ -60,32 +61,27 @@ def cosine_logits(x: Any, kernel: Any, scale: float) -> Any:
     return ops.cast(scale, x.dtype) * ops.matmul(x, kernel)
 
 
-class Baseline:
+class Baseline(MetaAlgorithm):
     """The fine-tuning baseline: supervised pre-training, then a new head per episode on frozen features.
 
     Args:
         params: A validated ``BaselineParams``.
-        task: What the tasks look like; must be classification with ``num_train_classes >= 2``.
+        task: What the tasks look like; ``num_train_classes >= 2``.
 
     Raises:
-        ValueError: If ``task.kind`` is not classification or the number of training classes is unknown.
+        ValueError: If the number of training classes is unknown.
     """
 
     #: Trained on mini-batches of the training split with global labels (plugin API 1.2).
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"The Baseline needs classification tasks. Received: task.kind={task.kind!r}")
         if int(getattr(task, "num_train_classes", 0)) < 2:
             raise ValueError(
                 "The Baseline pre-trains a classifier over the training classes, so it needs "
                 f"task.num_train_classes >= 2. Received: num_train_classes={getattr(task, 'num_train_classes', None)!r}"
             )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         self.backbone = task.make_backbone()
         classes = int(task.num_train_classes)
         if params.head == "cosine":
@@ -96,31 +92,14 @@ class Baseline:
         self.fmodel = functional.FunctionalModel(self.model)
         self.fbackbone = functional.FunctionalModel(self.backbone)
         self.feature_dim = int(self.backbone.output_shape[-1])
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``lr`` (the paper's pre-training optimizer)."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr)
+        self.track(self.model)  # the outer optimizer is the base class's Adam at lr (the paper's pre-training)
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the cross-entropy gradient over a supervised batch (support and query halves together).
 
         Also moves batch-norm running moments, which the frozen backbone uses at evaluation.
         """
-        dtype = self.model.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        y = ops.concatenate([ops.convert_to_tensor(batch.support_y, dtype="int32"),
-                             ops.convert_to_tensor(batch.query_y, dtype="int32")], axis=1)
-        x = ops.reshape(x, (-1, *self.task.input_shape))
-        y = ops.reshape(y, (-1,))
+        x, y = self.flat_inputs(batch, self.model.compute_dtype), self.flat_labels(batch)
 
         def loss_fn(weights):
             logits, state = self.fmodel.call_with_state(weights, x, training=True)
@@ -129,7 +108,7 @@ class Baseline:
 
         (loss, (accuracy, state)), grads = functional.value_and_grad(loss_fn, self.fmodel.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))
-        return grads, {"loss": loss, "accuracy": accuracy}
+        return grads, self.scores(loss, accuracy)
 
     # -- fine-tuning a new head ----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from metalab.api import DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.4"
 
 NUM_CLASSES = 10
 #: Images of each digit 0..9 in scikit-learn's load_digits (1797 in all), so split sizes need no data loaded.
@@ -139,5 +139,13 @@ def metalab_register_datasets() -> list:
             default_backbone="metalab.mlp",
             episode_defaults={"ways": 3, "shots": 5, "queries": 10},
             split_sizes=digits_split_sizes,
+            # The dashboard's first run on digits finishes in about a minute on two CPU cores.
+            presets={
+                "*": {"steps": 300, "val_every": 50, "log_every": 10, "checkpoint_every": 100, "test_episodes": 200},
+                "metalab.maml": {"algorithm.meta_batch_size": 4},
+            },
+            # The conformance kit's classification task: embedded, no download, seconds on a CPU.
+            tiny_task={"backbone": "metalab.mlp", "backbone_params": {"hidden": [32, 32]}, "ways": 3, "shots": 5,
+                       "queries": 5},
         )
     ]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, RunRef, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, RunRef, hookimpl
 
-METALAB_PLUGIN_API = "1.3"
+METALAB_PLUGIN_API = "1.4"
 
 
 class DistillParams(Params):
@@ -40,12 +38,6 @@ class DistillParams(Params):
     )
 
 
-def _make(params: DistillParams, task: TaskSpec) -> Any:
-    from .algorithm import Distill
-
-    return Distill(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.distill",
     title="Knowledge distillation",
@@ -56,7 +48,7 @@ SPEC = AlgorithmSpec(
         "The report compares teacher and student: accuracy, parameters and images per second."
     ),
     params=DistillParams,
-    factory=_make,
+    factory="metalab.plugins.distill.algorithm:Distill",
     paper="Hinton, Vinyals and Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)",
     task_kinds=("classification",),
 )
@@ -68,9 +60,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Teacher against student: few-shot accuracy, parameter counts and speed (distillation runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import comparison_panel
 

@@ -14,7 +14,7 @@ In metalab the student is the run's backbone plus a linear classifier over all t
 runner's supervised mini-batches of the training split; it is evaluated few-shot like a metric learner, by the
 nearest class centroid of its (frozen) backbone features on each episode's support set.
 
-Where the soft targets come from (the teacher is a finished run, rebuilt from the run store):
+Where the soft targets come from (the teacher is a finished run, loaded through the task's ``load_run``):
 
 * a teacher trained with a classifier over the same training classes (``batch_kind == "supervised"`` and a
   final layer named ``head`` with ``num_train_classes`` outputs: the Baseline, another distillation run) gives
@@ -31,7 +31,6 @@ ignored) and the run log says so: the conformance suite has no teacher to offer.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,8 +41,9 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import loss_and_metric, nearest_centroid_evaluate
-from metalab.api import TaskBatch, TaskSpec
+from metalab.api import LoadedRun, TaskBatch, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +63,11 @@ def _weight_count(weights: list[Any]) -> int:
 
 @dataclass
 class Teacher:
-    """A trained teacher rebuilt from the run store, and how it turns images into logits over the training classes.
+    """A trained teacher (another run, loaded through ``TaskSpec.load_run``) and how it turns images into logits.
 
     Attributes:
-        run_id: The teacher run's full id.
-        config: The teacher run's :class:`~metalab.core.engine.config.RunConfig`.
-        algorithm: The teacher's algorithm object with its checkpoint loaded.
-        dataset: The teacher run's dataset (the student must train on the same one).
+        run: The teacher run as :class:`~metalab.api.LoadedRun`: its config, algorithm with the checkpoint loaded,
+            dataset and recorded evaluations.
         mode: ``"head"`` (the teacher's classifier over the training classes) or ``"prototypes"`` (distances to
             class prototypes of its features).
         body: The layers computing the teacher's features (its model without the ``head`` layer).
@@ -77,18 +75,27 @@ class Teacher:
         recorded: The teacher run's own stored test evaluation (its protocol, its episode shape), if any.
     """
 
-    run_id: str
-    config: Any
-    algorithm: Any
-    dataset: Any
+    run: LoadedRun
     mode: str
     body: list[Any]
     prototypes: np.ndarray | None = None
     recorded: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def run_id(self) -> str:
+        return self.run.id
+
+    @property
+    def algorithm(self) -> Any:
+        return self.run.algorithm
+
+    @property
+    def dataset(self) -> Any:
+        return self.run.dataset
+
+    @property
     def model(self) -> Any:
-        return self.algorithm.model
+        return self.run.algorithm.model
 
     def features(self, x: Any) -> Any:
         """Teacher features of ``x`` in inference mode (batch norm on its running moments)."""
@@ -113,77 +120,51 @@ class Teacher:
         return _weight_count([w for layer in self.body for w in layer.weights])
 
 
-def load_teacher(run_id: str, task: TaskSpec, prototype_shots: int = 20, settings: Any | None = None) -> Teacher:
-    """Rebuilds a finished run's algorithm through the plugin registry and loads its checkpoint.
-
-    The run store is the one of ``METALAB_HOME`` (:func:`metalab.core.settings.load_settings`).
+def load_teacher(run_ref: str, task: TaskSpec, prototype_shots: int = 20) -> Teacher:
+    """Loads a finished run as the teacher through ``task.load_run`` (plugin API 1.4), never the run store itself.
 
     Args:
-        run_id: The teacher run's id, or a unique prefix of it.
+        run_ref: The teacher run's id, or a unique prefix of it.
         task: The student's task; the teacher must have the same input shape and number of training classes.
         prototype_shots: Training images per class averaged into each prototype (``"prototypes"`` mode).
-        settings: metalab settings; read from the environment when ``None``.
 
     Returns:
         The :class:`Teacher`.
 
     Raises:
         FileNotFoundError: If there is no run store or the run has no checkpoint.
-        ValueError: If the run is unknown or unfinished, is not a classification run, or does not match the
-            student's inputs and training classes.
+        ValueError: If the task cannot load runs, the run is unknown or unfinished, is not a classification run,
+            or does not match the student's inputs and training classes.
     """
-    from metalab.core.engine.config import RunConfig
-    from metalab.core.contract.manager import make_plugin_manager
-    from metalab.core.engine.runner import build_session, checkpoint_path, load_checkpoint
-    from metalab.core.settings import load_settings
-    from metalab.core.store import RunNotFoundError, RunStore
-
-    settings = settings or load_settings()
-    if not settings.store_path.exists():
-        raise FileNotFoundError(
-            f"teacher_run {run_id!r}: there is no run store at {settings.store_path} (METALAB_HOME={settings.home}); "
-            f"train the teacher first, or point METALAB_HOME at the store that holds it. Received: teacher_run={run_id!r}"
+    if task.load_run is None:
+        raise ValueError(
+            f"teacher_run {run_ref!r}: this task cannot load another run (its load_run is None; metalab fills it "
+            f"from plugin API 1.4 on). Received: teacher_run={run_ref!r}"
         )
-    store = RunStore(settings.store_path, settings.runs_dir)
     try:
-        run = store.get_run(run_id)
-    except RunNotFoundError:
+        run = task.load_run(run_ref)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"teacher_run {run_ref!r}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"teacher_run {run_ref!r}: {exc}") from None
+    if run.task.kind != "classification":
         raise ValueError(
-            f"teacher_run: the run store {settings.store_path} has no run {run_id!r}; give the id of a completed "
-            f"run. Received: teacher_run={run_id!r}"
-        ) from None
-    if run.status != "completed":
-        raise ValueError(
-            f"teacher_run {run.id!r} is {run.status!r}; distillation needs a completed teacher run (train or resume "
-            f"it to the end first). Received: teacher_run={run_id!r}"
+            f"teacher_run {run.id!r} is a {run.task.kind} run; distillation needs a classification teacher. "
+            f"Received: teacher_run={run_ref!r}"
         )
-    ckpt = checkpoint_path(store, run.id)
-    if not ckpt.exists():
-        raise FileNotFoundError(
-            f"teacher_run {run.id!r} is completed but has no checkpoint at {ckpt}. Received: teacher_run={run_id!r}"
-        )
-    config = RunConfig(**run.config)
-    registry = make_plugin_manager(settings=settings, strict=False)
-    session = build_session(registry, config, settings)
-    if session.task.kind != "classification":
+    if tuple(run.task.input_shape) != tuple(task.input_shape) or run.task.num_train_classes != task.num_train_classes:
         raise ValueError(
-            f"teacher_run {run.id!r} is a {session.task.kind} run; distillation needs a classification teacher. "
-            f"Received: teacher_run={run_id!r}"
-        )
-    if tuple(session.task.input_shape) != tuple(task.input_shape) or session.task.num_train_classes != task.num_train_classes:
-        raise ValueError(
-            f"teacher_run {run.id!r} was trained on {config.dataset} with inputs {tuple(session.task.input_shape)} and "
-            f"{session.task.num_train_classes} training classes, but the student sees inputs {tuple(task.input_shape)} "
+            f"teacher_run {run.id!r} was trained on {run.dataset_id} with inputs {tuple(run.task.input_shape)} and "
+            f"{run.task.num_train_classes} training classes, but the student sees inputs {tuple(task.input_shape)} "
             f"and {task.num_train_classes} training classes: train the student on the teacher's dataset. "
-            f"Received: teacher_run={run_id!r}"
+            f"Received: teacher_run={run_ref!r}"
         )
-    load_checkpoint(ckpt, session.algorithm)
-    algorithm = session.algorithm
+    algorithm = run.algorithm
     model = getattr(algorithm, "model", None)
     if model is None:
         raise ValueError(
-            f"teacher_run {run.id!r}: its algorithm {config.algorithm!r} exposes no Keras `model` to take logits or "
-            f"features from. Received: teacher_run={run_id!r}"
+            f"teacher_run {run.id!r}: its algorithm {run.algorithm_id!r} exposes no Keras `model` to take logits or "
+            f"features from. Received: teacher_run={run_ref!r}"
         )
     layers = list(getattr(model, "layers", []))
     has_head = bool(layers) and layers[-1].name == "head"
@@ -194,14 +175,14 @@ def load_teacher(run_id: str, task: TaskSpec, prototype_shots: int = 20, setting
         outputs = -1
     supervised = getattr(algorithm, "batch_kind", "episodic") == "supervised"
     mode = "head" if has_head and supervised and outputs == task.num_train_classes else "prototypes"
-    teacher = Teacher(run_id=run.id, config=config, algorithm=algorithm, dataset=session.dataset, mode=mode,
-                      body=body)
+    teacher = Teacher(run=run, mode=mode, body=body)
     if mode == "prototypes":
         teacher.prototypes = _class_prototypes(teacher, prototype_shots)
-    for evaluation in store.evaluations(run.id):
+    for evaluation in run.evaluations:
         if evaluation.get("split") == "test":
             teacher.recorded = {"accuracy": evaluation.get("accuracy"), "ci95": evaluation.get("ci95"),
-                                "episodes": evaluation.get("episodes"), "ways": config.ways, "shots": config.shots}
+                                "episodes": evaluation.get("episodes"), "ways": run.config.get("ways"),
+                                "shots": run.config.get("shots")}
             break
     return teacher
 
@@ -239,7 +220,7 @@ def _soft_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> 
     return t * t * ops.mean(kl)
 
 
-class Distill:
+class Distill(MetaAlgorithm):
     """A student classifier over the training classes distilled from a teacher run.
 
     Args:
@@ -248,8 +229,8 @@ class Distill:
         teacher: An already loaded :class:`Teacher` (tests); by default loaded from ``params.teacher_run``.
 
     Raises:
-        ValueError: If the task is not classification, the number of training classes is unknown, or the
-            teacher run is unknown, unfinished or does not match (see :func:`load_teacher`).
+        ValueError: If the number of training classes is unknown, or the teacher run is unknown, unfinished or
+            does not match (see :func:`load_teacher`).
         FileNotFoundError: If the teacher's run store or checkpoint is missing.
     """
 
@@ -257,17 +238,12 @@ class Distill:
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec, teacher: Teacher | None = None):
-        if task.kind != "classification":
-            raise ValueError(f"Distillation needs classification tasks. Received: task.kind={task.kind!r}")
         if int(getattr(task, "num_train_classes", 0)) < 2:
             raise ValueError(
                 "The student is a classifier over the training classes, so it needs task.num_train_classes >= 2. "
                 f"Received: num_train_classes={getattr(task, 'num_train_classes', None)!r}"
             )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         # The student is built before the teacher is loaded: rebuilding the teacher run re-seeds Keras with the
         # teacher's seed, and the student's initialisation must depend on its own run's seed only.
         self.backbone = task.make_backbone()
@@ -275,6 +251,9 @@ class Distill:
         self.model = keras.Sequential([keras.Input(tuple(task.input_shape)), self.backbone, head], name="student")
         self.fmodel = functional.FunctionalModel(self.model)
         self.fbackbone = functional.FunctionalModel(self.backbone)
+        # The teacher's weights are not the run's: they are reloaded from the teacher run on every build. The
+        # outer optimizer is the base class's Adam at lr.
+        self.track(self.model)
         if teacher is None and params.teacher_run:
             teacher = load_teacher(params.teacher_run, task, params.prototype_shots)
         self.teacher = teacher
@@ -286,23 +265,10 @@ class Distill:
         else:
             logger.warning(
                 "metalab.distill: distilling from teacher run %s (%s on %s, soft targets from its %s) at "
-                "temperature %g, alpha %g.", teacher.run_id, teacher.config.algorithm, teacher.config.dataset,
+                "temperature %g, alpha %g.", teacher.run_id, teacher.run.algorithm_id, teacher.run.dataset_id,
                 "classifier over the training classes" if teacher.mode == "head" else "class-prototype distances",
                 params.temperature, params.alpha,
             )
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        # The teacher's weights are not the run's: they are reloaded from the teacher run on every build.
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``lr``."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr)
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradient of the distillation loss over a supervised batch (both halves together).
@@ -312,12 +278,7 @@ class Distill:
         ``teacher_accuracy`` on the batch.
         """
         dtype = self.model.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        y = ops.concatenate([ops.convert_to_tensor(batch.support_y, dtype="int32"),
-                             ops.convert_to_tensor(batch.query_y, dtype="int32")], axis=1)
-        x = ops.reshape(x, (-1, *self.task.input_shape))
-        y = ops.reshape(y, (-1,))
+        x, y = self.flat_inputs(batch, dtype), self.flat_labels(batch)
         teacher_logits = None if self.teacher is None else ops.stop_gradient(self.teacher.logits(x))
         alpha = float(self.config.alpha)
 
@@ -333,7 +294,7 @@ class Distill:
             loss_fn, self.fmodel.params(), has_aux=True
         )
         self.fmodel.set_state(functional.stop_gradient(state))
-        metrics = {"loss": loss, "accuracy": accuracy, "hard_loss": hard}
+        metrics = self.scores(loss, accuracy, hard_loss=hard)
         if teacher_logits is not None:
             teacher_pick = ops.argmax(teacher_logits, axis=-1)
             metrics["soft_loss"] = soft
@@ -381,8 +342,8 @@ class Distill:
         teacher_logits = functional.compile(teacher.logits)
         teacher_features = functional.compile(teacher.features)
         data["teacher"] = {
-            "algorithm": teacher.config.algorithm, "backbone": teacher.config.backbone,
-            "dataset": teacher.config.dataset, "params": teacher.weight_count(),
+            "algorithm": teacher.run.algorithm_id, "backbone": teacher.run.config.get("backbone"),
+            "dataset": teacher.run.dataset_id, "params": teacher.weight_count(),
             "images_per_s": images_per_second(teacher_logits, self.task.input_shape), "recorded": teacher.recorded,
         }
         episodes = self._report_episodes()
@@ -395,14 +356,10 @@ class Distill:
         return data
 
     def _report_episodes(self) -> TaskBatch | None:
-        from metalab.core.engine.runner import EVAL_SEED
-        from metalab.core.engine.sampling import fixed_tasks
-
-        config = self.teacher.config
-        key = json.dumps([config.dataset, config.dataset_params], sort_keys=True)
+        """The engine's fixed test episodes of the teacher's dataset, in the student's episode shape."""
         try:
-            return fixed_tasks(self.teacher.dataset, "test", self.task.ways, self.task.shots, self.task.queries,
-                               REPORT_EPISODES, seed=EVAL_SEED, key=key)
+            return self.teacher.run.fixed_episodes("test", self.task.ways, self.task.shots, self.task.queries,
+                                                   REPORT_EPISODES)
         except ValueError:
             logger.exception("metalab.distill: no test episodes of the run's shape for the report")
             return None

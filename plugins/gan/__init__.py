@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class GANParams(Params):
@@ -30,12 +30,6 @@ class GANParams(Params):
     beta_1: float = Field(0.5, ge=0, lt=1, description="Adam's beta_1 (0.5 in the paper, for stability).")
 
 
-def _make(params: GANParams, task: TaskSpec) -> Any:
-    from .algorithm import DCGAN
-
-    return DCGAN(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.gan",
     title="DCGAN (discriminator features)",
@@ -46,7 +40,7 @@ SPEC = AlgorithmSpec(
         "samples over training."
     ),
     params=GANParams,
-    factory=_make,
+    factory="metalab.plugins.gan.algorithm:DCGAN",
     paper=(
         "Radford, Metz and Chintala 2016, Unsupervised Representation Learning with Deep Convolutional "
         "Generative Adversarial Networks (ICLR, arXiv:1511.06434)"
@@ -61,9 +55,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Generator samples from fixed noise at intervals over training (GAN runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import samples_panel
 

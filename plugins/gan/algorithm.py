@@ -30,6 +30,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.data import to_uint8
 from metalab.api.episodic import prototype_logits
 from metalab.api import TaskBatch, TaskSpec
@@ -99,27 +100,22 @@ def build_generator(params: Any, input_shape: tuple[int, ...]) -> keras.Model:
     return keras.Sequential(layers, name="generator")
 
 
-class DCGAN:
+class DCGAN(MetaAlgorithm):
     """A DCGAN whose discriminator is the run's backbone plus a logit, evaluated few-shot on the backbone features.
 
     Args:
         params: A validated ``GANParams``.
-        task: What the tasks look like; must be classification (inputs in [0, 1]).
+        task: What the tasks look like (the spec declares classification only; inputs in [0, 1]).
 
     Raises:
-        ValueError: If ``task.kind`` is not classification, or the generator does not fit the input shape.
+        ValueError: If the generator does not fit the input shape.
     """
 
     #: Trained on mini-batches of the training split (plugin API 1.2); the class labels are not used.
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"The GAN is evaluated on classification tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         self.latent_dim = int(params.latent_dim)
         shape = tuple(int(s) for s in task.input_shape)
         self.input_shape = shape
@@ -147,20 +143,14 @@ class DCGAN:
                                         name="sample_snapshots")
         self.snapshot_steps = keras.Variable(np.full((SNAPSHOTS,), -1, np.int64), trainable=False,
                                              name="snapshot_steps")
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        """The discriminator's weights, then the generator's."""
-        return self.fdisc.trainable_variables + self.fgen.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return (list(self.discriminator.variables) + list(self.generator.variables)
-                + [self.seed_generator.state, self.steps_taken, self.snapshots, self.snapshot_steps])
+        # The discriminator's weights, then the generator's; the noise state and the report's samples are
+        # checkpointed so that a resumed run draws the same noise and shows the same samples.
+        self.track(self.discriminator, self.generator)
+        self.keep(self.seed_generator.state, self.steps_taken, self.snapshots, self.snapshot_steps)
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
         """Returns Adam with the paper's learning rate 0.0002 and beta_1 = 0.5, for both players."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr, beta_1=self.config.beta_1)
+        return keras.optimizers.Adam(learning_rate=self.learning_rate(), beta_1=self.config.beta_1)
 
     def generate(self, z: Any, *, training: bool = True) -> Any:
         """Generator images for noise ``z`` under the current weights (batch norm on the batch's statistics)."""
@@ -177,9 +167,7 @@ class DCGAN:
             ``generator_loss`` and ``accuracy`` (the discriminator's real/fake accuracy on the step's batches).
         """
         dtype = self.discriminator.compute_dtype
-        real = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                                ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        real = ops.reshape(real, (-1, *self.input_shape))
+        real = self.flat_inputs(batch, dtype)
         n = real.shape[0]
         z = keras.random.normal((n, self.latent_dim), dtype=dtype, seed=self.seed_generator)
         disc_params, gen_params = self.fdisc.params(), self.fgen.params()
@@ -249,7 +237,7 @@ class DCGAN:
             return loss, ops.mean(ops.cast(hits, logits.dtype)), logits
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
-        return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
+        return self.scores(losses, accuracies, predictions=predictions)
 
     def report_data(self) -> dict[str, Any]:
         """Generator samples of the fixed noise over training, and now, as small ``uint8`` arrays.

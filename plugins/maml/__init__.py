@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.4"
 
 
 class MAMLParams(Params):
@@ -57,10 +57,15 @@ class MAMLParams(Params):
     )
 
 
-def _make(params: MAMLParams, task: TaskSpec) -> Any:
-    from .algorithm import MAML
-
-    return MAML(params, task)
+def _batch_norm_mode(params: MAMLParams) -> str:
+    """How MAML normalises at meta-test time under ``params`` (the report prints it)."""
+    if params.transductive:
+        text = "transductive (query batch statistics)"
+    elif params.per_step_bn:
+        text = "inductive (per-step running statistics)"
+    else:
+        text = "inductive (no query's prediction depends on the other queries)"
+    return text + ("; per-step batch norm (MAML++)" if params.per_step_bn else "")
 
 
 SPEC = AlgorithmSpec(
@@ -71,9 +76,11 @@ SPEC = AlgorithmSpec(
         "The meta-gradient differentiates through the inner steps (second order) unless first_order is set."
     ),
     params=MAMLParams,
-    factory=_make,
+    factory="metalab.plugins.maml.algorithm:MAML",
     paper="Finn, Abbeel and Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)",
     task_kinds=("classification", "regression"),
+    batch_norm_mode=_batch_norm_mode,
+    memory_model="maml",
 )
 
 

@@ -33,12 +33,13 @@ import keras
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
 from metalab.api.layers import batch_norm_step, batch_norm_steps, per_step_batch_norm
 from metalab.api import TaskBatch, TaskSpec
 
 
-class MAML:
+class MAML(MetaAlgorithm):
     """Model-Agnostic Meta-Learning with exact (or first-order) meta-gradients.
 
     Args:
@@ -46,16 +47,12 @@ class MAML:
         task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
 
     Raises:
-        ValueError: If ``task.kind`` is neither classification nor regression, or ``per_step_bn`` is set and the
-            backbone has no ``MetaBatchNorm`` layer.
+        ValueError: If ``per_step_bn`` is set and the backbone has no ``MetaBatchNorm`` layer, or
+            ``vectorize_tasks`` is ``"on"`` where it cannot be.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind not in ("classification", "regression"):
-            raise ValueError(f"MAML supports classification and regression tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.per_step_bn = bool(getattr(params, "per_step_bn", False))
         if self.per_step_bn:
             with per_step_batch_norm(int(params.inner_steps) + 1):
@@ -84,18 +81,7 @@ class MAML:
                 f"backend={keras.backend.backend()!r}"
             )
         self.fmodel = functional.FunctionalModel(self.model)
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam with the meta step size beta (``outer_lr``)."""
-        return keras.optimizers.Adam(learning_rate=self.config.outer_lr)
+        self.track(self.model)  # the outer optimizer is the base class's Adam at outer_lr (beta)
 
     def task_loss(self, weights: list[Any], x: Any, y: Any) -> tuple[Any, Any]:
         """Returns ``(loss, metric)`` of the model under ``weights`` on one task's ``(x, y)``."""
@@ -153,7 +139,7 @@ class MAML:
             (loss, metric), grads = functional.mean_task_gradients(
                 task_loss, self.fmodel.params(), sx, sy, qx, qy, vectorize=self.vectorize_tasks,
                 window=self.config.task_window or "auto")
-            return grads, self._metrics(loss, metric)
+            return grads, self.scores(loss, metric)
 
         def meta_loss(theta):
             # The running statistics thread through every forward pass; they never carry gradients.
@@ -173,13 +159,7 @@ class MAML:
 
         (loss, (metric, state)), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))
-        return grads, self._metrics(loss, metric)
-
-    def _metrics(self, loss: Any, metric: Any) -> dict[str, Any]:
-        metrics = {"loss": loss}
-        if self.task.kind == "classification":
-            metrics["accuracy"] = metric
-        return metrics
+        return grads, self.scores(loss, metric)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class MetaSGDParams(Params):
@@ -33,10 +31,9 @@ class MetaSGDParams(Params):
     )
 
 
-def _make(params: MetaSGDParams, task: TaskSpec) -> Any:
-    from .algorithm import MetaSGD
-
-    return MetaSGD(params, task)
+def _batch_norm_mode(params: MetaSGDParams) -> str:
+    """How Meta-SGD normalises at meta-test time (the same for every ``params``; the report prints it)."""
+    return "transductive (query batch statistics; Meta-SGD has no inductive mode)"
 
 
 SPEC = AlgorithmSpec(
@@ -48,9 +45,11 @@ SPEC = AlgorithmSpec(
         "rates' distribution per layer."
     ),
     params=MetaSGDParams,
-    factory=_make,
+    factory="metalab.plugins.metasgd.algorithm:MetaSGD",
     paper="Li, Zhou, Chen and Li 2017, Meta-SGD: Learning to Learn Quickly for Few-Shot Learning (arXiv:1707.09835)",
     task_kinds=("classification", "regression"),
+    batch_norm_mode=_batch_norm_mode,
+    memory_model="maml",
 )
 
 
@@ -60,9 +59,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """The learned inner learning rates' distribution per layer (Meta-SGD runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import learned_rates_panel
 

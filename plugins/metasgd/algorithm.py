@@ -18,9 +18,9 @@ from typing import Any
 
 import keras
 import numpy as np
-from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
 from metalab.api import TaskBatch, TaskSpec
 
@@ -28,25 +28,16 @@ from metalab.api import TaskBatch, TaskSpec
 HISTOGRAM_BINS = 30
 
 
-class MetaSGD:
+class MetaSGD(MetaAlgorithm):
     """Meta-SGD: MAML with a learned learning rate per parameter.
 
     Args:
         params: A validated ``MetaSGDParams``.
         task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
-
-    Raises:
-        ValueError: If ``task.kind`` is neither classification nor regression.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind not in ("classification", "regression"):
-            raise ValueError(
-                f"Meta-SGD supports classification and regression tasks. Received: task.kind={task.kind!r}"
-            )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.model = build_model(task, "metasgd")
         self.fmodel = functional.FunctionalModel(self.model)
         self.weights = self.fmodel.trainable_variables
@@ -57,19 +48,9 @@ class MetaSGD:
             )
             for w in self.weights
         ]
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        """The model's weights, then one learning-rate variable per weight, in the same order."""
-        return self.weights + self.alphas
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables) + self.alphas
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam with the meta step size beta (``outer_lr``), for the weights and the rates alike."""
-        return keras.optimizers.Adam(learning_rate=self.config.outer_lr)
+        # The model's weights, then one learning-rate variable per weight in the same order; the base class's
+        # Adam at outer_lr (beta) updates the weights and the rates alike.
+        self.track(self.model, self.alphas)
 
     def task_loss(self, weights: list[Any], x: Any, y: Any) -> tuple[Any, Any]:
         """Returns ``(loss, metric)`` of the model under ``weights`` on one task's ``(x, y)``."""
@@ -94,10 +75,6 @@ class MetaSGD:
         n = len(self.weights)
         return list(params[:n]), list(params[n:])
 
-    def params(self) -> list[Any]:
-        """The current values of ``trainable_variables`` as tensors."""
-        return [ops.convert_to_tensor(v) for v in self.trainable_variables]
-
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradients of the mean query loss after adaptation for the weights and the rates."""
         kind = self.task.kind
@@ -111,10 +88,7 @@ class MetaSGD:
         # Each task's gradient on its own, the tasks in a window of the inter-op threads on TensorFlow (as MAML).
         (loss, metric), grads = functional.mean_task_gradients(task_loss, self.params(), sx, sy, qx, qy,
                                                                window="auto")
-        metrics = {"loss": loss}
-        if kind == "classification":
-            metrics["accuracy"] = metric
-        return grads, metrics
+        return grads, self.scores(loss, metric)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts to each task's support set with ``eval_inner_steps`` steps of the learned rates and scores it.

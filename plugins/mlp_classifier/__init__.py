@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class MLPClassifierParams(Params):
@@ -30,12 +30,6 @@ class MLPClassifierParams(Params):
     )
 
 
-def _make(params: MLPClassifierParams, task: TaskSpec) -> Any:
-    from .algorithm import MLPClassifier
-
-    return MLPClassifier(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.mlp_classifier",
     title="MLP classifier (no meta-learning)",
@@ -49,7 +43,7 @@ SPEC = AlgorithmSpec(
         "of training. It ignores the run's backbone."
     ),
     params=MLPClassifierParams,
-    factory=_make,
+    factory="metalab.plugins.mlp_classifier.algorithm:MLPClassifier",
     paper="Rumelhart, Hinton and Williams 1986, Learning representations by back-propagating errors (Nature)",
     task_kinds=("classification",),
 )
@@ -61,10 +55,10 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Plain supervised accuracy on the test split or held-out training images (MLP classifier runs only)."""
     data = report_data.get(SPEC.id)
-    if run.get("algorithm") != SPEC.id or not isinstance(data, dict) or not (data.get("test") or data.get("holdout")):
+    if not isinstance(data, dict) or not (data.get("test") or data.get("holdout")):
         return []
     from .panels import supervised_accuracy_panel
 

@@ -27,11 +27,12 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import loss_and_metric
 from metalab.api import TaskBatch, TaskSpec
 
 
-class MLPClassifier:
+class MLPClassifier(MetaAlgorithm):
     """A Keras MLP classifier over the training classes, scored few-shot by nearest centroid.
 
     Args:
@@ -39,7 +40,7 @@ class MLPClassifier:
         task: What the tasks look like; must be classification with ``num_train_classes >= 2``.
 
     Raises:
-        ValueError: If ``task.kind`` is not classification or the number of training classes is unknown.
+        ValueError: If the number of training classes is unknown.
     """
 
     #: Trained on mini-batches of the training split with global labels (plugin API 1.2).
@@ -48,18 +49,13 @@ class MLPClassifier:
     holdout_chunk = 1024
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"The MLP classifier needs classification tasks. Received: task.kind={task.kind!r}")
         classes = int(getattr(task, "num_train_classes", 0))
         if classes < 2:
             raise ValueError(
                 "The MLP classifier learns the training classes, so it needs task.num_train_classes >= 2. "
                 f"Received: num_train_classes={classes}"
             )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         #: Read by the runner, which then keeps these training images out of every batch.
         self.supervised_holdout_fraction = float(getattr(params, "holdout_fraction", 0.0))
         self._holdout: tuple[Any, np.ndarray, Callable[[Any], Any]] | None = None
@@ -73,35 +69,18 @@ class MLPClassifier:
         )
         self.fmodel = functional.FunctionalModel(self.model)
         self.ftrunk = functional.FunctionalModel(self.trunk)
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``lr``."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr)
+        self.track(self.model)  # the outer optimizer is the base class's Adam at lr
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the cross-entropy gradient over a supervised batch (support and query halves together)."""
-        dtype = self.model.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        y = ops.concatenate([ops.convert_to_tensor(batch.support_y, dtype="int32"),
-                             ops.convert_to_tensor(batch.query_y, dtype="int32")], axis=1)
-        x = ops.reshape(x, (-1, *self.task.input_shape))
-        y = ops.reshape(y, (-1,))
+        x, y = self.flat_inputs(batch, self.model.compute_dtype), self.flat_labels(batch)
 
         def loss_fn(weights):
             loss, accuracy = loss_and_metric("classification", self.fmodel(weights, x, training=True), y)
             return loss, accuracy
 
         (loss, accuracy), grads = functional.value_and_grad(loss_fn, self.fmodel.params(), has_aux=True)
-        return grads, {"loss": loss, "accuracy": accuracy}
+        return grads, self.scores(loss, accuracy)
 
     def set_supervised_holdout(self, images: Any, labels: Any, to_float: Callable[[Any], Any]) -> None:
         """Keeps the held-out training images (never in a training batch) to score the classifier on at the end.

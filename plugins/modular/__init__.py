@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class ModularParams(Params):
@@ -32,12 +32,6 @@ class ModularParams(Params):
     meta_batch_size: int = Field(4, ge=1, le=1024, description="Tasks per update.")
 
 
-def _make(params: ModularParams, task: TaskSpec) -> Any:
-    from .algorithm import ModularMetaLearner
-
-    return ModularMetaLearner(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.modular",
     title="Modular meta-learning",
@@ -48,7 +42,7 @@ SPEC = AlgorithmSpec(
         "report shows which modules the tasks chose."
     ),
     params=ModularParams,
-    factory=_make,
+    factory="metalab.plugins.modular.algorithm:ModularMetaLearner",
     paper=(
         "Alet, Lozano-Pérez and Kaelbling 2018, Modular meta-learning (CoRL), BounceGrad (Algorithm 1) with "
         "exhaustive or greedy structure search"
@@ -63,9 +57,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Heatmaps of the modules chosen per slot, in training and evaluation (modular runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import module_usage_panel
 

@@ -33,6 +33,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors
 from metalab.api import TaskBatch, TaskSpec
 
@@ -40,7 +41,7 @@ from metalab.api import TaskBatch, TaskSpec
 MAX_COUNTED_STRUCTURES = 4096
 
 
-class ModularMetaLearner:
+class ModularMetaLearner(MetaAlgorithm):
     """Modular meta-learning: a searched choice of modules per task over a shared module library.
 
     Args:
@@ -48,15 +49,11 @@ class ModularMetaLearner:
         task: What the tasks look like; classification or regression.
 
     Raises:
-        ValueError: If ``task.kind`` is neither, or an exhaustive search would exceed ``max_structures``.
+        ValueError: If an exhaustive search would exceed ``max_structures``.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind not in ("classification", "regression"):
-            raise ValueError(f"Modular meta-learning supports classification and regression. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.num_modules, self.num_slots, self.width = int(params.num_modules), int(params.num_slots), int(params.module_width)
         self.num_structures = self.num_modules ** self.num_slots
         if params.search == "exhaustive" and self.num_structures > params.max_structures:
@@ -98,30 +95,17 @@ class ModularMetaLearner:
                                                trainable=False, name="eval_slot_counts")
         self.eval_structure_counts = keras.Variable(np.zeros(counted), dtype="float32", trainable=False,
                                                     name="eval_structure_counts")
+        # The backbone's weights, the slots' kernels then biases, then the regression head (if any), trained by the
+        # base class's Adam at outer_lr (the paper trains the modules with Adam); the training counts describe
+        # the run, so they are checkpointed too.
+        self.track(self.model, self.module_variables + self.head)
+        self.keep(self.train_slot_counts, self.train_structure_counts)
 
     # -- variables ---------------------------------------------------------------------------------------
 
     @property
     def module_variables(self) -> list[Any]:
         return self.kernels + self.biases
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        """The backbone's weights, the slots' kernels then biases, then the regression head (if any)."""
-        return self.fmodel.trainable_variables + self.module_variables + self.head
-
-    @property
-    def variables(self) -> list[Any]:
-        return (list(self.model.variables) + self.module_variables + self.head
-                + [self.train_slot_counts, self.train_structure_counts])
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``outer_lr`` (the paper trains the modules with Adam)."""
-        return keras.optimizers.Adam(learning_rate=self.config.outer_lr)
-
-    def params(self) -> list[Any]:
-        """The current values of ``trainable_variables`` as tensors."""
-        return [ops.convert_to_tensor(v) for v in self.trainable_variables]
 
     def _split(self, params: list[Any]) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         n, s = self._n_backbone, self.num_slots
@@ -250,10 +234,7 @@ class ModularMetaLearner:
         (loss, (metric, structures, state)), grads = functional.value_and_grad(mean_loss, self.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))
         self._count(structures, self.train_slot_counts, self.train_structure_counts)
-        metrics = {"loss": loss}
-        if self.task.kind == "classification":
-            metrics["accuracy"] = metric
-        return grads, metrics
+        return grads, self.scores(loss, metric)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Searches each task's structure on its support set and scores its query set (no weights adapt).
@@ -265,10 +246,7 @@ class ModularMetaLearner:
         losses, metrics, outputs, structures, _ = self.episodes(self.params(), batch, training=False,
                                                                state=self.fmodel.state())
         self._count(structures, self.eval_slot_counts, self.eval_structure_counts)
-        result = {"loss": losses, "predictions": outputs, "structures": structures}
-        if self.task.kind == "classification":
-            result["accuracy"] = metrics
-        return result
+        return self.scores(losses, metrics, predictions=outputs, structures=structures)
 
     def report_data(self) -> dict[str, Any]:
         """Which modules the tasks used: counts per slot and module, and per whole structure.

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class MultiTaskParams(Params):
@@ -62,12 +62,6 @@ class MultiTaskParams(Params):
         return [w / total for w in raw]
 
 
-def _make(params: MultiTaskParams, task: TaskSpec) -> Any:
-    from .algorithm import MultiTask
-
-    return MultiTask(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.multitask",
     title="Multi-task learning (shared trunk)",
@@ -78,7 +72,7 @@ SPEC = AlgorithmSpec(
         "centroid on the trunk's features. The report draws each task's training curve."
     ),
     params=MultiTaskParams,
-    factory=_make,
+    factory="metalab.plugins.multitask.algorithm:MultiTask",
     paper=(
         "Caruana 1997, Multitask Learning (Machine Learning 28); consistency objective as in Laine and Aila 2017, "
         "Temporal Ensembling for Semi-Supervised Learning (ICLR), Pi-model"
@@ -93,10 +87,8 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict, artifacts_dir: str) -> list[ReportPanel]:
-    """Per-task training curves (from the run store's ``train/task<k>_*`` metrics) and the task split."""
-    if run.get("algorithm") != SPEC.id:
-        return []
+def metalab_report_panels(report_data: dict, metrics: dict) -> list[ReportPanel]:
+    """Per-task training curves (from the run's logged ``train/task<k>_*`` metrics) and the task split."""
     from .panels import task_curves_panel
 
-    return [task_curves_panel(run, report_data.get(SPEC.id) or {}, artifacts_dir)]
+    return [task_curves_panel(report_data.get(SPEC.id) or {}, metrics)]

@@ -27,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import nearest_centroid_evaluate
 from metalab.api import TaskBatch, TaskSpec
 
@@ -52,30 +53,25 @@ def task_groups(num_classes: int, num_tasks: int) -> list[list[int]]:
     return [list(range(k, num_classes, num_tasks)) for k in range(num_tasks)]
 
 
-class MultiTask:
+class MultiTask(MetaAlgorithm):
     """A shared trunk with one classification head per task, trained jointly on supervised mini-batches.
 
     Args:
         params: A validated ``MultiTaskParams``.
-        task: What the tasks look like; classification with ``num_train_classes >= 2 * num_tasks``.
+        task: What the tasks look like; ``num_train_classes >= 2 * num_tasks``.
 
     Raises:
-        ValueError: If the task is not classification or there are too few training classes for the tasks.
+        ValueError: If there are too few training classes for the tasks.
     """
 
     #: Trained on mini-batches of the training split with global labels (plugin API 1.2).
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"Multi-task learning needs classification tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
+        super().__init__(params, task)
         self.groups = task_groups(int(getattr(task, "num_train_classes", 0)), int(params.num_tasks))
         self.num_tasks = len(self.groups)
         self.task_weights = params.weights()
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
         # The trunk is what report_data's embedding figure and few-shot evaluation look at.
         self.model = task.make_backbone()
         inputs = keras.Input(tuple(task.input_shape))
@@ -87,18 +83,8 @@ class MultiTask:
         # Seeded from Keras's global seed (set from the run's seed); its state is checkpointed with the weights,
         # so a resumed run draws the same perturbations.
         self.noise_seed = keras.random.SeedGenerator(name="consistency_noise")
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fnetwork.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return [*self.network.variables, self.noise_seed.state]
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``lr``."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr)
+        self.track(self.network)  # trained by the base class's Adam at lr
+        self.keep(self.noise_seed.state)
 
     def task_losses(self, head_logits: list[Any], y: Any) -> tuple[list[Any], list[Any], Any]:
         """Per-task mean cross-entropy and accuracy over each task's examples, and the overall accuracy.
@@ -134,12 +120,7 @@ class MultiTask:
         ``task<k>_accuracy`` for every task.
         """
         dtype = self.network.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        y = ops.concatenate([ops.convert_to_tensor(batch.support_y, dtype="int32"),
-                             ops.convert_to_tensor(batch.query_y, dtype="int32")], axis=1)
-        x = ops.reshape(x, (-1, *self.task.input_shape))
-        y = ops.reshape(y, (-1,))
+        x, y = self.flat_inputs(batch, dtype), self.flat_labels(batch)
         n = x.shape[0]
         use_consistency = self.config.consistency_weight > 0
         if use_consistency:
@@ -162,7 +143,7 @@ class MultiTask:
             loss_fn, self.fnetwork.params(), has_aux=True
         )
         self.fnetwork.set_state(functional.stop_gradient(state))
-        metrics = {"loss": loss, "accuracy": accuracy, "average_loss": average, "consistency_loss": consistency}
+        metrics = self.scores(loss, accuracy, average_loss=average, consistency_loss=consistency)
         for k, (task_loss, task_accuracy) in enumerate(zip(losses, accuracies)):
             metrics[f"task{k}_loss"] = task_loss
             metrics[f"task{k}_accuracy"] = task_accuracy

@@ -1,10 +1,9 @@
-"""The multi-task report panel: per-task training curves read from the run store (Plotly only, no TensorFlow)."""
+"""The multi-task report panel: per-task training curves from the run's logged metrics (Plotly only, no TensorFlow)."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from metalab.api import ReportPanel
@@ -12,54 +11,25 @@ from metalab.api import ReportPanel
 _TASK_METRIC = re.compile(r"^train/task(\d+)_(loss|accuracy)$")
 
 
-def _store_for(run_id: str, artifacts_dir: str) -> Any | None:
-    """The run store holding ``run_id``: the one beside the run's folder (``<home>/runs/<id>``), else METALAB_HOME's.
-
-    Never creates a store file where there is none.
-    """
-    from metalab.core.settings import load_settings
-    from metalab.core.store import RunStore
-
-    candidates = [(Path(artifacts_dir).parent.parent / "runs.sqlite", Path(artifacts_dir).parent)]
-    settings = load_settings()
-    candidates.append((settings.store_path, settings.runs_dir))
-    for path, runs_dir in candidates:
-        if not path.is_file():
-            continue
-        store = RunStore(path, runs_dir)
-        try:
-            store.get_run(run_id)
-        except KeyError:
-            continue
-        return store
-    return None
-
-
-def task_metrics(run_id: str, artifacts_dir: str) -> dict[str, list[tuple[int, float]]]:
-    """The run's logged ``train/task<k>_*``, ``train/average_loss`` and ``train/consistency_loss`` series.
+def task_metrics(metrics: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """The ``train/task<k>_*``, ``train/average_loss`` and ``train/consistency_loss`` series of a run's metrics.
 
     Args:
-        run_id: The run.
-        artifacts_dir: The run's folder (``<home>/runs/<id>``), which locates its store.
+        metrics: Every series the run logged, ``{name: [(step, value), ...]}`` (the report hook's ``metrics``).
 
     Returns:
-        ``{metric name: [(step, value), ...]}``; empty when the store cannot be found.
+        The multi-task series only.
     """
-    store = _store_for(run_id, artifacts_dir)
-    if store is None:
-        return {}
-    series = store.metrics(run_id)
     keep = {"train/average_loss", "train/consistency_loss"}
-    return {name: points for name, points in series.items() if name in keep or _TASK_METRIC.match(name)}
+    return {name: points for name, points in metrics.items() if name in keep or _TASK_METRIC.match(name)}
 
 
-def task_curves_panel(run: dict[str, Any], data: dict[str, Any], artifacts_dir: str) -> ReportPanel:
+def task_curves_panel(data: dict[str, Any], metrics: dict[str, list[tuple[int, float]]]) -> ReportPanel:
     """Each task's training loss and accuracy over the steps, with the consistency loss, and the task split.
 
     Args:
-        run: The run's record as a dict (``id`` is used to read its metrics).
         data: What ``MultiTask.report_data()`` returned (may be empty).
-        artifacts_dir: The run's folder.
+        metrics: Every series the run logged (the report hook's ``metrics``).
 
     Returns:
         The :class:`ReportPanel` (markdown only when no per-task metric was logged).
@@ -67,7 +37,7 @@ def task_curves_panel(run: dict[str, Any], data: dict[str, Any], artifacts_dir: 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    series = task_metrics(run["id"], artifacts_dir)
+    series = task_metrics(metrics)
     tasks = sorted({int(m.group(1)) for name in series if (m := _TASK_METRIC.match(name))})
     lines = []
     if data:
@@ -84,7 +54,7 @@ def task_curves_panel(run: dict[str, Any], data: dict[str, Any], artifacts_dir: 
                       f"{data.get('consistency_weight', 0):g} on the squared feature difference between each image "
                       f"and a copy with Gaussian noise of std {data.get('noise_std', 0):g}."]
     if not tasks:
-        lines.append("No per-task metrics (`train/task<k>_loss`) were found in the run store for this run.")
+        lines.append("No per-task metrics (`train/task<k>_loss`) were logged by this run.")
         return ReportPanel(title="Multi-task: per-task curves", markdown="\n".join(lines))
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=["Training loss per task", "Training accuracy per task"],

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from metalab.api import DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.3"
+METALAB_PLUGIN_API = "1.4"
 
 TOTAL_CHARACTERS = 1623
 
@@ -98,6 +98,7 @@ def __getattr__(name: str) -> Any:
 def metalab_register_datasets() -> list:
     # The loader module is light to import (no Pillow, no file read); it holds the official URLs and checksums.
     from .loader import OFFICIAL_DOWNLOADS, split_sizes
+    from .published import PUBLISHED_RESULTS
 
     return [
         DatasetSpec(
@@ -116,5 +117,6 @@ def metalab_register_datasets() -> list:
             episode_defaults={"ways": 5, "shots": 1, "queries": 15},
             downloads=dict(OFFICIAL_DOWNLOADS),
             split_sizes=split_sizes,
+            published_results=PUBLISHED_RESULTS,
         )
     ]

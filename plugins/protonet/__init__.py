@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.4"
 
 
 class ProtoNetParams(Params):
@@ -30,10 +30,11 @@ class ProtoNetParams(Params):
     )
 
 
-def _make(params: ProtoNetParams, task: TaskSpec) -> Any:
-    from .algorithm import ProtoNet
-
-    return ProtoNet(params, task)
+def _batch_norm_mode(params: ProtoNetParams) -> str:
+    """How Prototypical Networks normalise at meta-test time under ``params`` (the report prints it)."""
+    if params.transductive:
+        return "transductive (each episode's support and query statistics)"
+    return "inductive (running statistics learned in training)"
 
 
 SPEC = AlgorithmSpec(
@@ -44,9 +45,11 @@ SPEC = AlgorithmSpec(
         "a softmax over negative distances to the prototypes. No inner loop."
     ),
     params=ProtoNetParams,
-    factory=_make,
+    factory="metalab.plugins.protonet.algorithm:ProtoNet",
     paper="Snell, Swersky and Zemel 2017, Prototypical Networks for Few-shot Learning (NeurIPS)",
     task_kinds=("classification",),
+    batch_norm_mode=_batch_norm_mode,
+    memory_model="protonet",
 )
 
 

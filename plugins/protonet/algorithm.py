@@ -15,63 +15,34 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras
 from keras import ops
 
 from metalab.api import functional
-from metalab.api.episodic import batch_tensors
+from metalab.api.algorithms import MetaAlgorithm
+from metalab.api.episodic import batch_tensors, prototype_logits
 from metalab.api import TaskBatch, TaskSpec
 
 
-class ProtoNet:
+class ProtoNet(MetaAlgorithm):
     """Prototypical Networks on the run's backbone (the embedding; no head).
+
+    The outer optimizer is the base class's: Adam at ``outer_lr``, halved every ``lr_decay_every`` updates.
 
     Args:
         params: A validated ``ProtoNetParams``.
-        task: What the tasks look like; must be classification.
-
-    Raises:
-        ValueError: If ``task.kind`` is not classification.
+        task: What the tasks look like (the spec declares classification only).
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"Prototypical Networks need classification tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.model = task.make_backbone()
         self.fmodel = functional.FunctionalModel(self.model)
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``outer_lr``, halved every ``lr_decay_every`` updates (if positive)."""
-        lr: Any = self.config.outer_lr
-        if self.config.lr_decay_every > 0:
-            lr = keras.optimizers.schedules.ExponentialDecay(
-                lr, decay_steps=self.config.lr_decay_every, decay_rate=0.5, staircase=True
-            )
-        return keras.optimizers.Adam(learning_rate=lr)
+        self.track(self.model)
 
     def logits(self, support_embeddings: Any, support_y: Any, query_embeddings: Any) -> Any:
         """Returns ``[queries, ways]`` logits: negative distances from each query to each class prototype."""
-        ways = self.task.ways
-        onehot = ops.one_hot(ops.cast(support_y, "int32"), ways, dtype=support_embeddings.dtype)
-        counts = ops.sum(onehot, axis=0)
-        prototypes = ops.matmul(ops.transpose(onehot), support_embeddings) / ops.expand_dims(counts, -1)
-        if self.config.distance == "cosine":
-            q = ops.normalize(query_embeddings, axis=-1)
-            p = ops.normalize(prototypes, axis=-1)
-            return ops.matmul(q, ops.transpose(p)) - 1.0
-        diff = ops.expand_dims(query_embeddings, 1) - ops.expand_dims(prototypes, 0)
-        return -ops.sum(ops.square(diff), axis=-1)
+        return prototype_logits(support_embeddings, support_y, query_embeddings, self.task.ways,
+                                distance=self.config.distance)
 
     def episode(self, weights: list[Any], sx: Any, sy: Any, qx: Any, qy: Any, *, training: bool, state: list[Any]):
         """Scores one episode; returns ``(loss, accuracy, logits, new_state)``."""
@@ -103,7 +74,7 @@ class ProtoNet:
 
         (loss, (accuracy, state)), grads = functional.value_and_grad(mean_loss, self.fmodel.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))
-        return grads, {"loss": loss, "accuracy": accuracy}
+        return grads, self.scores(loss, accuracy)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Scores each episode's query set against its support prototypes.
@@ -121,4 +92,4 @@ class ProtoNet:
             return self.episode(weights, *arrays, training=bool(self.config.transductive), state=state)[:3]
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
-        return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
+        return self.scores(losses, accuracies, predictions=predictions)

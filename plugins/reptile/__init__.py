@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.0"
+METALAB_PLUGIN_API = "1.4"
 
 
 class ReptileParams(Params):
@@ -35,10 +35,11 @@ class ReptileParams(Params):
     )
 
 
-def _make(params: ReptileParams, task: TaskSpec) -> Any:
-    from .algorithm import Reptile
-
-    return Reptile(params, task)
+def _batch_norm_mode(params: ReptileParams) -> str:
+    """How Reptile normalises at meta-test time under ``params`` (the report prints it)."""
+    if params.transductive:
+        return "transductive (query batch statistics, the paper's 'transduction' rows)"
+    return "inductive (each query scored in a batch with the support set only)"
 
 
 SPEC = AlgorithmSpec(
@@ -49,9 +50,10 @@ SPEC = AlgorithmSpec(
         "First-order: no gradient flows through the inner loop."
     ),
     params=ReptileParams,
-    factory=_make,
+    factory="metalab.plugins.reptile.algorithm:Reptile",
     paper="Nichol, Achiam and Schulman 2018, On First-Order Meta-Learning Algorithms (arXiv:1803.02999)",
     task_kinds=("classification", "regression"),
+    batch_norm_mode=_batch_norm_mode,
 )
 
 

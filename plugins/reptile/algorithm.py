@@ -28,6 +28,7 @@ import keras
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors, build_model, evaluate_adaptation, loss_and_metric
 from metalab.api import TaskBatch, TaskSpec
 
@@ -39,35 +40,19 @@ _ADAM_EPSILON = 1e-8
 _UNROLL_LIMIT = 64
 
 
-class Reptile:
+class Reptile(MetaAlgorithm):
     """Reptile: move the initialisation towards the weights each task trains to.
 
     Args:
         params: A validated ``ReptileParams``.
         task: What the tasks look like; ``task.make_backbone()`` gives the feature extractor under the head.
-
-    Raises:
-        ValueError: If ``task.kind`` is neither classification nor regression.
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind not in ("classification", "regression"):
-            raise ValueError(
-                f"Reptile supports classification and regression tasks. Received: task.kind={task.kind!r}"
-            )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.model = build_model(task, "reptile")
         self.fmodel = functional.FunctionalModel(self.model)
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables)
+        self.track(self.model)
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
         """Returns SGD whose learning rate, epsilon, falls linearly from ``outer_stepsize`` to 0 over the run."""
@@ -146,10 +131,7 @@ class Reptile:
             phis, losses, metrics = ops.map(one_task, (sx, sy, qx, qy))
             mean_phi = [ops.mean(p, axis=0) for p in phis]
         grads = [w - p for w, p in zip(theta, mean_phi)]
-        result = {"loss": ops.mean(losses)}
-        if kind == "classification":
-            result["accuracy"] = ops.mean(metrics)
-        return grads, result
+        return grads, self.scores(ops.mean(losses), ops.mean(metrics))
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class RotationParams(Params):
@@ -41,12 +41,6 @@ class RotationParams(Params):
     probe_weight_decay: float = Field(1e-3, ge=0, le=1, description="Linear probe only: L2 weight decay on the head.")
 
 
-def _make(params: RotationParams, task: TaskSpec) -> Any:
-    from .algorithm import RotationPretraining
-
-    return RotationPretraining(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.rotation",
     title="Rotation pre-training (RotNet)",
@@ -56,7 +50,7 @@ SPEC = AlgorithmSpec(
         "nearest class centroid or a linear probe. The report shows the rotation-prediction accuracy per angle."
     ),
     params=RotationParams,
-    factory=_make,
+    factory="metalab.plugins.rotation.algorithm:RotationPretraining",
     paper=(
         "Gidaris, Singh and Komodakis 2018, Unsupervised Representation Learning by Predicting Image Rotations "
         "(ICLR, arXiv:1803.07728)"
@@ -71,9 +65,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Rotation-prediction accuracy per angle, on training batches and on held-out images (rotation runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import rotation_panel
 

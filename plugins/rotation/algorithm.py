@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import loss_and_metric, prototype_logits
 from metalab.api import TaskBatch, TaskSpec
 
@@ -54,33 +55,28 @@ def rotations(x: Any) -> tuple[Any, Any]:
     return ops.concatenate(rotated, axis=0), labels
 
 
-class RotationPretraining:
+class RotationPretraining(MetaAlgorithm):
     """RotNet pre-training on the training split's images, then few-shot scoring on the frozen backbone.
 
     Args:
         params: A validated ``RotationParams``.
-        task: What the tasks look like; classification on square images ``(H, H, C)``.
+        task: What the tasks look like; square images ``(H, H, C)``.
 
     Raises:
-        ValueError: If ``task.kind`` is not classification or the inputs are not square images.
+        ValueError: If the inputs are not square images.
     """
 
     #: Trained on mini-batches of the training split (plugin API 1.2); the class labels are not used.
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"Rotation pre-training needs classification tasks. Received: task.kind={task.kind!r}")
         shape = tuple(int(s) for s in task.input_shape)
         if len(shape) != 3 or shape[0] != shape[1]:
             raise ValueError(
                 "Rotation pre-training rotates images by multiples of 90 degrees, so it needs square images of "
                 f"shape (H, H, C). Received: input_shape={task.input_shape}"
             )
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         self.backbone = task.make_backbone()
         self.model = keras.Sequential(
             [keras.Input(shape), self.backbone, keras.layers.Dense(len(ANGLES), name="head")], name="rotnet"
@@ -97,14 +93,8 @@ class RotationPretraining:
         self.heldout_images = keras.Variable(np.zeros((self._heldout_count, *shape), np.float32), trainable=False,
                                              name="heldout_images")
         self.heldout_filled = keras.Variable(False, dtype="bool", trainable=False, name="heldout_filled")
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        return self.fmodel.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables) + [self.steps_taken, self.angle_accuracy_ema]
+        self.track(self.model)
+        self.keep(self.steps_taken, self.angle_accuracy_ema)
 
     def make_optimizer(self) -> keras.optimizers.Optimizer:
         """Returns SGD with Nesterov momentum 0.9 (or Adam), with weight decay and the paper's learning-rate drops."""
@@ -130,10 +120,7 @@ class RotationPretraining:
         Returns:
             The gradients and ``loss`` and ``accuracy`` (of the rotation prediction).
         """
-        dtype = self.model.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        x, y = rotations(ops.reshape(x, (-1, *self.task.input_shape)))
+        x, y = rotations(self.flat_inputs(batch, self.model.compute_dtype))
 
         def loss_fn(weights):
             logits, state = self.fmodel.call_with_state(weights, x, training=True)
@@ -147,7 +134,7 @@ class RotationPretraining:
         per_angle = ops.mean(ops.reshape(functional.stop_gradient(hits), (len(ANGLES), -1)), axis=1)
         self.angle_accuracy_ema.assign(EMA_DECAY * self.angle_accuracy_ema + (1.0 - EMA_DECAY) * per_angle)
         self.steps_taken.assign_add(1)
-        return grads, {"loss": loss, "accuracy": accuracy}
+        return grads, self.scores(loss, accuracy)
 
     # -- few-shot evaluation on frozen features ------------------------------------------------------------
 
@@ -213,7 +200,7 @@ class RotationPretraining:
             return loss, accuracy, logits
 
         losses, accuracies, predictions = ops.map(one_task, (sx, sy, qx, qy))
-        return {"loss": losses, "accuracy": accuracies, "predictions": predictions}
+        return self.scores(losses, accuracies, predictions=predictions)
 
     # -- report --------------------------------------------------------------------------------------------
 

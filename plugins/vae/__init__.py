@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.2"
+METALAB_PLUGIN_API = "1.4"
 
 
 class VAEParams(Params):
@@ -31,12 +31,6 @@ class VAEParams(Params):
     )
 
 
-def _make(params: VAEParams, task: TaskSpec) -> Any:
-    from .algorithm import VAE
-
-    return VAE(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.vae",
     title="Variational auto-encoder (VAE)",
@@ -47,7 +41,7 @@ SPEC = AlgorithmSpec(
         "The report shows reconstructions of held-out images and samples from the prior."
     ),
     params=VAEParams,
-    factory=_make,
+    factory="metalab.plugins.vae.algorithm:VAE",
     paper="Kingma and Welling 2014, Auto-Encoding Variational Bayes (ICLR, arXiv:1312.6114)",
     task_kinds=("classification",),
 )
@@ -59,9 +53,9 @@ def metalab_register_algorithms() -> list[AlgorithmSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Reconstructions of held-out images and samples from the prior (VAE runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    if not report_data.get(SPEC.id):  # stored at the end of training: none when the run stopped early
         return []
     from .panels import vae_panels
 

@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.data import to_uint8
 from metalab.api.episodic import prototype_logits
 from metalab.api import TaskBatch, TaskSpec
@@ -42,27 +43,19 @@ def gaussian_kl(mean: Any, log_var: Any) -> Any:
     return -0.5 * ops.sum(1.0 + log_var - ops.square(mean) - ops.exp(log_var), axis=-1)
 
 
-class VAE:
+class VAE(MetaAlgorithm):
     """A VAE whose encoder is the run's backbone, trained on the training split's images without labels.
 
     Args:
         params: A validated ``VAEParams``.
-        task: What the tasks look like; must be classification.
-
-    Raises:
-        ValueError: If ``task.kind`` is not classification.
+        task: What the tasks look like (the spec declares classification only: evaluation is few-shot).
     """
 
     #: Trained on mini-batches of the training split (plugin API 1.2); the class labels are not used.
     batch_kind = "supervised"
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"The VAE is evaluated on classification tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = 1
-        self.batch_size = int(params.batch_size)
+        super().__init__(params, task)
         self.latent_dim = int(params.latent_dim)
         shape = tuple(int(s) for s in task.input_shape)
         self.input_shape = shape
@@ -90,20 +83,10 @@ class VAE:
         self.held_out = keras.Variable(np.zeros((self._held_out_count, *shape), np.float32), trainable=False,
                                        name="held_out_images")
         self.held_out_filled = keras.Variable(False, dtype="bool", trainable=False, name="held_out_filled")
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        """The encoder's weights, then the decoder's."""
-        return self.fencoder.trainable_variables + self.fdecoder.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        # The noise generator's state is checkpointed so that a resumed run draws the same noise.
-        return list(self.encoder.variables) + list(self.decoder.variables) + [self.seed_generator.state]
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``lr``."""
-        return keras.optimizers.Adam(learning_rate=self.config.lr)
+        # The encoder's weights, then the decoder's, trained by the base class's Adam at lr; the noise generator's
+        # state is checkpointed so that a resumed run draws the same noise.
+        self.track(self.encoder, self.decoder)
+        self.keep(self.seed_generator.state)
 
     def split_code(self, encoded: Any) -> tuple[Any, Any]:
         """Splits the encoder's output into ``(mean, log_var)``."""
@@ -130,9 +113,7 @@ class VAE:
             The gradients and ``loss`` (negative ELBO per image), ``reconstruction`` (``-log p(x|z)``) and ``kl``.
         """
         dtype = self.encoder.compute_dtype
-        x = ops.concatenate([ops.convert_to_tensor(batch.support_x, dtype=dtype),
-                             ops.convert_to_tensor(batch.query_x, dtype=dtype)], axis=1)
-        x = ops.reshape(x, (-1, *self.input_shape))
+        x = self.flat_inputs(batch, dtype)
         eps = keras.random.normal((x.shape[0], self.latent_dim), dtype=dtype, seed=self.seed_generator)
 
         def loss_fn(params):

@@ -21,9 +21,9 @@ from typing import Annotated, Any
 import pydantic
 from pydantic import Field
 
-from metalab.api import AlgorithmSpec, DataPath, DatasetSpec, Params, ReportPanel, TaskSpec, hookimpl
+from metalab.api import AlgorithmSpec, DataPath, DatasetSpec, Params, ReportPanel, hookimpl
 
-METALAB_PLUGIN_API = "1.3"
+METALAB_PLUGIN_API = "1.4"
 
 #: Attributes of a glyph class (one-hot per group; see ``glyphs.ATTRIBUTE_NAMES``).
 GLYPH_ATTRIBUTES = 17
@@ -56,12 +56,6 @@ class ZeroShotParams(Params):
     )
 
 
-def _make(params: ZeroShotParams, task: TaskSpec) -> Any:
-    from .algorithm import ZeroShotProtoNet
-
-    return ZeroShotProtoNet(params, task)
-
-
 SPEC = AlgorithmSpec(
     id="metalab.zeroshot",
     title="Zero-shot Prototypical Networks",
@@ -71,7 +65,7 @@ SPEC = AlgorithmSpec(
         "it falls back to few-shot prototypes from the support images."
     ),
     params=ZeroShotParams,
-    factory=_make,
+    factory="metalab.plugins.zeroshot.algorithm:ZeroShotProtoNet",
     paper=PAPER,
     task_kinds=("classification",),
 )
@@ -201,9 +195,10 @@ def metalab_register_datasets() -> list[DatasetSpec]:
 
 
 @hookimpl
-def metalab_report_panels(run: dict, report_data: dict) -> list[ReportPanel]:
+def metalab_report_panels(report_data: dict) -> list[ReportPanel]:
     """Image embeddings and attribute prototypes of a meta-test episode (zero-shot runs only)."""
-    if run.get("algorithm") != SPEC.id or not report_data.get(SPEC.id):
+    # Its datasets bring other algorithms' runs here too; only its own algorithm stores this.
+    if not report_data.get(SPEC.id):
         return []
     from .panels import projection_panel
 

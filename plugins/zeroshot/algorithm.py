@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from metalab.api import functional
+from metalab.api.algorithms import MetaAlgorithm
 from metalab.api.episodic import batch_tensors
 from metalab.api import TaskBatch, TaskSpec
 
@@ -33,23 +34,16 @@ from metalab.api import TaskBatch, TaskSpec
 ATTRIBUTES_KEY = "class_attributes"
 
 
-class ZeroShotProtoNet:
+class ZeroShotProtoNet(MetaAlgorithm):
     """Zero-shot Prototypical Networks: prototypes embedded from class attributes; few-shot ones without them.
 
     Args:
         params: A validated ``ZeroShotParams``.
-        task: What the tasks look like; must be classification.
-
-    Raises:
-        ValueError: If ``task.kind`` is not classification.
+        task: What the tasks look like (the spec declares classification only).
     """
 
     def __init__(self, params: Any, task: TaskSpec):
-        if task.kind != "classification":
-            raise ValueError(f"Zero-shot Prototypical Networks need classification tasks. Received: task.kind={task.kind!r}")
-        self.config = params
-        self.task = task
-        self.meta_batch_size = int(params.meta_batch_size)
+        super().__init__(params, task)
         self.attribute_dim = int(params.attribute_dim)
         self.model = task.make_backbone()
         self.embedding_dim = int(self.model(np.zeros((1, *task.input_shape), np.float32), training=False).shape[-1])
@@ -60,6 +54,9 @@ class ZeroShotProtoNet:
         self.fmodel = functional.FunctionalModel(self.model)
         self.fencoder = functional.FunctionalModel(self.attribute_encoder)
         self._n_image = len(self.fmodel.trainable_variables)
+        # The image embedding's weights, then the attribute embedding's, trained by the base class's Adam at
+        # outer_lr, halved every lr_decay_every updates.
+        self.track(self.model, self.attribute_encoder)
         queries = task.ways * task.queries
         # The last evaluated batch's first episode, for the report (not checkpointed: evaluation writes it).
         self._record = {
@@ -73,24 +70,6 @@ class ZeroShotProtoNet:
             "attributes": keras.Variable(np.zeros((task.ways, self.attribute_dim)), dtype="float32", trainable=False,
                                          name="record_attributes"),
         }
-
-    @property
-    def trainable_variables(self) -> list[Any]:
-        """The image embedding's weights, then the attribute embedding's."""
-        return self.fmodel.trainable_variables + self.fencoder.trainable_variables
-
-    @property
-    def variables(self) -> list[Any]:
-        return list(self.model.variables) + list(self.attribute_encoder.variables)
-
-    def make_optimizer(self) -> keras.optimizers.Optimizer:
-        """Returns Adam at ``outer_lr``, halved every ``lr_decay_every`` updates (if positive)."""
-        lr: Any = self.config.outer_lr
-        if self.config.lr_decay_every > 0:
-            lr = keras.optimizers.schedules.ExponentialDecay(
-                lr, decay_steps=self.config.lr_decay_every, decay_rate=0.5, staircase=True
-            )
-        return keras.optimizers.Adam(learning_rate=lr)
 
     def class_attributes(self, batch: TaskBatch) -> Any | None:
         """The batch's ``[T, ways, A]`` class attributes as a tensor, or ``None`` when it carries none.
@@ -153,10 +132,6 @@ class ZeroShotProtoNet:
         accuracies = ops.mean(ops.cast(hits, logits.dtype), axis=-1)
         return losses, accuracies, logits, queries, prototypes, attributes, state
 
-    def params(self) -> list[Any]:
-        """The current values of ``trainable_variables`` as tensors."""
-        return [ops.convert_to_tensor(v) for v in self.trainable_variables]
-
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradient of the mean query cross-entropy over the batch's episodes, and loss/accuracy.
 
@@ -168,7 +143,7 @@ class ZeroShotProtoNet:
 
         (loss, (accuracy, state)), grads = functional.value_and_grad(mean_loss, self.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))
-        return grads, {"loss": loss, "accuracy": accuracy}
+        return grads, self.scores(loss, accuracy)
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Scores each episode's queries against its prototypes (batch norm on running moments).
@@ -179,7 +154,7 @@ class ZeroShotProtoNet:
         losses, accuracies, logits, queries, prototypes, attributes, _ = self.episodes(
             self.params(), batch, training=False, state=self.fmodel.state())
         self._remember(logits, queries, prototypes, attributes, batch)
-        return {"loss": losses, "accuracy": accuracies, "predictions": logits}
+        return self.scores(losses, accuracies, predictions=logits)
 
     def _remember(self, logits: Any, queries: Any, prototypes: Any, attributes: Any, batch: TaskBatch) -> None:
         record = self._record

@@ -224,12 +224,24 @@ def test_a_queued_run_whose_worker_died_frees_its_slot(make):
 
 
 def test_workers_are_niced_and_memory_limited(make):
+    from metalab.core.worker import read_reply, worker_command
+
     svc = make("demo", worker_memory_mb=1536)
-    probe = "import os, resource; print(os.nice(0), resource.getrlimit(resource.RLIMIT_AS)[0])"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         preexec_fn=svc._worker_limits(), check=True).stdout.split()
-    assert int(out[0]) >= os.nice(0) + 10 or int(out[0]) == 19
-    assert int(out[1]) == 1536 << 20
+    for job in ("train", "estimate", "devices", "predict"):
+        assert svc._request(job)["limits"] == {"nice": 10, "memory_mb": 1536}
+    # A worker applies them before its job runs; this job reads them back instead of listing the devices.
+    code = ("import os, resource, sys\n"
+            "import metalab.core.worker as worker\n"
+            "worker._HANDLERS['devices'] = lambda request, settings: [os.nice(0), "
+            "resource.getrlimit(resource.RLIMIT_AS)[0]]\n"
+            "raise SystemExit(worker.main(sys.argv[1:]))\n")
+    request = worker_command(svc._request("devices"))[-1]
+    out = subprocess.run([sys.executable, "-c", code, request], capture_output=True, text=True, timeout=120)
+    reply = read_reply(out.stdout)
+    assert reply is not None and reply["ok"] is True, out.stderr
+    nice, address_space = reply["result"]
+    assert nice >= os.nice(0) + 10 or nice == 19
+    assert address_space == 1536 << 20
 
 
 # -- uploads and images -------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 import pytest
 
 from metalab.core.engine.config import resolve_config
-from metalab.core.engine.runner import evaluate_run, train_run
+from metalab.core.engine.evaluation import evaluate_run
+from metalab.core.engine.runner import train_run
 from metalab.core.store import RunStore
 
 

@@ -79,3 +79,80 @@ def test_supervised_mlp_run_prints_its_test_accuracy_panel():
     assert match and float(match.group(1)) > 80.0  # ten digit classes: chance is 10%
     run_id = result.stdout.strip().splitlines()[-1]
     assert "Test accuracy" in invoke("runs", "show", run_id).stdout
+
+
+# -- `metalab plugins show` and how `plugins list` reports failures -------------------------------------------
+
+
+def test_plugins_show_prints_the_description_and_every_parameter():
+    result = invoke("plugins", "show", "metalab.protonet")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())  # Rich wraps long lines
+    assert "metalab.protonet (algorithm): Prototypical Networks" in text
+    assert "takes each class's mean support embedding as its prototype" in text  # AlgorithmSpec.description
+    assert "task kinds: classification" in text
+    assert "outer_lr: float, > 0, <= 1, default 0.001 Adam learning rate." in text
+    assert "distance: one of euclidean, cosine, default \"euclidean\"" in text
+    assert "transductive: bool, default false" in text
+
+
+def test_plugins_show_json_gives_types_ranges_defaults_and_descriptions():
+    result = invoke("plugins", "show", "metalab.maml", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert (shown["id"], shown["kind"], shown["package"]) == ("metalab.maml", "algorithm", "metalab")
+    assert shown["task_kinds"] == ["classification", "regression"] and "second order" in shown["description"]
+    params = {row["name"]: row for row in shown["params"]}
+    assert params["inner_lr"] == {"name": "inner_lr", "type": "float", "range": "> 0, <= 100", "default": 0.4,
+                                  "title": "Inner Lr", "description": params["inner_lr"]["description"]}
+    assert "Inner-loop step size" in params["inner_lr"]["description"]
+    assert params["vectorize_tasks"]["type"] == "one of auto, on, off"
+    assert params["meta_batch_size"]["range"] == ">= 1, <= 1024" and params["first_order"]["default"] is False
+
+
+def test_plugins_show_of_a_backbone_says_whether_it_gives_feature_maps():
+    shown = json.loads(invoke("plugins", "show", "metalab.conv4", "--json").stdout)
+    assert shown["kind"] == "backbone" and shown["feature_maps"] is True
+    assert json.loads(invoke("plugins", "show", "metalab.mlp", "--json").stdout)["feature_maps"] is False
+
+
+def test_plugins_show_of_an_unknown_id_lists_the_known_ones_without_a_traceback():
+    result = runner.invoke(app, ["plugins", "show", "metalab.nope"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "Unknown spec 'metalab.nope'" in text and "metalab.maml" in text and "Received: spec='metalab.nope'" in text
+    assert "Traceback" not in result.output
+
+
+def _testplugins_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("metalab-testplugins")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _plugins_list(home, strict: bool):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "METALAB_HOME": str(home), "METALAB_DISABLE_PLUGINS": "", "COLUMNS": "200",
+           "METALAB_STRICT_PLUGINS": "1" if strict else "0"}
+    return subprocess.run([sys.executable, "-m", "metalab.core.cli", "plugins", "list"], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+@pytest.mark.skipif(not _testplugins_installed(), reason="metalab-testplugins (its broken plugins) is not installed")
+@pytest.mark.parametrize("strict", [False, True])
+def test_plugins_list_prints_each_failure_once_and_strict_mode_exits_without_a_traceback(home, strict):
+    result = _plugins_list(home, strict)
+    assert result.returncode == (1 if strict else 0), result.stderr
+    # A broken plugin of metalab-testplugins, in one line of its own; the loader's log line is not printed too.
+    assert result.stderr.count("'metalab_testplugins.broken_import'") == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "metalab.maml" in result.stdout  # the listing is printed in strict mode too
+    if strict:
+        assert "error: 4 plugin(s) failed to load and strict mode is on" in " ".join(result.stderr.split())

@@ -25,6 +25,50 @@ def test_unqualified_and_qualified_assignments(builtin_registry):
     assert config.algorithm_params["first_order"] is True
 
 
+def test_a_name_the_run_and_the_dataset_both_have_must_be_qualified(builtin_registry):
+    raw = {"dataset": "metalab.digits", "algorithm": "metalab.protonet"}
+    with pytest.raises(ConfigError) as info:
+        resolve_config(builtin_registry, raw, parse_assignments(["seed=3"]))
+    assert str(info.value) == (
+        "Parameter 'seed' is ambiguous: the run and dataset metalab.digits both have it; write run.seed or "
+        "dataset.seed. Received: seed=3"
+    )
+    run = resolve_config(builtin_registry, raw, parse_assignments(["run.seed=3"]))
+    data = resolve_config(builtin_registry, raw, parse_assignments(["dataset.seed=4"]))
+    assert (run.seed, run.dataset_params["seed"]) == (3, 0)
+    assert (data.seed, data.dataset_params["seed"]) == (0, 4)
+    # A run field no plugin shares still goes to the run unqualified.
+    assert resolve_config(builtin_registry, raw, parse_assignments(["steps=7"])).steps == 7
+
+
+def test_run_qualifier_takes_only_run_fields(builtin_registry):
+    with pytest.raises(ConfigError, match=r"Unknown parameter 'run.inner_lr'.*Received: run.inner_lr=0.1"):
+        resolve_config(builtin_registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml"},
+                       parse_assignments(["run.inner_lr=0.1"]))
+
+
+@pytest.mark.parametrize("algorithm, params, expected", [
+    ("metalab.protonet", {"distance": "euclidean", "outer_lr": 0.001, "lr_decay_every": 2000},
+     "lower the learning rates of metalab.protonet (outer_lr=0.001; --set outer_lr=...)"),
+    ("metalab.reptile", {"inner_lr": 0.02, "outer_stepsize": 1.0, "inner_steps": 5},
+     "lower the learning rates of metalab.reptile (inner_lr=0.02, outer_stepsize=1; --set inner_lr=...)"),
+    ("metalab_foo.foo", {"temperature": 4.0}, "lower the learning rates of metalab_foo.foo"),
+])
+def test_the_divergence_hint_names_the_runs_own_learning_rates(algorithm, params, expected):
+    from metalab.core.engine.config import divergence_hint
+
+    assert divergence_hint({"algorithm": algorithm, "algorithm_params": params}) == expected
+
+
+def test_the_divergence_hint_of_a_resolved_run_never_names_mamls_rates(builtin_registry):
+    from metalab.core.engine.config import divergence_hint
+
+    config = resolve_config(builtin_registry, {"dataset": "metalab.digits", "algorithm": "metalab.baseline"})
+    hint = divergence_hint(config)
+    assert "metalab.baseline" in hint and "lr=" in hint and "finetune_lr=" in hint
+    assert "inner_lr" not in hint and "outer_lr" not in hint
+
+
 def test_out_of_range_value_names_field_range_and_value(builtin_registry):
     with pytest.raises(ConfigError) as info:
         resolve_config(builtin_registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml"},

@@ -6,7 +6,8 @@ import pytest
 from metalab.core.engine.config import ConfigError, resolve_config
 from metalab.core.contract.specs import ClassificationDataset, ClassSplit, DatasetSpec, Params, hookimpl
 from metalab.core.contract.manager import make_plugin_manager
-from metalab.core.engine.runner import evaluate_run, train_run
+from metalab.core.engine.evaluation import evaluate_run
+from metalab.core.engine.runner import train_run
 from metalab.core.settings import load_settings
 from metalab.core.store import RunStore
 from metalab.core.engine.sampling import resize_images

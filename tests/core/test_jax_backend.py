@@ -394,7 +394,7 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
         config = resolve_config(registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5,
                                            "queries": 5, "algorithm_params": {"meta_batch_size": 6,
                                                                               "task_window": 2}})
-        e = memory.estimate_for_session(build_session(registry, config), concurrency=2)
+        e = memory.estimate_for_session(build_session(registry, config), registry=registry, concurrency=2)
         f = functional.compile(lambda x: ops.sum(ops.tanh(x @ ops.transpose(x))))
         x = np.ones((256, 64), "float32")
         try:
@@ -435,7 +435,8 @@ def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
     assert summary["status"] == "completed", summary["error"]
     assert summary["evaluation"]["episodes"] == 8
 
-    from metalab.core.engine.runner import checkpoint_path, evaluate_run
+    from metalab.core.engine.checkpoints import checkpoint_path
+    from metalab.core.engine.evaluation import evaluate_run
     from metalab.core.store import RunStore
     from metalab.core.contract.manager import make_plugin_manager
 
@@ -456,7 +457,7 @@ def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
 
 
 def test_library_versions_name_the_backend_here():
-    from metalab.core.engine.runner import library_versions
+    from metalab.core.engine.devices import library_versions
 
     versions = library_versions()
     assert versions["backend"] == keras.backend.backend() == "tensorflow"

@@ -9,7 +9,8 @@ from keras import ops
 
 from metalab.core.engine import functional
 from metalab.core.contract.specs import TaskSpec
-from metalab.core.engine.runner import compile_train_step, dtype_policy, make_optimizer
+from metalab.core.engine.devices import dtype_policy
+from metalab.core.engine.runner import compile_train_step, make_optimizer
 from metalab.core.authoring.testing import blob_batch
 
 

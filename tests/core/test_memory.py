@@ -8,7 +8,7 @@ import pytest
 from metalab.core.engine import memory
 from metalab.core.engine.config import resolve_config
 from metalab.core.engine.memory import LayerProfile, activation_profile, estimate_step_memory
-from metalab.core.engine.runner import build_session
+from metalab.core.engine.session import build_session
 
 
 def tiny_conv_model() -> keras.Model:
@@ -204,7 +204,8 @@ def test_estimate_for_a_built_session(builtin_registry):
     config = resolve_config(builtin_registry, {
         "dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5, "queries": 5,
         "algorithm_params": {"meta_batch_size": 6, "inner_steps": 2}})
-    e = memory.estimate_for_session(build_session(builtin_registry, config), concurrency=1, baseline_bytes=7)
+    e = memory.estimate_for_session(build_session(builtin_registry, config), registry=builtin_registry, concurrency=1,
+                                    baseline_bytes=7)
     assert e["modelled"] is True and e["second_order"] is True and e["parameters"] == 1761
     assert e["meta_batch"] == 6 and e["inner_steps"] == 2 and e["tasks_alive"] == 1 and e["baseline_bytes"] == 7
     assert [layer["kind"] for layer in e["layers"]] == ["Flatten", "Dense", "Dense", "Dense"]
@@ -212,15 +213,50 @@ def test_estimate_for_a_built_session(builtin_registry):
     # threads, leaves the schedule to the executor: every task counts (the bound).
     windowed = resolve_config(builtin_registry, {**config.model_dump(), "algorithm_params": {
         **config.algorithm_params, "task_window": 3}})
-    assert memory.estimate_for_session(build_session(builtin_registry, windowed), concurrency=1)["tasks_alive"] == 3
+    assert memory.estimate_for_session(build_session(builtin_registry, windowed), registry=builtin_registry,
+                                       concurrency=1)["tasks_alive"] == 3
     unlimited = resolve_config(builtin_registry, {**config.model_dump(), "algorithm_params": {
         **config.algorithm_params, "task_window": 6}})
-    e = memory.estimate_for_session(build_session(builtin_registry, unlimited), concurrency=2)
+    e = memory.estimate_for_session(build_session(builtin_registry, unlimited), registry=builtin_registry,
+                                    concurrency=2)
     assert e["tasks_alive"] == 6 and e["step_bytes"] == e["all_tasks_bytes"]
-    assert memory.estimate_for_session(build_session(builtin_registry, config), concurrency=8)["tasks_alive"] == 6
+    assert memory.estimate_for_session(build_session(builtin_registry, config), registry=builtin_registry,
+                                       concurrency=8)["tasks_alive"] == 6
 
 
 def test_algorithms_it_does_not_cover_say_so(builtin_registry):
     config = resolve_config(builtin_registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.reptile"})
-    e = memory.estimate_for_session(build_session(builtin_registry, config))
+    e = memory.estimate_for_session(build_session(builtin_registry, config), registry=builtin_registry)
     assert e["modelled"] is False and "does not model metalab.reptile" in e["reason"]
+
+
+def test_each_algorithm_plugin_names_its_own_memory_model(builtin_registry):
+    from metalab.core.contract.specs import MEMORY_MODELS
+
+    assert {i: memory.method_of(builtin_registry, i) for i in ("metalab.maml", "metalab.metasgd", "metalab.anil",
+                                                              "metalab.protonet", "metalab.reptile")} == {
+        "metalab.maml": "maml", "metalab.metasgd": "maml", "metalab.anil": "anil", "metalab.protonet": "protonet",
+        "metalab.reptile": None}
+    assert memory.method_of(builtin_registry, "nothing.loaded") is None
+    # Every model the contract offers is one the estimator computes.
+    for model in MEMORY_MODELS:
+        assert estimate(activation_profile(tiny_conv_model()), method=model)["method"] == model
+
+
+def test_a_third_party_algorithm_is_estimated_by_the_model_its_spec_names(builtin_registry):
+    import types
+
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.contract.specs import AlgorithmSpec, Params, hookimpl
+
+    maml = builtin_registry.algorithm("metalab.maml")
+    spec = AlgorithmSpec(id="thirdparty.proto", title="Proto", description="d", params=Params,
+                         factory=lambda params, task: None, memory_model="protonet")
+    plugin = types.SimpleNamespace(METALAB_PLUGIN_API="1.4",
+                                   metalab_register_algorithms=hookimpl(lambda: [spec]))
+    registry = make_plugin_manager(entry_points=False, strict=True, plugins=[("thirdparty", plugin)])
+    assert memory.method_of(registry, "thirdparty.proto") == "protonet"
+    with pytest.raises(ValueError, match=r"memory_model must be None or one of maml, anil, protonet\. "
+                                         r"Received: memory_model='lstm'"):
+        AlgorithmSpec(id="thirdparty.x", title="X", description="d", params=Params, factory=maml.factory,
+                      memory_model="lstm").validate()

@@ -482,7 +482,9 @@ def test_params_without_json_schema_rejected():
 
     spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=OpaqueParams, factory=_factory)
     registry = make(("alpha", SpecPlugin(algorithms=[spec])))
-    assert "invalid AlgorithmSpec" in record(registry, "alpha").error
+    error = record(registry, "alpha").error
+    assert "invalid AlgorithmSpec" in error and "parameter 'thing' has a type with no JSON schema" in error
+    assert error.endswith("Received: thing: Opaque")
 
 
 def test_raising_hook_fails_only_its_plugin():
@@ -533,7 +535,12 @@ def test_hookimpl_with_unknown_argument_rejected_at_registration():
 
     registry = make(("alpha", WrongSignature()), ("gamma", DatasetsOnlyPlugin("gamma.d")))
     alpha = record(registry, "alpha")
-    assert alpha.status == "failed" and alpha.error.startswith("Registration failed: PluginValidationError")
+    # The plugin, the hook, the argument the hook does not pass and what metalab passes: not pluggy's own text.
+    assert alpha.status == "failed" and alpha.error == (
+        "Hook metalab_register_datasets of plugin 'alpha' takes 'registry', which the hook does not pass; metalab "
+        "calls it with no arguments. Received: metalab_register_datasets(registry)"
+    )
+    assert "PluginValidationError" in alpha.traceback
     assert alpha.hooks == []
     assert list(registry.datasets) == ["gamma.d"]
 
@@ -669,3 +676,116 @@ def test_hookspecs_are_the_registries_contract():
     for name in spec_names:
         assert getattr(registry.pm.hook, name).has_spec()
     assert registry.pm.project_name == "metalab"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter models, factory strings and task kinds, checked where a spec enters core.
+
+
+def test_a_default_outside_its_own_range_fails_the_plugin_when_it_loads():
+    class OutOfRange(Params):
+        lr: float = Field(-0.5, gt=0, le=1, description="A rate whose default is below its own range.")
+
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=OutOfRange, factory=_factory)
+    registry = make(("alpha", SpecPlugin(algorithms=[spec])), ("gamma", DatasetsOnlyPlugin("gamma.d")))
+    alpha = record(registry, "alpha")
+    assert alpha.status == "failed" and "alpha.a" not in registry.algorithms
+    assert "AlgorithmSpec 'alpha.a': the default of parameter 'lr' is outside its own range (allowed: > 0, <= 1)" in (
+        alpha.error)
+    assert alpha.error.endswith("Received: lr=-0.5")
+    assert "gamma.d" in registry.datasets
+
+
+def test_a_choice_default_outside_its_choices_fails_naming_the_choices():
+    from typing import Literal
+
+    class BadChoice(Params):
+        mode: Literal["fast", "exact"] = Field("slow", description="How to run.")
+
+    registry = make(("alpha", SpecPlugin(backbones=[BackboneSpec(id="alpha.b", title="B", description="D",
+                                                                  params=BadChoice, factory=_factory)])))
+    error = record(registry, "alpha").error
+    assert "BackboneSpec 'alpha.b': the default of parameter 'mode'" in error and "'fast' or 'exact'" in error
+    assert error.endswith("Received: mode='slow'")
+
+
+def test_a_callable_parameter_names_the_spec_the_field_and_the_fix():
+    from typing import Callable
+
+    class WithCallable(Params):
+        transform: Callable[[float], float] = Field(abs, description="Applied to every input.")
+
+    spec = DatasetSpec(id="alpha.d", title="D", description="D", params=WithCallable, factory=_factory,
+                       kind="regression")
+    error = record(make(("alpha", SpecPlugin(datasets=[spec]))), "alpha").error
+    assert "Cannot generate a JsonSchema" not in error
+    assert "DatasetSpec 'alpha.d': parameter 'transform' has a type with no JSON schema" in error
+    assert "give it a JSON type" in error and "build the object from it inside the factory" in error
+
+
+def test_a_factory_string_is_imported_on_first_call_only(tmp_path, monkeypatch):
+    module = f"lazy_impl_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent("""
+        CALLS = []
+
+        class Impl:
+            def __init__(self, params, task):
+                CALLS.append((params, task))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=TinyParams, factory=f"{module}:Impl",
+                         task_kinds=("regression",))
+    registry = make(("alpha", SpecPlugin(algorithms=[spec])), strict=True)
+    assert module not in sys.modules  # registration found the module without importing it
+    task = type("Task", (), {"kind": "regression"})()
+    built = registry.algorithm("alpha.a").factory(TinyParams(), task)
+    assert type(built).__name__ == "Impl" and sys.modules[module].CALLS == [(TinyParams(), task)]
+
+
+def test_a_factory_string_that_does_not_resolve_names_the_spec_and_the_string():
+    from metalab.core.contract.factories import FactoryResolutionError
+
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=TinyParams,
+                         factory="metalab.core.contract.manager:NoSuchFactory")
+    spec.validate()  # the module exists; the attribute is only looked up when a run builds the algorithm
+    task = type("Task", (), {"kind": "classification"})()
+    with pytest.raises(FactoryResolutionError) as info:
+        spec.factory(TinyParams(), task)
+    assert str(info.value) == (
+        "AlgorithmSpec 'alpha.a': its factory 'metalab.core.contract.manager:NoSuchFactory' does not resolve: "
+        "'metalab.core.contract.manager' has no attribute 'NoSuchFactory'. Give 'package.module:Attribute' naming "
+        "a class or function of an installed module. Received: factory='metalab.core.contract.manager:NoSuchFactory'"
+    )
+
+
+@pytest.mark.parametrize("factory, expected", [
+    ("no_colon_here", "must be callable or a 'package.module:Attribute' string"),
+    (f"missing_{uuid.uuid4().hex[:8]}.impl:Impl", "which is not installed"),
+    (42, "must be callable"),
+])
+def test_a_malformed_or_missing_factory_fails_the_plugin_at_load(factory, expected):
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=TinyParams, factory=factory)
+    error = record(make(("alpha", SpecPlugin(algorithms=[spec]))), "alpha").error
+    assert expected in error and error.endswith(f"Received: factory={factory!r}")
+
+
+def test_an_algorithm_factory_refuses_a_task_kind_its_spec_does_not_declare():
+    calls = []
+    spec = AlgorithmSpec(id="alpha.a", title="A", description="D", params=TinyParams,
+                         factory=lambda params, task: calls.append(task) or "built", task_kinds=("classification",))
+    with pytest.raises(ValueError, match=r"supports classification tasks .* not regression. "
+                                         r"Received: task.kind='regression'"):
+        spec.factory(TinyParams(), type("Task", (), {"kind": "regression"})())
+    assert calls == []  # refused before the implementation ran
+    assert spec.factory(TinyParams(), type("Task", (), {"kind": "classification"})()) == "built"
+
+
+def test_a_task_asking_for_feature_maps_of_a_flat_backbone_is_refused(builtin_registry):
+    from metalab.core.contract.manager import backbone_maker
+
+    mlp = builtin_registry.backbone("metalab.mlp")
+    make_backbone = backbone_maker(mlp, mlp.params(), (8, 8, 1), registry=builtin_registry)
+    with pytest.raises(ValueError, match=r"'metalab.mlp' gives flat feature vectors only .*\(metalab.conv4\)\. "
+                                         r"Received: feature_maps=True"):
+        make_backbone(feature_maps=True)
+

@@ -122,3 +122,83 @@ def test_a_trained_meta_sgd_run_shows_its_learned_rates(tmp_path, monkeypatch):
     panels = [p for p in svc.report_panels(run_id) if p["plugin"] == "metasgd"]
     assert [p["title"] for p in panels] == ["Learned inner learning rates"] and panels[0]["error"] is None
     assert not [p for p in svc.report_panels(run_id) if p["error"]]
+
+
+def test_the_hook_gets_the_runs_logged_metrics(tmp_path, monkeypatch):
+    def curves(metrics):
+        return [ReportPanel(title="Steps", markdown=", ".join(f"{name}: {points}" for name, points in sorted(metrics.items())))]
+
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path))
+    settings = load_settings(disable_plugins="")
+    registry = make_plugin_manager(entry_points=False, settings=settings, strict=True,
+                                   plugins=[("curves", _plugin(metalab_report_panels=curves))])
+    svc = Services(settings=settings, registry=registry)
+    run_id = _run_with_data(svc, None)
+    svc.store.log_metrics(run_id, 5, {"train/loss": 0.5})
+    svc.store.log_metrics(run_id, 10, {"train/loss": 0.25, "val/accuracy": 0.75})
+    (panel,) = svc.report_panels(run_id)
+    assert panel["markdown"] == "train/loss: [(5, 0.5), (10, 0.25)], val/accuracy: [(10, 0.75)]"
+    assert svc.run_report(run_id)["panels"][0]["markdown"] == panel["markdown"]
+
+
+def _spec_plugin(api: str, algorithm: str | None, calls: list):
+    from metalab.core.contract.specs import AlgorithmSpec, Params
+
+    def panels(run):
+        calls.append(run["algorithm"])
+        return [ReportPanel(title=f"{api} on {run['algorithm']}", markdown="x")]
+
+    hooks = {"metalab_report_panels": hookimpl(panels)}
+    if algorithm:
+        spec = AlgorithmSpec(id=algorithm, title="A", description="d", params=Params, factory=lambda p, t: None)
+        hooks["metalab_register_algorithms"] = hookimpl(lambda: [spec])
+    return types.SimpleNamespace(METALAB_PLUGIN_API=api, **hooks)
+
+
+def test_a_plugin_targeting_api_1_4_sees_only_the_runs_that_use_its_specs(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path))
+    settings = load_settings(disable_plugins="")
+    calls: dict[str, list] = {"scoped": [], "legacy": [], "generic": []}
+    registry = make_plugin_manager(entry_points=False, settings=settings, strict=True, plugins=[
+        ("scoped", _spec_plugin("1.4", "scoped.algo", calls["scoped"])),
+        ("legacy", _spec_plugin("1.3", "legacy.algo", calls["legacy"])),
+        ("generic", _spec_plugin("1.4", None, calls["generic"])),
+    ])
+    svc = Services(settings=settings, registry=registry)
+    for algorithm in ("scoped.algo", "demo.algo"):
+        run_id = svc.store.create_run({"algorithm": algorithm, "dataset": "d.d", "backbone": "b.b", "seed": 1})
+        svc.report_panels(run_id)
+    # A plugin registering specs under API 1.4 is called for its own runs only; one targeting an earlier API, or
+    # registering nothing, is called for every run.
+    assert calls == {"scoped": ["scoped.algo"], "legacy": ["scoped.algo", "demo.algo"],
+                     "generic": ["scoped.algo", "demo.algo"]}
+    # A run uses a plugin's specs through its dataset or backbone too.
+    run_id = svc.store.create_run({"algorithm": "demo.algo", "dataset": "d.d", "backbone": "scoped.algo", "seed": 1})
+    assert "1.4 on demo.algo" in [p["title"] for p in svc.report_panels(run_id)]
+
+
+def test_builtin_panels_need_no_check_of_the_runs_algorithm(tmp_path, monkeypatch):
+    """Every built-in panel hook is reached by its own runs only: a MAML run whose report data holds every other
+    algorithm's entry gets no panel (and no error) from their plugins."""
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path))
+    settings = load_settings(disable_plugins="")
+    registry = make_plugin_manager(distributions={"metalab"}, settings=settings, strict=False)
+    svc = Services(settings=settings, registry=registry)
+    with_panels = [impl.plugin_name for impl in registry.pm.hook.metalab_report_panels.get_hookimpls()]
+    assert len(with_panels) >= 10
+    versions = {record.name: record.api_version for record in registry.plugins}
+    assert {versions[name] for name in with_panels} == {"1.4"}
+    data = {spec_id: {"x": 1} for spec_id in registry.algorithms}
+
+    def run_of(algorithm: str) -> str:
+        run_id = svc.store.create_run({"algorithm": algorithm, "dataset": "metalab.sinusoid",
+                                       "backbone": "metalab.mlp", "seed": 1})
+        path = svc.store.run_dir(run_id) / "report_data.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+        svc.store.add_artifact(run_id, "report_data", "json", path)
+        return run_id
+
+    assert svc.report_panels(run_of("metalab.maml")) == []
+    # The same data under an ANIL run reaches ANIL's hook alone (it cannot draw {"x": 1}: an error in its place).
+    assert [p["plugin"] for p in svc.report_panels(run_of("metalab.anil"))] == ["anil"]

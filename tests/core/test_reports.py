@@ -106,18 +106,107 @@ def test_embedding_figure_colours_by_class():
     assert list(fig.data[1].marker.symbol) == ["x", "circle"]
 
 
-def test_published_results_match_only_the_papers_protocol():
-    config = {"dataset": "metalab.omniglot", "algorithm": "metalab.maml", "ways": 5, "shots": 1,
-              "dataset_params": {"split": "vinyals", "rotations": True, "image_size": 28},
-              "algorithm_params": {"first_order": False}}
-    rows = reports.published_results(config)
+@pytest.fixture
+def services(tmp_path, builtin_registry):
+    from metalab.core.services import Services
+    from metalab.core.settings import load_settings
+
+    return Services(settings=load_settings(home=tmp_path, disable_plugins=""), registry=builtin_registry)
+
+
+OMNIGLOT_MAML = {"dataset": "metalab.omniglot", "algorithm": "metalab.maml", "backbone": "metalab.conv4", "ways": 5,
+                 "shots": 1, "dataset_params": {"split": "vinyals", "rotations": True, "image_size": 28},
+                 "algorithm_params": {"first_order": False}}
+
+
+def test_published_results_match_only_the_papers_protocol(services):
+    rows = [r for r in services.published_results(OMNIGLOT_MAML) if r["benchmark"] is None]
     by_method = {r["method"]: r for r in rows}
-    assert by_method["MAML"]["accuracy"] == 98.7 and by_method["MAML"]["same_algorithm"]
+    assert set(by_method) == {"MAML", "first-order MAML", "Prototypical Networks", "Reptile",
+                              "Reptile + transduction"}
+    assert by_method["MAML"]["value"] == 98.7 and by_method["MAML"]["ci95"] == 0.4
+    assert by_method["MAML"]["metric"] == "accuracy" and by_method["MAML"]["same_algorithm"]
     assert not by_method["first-order MAML"]["same_algorithm"]
     assert "Snell" in by_method["Prototypical Networks"]["citation"]
-    assert reports.published_results({**config, "shots": 3}) == []
-    assert reports.published_results({**config, "dataset_params": {"split": "minimal"}}) == []
-    assert reports.published_results({**config, "dataset": "metalab.digits"}) == []
+    # Parameters a stored config leaves out count as the plugins' defaults (vinyals split; second-order MAML).
+    bare = {**OMNIGLOT_MAML, "dataset_params": {}, "algorithm_params": {}}
+    assert [r for r in services.published_results(bare) if r["same_algorithm"]] == [by_method["MAML"]]
+    first_order = {**OMNIGLOT_MAML, "algorithm_params": {"first_order": True}}
+    assert [r["method"] for r in services.published_results(first_order) if r["same_algorithm"]] == [
+        "first-order MAML"]
+    assert [r for r in services.published_results({**OMNIGLOT_MAML, "shots": 3}) if r["benchmark"] is None] == []
+    minimal = {**OMNIGLOT_MAML, "dataset_params": {"split": "minimal"}}
+    assert [r for r in services.published_results(minimal) if r["benchmark"] is None] == []
+    assert services.published_results({**OMNIGLOT_MAML, "dataset": "metalab.digits"}) == []
+    # Lake et al.'s figures stand with their own 20-way one-shot benchmark, whatever the run's episode shape.
+    lake = [r for r in services.published_results({**OMNIGLOT_MAML, "shots": 3}) if r["benchmark"] == "lake20"]
+    assert [(r["method"], r["value"]) for r in lake] == [("people", 95.5), ("Bayesian Program Learning", 96.7)]
+
+
+def test_an_algorithm_plugin_publishes_its_own_results_on_any_dataset(tmp_path, builtin_registry):
+    """A third-party algorithm declares its paper's scores on a built-in dataset in its own spec."""
+    import types
+
+    from metalab.core.contract.manager import make_plugin_manager
+    from metalab.core.contract.specs import AlgorithmSpec, Params, PublishedResult, hookimpl
+    from metalab.core.services import Services
+    from metalab.core.settings import load_settings
+
+    record = PublishedResult(method="Foo", citation="Foo et al. 2030, Table 2", value=0.12, ci95=0.01, metric="mse",
+                             shots=10, dataset="metalab.sinusoid", algorithm="acme.foo")
+    spec = AlgorithmSpec(id="acme.foo", title="Foo", description="d", params=Params,
+                         factory=builtin_registry.algorithm("metalab.maml").factory, published_results=(record,))
+    plugin = types.SimpleNamespace(METALAB_PLUGIN_API="1.4", metalab_register_algorithms=hookimpl(lambda: [spec]))
+    settings = load_settings(home=tmp_path, disable_plugins="")
+    registry = make_plugin_manager(distributions={"metalab"}, settings=settings, strict=True,
+                                   plugins=[("acme", plugin)])
+    svc = Services(settings=settings, registry=registry)
+    config = {"dataset": "metalab.sinusoid", "algorithm": "acme.foo", "ways": 1, "shots": 10}
+    assert svc.published_results(config) == [{"method": "Foo", "metric": "mse", "value": 0.12, "ci95": 0.01,
+                                              "citation": "Foo et al. 2030, Table 2", "benchmark": None,
+                                              "same_algorithm": True}]
+    assert svc.published_results({**config, "shots": 5}) == []
+    # The row stands beside the run's MSE in the report's score figure, not beside an accuracy.
+    report = {"run": {"id": "r", "config": config}, "metrics": {}, "published": svc.published_results(config),
+              "evaluations": [{"split": "test", "episodes": 10, "mse": 0.2, "ci95": 0.02, "loss": 0.2}]}
+    bars = dict(reports.report_figures(report))["Meta-test score"]
+    assert {label: value for trace in bars.data for label, value in zip(trace.x, trace.y)} == {
+        "this run": pytest.approx(0.2), "Foo": pytest.approx(0.12)}
+    report["evaluations"][0] = {"split": "test", "episodes": 10, "accuracy": 0.9, "ci95": 0.02, "loss": 0.2}
+    bars = dict(reports.report_figures(report))["Meta-test score"]
+    assert [label for trace in bars.data for label in trace.x] == ["this run"]
+
+
+@pytest.mark.parametrize("record, match", [
+    (dict(method="", citation="c", value=1.0), "non-empty method. Received: method=''"),
+    (dict(method="m", citation="c", value=float("nan")), "value must be a finite number. Received: value=nan"),
+    (dict(method="m", citation="c", value=1.0, metric="f1"), "metric must be 'accuracy' or 'mse'. Received: metric='f1'"),
+    (dict(method="m", citation="c", value=1.0, ways=0), "ways must be a positive int or None. Received: ways=0"),
+    (dict(method="m", citation="c", value=1.0, algorithm="MAML"), "Received: algorithm='MAML'"),
+    (dict(method="m", citation="c", value=1.0, dataset_params=[("split", "a")]), "Received: dataset_params="),
+])
+def test_malformed_published_results_are_refused(record, match):
+    from metalab.core.contract.specs import PublishedResult
+
+    with pytest.raises(ValueError, match=re.escape(match)):
+        PublishedResult(**record).validate()
+
+
+def test_published_results_must_name_a_dataset_they_belong_to(builtin_registry):
+    import dataclasses
+
+    from metalab.core.contract.specs import PublishedResult
+
+    record = PublishedResult(method="m", citation="c", value=1.0)
+    maml, digits = builtin_registry.algorithm("metalab.maml"), builtin_registry.dataset("metalab.digits")
+    with pytest.raises(ValueError, match=r"names the dataset it was measured on\. Received: dataset=''"):
+        dataclasses.replace(maml, published_results=(record,)).validate()
+    with pytest.raises(ValueError, match=r"Received: dataset='metalab\.omniglot'"):
+        dataclasses.replace(digits, published_results=(dataclasses.replace(record, dataset="metalab.omniglot"),)
+                            ).validate()
+    with pytest.raises(ValueError, match=r"must be a tuple of PublishedResult"):
+        dataclasses.replace(digits, published_results=({"method": "m"},)).validate()
+    dataclasses.replace(digits, published_results=[record]).validate()
 
 
 def test_run_progress_eta_from_worker_speed():
@@ -213,39 +302,99 @@ def test_cross_domain_scores_stand_beside_the_in_domain_score():
     assert "cross-domain (metalab.digits)" in reports.report_html(report)
 
 
-def test_a_benchmark_evaluation_stands_beside_the_published_figures():
+def test_a_benchmark_evaluation_stands_beside_the_published_figures(services):
     from metalab.core.reports import figures as reports
 
+    config = {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet", "ways": 5, "shots": 1}
     report = {
-        "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}},
+        "run": {"id": "r", "config": config},
         "metrics": {},
         "evaluations": [
             {"split": "benchmark:lake20", "episodes": 20, "accuracy": 0.86, "ci95": 0.04, "loss": 0.5},
             {"split": "test", "episodes": 10, "accuracy": 0.9, "ci95": 0.05, "loss": 0.4},
         ],
+        "published": services.published_results(config),
     }
     figures = dict(reports.report_figures(report))
     bars = figures["Benchmark: lake20"]
     values = {label: value for trace in bars.data for label, value in zip(trace.x, trace.y)}
-    assert values["this run"] == pytest.approx(86.0)
-    assert values["people"] == pytest.approx(95.5)
-    assert "Lake, Salakhutdinov and Tenenbaum 2015" in reports.report_html(report)
+    assert values == {"this run": pytest.approx(86.0), "people": pytest.approx(95.5),
+                      "Bayesian Program Learning": pytest.approx(96.7)}
+    # The benchmark's figures stay off the test split's chart, which has the papers' 5-way one-shot rows.
+    test_labels = [label for trace in figures["Meta-test score"].data for label in trace.x]
+    assert "people" not in test_labels and "Prototypical Networks" in test_labels
+    text = reports.report_html(report)
+    assert "Lake, Salakhutdinov and Tenenbaum 2015" in text and "<td>98.8 accuracy (%)</td>" in text
 
 
-@pytest.mark.parametrize("params, expected", [
-    ({"inner_lr": 0.4}, None),
-    ({"transductive": True}, "Meta-test batch norm: transductive (query batch statistics)."),
-    ({"transductive": False}, "Meta-test batch norm: inductive (no query's prediction depends on the other queries)."),
-    ({"transductive": False, "per_step_bn": True},
+@pytest.mark.parametrize("algorithm, backbone, params, expected", [
+    ("metalab.maml", "metalab.conv4", {"transductive": True},
+     "Meta-test batch norm: transductive (query batch statistics)."),
+    ("metalab.maml", "metalab.conv4", {"transductive": False},
+     "Meta-test batch norm: inductive (no query's prediction depends on the other queries)."),
+    ("metalab.maml", "metalab.conv4", {"transductive": False, "per_step_bn": True},
      "Meta-test batch norm: inductive (per-step running statistics); per-step batch norm (MAML++)."),
-    ({"per_step_bn": True}, "Meta-test batch norm: transductive (query batch statistics); per-step batch norm (MAML++)."),
+    ("metalab.maml", "metalab.conv4", {"per_step_bn": True},
+     "Meta-test batch norm: transductive (query batch statistics); per-step batch norm (MAML++)."),
+    # The sinusoid MLP has no batch norm, whatever the algorithm's setting.
+    ("metalab.maml", "metalab.mlp", {"transductive": True},
+     "Batch norm: none (the MLP backbone has no batch-norm layers)."),
+    ("metalab.protonet", "metalab.conv4", {}, "Meta-test batch norm: inductive (running statistics learned in training)."),
+    ("metalab.protonet", "metalab.conv4", {"transductive": True},
+     "Meta-test batch norm: transductive (each episode's support and query statistics)."),
+    ("metalab.reptile", "metalab.conv4", {"transductive": False},
+     "Meta-test batch norm: inductive (each query scored in a batch with the support set only)."),
+    ("metalab.anil", "metalab.conv4", {}, "Meta-test batch norm: transductive (the backbone normalises the support "
+                                          "set and the query set each with its own batch statistics)."),
+    ("metalab.metasgd", "metalab.conv4", {},
+     "Meta-test batch norm: transductive (query batch statistics; Meta-SGD has no inductive mode)."),
+    # An algorithm that says nothing about batch norm gets no line.
+    ("metalab.baseline", "metalab.conv4", {}, None),
 ])
-def test_batch_norm_summary_says_which_mode_the_run_used(params, expected):
-    assert reports.batch_norm_summary({"algorithm_params": params}) == expected
+def test_batch_norm_summary_comes_from_the_algorithm_and_backbone_specs(services, algorithm, backbone, params,
+                                                                       expected):
+    config = {"dataset": "metalab.omniglot", "algorithm": algorithm, "backbone": backbone, "algorithm_params": params}
+    assert services.batch_norm_summary(config) == expected
+
+
+def test_batch_norm_summary_without_specs_or_with_a_failing_mode(builtin_registry):
+    import dataclasses
+
+    maml = builtin_registry.algorithm("metalab.maml")
+    conv4 = builtin_registry.backbone("metalab.conv4")
+    assert reports.batch_norm_summary({"algorithm_params": {}}) is None
+    # A backbone that does not declare batch norm gets the algorithm's mode; parameters the plugin no longer takes
+    # (an old run) or a mode that raises give no line rather than a broken report.
+    undeclared = dataclasses.replace(conv4, has_batch_norm=None)
+    assert reports.batch_norm_summary({"algorithm_params": {}}, maml, undeclared) == (
+        "Meta-test batch norm: transductive (query batch statistics).")
+    assert reports.batch_norm_summary({"algorithm_params": {"gone": 1}}, maml, conv4) is None
+
+    def broken(params):
+        raise RuntimeError("no")
+
+    assert reports.batch_norm_summary({}, dataclasses.replace(maml, batch_norm_mode=broken), conv4) is None
+    with pytest.raises(ValueError, match=r"has_batch_norm must be True, False or None\. Received: has_batch_norm=1"):
+        dataclasses.replace(conv4, has_batch_norm=1).validate()
+    with pytest.raises(ValueError, match=r"batch_norm_mode must be None or a function params -> str\. "
+                                         r"Received: batch_norm_mode='transductive'"):
+        dataclasses.replace(maml, batch_norm_mode="transductive").validate()
 
 
 def test_report_html_says_which_batch_norm_mode_was_used():
     report = _report()
-    report["run"]["config"] = {**report["run"]["config"],
-                               "algorithm_params": {"transductive": False, "per_step_bn": True}}
-    assert "inductive (per-step running statistics); per-step batch norm (MAML++)" in reports.report_html(report)
+    assert "class='batch-norm'" not in reports.report_html(report)
+    report["batch_norm"] = "Meta-test batch norm: inductive (per-step running statistics); per-step batch norm (MAML++)."
+    assert ("<p class='batch-norm'>Meta-test batch norm: inductive (per-step running statistics); per-step batch "
+            "norm (MAML++).</p>") in reports.report_html(report)
+
+
+def test_the_service_report_carries_the_batch_norm_line_and_the_published_rows(services):
+    run_id = services.store.create_run({**OMNIGLOT_MAML, "seed": 1})
+    services.store.update_run(run_id, status="completed")
+    report = services.run_report(run_id)
+    assert report["batch_norm"] == "Meta-test batch norm: transductive (query batch statistics)."
+    assert report["published"] == services.published_results(OMNIGLOT_MAML)
+    assert any(row["same_algorithm"] and row["method"] == "MAML" for row in report["published"])
+    html_text = reports.report_html(report)
+    assert "Published results (same protocol)" in html_text and "<td>98.7 accuracy (%)</td>" in html_text

@@ -6,7 +6,9 @@ import pytest
 from metalab.core.engine.config import resolve_config
 from metalab.core.contract.specs import AlgorithmSpec, Params, hookimpl
 from metalab.core.contract.manager import make_plugin_manager
-from metalab.core.engine.runner import RunCancelled, checkpoint_path, evaluate_run, train_run
+from metalab.core.engine.checkpoints import checkpoint_path
+from metalab.core.engine.evaluation import evaluate_run
+from metalab.core.engine.runner import RunCancelled, train_run
 from metalab.core.store import RunStore
 
 TINY = {
@@ -110,7 +112,7 @@ def test_a_failing_run_is_recorded_with_its_traceback(store):
 
 
 def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
-    from metalab.core.engine.runner import thread_counts
+    from metalab.core.engine.devices import thread_counts
     from metalab.core.settings import Settings
 
     plain = Settings()
@@ -125,7 +127,7 @@ def test_thread_counts_split_tasks_across_cores_and_honour_overrides():
 
 def test_mixed_bfloat16_run_computes_in_bfloat16_keeps_float32_weights_and_learns(tmp_path):
     from metalab.core.contract.manager import make_plugin_manager
-    from metalab.core.engine.runner import build_session
+    from metalab.core.engine.session import build_session
     from metalab.core.authoring.testing import check_learns, tiny_config
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)
@@ -153,7 +155,7 @@ def test_float32_runs_turn_tensorfloat32_off_and_tf32_runs_turn_it_on():
     import tensorflow as tf
 
     from metalab.core.contract.manager import make_plugin_manager
-    from metalab.core.engine.runner import build_session
+    from metalab.core.engine.session import build_session
     from metalab.core.authoring.testing import tiny_config
 
     registry = make_plugin_manager(distributions={"metalab"}, strict=False)

@@ -15,7 +15,6 @@ from metalab.core.cli import app
 from metalab.core.contract.specs import PLUGIN_API_VERSION
 from metalab.core.contract.manager import make_plugin_manager, normalize_namespace
 from metalab.core.authoring.scaffold import KINDS, new_plugin, plugin_names, render_plugin
-from metalab.core.settings import load_settings
 
 
 @pytest.mark.parametrize(
@@ -68,7 +67,72 @@ def test_rendered_package_is_complete_and_valid(kind):
     # Registration stays free of deep-learning imports; the implementation is imported inside the factory.
     top_level = [node for node in ast.parse(init).body if isinstance(node, (ast.Import, ast.ImportFrom))]
     assert not any("keras" in ast.dump(node) or "tensorflow" in ast.dump(node) for node in top_level)
-    assert "from metalab.core import testing" in files["tests/test_foo_bar.py"]
+    assert "from metalab.api import testing" in files["tests/test_foo_bar.py"]
+    # The spec names its implementation as a string, so registration needs no shim importing it.
+    assert f'factory="metalab_foo_bar.{impl}:' in init and "def _make" not in init
+    # Like the built-ins, the package is written against the public API only.
+    for path, text in files.items():
+        if path.endswith(".py"):
+            imported = {node.module for node in ast.walk(ast.parse(text))
+                        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("metalab")}
+            assert all(m == "metalab.api" or m.startswith("metalab.api.") for m in imported), (path, imported)
+
+
+def test_the_generated_algorithm_derives_from_the_api_base_class():
+    implementation = render_plugin("foo", "algorithm")["src/metalab_foo/algorithm.py"]
+    assert "from metalab.api.algorithms import MetaAlgorithm" in implementation
+    assert "class Foo(MetaAlgorithm):" in implementation
+    # What the base class gives is not written again.
+    for repeated in ("def trainable_variables", "def variables", "def make_optimizer", "task.kind !="):
+        assert repeated not in implementation
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_readme_says_to_install_the_test_extra_with_pytest(kind):
+    files = render_plugin("foo", kind)
+    project = tomllib.loads(files["pyproject.toml"])
+    assert any(requirement.startswith("pytest") for requirement in project["project"]["optional-dependencies"]["test"])
+    assert 'pip install -e ".[test]"' in files["README.md"] and "pytest" in files["README.md"]
+    assert "pip install -e .[test]" in files["tests/test_foo.py"]
+
+
+def test_templates_are_files_shipped_as_package_data():
+    import fnmatch
+    from pathlib import Path
+
+    from metalab.core.authoring.scaffold import TEMPLATES, template_text
+
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "core" / "authoring" / "templates"
+    on_disk = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    used = sorted({source for files in TEMPLATES.values() for sources in files.values() for source in sources})
+    assert on_disk == used  # every template is used, every used template exists
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "metalab.core.authoring"]
+    for name in on_disk:
+        assert any(fnmatch.fnmatch(f"templates/{name}", pattern) for pattern in globs), f"{name} would not install"
+        assert template_text(name) == (folder / name).read_text(encoding="utf-8")
+
+
+def _declared_api(text: str) -> str:
+    import re
+
+    match = re.search(r'^METALAB_PLUGIN_API = "(\d+\.\d+)"', text, re.MULTILINE)
+    assert match, "no METALAB_PLUGIN_API declaration"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_template_targets_the_current_plugin_api(kind):
+    assert _declared_api(render_plugin("foo", kind)["src/metalab_foo/__init__.py"]) == PLUGIN_API_VERSION
+
+
+def test_the_docs_example_targets_the_current_plugin_api():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
+    section = docs.split("## How metalab finds a plugin", 1)[1].split("\n## ", 1)[0]
+    assert _declared_api(section) == PLUGIN_API_VERSION
 
 
 def test_existing_folder_is_never_overwritten(tmp_path):

@@ -8,7 +8,9 @@ import pytest
 
 from metalab.core.engine.config import resolve_config
 from metalab.core.contract.specs import ClassificationDataset, ClassSplit
-from metalab.core.engine.runner import Session, build_session, checkpoint_path, make_training_sampler, train_run
+from metalab.core.engine.checkpoints import checkpoint_path
+from metalab.core.engine.runner import train_run
+from metalab.core.engine.session import Session, build_session, make_training_sampler
 from metalab.core.store import RunStore
 from metalab.core.engine.sampling import EpisodeSampler, SupervisedSampler
 from metalab.plugins.digits import make_digits

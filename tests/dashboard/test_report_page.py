@@ -96,7 +96,13 @@ def test_without_a_run_the_page_offers_a_choice(page, fake_runs):
 def test_report_says_which_batch_norm_mode_the_run_used(page, fake_runs):
     from .conftest import SINUSOID_CONFIG
 
-    config = {**SINUSOID_CONFIG, "algorithm_params": {"inner_lr": 0.01, "transductive": False, "per_step_bn": True}}
+    config = {**SINUSOID_CONFIG, "backbone": "metalab.conv4",
+              "algorithm_params": {"inner_lr": 0.01, "transductive": False, "per_step_bn": True}}
     at = page("run_report", {"run": fake_runs.completed(config=config)}).run()
     assert not at.exception
     assert any("inductive (per-step running statistics)" in c.value for c in at.caption)
+    # The sinusoid MLP has no batch norm: the report says so rather than naming a mode.
+    at = page("run_report", {"run": fake_runs.completed(config={**config, "backbone": "metalab.mlp"})}).run()
+    captions = [c.value for c in at.caption]
+    assert "Batch norm: none (the MLP backbone has no batch-norm layers)." in captions
+    assert not any("inductive" in c for c in captions)

@@ -25,7 +25,9 @@ from metalab.core.engine.checkpoints import (
 )
 from metalab.core.engine.config import resolve_config
 from metalab.core.contract.manager import make_plugin_manager
-from metalab.core.engine.runner import RunCancelled, build_session, evaluate_run, make_optimizer, make_training_sampler, train_run
+from metalab.core.engine.evaluation import evaluate_run
+from metalab.core.engine.runner import RunCancelled, make_optimizer, train_run
+from metalab.core.engine.session import build_session, make_training_sampler
 from metalab.core.settings import load_settings
 from metalab.core.store import RunStore, _pid_alive
 
@@ -59,7 +61,7 @@ def trained(registry, tmp_path_factory):
 
     seen = {"store": store, "run_id": run_id, "recorded": [], "truncated": []}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("metalab.core.reports.data.write_report_data", lambda *a, **k: None)  # not under test here
+        patch.setattr("metalab.core.engine.report_data.write_report_data", lambda *a, **k: None)  # not under test here
         assert train_run(store, run_id, registry, progress=cancel) == "cancelled", store.get_run(run_id).error
         run_dir = store.run_dir(run_id)
         seen["first"] = (store.get_run(run_id).step, checkpoint_step(run_dir, total_steps=12))

@@ -44,7 +44,7 @@ def test_spec_is_valid_and_cites_the_paper():
 def test_registration_module_does_not_import_tensorflow():
     code = (
         "import sys, metalab.plugins.anil as m; m.metalab_register_algorithms(); "
-        "m.metalab_report_panels(run={'algorithm': 'metalab.maml'}, report_data={}); "
+        "m.metalab_report_panels(report_data={}); "
         "bad = [n for n in ('tensorflow', 'keras') if n in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -158,9 +158,8 @@ def test_report_data_and_panel_show_which_layers_adapt():
     assert adapting == [algorithm.head.kernel.path, algorithm.head.bias.path]
     assert sum(layer["params"] for layer in data["layers"]) == sum(
         int(np.prod(v.shape)) for v in algorithm.trainable_variables)
-    panels = anil.metalab_report_panels(run={"algorithm": "metalab.anil"}, report_data={"metalab.anil": data})
+    panels = anil.metalab_report_panels(report_data={"metalab.anil": data})
     assert len(panels) == 1 and isinstance(panels[0], ReportPanel)
     panels[0].validate()
     assert "| yes |" in panels[0].markdown and "| no |" in panels[0].markdown
     assert {t["name"] for t in panels[0].figure["data"]} == {"outer loop only (backbone)", "inner and outer loop (head)"}
-    assert anil.metalab_report_panels(run={"algorithm": "metalab.maml"}, report_data={"metalab.anil": data}) == []

@@ -22,7 +22,7 @@ def test_registration_lists_valid_specs_with_paper_defaults():
     assert Conv4Params().filters == 64 and Conv4Params().blocks == 4
     assert MLPParams().hidden == [40, 40]
     assert CONV4.input_kinds == ("image",)
-    assert backbones.METALAB_PLUGIN_API == "1.0"
+    assert backbones.METALAB_PLUGIN_API == "1.4"  # factory strings and feature_maps came with 1.4
 
 
 @pytest.mark.parametrize(
@@ -133,3 +133,24 @@ def test_conv4_without_conv_bias_computes_the_same_function():
         with_bias.get_layer(layer).bias.assign(np.linspace(-3, 3, 4).astype("float32"))
     x = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(with_bias(x, training=True).numpy(), without(x, training=True).numpy(), atol=1e-4)
+
+
+def test_conv4_gives_its_last_feature_map_when_asked():
+    assert CONV4.feature_maps is True and MLP.feature_maps is False
+    maps = CONV4.factory(Conv4Params(filters=8, blocks=2), (12, 12, 3), feature_maps=True)
+    flat = CONV4.factory(Conv4Params(filters=8, blocks=2), (12, 12, 3))
+    assert maps.output_shape == (None, 3, 3, 8) and flat.output_shape == (None, 72)
+    out = maps(np.zeros((2, 12, 12, 3), "float32"), training=True)
+    assert tuple(out.shape) == (2, 3, 3, 8)
+    # The same layers and weights as the flat embedding, without the Flatten.
+    assert [w.shape for w in maps.weights] == [w.shape for w in flat.weights]
+    assert "flatten" not in [layer.name for layer in maps.layers]
+
+
+def test_a_task_builds_feature_maps_through_make_backbone(builtin_registry):
+    from metalab.core.contract.manager import backbone_maker
+
+    spec = builtin_registry.backbone("metalab.conv4")
+    make_backbone = backbone_maker(spec, Conv4Params(filters=4), (28, 28, 1), registry=builtin_registry)
+    assert make_backbone(feature_maps=True).output_shape == (None, 1, 1, 4)  # 28 -> 14 -> 7 -> 3 -> 1
+    assert make_backbone().output_shape == (None, 4)

@@ -126,3 +126,54 @@ def test_the_gans_short_resume_check_still_catches_lost_state(builtin_registry, 
                                    strict=False)
     with pytest.raises(AssertionError, match="resumed weights differ"):
         testing.check_resume("forgetful.gan", tmp_path, registry=registry, steps=8)
+
+
+def test_the_tiny_tasks_are_the_ones_the_dataset_plugins_declare(builtin_registry):
+    assert testing.tiny_tasks(builtin_registry) == {
+        "classification": {"dataset": "metalab.digits", "backbone": "metalab.mlp",
+                           "backbone_params": {"hidden": [32, 32]}, "ways": 3, "shots": 5, "queries": 5},
+        "regression": {"dataset": "metalab.sinusoid", "backbone": "metalab.mlp",
+                       "backbone_params": {"hidden": [40, 40]}, "shots": 10, "queries": 10},
+    }
+    config = testing.tiny_config(builtin_registry, "metalab.protonet", "classification", steps=7)
+    assert (config.dataset, config.backbone, config.ways, config.backbone_params) == (
+        "metalab.digits", "metalab.mlp", 3, {"hidden": [32, 32]})
+    # The returned fields are copies: editing them leaves the spec alone.
+    testing.tiny_tasks(builtin_registry)["classification"]["backbone_params"]["hidden"].append(1)
+    assert builtin_registry.dataset("metalab.digits").tiny_task["backbone_params"] == {"hidden": [32, 32]}
+
+
+def _tiny_dataset_plugin(spec_id: str, tiny_task):
+    """A plugin ``aaa`` with a copy of the sinusoid family as ``spec_id`` and of MAML as ``aaa.maml``."""
+    import dataclasses
+    import types
+
+    builtins = make_plugin_manager(distributions={"metalab"}, strict=False)
+    dataset = dataclasses.replace(builtins.dataset("metalab.sinusoid"), id=spec_id, tiny_task=tiny_task, presets={})
+    algorithm = dataclasses.replace(builtins.algorithm("metalab.maml"), id="aaa.maml")
+    return types.SimpleNamespace(METALAB_PLUGIN_API="1.4", metalab_register_datasets=hookimpl(lambda: [dataset]),
+                                 metalab_register_algorithms=hookimpl(lambda: [algorithm]))
+
+
+def test_a_third_party_tiny_task_serves_where_no_builtin_does_and_never_displaces_one():
+    tiny = {"backbone": "metalab.mlp", "shots": 3, "queries": 3}
+    # Loaded after the built-ins (and named to sort first): the built-in regression task stays.
+    registry = make_plugin_manager(distributions={"metalab"}, strict=True,
+                                   plugins=[("aaa", _tiny_dataset_plugin("aaa.waves", tiny))])
+    assert testing.tiny_tasks(registry)["regression"]["dataset"] == "metalab.sinusoid"
+    # Alone, it is the regression tiny task, and nothing offers a classification one.
+    registry = make_plugin_manager(entry_points=False, strict=True,
+                                   plugins=[("aaa", _tiny_dataset_plugin("aaa.waves", tiny))])
+    assert testing.tiny_tasks(registry) == {"regression": {"dataset": "aaa.waves", **tiny}}
+    with pytest.raises(ValueError, match=r"No loaded dataset declares a tiny task of kind 'classification' "
+                                         r"\(DatasetSpec.tiny_task\); kinds with one: regression\. "
+                                         r"Received: kind='classification'"):
+        testing.tiny_config(registry, "aaa.maml", "classification")
+    assert testing.supported_kinds(registry, "aaa.maml") == ["regression"]
+
+
+def test_a_malformed_tiny_task_fails_its_plugin():
+    registry = make_plugin_manager(entry_points=False, strict=False,
+                                   plugins=[("aaa", _tiny_dataset_plugin("aaa.waves", {"steps": 5}))])
+    assert "tiny_task must be None or a dict with keys among backbone, backbone_params" in registry.failures[0].error
+    assert "Received: tiny_task={'steps': 5}" in registry.failures[0].error

@@ -12,12 +12,19 @@ from metalab.core.store import RunStore
 from metalab.plugins.distill import SPEC, DistillParams, metalab_report_panels
 
 
-def _task(num_train_classes=4, input_shape=(6,), ways=3):
+def _task(num_train_classes=4, input_shape=(6,), ways=3, load_run=None):
     from metalab.plugins.backbones import MLP, MLPParams
 
     return TaskSpec(kind="classification", input_shape=input_shape, output_dim=ways, ways=ways, shots=5, queries=5,
                     total_steps=10, num_train_classes=num_train_classes,
-                    make_backbone=lambda: MLP.factory(MLPParams(hidden=[8]), input_shape))
+                    make_backbone=lambda: MLP.factory(MLPParams(hidden=[8]), input_shape), load_run=load_run)
+
+
+def _loader(registry):
+    """The engine's ``TaskSpec.load_run`` (what a run's task carries), reading METALAB_HOME when called."""
+    from metalab.core.engine.session import run_loader
+
+    return run_loader(registry)
 
 
 def _batch(num_train_classes=4, n=8, dim=6, seed=0):
@@ -86,24 +93,31 @@ def test_a_missing_or_unfinished_teacher_is_named(tmp_path, monkeypatch, builtin
     from metalab.plugins.distill.algorithm import Distill
 
     monkeypatch.setenv("METALAB_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="teacher_run 'nosuchrun'.*no run store"):
-        Distill(DistillParams(teacher_run="nosuchrun"), _task())
+    task = _task(load_run=_loader(builtin_registry))
+    with pytest.raises(FileNotFoundError, match="teacher_run 'nosuchrun'.*no run store") as caught:
+        Distill(DistillParams(teacher_run="nosuchrun"), task)
+    assert str(tmp_path) not in str(caught.value)  # the message never shows a server path
+    assert not (tmp_path / "runs.sqlite").exists()  # and looking made no store
     store = RunStore(tmp_path / "runs.sqlite")
-    with pytest.raises(ValueError, match="no run 'nosuchrun'"):
-        Distill(DistillParams(teacher_run="nosuchrun"), _task())
+    with pytest.raises(ValueError, match="teacher_run 'nosuchrun'.*no run 'nosuchrun'"):
+        Distill(DistillParams(teacher_run="nosuchrun"), task)
     config = testing.tiny_config(builtin_registry, "metalab.baseline", "classification", steps=5)
     run_id = store.create_run(config.model_dump())
-    with pytest.raises(ValueError, match=f"teacher_run '{run_id}' is 'queued'"):
+    with pytest.raises(ValueError, match=f"teacher_run '{run_id}'.*is 'queued'; only a completed run"):
+        Distill(DistillParams(teacher_run=run_id), task)
+    # A task built by hand, without the engine's loader, is told so rather than reaching for the store.
+    with pytest.raises(ValueError, match=f"teacher_run '{run_id}': this task cannot load another run"):
         Distill(DistillParams(teacher_run=run_id), _task())
 
 
-def test_a_teacher_of_other_training_classes_is_refused(teacher_home, monkeypatch):
+def test_a_teacher_of_other_training_classes_is_refused(teacher_home, monkeypatch, builtin_registry):
     from metalab.plugins.distill.algorithm import Distill
 
     home, run_id = teacher_home
     monkeypatch.setenv("METALAB_HOME", str(home))
+    task = _task(num_train_classes=5, input_shape=(8, 8, 1), load_run=_loader(builtin_registry))
     with pytest.raises(ValueError, match=f"teacher_run '{run_id}'.*4 training classes.*5 training classes"):
-        Distill(DistillParams(teacher_run=run_id), _task(num_train_classes=5, input_shape=(8, 8, 1)))
+        Distill(DistillParams(teacher_run=run_id), task)
 
 
 def test_the_student_learns_from_the_teacher_alone(teacher_home, monkeypatch, builtin_registry):
@@ -128,17 +142,16 @@ def test_the_student_learns_from_the_teacher_alone(teacher_home, monkeypatch, bu
     assert data["teacher"]["images_per_s"] > 0 and data["student"]["images_per_s"] > 0
     assert 0 <= data["student"]["accuracy"] <= 1 and 0 <= data["teacher"]["accuracy"] <= 1
     assert data["teacher"]["recorded"]["episodes"] == 20
-    panels = metalab_report_panels(run={"algorithm": "metalab.distill"}, report_data={"metalab.distill": data})
+    panels = metalab_report_panels(report_data={"metalab.distill": data})
     assert len(panels) == 1 and isinstance(panels[0], ReportPanel)
     panels[0].validate()
     assert len(panels[0].figure["data"]) == 3 and teacher_id in panels[0].figure["layout"]["title"]["text"]
-    assert metalab_report_panels(run={"algorithm": "metalab.maml"}, report_data={"metalab.distill": data}) == []
 
 
 def test_the_panel_of_a_run_without_teacher_says_nothing_was_distilled():
     data = {"teacher_run": None, "mode": None, "temperature": 4.0, "alpha": 0.9, "teacher": None,
             "student": {"params": 120, "images_per_s": 1000.0}}
-    (panel,) = metalab_report_panels(run={"algorithm": "metalab.distill"}, report_data={"metalab.distill": data})
+    (panel,) = metalab_report_panels(report_data={"metalab.distill": data})
     assert panel.figure is None and "nothing was distilled" in panel.markdown
 
 

@@ -121,7 +121,7 @@ def test_learns_and_reports_samples_over_training(builtin_registry, tmp_path):
     assert accuracy[-1] > 0.7
     data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())["metalab.gan"]
     assert data["steps"] == [0, 8, 16, 24, 32, 40, 48, 56, 60]
-    panels = metalab_report_panels({"algorithm": "metalab.gan"}, {"metalab.gan": data})
+    panels = metalab_report_panels({"metalab.gan": data})
     assert len(panels) == 1
     panels[0].validate()
     assert panels[0].figure is not None

@@ -45,7 +45,7 @@ def test_spec_is_valid_and_defaults_follow_the_paper():
     p = MAMLParams()
     assert (p.inner_lr, p.inner_steps, p.eval_inner_steps, p.meta_batch_size, p.outer_lr, p.first_order) == (
         0.4, 1, 3, 32, 1e-3, False)
-    assert maml.METALAB_PLUGIN_API == "1.0"
+    assert maml.METALAB_PLUGIN_API == "1.4"
 
 
 @pytest.mark.parametrize("bad", [{"inner_lr": -1}, {"inner_steps": 0}, {"meta_batch_size": 0}, {"outer_lr": 0},

@@ -112,15 +112,17 @@ def test_the_consistency_term_pulls_the_perturbed_features_together(builtin_regi
     assert finals[10.0] < 0.5 * finals[0.01], finals
 
 
-def test_the_panel_says_so_when_no_metrics_are_found(tmp_path, monkeypatch):
+def test_the_panel_draws_the_metrics_it_is_handed_and_says_so_when_there_are_none():
     from metalab.plugins.multitask import metalab_report_panels
 
-    monkeypatch.setenv("METALAB_HOME", str(tmp_path))
     data = {"num_tasks": 2, "task_classes": [[0, 2], [1, 3]], "task_weights": [0.5, 0.5], "consistency_weight": 1.0,
             "noise_std": 0.1, "head_params": [66, 66], "trunk_params": 100}
-    (panel,) = metalab_report_panels(run={"id": "x", "algorithm": "metalab.multitask"},
-                                     report_data={"metalab.multitask": data}, artifacts_dir=str(tmp_path / "runs" / "x"))
+    (panel,) = metalab_report_panels(report_data={"metalab.multitask": data}, metrics={"train/loss": [(1, 0.5)]})
     assert panel.figure is None and "No per-task metrics" in panel.markdown
-    assert not (tmp_path / "runs.sqlite").exists()
-    assert metalab_report_panels(run={"id": "x", "algorithm": "metalab.maml"}, report_data={},
-                                 artifacts_dir=str(tmp_path)) == []
+    metrics = {"train/task0_loss": [(1, 0.9), (2, 0.4)], "train/task1_accuracy": [(1, 0.5), (2, 0.8)],
+               "train/consistency_loss": [(1, 0.1)], "val/accuracy": [(2, 0.7)]}
+    (panel,) = metalab_report_panels(report_data={}, metrics=metrics)
+    traces = {trace["name"]: trace for trace in panel.figure["data"]}
+    assert set(traces) == {"task 0", "task 1", "consistency"}
+    assert [t["y"] for t in panel.figure["data"] if t["name"] == "task 0"] == [[0.9, 0.4], []]
+    assert panel.markdown is None

@@ -61,7 +61,7 @@ def test_learns_the_pretext_task_and_scores_few_shot(probe, builtin_registry, tm
     data = json.loads((store.run_dir(result.run_id) / "report_data.json").read_text())["metalab.rotation"]
     assert data["steps"] == 40 and data["probe"] == probe
     assert min(data["train_per_angle"]) > 0.6 and len(data["heldout_per_angle"]) == 4
-    panels = metalab_report_panels({"algorithm": "metalab.rotation"}, {"metalab.rotation": data})
+    panels = metalab_report_panels({"metalab.rotation": data})
     assert len(panels) == 1
     panels[0].validate()
     assert "held-out" in panels[0].markdown
@@ -85,5 +85,6 @@ def test_evaluation_leaves_the_backbone_untouched_and_scores_separable_features(
     assert float(np.mean(out["accuracy"])) > 0.9
 
 
-def test_no_panel_for_other_runs():
-    assert metalab_report_panels({"algorithm": "metalab.maml"}, {"metalab.rotation": {"angles": [0]}}) == []
+def test_no_panel_without_its_report_data():
+    # Runs of other algorithms never reach the hook (plugin API 1.4); a rotation run that stored nothing draws none.
+    assert metalab_report_panels({"metalab.maml": {"angles": [0]}}) == []

@@ -55,7 +55,7 @@ def test_elbo_improves_and_report_shows_reconstructions_and_samples(builtin_regi
     # Reconstructions resemble their originals more than other held-out images.
     dist = ((originals[:, None].astype(float) - recon[None].astype(float)) ** 2).sum(axis=(2, 3, 4))
     assert np.mean(np.diag(dist)) < np.mean(dist[~np.eye(len(dist), dtype=bool)])
-    panels = metalab_report_panels({"algorithm": "metalab.vae"}, {"metalab.vae": data})
+    panels = metalab_report_panels({"metalab.vae": data})
     assert [p.title for p in panels] == ["VAE reconstructions of held-out images", "VAE samples from the prior"]
     for panel in panels:
         panel.validate()
@@ -84,6 +84,5 @@ def test_trained_step_lowers_the_loss_on_the_same_batch():
 
 
 def test_vector_inputs_get_a_note_instead_of_images():
-    panels = metalab_report_panels({"algorithm": "metalab.vae"},
-                                   {"metalab.vae": {"input_shape": [64], "prior_samples": [[0] * 64]}})
+    panels = metalab_report_panels({"metalab.vae": {"input_shape": [64], "prior_samples": [[0] * 64]}})
     assert len(panels) == 1 and panels[0].figure is None and "not images" in panels[0].markdown

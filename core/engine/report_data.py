@@ -1,8 +1,9 @@
-"""Figure data that needs the trained model, computed in the training worker when a run completes.
+"""Figure data that needs the trained model, computed by the training loop (in the worker) when a run completes.
 
 The dashboard never imports TensorFlow, so whatever a report shows of the model itself (fits of 1-D regression
 tasks before and after adaptation, a test episode's predictions, query embeddings) is computed here, at the end
-of training, and stored as the run's ``report_data.json`` artifact. :mod:`metalab.core.reports.figures` draws it.
+of training, and stored as the run's ``report_data.json`` artifact. :mod:`metalab.core.reports.figures` draws it
+from the store; this module lives in the engine because it needs the model, and the reports never import it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def write_report_data(store: Any, run_id: str, session: Any, registry: Any) -> P
     Args:
         store: The :class:`~metalab.core.store.RunStore`.
         run_id: The run.
-        session: The run's :class:`~metalab.core.engine.runner.Session` holding the trained algorithm.
+        session: The run's :class:`~metalab.core.engine.session.Session` holding the trained algorithm.
         registry: The plugin registry (to build algorithm variants with other inner-step counts).
 
     Returns:
@@ -63,7 +64,7 @@ def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
     """Returns ``{"sinusoid": ...}`` for 1-D regression, ``{"episode": ..., "embedding": ...}`` for images.
 
     An algorithm with a ``report_data()`` method (plugin API 1.2) adds what it returns under its id, e.g.
-    ``{"metalab.metasgd": {...}}``.
+    ``{"metalab_foo.foo": {...}}``.
 
     Args:
         session: The run's session (config, dataset, trained algorithm, task spec).
@@ -219,7 +220,7 @@ def _features(algorithm: Any, x: np.ndarray) -> tuple[np.ndarray, str] | None:
 
 def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One fixed test episode with predicted labels, and a 2-D PCA of its query embeddings."""
-    from metalab.core.engine.runner import fixed_batch
+    from metalab.core.engine.evaluation import fixed_batch
 
     batch = fixed_batch(session, "test", 1, seed=REPORT_SEED)
     out = session.algorithm.evaluate(batch)

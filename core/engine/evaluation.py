@@ -1,0 +1,238 @@
+"""The meta-test protocol: fixed evaluation episodes, compiled scoring with 95% intervals, and scoring a run.
+
+Every algorithm is scored on the same fixed episodes of a dataset, split and episode shape (seed
+:data:`~metalab.core.engine.sampling.EVAL_SEED`), so scores of different runs are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from metalab.core.contract.specs import TaskBatch
+from metalab.core.engine.checkpoints import (CheckpointMismatchError, checkpoint_files, record_warning,
+                                              restore_checkpoint)
+from metalab.core.engine.config import RunConfig
+from metalab.core.engine.devices import device_scope
+from metalab.core.engine.sampling import EVAL_SEED
+from metalab.core.engine.session import Session, build_session, cross_domain_session, episode_key
+from metalab.core.settings import Settings
+from metalab.core.store import RunStore
+
+#: Episodes per compiled evaluation call.
+EVAL_CHUNK = 16
+
+
+def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> TaskBatch:
+    """The fixed, cached tasks every algorithm is scored on for this dataset, split and episode shape."""
+    from metalab.core.engine.sampling import fixed_tasks
+
+    cfg = session.config
+    key = episode_key(cfg)
+    return fixed_tasks(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed, key=key)
+
+
+def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> Any:
+    """Like :func:`fixed_batch`, but materialises the episodes one chunk at a time (600 20-way 5-shot episodes
+    would otherwise take ~750 MB at once)."""
+    from metalab.core.engine.sampling import fixed_episodes
+
+    cfg = session.config
+    key = episode_key(cfg)
+    return fixed_episodes(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed,
+                          key=key)
+
+
+def cross_domain_episodes(cross: Session, episodes: int) -> Any:
+    """The fixed test episodes of the cross-domain dataset (its ``test`` split, the run's episode shape).
+
+    Returns:
+        A :class:`~metalab.core.engine.sampling.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
+
+    Raises:
+        ConfigError: If that split cannot serve the run's episodes (too few classes or samples per class).
+    """
+    from metalab.core.engine.config import ConfigError
+    from metalab.core.engine.sampling import fixed_episodes
+
+    cfg = cross.config
+    key = episode_key(cfg)
+    try:
+        return fixed_episodes(cross.dataset, "test", cross.task.ways, cfg.shots, cfg.queries, episodes, seed=EVAL_SEED,
+                              key=key)
+    except ValueError as exc:
+        raise ConfigError(f"test_dataset {cfg.dataset!r}: {exc}") from None
+
+
+def compile_evaluate(algorithm: Any) -> Callable:
+    """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
+    from metalab.core.engine import functional
+
+    # One graph per task count: a shared graph would generalise the task axis to None, and algorithms that
+    # unroll their task loop need it static.
+    graphs: dict[int, Callable] = {}
+
+    def evaluate(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        n = int(sx.shape[0])
+        if n not in graphs:
+            graphs[n] = functional.compile(lambda sx, sy, qx, qy, extras=None: algorithm.evaluate(
+                TaskBatch(sx, sy, qx, qy, extras)), variables=algorithm.variables)
+        return graphs[n](sx, sy, qx, qy, extras=extras)
+
+    return evaluate
+
+
+def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = None) -> dict[str, Any]:
+    """Scores ``session.algorithm`` on every task of ``batch`` and returns means with 95% confidence intervals.
+
+    ``batch`` is a :class:`TaskBatch` or a lazily materialised episode set (:func:`fixed_episode_set`).
+
+    Returns:
+        ``accuracy`` (0–1) or ``mse``, ``ci95``, ``loss``, ``episodes`` and, for gradient-based algorithms,
+        ``curve`` (mean score after 0..steps inner steps) with ``curve_ci95``.
+    """
+    from metalab.core.engine import functional
+
+    evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
+    if isinstance(batch, TaskBatch):
+        n = batch.num_tasks
+
+        def take(start: int, stop: int) -> TaskBatch:
+            extras = {k: v[start:stop] for k, v in batch.extras.items()} if batch.extras else None
+            return TaskBatch(*(a[start:stop] for a in batch.as_tuple()), extras=extras)
+    else:
+        n = batch.n
+
+        def take(start: int, stop: int) -> TaskBatch:
+            return batch.batch(start, stop)
+
+    def pad(a: Any, size: int) -> np.ndarray:
+        a = np.asarray(a)
+        return np.concatenate([a, np.repeat(a[-1:], chunk_size - size, axis=0)]) if size < chunk_size else a
+
+    chunk_size = min(EVAL_CHUNK, n)
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, chunk_size):
+        chunk = take(start, min(start + chunk_size, n))
+        size = chunk.num_tasks
+        # Pad the last chunk to the full size: one fixed shape means one compiled graph with a static task axis.
+        arrays = [pad(a, size) for a in chunk.as_tuple()]
+        extras = {k: pad(v, size) for k, v in chunk.extras.items()} if chunk.extras else None
+        out = evaluate_fn(*arrays, extras) if extras else evaluate_fn(*arrays)
+        for key in ("loss", "accuracy", "curve"):
+            if key in out:
+                parts.setdefault(key, []).append(functional.to_numpy(out[key])[:size])
+    values = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
+
+    def ci95(x: np.ndarray) -> float:
+        return float(1.96 * x.std(axis=0, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+    result: dict[str, Any] = {"episodes": int(n), "loss": float(values["loss"].mean())}
+    if session.task.kind == "classification":
+        result["accuracy"] = float(values["accuracy"].mean())
+        result["ci95"] = ci95(values["accuracy"])
+    else:
+        # Regression is scored by the query MSE after adaptation (its loss).
+        result["mse"] = result["loss"]
+        result["ci95"] = ci95(values["loss"])
+    if "curve" in values:
+        curve = values["curve"]
+        result["curve"] = [float(v) for v in curve.mean(axis=0)]
+        result["curve_ci95"] = [float(1.96 * c.std(ddof=1) / math.sqrt(len(c))) if len(c) > 1 else float("nan")
+                                for c in curve.T]
+    return result
+
+
+def evaluate_run(
+    store: RunStore,
+    run_id: str,
+    registry: Any,
+    *,
+    episodes: int | None = None,
+    split: str = "test",
+    settings: Settings | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Scores a run's latest checkpoint on the fixed meta-test episodes (mean, 95% CI, adaptation curve).
+
+    ``split`` is ``"train"``, ``"val"``, ``"test"``, ``"cross:<dataset id>"`` (the run's ``test_dataset``) or
+    ``"benchmark:<name>"``: one of the dataset's named task sets (``ClassificationDataset.benchmarks``, e.g.
+    Omniglot's ``lake20``), scored with the episode shape that set has.
+    """
+    if split.startswith("benchmark:"):
+        return _evaluate_benchmark(store, run_id, registry, split.partition(":")[2], settings=settings, record=record)
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    _require_checkpoint(store, run)
+    with device_scope(config.device):
+        session = build_session(registry, config, settings)
+        _restore_for_scoring(store, run, session.algorithm)
+        n = episodes or config.test_episodes
+        if split.startswith("cross:"):
+            if not config.test_dataset or split != f"cross:{config.test_dataset}":
+                raise ValueError(
+                    f"Run {run.id} names the cross-domain test dataset {config.test_dataset!r}; the split must be "
+                    f"'cross:<that id>'. Received: split={split!r}"
+                )
+            cross = cross_domain_session(session, registry, settings)
+            result = evaluate_batch(cross, cross_domain_episodes(cross, n))
+        else:
+            result = evaluate_batch(session, fixed_episode_set(session, split, n))
+    if record:
+        store.add_evaluation(run.id, split, n, result)
+    return result
+
+
+def _require_checkpoint(store: RunStore, run: Any) -> None:
+    if not any(path.exists() for path in checkpoint_files(store.run_dir(run.id))):
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train or resume it first. Received: run={run.id!r}"
+        )
+
+
+def _restore_for_scoring(store: RunStore, run: Any, algorithm: Any) -> int:
+    """Loads the run's newest usable checkpoint into ``algorithm`` (weights only; NaN/inf refused); its step."""
+    restored = restore_checkpoint(store.run_dir(run.id), algorithm, total_steps=int(run.config.get("steps", 0)) or None,
+                                  config=run.config)
+    if restored is None:  # removed since _require_checkpoint looked
+        _require_checkpoint(store, run)
+        raise FileNotFoundError(f"Run {run.id}: its checkpoint disappeared while loading. Received: run={run.id!r}")
+    record_warning(store, run.id, restored, "evaluate")
+    return restored.step
+
+
+def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, *, settings: Settings | None,
+                        record: bool) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    _require_checkpoint(store, run)
+    with device_scope(config.device):
+        session = build_session(registry, config, settings)
+        available = getattr(session.dataset, "benchmarks", {}) or {}
+        if name not in available:
+            raise ValueError(
+                f"Dataset {config.dataset} has no benchmark task set {name!r} (available: "
+                f"{', '.join(sorted(available)) or 'none'}). Received: benchmark={name!r}"
+            )
+        tasks = available[name]()
+        ways = int(np.max(tasks.support_y)) + 1
+        shots = int(tasks.support_y.shape[1]) // ways
+        queries = max(int(tasks.query_y.shape[1]) // ways, 1)
+        if (ways, shots, queries) != (session.task.ways, config.shots, config.queries):
+            # The set has its own episode shape: rebuild the algorithm for it and load the trained weights.
+            shaped = config.model_copy(update={"ways": ways, "shots": shots, "queries": queries})
+            session = build_session(registry, shaped, settings)
+        try:
+            _restore_for_scoring(store, run, session.algorithm)
+        except CheckpointMismatchError as exc:
+            raise ValueError(
+                f"Run {run.id} ({config.algorithm}, trained {config.ways}-way) cannot be scored on {name!r}, which is "
+                f"{ways}-way {shots}-shot: its weights depend on the number of ways. {exc}"
+            ) from None
+        result = evaluate_batch(session, tasks)
+    result["benchmark"] = name
+    if record:
+        store.add_evaluation(run.id, f"benchmark:{name}", result["episodes"], result)
+    return result
