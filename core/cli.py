@@ -692,8 +692,18 @@ def new_plugin(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    Strict plugin mode's refusal (plugins failed to load) ends any command with its one message and exit code 1:
+    the failures are the user's to fix, not a fault of metalab's to show a traceback for.
+    """
+    from metalab.core.contract.manager import PluginLoadError
+
+    try:
+        app()
+    except PluginLoadError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

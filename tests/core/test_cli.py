@@ -156,3 +156,20 @@ def test_plugins_list_prints_each_failure_once_and_strict_mode_exits_without_a_t
     assert "metalab.maml" in result.stdout  # the listing is printed in strict mode too
     if strict:
         assert "error: 4 plugin(s) failed to load and strict mode is on" in " ".join(result.stderr.split())
+
+
+@pytest.mark.skipif(not _testplugins_installed(), reason="metalab-testplugins (its broken plugins) is not installed")
+def test_strict_mode_refuses_to_train_with_one_message_and_no_traceback(home):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "METALAB_HOME": str(home), "METALAB_DISABLE_PLUGINS": "", "COLUMNS": "200",
+           "METALAB_STRICT_PLUGINS": "1"}
+    result = subprocess.run([sys.executable, "-m", "metalab.core.cli", "train", "--dataset", "metalab.sinusoid",
+                             "--algorithm", "metalab.maml", "--steps", "1"], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "error:" in result.stderr and "METALAB_STRICT_PLUGINS=0" in " ".join(result.stderr.split())
+    assert not any((home / "runs").glob("*"))  # no run was created
