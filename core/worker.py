@@ -113,7 +113,7 @@ def prepare_process(settings: Settings, *, meta_batch_size: int = 1) -> tuple[in
     Returns:
         The ``(intra_op, inter_op)`` thread counts asked for (0: the backend's default).
     """
-    from metalab.core.data.info import configure_pixel_cap
+    from metalab.core.data.images import configure_pixel_cap
     from metalab.core.engine.devices import configure_threads, thread_counts
 
     configure_pixel_cap(settings.max_image_pixels)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from metalab.core.data.info import UnsafeArchiveError
+from metalab.core.data.archives import UnsafeArchiveError
 from metalab.core.contract.specs import SPLITS
 
 from .forms import MISSING, FormField, from_link, link_params, render_fields, schema_fields

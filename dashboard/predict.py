@@ -15,7 +15,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from metalab.core.data.info import IMAGE_EXTENSIONS, UnsafeArchiveError
+from metalab.core.data.archives import UnsafeArchiveError
+from metalab.core.data.images import IMAGE_EXTENSIONS
 from metalab.core.engine.predict import PredictionError
 
 from . import routes

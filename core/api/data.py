@@ -3,13 +3,70 @@
 from __future__ import annotations
 
 from metalab.core.contract.specs import DataContext
-from metalab.core.data.files import __all__ as _file_names
-from metalab.core.data.files import *  # noqa: F401,F403
-from metalab.core.data.info import __all__ as _info_names
-from metalab.core.data.info import *  # noqa: F401,F403
-from metalab.core.engine.sampling import holdout_rows, supervised_splits
+from metalab.core.data.archives import (
+    UnsafeArchiveError,
+    ZipLimits,
+    checked_zip_members,
+    read_zip_member,
+    safe_extract_zip,
+    safe_unpack,
+    safe_unpickle,
+)
+from metalab.core.data.files import (
+    DownloadRefusedError,
+    cache_file,
+    cached_arrays,
+    download,
+    fingerprint,
+    keras_cache_dirs,
+    quick_fingerprint,
+    sha256_file,
+)
+from metalab.core.data.images import (
+    FIT_MODES,
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    decode_image,
+    is_hidden,
+    resize_array,
+    to_uint8,
+)
+from metalab.core.data.splits import assign_classes, make_class_splits, split_class_counts
+from metalab.core.data.summaries import episode_problems, summarize_dataset
+from metalab.core.engine.transforms import holdout_rows, supervised_splits
 
-__all__ = [*_file_names, *_info_names, "holdout_rows", "supervised_splits", "default_context"]
+__all__ = [
+    "download",
+    "DownloadRefusedError",
+    "sha256_file",
+    "cached_arrays",
+    "cache_file",
+    "fingerprint",
+    "quick_fingerprint",
+    "keras_cache_dirs",
+    "IMAGE_EXTENSIONS",
+    "FIT_MODES",
+    "UnreadableImageError",
+    "decode_image",
+    "resize_array",
+    "is_hidden",
+    "to_uint8",
+    "UnsafeArchiveError",
+    "ZipLimits",
+    "checked_zip_members",
+    "read_zip_member",
+    "safe_extract_zip",
+    "safe_unpack",
+    "safe_unpickle",
+    "split_class_counts",
+    "assign_classes",
+    "make_class_splits",
+    "holdout_rows",
+    "supervised_splits",
+    "summarize_dataset",
+    "episode_problems",
+    "default_context",
+]
 
 
 def default_context() -> DataContext:

@@ -1,4 +1,4 @@
-"""File helpers for dataset plugins: checked downloads and a cache of decoded arrays.
+"""File helpers for dataset plugins: checked downloads, fingerprints, and caches of downloads and decoded arrays.
 
 Downloads never run when the :class:`~metalab.core.contract.specs.DataContext` forbids them, and a missing file
 always ends in a ``FileNotFoundError`` that says which file, which folder, and where to get it.
@@ -15,11 +15,20 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["download", "DownloadRefusedError", "sha256_file", "cached_arrays", "cache_file", "fingerprint"]
+__all__ = [
+    "download",
+    "DownloadRefusedError",
+    "sha256_file",
+    "cached_arrays",
+    "cache_file",
+    "fingerprint",
+    "quick_fingerprint",
+    "keras_cache_dirs",
+]
 
 _CHUNK = 1 << 20
 
@@ -267,6 +276,30 @@ def fingerprint(path: str | os.PathLike) -> str:
             st = full.stat()
             digest.update(f"{full.relative_to(path).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def quick_fingerprint(paths: Iterable[str | os.PathLike]) -> str:
+    """A fingerprint of files from their names, sizes and modification times (no reading: for multi-GB pickles).
+
+    Args:
+        paths: Files (or folders, taken by their own metadata only).
+
+    Returns:
+        16 hex digits.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(str(p) for p in paths):
+        st = os.stat(path)
+        digest.update(f"{os.path.basename(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def keras_cache_dirs() -> list[Path]:
+    """Where Keras keeps downloaded datasets, without importing Keras: ``$KERAS_HOME/datasets`` when set, else
+    ``~/.keras/datasets`` and ``/tmp/.keras/datasets`` (Keras's fallback when the home folder is read-only)."""
+    if os.environ.get("KERAS_HOME"):
+        return [Path(os.environ["KERAS_HOME"]).expanduser() / "datasets"]
+    return [Path("~/.keras/datasets").expanduser(), Path(tempfile.gettempdir()) / ".keras" / "datasets"]
 
 
 def _writable(folder: Path) -> bool:

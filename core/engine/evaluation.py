@@ -1,7 +1,7 @@
 """The meta-test protocol: fixed evaluation episodes, compiled scoring with 95% intervals, and scoring a run.
 
 Every algorithm is scored on the same fixed episodes of a dataset, split and episode shape (seed
-:data:`~metalab.core.engine.sampling.EVAL_SEED`), so scores of different runs are comparable.
+:data:`~metalab.core.engine.fixed_tasks.EVAL_SEED`), so scores of different runs are comparable.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from metalab.core.engine.checkpoints import (CheckpointMismatchError, checkpoint
                                               restore_checkpoint)
 from metalab.core.engine.config import RunConfig
 from metalab.core.engine.devices import device_scope
-from metalab.core.engine.sampling import EVAL_SEED
+from metalab.core.engine.fixed_tasks import EVAL_SEED
 from metalab.core.engine.session import Session, build_session, cross_domain_session, episode_key
 from metalab.core.settings import Settings
 from metalab.core.store import RunStore
@@ -27,7 +27,7 @@ EVAL_CHUNK = 16
 
 def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> TaskBatch:
     """The fixed, cached tasks every algorithm is scored on for this dataset, split and episode shape."""
-    from metalab.core.engine.sampling import fixed_tasks
+    from metalab.core.engine.fixed_tasks import fixed_tasks
 
     cfg = session.config
     key = episode_key(cfg)
@@ -37,7 +37,7 @@ def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SE
 def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> Any:
     """Like :func:`fixed_batch`, but materialises the episodes one chunk at a time (600 20-way 5-shot episodes
     would otherwise take ~750 MB at once)."""
-    from metalab.core.engine.sampling import fixed_episodes
+    from metalab.core.engine.fixed_tasks import fixed_episodes
 
     cfg = session.config
     key = episode_key(cfg)
@@ -49,13 +49,13 @@ def cross_domain_episodes(cross: Session, episodes: int) -> Any:
     """The fixed test episodes of the cross-domain dataset (its ``test`` split, the run's episode shape).
 
     Returns:
-        A :class:`~metalab.core.engine.sampling.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
+        A :class:`~metalab.core.engine.fixed_tasks.FixedEpisodes` (indices only; ``.batch()`` builds the arrays).
 
     Raises:
         ConfigError: If that split cannot serve the run's episodes (too few classes or samples per class).
     """
     from metalab.core.engine.config import ConfigError
-    from metalab.core.engine.sampling import fixed_episodes
+    from metalab.core.engine.fixed_tasks import fixed_episodes
 
     cfg = cross.config
     key = episode_key(cfg)

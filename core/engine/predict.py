@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.data.info import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
+from metalab.core.data.images import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
 
 __all__ = ["PredictionError", "list_support_set", "list_query_images", "prepare_images", "predict"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from metalab.core.data.info import to_uint8
+from metalab.core.data.images import to_uint8
 from metalab.core.contract.specs import TaskBatch
 
 logger = logging.getLogger(__name__)

@@ -1,24 +1,19 @@
-"""Task sampling: few-shot episodes from class-indexed datasets and tasks from regression task families.
+"""Task sampling: few-shot episodes from class-indexed datasets, tasks from regression task families, and
+supervised mini-batches, each a seeded stream whose position a checkpoint can save.
 
 Numpy only (no TensorFlow): samplers run in the training worker's input pipeline and in evaluation. Episodes
-are drawn as indices first (which classes, which samples) and turned into ``float32`` arrays last, so a fixed
-evaluation set of hundreds of episodes costs a few kilobytes until it is used.
+are drawn as indices first (which classes, which samples) and turned into ``float32`` arrays last.
 
 Stream layout: every classification episode consumes the same number of random doubles, so
-``sample_batch(4)`` gives exactly the episodes of four calls to ``sample()``, and a fixed set of ``n`` tasks
-starts with the fixed set of ``m < n`` tasks drawn with the same seed.
+``sample_batch(4)`` gives exactly the episodes of four calls to ``sample()``; the fixed evaluation sets of
+:mod:`metalab.core.engine.fixed_tasks` are drawn the same way, from streams of their own.
 """
 
 from __future__ import annotations
 
-import collections
-import math
 import re
-import threading
-import weakref
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -28,29 +23,16 @@ __all__ = [
     "EpisodeSampler",
     "RegressionSampler",
     "SupervisedSampler",
-    "holdout_rows",
-    "supervised_splits",
-    "resize_images",
-    "FixedEpisodes",
     "make_sampler",
-    "fixed_episodes",
-    "fixed_tasks",
-    "fixed_task_chunks",
-    "clear_fixed_tasks_cache",
-    "num_chunks",
-    "EVAL_SEED",
 ]
 
-#: Seed of the fixed evaluation episodes: the same for every run and algorithm, so scores are comparable.
-EVAL_SEED = 2017
-
 # Salts keep the training stream and the fixed evaluation sets apart even when they share a seed and split.
+# Every purpose's salt is here, beside the one place streams are derived, so that no two share one.
 _SALT_STREAM = 0x5354524D  # "STRM"
 _SALT_FIXED = 0x46495844  # "FIXD"
 _SALT_SUPERVISED = 0x53555056  # "SUPV"
 _SALT_HOLDOUT = 0x484F4C44  # "HOLD"
 _STATE_VERSION = 1
-_FIXED_CACHE_SIZE = 32
 
 
 def _check_int(name: str, value: Any, minimum: int, owner: str) -> int:
@@ -88,11 +70,6 @@ def _from_json_state(value: Any) -> Any:
     if isinstance(value, str) and _INT_RE.match(value):
         return int(value)
     return value
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Classification episodes
-# ----------------------------------------------------------------------------------------------------------
 
 
 class _ClassTable:
@@ -350,11 +327,6 @@ class EpisodeSampler(_StatefulSampler):
         return _materialise_episodes(self.dataset, self._split, rows, self.shots, self.queries, self.split)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Regression tasks
-# ----------------------------------------------------------------------------------------------------------
-
-
 def _sample_regression(family: Any, rng: np.random.Generator, num_tasks: int, shots: int,
                        queries: int) -> tuple[TaskBatch, list]:
     n = shots + queries
@@ -430,11 +402,6 @@ class RegressionSampler(_StatefulSampler):
         return batch
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Supervised (non-episodic) batches
-# ----------------------------------------------------------------------------------------------------------
-
-
 class SupervisedSampler:
     """Draws ordinary mini-batches of (image, global class label) from one split, epoch by epoch.
 
@@ -453,9 +420,9 @@ class SupervisedSampler:
         split: Which split (``"train"`` for pre-training).
         batch_size: Examples per batch (support and query together), at least 2.
         seed: Non-negative integer; with ``split`` it fixes the stream.
-        exclude: Optional row indices of the split never to draw (e.g. :func:`holdout_rows`, held out to
-            measure supervised accuracy). Epochs then visit every other row once; without it the stream is
-            exactly as before.
+        exclude: Optional row indices of the split never to draw (e.g.
+            :func:`~metalab.core.engine.transforms.holdout_rows`, held out to measure supervised accuracy). Epochs
+            then visit every other row once; without it the stream is exactly as before.
 
     Raises:
         ValueError: If the dataset is not a classification dataset, the split is unknown or empty, a count
@@ -605,131 +572,6 @@ class SupervisedSampler:
         self.batches_sampled = int(state.get("batches_sampled", 0))
 
 
-def holdout_rows(labels: Any, fraction: float, seed: int, split: str = "train") -> np.ndarray:
-    """A fixed, seeded, per-class random choice of about ``fraction`` of a split's rows, to hold out of training.
-
-    Each class gives ``round(fraction * n_c)`` of its ``n_c`` rows, at most ``n_c - 1`` so that every class
-    keeps a row to train on. The same labels, fraction, seed and split always give the same rows.
-
-    Args:
-        labels: The split's class labels ``[n]`` (integers).
-        fraction: In ``[0, 1)``; 0 holds out nothing.
-        seed: Non-negative integer (the run's seed).
-        split: The split's name (part of the seed, like every stream here).
-
-    Returns:
-        Sorted row indices, ``int64 [m]``.
-
-    Raises:
-        ValueError: If ``fraction`` is outside ``[0, 1)`` or ``seed`` is not a non-negative integer.
-    """
-    owner = "holdout_rows"
-    if isinstance(fraction, bool) or not 0.0 <= float(fraction) < 1.0:
-        raise ValueError(f"{owner}: fraction must lie in [0, 1). Received: fraction={fraction!r}")
-    seed = _check_int("seed", seed, 0, owner)
-    labels = np.asarray(labels).reshape(-1)
-    rng = _derive_rng(seed, split, _SALT_HOLDOUT)
-    chosen = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        take = min(len(rows) - 1, int(round(float(fraction) * len(rows))))
-        if take > 0:
-            chosen.append(rng.choice(rows, size=take, replace=False))
-    if not chosen:
-        return np.zeros(0, dtype=np.int64)
-    return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def supervised_splits(train_images: np.ndarray, train_labels: Any, test_images: np.ndarray, test_labels: Any,
-                      class_names: list[str], val_fraction: float, seed: int) -> dict[str, ClassSplit]:
-    """Divides images, not classes, between the splits: the supervised train/validation/test division.
-
-    Every split holds every class (the same ``class_names``): ``val`` is a seeded, stratified share
-    ``val_fraction`` of each class's training images (:func:`holdout_rows`), ``train`` the other training
-    images and ``test`` the test images as given (e.g. MNIST's official test set). Use it for a
-    :class:`ClassificationDataset` with ``supervised=True``.
-
-    Args:
-        train_images: Training images ``[n, ...]`` as the dataset stores them.
-        train_labels: Their class indices ``[n]`` into ``class_names``.
-        test_images: Test images ``[m, ...]``.
-        test_labels: Their class indices ``[m]``.
-        class_names: The names of all classes.
-        val_fraction: In ``[0, 1)``: the share of each class's training images moved to ``val``.
-        seed: Non-negative integer choosing the ``val`` images.
-
-    Returns:
-        ``{"train": ClassSplit, "val": ClassSplit, "test": ClassSplit}``.
-
-    Raises:
-        ValueError: If images and labels differ in length, a label lies outside ``class_names``, or
-            ``val_fraction`` or ``seed`` is out of range.
-    """
-    owner = "supervised_splits"
-    names = list(class_names)
-    parts = {}
-    for part, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
-        labels = np.asarray(labels).reshape(-1).astype(np.int64)
-        if len(images) != len(labels):
-            raise ValueError(f"{owner}: {len(images)} {part} images but {len(labels)} labels. "
-                             f"Received: len(labels)={len(labels)}")
-        if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
-            raise ValueError(f"{owner}: {part} labels must lie in 0..{len(names) - 1} (one per class name). "
-                             f"Received: labels in {labels.min()}..{labels.max()}")
-        parts[part] = (images, labels)
-    images, labels = parts["train"]
-    val = holdout_rows(labels, val_fraction, seed, "supervised_val")
-    keep = np.setdiff1d(np.arange(len(labels)), val)
-    return {
-        "train": ClassSplit(images=np.ascontiguousarray(images[keep]), labels=labels[keep], class_names=list(names)),
-        "val": ClassSplit(images=np.ascontiguousarray(images[val]), labels=labels[val], class_names=list(names)),
-        "test": ClassSplit(images=np.ascontiguousarray(parts["test"][0]), labels=parts["test"][1],
-                           class_names=list(names)),
-    }
-
-
-def resize_images(dataset: ClassificationDataset, size: tuple[int, int],
-                  splits: tuple[str, ...] | None = None) -> ClassificationDataset:
-    """Returns a copy of an image dataset resized (bilinear) to ``size = (height, width)``, 8-bit, scale 255.
-
-    Used to meta-test a model on a dataset of another image size (cross-domain transfer). Pixels are taken to
-    ``[0, 1]`` by the dataset's own ``to_float`` first, so datasets of any ``scale`` end up comparable.
-
-    Args:
-        dataset: A :class:`ClassificationDataset` of ``[n, H, W, C]`` images.
-        size: The new ``(height, width)``.
-        splits: The splits to keep (and resize); all by default.
-
-    Returns:
-        A new :class:`ClassificationDataset` with ``input_shape (height, width, C)`` and ``scale 255``; ``info``
-        gains ``resized_from``.
-
-    Raises:
-        ValueError: If the dataset's inputs are not ``(H, W, C)`` images.
-    """
-    from PIL import Image
-
-    shape = tuple(int(s) for s in dataset.input_shape)
-    if len(shape) != 3:
-        raise ValueError(f"resize_images needs (height, width, channels) images. Received: input_shape={shape}")
-    height, width = (int(s) for s in size)
-    kept = {}
-    for name, split in dataset.splits.items():
-        if splits is not None and name not in splits:
-            continue
-        images = np.clip(np.asarray(dataset.to_float(split.images), dtype=np.float32), 0.0, 1.0)
-        out = np.empty((len(images), height, width, shape[2]), dtype=np.uint8)
-        for i, image in enumerate(images):
-            for c in range(shape[2]):
-                # A float32 array becomes a mode "F" image: floats are interpolated, not 8-bit rounded values.
-                channel = Image.fromarray(np.ascontiguousarray(image[..., c]))
-                resized = np.asarray(channel.resize((width, height), Image.Resampling.BILINEAR))
-                out[i, ..., c] = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
-        kept[name] = ClassSplit(images=out, labels=np.asarray(split.labels), class_names=list(split.class_names))
-    info = {**dict(dataset.info), "resized_from": list(shape)}
-    return ClassificationDataset(splits=kept, input_shape=(height, width, shape[2]), scale=255.0, info=info)
-
-
 def make_sampler(dataset: Any, split: str, ways: int | None, shots: int, queries: int,
                  seed: int) -> EpisodeSampler | RegressionSampler:
     """Makes the sampler that fits the dataset's kind.
@@ -744,205 +586,3 @@ def make_sampler(dataset: Any, split: str, ways: int | None, shots: int, queries
     if _is_regression(dataset):
         return RegressionSampler(dataset, split, ways, shots, queries, seed)
     return EpisodeSampler(dataset, split, ways, shots, queries, seed)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Fixed evaluation tasks
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _FixedPlan:
-    """The cached, dataset-independent part of a fixed task set."""
-
-    n: int
-    shots: int
-    queries: int
-    # Classification: episode rows and classes, plus what the rows index into (to catch a reused key).
-    rows: np.ndarray | None = None
-    classes: np.ndarray | None = None
-    num_classes: int = 0
-    num_rows: int = 0
-    # Regression: the arrays themselves (small) and the task parameters.
-    arrays: tuple[np.ndarray, ...] | None = None
-    tasks: list = field(default_factory=list)
-    dataset_ref: Any = None
-
-
-class FixedEpisodes:
-    """A fixed, seeded set of ``n`` tasks bound to a dataset; floats are built only when asked for.
-
-    Attributes:
-        n: Number of tasks.
-        split, ways, shots, queries, seed: How the set was drawn.
-        classes: Classification only: ``int64 [n, ways]`` class indices (into the split's ``class_names``);
-            column ``i`` carries label ``i``.
-        rows: Classification only: ``int64 [n, ways, shots+queries]`` rows of the split's images.
-        tasks: Regression only: the ``n`` task parameter objects.
-    """
-
-    def __init__(self, dataset: Any, split: str, ways: int, shots: int, queries: int, seed: int, plan: _FixedPlan):
-        self.dataset = dataset
-        self.split = split
-        self.ways = ways
-        self.shots = shots
-        self.queries = queries
-        self.seed = seed
-        self._plan = plan
-
-    @property
-    def n(self) -> int:
-        return self._plan.n
-
-    @property
-    def classes(self) -> np.ndarray | None:
-        return self._plan.classes
-
-    @property
-    def rows(self) -> np.ndarray | None:
-        return self._plan.rows
-
-    @property
-    def tasks(self) -> list:
-        return list(self._plan.tasks)
-
-    def batch(self, start: int = 0, stop: int | None = None) -> TaskBatch:
-        """Materialises tasks ``start:stop`` (all by default) as a :class:`TaskBatch` of new numpy arrays."""
-        stop = self.n if stop is None else min(int(stop), self.n)
-        start = int(start)
-        if not 0 <= start < stop:
-            raise ValueError(f"FixedEpisodes.batch: need 0 <= start < stop <= {self.n}. Received: start={start}, stop={stop}")
-        plan = self._plan
-        if plan.arrays is not None:
-            return TaskBatch(*(a[start:stop].copy() for a in plan.arrays))
-        split_obj = self.dataset.splits[self.split]
-        return _materialise_episodes(self.dataset, split_obj, plan.rows[start:stop], self.shots, self.queries,
-                                     self.split)
-
-    def chunks(self, size: int) -> Iterator[TaskBatch]:
-        """Yields the tasks in order as batches of at most ``size`` tasks (to bound memory).
-
-        Args:
-            size: Tasks per chunk.
-        """
-        size = _check_int("size", size, 1, "FixedEpisodes.chunks")
-        for start in range(0, self.n, size):
-            yield self.batch(start, start + size)
-
-
-_fixed_cache: "collections.OrderedDict[tuple, _FixedPlan]" = collections.OrderedDict()
-_fixed_lock = threading.Lock()
-
-
-def _make_ref(dataset: Any) -> Any:
-    try:
-        return weakref.ref(dataset)
-    except TypeError:
-        # Not weak-referenceable: hold it, so that its id cannot be reused by another object while cached.
-        return lambda: dataset
-
-
-def _build_plan(dataset: Any, split: str, ways: int, shots: int, queries: int, n: int, seed: int,
-                owner: str) -> _FixedPlan:
-    rng = _derive_rng(seed, split, _SALT_FIXED)
-    if _is_regression(dataset):
-        if split not in SPLITS:
-            raise ValueError(f"{owner}: split must be one of {list(SPLITS)}. Received: split={split!r}")
-        batch, tasks = _sample_regression(dataset, rng, n, shots, queries)
-        for array in batch.as_tuple():
-            array.setflags(write=False)
-        return _FixedPlan(n=n, shots=shots, queries=queries, arrays=batch.as_tuple(), tasks=tasks)
-    split_obj = _get_split(dataset, split, owner)
-    table = _ClassTable(split_obj, split, owner)
-    _check_episode_shape(table, split_obj, split, ways, shots, queries, owner)
-    classes, rows = _draw_episode_rows(rng, table, n, ways, shots + queries)
-    classes.setflags(write=False)
-    rows.setflags(write=False)
-    return _FixedPlan(n=n, shots=shots, queries=queries, rows=rows, classes=classes,
-                      num_classes=table.num_classes, num_rows=table.num_rows)
-
-
-def fixed_episodes(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, seed: int = 0,
-                   key: str | None = None) -> FixedEpisodes:
-    """Returns a fixed, seeded set of ``n`` tasks, the same on every call (cached in this process).
-
-    Every algorithm scored with the same arguments meets the same tasks. The set is drawn from a stream of its
-    own (not the training sampler's), and the first ``m`` tasks of a set of ``n`` are the set of ``m``.
-
-    Args:
-        dataset: A :class:`ClassificationDataset` or a :class:`RegressionTaskFamily`.
-        split, ways, shots, queries: The episode shape (``ways`` is ignored for regression).
-        n: Number of tasks.
-        seed: Non-negative integer.
-        key: A name for the dataset (e.g. its id and parameters) so that separately loaded copies share the
-            cached set; by default the cache is keyed by the dataset object's identity.
-
-    Returns:
-        A :class:`FixedEpisodes`.
-
-    Raises:
-        ValueError: As for :class:`EpisodeSampler`, or if ``key`` was used before for a dataset whose split
-            has other classes.
-    """
-    owner = "fixed_tasks"
-    regression = _is_regression(dataset)
-    ways = 1 if regression else _check_int("ways", ways, 1, owner)
-    shots = _check_int("shots", shots, 1, owner)
-    queries = _check_int("queries", queries, 1, owner)
-    n = _check_int("n", n, 1, owner)
-    seed = _check_int("seed", seed, 0, owner)
-    cache_key = (("key", key) if key is not None else ("id", id(dataset)), split, ways, shots, queries, n, seed)
-    with _fixed_lock:
-        plan = _fixed_cache.get(cache_key)
-        if plan is not None and key is None and plan.dataset_ref() is not dataset:
-            plan = None  # the id belonged to a dataset that is gone
-        if plan is not None:
-            _fixed_cache.move_to_end(cache_key)
-    if plan is None:
-        plan = _build_plan(dataset, split, ways, shots, queries, n, seed, owner)
-        plan.dataset_ref = _make_ref(dataset)
-        with _fixed_lock:
-            _fixed_cache[cache_key] = plan
-            while len(_fixed_cache) > _FIXED_CACHE_SIZE:
-                _fixed_cache.popitem(last=False)
-    elif not regression:
-        split_obj = _get_split(dataset, split, owner)
-        if split_obj.num_classes != plan.num_classes or len(split_obj.labels) != plan.num_rows:
-            raise ValueError(
-                f"{owner}: key {key!r} was first used for a dataset whose split {split!r} has "
-                f"{plan.num_classes} classes and {plan.num_rows} images; this one has {split_obj.num_classes} "
-                f"and {len(split_obj.labels)}. Use a key that names the dataset and its parameters. Received: key={key!r}"
-            )
-    return FixedEpisodes(dataset, split, ways, shots, queries, seed, plan)
-
-
-def fixed_tasks(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, seed: int = 0,
-                key: str | None = None) -> TaskBatch:
-    """Returns a fixed, seeded set of ``n`` tasks as one :class:`TaskBatch` (leading axis ``n``).
-
-    Same arguments as :func:`fixed_episodes`; identical arrays on every call. For hundreds of image episodes
-    prefer :func:`fixed_task_chunks`, which bounds memory.
-    """
-    return fixed_episodes(dataset, split, ways, shots, queries, n, seed=seed, key=key).batch()
-
-
-def fixed_task_chunks(dataset: Any, split: str, ways: int | None, shots: int, queries: int, n: int, chunk: int,
-                      seed: int = 0, key: str | None = None) -> Iterator[TaskBatch]:
-    """Yields the tasks of :func:`fixed_tasks` in order, ``chunk`` tasks at a time.
-
-    Args:
-        chunk: Tasks per yielded :class:`TaskBatch` (the last one may be shorter).
-        Others: As for :func:`fixed_episodes`.
-    """
-    return fixed_episodes(dataset, split, ways, shots, queries, n, seed=seed, key=key).chunks(chunk)
-
-
-def clear_fixed_tasks_cache() -> None:
-    """Forgets every cached fixed task set (tests use it; sets are rebuilt identically on the next call)."""
-    with _fixed_lock:
-        _fixed_cache.clear()
-
-
-def num_chunks(n: int, chunk: int) -> int:
-    """Number of chunks :func:`fixed_task_chunks` yields for ``n`` tasks (for progress bars)."""
-    return math.ceil(n / chunk)

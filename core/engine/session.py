@@ -78,7 +78,7 @@ def make_training_sampler(session: Session) -> Any:
     """The sampler of the run's training stream: episodes, or mini-batches for a ``"supervised"`` algorithm.
 
     A supervised algorithm may hold out part of the training split: with an attribute
-    ``supervised_holdout_fraction`` above 0, :func:`~metalab.core.engine.sampling.holdout_rows` (seeded by the run's
+    ``supervised_holdout_fraction`` above 0, :func:`~metalab.core.engine.transforms.holdout_rows` (seeded by the run's
     seed) picks those rows, the sampler never draws them, and an optional method
     ``algorithm.set_supervised_holdout(images, labels, to_float)`` receives them (images as the dataset stores
     them, labels the split's class indices, ``to_float`` the dataset's scaling) to score itself on them.
@@ -93,7 +93,8 @@ def make_training_sampler(session: Session) -> Any:
             dataset or has no valid ``batch_size``, or a ``supervised`` dataset's test classes differ from its
             training classes.
     """
-    from metalab.core.engine.sampling import SupervisedSampler, holdout_rows, make_sampler
+    from metalab.core.engine.sampling import SupervisedSampler, make_sampler
+    from metalab.core.engine.transforms import holdout_rows
 
     config, algorithm = session.config, session.algorithm
     batch_kind = getattr(algorithm, "batch_kind", "episodic")
@@ -144,7 +145,7 @@ def cross_domain_session(session: Session, registry: Any, settings: Settings | N
         ConfigError: If the test dataset's inputs cannot be brought to the run's input shape.
     """
     from metalab.core.engine.config import ConfigError
-    from metalab.core.engine.sampling import resize_images
+    from metalab.core.engine.transforms import resize_images
 
     config = session.config
     if not config.test_dataset:
@@ -203,7 +204,7 @@ def load_run(ref: str, registry: Any, settings: Settings | None = None) -> Loade
 
     Returns:
         The :class:`~metalab.core.contract.specs.LoadedRun`; its ``fixed_episodes`` are the engine's fixed
-        evaluation episodes (seed :data:`~metalab.core.engine.sampling.EVAL_SEED`) of the run's dataset.
+        evaluation episodes (seed :data:`~metalab.core.engine.fixed_tasks.EVAL_SEED`) of the run's dataset.
 
     Raises:
         FileNotFoundError: There is no run store yet, or the run has no checkpoint.
@@ -211,7 +212,7 @@ def load_run(ref: str, registry: Any, settings: Settings | None = None) -> Loade
             read; no checkpoint file fits the model (a :class:`~metalab.core.engine.checkpoints.CheckpointError`).
     """
     from metalab.core.engine.checkpoints import CheckpointWarning, checkpoint_files, restore_checkpoint
-    from metalab.core.engine.sampling import EVAL_SEED, fixed_tasks
+    from metalab.core.engine.fixed_tasks import EVAL_SEED, fixed_tasks
     from metalab.core.store import AmbiguousRunError, RunNotFoundError, RunStore, StoreError
 
     ref = str(ref or "").strip()

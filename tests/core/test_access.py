@@ -251,7 +251,7 @@ def test_upload_count_files_and_unpacked_caps_hold_and_leave_nothing(make):
     base = make("demo", max_uploads_per_owner=1, max_archive_files=5)
     alice = base.for_actor(Actor.visitor("alice-token"))
     uploads = Path(base.settings.uploads_dir)
-    from metalab.core.data.info import UnsafeArchiveError
+    from metalab.core.data.archives import UnsafeArchiveError
 
     with pytest.raises(UnsafeArchiveError, match="5"):
         alice.upload_dataset(_zip(per_class=2), "many.zip")  # 6 files
@@ -412,7 +412,7 @@ def test_an_upload_holding_an_oversized_image_is_refused_and_leaves_nothing(make
         big = io.BytesIO()
         Image.new("L", (3000, 3000)).save(big, format="PNG")  # 9 M pixels, over demo's 4 M
         zf.writestr("c/big.png", big.getvalue())
-    from metalab.core.data.info import UnsafeArchiveError
+    from metalab.core.data.archives import UnsafeArchiveError
 
     with pytest.raises(UnsafeArchiveError, match=r"c/big.png: 3000x3000 is 9,000,000 pixels"):
         svc.upload_dataset(buffer.getvalue(), "bomb.zip")

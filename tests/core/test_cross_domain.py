@@ -10,7 +10,7 @@ from metalab.core.engine.evaluation import evaluate_run
 from metalab.core.engine.runner import train_run
 from metalab.core.settings import load_settings
 from metalab.core.store import RunStore
-from metalab.core.engine.sampling import resize_images
+from metalab.core.engine.transforms import resize_images
 from metalab.plugins.digits import make_digits
 
 

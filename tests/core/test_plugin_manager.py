@@ -760,7 +760,7 @@ def test_a_factory_string_that_does_not_resolve_names_the_spec_and_the_string():
 
 @pytest.mark.parametrize("factory, expected", [
     ("no_colon_here", "must be callable or a 'package.module:Attribute' string"),
-    (f"missing_{uuid.uuid4().hex[:8]}.impl:Impl", "which is not installed"),
+    ("metalab_no_such_module_xyz.impl:Impl", "which is not installed"),  # fixed: xdist workers must collect the same ids
     (42, "must be callable"),
 ])
 def test_a_malformed_or_missing_factory_fails_the_plugin_at_load(factory, expected):

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from metalab.core.engine import probe
-from metalab.core import services as services_module
 from metalab.core.engine.config import resolve_config
 from metalab.core.engine.session import build_session
 from metalab.core.services import ProbeError, Services
+from metalab.core.services import estimates as estimates_module
 from metalab.core.settings import load_settings
 
 TINY_MAML = {
@@ -39,7 +39,7 @@ def _rss_counter_slack() -> int:
 def svc(tmp_path, monkeypatch) -> Services:
     monkeypatch.setenv("METALAB_HOME", str(tmp_path / "home"))
     # Each test lists devices afresh and leaves the process's remembered list as it was.
-    monkeypatch.setattr(services_module, "_DEVICES", {})
+    monkeypatch.setattr(estimates_module, "_DEVICES", {})
     return Services(settings=load_settings(disable_plugins=""))
 
 
@@ -50,7 +50,7 @@ def test_devices_lists_the_cpu_with_its_memory(svc):
     assert cpu["memory_bytes"] > 2**28
     assert 0 < cpu["memory_available_bytes"] <= cpu["memory_bytes"]
     # Listed once per process: the second call answers from memory.
-    assert svc.devices() == devices and services_module._DEVICES["answer"] == devices
+    assert svc.devices() == devices and estimates_module._DEVICES["answer"] == devices
 
 
 def test_device_probe_failure_is_a_clear_error_remembered_until_refresh(svc):

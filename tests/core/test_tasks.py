@@ -1,4 +1,4 @@
-"""Tests for metalab.core.engine.sampling: episode and regression samplers, fixed evaluation tasks."""
+"""Tests for metalab.core.engine.sampling and fixed_tasks: episode and regression samplers, fixed evaluation tasks."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metalab.core.contract.specs import ClassificationDataset, ClassSplit, TaskBatch
-from metalab.core.engine.sampling import (
-    EpisodeSampler,
-    RegressionSampler,
-    clear_fixed_tasks_cache,
-    fixed_episodes,
-    fixed_task_chunks,
-    fixed_tasks,
-    make_sampler,
-)
+from metalab.core.engine.fixed_tasks import clear_fixed_tasks_cache, fixed_episodes, fixed_task_chunks, fixed_tasks
+from metalab.core.engine.sampling import EpisodeSampler, RegressionSampler, make_sampler
 from metalab.plugins.sinusoid.family import SinusoidFamily
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from metalab.core.data.info import UnsafeArchiveError
+from metalab.core.data.archives import UnsafeArchiveError
 from metalab.core.services import Services
 
 CLASSES = ("circle", "cross", "square", "stripes", "dots")

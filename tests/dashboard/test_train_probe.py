@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from metalab.core import services as services_module
 from metalab.core.services import ProbeError, Services
+from metalab.core.services import estimates as estimates_module
 
 #: A setup whose estimate takes a few seconds: two tasks per step, one inner step.
 QUICK = {"steps": "50", "algorithm.meta_batch_size": "2", "algorithm.inner_steps": "1"}
@@ -18,7 +18,7 @@ PROBE_WAIT = 330
 @pytest.fixture(autouse=True)
 def fresh_device_list(monkeypatch):
     """Each test lists the devices itself and leaves the process's remembered list as it was."""
-    monkeypatch.setattr(services_module, "_DEVICES", {})
+    monkeypatch.setattr(estimates_module, "_DEVICES", {})
 
 
 def _flat(at) -> dict[str, str]:

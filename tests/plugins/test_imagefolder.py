@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import metalab.plugins.imagefolder as imagefolder
-from metalab.core.data.info import decode_image
+from metalab.core.data.images import decode_image
 from metalab.core.contract.specs import DataContext
 from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.settings import load_settings

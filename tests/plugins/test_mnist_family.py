@@ -226,7 +226,8 @@ def test_supervised_emnist_letters_has_all_26_letters_labelled_from_zero(tmp_pat
 
 
 def test_few_shot_episodes_still_run_on_a_supervised_dataset(tmp_path, keras_home):
-    from metalab.core.engine.sampling import EpisodeSampler, fixed_episodes
+    from metalab.core.engine.fixed_tasks import fixed_episodes
+    from metalab.core.engine.sampling import EpisodeSampler
 
     write_sized_npz(keras_home / "datasets" / "mnist.npz", 10, train_per_class=20, test_per_class=8)
     ds = family.make_mnist({"mode": "supervised", "val_fraction": 0.25}, ctx(tmp_path))

@@ -11,7 +11,8 @@ import pytest
 from metalab.core.authoring import testing
 from metalab.core.engine.config import resolve_config
 from metalab.core.contract.specs import TaskBatch
-from metalab.core.engine.sampling import EpisodeSampler, fixed_episodes
+from metalab.core.engine.fixed_tasks import fixed_episodes
+from metalab.core.engine.sampling import EpisodeSampler
 from metalab.plugins import zeroshot
 from metalab.plugins.zeroshot import cub, glyphs
 

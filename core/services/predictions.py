@@ -1,0 +1,132 @@
+"""The Services section that classifies new images with a finished run, in a worker process (never TensorFlow here)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from metalab.core.services.datasets import upload_limits
+
+
+class PredictionsMixin:
+    """The prediction methods of :class:`~metalab.core.services.Services`."""
+
+    def stage_prediction(self, support_zip: bytes | Any | None = None,
+                         queries: list[tuple[str, bytes]] | None = None, *,
+                         max_bytes: int | None = None) -> dict[str, Path | None]:
+        """Writes uploaded support and query images to a fresh folder for :meth:`predict`.
+
+        The folder is ``METALAB_HOME/predictions/<time>-<random>/`` with ``support/`` (the zip, extracted
+        safely) and ``query/`` (the query files); folders older than a day are deleted on each call.
+
+        Args:
+            support_zip: A zip of class sub-folders (bytes or a binary file object), or ``None``.
+            queries: ``(file name, bytes)`` of each query image, or ``None``.
+            max_bytes: The largest support zip, and the largest total of the query files (``None``: the
+                default of :meth:`upload_dataset`).
+
+        Returns:
+            ``{"support": folder or None, "query": folder or None}``.
+
+        Raises:
+            UnsafeArchiveError: The support zip is refused (see :meth:`upload_dataset`).
+            ValueError: The query files are over ``max_bytes`` together.
+        """
+        import io
+        import shutil
+        import tempfile
+        import time
+
+        from metalab.core.data.archives import UnsafeArchiveError, ZipLimits, safe_extract_zip
+        from metalab.core.data.images import check_image_header
+
+        cap = int(self.settings.max_upload_mb) << 20
+        max_bytes = cap if max_bytes is None else min(int(max_bytes), cap)
+        base = Path(self.settings.predictions_dir)
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            with contextlib.suppress(OSError):
+                if old.is_dir() and time.time() - old.stat().st_mtime > 86_400:
+                    shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base))
+        out: dict[str, Path | None] = {"support": None, "query": None}
+        try:
+            if support_zip is not None:
+                if isinstance(support_zip, (bytes, bytearray, memoryview)):
+                    support_zip = io.BytesIO(bytes(support_zip))
+                out["support"] = folder / "support"
+                limits = upload_limits(max_bytes)
+                limits = ZipLimits(max_archive_bytes=limits.max_archive_bytes, max_total_bytes=limits.max_total_bytes,
+                                   max_file_bytes=limits.max_file_bytes, max_files=int(self.settings.max_archive_files),
+                                   max_ratio=limits.max_ratio)
+                try:
+                    safe_extract_zip(support_zip, out["support"], limits)
+                except UnsafeArchiveError as exc:
+                    raise UnsafeArchiveError(self.redact(str(exc))) from None
+            if queries:
+                total = sum(len(data) for _, data in queries)
+                if total > max_bytes:
+                    raise ValueError(f"The query images are {total} bytes together; at most {max_bytes} are "
+                                     f"allowed. Received: total_bytes={total}")
+                out["query"] = folder / "query"
+                out["query"].mkdir()
+                used: set[str] = set()
+                for i, (name, data) in enumerate(queries):
+                    # Keep the file's own name (it labels the result) but never its folders.
+                    clean = Path(str(name).replace("\\", "/")).name.lstrip(".") or f"query-{i}"
+                    if clean in used:
+                        clean = f"{i}-{clean}"
+                    used.add(clean)
+                    # Refused from the header, before anything decodes it (here, in the worker or on the page).
+                    check_image_header(bytes(data), clean, int(self.settings.max_image_pixels))
+                    (out["query"] / clean).write_bytes(bytes(data))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return out
+
+    def predict(self, run_id: str, support_dir: str | os.PathLike, query_dir: str | os.PathLike, *,
+                invert: bool | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
+        """Adapts a finished run to a support set and classifies query images, in a worker process.
+
+        Runs the worker's ``predict`` job (:mod:`metalab.core.worker`, which calls
+        :func:`metalab.core.engine.predict.predict`), so TensorFlow is imported there, never here.
+
+        Args:
+            run_id: The run (a unique prefix of its id works).
+            support_dir: A folder with one sub-folder per class, a few images each.
+            query_dir: A folder of images (any depth), or one image file.
+            invert: Override the dataset's inversion of grey levels; ``None`` follows the run's dataset.
+            timeout: Seconds to wait for the worker (TensorFlow import, model build, adaptation).
+
+        Returns:
+            One dict per query image: ``{"file", "path", "predicted", "probabilities": {class: p}}``.
+
+        Raises:
+            PredictionError: The worker refused the inputs or the run (its message, e.g. a support set with
+                the wrong number of classes), failed, or took longer than ``timeout``.
+        """
+        from metalab.core.engine.predict import PredictionError
+
+        run = self.run(run_id)
+        if not self.actor.on_machine:
+            staged = Path(self.settings.predictions_dir).resolve()
+            for field, folder in (("support", support_dir), ("query", query_dir)):
+                real = Path(folder).resolve()
+                if staged not in real.parents:
+                    self.policy.resolve_data_path(self.actor, str(folder), field)
+        request = self._request("predict", run=run.id, support=str(support_dir), query=str(query_dir), invert=invert)
+        try:
+            reply = self._run_worker(request, timeout, PredictionError, "Prediction")
+        except PredictionError as exc:
+            raise PredictionError(self.redact(str(exc))) from None
+        if reply["ok"]:
+            return list(reply["result"])
+        error = reply.get("error") or {}
+        message = str(error.get("message"))
+        if error.get("traceback"):
+            # A crash, not a refusal of the run or the images: say what failed, without the traceback.
+            message = f"Prediction failed: {error.get('type')}: {message}"
+        raise PredictionError(self.redact(message))
