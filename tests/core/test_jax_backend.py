@@ -174,7 +174,8 @@ import numpy as np, keras
 from metalab.core.engine import functional
 from metalab.core.contract.specs import TaskBatch, TaskSpec
 from metalab.core.contract.manager import make_plugin_manager
-from metalab.core.engine.runner import compile_evaluate, compile_train_step
+from metalab.core.engine.evaluation import compile_evaluate
+from metalab.core.engine.runner import compile_train_step
 from metalab.plugins.backbones import CONV4, Conv4Params
 
 CASES = {
@@ -248,6 +249,7 @@ def _check_same_training(tmp_path: Path, names: tuple[str, ...]) -> None:
             assert np.abs(jax_side[key] - value).max() <= 1e-4 * scale, (name, key, jax_side[key], value)
 
 
+@pytest.mark.slow
 def test_maml_with_per_step_batch_norm_and_protonet_train_the_same_on_jax_as_on_tensorflow(tmp_path):
     # MAML++'s per-step running statistics, inductive evaluation; ProtoNet's running moments and LR schedule.
     _check_same_training(tmp_path, ("maml_per_step_bn", "protonet"))
@@ -295,7 +297,8 @@ def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path)
         from metalab.core.engine import functional
         from metalab.core.contract.specs import TaskBatch, TaskSpec
         from metalab.core.contract.manager import make_plugin_manager
-        from metalab.core.engine.runner import compile_train_step, dtype_policy, make_optimizer
+        from metalab.core.engine.devices import dtype_policy
+        from metalab.core.engine.runner import compile_train_step, make_optimizer
         from metalab.plugins.backbones import CONV4, Conv4Params
 
         registry = make_plugin_manager(distributions={"metalab"}, strict=False)
@@ -328,6 +331,7 @@ def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path)
     assert 2.0**12 <= report["scale"] <= 2.0**15
 
 
+@pytest.mark.slow
 def test_auto_vectorized_tasks_on_an_accelerator_give_the_unrolled_meta_gradients(tmp_path):
     # "auto" vmaps the meta-batch's tasks when JAX computes on a GPU or TPU. No accelerator here, so the platform
     # check is made to answer "gpu": MAML's and ANIL's meta-gradients must equal the unrolled ones (float64).
@@ -367,7 +371,7 @@ def test_run_precision_sets_jax_matmul_precision(tmp_path):
     # the second-order MAML meta-gradient by 7%): float32 runs ask for full float32, tf32 runs for TF32.
     out = run_jax("""
         import jax
-        from metalab.core.engine.runner import set_matmul_precision
+        from metalab.core.engine.devices import set_matmul_precision
         got = []
         for precision in ("float32", "tf32", "mixed_bfloat16", "float32"):
             set_matmul_precision(precision)
@@ -377,6 +381,7 @@ def test_run_precision_sets_jax_matmul_precision(tmp_path):
     assert out.strip().splitlines()[-1] == "highest,tensorfloat32,None,highest"
 
 
+@pytest.mark.slow
 def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(tmp_path):
     # XLA plans the whole step (no task window on JAX): the estimate is the all-tasks figure whatever the threads;
     # a compiled function reports XLA's buffer assignment, which memory.py compares with the estimate.
@@ -388,7 +393,7 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
         from metalab.core.engine import memory
         from metalab.core.engine.config import resolve_config
         from metalab.core.contract.manager import make_plugin_manager
-        from metalab.core.engine.runner import build_session
+        from metalab.core.engine.session import build_session
 
         registry = make_plugin_manager(distributions={"metalab"})
         config = resolve_config(registry, {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "shots": 5,
@@ -423,6 +428,7 @@ def test_on_jax_the_memory_estimate_counts_every_task_and_xla_reports_its_plan(t
 # -- the command line -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_trains_and_evaluates_a_run_on_jax(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("METALAB_HOME", str(home))

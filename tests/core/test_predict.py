@@ -127,7 +127,7 @@ def test_maml_refuses_another_number_of_classes_and_predicts_its_own(world, tmp_
     with pytest.raises(PredictionError) as info:
         predict(w["services"].store, run, w["registry"], support, queries, settings=w["settings"])
     message = str(info.value)
-    assert "2-way" in message and "support set has 3" in message and "metalab.protonet" in message
+    assert "2-way" in message and "support set has 3" in message and "metric-based" in message
     shutil.rmtree(support / "cross")
     results = predict(w["services"].store, run, w["registry"], support, queries, settings=w["settings"])
     assert len(results) == 4

@@ -38,6 +38,7 @@ def test_device_selector_lists_the_workers_devices_and_round_trips_the_link(page
     assert _flat(at)["device"] == "auto"
 
 
+@pytest.mark.slow
 def test_a_linked_device_the_worker_lacks_is_ignored_with_a_warning(page):
     at = page("train", {"device": "TPU:7"}).run()
     assert not at.exception
@@ -105,6 +106,7 @@ def test_page_works_when_the_device_list_fails_and_can_list_again(page):
     assert any("'GPU:1' is not available to the worker" in w.value for w in at.warning)
 
 
+@pytest.mark.slow
 def test_estimate_of_an_algorithm_the_model_does_not_cover_says_so(page):
     at = page("train", {**QUICK, "algorithm": "metalab.reptile", "algorithm.meta_batch_size": "2"}).run()
     assert at.success, [e.value for e in at.error]

@@ -53,9 +53,11 @@ def test_learns(registry, tmp_path, fce):
     testing.check_learns(ALGORITHM, tmp_path, registry=registry, algorithm_params={"fce": fce})
 
 
+@pytest.mark.slow
 def test_resumes_exactly_with_full_context_embeddings(registry, tmp_path):
     testing.check_resume(ALGORITHM, tmp_path, registry=registry, algorithm_params={"fce": True})
 
 
+@pytest.mark.slow
 def test_deterministic_with_full_context_embeddings(registry, tmp_path):
     testing.check_deterministic(ALGORITHM, tmp_path, registry=registry, algorithm_params={"fce": True})

@@ -9,6 +9,20 @@ from metalab.core.contract.manager import make_plugin_manager
 BUILTIN_ALGORITHMS = testing.algorithm_ids(make_plugin_manager(distributions={"metalab"}, strict=False))
 
 
+#: The algorithms whose resume and determinism checks run in every CI run (one of each family: second-order,
+#: first-order, metric, per-parameter rates, supervised pre-training, adversarial); the others' checks are marked
+#: slow (``pytest -m slow`` runs them) to keep the unit suite within its time on two cores.
+EVERY_RUN = {
+    "resume": {"metalab.maml", "metalab.reptile", "metalab.protonet", "metalab.anil", "metalab.metasgd",
+               "metalab.baseline", "metalab.gan"},
+    "deterministic": {"metalab.maml", "metalab.protonet"},
+}
+
+
+def _checked(check: str) -> list:
+    return [pytest.param(a, marks=() if a in EVERY_RUN[check] else pytest.mark.slow) for a in BUILTIN_ALGORITHMS]
+
+
 def test_the_builtins_are_all_checked():
     assert {"metalab.maml", "metalab.reptile", "metalab.protonet"} <= set(BUILTIN_ALGORITHMS)
 
@@ -36,7 +50,7 @@ def test_learns_on_every_supported_task_kind(algorithm_id, builtin_registry, tmp
                              **LEARN_SETTINGS.get((algorithm_id, kind), {}))
 
 
-@pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
+@pytest.mark.parametrize("algorithm_id", _checked("resume"))
 def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp_path):
     # Adversarial training amplifies CPU round-off (kernels may sum in another order from run to run) step by step:
     # over 20 steps a GAN's resumed weights once differed by 1.9e-3 of their scale in a full CI run. Over 8 steps
@@ -46,7 +60,7 @@ def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp
     testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry, steps=steps)
 
 
-@pytest.mark.parametrize("algorithm_id", BUILTIN_ALGORITHMS)
+@pytest.mark.parametrize("algorithm_id", _checked("deterministic"))
 def test_same_seed_same_numbers(algorithm_id, builtin_registry, tmp_path):
     testing.check_deterministic(algorithm_id, tmp_path, registry=builtin_registry)
 

@@ -21,7 +21,7 @@ def test_spec_is_valid_and_light():
     assert s.id == "metalab.digits" and s.kind == "classification"
     assert s.default_backbone == "metalab.mlp"
     assert s.episode_defaults == {"ways": 3, "shots": 5, "queries": 10}
-    assert digits_plugin.METALAB_PLUGIN_API == "1.0"
+    assert digits_plugin.METALAB_PLUGIN_API == "1.4"  # presets and a tiny task: spec fields of 1.4
 
 
 def test_default_split_is_disjoint_and_complete():
