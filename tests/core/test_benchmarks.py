@@ -29,6 +29,7 @@ def _run(registry, store, algorithm, **params):
     return run_id
 
 
+@pytest.mark.slow
 def test_protonet_is_scored_on_lakes_twenty_runs(builtin_registry, omniglot_env):
     store = omniglot_env
     run_id = _run(builtin_registry, store, "metalab.protonet")
@@ -43,6 +44,7 @@ def test_protonet_is_scored_on_lakes_twenty_runs(builtin_registry, omniglot_env)
         evaluate_run(store, run_id, builtin_registry, split="benchmark:nope")
 
 
+@pytest.mark.slow
 def test_an_algorithm_whose_weights_depend_on_ways_gets_a_clear_refusal(builtin_registry, omniglot_env):
     store = omniglot_env
     run_id = _run(builtin_registry, store, "metalab.maml", meta_batch_size=1, first_order=True)

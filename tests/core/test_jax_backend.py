@@ -263,6 +263,7 @@ def test_first_order_maml_anil_and_reptile_train_the_same_on_jax_as_on_tensorflo
 # -- learning, through the real runner --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_maml_and_protonet_learn_on_jax(tmp_path):
     out = run_jax("""
         import json, sys

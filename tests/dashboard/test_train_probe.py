@@ -72,6 +72,7 @@ def test_estimate_shows_parameters_times_memory_and_run_time(page):
     assert any("setup changed since this estimate" in c.value for c in at.caption)
 
 
+@pytest.mark.slow
 def test_a_failed_estimate_is_shown_not_raised(page, monkeypatch, tmp_path):
     empty = tmp_path / "no-data"
     empty.mkdir()

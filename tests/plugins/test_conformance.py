@@ -10,11 +10,11 @@ BUILTIN_ALGORITHMS = testing.algorithm_ids(make_plugin_manager(distributions={"m
 
 
 #: The algorithms whose resume and determinism checks run in every CI run (one of each family: second-order,
-#: first-order, metric, per-parameter rates, supervised pre-training, adversarial); the others' checks are marked
+#: head-only, metric, per-parameter rates, supervised pre-training, adversarial); the others' checks are marked
 #: slow (``pytest -m slow`` runs them) to keep the unit suite within its time on two cores.
 EVERY_RUN = {
-    "resume": {"metalab.maml", "metalab.reptile", "metalab.protonet", "metalab.anil", "metalab.metasgd",
-               "metalab.baseline", "metalab.gan"},
+    "resume": {"metalab.maml", "metalab.protonet", "metalab.anil", "metalab.metasgd", "metalab.baseline",
+               "metalab.gan"},
     "deterministic": {"metalab.maml", "metalab.protonet"},
 }
 
