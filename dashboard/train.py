@@ -269,43 +269,72 @@ def _match_device(value: str, options: list[str]) -> str | None:
     return name if name in options else None
 
 
-def _device_selector(svc: Any, init: _Initial) -> str:
-    """The device select box (the worker's devices, "auto" first); returns the chosen ``RunConfig.device``."""
+#: Seconds between the Train page's checks for the worker's device list while it is being made.
+DEVICE_POLL_SECONDS = 2.0
+
+
+@st.fragment(run_every=DEVICE_POLL_SECONDS)
+def _await_devices(svc: Any) -> None:
+    """While the device list is being made: a note, and a whole-page rerun once the probe has answered."""
     try:
-        rows = svc.devices()
+        ready = svc.devices_listed() is not None
+    except ProbeError:
+        ready = True
+    if ready:
+        st.rerun()
+    st.caption("Listing the worker's devices (its first TensorFlow import takes a while); "
+               "auto and the CPU are offered meanwhile.")
+
+
+def _device_selector(svc: Any, init: _Initial) -> str:
+    """The device select box (the worker's devices, "auto" first); returns the chosen ``RunConfig.device``.
+
+    Never waits for the device probe: until it answers, the box offers auto and the CPU, keeps a linked device
+    unchecked, and a fragment reruns the page when the list arrives.
+    """
+    try:
+        rows = svc.devices_listed()
         error = None
     except ProbeError as exc:
         rows, error = [], exc
+    pending = rows is None
+    unchecked = "not checked yet (listing devices)" if pending else "not checked (the device list is unavailable)"
     labels = {"auto": "auto — TensorFlow's choice (the first GPU if there is one, else the CPU)"}
-    labels.update({row["id"]: device_label(row) for row in rows})
-    if error is not None:
+    labels.update({row["id"]: device_label(row) for row in rows or []})
+    if error is not None or pending:
         labels.setdefault("CPU:0", "CPU:0 — the host CPU")
+    known = error is None and not pending
     options = list(labels)
     if _DEVICE not in st.session_state:
         choice = init.memory.get(_DEVICE)
         linked = init.query.get("device")
         if choice is None and linked is not None:
             choice = _match_device(linked, options)
-            if choice is None and error is not None:
+            if choice is None and not known:
                 # The list is unknown: keep the link's device; the worker checks it and says if it is absent.
                 choice = linked
                 options.append(linked)
-                labels[linked] = f"{linked} — not checked (the device list is unavailable)"
+                labels[linked] = f"{linked} — {unchecked}"
             elif choice is None:
                 init.problems.append(f"Link parameter ignored: device={linked!r} is not available to the worker "
                                      f"(available: {', '.join(options)}).")
         st.session_state[_DEVICE] = choice if choice in options else "auto"
     elif st.session_state[_DEVICE] not in options:
         kept = st.session_state[_DEVICE]
-        if error is None:
+        matched = _match_device(kept, options)
+        if matched is not None:
+            st.session_state[_DEVICE] = matched
+        elif known:
             init.problems.append(f"Device {kept!r} is not available to the worker (available: "
                                  f"{', '.join(options)}); using auto.")
             st.session_state[_DEVICE] = "auto"
         else:
             options.append(kept)
-            labels.setdefault(kept, f"{kept} — not checked (the device list is unavailable)")
+            labels.setdefault(kept, f"{kept} — {unchecked}")
     choice = st.selectbox("Device", options, key=_DEVICE, format_func=lambda o: labels.get(o, o),
                           help="Where the worker process trains: the devices TensorFlow sees in a worker.")
+    if pending:
+        _await_devices(svc)
     if error is not None:
         st.warning(f"Could not list the devices; offering auto and the CPU. {str(error).splitlines()[0]}")
         with st.expander("Device probe output"):

@@ -56,6 +56,19 @@ class EstimatesMixin:
             raise answer
         return [dict(row) for row in answer]
 
+    def devices_listed(self) -> list[dict[str, Any]] | None:
+        """The device list if a probe has already answered, else ``None``; never waits (see :meth:`devices`).
+
+        Raises:
+            ProbeError: The last probe failed (remembered until ``devices(refresh=True)``).
+        """
+        answer = _DEVICES.get("answer")
+        if answer is None:
+            return None
+        if isinstance(answer, ProbeError):
+            raise answer
+        return [dict(row) for row in answer]
+
     def prefetch_devices(self) -> None:
         """Starts listing devices in a background thread, so a later :meth:`devices` call waits less."""
         if "answer" in _DEVICES:

@@ -44,6 +44,7 @@ def svc(tmp_path, monkeypatch) -> Services:
 
 
 def test_devices_lists_the_cpu_with_its_memory(svc):
+    assert svc.devices_listed() is None  # nothing asked yet, and it does not wait
     devices = svc.devices()
     cpu = next(d for d in devices if d["type"] == "CPU")
     assert cpu["id"] == "CPU:0" and "cores" in cpu["description"]
@@ -51,6 +52,7 @@ def test_devices_lists_the_cpu_with_its_memory(svc):
     assert 0 < cpu["memory_available_bytes"] <= cpu["memory_bytes"]
     # Listed once per process: the second call answers from memory.
     assert svc.devices() == devices and estimates_module._DEVICES["answer"] == devices
+    assert svc.devices_listed() == devices
 
 
 def test_device_probe_failure_is_a_clear_error_remembered_until_refresh(svc):
@@ -58,6 +60,8 @@ def test_device_probe_failure_is_a_clear_error_remembered_until_refresh(svc):
         svc.devices(timeout=0.01)
     with pytest.raises(ProbeError, match="longer than 0.01 s"):
         svc.devices()
+    with pytest.raises(ProbeError, match="longer than 0.01 s"):
+        svc.devices_listed()
 
 
 def test_estimate_of_tiny_second_order_maml_is_measured(builtin_registry):

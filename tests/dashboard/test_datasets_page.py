@@ -189,7 +189,7 @@ def _datasets_and_train() -> None:
 
 def test_train_button_opens_the_train_page_set_up_for_the_upload(home, data_dir):
     info = Services().upload_dataset(_zip_of_classes(classes="abcdef"), "six.zip")
-    at = AppTest.from_function(_datasets_and_train, default_timeout=180)  # the Train page first waits for the device list (up to 120 s)
+    at = AppTest.from_function(_datasets_and_train, default_timeout=60)
     at.query_params["view"] = "upload"
     at.run()
     assert not at.exception

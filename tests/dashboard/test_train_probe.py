@@ -26,20 +26,39 @@ def _flat(at) -> dict[str, str]:
 
 
 def test_device_selector_lists_the_workers_devices_and_round_trips_the_link(page):
+    # The first render does not wait for the probe process: it offers auto and the CPU, and says it is listing.
     at = page("train", {"device": "cpu"}).run()
     assert not at.exception
+    assert at.selectbox(key="train.device").options[1] == "CPU:0 — the host CPU"
+    assert any(c.value.startswith("Listing the worker's devices") for c in at.caption)
+    assert "Valid:" in at.success[0].value
+    # Once the probe has answered (here: waited for), the next run shows the worker's devices.
+    Services().devices(timeout=PROBE_WAIT)
+    at.run()
     device = at.selectbox(key="train.device")
     assert device.options[0].startswith("auto") and any(o.startswith("CPU:0 — ") and "cores" in o
                                                         for o in device.options)
+    assert not any(c.value.startswith("Listing the worker's devices") for c in at.caption)
     # The link's "cpu" names the CPU:0 entry, and the address bar holds the canonical name.
     assert device.value == "CPU:0" and _flat(at)["device"] == "CPU:0"
-    assert "Valid:" in at.success[0].value
     at.selectbox(key="train.device").set_value("auto").run()
     assert _flat(at)["device"] == "auto"
 
 
+def test_a_linked_device_is_kept_unchecked_until_the_list_says_it_is_absent(page):
+    at = page("train", {"device": "TPU:7"}).run()
+    assert not at.exception
+    device = at.selectbox(key="train.device")
+    assert device.value == "TPU:7" and "TPU:7 — not checked yet (listing devices)" in device.options
+    Services().devices(timeout=PROBE_WAIT)
+    at.run()
+    assert at.selectbox(key="train.device").value == "auto"
+    assert any("Device 'TPU:7' is not available to the worker" in w.value for w in at.warning)
+
+
 @pytest.mark.slow
 def test_a_linked_device_the_worker_lacks_is_ignored_with_a_warning(page):
+    Services().devices(timeout=PROBE_WAIT)
     at = page("train", {"device": "TPU:7"}).run()
     assert not at.exception
     assert at.selectbox(key="train.device").value == "auto"
