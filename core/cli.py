@@ -46,6 +46,17 @@ console = Console()
 err = Console(stderr=True)
 
 
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's start-up log lines and warnings, "
+                                 "here and in the worker processes this command starts (silenced otherwise)."),
+) -> None:
+    # Before any command imports TensorFlow; TF_CPP_MIN_LOG_LEVEL set by the user is kept.
+    from metalab.core.worker import quiet_backend_logs
+
+    quiet_backend_logs(verbose=verbose)
+
+
 def _services():
     from metalab.core.services import Services
 
@@ -208,13 +219,28 @@ def train(
     if seed is not None:
         raw["seed"] = seed
     try:
-        config = services.resolve(raw, parse_assignments(set_))
+        # The dataset's recommended values fill what is not given: the Train page starts from the same ones.
+        config = services.resolve(raw, parse_assignments(set_), recommended=True)
     except ConfigError as exc:
         _fail(str(exc))
+    for warning in services.config_warnings(config):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     run_id = services.create_run(config, name=name)
-    err.print(f"run [bold]{run_id}[/]: {config.algorithm} on {config.dataset} ({config.backbone}), {config.steps} steps")
+    err.print(f"run [bold]{run_id}[/]: {config.algorithm} on {config.dataset} ({config.backbone}), "
+              f"{config.steps} steps; validates every {config.val_every}, checkpoints every "
+              f"{config.checkpoint_every}, logs every {config.log_every}", highlight=False)
     status = _train_with_progress(services, run_id, lambda progress: services.train(run_id, progress=progress))
     _report_end(services, run_id, status, as_json)
+
+
+#: The metrics the progress bar shows, in this order.
+_PROGRESS_METRICS = ("train/loss", "train/accuracy", "val/accuracy", "val/mse")
+
+
+def progress_label(metrics: dict[str, float]) -> str:
+    """The progress bar's metrics in words, e.g. ``"train loss 0.123  val accuracy 0.810"``."""
+    shown = [name for name in _PROGRESS_METRICS if name in metrics]
+    return "  ".join(f"{name.replace('/', ' ')} {metrics[name]:.3f}" for name in shown)
 
 
 def _train_with_progress(services: Any, run_id: str, start: Any) -> str:
@@ -228,21 +254,22 @@ def _train_with_progress(services: Any, run_id: str, start: Any) -> str:
         shown: dict[str, float] = {}
 
         def progress(step: int, total: int, metrics: dict[str, float]) -> None:
-            shown.update({k: v for k, v in metrics.items() if k in ("train/loss", "train/accuracy", "val/accuracy", "val/mse")})
-            info = "  ".join(f"{k.split('/')[0][0]}.{k.split('/')[1][:3]}={v:.3f}" for k, v in shown.items())
-            bar.update(task, completed=step, total=total, info=info)
+            shown.update({k: v for k, v in metrics.items() if k in _PROGRESS_METRICS})
+            bar.update(task, completed=step, total=total, info=progress_label(shown))
 
         return start(progress)
 
 
 def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:
+    from metalab.core.reports.scores import headline
+
     run = services.run(run_id)
-    evals = services.evaluations(run_id)
+    top = headline(services.evaluations(run_id), run.config)
     if as_json:
-        _print_json({**run.summary(), "evaluation": evals[0] if evals else None, "error": run.error})
+        _print_json({**run.summary(), "evaluation": top, "error": run.error})
     else:
-        if evals:
-            console.print(_score_line(evals[0]))
+        if top:
+            console.print(_score_line(top))
         _print_panels(services, run_id)
         console.print(run_id)
     if status == "failed":
@@ -277,7 +304,36 @@ def _score_line(result: dict[str, Any]) -> str:
         line = f"meta-test MSE {result['mse']:.4f} ± {result['ci95']:.4f} ({result['episodes']} episodes)"
     if result.get("curve"):
         line += "; after each inner step: " + ", ".join(f"{v:.3f}" for v in result["curve"])
+    if str(result.get("leak_check", "")).startswith("not checked"):
+        line += f"\nnote: train/benchmark class overlap {result['leak_check']}"
     return line
+
+
+#: What ``metalab runs list`` shows by default: it fits 80 columns, with an id ``runs show`` accepts and the score.
+_LIST_COLUMNS = ("id", "name", "algorithm", "dataset", "status", "score")
+
+
+def _list_cell(row: dict[str, Any], column: str) -> str:
+    """One cell of ``runs list``: ``id`` is the short id, ``score`` the headline with its 95% CI."""
+    if column == "id":
+        return row["short_id"]
+    if column == "score":
+        if row["score"] is None:
+            return "-"
+        ci = f" ± {row['ci95']:.2g}" if row["ci95"] is not None else ""
+        return f"{row['score']:.2f}%{ci}" if row["metric"] == "accuracy (%)" else f"{row['score']:.4g}{ci} MSE"
+    value = row.get(column)
+    if column == "created" and value is not None:
+        from datetime import datetime
+
+        return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M")
+    if column == "progress" and value is not None:
+        return f"{value:.0%}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 @runs_app.command("list")
@@ -286,24 +342,93 @@ def runs_list(
     dataset: Optional[str] = typer.Option(None, help="Only runs on this dataset."),
     algorithm: Optional[str] = typer.Option(None, help="Only runs of this algorithm."),
     status: Optional[str] = typer.Option(None, help="Only runs with this status."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", "-c", metavar="FIELDS",
+        help=f"Comma-separated fields to show (default {','.join(_LIST_COLUMNS)}); +FIELD adds one to the default. "
+             "Any run field (tags, notes, protocol, created), parameter (inner_lr, shots) or metric (val/accuracy)."),
+    filter_: Optional[str] = typer.Option(
+        None, "--filter", "-f", metavar="EXPR", help="Only runs matching, e.g. 'score > 80 and inner_lr = 0.01'."),
+    sort: Optional[str] = typer.Option(None, help="Sort by this field; -FIELD sorts descending (default: newest "
+                                                  "first)."),
 ) -> None:
-    """All runs, newest first."""
+    """All runs, newest first: a short id that `runs show` accepts, the headline score, and --columns to choose."""
+    from metalab.core.reports.runs_table import QueryError, parse_query, resolve_field, sort_rows
     from metalab.core.store import STATUSES
 
     if status and status not in STATUSES:
         _fail(f"unknown status {status!r}; expected one of {', '.join(STATUSES)}. Received: status={status!r}")
-    runs = _services().runs(dataset=dataset, algorithm=algorithm, status=status)
+    services = _services()
+    table = services.runs_table(dataset=dataset, algorithm=algorithm, status=status)
+    rows = table.rows
+    try:
+        rows = parse_query(filter_).apply(rows, table.fields)
+        if sort:
+            rows = sort_rows(rows, resolve_field(sort.lstrip("-"), table.fields), descending=sort.startswith("-"))
+        wanted = [c.strip() for c in (columns or "").split(",") if c.strip()]
+        if not wanted or all(c.startswith("+") for c in wanted):
+            wanted = [*_LIST_COLUMNS, *wanted]
+        shown = [c if c.lstrip("+") in ("id", "score") else resolve_field(c.lstrip("+"), table.fields)
+                 for c in wanted]
+    except QueryError as exc:
+        _fail(escape(str(exc)))
     if as_json:
-        _print_json([r.summary() for r in runs])
+        keep = ("short_id", "score", "ci95", "metric", "protocol")
+        by_id = {r.id: r for r in services.runs(dataset=dataset, algorithm=algorithm, status=status)}
+        _print_json([{**by_id[r["id"]].summary(), **{k: r[k] for k in keep}} for r in rows if r["id"] in by_id])
         return
-    table = Table(title=f"{len(runs)} runs")
-    for col in ("id", "name", "dataset", "algorithm", "status", "step", "created"):
-        table.add_column(col)
-    for r in runs:
-        s = r.summary()
-        table.add_row(s["id"], s["name"], s["dataset"], s["algorithm"], s["status"], f"{s['step']}/{s['total_steps']}",
-                      s["created"])
-    console.print(table)
+    shown = list(dict.fromkeys(c.lstrip("+") for c in shown))
+    cells = [[_list_cell(r, c) for c in shown] for r in rows]
+    headers = ["score ± CI" if c == "score" else c.split(".", 1)[1] if "." in c and "/" not in c
+               and sum(o.split(".", 1)[-1] == c.split(".", 1)[1] for o in shown) == 1 else c for c in shown]
+    widths = _fit_widths(shown, headers, cells, console.width)
+    for i, column in enumerate(shown):
+        # A plugin id column too narrow for its ids shows every id without its "plugin." prefix, alike.
+        if column in ("algorithm", "dataset", "backbone") and any(len(line[i]) > widths[i] for line in cells):
+            for line in cells:
+                line[i] = line[i].split(".", 1)[-1]
+            widths = _fit_widths(shown, headers, cells, console.width)
+    from rich.text import Text
+
+    console.print(Text(_list_line(headers, widths).rstrip(), style="bold"), soft_wrap=True)
+    for line in cells:
+        console.print(_list_line(line, widths).rstrip(), markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{len(rows)} run{'s' if len(rows) != 1 else ''}" + (f" of {len(table.rows)}" if filter_ else ""),
+                  style="dim", highlight=False)
+
+
+#: Columns ``runs list`` never shortens: the id users copy, the score they came for, and the status.
+_KEEP_WHOLE = ("id", "score", "status")
+
+
+def _fit_widths(columns: list[str], headers: list[str], cells: list[list[str]], width: int) -> list[int]:
+    """Column widths that fit ``width`` characters (two between columns): the widest shortenable column gives a
+    character at a time, down to 6; the id, score, status and numbers are never shortened."""
+    widths = [max([len(h), *(len(line[i]) for line in cells)]) for i, h in enumerate(headers)]
+    # A column of numbers keeps its numbers whole; only its header may be shortened.
+    floor = [max([6, *(len(line[i]) for line in cells)]) if all(_is_number(line[i]) for line in cells) else 6
+             for i in range(len(columns))]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    while excess > 0:
+        flexible = [i for i, c in enumerate(columns) if c not in _KEEP_WHOLE and widths[i] > floor[i]]
+        if not flexible:
+            break
+        widest = max(flexible, key=lambda i: widths[i])
+        widths[widest] -= 1
+        excess -= 1
+    return widths
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text or "0")
+    except ValueError:
+        return False
+    return True
+
+
+def _list_line(cells: list[str], widths: list[int]) -> str:
+    """One line of ``runs list``: each cell in its width, a cell too long for it ending in ``…``."""
+    return "  ".join((c if len(c) <= w else c[: max(w - 1, 0)] + "…").ljust(w) for c, w in zip(cells, widths))
 
 
 def _get_run(services: Any, run_id: str) -> Any:
@@ -323,8 +448,11 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
     run = _get_run(services, run_id)
     metrics = services.metrics(run.id)
     latest = {name: points[-1][1] for name, points in metrics.items() if points}
-    data = {**run.to_dict(), "latest_metrics": latest, "evaluations": services.evaluations(run.id),
-            "checkpoint_warnings": services.checkpoint_warnings(run.id)}
+    from metalab.core.reports.scores import headline, protocol_label
+
+    evaluations = services.evaluations(run.id)
+    data = {**run.to_dict(), "latest_metrics": latest, "evaluations": evaluations,
+            "headline": headline(evaluations, run.config), "checkpoint_warnings": services.checkpoint_warnings(run.id)}
     if as_json:
         _print_json(data)
         return
@@ -333,8 +461,11 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
     console.print_json(json.dumps(run.config))
     for name, value in sorted(latest.items()):
         console.print(f"  {name} = {value:.4f}")
-    for ev in data["evaluations"][:1]:
-        console.print(_score_line(ev))
+    if data["headline"]:
+        console.print("headline: " + _score_line(data["headline"]))
+    for ev in evaluations:
+        if ev is not data["headline"]:
+            console.print(f"  also {protocol_label(ev)}: " + _score_line(ev).split(" (")[0], highlight=False)
     for event in data["checkpoint_warnings"][-1:]:
         err.print(f"[yellow]on {event.get('action')} the run went back to {event.get('restored')} (step "
                   f"{event.get('step')}):[/] " + "; ".join(map(str, event.get("warnings") or [])), highlight=False)
@@ -507,6 +638,13 @@ def eval_(
         _print_json({"run": run.id, **result})
     else:
         console.print(_score_line(result))
+        from metalab.core.reports.scores import CANONICAL_SEED, canonical_protocol, is_canonical
+
+        if split == "test" and not is_canonical({"split": split, "episodes": result["episodes"],
+                                                 "seed": CANONICAL_SEED}, run.config):
+            episodes = canonical_protocol(run.config)["episodes"]
+            err.print(f"kept beside the run's headline score, which stays the canonical protocol's ({episodes} "
+                      f"fixed test episodes); `metalab runs show {run.id}` lists both", highlight=False)
 
 
 @app.command("predict")
@@ -613,20 +751,77 @@ def dashboard(
     if settings.mode != "private":
         cmd += ["--server.maxUploadSize", str(int(settings.max_upload_mb)),
                 "--server.enableXsrfProtection", "true", "--server.enableCORS", "true"]
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_dies_with(os.getpid()))
+    code = _serve_until_stopped(proc)
+    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+
+
+#: Seconds the dashboard's Streamlit server has to stop after SIGTERM before it is killed.
+DASHBOARD_STOP_SECONDS = 10.0
+
+
+class _Stop(Exception):
+    """Raised by the dashboard command's signal handler: SIGTERM, SIGINT or SIGHUP reached the command."""
+
+
+def _dies_with(parent: int) -> Any:
+    """A ``preexec_fn`` that has Linux send the server SIGTERM when the command that started it dies, even by
+    SIGKILL, which no handler sees (``None`` elsewhere: there the signal handlers alone stop the server)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import os
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None).prctl  # loaded here: the child only calls it, between fork and exec
+    except (OSError, AttributeError):
+        return None
+
+    def arrange() -> None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the command died before the line above: no signal will come
+            os._exit(1)
+
+    return arrange
+
+
+def _serve_until_stopped(proc: Any, grace_s: float = DASHBOARD_STOP_SECONDS) -> int:
+    """Waits for the server process; SIGTERM, SIGINT or SIGHUP to this command stop it first (forwarded as SIGTERM,
+    then SIGKILL after ``grace_s``), so the server never outlives the command holding the port.
+
+    Returns:
+        The server's exit code (0 when it was stopped by a signal to this command).
+    """
+    import signal
+    import subprocess
 
     def stop(signum: int, frame: Any) -> None:
-        # The server goes with this command: SIGTERM/SIGINT never leave it holding the port.
-        proc.terminate()
+        raise _Stop(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, stop)
+    def force(signum: int, frame: Any) -> None:  # a second Ctrl-C while stopping: no more waiting
+        proc.kill()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        code = proc.wait()
+        try:
+            return proc.wait()
+        except _Stop:
+            for sig in previous:
+                signal.signal(sig, force)
+            proc.terminate()
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
+            proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _mode_problem(settings: Any) -> str | None:

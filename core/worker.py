@@ -37,14 +37,19 @@ from typing import Any, Callable
 from metalab.core.settings import Settings, load_settings
 
 __all__ = ["JOBS", "TRAIN_OK", "RequestError", "RunFailedError", "worker_command", "read_reply", "apply_limits",
-           "prepare_process", "run_training", "run_job", "main"]
+           "quiet_backend_logs", "prepare_process", "run_training", "run_job", "main"]
 
 #: The jobs a worker runs.
 JOBS = ("train", "estimate", "devices", "predict")
 #: Final statuses of a train job that succeeded: the run completed, stopped resumably, or was deleted under it.
 TRAIN_OK = ("completed", "cancelled", "interrupted", "deleted")
-#: Environment each job needs before the backend is imported (set only where the caller has not set it).
+#: TensorFlow's C++ log level in a process that is not verbose: its start-up lines (INFO and WARNING) are
+#: silenced, its errors kept.
+QUIET_TF_LOG_LEVEL = "2"
+#: Environment each job needs before the backend is imported (set only where the caller has not set it: ``metalab
+#: --verbose`` sets TF_CPP_MIN_LOG_LEVEL=0 for the workers it starts).
 _JOB_ENV = {
+    "train": {"TF_CPP_MIN_LOG_LEVEL": QUIET_TF_LOG_LEVEL},
     "estimate": {"TF_CPP_MIN_LOG_LEVEL": "2"},
     # JAX reserves most of a GPU's memory when it starts; a listing must not (TensorFlow's: memory growth).
     "devices": {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
@@ -86,6 +91,23 @@ def read_reply(stdout: str) -> dict[str, Any] | None:
 
 
 # -- the process set-up --------------------------------------------------------------------------------------
+
+
+def quiet_backend_logs(verbose: bool = False) -> None:
+    """Silences TensorFlow's start-up log lines in this process and the processes it starts, unless ``verbose``.
+
+    Call it before TensorFlow is imported: it sets ``TF_CPP_MIN_LOG_LEVEL`` (2 quiet, 0 verbose; a value the user
+    set is kept, and child processes inherit it) and, when quiet, raises the ``tensorflow`` Python logger to ERROR.
+    """
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else QUIET_TF_LOG_LEVEL)
+    try:
+        quiet = int(os.environ["TF_CPP_MIN_LOG_LEVEL"]) >= int(QUIET_TF_LOG_LEVEL)
+    except ValueError:
+        quiet = False
+    if quiet:
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def apply_limits(nice: int = 0, memory_mb: int = 0) -> None:
@@ -266,6 +288,7 @@ def run_job(request: dict[str, Any], settings: Settings | None = None) -> Any:
     apply_limits(**_limits(request))
     for name, value in _JOB_ENV.get(job, {}).items():
         os.environ.setdefault(name, value)
+    quiet_backend_logs(verbose=False)  # the level the job's environment (or the caller) chose is kept
     return _HANDLERS[job](request, settings or load_settings())
 
 

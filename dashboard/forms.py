@@ -247,12 +247,13 @@ def render_fields(
                 int(ff.exclusive_minimum) + 1 if ff.exclusive_minimum is not None else None)
             values[ff.name] = col.number_input(
                 ff.label, min_value=None if low is None else int(low),
-                max_value=None if ff.maximum is None else int(ff.maximum), step=1, key=key, help=ff.help)
+                max_value=None if ff.maximum is None else int(ff.maximum), step=1, key=key, help=ff.help,
+                **_empty_allowed(ff))
         elif ff.widget == "float":
             values[ff.name] = col.number_input(
                 ff.label, min_value=None if ff.minimum is None else float(ff.minimum),
                 max_value=None if ff.maximum is None else float(ff.maximum), format="%g", key=key, help=ff.help,
-                step=_float_step(ff.default))
+                step=_float_step(ff.default), **_empty_allowed(ff))
         elif ff.widget == "text":
             values[ff.name] = col.text_input(ff.label, key=key, help=ff.help)
         else:
@@ -267,6 +268,11 @@ def render_fields(
                 except ValueError as exc:
                     errors.append(f"{ff.name}: not valid JSON ({exc}). Received: {ff.name}={text!r}")
     return values, errors
+
+
+def _empty_allowed(ff: FormField) -> dict[str, Any]:
+    """A number input that may be left empty (a nullable field: empty means automatic) says so."""
+    return {"value": None, "placeholder": "empty: automatic"} if ff.nullable else {}
 
 
 def _float_step(default: Any) -> float:

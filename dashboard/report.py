@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from metalab.core.reports import figures as reports
+from metalab.core.reports import scores
 from metalab.core.services import ACTIVE, RESUMABLE
 from metalab.core.store import RunNotFoundError
 
@@ -152,12 +153,14 @@ def _finished(run) -> None:
 
         open_in_train(run.config)
 
-    evaluation = next((e for e in report["evaluations"] if e.get("split") == "test"), None)
+    evaluation = scores.headline(report["evaluations"], run.config)
     cols = st.columns(4)
     if evaluation:
         name, value, ci = reports.score_of(evaluation)
         cols[0].metric(f"Meta-test {name}", f"{value:.4g} ± {ci:.2g}",
-                       help=f"Mean and 95% CI over {evaluation['episodes']} fixed test episodes.")
+                       help=f"Mean and 95% CI over {evaluation['episodes']} fixed test episodes (seed "
+                            f"{evaluation.get('seed')}): the run's canonical protocol. Other evaluations are listed "
+                            "under Evaluations.")
     cols[1].metric("Steps", f"{run.step} / {run.total_steps}")
     cols[2].metric("Training time", _duration((run.finished or 0) - run.started if run.started and run.finished
                                               else None))
@@ -165,6 +168,15 @@ def _finished(run) -> None:
     if report.get("batch_norm"):
         st.caption(report["batch_norm"])
 
+    rows = scores.score_rows(report["evaluations"], run.config)
+    if len(rows) > 1 or (rows and not rows[0]["headline"]):
+        st.subheader("Evaluations")
+        st.caption("Every score stored for this run, one row per evaluation; the headline is the canonical "
+                   "protocol's (the test split's fixed episodes of the run's test_episodes, seed "
+                   f"{scores.CANONICAL_SEED}), never merely the newest.")
+        st.dataframe(pd.DataFrame([{"protocol": r["protocol"], r["metric"]: r["value"], "95% CI": r["ci95"],
+                                    "when": r["created"], "headline": "yes" if r["headline"] else "",
+                                    "note": r["note"]} for r in rows]), hide_index=True)
     published = [row for row in report.get("published") or [] if row.get("benchmark") is None]
     if published:
         st.subheader("Published results (same protocol)")

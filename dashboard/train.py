@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from metalab.core.engine.config import ConfigError, RunConfig
+from metalab.core.engine.config import CADENCE_FIELDS, ConfigError, RunConfig
 from metalab.core.services import ProbeError
 
 from . import routes
@@ -42,16 +42,13 @@ _DATASET_SHOWN = "train.dataset_shown"
 _HANDOFF = "train.handoff"
 
 
-def preset(dataset: dict[str, Any], algorithm: str) -> dict[str, Any]:
-    """The form's starting values for a dataset and algorithm where they differ from the plugins' (paper)
-    defaults: the dataset plugin's ``presets`` for every algorithm (``"*"``), then for this one.
-
-    Args:
-        dataset: The dataset's catalog row (``Services.catalog``).
-        algorithm: The algorithm id.
+def starting_values(svc: Any, dataset: str, algorithm: str) -> dict[str, Any]:
+    """The form's starting values for a dataset and algorithm: the recommended values ``metalab train`` starts
+    from too (``Services.recommended_values``), steps shortened to this dashboard's cap. The cadences are left
+    out: their fields open empty, so they scale with the steps as the run's are set.
     """
-    presets = dataset.get("presets") or {}
-    return {**presets.get("*", {}), **presets.get(algorithm, {})}
+    values = {k: v for k, v in svc.recommended_values(dataset, algorithm).items() if k not in CADENCE_FIELDS}
+    return _within_caps(values, svc.settings.max_steps)
 
 
 def _machine_names(config: dict[str, Any], catalog: dict[str, Any] | None) -> dict[str, set[str]]:
@@ -63,16 +60,10 @@ def _machine_names(config: dict[str, Any], catalog: dict[str, Any] | None) -> di
 
 
 def _within_caps(values: dict[str, Any], max_steps: int) -> dict[str, Any]:
-    """A preset shortened to this dashboard's step cap (a demo's presets launch as they are)."""
+    """Starting values shortened to this dashboard's step cap (a demo's launch as they are; the cadences, left
+    empty, scale with the steps)."""
     steps = int(values.get("steps", 0) or 0)
-    if steps <= max_steps:
-        return values
-    scale = max_steps / steps
-    out = dict(values, steps=max_steps)
-    for name in ("val_every", "checkpoint_every", "log_every"):
-        if name in out:
-            out[name] = max(1, int(out[name] * scale))
-    return out
+    return values if steps <= max_steps else dict(values, steps=max_steps)
 
 
 def config_query_params(config: dict[str, Any], catalog: dict[str, Any] | None = None) -> dict[str, str]:
@@ -396,7 +387,9 @@ def _estimate_section(svc: Any, config: RunConfig | None) -> None:
     elif result.get("second_order") and result.get("fits"):
         st.caption("Second-order MAML fits this device's memory.")
     current = config.model_dump(mode="json") if config is not None else None
-    if current is None or {**current, "steps": 0} != {**stored["config"], "steps": 0}:
+    # The steps (and the cadences that scale with them) change the run's length, not a step's time or memory.
+    same = {"steps": 0, **{name: 0 for name in CADENCE_FIELDS}}
+    if current is None or {**current, **same} != {**stored["config"], **same}:
         st.caption("The setup changed since this estimate: press Estimate again for numbers that match it.")
 
 
@@ -451,7 +444,7 @@ def train() -> None:
         backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
                            ds.get("default_backbone"), init, {k: v["title"] for k, v in backbones.items()},
                            help="The network under the algorithm (default: the dataset's).")
-    init.presets = _within_caps(preset(ds, algorithm), svc.settings.max_steps)
+    init.presets = starting_values(svc, dataset, algorithm)
     st.caption(ds["description"])
 
     run_schema = RunConfig.model_json_schema()
@@ -512,7 +505,8 @@ def train() -> None:
             st.error(line)
     else:
         try:
-            config = svc.resolve(raw)
+            # As `metalab train` resolves it: the same recommended values fill what the form leaves empty.
+            config = svc.resolve(raw, recommended=True)
         except ConfigError as exc:
             for line in str(exc).splitlines():
                 st.error(line)
@@ -522,7 +516,10 @@ def train() -> None:
         shape = (f"{config.shots}-shot regression, {config.queries} query points" if ds["kind"] == "regression"
                  else f"{config.ways}-way {config.shots}-shot, {config.queries} queries per class")
         st.success(f"Valid: {algorithms[algorithm]['title']} on {ds['title']}, {shape}, {config.steps} steps, "
-                   f"seed {config.seed}.")
+                   f"seed {config.seed}; validates every {config.val_every} steps, checkpoints every "
+                   f"{config.checkpoint_every}, logs every {config.log_every}.")
+        for warning in svc.config_warnings(config):
+            st.warning(warning)
     st.caption("The address bar holds this whole setup: share the link to reproduce it.")
     _estimate_section(svc, config)
 

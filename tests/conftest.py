@@ -27,6 +27,13 @@ def shared_data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def omniglot_cache(tmp_path_factory) -> Path:
+    """One decoded-Omniglot cache per test process: the zips are decoded once, and the tests that load Omniglot
+    (the loader's, the benchmarks') reload the arrays."""
+    return tmp_path_factory.mktemp("omniglot-cache")
+
+
 @pytest.fixture
 def float64():
     """Runs a test with Keras in float64 (gradient checks); Keras caches the global dtype policy on first use, so

@@ -29,6 +29,7 @@ SPEC_DATACLASSES = [
     plugin_api.PublishedResult,
     plugin_api.TaskSpec,
     plugin_api.TaskBatch,
+    plugin_api.Benchmark,
     plugin_api.LoadedRun,
     plugin_api.DataContext,
     plugin_api.ClassificationDataset,

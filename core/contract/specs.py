@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import pluggy
@@ -30,6 +30,7 @@ __all__ = [
     "BackboneSpec",
     "TaskSpec",
     "TaskBatch",
+    "Benchmark",
     "LoadedRun",
     "DataContext",
     "ClassSplit",
@@ -51,7 +52,7 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.4"
+PLUGIN_API_VERSION = "1.5"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -343,10 +344,12 @@ class DatasetSpec:
             on their files.
         published_results: Scores the dataset's papers report, as :class:`PublishedResult` records (``dataset``
             left empty); the report shows those whose protocol matches a run's (since API 1.4).
-        presets: Starting values of the dashboard's Train form for a quick first run on this dataset, per
-            algorithm id, with ``"*"`` for every algorithm (an algorithm's own entry goes over it), e.g.
-            ``{"*": {"steps": 300}, "metalab_foo.foo": {"algorithm.inner_lr": 0.01}}``. Keys are run fields or
-            qualified plugin parameters, as ``metalab train --set`` takes them (since API 1.4).
+        presets: The recommended starting values of a quick first run on this dataset, per algorithm id, with
+            ``"*"`` for every algorithm (an algorithm's own entry goes over it), e.g. ``{"*": {"steps": 300},
+            "metalab_foo.foo": {"algorithm.inner_lr": 0.01}}``. Keys are run fields or qualified plugin
+            parameters, as ``metalab train --set`` takes them (since API 1.4). The dashboard's Train form and
+            ``metalab train`` both start from them; ``val_every``, ``checkpoint_every`` and ``log_every`` here are
+            meant for the preset's ``steps`` and scale down in proportion for a shorter run.
         tiny_task: Marks the dataset as a tiny task of the conformance kit (``metalab.api.testing``): the
             run-config fields of a run that takes seconds on a CPU with no download, e.g. ``{"backbone":
             "metalab_foo.mlp", "backbone_params": {"hidden": [32, 32]}, "ways": 3, "shots": 5, "queries": 5}``,
@@ -530,8 +533,10 @@ class ClassificationDataset:
         input_shape: Shape of one input after :meth:`to_float`, e.g. ``(28, 28, 1)``.
         scale: Divide ``uint8`` pixels by this to get ``float32`` inputs (255 for images).
         info: Free-form facts for reports (source files, split name, counts).
-        benchmarks: Named fixed task sets that the dataset's own papers score on, each a callable returning a
-            :class:`TaskBatch` (loaded on demand), e.g. Omniglot's ``"lake20"``: Lake et al.'s 20 one-shot runs.
+        benchmarks: Named fixed task sets that the dataset's own papers score on, each a :class:`Benchmark`
+            (since API 1.5; it declares the classes it evaluates on, so a run that trained on them is refused) or,
+            as in API 1.2-1.4, a bare callable returning a :class:`TaskBatch` (scored with a note that leaks
+            were not checked), e.g. Omniglot's ``"lake20"``: Lake et al.'s 20 one-shot runs.
             ``metalab eval RUN --benchmark NAME`` scores a run on one (since API 1.2).
         supervised: ``True`` when the splits divide the images rather than the classes (a supervised
             train/validation/test division, e.g. MNIST's official test images as ``test``): every split then
@@ -544,7 +549,7 @@ class ClassificationDataset:
     input_shape: tuple[int, ...]
     scale: float = 255.0
     info: dict[str, Any] = field(default_factory=dict)
-    benchmarks: dict[str, Callable[[], "TaskBatch"]] = field(default_factory=dict)
+    benchmarks: dict[str, "Benchmark | Callable[[], TaskBatch]"] = field(default_factory=dict)
     supervised: bool = False
     kind: str = dataclasses.field(default="classification", init=False)
 
@@ -637,6 +642,28 @@ class TaskBatch:
 
 
 @dataclass(frozen=True)
+class Benchmark:
+    """A named fixed task set of a dataset, and the classes it evaluates on (since API 1.5).
+
+    Before scoring a run on it, core intersects :attr:`classes` with the run's training and validation classes and
+    refuses the run when they share one: a benchmark class ``b`` matches a split class named ``b`` or
+    ``b/<variant>`` (e.g. the rotated copies ``b/rot90``).
+
+    Attributes:
+        tasks: Returns the :class:`TaskBatch` (loaded on demand).
+        classes: Returns the names of the classes the tasks are drawn from, in the dataset's class naming
+            (``ClassSplit.class_names`` without variant suffixes), e.g. ``"Atemayar_Qelisayer/character01"``.
+        title: One line for listings, e.g. ``"Lake et al.'s 20 within-alphabet 20-way one-shot runs"``.
+        advice: What to train on instead when a run overlaps, e.g. ``"train with split=background_evaluation"``.
+    """
+
+    tasks: Callable[[], "TaskBatch"]
+    classes: Callable[[], Sequence[str]]
+    title: str = ""
+    advice: str = ""
+
+
+@dataclass(frozen=True)
 class LoadedRun:
     """Another completed run with its trained weights, as :attr:`TaskSpec.load_run` returns it (since API 1.4).
 
@@ -654,8 +681,10 @@ class LoadedRun:
         algorithm: The run's algorithm object, holding the weights of its checkpoint.
         dataset: The run's dataset (a :class:`ClassificationDataset` or a :class:`RegressionTaskFamily`).
         task: The :class:`TaskSpec` the run's algorithm was built with.
-        evaluations: The run's recorded evaluations (dicts with ``split``, ``episodes``, ``accuracy`` or ``mse``,
-            ``ci95``, ...), as the run store lists them.
+        evaluations: The run's recorded evaluations, newest first (dicts with ``split``, ``episodes``, ``seed``,
+            ``accuracy`` or ``mse``, ``ci95``, ...), as the run store lists them.
+        score: The run's headline evaluation: the newest under its canonical protocol (``test`` split, its own
+            ``test_episodes`` fixed episodes, the engine's evaluation seed), or ``None`` (since API 1.5).
         episode_maker: What :meth:`fixed_episodes` calls, set by the engine; ``None`` when there is none.
     """
 
@@ -667,6 +696,7 @@ class LoadedRun:
     dataset: Any
     task: TaskSpec
     evaluations: list[dict[str, Any]] = field(default_factory=list)
+    score: dict[str, Any] | None = None
     episode_maker: Callable[[str, int | None, int, int, int], TaskBatch] | None = field(default=None, repr=False)
 
     def fixed_episodes(self, split: str, ways: int | None, shots: int, queries: int, count: int) -> TaskBatch:

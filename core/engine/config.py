@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import numbers
 from typing import Any, Literal
@@ -21,11 +22,85 @@ class ConfigError(ValueError):
     """A run configuration is invalid; the message names the field, the problem and the value received."""
 
 
+#: RunConfig's steps when none are given, and the steps the base cadences below are meant for.
+BASE_STEPS = 1000
+#: The run fields that say how often something happens during training. Left unset, each scales with the run's
+#: steps (:func:`scaled_cadence`) from its recommended value: the dataset's preset for the algorithm, else these.
+BASE_CADENCES = {"val_every": 100, "checkpoint_every": 100, "log_every": 10}
+CADENCE_FIELDS = tuple(BASE_CADENCES)
+#: The episode shape of a classification dataset that gives none (``DatasetSpec.episode_defaults`` goes over it).
+BASE_EPISODE = {"ways": 5, "shots": 1, "queries": 15}
+_CADENCE_HELP = ("Empty: scales with the steps: the recommended interval (the dataset's for this algorithm, else "
+                 "{base} per 1,000 steps), shrunk in proportion for a run with fewer steps than recommended (at least "
+                 "1). A value above the steps {what}: the Train page and metalab train warn.")
+
+
+def scaled_cadence(every: int, at_steps: int, steps: int) -> int:
+    """A cadence recommended as ``every`` steps for a run of ``at_steps``, for a run of ``steps``.
+
+    Shrunk in proportion for a shorter run, so a short run still validates, logs and checkpoints along the way;
+    never more than ``every`` (a longer run keeps it) and never below 1.
+
+    Example: 500 recommended for 4,000 steps gives 37 for 300 steps, 500 for 4,000 and 500 for 100,000.
+    """
+    return max(1, min(int(every), int(every) * int(steps) // max(1, int(at_steps))))
+
+
+def recommended_values(dataset: Any, algorithm_id: str) -> dict[str, Any]:
+    """The recommended starting values of a run of ``algorithm_id`` on ``dataset``: one source for both the
+    dashboard's Train form and ``metalab train``.
+
+    In order, each over the one before: the episode shape (``BASE_EPISODE`` for classification, then the dataset's
+    ``episode_defaults``), the papers' parameters on this dataset (``algorithm_defaults``, as ``algorithm.NAME``),
+    then the dataset's ``presets`` for every algorithm (``"*"``) and for this one. Cadences listed here are the
+    references :func:`resolve_config` scales to the run's steps; they are not fixed values.
+
+    Args:
+        dataset: A ``DatasetSpec``.
+        algorithm_id: The algorithm's id.
+
+    Returns:
+        ``{name: value}`` with run fields unqualified and plugin parameters qualified (``algorithm.inner_lr``),
+        as ``metalab train --set`` and the Train page's link take them.
+    """
+    values: dict[str, Any] = dict(BASE_EPISODE) if dataset.kind == "classification" else {}
+    values.update(dataset.episode_defaults)
+    if dataset.kind == "regression":
+        values.pop("ways", None)
+    values.update({f"algorithm.{k}": v for k, v in (dataset.algorithm_defaults.get(algorithm_id) or {}).items()})
+    presets = dataset.presets or {}
+    values.update(presets.get("*") or {})
+    values.update(presets.get(algorithm_id) or {})
+    return copy.deepcopy(values)
+
+
+def config_warnings(config: "RunConfig") -> list[str]:
+    """What a valid config will make a run skip: a cadence above the run's steps, named with its value.
+
+    Returns:
+        One line per problem, e.g. ``"val_every: 500 is more than the run's 300 steps, ..."``; empty when none.
+    """
+    steps = config.steps
+    found = []
+    for name, skipped in (
+        ("val_every", "validates only once, at its last step (no validation curve)"),
+        ("checkpoint_every", "keeps no checkpoint before it ends (a crash or a kill restarts it from step 0)"),
+        ("log_every", "logs its training metrics only at its last step (no training curve)"),
+    ):
+        value = getattr(config, name)
+        if value is not None and value > steps:
+            found.append(f"{name}: {value} is more than the run's {steps} steps, so the run {skipped}; lower it or "
+                         f"leave it empty to scale with the steps. Received: {name}={value}, steps={steps}")
+    return found
+
+
 class RunConfig(pydantic.BaseModel):
     """Everything that defines a training run (stored with the run, so a run can be reproduced).
 
     ``ways``/``shots``/``queries`` left empty take the dataset's defaults; ``backbone`` left empty takes the
-    dataset's default backbone. Plugin parameters are validated by each plugin's own model.
+    dataset's default backbone; ``val_every``/``checkpoint_every``/``log_every`` left empty scale with ``steps``
+    (:func:`resolve_config` from the dataset's recommendation; a RunConfig made directly from
+    :data:`BASE_CADENCES`). Plugin parameters are validated by each plugin's own model.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -39,13 +114,25 @@ class RunConfig(pydantic.BaseModel):
     ways: int | None = Field(None, ge=1, le=1000, description="Classes per episode (N).")
     shots: int | None = Field(None, ge=1, le=1000, description="Support examples per class (K).")
     queries: int | None = Field(None, ge=1, le=1000, description="Query examples per class.")
-    steps: int = Field(1000, ge=1, le=10_000_000, description="Meta-training steps.")
+    steps: int = Field(BASE_STEPS, ge=1, le=10_000_000, description="Meta-training steps.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for weights, task sampling and evaluation.")
-    val_every: int = Field(100, ge=1, description="Validate every this many steps.")
+    val_every: int | None = Field(
+        None, ge=1,
+        description="Validate every this many steps (and at the last step). " + _CADENCE_HELP.format(
+            what="validates only at the last step", base=BASE_CADENCES["val_every"]),
+    )
     val_episodes: int = Field(50, ge=1, le=100_000, description="Fixed validation episodes.")
     test_episodes: int = Field(600, ge=1, le=100_000, description="Fixed meta-test episodes (the paper protocol: 600).")
-    checkpoint_every: int = Field(100, ge=1, description="Checkpoint every this many steps.")
-    log_every: int = Field(10, ge=1, description="Log training metrics every this many steps.")
+    checkpoint_every: int | None = Field(
+        None, ge=1,
+        description="Checkpoint every this many steps (and at the end). " + _CADENCE_HELP.format(
+            what="keeps no checkpoint until it ends", base=BASE_CADENCES["checkpoint_every"]),
+    )
+    log_every: int | None = Field(
+        None, ge=1,
+        description="Log training metrics every this many steps (and at the last step). " + _CADENCE_HELP.format(
+            what="logs its training metrics only at the last step", base=BASE_CADENCES["log_every"]),
+    )
     eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
     precision: Literal["float32", "tf32", "mixed_bfloat16", "mixed_float16"] = Field(
@@ -73,6 +160,14 @@ class RunConfig(pydantic.BaseModel):
         ),
     )
     test_dataset_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of test_dataset.")
+
+    @pydantic.model_validator(mode="after")
+    def _cadences(self) -> "RunConfig":
+        # resolve_config fills them from the dataset's recommendation; a RunConfig made directly scales the base.
+        for name in CADENCE_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, scaled_cadence(BASE_CADENCES[name], BASE_STEPS, self.steps))
+        return self
 
 
 def format_validation_error(exc: pydantic.ValidationError, prefix: str = "") -> str:
@@ -144,8 +239,12 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, Any] | None = None) -> RunConfig:
+def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, Any] | None = None, *,
+                   recommended: bool = False) -> RunConfig:
     """Builds a complete, validated :class:`RunConfig`.
+
+    A cadence (``val_every``, ``checkpoint_every``, ``log_every``) left unset scales with the run's steps
+    (:func:`scaled_cadence`) from its recommended value; :func:`config_warnings` names one set above the steps.
 
     Args:
         registry: A :class:`metalab.core.contract.manager.PluginRegistry`.
@@ -154,6 +253,9 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
             dataset and the backbone that has it (a name two of them have is refused: qualify it as
             ``run.NAME``, ``algorithm.NAME``, ``dataset.NAME`` or ``backbone.NAME``); ``test_dataset.NAME`` sets a
             parameter of the cross-domain test dataset.
+        recommended: Start from :func:`recommended_values` (the dataset's presets: a quick first run) wherever
+            ``raw`` and ``assignments`` leave a field unset, as ``metalab train`` and the Train page do; otherwise
+            from RunConfig's and the plugins' defaults and the dataset's ``algorithm_defaults``.
 
     Raises:
         ConfigError: an unknown plugin id (``--set dataset=...`` and the like included), a parameter out of
@@ -172,6 +274,13 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
 
     dataset = _lookup(registry, "dataset", raw.get("dataset"))
     algorithm = _lookup(registry, "algorithm", raw.get("algorithm"))
+    starting = recommended_values(dataset, algorithm.id) if recommended else {}
+    for name, value in starting.items():
+        head, _, tail = name.partition(".")
+        if tail and f"{head}_params" in raw:
+            raw[f"{head}_params"].setdefault(tail, value)
+        elif not tail and name not in CADENCE_FIELDS and raw.get(name) is None:
+            raw[name] = value
     backbone_id = raw.get("backbone") or dataset.default_backbone
     if backbone_id is None:
         raise ConfigError(
@@ -222,9 +331,17 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
             raw[key] = val
     if dataset.kind == "regression":
         raw["ways"] = 1
-    for key, default in (("ways", 5), ("shots", 1), ("queries", 15)):
+    for key, default in BASE_EPISODE.items():
         if raw.get(key) is None:
             raw[key] = default
+    steps = raw.get("steps", BASE_STEPS)
+    if _positive_int(steps):  # else RunConfig refuses it below
+        for name in CADENCE_FIELDS:
+            if raw.get(name) is None:
+                every, at_steps = BASE_CADENCES[name], BASE_STEPS
+                if _positive_int(starting.get(name)) and _positive_int(starting.get("steps", BASE_STEPS)):
+                    every, at_steps = starting[name], starting.get("steps", BASE_STEPS)
+                raw[name] = scaled_cadence(every, at_steps, steps)
 
     try:
         config = RunConfig(**raw)
@@ -298,6 +415,10 @@ def divergence_hint(config: RunConfig | dict[str, Any] | None) -> str:
         return f"lower the learning rates of {algorithm}"
     listed = ", ".join(f"{name}={value:g}" for name, value in rates.items())
     return f"lower the learning rates of {algorithm} ({listed}; --set {next(iter(rates))}=...)"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _is_run_field(name: str) -> bool:

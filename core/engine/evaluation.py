@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from metalab.core.contract.specs import TaskBatch
+from metalab.core.contract.specs import Benchmark, TaskBatch
 from metalab.core.engine.checkpoints import (CheckpointMismatchError, checkpoint_files, record_warning,
                                               restore_checkpoint)
 from metalab.core.engine.config import RunConfig
@@ -181,7 +181,7 @@ def evaluate_run(
         else:
             result = evaluate_batch(session, fixed_episode_set(session, split, n))
     if record:
-        store.add_evaluation(run.id, split, n, result)
+        store.add_evaluation(run.id, split, n, result, seed=EVAL_SEED)
     return result
 
 
@@ -207,7 +207,6 @@ def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, 
                         record: bool) -> dict[str, Any]:
     run = store.get_run(run_id)
     config = RunConfig(**run.config)
-    _require_checkpoint(store, run)
     with device_scope(config.device):
         session = build_session(registry, config, settings)
         available = getattr(session.dataset, "benchmarks", {}) or {}
@@ -216,7 +215,11 @@ def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, 
                 f"Dataset {config.dataset} has no benchmark task set {name!r} (available: "
                 f"{', '.join(sorted(available)) or 'none'}). Received: benchmark={name!r}"
             )
-        tasks = available[name]()
+        bench = available[name]
+        # Refused from the config alone, before any weights: training further would not make the score fair.
+        leak_check = _refuse_leaks(run.id, config, session.dataset, name, bench)
+        _require_checkpoint(store, run)
+        tasks = (bench.tasks if isinstance(bench, Benchmark) else bench)()
         ways = int(np.max(tasks.support_y)) + 1
         shots = int(tasks.support_y.shape[1]) // ways
         queries = max(int(tasks.query_y.shape[1]) // ways, 1)
@@ -233,6 +236,62 @@ def _evaluate_benchmark(store: RunStore, run_id: str, registry: Any, name: str, 
             ) from None
         result = evaluate_batch(session, tasks)
     result["benchmark"] = name
+    result["leak_check"] = leak_check
     if record:
         store.add_evaluation(run.id, f"benchmark:{name}", result["episodes"], result)
     return result
+
+
+class BenchmarkLeakError(ValueError):
+    """A run trained (or validated) on classes of the benchmark it was asked to be scored on."""
+
+
+def benchmark_overlap(dataset: Any, classes: Any) -> dict[str, list[str]]:
+    """The benchmark classes each of the dataset's ``train`` and ``val`` splits holds (rotations included).
+
+    A benchmark class ``b`` is held by a split with a class named ``b`` or ``b/<variant>`` (``b/rot90``).
+
+    Returns:
+        ``{"train": [...], "val": [...]}``: the benchmark classes found, sorted (empty lists: no leak).
+    """
+    wanted = {str(c) for c in classes}
+    found: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        part = (getattr(dataset, "splits", None) or {}).get(split)
+        hits: set[str] = set()
+        for cls in getattr(part, "class_names", None) or []:
+            pieces = str(cls).split("/")
+            for end in range(1, len(pieces) + 1):
+                prefix = "/".join(pieces[:end])
+                if prefix in wanted:
+                    hits.add(prefix)
+                    break
+        found[split] = sorted(hits)
+    return found
+
+
+def _refuse_leaks(run_id: str, config: RunConfig, dataset: Any, name: str, bench: Any) -> str:
+    """Raises :class:`BenchmarkLeakError` when the run's train or val classes hold a class of the benchmark.
+
+    Returns:
+        What was checked, stored with the score: ``"no overlap with N benchmark classes"``, or, for a benchmark of
+        a pre-1.5 plugin that declares no classes, a note that leaks were not checked.
+    """
+    if not isinstance(bench, Benchmark):
+        return "not checked: the dataset plugin does not declare the benchmark's classes (plugin API < 1.5)"
+    classes = sorted({str(c) for c in bench.classes()})
+    overlap = benchmark_overlap(dataset, classes)
+    leaked = sorted(set(overlap["train"]) | set(overlap["val"]))
+    if leaked:
+        params = config.dataset_params or {}
+        shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
+        raise BenchmarkLeakError(
+            f"Run {run_id} cannot be scored on {name!r}: {len(leaked)} of its {len(classes)} classes are classes this "
+            f"run trained or validated on (train: {len(overlap['train'])}, val: {len(overlap['val'])}; e.g. "
+            f"{shown}), so its score would not be a held-out result. "
+            + (f"{bench.advice.rstrip('.')}. " if bench.advice else "Train on a split that keeps those classes out. ")
+            + f"Received: dataset={config.dataset!r}"
+            + (f", split={params['split']!r}" if isinstance(params.get("split"), str) else "")
+            + f", benchmark={name!r}"
+        )
+    return f"no overlap with the benchmark's {len(classes)} classes (train and val checked)"

@@ -23,6 +23,7 @@ from metalab.core.engine.checkpoints import CheckpointError, record_warning, res
 from metalab.core.engine.config import RunConfig, divergence_hint
 from metalab.core.engine.devices import device_name, device_scope, keras_backend, library_versions
 from metalab.core.engine.evaluation import compile_evaluate, cross_domain_episodes, evaluate_batch, fixed_episode_set
+from metalab.core.engine.fixed_tasks import EVAL_SEED
 from metalab.core.engine.session import build_session, cross_domain_session, make_training_sampler
 from metalab.core.settings import Settings, load_settings
 from metalab.core.store import RunNotFoundError, RunStore
@@ -253,11 +254,12 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
             if cross_episodes is not None:
                 # Recorded before the in-domain score, so "test" stays the newest evaluation.
                 result = evaluate_batch(cross, cross_episodes, eval_fn)
-                store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result)
+                store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result,
+                                     seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"cross/{k}": v for k, v in result.items() if isinstance(v, float)})
             if config.eval_at_end:
                 result = evaluate_batch(session, fixed_episode_set(session, "test", config.test_episodes), eval_fn)
-                store.add_evaluation(run_id, "test", result["episodes"], result)
+                store.add_evaluation(run_id, "test", result["episodes"], result, seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
             # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.
             from metalab.core.engine.report_data import write_report_data

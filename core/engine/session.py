@@ -18,6 +18,7 @@ import numpy as np
 from metalab.core.contract.specs import LoadedRun, TaskSpec
 from metalab.core.engine.config import RunConfig
 from metalab.core.engine.devices import dtype_policy, set_matmul_precision
+from metalab.core.reports.scores import headline
 from metalab.core.settings import Settings, load_settings
 
 
@@ -259,4 +260,4 @@ def load_run(ref: str, registry: Any, settings: Settings | None = None) -> Loade
 
     return LoadedRun(id=run.id, config=dict(run.config), algorithm_id=config.algorithm, dataset_id=config.dataset,
                      algorithm=session.algorithm, dataset=dataset, task=session.task, evaluations=evaluations,
-                     episode_maker=episodes)
+                     score=headline(evaluations, run.config), episode_maker=episodes)

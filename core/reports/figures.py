@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from metalab.core.reports.scores import headline, score_of, score_rows
+
 __all__ = [
     "Series",
     "adaptation_curve_figure",
@@ -30,7 +32,7 @@ __all__ = [
     "report_figures",
     "report_html",
     "run_progress",
-    "score_of",
+    "score_of",  # from metalab.core.reports.scores, re-exported
     "scores_figure",
     "sinusoid_figure",
 ]
@@ -111,14 +113,6 @@ def learning_curves_figure(metrics: Series, title: str = "Learning curves", regr
     fig.update_layout(title=title, hovermode="x unified", legend={"orientation": "h", "y": -0.2}, height=380,
                       margin={"t": 60, "b": 40})
     return fig
-
-
-def score_of(evaluation: dict[str, Any]) -> tuple[str, float, float]:
-    """Returns ``(metric name, value, 95% CI half-width)`` of an evaluation (accuracy in %, or MSE)."""
-    if "accuracy" in evaluation:
-        return "accuracy (%)", 100.0 * float(evaluation["accuracy"]), 100.0 * float(evaluation.get("ci95", float("nan")))
-    return "MSE", float(evaluation.get("mse", evaluation.get("loss", float("nan")))), float(
-        evaluation.get("ci95", float("nan")))
 
 
 def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation curve") -> go.Figure | None:
@@ -525,10 +519,8 @@ def markdown_html(text: str) -> str:
 
 
 def _test_evaluation(report: dict[str, Any]) -> dict[str, Any] | None:
-    for evaluation in report.get("evaluations") or []:
-        if evaluation.get("split") == "test":
-            return evaluation
-    return None
+    """The run's headline score: the newest evaluation under its canonical protocol (never merely the newest)."""
+    return headline(report.get("evaluations") or [], (report.get("run") or {}).get("config"))
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -582,6 +574,16 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
             _, cross_value, cross_ci = score_of(cross)
             parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}): "
                          f"<b>{cross_value:.4g}</b> ± {cross_ci:.3g}</p>")
+    rows = score_rows(report.get("evaluations") or [], config)
+    if rows:
+        parts.append("<h3>Every evaluation (one per protocol and time; the headline is marked)</h3><table><tr>"
+                     "<th>protocol</th><th>score</th><th>95% CI</th><th>when</th><th></th></tr>")
+        for row in rows:
+            mark = "headline" if row["headline"] else html.escape(row["note"])
+            parts.append(f"<tr><td>{html.escape(row['protocol'])}</td><td>{row['value']:.4g} {html.escape(row['metric'])}"
+                         f"</td><td>{row['ci95']:.3g}</td><td>{html.escape(str(row['created'] or ''))}</td>"
+                         f"<td>{mark}</td></tr>")
+        parts.append("</table>")
     published = [row for row in report.get("published") or [] if row.get("benchmark") is None]
     if published:
         parts.append("<h3>Published results (same protocol)</h3><table><tr><th>method</th><th>score</th>"

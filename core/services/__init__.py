@@ -63,6 +63,9 @@ class Services(CatalogMixin, RunsMixin, LaunchMixin, EstimatesMixin, ReportsMixi
         # Estimate probes running now, per owner (they count against max_workers).
         self._probes: dict[str, int] = {}
         self._lock = threading.Lock()
+        # The runs table's rows by run, and whole tables by (filters, who asks): see RunsMixin.runs_table.
+        self._tables: dict[str, dict] = {"rows": {}, "tables": {}}
+        self._tables_lock = threading.Lock()
         from metalab.core.data.images import configure_pixel_cap
 
         configure_pixel_cap(self.settings.max_image_pixels)

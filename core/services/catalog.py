@@ -26,8 +26,8 @@ class CatalogMixin:
             ``{"datasets": {id: row}, "algorithms": {id: row}, "backbones": {id: row}}``; every row has ``id``,
             ``title``, ``description``, ``paper``, ``params`` (the JSON schema) and ``defaults`` (every parameter's
             default, those made by a default factory included); datasets add ``kind``,
-            ``default_backbone``, ``episode_defaults`` and ``presets`` (the Train form's quick-start values per
-            algorithm id, ``"*"`` for all); algorithms ``task_kinds``; backbones ``input_kinds``.
+            ``default_backbone``, ``episode_defaults`` and ``presets`` (the recommended quick-start values per
+            algorithm id, ``"*"`` for all; a form takes its starting values from ``recommended_values``); algorithms ``task_kinds``; backbones ``input_kinds``.
             ``machine`` maps the parameters that touch the machine (paths, URLs, checksums, runs) to their kind:
             pages never fill them from a link, and hide them in ``demo`` mode.
         """

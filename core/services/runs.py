@@ -1,29 +1,59 @@
-"""The Services section over stored runs: validating configs, creating, reading, renaming, deleting and scoring runs."""
+"""The Services section over stored runs: validating configs, creating, reading, annotating (name, tags, notes),
+deleting and scoring runs, and the runs table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from metalab.core.engine.config import RunConfig, resolve_config
+from metalab.core.engine.config import RunConfig, config_warnings, recommended_values, resolve_config
 from metalab.core.services.access import CapError
 from metalab.core.store import RunNotFoundError, RunRecord
+
+#: Limits on what a person writes about a run (they are stored for every reader of the store).
+MAX_NAME_CHARS = 200
+MAX_TAGS = 20
+MAX_TAG_CHARS = 40
+MAX_NOTES_CHARS = 10_000
 
 
 class RunsMixin:
     """The run methods of :class:`~metalab.core.services.Services`, each checked against the caller's rights."""
 
-    def resolve(self, raw: dict[str, Any], assignments: dict[str, Any] | None = None) -> RunConfig:
+    def resolve(self, raw: dict[str, Any], assignments: dict[str, Any] | None = None, *,
+                recommended: bool = False) -> RunConfig:
         """Validates a run config against the chosen plugins and the caller's rights.
+
+        Args:
+            raw: Run fields (``dataset``, ``algorithm``, ``steps``, ``algorithm_params``, ...).
+            assignments: ``--set`` values (see :func:`~metalab.core.engine.config.resolve_config`).
+            recommended: Fill what ``raw`` and ``assignments`` leave unset from :meth:`recommended_values` (what
+                ``metalab train`` and the Train page do, so both launch the same run for the same choices).
 
         Raises:
             ConfigError: A field is invalid (the message names field and value).
             AccessError: A parameter names a path, URL, checksum or run the caller may not use.
             CapError: More steps than ``max_steps``.
         """
-        config = resolve_config(self.registry, raw, assignments)
+        config = resolve_config(self.registry, raw, assignments, recommended=recommended)
         self.check_config(config)
         return config
+
+    def recommended_values(self, dataset_id: str, algorithm_id: str) -> dict[str, Any]:
+        """The recommended starting values of a run of this algorithm on this dataset (see
+        :func:`~metalab.core.engine.config.recommended_values`): run fields, and plugin parameters as
+        ``algorithm.NAME``; cadences among them are references that scale with the run's steps.
+
+        Raises:
+            UnknownPluginError: The dataset is not loaded.
+        """
+        return recommended_values(self.registry.dataset(dataset_id), algorithm_id)
+
+    @staticmethod
+    def config_warnings(config: RunConfig) -> list[str]:
+        """What a valid config makes its run skip (a cadence above the steps), one line each naming the field
+        and value; see :func:`~metalab.core.engine.config.config_warnings`."""
+        return config_warnings(config)
 
     def check_config(self, config: RunConfig) -> None:
         """Checks a validated config against the caller's rights and the caps (see :meth:`resolve`)."""
@@ -109,9 +139,117 @@ class RunsMixin:
         return self.store.delete_run(run.id, force=force, wait_s=wait_s)
 
     def rename_run(self, run_id: str, name: str) -> None:
+        """Sets the run's name (its owner or an admin only; at most :data:`MAX_NAME_CHARS` characters)."""
+        name = str(name).strip()
+        if len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"name: at most {MAX_NAME_CHARS} characters. Received: name of {len(name)} characters")
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: rename")
         self.store.rename_run(run.id, name)
+
+    def set_run_tags(self, run_id: str, tags: list[str] | str) -> list[str]:
+        """Replaces the run's tags (its owner or an admin only) and returns them as stored.
+
+        Args:
+            tags: A list, or one text of comma-separated tags; each is stripped, empty ones and repeats dropped.
+
+        Raises:
+            ValueError: More than :data:`MAX_TAGS` tags, or one longer than :data:`MAX_TAG_CHARS` characters.
+        """
+        items = tags.split(",") if isinstance(tags, str) else list(tags)
+        clean = list(dict.fromkeys(str(t).strip() for t in items if str(t).strip()))
+        if len(clean) > MAX_TAGS:
+            raise ValueError(f"tags: at most {MAX_TAGS} per run. Received: {len(clean)} tags")
+        for tag in clean:
+            if len(tag) > MAX_TAG_CHARS or "," in tag:
+                raise ValueError(f"tags: each at most {MAX_TAG_CHARS} characters, without commas. "
+                                 f"Received: tag={tag[:60]!r}")
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: tag")
+        self.store.set_tags(run.id, clean)
+        return clean
+
+    def set_run_notes(self, run_id: str, notes: str) -> None:
+        """Replaces the run's notes (its owner or an admin only; at most :data:`MAX_NOTES_CHARS` characters)."""
+        notes = str(notes).strip()
+        if len(notes) > MAX_NOTES_CHARS:
+            raise ValueError(f"notes: at most {MAX_NOTES_CHARS:,} characters. Received: notes of {len(notes):,} "
+                             "characters")
+        run = self.run(run_id)
+        self.policy.require_modify(self.actor, run.owner, f"run {run.id}: notes")
+        self.store.set_notes(run.id, notes)
+
+    def runs_table(self, **filters: Any) -> Any:
+        """The runs the caller may see as a :class:`~metalab.core.reports.runs_table.RunsTable`, newest first.
+
+        Each row carries the run's fields, its headline score (canonical protocol) with 95% CI, its flattened
+        parameters and its latest metrics, and ``short_id``: the shortest prefix (8 characters or more) unique among
+        every run in the store, which ``metalab runs show`` accepts.
+
+        Args:
+            filters: ``dataset``, ``algorithm``, ``status``, ``owner`` (exact values) and ``limit``, as
+                :meth:`runs` takes them.
+
+        Built for thousands of runs: while the store is unchanged (``RunStore.data_version``) the same table is
+        returned (callers must not modify it); after a change, one query stamps every run and only the rows of
+        runs whose stamp moved (a training run's, an edited one's) are read again, in three more queries.
+        """
+        from metalab.core.reports.runs_table import RunsTable
+
+        store = self.store
+        store.reconcile_active()  # as listing runs would: a dead worker's run is not shown as running
+        key = (tuple(sorted(filters.items())), self.actor.id, self.actor.admin)
+        with self._tables_lock:
+            cache = self._tables["tables"]
+            version = store.data_version()
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+            rows = self._table_rows()
+            wanted = {k: v for k, v in filters.items() if k in ("dataset", "algorithm", "status", "owner") and v}
+            rows = [r for r in rows if all(r[1][k] == v for k, v in wanted.items())
+                    and self.policy.can_see(self.actor, r[1]["owner"])]
+            if filters.get("limit"):
+                rows = rows[: int(filters["limit"])]
+            table = RunsTable([r[1] for r in rows], sorted({p for r in rows for p in r[2]}),
+                              sorted({m for r in rows for m in r[3]}))
+            if len(cache) >= 32:
+                cache.clear()
+            cache[key] = (version, table)
+            return table
+
+    def _table_rows(self) -> list[tuple[tuple, dict[str, Any], list[str], list[str]]]:
+        """Every run's ``(stamp, row, params, metrics)``, newest first, rebuilding only the rows whose stamp moved
+        (kept in ``self._tables["rows"]``, shared by every actor: a row is the same whoever reads it)."""
+        from metalab.core.reports.runs_table import build_row, short_ids
+
+        store = self.store
+        memo: dict[str, tuple] = self._tables["rows"]
+        stamps = store.run_stamps()
+        stale = [run_id for run_id, stamp in stamps if memo.get(run_id, (None,))[0] != stamp]
+        if stale:
+            few = len(stale) <= 500  # past a few hundred, reading all is cheaper than naming them
+            records = store.get_runs(stale) if few else store.list_runs()
+            evaluations = store.evaluations_by_run(stale if few else None, split="test")  # the headline's split
+            latest = store.latest_metrics(stale if few else None)
+            stamp_of = dict(stamps)
+            for record in records:
+                if record.id in stamp_of:
+                    row, params, metrics = build_row(record.__dict__, evaluations.get(record.id, []),
+                                                     latest.get(record.id, {}))
+                    memo[record.id] = (stamp_of[record.id], row, params, metrics)
+        ids = [run_id for run_id, _ in stamps]
+        shorts: dict[str, str] = self._tables.setdefault("shorts", {})
+        if shorts.keys() != set(ids):  # a new run may lengthen its neighbours' shortest unique prefixes
+            shorts.clear()
+            shorts.update(short_ids(ids))
+            stale = ids
+        for gone in set(memo) - shorts.keys():
+            del memo[gone]
+        for run_id in stale:
+            if run_id in memo:
+                memo[run_id][1]["short_id"] = shorts[run_id]
+        return [memo[run_id] for run_id in ids if run_id in memo]
 
     def run_dir(self, run_id: str) -> Path:
         return self.store.run_dir(run_id)

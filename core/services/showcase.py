@@ -126,8 +126,12 @@ def _read_rows(source: str, read_only: bool, run_id: str) -> tuple | None:
         run = dict(found)
         metrics = [tuple(r) for r in conn.execute("SELECT run_id, step, name, value, time FROM metrics WHERE run_id = ?",
                                                   (run_id,))]
+        # A bundle made before schema 2 has no seed column: its fixed evaluations all used seed 2017 (see the store's
+        # migration 2), a benchmark's fixed tasks none.
+        has_seed = "seed" in {r[1] for r in conn.execute("PRAGMA table_info(evaluations)")}
+        seed = "seed" if has_seed else "CASE WHEN split LIKE 'benchmark:%' THEN NULL ELSE 2017 END"
         evaluations = [tuple(r) for r in conn.execute(
-            "SELECT run_id, created, split, episodes, result FROM evaluations WHERE run_id = ?", (run_id,))]
+            f"SELECT run_id, created, split, episodes, result, {seed} FROM evaluations WHERE run_id = ?", (run_id,))]
         artifacts = [dict(r) for r in conn.execute("SELECT * FROM artifacts WHERE run_id = ?", (run_id,))]
     conn.close()
     return run, metrics, evaluations, artifacts
@@ -149,8 +153,8 @@ def _write_run(src_dir: Path, dst_dir: Path, target: RunStore, run_id: str, owne
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"INSERT INTO runs ({columns}) VALUES ({', '.join('?' * len(run))})", tuple(run.values()))
         conn.executemany("INSERT INTO metrics (run_id, step, name, value, time) VALUES (?,?,?,?,?)", metrics)
-        conn.executemany("INSERT INTO evaluations (run_id, created, split, episodes, result) VALUES (?,?,?,?,?)",
-                         evaluations)
+        conn.executemany("INSERT INTO evaluations (run_id, created, split, episodes, result, seed) "
+                         "VALUES (?,?,?,?,?,?)", evaluations)
         for artifact in artifacts:
             moved = _moved(Path(artifact["path"]), src_dir, dst_dir)
             if moved is not None and moved.exists():

@@ -13,8 +13,9 @@ import re
 import secrets
 import shutil
 import sqlite3
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -44,7 +45,9 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     traceback TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner TEXT NOT NULL DEFAULT 'local'
+    owner TEXT NOT NULL DEFAULT 'local',
+    tags TEXT NOT NULL DEFAULT '[]',
+    notes TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -54,13 +57,32 @@ CREATE TABLE IF NOT EXISTS metrics (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS metrics_run_name_step ON metrics(run_id, name, step);
+-- Each run's newest value of each metric (the one of its highest step), kept by the trigger below, so a table of
+-- thousands of runs reads their metrics without scanning every logged point.
+-- (seq: the rowid of the metrics row it holds, so any change of a run's latest values changes its largest seq.)
+CREATE TABLE IF NOT EXISTS latest_metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TRIGGER IF NOT EXISTS metrics_keep_latest AFTER INSERT ON metrics BEGIN
+    INSERT INTO latest_metrics (run_id, name, step, value, seq) VALUES (new.run_id, new.name, new.step, new.value,
+                                                                        new.rowid)
+    ON CONFLICT (run_id, name) DO UPDATE SET step = excluded.step, value = excluded.value, seq = excluded.seq
+    WHERE excluded.step >= latest_metrics.step;
+END;
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     created REAL NOT NULL,
     split TEXT NOT NULL,
     episodes INTEGER NOT NULL,
-    result TEXT NOT NULL
+    result TEXT NOT NULL,
+    seed INTEGER
 );
+CREATE INDEX IF NOT EXISTS evaluations_run ON evaluations(run_id, created);
 CREATE TABLE IF NOT EXISTS uploads (
     name TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -81,14 +103,40 @@ CREATE TABLE IF NOT EXISTS artifacts (
 """
 
 
+#: Fills ``latest_metrics`` from ``metrics`` (``where``: an extra condition on ``metrics``): per run and name the
+#: value of the highest step, the last row written for that step winning (as :meth:`RunStore.metrics` reads).
+_LATEST_FROM_METRICS = (
+    "INSERT OR REPLACE INTO latest_metrics (run_id, name, step, value, seq) "
+    "SELECT g.run_id, g.name, m.step, m.value, m.rowid "
+    "FROM (SELECT DISTINCT run_id, name FROM metrics WHERE 1=1{where}) g "
+    "JOIN metrics m ON m.rowid = (SELECT rowid FROM metrics WHERE run_id = g.run_id AND name = g.name "
+    "ORDER BY step DESC, rowid DESC LIMIT 1)"
+)
+
 #: The schema's version, kept in ``PRAGMA user_version``. 0: the first release (no owners, no uploads table).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 #: ``{version: statements}`` that bring a store of ``version - 1`` to ``version``; applied in order on open.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT 'local'",
         # The uploads table is created by the schema script itself (CREATE TABLE IF NOT EXISTS).
+    ),
+    2: (
+        # Each evaluation keeps the seed of its episodes; every earlier fixed evaluation used seed 2017
+        # (EVAL_SEED), and a benchmark's fixed tasks have none.
+        "ALTER TABLE evaluations ADD COLUMN seed INTEGER",
+        "UPDATE evaluations SET seed = 2017 WHERE seed IS NULL AND split NOT LIKE 'benchmark:%'",
+    ),
+    3: (
+        # Tags and notes beside the name; each run's latest metric values, filled from the points it logged (the
+        # schema script then adds the trigger that keeps them).
+        "ALTER TABLE runs ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT ''",
+        "CREATE TABLE IF NOT EXISTS latest_metrics (run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE, "
+        "name TEXT NOT NULL, step INTEGER NOT NULL, value REAL NOT NULL, seq INTEGER NOT NULL DEFAULT 0, "
+        "PRIMARY KEY (run_id, name))",
+        _LATEST_FROM_METRICS.format(where=""),
     ),
 }
 
@@ -146,6 +194,8 @@ class RunRecord:
     traceback: str | None
     cancel_requested: bool
     owner: str = "local"
+    tags: list[str] = field(default_factory=list)
+    notes: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The fields `metalab runs list --json` prints."""
@@ -160,10 +210,13 @@ class RunRecord:
             "total_steps": self.total_steps,
             "created": _iso(self.created),
             "owner": self.owner,
+            "tags": list(self.tags),
+            "notes": self.notes,
         }
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
+        data["tags"] = list(self.tags)
         for key in ("created", "started", "finished", "updated"):
             data[key] = _iso(data[key])
         return data
@@ -266,6 +319,8 @@ class RunStore:
     def __init__(self, path: str | os.PathLike, runs_dir: str | os.PathLike | None = None):
         self.path = Path(path)
         self.runs_dir = Path(runs_dir) if runs_dir else self.path.parent / "runs"
+        self._watch: tuple[int, sqlite3.Connection] | None = None  # see data_version
+        self._watch_lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if not os.path.lexists(self.path):
@@ -387,13 +442,13 @@ class RunStore:
                 f"{SCHEMA_VERSION}: a newer metalab wrote it. Upgrade metalab to open it; this one left the file "
                 f"untouched. Received: user_version={version}"
             )
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)").fetchall()}
         for target in range(version + 1, SCHEMA_VERSION + 1):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _MIGRATIONS[target]:
-                    added = re.match(r"ALTER TABLE runs ADD COLUMN (\w+)", statement)
-                    if added and added.group(1) in columns:
+                    added = re.match(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", statement)
+                    if added and added.group(2) in {r[1] for r in conn.execute(
+                            f"PRAGMA table_info({added.group(1)})").fetchall()}:
                         continue  # a store that already had it (written by a development build)
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={target}")
@@ -502,6 +557,26 @@ class RunStore:
                 continue  # deleted since the query
         return runs
 
+    def data_version(self) -> tuple[int, int]:
+        """A value that changes whenever any connection (any process) commits to the store, or the file is replaced.
+
+        The file's inode and SQLite's ``PRAGMA data_version``, read on one connection this object keeps open for it
+        alone: a cache of what the store holds (the runs table of thousands of runs) is current while the value is
+        unchanged.
+        """
+        with self._watch_lock:
+            inode = os.stat(self.path).st_ino
+            if self._watch is None or self._watch[0] != inode:  # first use, or a store restored over this one
+                if self._watch is not None:
+                    self._watch[1].close()
+                self._watch = (inode, sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                                      check_same_thread=False))
+            return inode, int(self._watch[1].execute("PRAGMA data_version").fetchone()[0])
+
+    def reconcile_active(self) -> None:
+        """Records queued or running runs whose worker is dead as interrupted (or failed), without listing runs."""
+        self._reconcile_active()
+
     def _reconcile_active(self) -> None:
         """Reconciles every queued or running run with its worker (those found dead are recorded so)."""
         with self._connect() as conn:
@@ -516,9 +591,9 @@ class RunStore:
         """Sets columns of a run (``config`` and ``versions`` may be dicts)."""
         if not fields:
             return
-        for key in ("config", "versions"):
+        for key in ("config", "versions", "tags"):
             if key in fields and not isinstance(fields[key], str):
-                fields[key] = json.dumps(fields[key], sort_keys=True)
+                fields[key] = json.dumps(fields[key], sort_keys=key != "tags")
         fields["updated"] = time.time()
         columns = ", ".join(f"{key} = ?" for key in fields)
         with self._connect() as conn:
@@ -528,6 +603,37 @@ class RunStore:
 
     def rename_run(self, run_id: str, name: str) -> None:
         self.update_run(self.get_run(run_id).id, name=name)
+
+    def set_tags(self, run_id: str, tags: Iterable[str]) -> None:
+        """Replaces the run's tags (kept in the order given, duplicates dropped)."""
+        self.update_run(self.get_run(run_id).id, tags=list(dict.fromkeys(tags)))
+
+    def set_notes(self, run_id: str, notes: str) -> None:
+        """Replaces the run's free-text notes."""
+        self.update_run(self.get_run(run_id).id, notes=notes)
+
+    def get_runs(self, run_ids: Iterable[str]) -> list[RunRecord]:
+        """The runs of ``run_ids`` (exact ids; those not in the store are left out), newest first, in one query;
+        unlike :meth:`get_run`, a run's worker is not checked (see :meth:`reconcile_active`)."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM runs WHERE id IN (SELECT value FROM json_each(?)) "
+                                "ORDER BY created DESC, id DESC", (json.dumps(list(run_ids)),)).fetchall()
+        return [self._record(r) for r in rows]
+
+    def run_stamps(self) -> list[tuple[str, tuple]]:
+        """``[(run id, stamp)]`` of every run, newest first, in one query: a run's stamp changes whenever its row,
+        its evaluations or its latest metric values change, so a cache of per-run data refreshes only those."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT r.id, r.updated, r.status, (SELECT max(rowid) FROM evaluations e WHERE e.run_id = r.id), "
+                "(SELECT max(seq) FROM latest_metrics l WHERE l.run_id = r.id) FROM runs r "
+                "ORDER BY r.created DESC, r.id DESC").fetchall()
+        return [(r[0], tuple(r[1:])) for r in rows]
+
+    def run_ids(self) -> list[str]:
+        """Every run id in the store, sorted (whoever owns it)."""
+        with self._connect() as conn:
+            return [r[0] for r in conn.execute("SELECT id FROM runs ORDER BY id").fetchall()]
 
     def delete_run(self, run_id: str, *, force: bool = False, wait_s: float = 30.0, poll_s: float = 0.2) -> RunRecord:
         """Deletes a run, its metrics, evaluations and artifact folder.
@@ -610,28 +716,72 @@ class RunStore:
     def truncate_metrics(self, run_id: str, after_step: int) -> None:
         """Drops metrics logged after ``after_step`` (a resumed run recomputes them)."""
         with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, int(after_step)))
+            conn.execute("DELETE FROM latest_metrics WHERE run_id = ?", (run_id,))
+            conn.execute(_LATEST_FROM_METRICS.format(where=" AND run_id = ?"), (run_id,))
+            conn.execute("COMMIT")
+
+    def latest_metrics(self, run_ids: Iterable[str] | None = None) -> dict[str, dict[str, float]]:
+        """``{run id: {metric name: value at its highest step}}`` of every run (or of ``run_ids``), in one query."""
+        query, args = "SELECT run_id, name, value FROM latest_metrics", []
+        if run_ids is not None:
+            query += " WHERE run_id IN (SELECT value FROM json_each(?))"
+            args = [json.dumps(list(run_ids))]
+        with self._connect() as conn:
+            rows = conn.execute(query, args).fetchall()
+        latest: dict[str, dict[str, float]] = {}
+        for run_id, name, value in rows:
+            latest.setdefault(run_id, {})[name] = value
+        return latest
 
     # -- evaluations and artifacts ---------------------------------------------------------------------
 
-    def add_evaluation(self, run_id: str, split: str, episodes: int, result: dict[str, Any]) -> None:
+    def add_evaluation(self, run_id: str, split: str, episodes: int, result: dict[str, Any],
+                       seed: int | None = None) -> None:
+        """Stores one evaluation: its split, episode count, episode seed (``None``: fixed tasks) and result.
+
+        Every evaluation is kept; :func:`metalab.core.reports.scores.headline` picks the canonical one.
+        """
         with self._connect() as conn, self._deleted_as_not_found(run_id):
             conn.execute(
-                "INSERT INTO evaluations (run_id, created, split, episodes, result) VALUES (?,?,?,?,?)",
-                (run_id, time.time(), split, int(episodes), json.dumps(result)),
+                "INSERT INTO evaluations (run_id, created, split, episodes, result, seed) VALUES (?,?,?,?,?,?)",
+                (run_id, time.time(), split, int(episodes), json.dumps(result), None if seed is None else int(seed)),
             )
 
     def evaluations(self, run_id: str) -> list[dict[str, Any]]:
-        """Evaluations of a run, newest first."""
+        """Evaluations of a run, newest first, each with ``created``, ``split``, ``episodes`` and ``seed``."""
         with self._connect() as conn:
             rows = conn.execute(
-                "SELECT created, split, episodes, result FROM evaluations WHERE run_id = ? ORDER BY created DESC",
+                "SELECT created, split, episodes, seed, result FROM evaluations WHERE run_id = ? "
+                "ORDER BY created DESC, rowid DESC",
                 (run_id,),
             ).fetchall()
         return [
-            {"created": _iso(r["created"]), "split": r["split"], "episodes": r["episodes"], **json.loads(r["result"])}
+            {**json.loads(r["result"]), "created": _iso(r["created"]), "split": r["split"], "episodes": r["episodes"],
+             "seed": r["seed"]}
             for r in rows
         ]
+
+    def evaluations_by_run(self, run_ids: Iterable[str] | None = None,
+                           split: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """``{run id: its evaluations, newest first}`` of every run (or of ``run_ids``; of one ``split``), in one
+        query: the runs table scores thousands of runs with this, not one :meth:`evaluations` call each."""
+        query, args = "SELECT run_id, created, split, episodes, seed, result FROM evaluations WHERE 1=1", []
+        if run_ids is not None:
+            query += " AND run_id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(list(run_ids)))
+        if split is not None:
+            query += " AND split = ?"
+            args.append(split)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY run_id, created DESC, rowid DESC", args).fetchall()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            found.setdefault(r["run_id"], []).append(
+                {**json.loads(r["result"]), "created": _iso(r["created"]), "split": r["split"],
+                 "episodes": r["episodes"], "seed": r["seed"]})
+        return found
 
     def add_artifact(self, run_id: str, name: str, kind: str, path: str | os.PathLike, step: int | None = None) -> None:
         with self._connect() as conn, self._deleted_as_not_found(run_id):
@@ -724,6 +874,8 @@ class RunStore:
                 orphans += [f"{table}: {count} rows of run {run_id}" for run_id, count in found]
                 if repair and found:
                     conn.execute(f"DELETE {where}")
+            if repair:  # the latest values of orphan metrics (kept by the trigger) go with them
+                conn.execute("DELETE FROM latest_metrics WHERE run_id NOT IN (SELECT id FROM runs)")
         fixed = len(orphans) if repair else 0
         return orphans, fixed, "metrics, evaluations or artifacts rows whose run is gone" + (
             "; deleted" if fixed else "; `metalab doctor --repair` deletes them")
@@ -836,6 +988,12 @@ class RunStore:
         data["config"] = json.loads(data["config"])
         data["versions"] = json.loads(data["versions"] or "{}")
         data["cancel_requested"] = bool(data["cancel_requested"])
+        try:
+            tags = json.loads(data.get("tags") or "[]")
+        except ValueError:
+            tags = []
+        data["tags"] = [str(t) for t in tags] if isinstance(tags, list) else []
+        data["notes"] = data.get("notes") or ""
         return RunRecord(**data)
 
     def _reconcile(self, run: RunRecord) -> RunRecord:

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from metalab.api import AlgorithmSpec, Params, ReportPanel, RunRef, hookimpl
 
-METALAB_PLUGIN_API = "1.4"
+METALAB_PLUGIN_API = "1.5"
 
 
 class DistillParams(Params):

@@ -178,12 +178,12 @@ def load_teacher(run_ref: str, task: TaskSpec, prototype_shots: int = 20) -> Tea
     teacher = Teacher(run=run, mode=mode, body=body)
     if mode == "prototypes":
         teacher.prototypes = _class_prototypes(teacher, prototype_shots)
-    for evaluation in run.evaluations:
-        if evaluation.get("split") == "test":
-            teacher.recorded = {"accuracy": evaluation.get("accuracy"), "ci95": evaluation.get("ci95"),
-                                "episodes": evaluation.get("episodes"), "ways": run.config.get("ways"),
-                                "shots": run.config.get("shots")}
-            break
+    # The teacher's headline score (its canonical protocol), never merely its newest evaluation.
+    evaluation = getattr(run, "score", None)
+    if evaluation is not None:
+        teacher.recorded = {"accuracy": evaluation.get("accuracy"), "ci95": evaluation.get("ci95"),
+                            "episodes": evaluation.get("episodes"), "ways": run.config.get("ways"),
+                            "shots": run.config.get("shots")}
     return teacher
 
 
@@ -213,7 +213,7 @@ def _class_prototypes(teacher: Teacher, shots: int) -> np.ndarray:
 
 def _soft_loss(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, averaged over the batch."""
-    t = ops.cast(temperature, student_logits.dtype)
+    t = ops.convert_to_tensor(temperature, dtype=student_logits.dtype)
     log_p = ops.log_softmax(teacher_logits / t, axis=-1)
     log_q = ops.log_softmax(student_logits / t, axis=-1)
     kl = ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from metalab.api import DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.4"
+METALAB_PLUGIN_API = "1.5"
 
 TOTAL_CHARACTERS = 1623
 
@@ -29,12 +29,14 @@ PAPER = (
 class OmniglotParams(Params):
     """Which meta-split, preprocessing and seed to use."""
 
-    split: Literal["vinyals", "background_evaluation", "minimal"] = Field(
+    split: Literal["vinyals", "background_evaluation", "minimal", "minimal1", "minimal2"] = Field(
         "vinyals",
         description=(
             "vinyals: 1623 characters pooled and shuffled, 1100 train / 100 val / 423 test (Vinyals et al.; "
             "MAML). background_evaluation: background alphabets train (some held out for val), evaluation "
-            "alphabets test (Lake et al.). minimal: images_background_small1+small2 train, evaluation test."
+            "alphabets test (Lake et al.). minimal1 / minimal2: Lake et al.'s minimal condition, "
+            "images_background_small1 or _small2 alone train (5 alphabets each), evaluation test. minimal: the "
+            "union of the two small sets (8 alphabets)."
         ),
     )
     rotations: bool = Field(
@@ -46,7 +48,7 @@ class OmniglotParams(Params):
     val_characters: int = Field(100, ge=1, le=TOTAL_CHARACTERS - 2, description="vinyals only: validation characters; the rest are test.")
     val_alphabets: int = Field(
         2, ge=1, le=29,
-        description="background_evaluation and minimal only: training alphabets held out for validation.",
+        description="background_evaluation and minimal splits only: training alphabets held out for validation.",
     )
 
     @pydantic.model_validator(mode="after")

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from metalab.api.data import cache_file, cached_arrays, download, fingerprint
-from metalab.api import ClassificationDataset, ClassSplit, DataContext, TaskBatch
+from metalab.api import Benchmark, ClassificationDataset, ClassSplit, DataContext, TaskBatch
 
 __all__ = [
     "SOURCES",
@@ -117,11 +117,27 @@ BACKGROUND_ALPHABETS: dict[str, int] = {
 MINIMAL_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit",
                      "Tagalog")
 
+#: The alphabets of each official small subset (Lake et al.'s minimal condition trains on each alone).
+SMALL_ALPHABETS = {
+    "background_small1": ("Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"),
+    "background_small2": ("Greek", "Japanese_(katakana)", "Latin", "Sanskrit", "Tagalog"),
+}
+
 #: Which sources each split option reads.
 SPLIT_SOURCES = {
     "vinyals": ("background", "evaluation"),
     "background_evaluation": ("background", "evaluation"),
     "minimal": ("background_small1", "background_small2", "evaluation"),
+    "minimal1": ("background_small1", "evaluation"),
+    "minimal2": ("background_small2", "evaluation"),
+}
+
+#: The training source of each alphabet-split option, and how it reads in messages.
+_TRAIN_SOURCES = {
+    "background_evaluation": (("background",), "images_background"),
+    "minimal": (("background_small1", "background_small2"), "images_background_small1 + small2"),
+    "minimal1": (("background_small1",), "images_background_small1"),
+    "minimal2": (("background_small2",), "images_background_small2"),
 }
 
 
@@ -433,10 +449,11 @@ def split_sizes(params: Any) -> dict[str, dict[str, int]]:
             )
         characters = {"train": n_train, "val": n_val, "test": total - n_train - n_val}
     else:
+        sources, what = _TRAIN_SOURCES[split]
         if split == "background_evaluation":
-            alphabets, what = list(BACKGROUND_ALPHABETS), "images_background"
+            alphabets = list(BACKGROUND_ALPHABETS)
         else:
-            alphabets, what = list(MINIMAL_ALPHABETS), "images_background_small1 + small2"
+            alphabets = sorted({a for source in sources for a in SMALL_ALPHABETS[source]})
         held = _held_alphabets(alphabets, int(params.val_alphabets), int(params.seed), what)
         val = sum(BACKGROUND_ALPHABETS[a] for a in held)
         characters = {"train": sum(BACKGROUND_ALPHABETS[a] for a in alphabets) - val, "val": val, "test": evaluation}
@@ -455,8 +472,11 @@ def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:
       et al. (2016) and the MAML code (1200 training characters of which 100 are held out for validation).
     - ``"background_evaluation"``: Lake et al.'s split: the 30 background alphabets for training (``val_alphabets``
       of them, picked with ``seed``, held out for val) and the 20 evaluation alphabets (659 characters) for test.
-    - ``"minimal"``: Lake et al.'s minimal training set: the union of ``images_background_small1`` and
-      ``_small2`` (242 characters of 8 alphabets; ``val_alphabets`` held out for val); evaluation for test.
+    - ``"minimal1"`` / ``"minimal2"``: Lake et al.'s minimal condition: ``images_background_small1`` (136
+      characters of 5 alphabets) or ``_small2`` (156 of 5) alone, ``val_alphabets`` of it held out for val;
+      evaluation for test.
+    - ``"minimal"``: the union of the two small sets (242 characters of 8 alphabets; ``val_alphabets`` held out
+      for val); evaluation for test.
 
     With ``rotations`` every character under 0/90/180/270 degrees is a separate class, in every split.
 
@@ -505,16 +525,16 @@ def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:
             "test": pool.take(order[n_train + n_val:]),
         }
     else:
-        if split == "background_evaluation":
-            train_pool = _as_pool(loaded["background"])
-            what = "images_background"
-        else:
+        sources, what = _TRAIN_SOURCES[split]
+        if split == "minimal":
             small1, small2 = _as_pool(loaded["background_small1"]), _as_pool(loaded["background_small2"])
             # small1 and small2 share Greek and Latin: keep each character once.
             seen = set(small1.characters)
             extra = np.array([i for i, c in enumerate(small2.characters) if c not in seen], dtype=np.int64)
             train_pool = _Pool.concat([small1, small2.take(extra)])
-            what = "images_background_small1 + small2"
+        else:
+            (source,) = sources
+            train_pool = _as_pool(loaded[source])
         train, val, held = _hold_out_alphabets(train_pool, int(params.val_alphabets), int(params.seed), what)
         parts = {"train": train, "val": val, "test": _as_pool(loaded["evaluation"])}
         info["val_alphabets"] = held
@@ -524,8 +544,46 @@ def build_dataset(params: Any, context: DataContext) -> ClassificationDataset:
     info["classes"] = {name: s.num_classes for name, s in splits.items()}
     info["images"] = {name: int(len(s.labels)) for name, s in splits.items()}
     dataset = ClassificationDataset(splits=splits, input_shape=(size, size, 1), scale=255.0, info=info)
-    dataset.benchmarks["lake20"] = lambda: oneshot_task_batch(context, size, dataset)
+    dataset.benchmarks["lake20"] = Benchmark(
+        tasks=lambda: oneshot_task_batch(context, size, dataset),
+        classes=lambda: oneshot_characters(context, size),
+        title="Lake et al.'s 20 within-alphabet 20-way one-shot runs (drawn from the evaluation alphabets)",
+        advice=("Score lake20 on a run trained with split=background_evaluation, minimal1 or minimal2, whose "
+                "training and validation alphabets are all background alphabets"),
+    )
     return dataset
+
+
+def oneshot_characters(context: DataContext, image_size: int = 28) -> list[str]:
+    """The evaluation characters (``"<Alphabet>/characterNN"``) that Lake et al.'s 20 one-shot runs draw from.
+
+    ``all_runs.zip`` names no character, so each run image is matched to the evaluation image with the same
+    pixels (SOURCE.md: every run PNG is one evaluation PNG re-saved).
+
+    Raises:
+        OmniglotLayoutError: A run image matches no evaluation image.
+    """
+    evaluation = load_characters(context, "evaluation", image_size)
+    owner: dict[bytes, set[str]] = {}
+    for character, drawings in zip(evaluation.characters, evaluation.images):
+        for drawing in drawings:
+            owner.setdefault(np.ascontiguousarray(drawing).tobytes(), set()).add(character)
+    found: set[str] = set()
+    unmatched = 0
+    for run in load_oneshot_runs(context, image_size):
+        for image in (*run["train_images"], *run["test_images"]):
+            names = owner.get(np.ascontiguousarray(image[..., 0]).tobytes())
+            if names:
+                found |= names  # an ambiguous match keeps every candidate: the leak check stays conservative
+            else:
+                unmatched += 1
+    if unmatched:
+        raise OmniglotLayoutError(
+            f"{RUNS_SOURCE.official_file}: {unmatched} run images match no image of {SOURCES['evaluation'].official_file}, "
+            f"so the characters the runs use are unknown. Replace the files with the official ones. "
+            f"Received: unmatched={unmatched}"
+        )
+    return sorted(found)
 
 
 def oneshot_task_batch(context: DataContext, image_size: int, dataset: ClassificationDataset) -> TaskBatch:

@@ -85,8 +85,9 @@ def metalab_register_datasets() -> list:
                 "metalab.reptile": {"inner_optimizer": "sgd", "inner_lr": 0.02, "inner_steps": 5, "eval_inner_steps": 10},
                 "metalab.metasgd": {"inner_lr_init": 0.01, "meta_batch_size": 25},
             },
-            # The dashboard's first run finishes in about a minute on two CPU cores: fewer steps, and MAML with
-            # the paper's sinusoid settings (alpha 0.01, 10 steps at test time) on 10 tasks per batch.
+            # The recommended first run (the Train form and metalab train start from it) finishes in about a minute
+            # on two CPU cores: fewer steps, and MAML with the paper's sinusoid settings (alpha 0.01, 10 steps at
+            # test time) on 10 tasks per batch.
             presets={
                 "*": {"steps": 2000, "val_every": 250, "log_every": 50, "checkpoint_every": 500},
                 "metalab.maml": {"steps": 4000, "val_every": 500, "checkpoint_every": 1000,

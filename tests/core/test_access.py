@@ -19,7 +19,7 @@ from metalab.core.services.access import AccessError, Actor, CapError, Policy
 from metalab.core.contract.manager import make_plugin_manager
 from metalab.core.services import LaunchLimitError, Services
 from metalab.core.settings import MODE_CAPS, load_settings
-from metalab.core.store import RunNotFoundError, RunStore
+from metalab.core.store import SCHEMA_VERSION, RunNotFoundError, RunStore
 
 SINUSOID = {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 20,
             "algorithm_params": {"meta_batch_size": 2}}
@@ -314,9 +314,38 @@ def test_a_first_release_store_is_migrated_and_its_runs_belong_to_this_machine(t
     run = store.get_run("20260101-000000-abcdef")
     assert run.owner == "local" and run.status == "completed"
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
     assert store.upload_records() == []
     RunStore(path)  # opening again is a no-op
+
+
+#: A store as schema version 1 (sessions 4-8: owners and uploads, evaluations without their seed) wrote it.
+_V1_SCHEMA = _V0_SCHEMA.replace("cancel_requested INTEGER NOT NULL DEFAULT 0);",
+                                "cancel_requested INTEGER NOT NULL DEFAULT 0, owner TEXT NOT NULL DEFAULT 'local');") + """
+CREATE TABLE uploads (name TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL,
+    archive_bytes INTEGER NOT NULL DEFAULT 0, unpacked_bytes INTEGER NOT NULL DEFAULT 0, files INTEGER NOT NULL DEFAULT 0);
+INSERT INTO evaluations (run_id, created, split, episodes, result) VALUES
+    ('20260101-000000-abcdef', 2, 'test', 600, '{"mse": 0.5, "ci95": 0.1, "episodes": 600}'),
+    ('20260101-000000-abcdef', 3, 'benchmark:lake20', 20, '{"accuracy": 0.9, "ci95": 0.1, "episodes": 20}');
+PRAGMA user_version=1;
+"""
+
+
+def test_a_version_one_store_keeps_its_evaluations_and_learns_their_seed(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+    conn.close()
+    store = RunStore(path)
+    bench, test = store.evaluations("20260101-000000-abcdef")
+    # Every fixed evaluation before version 2 used seed 2017; a benchmark's fixed tasks have none.
+    assert (test["split"], test["episodes"], test["seed"], test["mse"]) == ("test", 600, 2017, 0.5)
+    assert (bench["split"], bench["seed"]) == ("benchmark:lake20", None)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+    assert store.get_run("20260101-000000-abcdef").owner == "local"
 
 
 # -- showcases ----------------------------------------------------------------------------------------------
@@ -332,7 +361,7 @@ def _completed_run(svc: Services) -> str:
     svc.store.add_artifact(run_id, "checkpoint", "checkpoint", folder / "checkpoint.npz", step=20)
     svc.store.add_artifact(run_id, "report_data", "json", folder / "report_data.json")
     svc.store.log_metrics(run_id, 20, {"train/loss": 0.5})
-    svc.store.add_evaluation(run_id, "test", 600, {"mse": 0.1, "ci95": 0.01})
+    svc.store.add_evaluation(run_id, "test", 600, {"mse": 0.1, "ci95": 0.01}, seed=2017)
     svc.store.update_run(run_id, status="completed", step=20)
     return run_id
 
@@ -364,6 +393,7 @@ def test_a_showcase_bundle_is_served_read_only(make, tmp_path):
     assert run.owner == "showcase" and run.status == "completed"
     assert visitor.report_data(run_id) == {"kind": "regression"}
     assert visitor.evaluations(run_id)[0]["mse"] == 0.1 and visitor.metrics(run_id)["train/loss"] == [(20, 0.5)]
+    assert visitor.evaluations(run_id)[0]["seed"] == 2017  # the headline's protocol travels with the bundle
     admin = served.for_actor(Actor("session:admin-token", "admin", admin=True))
     for svc in (visitor, admin):
         with pytest.raises(AccessError, match="showcase runs are read-only"):

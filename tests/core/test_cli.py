@@ -63,6 +63,16 @@ def test_train_list_show_eval_round_trip():
     assert evaluated["episodes"] == 10 and evaluated["mse"] > 0 and evaluated["ci95"] > 0
     assert len(evaluated["curve"]) == 3
 
+    # The later 10-episode score is kept beside the end-of-training one and never replaces the headline: that is
+    # the run's canonical protocol (its own 8 test episodes, seed 2017).
+    shown = json.loads(invoke("runs", "show", run_id, "--json").stdout)
+    assert [(e["split"], e["episodes"], e["seed"]) for e in shown["evaluations"]] == [("test", 10, 2017),
+                                                                                     ("test", 8, 2017)]
+    assert shown["headline"]["episodes"] == 8 and shown["headline"]["mse"] == summary["evaluation"]["mse"]
+    text = invoke("runs", "show", run_id).stdout
+    assert re.search(r"headline: meta-test MSE [\d.]+ ± [\d.]+ \(8 episodes\)", text), text
+    assert "also test · 10 episodes · seed 2017: meta-test MSE" in text
+
 
 def test_unknown_run_is_a_clear_error():
     result = invoke("runs", "show", "no-such-run")

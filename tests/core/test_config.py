@@ -278,6 +278,11 @@ def test_omniglot_alphabet_table_matches_the_official_counts():
     assert len(BACKGROUND_ALPHABETS) == SOURCES["background"].alphabets
     assert sum(BACKGROUND_ALPHABETS.values()) == SOURCES["background"].characters
     assert sum(BACKGROUND_ALPHABETS[a] for a in MINIMAL_ALPHABETS) == 242
+    from metalab.plugins.omniglot.loader import SMALL_ALPHABETS
+
+    for source, alphabets in SMALL_ALPHABETS.items():
+        assert sum(BACKGROUND_ALPHABETS[a] for a in alphabets) == SOURCES[source].characters
+    assert set(MINIMAL_ALPHABETS) == {a for names in SMALL_ALPHABETS.values() for a in names}
 
 
 @pytest.mark.parametrize("params, expected", [
@@ -295,6 +300,8 @@ def test_omniglot_vinyals_split_sizes(params, expected):
 @pytest.mark.parametrize("split, sources", [
     ("background_evaluation", ("images_background",)),
     ("minimal", ("images_background_small1", "images_background_small2")),
+    ("minimal1", ("images_background_small1",)),
+    ("minimal2", ("images_background_small2",)),
 ])
 @pytest.mark.parametrize("seed, val_alphabets", [(0, 2), (5, 3), (11, 1)])
 def test_omniglot_held_out_alphabets_match_the_files(shared_data_dir, split, sources, seed, val_alphabets):

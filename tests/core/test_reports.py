@@ -19,7 +19,7 @@ METRICS = {
     "val/ci95": [(15, 0.05), (30, 0.04)],
     "val/loss": [(15, 1.8), (30, 1.2)],
 }
-EVALUATION = {"split": "test", "episodes": 600, "loss": 0.4, "accuracy": 0.9, "ci95": 0.01,
+EVALUATION = {"split": "test", "episodes": 600, "seed": 2017, "loss": 0.4, "accuracy": 0.9, "ci95": 0.01,
               "curve": [0.2, 0.8, 0.9], "curve_ci95": [0.01, 0.02, 0.01]}
 SINUSOID = {"x": [-1.0, 0.0, 1.0], "tasks": [
     {"amplitude": 2.0, "phase": 0.1, "true": [1, 2, 3], "support_x": [0.5], "support_y": [1.5],
@@ -161,18 +161,18 @@ def test_an_algorithm_plugin_publishes_its_own_results_on_any_dataset(tmp_path, 
     registry = make_plugin_manager(distributions={"metalab"}, settings=settings, strict=True,
                                    plugins=[("acme", plugin)])
     svc = Services(settings=settings, registry=registry)
-    config = {"dataset": "metalab.sinusoid", "algorithm": "acme.foo", "ways": 1, "shots": 10}
+    config = {"dataset": "metalab.sinusoid", "algorithm": "acme.foo", "ways": 1, "shots": 10, "test_episodes": 10}
     assert svc.published_results(config) == [{"method": "Foo", "metric": "mse", "value": 0.12, "ci95": 0.01,
                                               "citation": "Foo et al. 2030, Table 2", "benchmark": None,
                                               "same_algorithm": True}]
     assert svc.published_results({**config, "shots": 5}) == []
     # The row stands beside the run's MSE in the report's score figure, not beside an accuracy.
     report = {"run": {"id": "r", "config": config}, "metrics": {}, "published": svc.published_results(config),
-              "evaluations": [{"split": "test", "episodes": 10, "mse": 0.2, "ci95": 0.02, "loss": 0.2}]}
+              "evaluations": [{"split": "test", "episodes": 10, "seed": 2017, "mse": 0.2, "ci95": 0.02, "loss": 0.2}]}
     bars = dict(reports.report_figures(report))["Meta-test score"]
     assert {label: value for trace in bars.data for label, value in zip(trace.x, trace.y)} == {
         "this run": pytest.approx(0.2), "Foo": pytest.approx(0.12)}
-    report["evaluations"][0] = {"split": "test", "episodes": 10, "accuracy": 0.9, "ci95": 0.02, "loss": 0.2}
+    report["evaluations"][0] = {"split": "test", "episodes": 10, "seed": 2017, "accuracy": 0.9, "ci95": 0.02, "loss": 0.2}
     bars = dict(reports.report_figures(report))["Meta-test score"]
     assert [label for trace in bars.data for label in trace.x] == ["this run"]
 
@@ -222,9 +222,10 @@ def test_run_progress_eta_from_worker_speed():
 def _report() -> dict:
     run = {"id": "20260101-000000-abcdef", "name": "demo", "dataset": "metalab.sinusoid", "algorithm": "metalab.maml",
            "backbone": "metalab.mlp", "status": "completed", "step": 30, "total_steps": 30,
-           "config": {"dataset": "metalab.sinusoid", "seed": 7, "algorithm_params": {"inner_lr": 0.01}},
+           "config": {"dataset": "metalab.sinusoid", "seed": 7, "test_episodes": 50,
+                      "algorithm_params": {"inner_lr": 0.01}},
            "versions": {"keras": "3.15.1"}, "created": "2026-01-01T00:00:00+00:00"}
-    regression_eval = {"split": "test", "episodes": 50, "loss": 0.3, "mse": 0.3, "ci95": 0.02, "curve": [2.0, 0.5, 0.3],
+    regression_eval = {"split": "test", "episodes": 50, "seed": 2017, "loss": 0.3, "mse": 0.3, "ci95": 0.02, "curve": [2.0, 0.5, 0.3],
                        "curve_ci95": [0.1, 0.1, 0.1]}
     return {"run": run, "metrics": {"train/loss": [(10, 1.0)], "val/mse": [(10, 0.5)]},
             "evaluations": [regression_eval], "report_data": {"sinusoid": SINUSOID}}
@@ -288,10 +289,11 @@ def test_cross_domain_scores_stand_beside_the_in_domain_score():
     from metalab.core.reports import figures as reports
 
     report = {
-        "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.baseline"}},
+        "run": {"id": "r", "config": {"dataset": "metalab.omniglot", "algorithm": "metalab.baseline",
+                                      "test_episodes": 10}},
         "metrics": {},
         "evaluations": [
-            {"split": "test", "episodes": 10, "accuracy": 0.8, "ci95": 0.05, "loss": 0.5},
+            {"split": "test", "episodes": 10, "seed": 2017, "accuracy": 0.8, "ci95": 0.05, "loss": 0.5},
             {"split": "cross:metalab.digits", "episodes": 10, "accuracy": 0.6, "ci95": 0.04, "loss": 0.9},
         ],
     }
@@ -305,13 +307,14 @@ def test_cross_domain_scores_stand_beside_the_in_domain_score():
 def test_a_benchmark_evaluation_stands_beside_the_published_figures(services):
     from metalab.core.reports import figures as reports
 
-    config = {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet", "ways": 5, "shots": 1}
+    config = {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet", "ways": 5, "shots": 1,
+              "test_episodes": 10}
     report = {
         "run": {"id": "r", "config": config},
         "metrics": {},
         "evaluations": [
             {"split": "benchmark:lake20", "episodes": 20, "accuracy": 0.86, "ci95": 0.04, "loss": 0.5},
-            {"split": "test", "episodes": 10, "accuracy": 0.9, "ci95": 0.05, "loss": 0.4},
+            {"split": "test", "episodes": 10, "seed": 2017, "accuracy": 0.9, "ci95": 0.05, "loss": 0.4},
         ],
         "published": services.published_results(config),
     }
@@ -398,3 +401,30 @@ def test_the_service_report_carries_the_batch_norm_line_and_the_published_rows(s
     assert any(row["same_algorithm"] and row["method"] == "MAML" for row in report["published"])
     html_text = reports.report_html(report)
     assert "Published results (same protocol)" in html_text and "<td>98.7 accuracy (%)</td>" in html_text
+
+
+def test_the_headline_is_the_canonical_protocols_score_never_the_newest():
+    """A later 200-episode evaluation is listed beside the 600-episode one and never takes its place."""
+    from metalab.core.reports import scores
+    from metalab.core.engine.fixed_tasks import EVAL_SEED
+
+    assert scores.CANONICAL_SEED == EVAL_SEED
+    config = {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet", "ways": 5, "shots": 1}
+    later = {"split": "test", "episodes": 200, "seed": 2017, "accuracy": 0.5, "ci95": 0.05, "loss": 1.0,
+             "created": "2026-12-03T10:00:00+00:00"}
+    canonical = {"split": "test", "episodes": 600, "seed": 2017, "accuracy": 0.9, "ci95": 0.01, "loss": 0.3,
+                 "created": "2026-12-02T10:00:00+00:00"}
+    report = {"run": {"id": "r", "config": config}, "metrics": {}, "evaluations": [later, canonical]}
+    assert scores.headline(report["evaluations"], config) is canonical
+    rows = scores.score_rows(report["evaluations"], config)
+    assert [(r["protocol"], r["headline"]) for r in rows] == [("test · 200 episodes · seed 2017", False),
+                                                              ("test · 600 episodes · seed 2017", True)]
+    bars = dict(reports.report_figures(report))["Meta-test score"]
+    assert {label: value for trace in bars.data for label, value in zip(trace.x, trace.y)}["this run"] == \
+        pytest.approx(90.0)
+    text = reports.report_html(report)
+    assert "accuracy (%): <b>90</b> ± 1 (95% CI, 600 fixed episodes)" in text
+    assert "<td>test · 200 episodes · seed 2017</td><td>50 accuracy (%)</td>" in text
+    # Without a canonical score there is no headline, whatever else was stored.
+    assert scores.headline([later], config) is None
+    assert "Meta-test score" not in dict(reports.report_figures({**report, "evaluations": [later]}))

@@ -1,4 +1,4 @@
-"""Spec fields through which a plugin carries its own knowledge (plugin API 1.4): the Train form's presets."""
+"""Spec fields through which a plugin carries its own knowledge (plugin API 1.4): the recommended presets."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ import dataclasses
 import pytest
 
 
-def test_presets_reach_the_train_form_from_the_dataset_spec(tmp_path, builtin_registry):
+def test_presets_reach_the_train_form_and_the_cli_from_the_dataset_spec(tmp_path, builtin_registry):
     from metalab.core.services import Services
     from metalab.core.settings import load_settings
-    from metalab.dashboard.train import preset
 
-    catalog = Services(settings=load_settings(home=tmp_path, disable_plugins=""), registry=builtin_registry).catalog()
-    sinusoid = catalog["datasets"]["metalab.sinusoid"]
+    services = Services(settings=load_settings(home=tmp_path, disable_plugins=""), registry=builtin_registry)
     # An algorithm's own entry goes over the dataset's entry for every algorithm.
-    assert preset(sinusoid, "metalab.maml") == {
-        "steps": 4000, "val_every": 500, "log_every": 50, "checkpoint_every": 1000, "algorithm.inner_lr": 0.01,
-        "algorithm.meta_batch_size": 10, "algorithm.eval_inner_steps": 10}
-    assert preset(sinusoid, "metalab.protonet") == {"steps": 2000, "val_every": 250, "log_every": 50,
-                                                    "checkpoint_every": 500}
-    assert preset(catalog["datasets"]["metalab.omniglot"], "metalab.maml") == {}
+    assert services.recommended_values("metalab.sinusoid", "metalab.maml") == {
+        "shots": 10, "queries": 10, "steps": 4000, "val_every": 500, "log_every": 50, "checkpoint_every": 1000,
+        "algorithm.inner_lr": 0.01, "algorithm.meta_batch_size": 10, "algorithm.eval_inner_steps": 10}
+    assert services.recommended_values("metalab.sinusoid", "metalab.protonet") == {
+        "shots": 10, "queries": 10, "steps": 2000, "val_every": 250, "log_every": 50, "checkpoint_every": 500}
+    assert services.recommended_values("metalab.omniglot", "metalab.maml") == {"ways": 5, "shots": 1, "queries": 15}
     # The catalog hands out copies: a page editing its row leaves the spec alone.
+    sinusoid = services.catalog()["datasets"]["metalab.sinusoid"]
     sinusoid["presets"]["*"]["steps"] = 1
     assert builtin_registry.dataset("metalab.sinusoid").presets["*"]["steps"] == 2000
 

@@ -74,7 +74,7 @@ def app(home: Path):
 SINUSOID_CONFIG: dict[str, Any] = {
     "dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "backbone": "metalab.mlp",
     "dataset_params": {}, "algorithm_params": {"inner_lr": 0.01, "eval_inner_steps": 2}, "backbone_params": {},
-    "ways": 1, "shots": 5, "queries": 5, "steps": 40, "seed": 3,
+    "ways": 1, "shots": 5, "queries": 5, "steps": 40, "seed": 3, "test_episodes": 20,
 }
 
 
@@ -89,7 +89,7 @@ def make_completed_run(store: RunStore, *, name: str = "", config: dict[str, Any
         store.log_metrics(run_id, step, {f"val/{score}": 0.5 + step / 100, "val/ci95": 0.05, "val/loss": 1.0 / step})
     evaluation = {"episodes": 20, "loss": 0.3, score: 0.8, "ci95": 0.04, "curve": [1.5, 0.6, 0.3],
                   "curve_ci95": [0.2, 0.1, 0.05]}
-    store.add_evaluation(run_id, "test", 20, evaluation)
+    store.add_evaluation(run_id, "test", 20, evaluation, seed=2017)  # the run's canonical protocol
     data = {"sinusoid": {"x": [-1.0, 0.0, 1.0], "tasks": [{
         "amplitude": 1.0, "phase": 0.5, "true": [0.1, 0.2, 0.3], "support_x": [0.5], "support_y": [0.25],
         "predictions": {"0": [0.0, 0.0, 0.0], "1": [0.1, 0.1, 0.1], "10": [0.1, 0.2, 0.3]}}]}}

@@ -80,8 +80,8 @@ def shots_dir(tmp_path: Path) -> Path:
 def test_launch_watch_and_download_a_sinusoid_run(server, shots_dir, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
     url, home = server
-    setup = ("dataset=metalab.sinusoid&algorithm=metalab.maml&steps=600&log_every=20&val_every=200"
-             "&checkpoint_every=600&test_episodes=100&name=browser-test")
+    setup = ("dataset=metalab.sinusoid&algorithm=metalab.maml&steps=200&log_every=10&val_every=100"
+             "&checkpoint_every=200&test_episodes=50&name=browser-test")
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
@@ -98,7 +98,7 @@ def test_launch_watch_and_download_a_sinusoid_run(server, shots_dir, tmp_path):
             page.goto(f"{url}/train?{setup}")
             # The Train page renders without waiting for the worker's device list (a probe process lists it).
             page.get_by_text("Valid: MAML on Sinusoid regression").wait_for(timeout=60_000)
-            assert "steps=600" in page.url
+            assert "steps=200" in page.url
             page.get_by_role("button", name="Launch").wait_for()
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots_dir / "03-train.png"), full_page=True)
@@ -131,7 +131,7 @@ def test_launch_watch_and_download_a_sinusoid_run(server, shots_dir, tmp_path):
             page.get_by_text("1 of 1 runs").wait_for()
             page.screenshot(path=str(shots_dir / "06-runs.png"), full_page=True)
             page.goto(f"{url}/compare?runs={run_id}")
-            page.get_by_text("Final metrics and differing settings").wait_for()
+            page.get_by_text("Parameters and metrics").wait_for()
             page.locator(".js-plotly-plot").first.wait_for()
             page.screenshot(path=str(shots_dir / "07-compare.png"), full_page=True)
         finally:

@@ -71,8 +71,8 @@ def test_runs_page_renames_and_deletes_with_confirmation(page, fake_runs):
     run_id = fake_runs.completed(name="old")
     at = page("runs").run()
     at.multiselect(key="runs.chosen").set_value([run_id]).run()
-    at.text_input(key="runs.new_name").input("new name")
-    at.button[[b.label for b in at.button].index("Rename")].click().run()
+    at.text_input(key="runs.edit.name").input("new name")
+    at.button(key="runs.edit.save").click().run()
     assert Services().run(run_id).name == "new name"
     at.multiselect(key="runs.chosen").set_value([run_id]).run()
     at.button(key="runs.delete").click().run()
@@ -84,16 +84,17 @@ def test_runs_page_renames_and_deletes_with_confirmation(page, fake_runs):
 
 def test_compare_page_overlays_curves_and_groups_scores(page, fake_runs, figures):
     a = fake_runs.completed(name="lr small")
-    b = fake_runs.completed(name="lr big", config={**SINUSOID, "algorithm_params": {"inner_lr": 0.1, "eval_inner_steps": 2}})
+    b = fake_runs.completed(name="lr big", config={**SINUSOID, "test_episodes": 20,
+                                                   "algorithm_params": {"inner_lr": 0.1, "eval_inner_steps": 2}})
     at = page("compare", {"runs": f"{a},{b}"}).run()
     assert not at.exception
-    curves, scores = figures(at)
+    curves, scores, _ = figures(at)
     assert curves["layout"]["title"]["text"] == "val/mse"
     assert len(curves["data"]) == 2
-    assert at.selectbox(key="compare.group").options[1] == "algorithm.inner_lr"
+    assert at.selectbox(key="compare.group").options[1] == "inner_lr"  # shown by its own name
     at.selectbox(key="compare.group").set_value("algorithm.inner_lr").run()
     scores = figures(at)[1]
-    assert sorted(trace["name"] for trace in scores["data"]) == ["algorithm.inner_lr=0.01", "algorithm.inner_lr=0.1"]
+    assert sorted(trace["x"][0] for trace in scores["data"]) == ["inner_lr=0.01", "inner_lr=0.1"]
     table = at.dataframe[0].value
     assert set(table["id"]) == {a, b} and "algorithm.inner_lr" in table.columns
 

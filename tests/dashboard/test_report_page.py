@@ -27,6 +27,19 @@ def test_completed_run_shows_its_figures_score_and_download(page, fake_runs, fig
     assert score.value == "0.8 ± 0.04"
     assert at.get("download_button")[0].label == "Download report (HTML)"
     assert not [b for b in at.button if b.key == "report-resume"]  # a completed run is not resumable
+    # One evaluation: nothing more to list.
+    assert not [d for d in at.dataframe if "protocol" in d.value.columns]
+
+
+def test_a_later_shorter_evaluation_is_listed_and_the_headline_stays(page, fake_runs, store):
+    run_id = fake_runs.completed()
+    store.add_evaluation(run_id, "test", 5, {"episodes": 5, "loss": 9.0, "mse": 9.0, "ci95": 3.0}, seed=2017)
+    at = page("run_report", {"run": run_id}).run()
+    assert not at.exception
+    assert next(m for m in at.metric if m.label == "Meta-test MSE").value == "0.8 ± 0.04"
+    table = next(d.value for d in at.dataframe if "protocol" in d.value.columns)
+    assert list(table["protocol"]) == ["test · 5 episodes · seed 2017", "test · 20 episodes · seed 2017"]
+    assert list(table["headline"]) == ["", "yes"]
 
 
 def test_failed_run_shows_error_traceback_config_and_resume(page, fake_runs):

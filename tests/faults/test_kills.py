@@ -52,15 +52,15 @@ def test_a_worker_killed_while_training_loses_at_most_one_checkpoint_interval(sv
 
 def test_a_worker_killed_while_writing_checkpoints_resumes_from_a_whole_one(svc):
     # A checkpoint every step: a kill at a random moment lands in or next to a checkpoint write.
-    config = {**TINY, "checkpoint_every": 1, "steps": 60}
+    config = {**TINY, "checkpoint_every": 1, "steps": 30}
     run_id = svc.submit(svc.resolve(config))
-    run = wait_for(lambda: (r := svc.store.get_run(run_id)).status == "running" and r.step >= 20 and r,
-                   what="step 20")
+    run = wait_for(lambda: (r := svc.store.get_run(run_id)).status == "running" and r.step >= 10 and r,
+                   what="step 10")
     kill9(run.pid)
     assert svc.store.get_run(run_id).status == "interrupted"
     svc.relaunch(run_id)
     run = wait_for(lambda: finished(svc, run_id), what="the run to finish")
-    assert run.status == "completed" and run.step == 60, (run.error, run.traceback)
+    assert run.status == "completed" and run.step == 30, (run.error, run.traceback)
 
 
 def test_a_worker_killed_while_evaluating_resumes_and_evaluates(svc):

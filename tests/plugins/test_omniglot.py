@@ -32,9 +32,9 @@ def context(data_dir: Path, cache_dir: Path) -> DataContext:
 
 
 @pytest.fixture(scope="module")
-def shared_ctx(tmp_path_factory) -> DataContext:
-    """The shared data with a cache of this test module's own: the first load decodes, later ones reload."""
-    return context(SHARED_DATA, tmp_path_factory.mktemp("omniglot-cache"))
+def shared_ctx(omniglot_cache) -> DataContext:
+    """The shared data with the test process's Omniglot cache: the first load decodes, later ones reload."""
+    return context(SHARED_DATA, omniglot_cache)
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +267,34 @@ def test_oneshot_runs_are_preprocessed_like_the_dataset(shared_ctx, vinyals):
     runs = omniglot_plugin.load_oneshot_runs(shared_ctx)
     images = np.concatenate([np.concatenate([r["train_images"], r["test_images"]]) for r in runs])[..., 0]
     assert sum(img.tobytes() in known for img in images) == len(images) == 800
+
+
+@needs_full
+@pytest.mark.parametrize("split, source, alphabets", [("minimal1", "background_small1", 5),
+                                                      ("minimal2", "background_small2", 5)])
+def test_each_small_set_alone_is_lakes_minimal_condition(shared_ctx, split, source, alphabets):
+    ds = omniglot_plugin.make_omniglot({"split": split, "rotations": False, "val_alphabets": 1}, shared_ctx)
+    chars = ds.info["characters"]
+    assert chars["train"] + chars["val"] == loader.SOURCES[source].characters and chars["test"] == 659
+    seen = {c.split("/")[0] for name in ("train", "val") for c in ds.splits[name].class_names}
+    assert seen == set(loader.SMALL_ALPHABETS[source]) and len(seen) == alphabets
+    assert ds.info["val_alphabets"] == sorted({c.split("/")[0] for c in ds.splits["val"].class_names})
+
+
+@needs_full
+@pytest.mark.skipif(not (OMNIGLOT / "all_runs.zip").is_file(), reason=f"all_runs.zip not found in {OMNIGLOT}")
+def test_lake20_declares_its_200_characters_and_they_are_training_classes_of_the_default_split(shared_ctx, vinyals):
+    from metalab.api import Benchmark
+    from metalab.core.engine.evaluation import benchmark_overlap
+
+    bench = vinyals.benchmarks["lake20"]
+    assert isinstance(bench, Benchmark) and "split=background_evaluation" in bench.advice
+    classes = bench.classes()
+    evaluation = set(loader.load_characters(shared_ctx, "evaluation").characters)
+    assert len(classes) == 200 and set(classes) <= evaluation
+    # The default (Vinyals) split pools the evaluation characters into training: the reviewer's 136 (and 8 in val).
+    overlap = benchmark_overlap(vinyals, classes)
+    assert (len(overlap["train"]), len(overlap["val"])) == (136, 8)
+    # Lake's background split keeps every evaluation alphabet out of train and val.
+    lake = omniglot_plugin.make_omniglot({"split": "background_evaluation"}, shared_ctx)
+    assert benchmark_overlap(lake, classes) == {"train": [], "val": []}

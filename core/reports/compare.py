@@ -1,0 +1,119 @@
+"""Figures that compare runs, each run drawn in one colour in every figure (curves, scores, parallel coordinates).
+
+Pure functions of plain data (rows of :mod:`metalab.core.reports.runs_table`, metric series): the Compare page
+renders them; no Streamlit, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+import plotly.graph_objects as go
+
+__all__ = ["MAX_COMPARED", "PALETTE", "curves_figure", "parallel_coordinates_figure", "run_colors", "scores_figure"]
+
+#: At most this many runs are overlaid: each keeps a colour of its own.
+MAX_COMPARED = 20
+#: Twenty distinct colours: the ten of the report figures, then ten darker ones.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+           "#756bb1", "#636363")
+
+
+def run_colors(run_ids: Iterable[str]) -> dict[str, str]:
+    """``{run id: colour}``: the n-th run compared gets the n-th colour, in every figure of the comparison."""
+    return {run_id: PALETTE[i % len(PALETTE)] for i, run_id in enumerate(run_ids)}
+
+
+def curves_figure(curves: Mapping[str, list[tuple[int, float]]], labels: Mapping[str, str],
+                  colors: Mapping[str, str], metric: str) -> go.Figure:
+    """Overlays one metric of several runs, each in its colour.
+
+    Args:
+        curves: ``{run id: [(step, value), ...]}``.
+        labels: ``{run id: legend label}``.
+        colors: ``{run id: colour}`` (:func:`run_colors`).
+        metric: The metric's name, the title and y-axis.
+    """
+    fig = go.Figure()
+    for run_id, points in curves.items():
+        x = [int(p[0]) for p in points]
+        y = [float(p[1]) for p in points]
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines",
+                                 name=labels.get(run_id, run_id), legendgroup=run_id, meta=run_id,
+                                 line={"color": colors.get(run_id)}))
+    fig.update_layout(title=metric, xaxis_title="meta-training step", yaxis_title=metric, hovermode="x unified",
+                      height=380, margin={"t": 60, "b": 40})
+    return fig
+
+
+def scores_figure(rows: list[dict[str, Any]], colors: Mapping[str, str], group_by: str | None = None,
+                  title: str = "Headline meta-test score (95% CI)", group_label: str | None = None) -> go.Figure:
+    """One bar per run (its headline score with its 95% CI), in the run's colour.
+
+    Args:
+        rows: ``{"id", "label", "score", "ci95", "metric"}`` dicts (rows without a score are skipped), and the
+            ``group_by`` field when given.
+        colors: ``{run id: colour}``.
+        group_by: A field: bars stand over its values (``inner_lr=0.01``), side by side within a value.
+        group_label: How the field reads on the axis (default: its name).
+    """
+    fig = go.Figure()
+    scored = [r for r in rows if r.get("score") is not None]
+    for row in scored:
+        value = row.get(group_by) if group_by else None
+        x = f"{group_label or group_by}={'—' if value is None else value}" if group_by else row["label"]
+        ci = row.get("ci95")
+        fig.add_trace(go.Bar(x=[x], y=[row["score"]], name=row["label"], meta=row["id"], legendgroup=row["id"],
+                             marker_color=colors.get(row["id"]), showlegend=bool(group_by),
+                             error_y={"type": "data", "array": [ci if ci is not None and math.isfinite(ci) else 0]}))
+    metric = next((r.get("metric") for r in scored if r.get("metric")), "score")
+    fig.update_layout(title=title, yaxis_title=metric, barmode="group", height=360, margin={"t": 60, "b": 40})
+    return fig
+
+
+def _discrete_scale(colors: list[str]) -> list[list[Any]]:
+    """A colour scale on ``0 .. n-1`` whose integer ``i`` is exactly ``colors[i]`` (a band per colour)."""
+    if len(colors) == 1:
+        return [[0.0, colors[0]], [1.0, colors[0]]]
+    n = len(colors)
+    scale = []
+    for i, color in enumerate(colors):
+        scale += [[i / n, color], [(i + 1) / n, color]]
+    return scale
+
+
+def parallel_coordinates_figure(rows: list[dict[str, Any]], dimensions: list[str], colors: Mapping[str, str],
+                                title: str = "Parameters and scores",
+                                labels: Mapping[str, str] | None = None) -> go.Figure:
+    """One line per run across its parameters and metrics, each line in the run's colour.
+
+    Args:
+        rows: Table rows with an ``id`` and the ``dimensions`` fields.
+        dimensions: Fields, one axis each; text fields get one tick per value, numbers a continuous axis.
+        colors: ``{run id: colour}``.
+        labels: ``{field: axis title}`` (default: the field's name).
+    """
+    axes = []
+    for name in dimensions:
+        values = [r.get(name) for r in rows]
+        present = [v for v in values if v is not None]
+        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            axes.append({"label": (labels or {}).get(name, name),
+                         "values": [float(v) if v is not None else math.nan for v in values]})
+        else:
+            levels = sorted({str(v) for v in present})
+            index = {v: i for i, v in enumerate(levels)}
+            axes.append({"label": (labels or {}).get(name, name),
+                         "values": [index[str(v)] if v is not None else math.nan for v in values],
+                         "tickvals": list(range(len(levels))), "ticktext": levels,
+                         "range": [-0.5, max(len(levels) - 0.5, 0.5)]})
+    ordered = [colors.get(r["id"], PALETTE[0]) for r in rows]
+    n = max(len(rows), 1)
+    # Each run's line is coloured by its own index on a scale banded into the runs' colours.
+    line = {"color": [i + 0.5 for i in range(len(rows))], "colorscale": _discrete_scale(ordered or [PALETTE[0]]),
+            "cmin": 0, "cmax": n, "showscale": False}
+    fig = go.Figure(go.Parcoords(line=line, dimensions=axes, meta=[r["id"] for r in rows]))
+    fig.update_layout(title=title, height=420, margin={"t": 90, "b": 40, "l": 60, "r": 60})
+    return fig
