@@ -187,7 +187,8 @@ def test_builtin_panels_need_no_check_of_the_runs_algorithm(tmp_path, monkeypatc
     with_panels = [impl.plugin_name for impl in registry.pm.hook.metalab_report_panels.get_hookimpls()]
     assert len(with_panels) >= 10
     versions = {record.name: record.api_version for record in registry.plugins}
-    assert {versions[name] for name in with_panels} == {"1.4"}
+    # Every one targets 1.4 or later, where a panel hook is called only for runs of its own specs.
+    assert all(tuple(map(int, versions[name].split("."))) >= (1, 4) for name in with_panels), versions
     data = {spec_id: {"x": 1} for spec_id in registry.algorithms}
 
     def run_of(algorithm: str) -> str:

@@ -305,6 +305,7 @@ def test_a_visitor_cannot_touch_another_visitors_run_and_caps_hold(demo, browser
 
         # Another session sees none of it.
         b.goto(f"{demo.url}/runs")
+        b.get_by_text("No runs yet").first.wait_for(timeout=60_000)  # the page has drawn its (empty) table
         text = _settled(b)
         assert run_id not in text and "alice-demo" not in text
         assert "No runs yet" in text
