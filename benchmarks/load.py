@@ -41,6 +41,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the shared process helpers live in tests/support
 from tests.support.processes import end_workers as _end_workers, free_port as _free_port  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _common import cpu_model  # noqa: E402  (standard library only at import)
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -53,17 +56,9 @@ OWNER_CAP = "METALAB_MAX_RUNS_PER_OWNER"
 
 
 def cpu_note() -> dict[str, Any]:
-    """CPU model, count and the vector instruction sets the figures depend on."""
-    model, flags = "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    return {"model": model, "cpus": os.cpu_count(), "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
-            "platform": platform.platform(), "python": platform.python_version(),
-            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+    """CPU model, count and the vector instruction sets the figures depend on (``_common.cpu_model``), and the load."""
+    return {**cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
 
 
 def commit() -> str:
