@@ -94,10 +94,11 @@ def start_oidc_provider(tmp_path: Path, users: Iterable[str], *, client_id: str 
     client_secret = client_secret or secrets.token_urlsafe(24)
     ready = tmp_path / f"oidc-ready-{secrets.token_hex(4)}"
     log_path = tmp_path / "oidc-provider.log"
-    command = [sys.executable, str(PROVIDER_SCRIPT), "--port", "0", "--users", ",".join(users),
-               "--client-id", client_id, "--client-secret", client_secret, "--ready-file", str(ready)]
+    # name=value: a random secret may begin with "-", which argparse would take for an option (it failed 1 in 64).
+    command = [sys.executable, str(PROVIDER_SCRIPT), "--port=0", f"--users={','.join(users)}",
+               f"--client-id={client_id}", f"--client-secret={client_secret}", f"--ready-file={ready}"]
     for uri in redirect_uris:
-        command += ["--redirect-uri", uri]
+        command.append(f"--redirect-uri={uri}")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
