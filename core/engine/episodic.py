@@ -11,6 +11,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from metalab.core.engine import functional
 from metalab.core.engine.layers import batch_norm_step
 from metalab.core.contract.specs import TaskBatch, TaskSpec
 
@@ -40,10 +41,10 @@ def loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
     """Returns ``(loss, metric)`` of one task: cross-entropy and accuracy, or mean squared error twice."""
     if kind == "classification":
         labels = ops.cast(y, "int32")
-        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
+        loss = functional.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
         hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
-        return loss, ops.mean(ops.cast(hits, outputs.dtype))
-    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
+        return loss, functional.mean(ops.cast(hits, outputs.dtype))
+    loss = functional.mean(ops.square(outputs - ops.cast(y, outputs.dtype)))
     return loss, loss
 
 
@@ -61,10 +62,10 @@ def batched_loss_and_metric(kind: str, outputs: Any, y: Any) -> tuple[Any, Any]:
     """
     if kind == "classification":
         labels = ops.cast(y, "int32")
-        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True), axis=-1)
+        loss = functional.mean(ops.sparse_categorical_crossentropy(labels, outputs, from_logits=True), axis=-1)
         hits = ops.equal(ops.cast(ops.argmax(outputs, axis=-1), "int32"), labels)
-        return loss, ops.mean(ops.cast(hits, outputs.dtype), axis=-1)
-    loss = ops.mean(ops.square(outputs - ops.cast(y, outputs.dtype)), axis=tuple(range(1, len(outputs.shape))))
+        return loss, functional.mean(ops.cast(hits, outputs.dtype), axis=-1)
+    loss = functional.mean(ops.square(outputs - ops.cast(y, outputs.dtype)), axis=tuple(range(1, len(outputs.shape))))
     return loss, loss
 
 def batch_tensors(batch: TaskBatch, kind: str, dtype: str) -> tuple[Any, Any, Any, Any, int]:

@@ -11,6 +11,7 @@ the outer gradient is exact to second order (what MAML needs).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from typing import Any, Callable, Iterator, Sequence
@@ -19,7 +20,7 @@ import keras
 import numpy as np
 
 __all__ = ["FunctionalModel", "value_and_grad", "loss_scaling", "stop_gradient", "map_tasks", "mean_task_gradients",
-           "compile", "to_numpy"]
+           "mean", "compile", "to_numpy"]
 
 # The loss scale that value_and_grad applies while tracing (see loss_scaling); per thread, like a tape.
 _scaling = threading.local()
@@ -260,6 +261,26 @@ def map_tasks(fn: Callable[..., Any], *tensors: Any, vectorize: bool | str = Fal
     return keras.tree.map_structure(lambda *xs: keras.ops.stack(xs), *outputs)
 
 
+def mean(x: Any, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Any:
+    """``keras.ops.mean``, computed in ``x``'s own dtype on every backend (losses of float64 runs stay float64).
+
+    Keras's JAX backend takes the mean of a float64 tensor in float32 (it caps type promotion at 32 bits) and
+    casts the result back: float32 round-off in a float64 run's losses and gradients (2e-8 in a ProtoNet
+    meta-gradient). There a float64 mean is a sum divided by the count; every other case is ``keras.ops.mean``
+    itself, so float32 and mixed-precision runs compute as before.
+
+    Args:
+        x: A tensor.
+        axis: An axis or axes to reduce; ``None`` reduces all.
+        keepdims: Keep the reduced axes with size 1.
+    """
+    x = keras.ops.convert_to_tensor(x)
+    if not _on_jax() or keras.backend.standardize_dtype(x.dtype) != "float64":
+        return keras.ops.mean(x, axis=axis, keepdims=keepdims)
+    axes = range(len(x.shape)) if axis is None else (axis,) if isinstance(axis, int) else axis
+    return keras.ops.sum(x, axis=axis, keepdims=keepdims) / math.prod(x.shape[a] for a in axes)
+
+
 def _task_count(caller: str, tensors: Sequence[Any]) -> int:
     """The common leading (task) dimension of ``tensors``; a clear error if there are none or they differ."""
     if not tensors:
@@ -303,7 +324,7 @@ def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vect
     if _on_jax():
         def mean_loss(p: Any) -> tuple[Any, Any]:
             values, aux = map_tasks(lambda *task: fn(p, *task), *tensors, vectorize=vectorize)
-            return keras.ops.mean(values), keras.tree.map_structure(keras.ops.mean, aux)
+            return mean(values), keras.tree.map_structure(mean, aux)
 
         return value_and_grad(mean_loss, params, has_aux=True)
     if vectorize is True:
@@ -328,9 +349,9 @@ def mean_task_gradients(fn: Callable[..., Any], params: Any, *tensors: Any, vect
         # A later task waits on this one's value, aux and the running sum, so the task is over (its gradient
         # added in, its outputs computed, its activations freed) before the later one starts.
         done.append((total, value, aux))
-    mean = tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), total)
+    mean_grads = tf.nest.map_structure(lambda g: g / tf.cast(count, g.dtype), total)
     aux = keras.tree.map_structure(lambda *xs: keras.ops.mean(keras.ops.stack(xs)), *auxes)
-    return (keras.ops.mean(keras.ops.stack(values)), aux), mean
+    return (keras.ops.mean(keras.ops.stack(values)), aux), mean_grads
 
 
 def _jax_platform() -> str:

@@ -180,7 +180,9 @@ class MetaBatchNorm(keras.layers.Layer):
         else:
             mean = ops.reshape(ops.cast(select(self.moving_mean), dtype), self._broadcast_shape)
             variance = ops.reshape(ops.cast(select(self.moving_variance), dtype), self._broadcast_shape)
-        y = (x - mean) * ops.rsqrt(variance + ops.cast(self.epsilon, dtype))
+        # convert_to_tensor, not cast: TensorFlow's cast takes a Python float through float32 first, which would
+        # make a float64 epsilon 1.0000000475e-3.
+        y = (x - mean) * ops.rsqrt(variance + ops.convert_to_tensor(self.epsilon, dtype=dtype))
         if gamma is not None:
             y = y * ops.reshape(ops.cast(gamma, dtype), self._broadcast_shape)
         if beta is not None:
@@ -250,7 +252,7 @@ class MetaBatchNorm(keras.layers.Layer):
         vdtype = self.moving_mean.dtype
         batch_mean = ops.cast(ops.stop_gradient(ops.reshape(mean, (-1,))), vdtype)
         batch_var = ops.cast(ops.stop_gradient(ops.reshape(variance, (-1,))), vdtype)
-        m = ops.cast(self.momentum, vdtype)
+        m = ops.convert_to_tensor(self.momentum, dtype=vdtype)
         if self.steps == 1:
             self.moving_mean.assign(self.moving_mean * m + batch_mean * (1 - m))
             self.moving_variance.assign(self.moving_variance * m + batch_var * (1 - m))
@@ -358,7 +360,7 @@ def fold_conv_batch_norm_pool(conv: Any, norm: Any, pool: Any, x: Any) -> Any | 
     select = norm._step_selector()
     gamma = tf.ones((filters,), dtype) if norm.gamma is None else tf.cast(select(norm.gamma), dtype)
     beta = tf.zeros((filters,), dtype) if norm.beta is None else tf.cast(select(norm.beta), dtype)
-    scale = gamma * tf.math.rsqrt(variance + tf.cast(norm.epsilon, dtype))
+    scale = gamma * tf.math.rsqrt(variance + tf.constant(norm.epsilon, dtype))  # not tf.cast: see MetaBatchNorm
     # With a bias, conv(x, W) + c has mean mu.W + c: c cancels (its gradient is 0, as through the batch norm).
     shift = beta - scale * mean
     if conv.use_bias:

@@ -79,7 +79,9 @@ class ANIL(MetaAlgorithm):
         if first_order:
             grads = functional.stop_gradient(grads)
         lr = self.config.inner_lr
-        return tuple(w - ops.cast(lr, w.dtype) * g for w, g in zip(head, grads))
+        # convert_to_tensor, not cast: TensorFlow's cast of a Python float goes through float32 (in a float64 run
+        # 0.4 would become 0.40000000596).
+        return tuple(w - ops.convert_to_tensor(lr, dtype=w.dtype) * g for w, g in zip(head, grads))
 
     def tile_head(self, head: tuple[Any, Any], num_tasks: int) -> tuple[Any, Any]:
         """The meta-learned head repeated for ``num_tasks`` tasks (the gradient sums back over the copies)."""
@@ -124,7 +126,7 @@ class ANIL(MetaAlgorithm):
             for _ in range(self.config.inner_steps):
                 heads = self.head_step(heads, fs, sy, first_order=self.config.first_order)
             losses, metrics = batched_loss_and_metric(kind, self.head_outputs(heads, fq), qy)
-            return ops.mean(losses), ops.mean(metrics)
+            return functional.mean(losses), functional.mean(metrics)
 
         (loss, metric), grads = functional.value_and_grad(meta_loss, self.params(), has_aux=True)
         return grads, self.scores(loss, metric)

@@ -58,7 +58,7 @@ def cosine_logits(x: Any, kernel: Any, scale: float) -> Any:
     """Returns ``scale * cos(x_i, kernel[:, j])`` as ``[N, classes]`` logits."""
     x = ops.normalize(x, axis=-1, epsilon=1e-6)
     kernel = ops.normalize(kernel, axis=0, epsilon=1e-6)
-    return ops.cast(scale, x.dtype) * ops.matmul(x, kernel)
+    return ops.convert_to_tensor(scale, dtype=x.dtype) * ops.matmul(x, kernel)
 
 
 class Baseline(MetaAlgorithm):
@@ -131,8 +131,9 @@ class Baseline(MetaAlgorithm):
         config = self.config
         steps = int(config.finetune_steps)
         dtype = support_features.dtype
-        lr = ops.cast(config.finetune_lr, dtype)
-        decay = ops.cast(config.finetune_weight_decay, dtype)
+        # convert_to_tensor, not cast: TensorFlow's cast of a Python float goes through float32.
+        lr = ops.convert_to_tensor(config.finetune_lr, dtype=dtype)
+        decay = ops.convert_to_tensor(config.finetune_weight_decay, dtype=dtype)
         adam = config.finetune_optimizer == "adam"
 
         def support_loss(head):

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from metalab.api import AlgorithmSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.4"
+METALAB_PLUGIN_API = "1.5"  # functional.mean (1.5): float64 losses stay float64 on JAX
 
 
 class MAMLParams(Params):

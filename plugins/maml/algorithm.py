@@ -114,8 +114,10 @@ class MAML(MetaAlgorithm):
         (_, state), grads = functional.value_and_grad(loss, weights, has_aux=True)
         if first_order:
             grads = functional.stop_gradient(grads)
+        # convert_to_tensor, not cast: TensorFlow's cast of a Python float goes through float32 (0.4 would become
+        # 0.40000000596 in a float64 run).
         lr = self.config.inner_lr
-        return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)], state
+        return [w - ops.convert_to_tensor(lr, dtype=w.dtype) * g for w, g in zip(weights, grads)], state
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradient of the mean query loss after adaptation (eq. 2), and query loss/accuracy.
@@ -155,7 +157,7 @@ class MAML(MetaAlgorithm):
                     loss, metric, state = self._forward(fast, qx[t], qy[t], state)
                 losses.append(loss)
                 metrics.append(metric)
-            return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(metrics)), state)
+            return functional.mean(ops.stack(losses)), (functional.mean(ops.stack(metrics)), state)
 
         (loss, (metric, state)), grads = functional.value_and_grad(meta_loss, self.fmodel.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))

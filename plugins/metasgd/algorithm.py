@@ -41,9 +41,13 @@ class MetaSGD(MetaAlgorithm):
         self.model = build_model(task, "metasgd")
         self.fmodel = functional.FunctionalModel(self.model)
         self.weights = self.fmodel.trainable_variables
+        init = float(params.inner_lr_init)
         self.alphas = [
             keras.Variable(
-                keras.initializers.Constant(float(params.inner_lr_init)), shape=tuple(w.shape), dtype=w.dtype,
+                # ops.full converts the Python float straight to the weight's dtype; keras.initializers.Constant
+                # casts it, which on TensorFlow goes through float32 (float64 rates of 0.01 would start at
+                # 0.0099999998).
+                lambda shape, dtype: keras.ops.full(shape, init, dtype=dtype), shape=tuple(w.shape), dtype=w.dtype,
                 trainable=True, name="alpha_" + w.path.replace("/", "_"),
             )
             for w in self.weights

@@ -126,7 +126,7 @@ class MultiTask(MetaAlgorithm):
         if use_consistency:
             noise = keras.random.normal(ops.shape(x), stddev=self.config.noise_std, dtype=dtype, seed=self.noise_seed)
             x = ops.concatenate([x, x + noise], axis=0)
-        weights = [ops.cast(w, dtype) for w in self.task_weights]
+        weights = [ops.convert_to_tensor(w, dtype=dtype) for w in self.task_weights]  # not cast: via float32 on TF
 
         def loss_fn(params):
             (features, *head_logits), state = self.fnetwork.call_with_state(params, x, training=True)
@@ -136,7 +136,7 @@ class MultiTask(MetaAlgorithm):
                 consistency = ops.mean(ops.square(features[:n] - features[n:]))
             else:
                 consistency = ops.zeros((), dtype=dtype)
-            total = average + ops.cast(self.config.consistency_weight, dtype) * consistency
+            total = average + ops.convert_to_tensor(self.config.consistency_weight, dtype=dtype) * consistency
             return total, (average, consistency, losses, accuracies, accuracy, state)
 
         (loss, (average, consistency, losses, accuracies, accuracy, state)), grads = functional.value_and_grad(

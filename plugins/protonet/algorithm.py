@@ -52,9 +52,9 @@ class ProtoNet(MetaAlgorithm):
         )
         logits = self.logits(embeddings[:n_support], sy, embeddings[n_support:])
         labels = ops.cast(qy, "int32")
-        loss = ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        loss = functional.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
         hits = ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), labels)
-        return loss, ops.mean(ops.cast(hits, logits.dtype)), logits, state
+        return loss, functional.mean(ops.cast(hits, logits.dtype)), logits, state
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """Returns the gradient of the mean query cross-entropy over the batch's episodes, and loss/accuracy.
@@ -70,7 +70,7 @@ class ProtoNet(MetaAlgorithm):
                 loss, accuracy, _, state = self.episode(weights, sx[t], sy[t], qx[t], qy[t], training=True, state=state)
                 losses.append(loss)
                 accuracies.append(accuracy)
-            return ops.mean(ops.stack(losses)), (ops.mean(ops.stack(accuracies)), state)
+            return functional.mean(ops.stack(losses)), (functional.mean(ops.stack(accuracies)), state)
 
         (loss, (accuracy, state)), grads = functional.value_and_grad(mean_loss, self.fmodel.params(), has_aux=True)
         self.fmodel.set_state(functional.stop_gradient(state))

@@ -81,11 +81,14 @@ class Reptile(MetaAlgorithm):
         grads = functional.stop_gradient(grads)
         lr = self.config.inner_lr
         t = state["t"] + 1
+        # Python constants enter through convert_to_tensor (or arithmetic with a tensor), never cast: TensorFlow's
+        # cast of a Python float goes through float32 (in a float64 run beta2 = 0.999 would become 0.99900001287,
+        # which moves 1 - beta2 by 1.3e-5).
         if self.config.inner_optimizer == "sgd":
-            return [w - ops.cast(lr, w.dtype) * g for w, g in zip(weights, grads)], {"t": t}
+            return [w - ops.convert_to_tensor(lr, dtype=w.dtype) * g for w, g in zip(weights, grads)], {"t": t}
         # Adam with beta1 = 0 (the first moment is the gradient itself), in TF1's form, as the paper's code.
         v = [_ADAM_BETA2 * v + (1 - _ADAM_BETA2) * ops.square(g) for v, g in zip(state["v"], grads)]
-        step = lr * ops.sqrt(1 - ops.power(ops.cast(_ADAM_BETA2, t.dtype), t))
+        step = lr * ops.sqrt(1 - ops.power(ops.convert_to_tensor(_ADAM_BETA2, dtype=t.dtype), t))
         new = [w - ops.cast(step, w.dtype) * g / (ops.sqrt(vi) + _ADAM_EPSILON) for w, g, vi in zip(weights, grads, v)]
         return new, {"t": t, "v": v}
 
@@ -124,14 +127,14 @@ class Reptile(MetaAlgorithm):
 
         if unroll:
             done = [one_task((sx[t], sy[t], qx[t], qy[t])) for t in range(num_tasks)]
-            mean_phi = [ops.mean(ops.stack(ws), axis=0) for ws in zip(*(phi for phi, _, _ in done))]
+            mean_phi = [functional.mean(ops.stack(ws), axis=0) for ws in zip(*(phi for phi, _, _ in done))]
             losses, metrics = ops.stack([d[1] for d in done]), ops.stack([d[2] for d in done])
         else:
             # No gradient flows through the tasks, so a loop over them is exact too, and keeps the graph small.
             phis, losses, metrics = ops.map(one_task, (sx, sy, qx, qy))
-            mean_phi = [ops.mean(p, axis=0) for p in phis]
+            mean_phi = [functional.mean(p, axis=0) for p in phis]
         grads = [w - p for w, p in zip(theta, mean_phi)]
-        return grads, self.scores(ops.mean(losses), ops.mean(metrics))
+        return grads, self.scores(functional.mean(losses), functional.mean(metrics))
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Adapts to each task's support set with ``eval_inner_steps`` steps and scores its query set.

@@ -152,7 +152,9 @@ class RotationPretraining(MetaAlgorithm):
         config = self.config
         steps, ways = int(config.probe_steps), self.task.ways
         dtype = support_features.dtype
-        lr, decay = ops.cast(config.probe_lr, dtype), ops.cast(config.probe_weight_decay, dtype)
+        # convert_to_tensor, not cast: TensorFlow's cast of a Python float goes through float32.
+        lr = ops.convert_to_tensor(config.probe_lr, dtype=dtype)
+        decay = ops.convert_to_tensor(config.probe_weight_decay, dtype=dtype)
         bound = 1.0 / math.sqrt(self.feature_dim)
         head = [keras.random.uniform((self.feature_dim, ways), -bound, bound, dtype=dtype, seed=PROBE_SEED),
                 ops.zeros((ways,), dtype=dtype)]

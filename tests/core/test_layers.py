@@ -7,6 +7,7 @@ from keras import ops
 
 from metalab.core.engine import functional
 from metalab.core.engine.layers import MetaBatchNorm
+from tests.support.finite_differences import directional_errors
 
 
 def _conv_net(norm_layer) -> keras.Model:
@@ -40,22 +41,11 @@ def _maml_meta_loss(fmodel, first_order=False, inner_lr=0.4):
     return meta_loss
 
 
-def _directional_errors(f, theta, grads, directions=3, eps=1e-6, seed=1):
-    """Relative errors between <grad, d> and central finite differences of f along random unit directions d."""
-    rng = np.random.default_rng(seed)
+def _directional_errors(f, theta, grads):
+    """Relative errors of ``grads`` against finite differences of ``f`` (tests/support/finite_differences.py)."""
     theta = [functional.to_numpy(t) for t in theta]
-    grads = [functional.to_numpy(g) for g in grads]
-    errors = []
-    for _ in range(directions):
-        d = [rng.normal(size=t.shape) for t in theta]
-        norm = np.sqrt(sum(np.sum(x**2) for x in d))
-        d = [x / norm for x in d]
-        plus = functional.to_numpy(f([t + eps * x for t, x in zip(theta, d)]))
-        minus = functional.to_numpy(f([t - eps * x for t, x in zip(theta, d)]))
-        numeric = (plus - minus) / (2 * eps)
-        analytic = sum(float(np.sum(g * x)) for g, x in zip(grads, d))
-        errors.append(abs(numeric - analytic) / max(abs(numeric), 1e-8))
-    return errors
+    return directional_errors(lambda x: float(functional.to_numpy(f(x))), theta,
+                              [functional.to_numpy(g) for g in grads])
 
 
 def _meta_gradient(norm_layer, first_order=False):
@@ -128,7 +118,7 @@ def test_serialises_by_registered_name_and_round_trips_a_saved_model(tmp_path):
 def test_maml_meta_gradient_matches_finite_differences(float64):
     meta_loss, theta, grads, _ = _meta_gradient(MetaBatchNorm)
     assert all(keras.backend.standardize_dtype(t.dtype) == "float64" for t in theta)
-    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-4
+    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-8
 
 
 def test_conv_bias_feeding_batch_norm_gets_no_meta_gradient(float64):
@@ -148,7 +138,8 @@ def test_first_order_meta_gradient_differs_from_second_order(float64):
 def test_stock_keras_batch_norm_gets_second_derivatives_wrong(float64):
     # Why MetaBatchNorm exists: tf.nn.moments stops the gradient through the mean inside the variance.
     meta_loss, theta, grads, names = _meta_gradient(keras.layers.BatchNormalization)
-    assert max(_directional_errors(meta_loss, theta, grads)) > 1e-4
+    # The check MetaBatchNorm passes to 1e-8 fails here by orders of magnitude (measured 5e-5).
+    assert max(_directional_errors(meta_loss, theta, grads)) > 1e-6
     assert np.abs(functional.to_numpy(grads[names.index("conv/bias")])).max() > 1e-6
 
 
@@ -336,7 +327,7 @@ def test_folded_second_order_meta_gradient_equals_the_unfolded_one_and_finite_di
             assert np.abs(a).max() < 1e-12  # an exact zero when folded (round-off when not)
             continue
         np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12, err_msg=name)
-    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-4
+    assert max(_directional_errors(meta_loss, theta, grads)) < 1e-8
 
 
 @pytest.mark.parametrize(
