@@ -30,6 +30,7 @@ _VIEWS = ("Browse a dataset", "Your images")
 _VIEW = "datasets.view"
 _DATASET = "datasets.dataset"
 _SHOWN = "datasets.shown"
+_FROM_LINK = "datasets.shown_by_link"
 _UPLOAD = "datasets.upload"
 _UPLOADED = "datasets.uploaded_now"
 
@@ -129,10 +130,15 @@ def _browse(catalog: dict[str, dict[str, Any]], query: dict[str, str]) -> None:
         st.error("No dataset plugin is loaded; see the Plugins page.")
         return
     options = list(catalog)
+    problems: list[str] = []
     if _DATASET not in st.session_state:
         linked = query.get("dataset")
+        if linked is not None and linked not in options:
+            problems.append(f"Link parameter ignored: dataset={linked!r} is not loaded (loaded: {', '.join(options)}).")
         st.session_state[_DATASET] = linked if linked in options else (
             "metalab.digits" if "metalab.digits" in options else options[0])
+        if query.get("shown") == "1" and linked in options:
+            st.session_state[_FROM_LINK] = True
     dataset_id = st.selectbox("Dataset", options, key=_DATASET,
                               format_func=lambda o: f"{catalog[o]['title']} ({o})")
     row = catalog[dataset_id]
@@ -145,8 +151,12 @@ def _browse(catalog: dict[str, dict[str, Any]], query: dict[str, str]) -> None:
     def initial(ff: FormField) -> Any:
         try:
             linked = from_link(ff, linked_for_this, f"dataset.{ff.name}")
-        except ValueError:
+        except ValueError as exc:
+            problems.append(f"Link parameter ignored: {exc}")
             linked = MISSING
+        if ff.machine and f"dataset.{ff.name}" in linked_for_this:
+            problems.append(f"Link parameter ignored: dataset.{ff.name} names a server path, URL or checksum, "
+                            "which a link cannot set.")
         return row["defaults"].get(ff.name, ff.default) if linked is MISSING else linked
 
     hidden = mode() == "demo"
@@ -157,16 +167,28 @@ def _browse(catalog: dict[str, dict[str, Any]], query: dict[str, str]) -> None:
                 st.caption("Paths, URLs and checksums keep the plugin's defaults in demo mode.")
     else:
         params, errors = {}, []
+    for line in problems:
+        st.warning(line)
+    # Every problem at once: text that did not parse (left out, so not reported again) and the schema's rules.
+    errors = errors + services().dataset_param_problems(dataset_id, params)
     for line in errors:
         st.error(line)
-    flat = {"view": "browse", "dataset": dataset_id}
-    flat.update(link_params(fields, params, row["defaults"], "dataset."))
-    st.query_params.from_dict(flat)
 
     key = _params_key(dataset_id, params)
+    if st.session_state.pop(_FROM_LINK, False) and not errors:
+        st.session_state[_SHOWN] = key  # the link was shared with the summary open
     if st.button("Load and summarise", key="datasets.load", type="primary", disabled=bool(errors)):
         st.session_state[_SHOWN] = key
-    if st.session_state.get(_SHOWN) != key:
+    shown = st.session_state.get(_SHOWN) == key
+    flat = {"view": "browse", "dataset": dataset_id}
+    flat.update(link_params(fields, params, row["defaults"], "dataset."))
+    if shown:
+        flat["shown"] = "1"
+    st.query_params.from_dict(flat)
+    if errors:
+        st.caption(f"Load and summarise is disabled: fix the {len(errors)} problem"
+                   f"{'s' if len(errors) != 1 else ''} above.")
+    if not shown:
         st.caption("Loading reads the dataset's files (and may download them if the plugin does so and "
                    "METALAB_OFFLINE is not set).")
         return

@@ -181,12 +181,11 @@ def decode(ff: FormField, text: str) -> Any:
     return value
 
 
-def _fits(ff: FormField, value: Any) -> bool:
-    if value is None:
-        return ff.nullable
-    if ff.minimum is not None and value < ff.minimum:
-        return False
-    return ff.maximum is None or value <= ff.maximum
+def _within(value: Any, low: Any, high: Any) -> bool:
+    """Whether a number widget's value lies within its bounds (an empty value always does)."""
+    if not isinstance(value, (int, float)):
+        return True
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 def render_fields(
@@ -226,9 +225,8 @@ def render_fields(
         col = cols[i % columns]
         if key not in st.session_state:
             start = initial(ff)
-            if ff.widget in ("int", "float") and not _fits(ff, start):
-                errors.append(f"{ff.name}: {start!r} is out of range; the default is shown instead.")
-                start = ff.default
+            # A value out of range (e.g. from a shared link) stays shown: the widget drops its bounds while it
+            # holds it, and the validation below names the field, the rule and the value.
             if ff.widget == "json" or (ff.widget == "text" and not isinstance(start, str)):
                 start = "" if start is None else (start if isinstance(start, str) else json.dumps(start))
             if ff.widget == "float" and start is not None:
@@ -245,15 +243,17 @@ def render_fields(
         elif ff.widget == "int":
             low = ff.minimum if ff.minimum is not None else (
                 int(ff.exclusive_minimum) + 1 if ff.exclusive_minimum is not None else None)
+            bounded = _within(st.session_state[key], low, ff.maximum)
             values[ff.name] = col.number_input(
-                ff.label, min_value=None if low is None else int(low),
-                max_value=None if ff.maximum is None else int(ff.maximum), step=1, key=key, help=ff.help,
-                **_empty_allowed(ff))
+                ff.label, min_value=None if low is None or not bounded else int(low),
+                max_value=None if ff.maximum is None or not bounded else int(ff.maximum), step=1, key=key,
+                help=ff.help, **_empty_allowed(ff))
         elif ff.widget == "float":
+            bounded = _within(st.session_state[key], ff.minimum, ff.maximum)
             values[ff.name] = col.number_input(
-                ff.label, min_value=None if ff.minimum is None else float(ff.minimum),
-                max_value=None if ff.maximum is None else float(ff.maximum), format="%g", key=key, help=ff.help,
-                step=_float_step(ff.default), **_empty_allowed(ff))
+                ff.label, min_value=None if ff.minimum is None or not bounded else float(ff.minimum),
+                max_value=None if ff.maximum is None or not bounded else float(ff.maximum), format="%g", key=key,
+                help=ff.help, step=_float_step(ff.default), **_empty_allowed(ff))
         elif ff.widget == "text":
             values[ff.name] = col.text_input(ff.label, key=key, help=ff.help)
         else:

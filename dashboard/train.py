@@ -500,18 +500,19 @@ def train() -> None:
     for problem in init.problems:
         st.warning(problem)
     st.subheader("Check and launch")
-    if form_errors:
-        for line in form_errors:
-            st.error(line)
+    # Every problem at once: the form's own (text that did not parse) and the configuration's, checked together.
+    problems = list(form_errors)
+    try:
+        # As `metalab train` resolves it: the same recommended values fill what the form leaves empty.
+        resolved = svc.resolve(raw, recommended=True)
+    except ConfigError as exc:
+        problems += str(exc).splitlines()
+    except PermissionError as exc:  # AccessError, CapError: the message is the whole explanation
+        problems.append(str(exc))
     else:
-        try:
-            # As `metalab train` resolves it: the same recommended values fill what the form leaves empty.
-            config = svc.resolve(raw, recommended=True)
-        except ConfigError as exc:
-            for line in str(exc).splitlines():
-                st.error(line)
-        except PermissionError as exc:  # AccessError, CapError: the message is the whole explanation
-            st.error(str(exc))
+        config = None if form_errors else resolved
+    for line in problems:
+        st.error(line)
     if config is not None:
         shape = (f"{config.shots}-shot regression, {config.queries} query points" if ds["kind"] == "regression"
                  else f"{config.ways}-way {config.shots}-shot, {config.queries} queries per class")
@@ -537,6 +538,10 @@ def train() -> None:
         st.caption(f"Caps here ({mode()} mode): {caps.max_steps:,} steps per run, {caps.max_runs_per_owner} of your "
                    f"runs at once, " + (f"{caps.max_run_seconds // 60} minutes of training per run (resumable)"
                                         if caps.max_run_seconds else "no time limit") + ".")
+    if config is None or full:
+        why = (f"fix the {len(problems)} problem{'s' if len(problems) != 1 else ''} listed under Check and launch"
+               if config is None else f"{len(active)} of {limit} allowed runs are active")
+        st.caption(f"Launch is disabled: {why}.")
     if st.button("Launch", type="primary", disabled=config is None or full, key="train.launch"):
         try:
             run_id = svc.submit(config, name=name or "")

@@ -22,6 +22,18 @@ class DatasetsMixin:
         spec = self.registry.dataset(dataset_id)
         self.policy.check_params(self.actor, "dataset", spec, dict(params or {}), run_owner=self._run_owner)
 
+    def dataset_param_problems(self, dataset_id: str, params: dict[str, Any] | None) -> list[str]:
+        """Every problem of ``params`` for ``dataset_id``'s schema at once, each naming the field, the rule and the
+        value received (empty when they are valid); the pages show them before anything is loaded."""
+        from metalab.core.engine.config import ConfigError, validate_params
+
+        spec = self.registry.dataset(dataset_id)
+        try:
+            validate_params(spec.params, dict(params or {}), "dataset")
+        except ConfigError as exc:
+            return str(exc).splitlines()
+        return []
+
     def dataset_summary(self, dataset_id: str, params: dict[str, Any] | None = None, *,
                         episode: tuple[int, int, int] | None = None, sample_classes: int = 5,
                         samples_per_class: int = 3, seed: int = 0) -> dict[str, Any]:

@@ -94,6 +94,41 @@ def test_changed_parameters_are_not_summarised_until_loaded_again(data_dir):
     assert at.query_params["dataset.seed"] == "5"
 
 
+def test_a_link_reopens_the_summary_it_was_shared_with(data_dir):
+    at = _page({"dataset": "metalab.digits"}).run()
+    at.button(key="datasets.load").click().run()
+    assert at.query_params["shown"] == "1"
+    shared = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    again = _page(shared).run()
+    assert not again.exception
+    assert len(again.image) == 10  # opened with its summary, no button pressed
+    assert again.query_params["shown"] == "1"
+
+
+def test_bad_link_values_stay_shown_with_every_error_at_once(data_dir):
+    at = _page({"dataset": "metalab.digits", "shown": "1", "dataset.train_classes": "0",
+                "dataset.val_classes": "12", "dataset.mode": "bogus"}).run()
+    assert not at.exception
+    train = next(w for w in at.number_input if w.key.endswith(".train_classes"))
+    val = next(w for w in at.number_input if w.key.endswith(".val_classes"))
+    assert (train.value, val.value) == (0, 12)  # the link's values, not the defaults
+    errors = [e.value for e in at.error]
+    assert any(e.startswith("dataset.train_classes:") and "train_classes=0" in e for e in errors), errors
+    assert any(e.startswith("dataset.val_classes:") and "val_classes=12" in e for e in errors), errors
+    assert any("mode: expected one of" in w.value and "'bogus'" in w.value for w in at.warning)
+    assert at.button(key="datasets.load").disabled and not at.image
+    assert any(c.value.startswith("Load and summarise is disabled: fix the 2 problems") for c in at.caption)
+    train.set_value(4).run()
+    next(w for w in at.number_input if w.key.endswith(".val_classes")).set_value(3).run()
+    assert [e.value for e in at.error] == [] and not at.button(key="datasets.load").disabled
+
+
+def test_an_unknown_dataset_in_a_link_is_named(data_dir):
+    at = _page({"dataset": "nobody.nothing"}).run()
+    assert not at.exception
+    assert any("dataset='nobody.nothing' is not loaded" in w.value for w in at.warning)
+
+
 def test_missing_files_are_named_with_where_to_put_them(data_dir):
     at = _page({"dataset": "metalab.mnist"}).run()
     at.button(key="datasets.load").click().run()

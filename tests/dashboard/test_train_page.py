@@ -101,6 +101,33 @@ def test_bad_link_parameters_are_ignored_with_a_warning(page):
     assert at.selectbox(key="train.dataset").value == "metalab.sinusoid"
 
 
+def test_a_bad_link_value_stays_shown_with_every_error_at_once(page):
+    run = "train.run.metalab.digits.metalab.protonet"
+    at = page("train", {"dataset": "metalab.digits", "algorithm": "metalab.protonet", "shots": "0",
+                        "queries": "-3", "backbone.hidden": "[64,"}).run()
+    assert not at.exception
+    # The fields keep the link's values (not a blank or the default) ...
+    assert at.number_input(key=f"{run}.shots").value == 0
+    assert at.number_input(key=f"{run}.queries").value == -3
+    errors = _errors(at)
+    # ... and every problem is listed together, each naming its field and value.
+    assert any(e.startswith("shots: Input should be greater than or equal to 1") and "shots=0" in e
+               for e in errors), errors
+    assert any(e.startswith("queries:") and "queries=-3" in e for e in errors), errors
+    assert any(e.startswith("hidden: not valid JSON") for e in errors), errors
+    assert not any("default is shown" in e for e in errors), errors
+    assert at.button(key="train.launch").disabled
+    assert any(c.value.startswith("Launch is disabled: fix the ") for c in at.caption)
+    # Fixing them brings the bounds back and enables Launch.
+    at.number_input(key=f"{run}.shots").set_value(2).run()
+    at.number_input(key=f"{run}.queries").set_value(4).run()
+    at.text_input(key="train.backbone.metalab.digits.metalab.mlp.hidden").input("[64]").run()
+    assert _errors(at) == [] and not at.exception
+    assert at.number_input(key=f"{run}.shots").proto.min == 1
+    assert not at.button(key="train.launch").disabled
+    assert not any(c.value.startswith("Launch is disabled") for c in at.caption)
+
+
 def test_launch_is_disabled_when_max_workers_runs_are_active(page, fake_runs, monkeypatch):
     monkeypatch.setenv("METALAB_MAX_WORKERS", "1")
     fake_runs.running()
