@@ -474,6 +474,38 @@ def runs_show(run_id: str = typer.Argument(..., metavar="RUN"),
         err.print(f"[red]{run.error}[/]\n{run.traceback or ''}", highlight=False)
 
 
+@runs_app.command("export")
+def runs_export(
+    run_ids: list[str] = typer.Argument(None, metavar="RUN...", help="Runs to export (ids or unique prefixes)."),
+    mlflow: str = typer.Option(..., "--mlflow", help="The MLflow tracking URI, e.g. http://mlflow.example:5000, "
+                               "sqlite:///mlflow.db or file:./mlruns."),
+    experiment: str = typer.Option("metalab", "--experiment", help="The MLflow experiment (created when missing)."),
+    tag: Optional[str] = typer.Option(None, "--tag", help="Also every run with this tag (e.g. sweep:ID for a sweep)."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Copy runs (settings, metrics, scores, tags, notes, config) to an MLflow tracking store."""
+    from metalab.core.reports.mlflow_export import ExportError, export_runs
+    from metalab.core.store import RunNotFoundError
+
+    services = _services()
+    wanted = list(run_ids or [])
+    if tag:
+        wanted += [r.id for r in services.runs() if tag in r.tags and r.id not in wanted]
+    if not wanted:
+        _fail("Name the runs to export, or --tag TAG." + (f" No run has the tag. Received: --tag {tag!r}" if tag else ""))
+    try:
+        results = export_runs(services, wanted, mlflow, experiment)
+    except (ExportError, RunNotFoundError) as exc:
+        _fail(str(exc))
+    if as_json:
+        _print_json(results)
+        return
+    for row in results:
+        typer.echo(f"{row['run']}: {row['status']} as MLflow run {row['mlflow_run']}"
+                   + (f" ({row['params']} parameters, {row['metrics']} metric points)" if row["status"] == "exported"
+                      else ""))
+
+
 @runs_app.command("resume")
 def runs_resume(run_id: str = typer.Argument(..., metavar="RUN"),
                 as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON at the end.")) -> None:
