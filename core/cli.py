@@ -41,6 +41,9 @@ demo_app = typer.Typer(help="Showcase bundles for a shared (demo) dashboard.", n
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(runs_app, name="runs")
 app.add_typer(demo_app, name="demo")
+from metalab.core.sweeps.cli import sweep_app  # noqa: E402 - registered beside the other command groups
+
+app.add_typer(sweep_app, name="sweep")
 
 console = Console()
 err = Console(stderr=True)
@@ -271,6 +274,10 @@ def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:
         if top:
             console.print(_score_line(top))
         _print_panels(services, run_id)
+        # The progress bar's clock ran through loading and meta-testing too: say where the time went.
+        times = services.run_phases(run_id)["line"]
+        if times:
+            err.print(f"time: {times}", highlight=False, soft_wrap=True)
         console.print(run_id)
     if status == "failed":
         err.print(f"[red]run {run_id} failed:[/] {run.error}\n{run.traceback or ''}", highlight=False)

@@ -216,6 +216,12 @@ def _train(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
     store, run_id = _store(request), _field(request, "run", str)
     try:
+        # Within a second of launch, before the plugins and TensorFlow are imported (seconds to tens of seconds):
+        # the live view then says the worker is starting, not that it has not been heard from.
+        _mark_starting(store, run_id)
+    except RunNotFoundError:
+        return {"run": run_id, "status": "deleted"}  # deleted before its worker started
+    try:
         registry = _registry(settings)
     except Exception as exc:  # noqa: BLE001 - a run must never stay queued because plugins could not load
         store.update_run(run_id, status="failed", finished=time.time(),
@@ -230,6 +236,13 @@ def _train(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
         error = store.get_run(run_id).error or ""
         raise RunFailedError(f"Run {run_id} ended {status!r}: {error}")
     return {"run": run_id, "status": status}
+
+
+def _mark_starting(store: Any, run_id: str) -> None:
+    """Records this worker's pid and the phase ``starting`` on the run (its status stays ``queued`` until training
+    starts, so a worker that dies while importing is still found dead by the store's pid check)."""
+    store.update_run(store.get_run(run_id).id, pid=os.getpid(), host=os.uname().nodename)
+    store.start_phase(run_id, "starting", detail="importing TensorFlow and the plugins")
 
 
 def _estimate(request: dict[str, Any], settings: Settings) -> dict[str, Any]:

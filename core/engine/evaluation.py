@@ -84,10 +84,12 @@ def compile_evaluate(algorithm: Any) -> Callable:
     return evaluate
 
 
-def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = None) -> dict[str, Any]:
+def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Scores ``session.algorithm`` on every task of ``batch`` and returns means with 95% confidence intervals.
 
     ``batch`` is a :class:`TaskBatch` or a lazily materialised episode set (:func:`fixed_episode_set`).
+    ``progress(done, total)``, if given, is called after each chunk of :data:`EVAL_CHUNK` episodes is scored.
 
     Returns:
         ``accuracy`` (0–1) or ``mse``, ``ci95``, ``loss``, ``episodes`` and, for gradient-based algorithms,
@@ -124,6 +126,8 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
         for key in ("loss", "accuracy", "curve"):
             if key in out:
                 parts.setdefault(key, []).append(functional.to_numpy(out[key])[:size])
+        if progress is not None:
+            progress(start + size, n)
     values = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
     def ci95(x: np.ndarray) -> float:

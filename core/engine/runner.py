@@ -2,7 +2,8 @@
 
 Algorithms only say how to compute meta-gradients and how to adapt to a task; this module owns the compiled
 train step, logging to the run store, validation, checkpoints (weights, optimizer state, sampler RNG state),
-cancellation and the record of every outcome. Devices live in :mod:`.devices`, sessions in :mod:`.session`, the
+cancellation, the record of every outcome and of the phases the run goes through (loading, compiling, training,
+validating, meta-testing, report). Devices live in :mod:`.devices`, sessions in :mod:`.session`, the
 meta-test protocol in :mod:`.evaluation`; the worker process that runs this loop is :mod:`metalab.core.worker`.
 """
 
@@ -153,6 +154,35 @@ class _CancelWatch:
                 raise RunCancelled("requested")
 
 
+class _Phases:
+    """Records the run's phases in the store as the loop goes through them (see ``RunStore.start_phase``).
+
+    Progress within a phase (episodes done) is written at most every :attr:`every` seconds, and always at its end,
+    so a 600-episode meta-test costs a few dozen small writes, not one per chunk.
+    """
+
+    every = 0.5
+
+    def __init__(self, store: RunStore, run_id: str):
+        self.store, self.run_id = store, run_id
+        self.name: str | None = None
+        self._last = 0.0
+
+    def enter(self, name: str, *, total: int | None = None, detail: str = "") -> None:
+        self.store.start_phase(self.run_id, name, total=total, detail=detail)
+        self.name, self._last = name, time.monotonic()
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total or now - self._last >= self.every:
+            self._last = now
+            self.store.phase_progress(self.run_id, done, total)
+
+    def end(self) -> None:
+        self.store.end_phases(self.run_id)
+        self.name = None
+
+
 def train_run(
     store: RunStore,
     run_id: str,
@@ -193,7 +223,9 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
     )
     step = 0
     session = optimizer = sampler = None
+    phases = _Phases(store, run_id)
     try:
+        phases.enter("loading")
         with device_scope(config.device), _CancelWatch(store, run_id, settings.max_run_seconds) as watch:
             session = build_session(registry, config, settings)
             store.update_run(run_id, device=device_name(config.device))
@@ -220,6 +252,10 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
             window: dict[str, list[float]] = {}
             t_window = time.perf_counter()
             steps_in_window = 0
+            if step < config.steps:
+                # The first step traces (and with XLA compiles) the graph: its own phase, so training's speed and
+                # time are those of the steps that follow.
+                phases.enter("compiling", detail="first step trace")
             while step < config.steps:
                 watch.check()
                 batch = sampler.sample_batch(algorithm.meta_batch_size)
@@ -234,6 +270,8 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                             f"Received: {name}={number}"
                         )
                     window.setdefault(name, []).append(number)
+                if phases.name == "compiling":
+                    phases.enter("training")
                 logged: dict[str, float] = {}
                 if step % config.log_every == 0 or step == config.steps:
                     elapsed = time.perf_counter() - t_window
@@ -241,8 +279,10 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                     logged["train/steps_per_s"] = steps_in_window / max(elapsed, 1e-9)
                     window, steps_in_window, t_window = {}, 0, time.perf_counter()
                 if step % config.val_every == 0 or step == config.steps:
-                    val = evaluate_batch(session, val_batch, eval_fn)
+                    phases.enter("validating", total=val_batch.n, detail=f"step {step}")
+                    val = evaluate_batch(session, val_batch, eval_fn, progress=phases.progress)
                     logged.update({f"val/{k}": v for k, v in val.items() if isinstance(v, float)})
+                    phases.enter("training")
                 if logged:
                     store.log_metrics(run_id, step, logged)
                     store.update_run(run_id, step=step)
@@ -253,21 +293,27 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
             save_checkpoint(store, run_id, step, algorithm, optimizer, sampler, config=run.config)
             if cross_episodes is not None:
                 # Recorded before the in-domain score, so "test" stays the newest evaluation.
-                result = evaluate_batch(cross, cross_episodes, eval_fn)
+                phases.enter("meta-testing", total=cross_episodes.n, detail=f"cross-domain on {config.test_dataset}")
+                result = evaluate_batch(cross, cross_episodes, eval_fn, progress=phases.progress)
                 store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result,
                                      seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"cross/{k}": v for k, v in result.items() if isinstance(v, float)})
             if config.eval_at_end:
-                result = evaluate_batch(session, fixed_episode_set(session, "test", config.test_episodes), eval_fn)
+                test_episodes = fixed_episode_set(session, "test", config.test_episodes)
+                phases.enter("meta-testing", total=test_episodes.n, detail="test")
+                result = evaluate_batch(session, test_episodes, eval_fn, progress=phases.progress)
                 store.add_evaluation(run_id, "test", result["episodes"], result, seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
             # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.
             from metalab.core.engine.report_data import write_report_data
 
+            phases.enter("report")
             write_report_data(store, run_id, session, registry)
+        phases.end()
         store.update_run(run_id, status="completed", finished=time.time(), step=step)
         return "completed"
     except RunCancelled as stop:
+        phases.end()
         if session is not None and optimizer is not None and sampler is not None:
             try:
                 save_checkpoint(store, run_id, step, session.algorithm, optimizer, sampler, config=run.config)
@@ -289,6 +335,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
     except (Exception, SystemExit, GeneratorExit) as exc:  # noqa: BLE001 - every failure is recorded, never lost
         # A checkpoint the run cannot use is the user's file problem, fully named in the message: no traceback.
         trace = None if isinstance(exc, CheckpointError) else traceback.format_exc()
+        phases.end()
         store.update_run(
             run_id, status="failed", finished=time.time(), step=step,
             error=f"{type(exc).__name__}: {exc}", traceback=trace,

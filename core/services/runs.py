@@ -3,18 +3,100 @@ deleting and scoring runs, and the runs table."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from metalab.core.engine.config import RunConfig, config_warnings, recommended_values, resolve_config
 from metalab.core.services.access import CapError
-from metalab.core.store import RunNotFoundError, RunRecord
+from metalab.core.store import PHASES, RunNotFoundError, RunRecord
 
 #: Limits on what a person writes about a run (they are stored for every reader of the store).
 MAX_NAME_CHARS = 200
 MAX_TAGS = 20
 MAX_TAG_CHARS = 40
 MAX_NOTES_CHARS = 10_000
+
+
+#: What each phase of a run is called where people read it (the live view, the report, the CLI).
+PHASE_LABELS = {
+    "starting": "Starting the worker (importing TensorFlow)",
+    "loading": "Loading data and building the model",
+    "compiling": "Compiling the training step (first step trace)",
+    "training": "Training",
+    "validating": "Validating",
+    "meta-testing": "Meta-testing",
+    "report": "Writing the report",
+}
+#: Their short names in a time split ("training 2 min 50 s").
+PHASE_NAMES = {"starting": "worker start", "report": "report"}
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``"42 s"``, ``"3 min 05 s"``, ``"1 h 02 min"``; ``"–"`` for ``None``."""
+    if seconds is None:
+        return "–"
+    seconds = int(round(max(0.0, seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def phase_summary(phases: list[dict[str, Any]], run: RunRecord, now: float | None = None) -> dict[str, Any]:
+    """Where a run is and where its time went, from its recorded phases (``RunStore.phases``).
+
+    Args:
+        phases: The run's phase rows, in the order they happened.
+        run: The run (its status says whether an unfinished phase still lasts).
+        now: The time to measure a phase that still lasts against (default: the clock).
+
+    Returns:
+        ``current``: the phase a queued or running run is in (``None`` otherwise, or when none is recorded) as
+        ``{name, label, detail, started, elapsed_s, done, total, rate, eta_s}``, where ``rate`` (items per second)
+        and ``eta_s`` are known once a counted phase (validating, meta-testing) has done some of its items;
+        ``times``: ``[{name, label, seconds}]``, one per phase the run went through, in :data:`PHASES` order
+        (training and validating summed over their stretches, and over resumed sessions); ``total_s``: their
+        sum (``None`` without phases); ``training_s``: the training phase's seconds alone (``None`` without it);
+        ``line``: the split in one line (:func:`phase_line`).
+    """
+    now = time.time() if now is None else float(now)
+    active = run.status in ("queued", "running")
+    # A phase a finished run left open (its worker was killed) ends when the run was last written.
+    stop = now if active else (run.finished or run.updated)
+    seconds: dict[str, float] = {}
+    current = None
+    for i, row in enumerate(phases):
+        end = row["finished"]
+        if end is None:
+            end = stop if stop is not None else row["started"]
+        seconds[row["name"]] = seconds.get(row["name"], 0.0) + max(0.0, float(end) - float(row["started"]))
+        if active and i == len(phases) - 1 and row["finished"] is None:
+            elapsed = max(0.0, now - float(row["started"]))
+            done, total = row["done"], row["total"]
+            rate = done / elapsed if done and elapsed > 0 else None
+            current = {"name": row["name"], "label": PHASE_LABELS.get(row["name"], row["name"]),
+                       "detail": row["detail"] or "", "started": row["started"], "elapsed_s": elapsed,
+                       "done": done, "total": total, "rate": rate,
+                       "eta_s": (total - done) / rate if rate and total is not None else None}
+    order = [name for name in PHASES if name in seconds] + [name for name in seconds if name not in PHASES]
+    times = [{"name": name, "label": PHASE_NAMES.get(name, name), "seconds": seconds[name]} for name in order]
+    summary = {"current": current, "times": times, "total_s": sum(seconds.values()) if seconds else None,
+               "training_s": seconds.get("training")}
+    summary["line"] = phase_line(summary)
+    return summary
+
+
+def phase_line(summary: dict[str, Any]) -> str:
+    """The time split of :func:`phase_summary` in one line: ``"loading 3 s · training 2 min 50 s · … · total …"``
+    (empty when no phases were recorded)."""
+    if not summary.get("times"):
+        return ""
+    parts = [f"{t['label']} {format_seconds(t['seconds'])}" for t in summary["times"]]
+    return " · ".join(parts + [f"total {format_seconds(summary['total_s'])}"])
 
 
 class RunsMixin:
@@ -115,6 +197,11 @@ class RunsMixin:
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
         return self.store.metrics(self.run(run_id).id)
+
+    def run_phases(self, run_id: str) -> dict[str, Any]:
+        """Where the run is and where its time went: :func:`phase_summary` of its recorded phases."""
+        run = self.run(run_id)
+        return phase_summary(self.store.phases(run.id), run)
 
     def evaluations(self, run_id: str) -> list[dict[str, Any]]:
         return self.store.evaluations(self.run(run_id).id)

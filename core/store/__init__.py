@@ -1,4 +1,4 @@
-"""The run store: one SQLite file (WAL mode) holding runs, their metrics, evaluations and artifact paths.
+"""The run store: one SQLite file (WAL mode) holding runs, their metrics, phases, evaluations and artifact paths.
 
 One writer per run (its training process), many readers (CLI, dashboard). Every write commits at once, so
 nothing a run wrote is lost if its process dies. No TensorFlow here: the dashboard reads the store directly.
@@ -22,6 +22,21 @@ from typing import Any, Iterable, Iterator
 
 STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 FINISHED = ("completed", "failed", "cancelled", "interrupted")
+
+#: What a run's worker is doing, one row per stretch of one phase (training and validating alternate), in the order
+#: they happened: ``finished`` is NULL while it lasts; ``done`` of ``total`` counts its items (episodes), if any.
+_PHASES_TABLE = """
+CREATE TABLE IF NOT EXISTS phases (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    done INTEGER,
+    total INTEGER,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS phases_run ON phases(run_id);
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -100,7 +115,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     created REAL NOT NULL,
     PRIMARY KEY (run_id, name)
 );
-"""
+""" + _PHASES_TABLE
 
 
 #: Fills ``latest_metrics`` from ``metrics`` (``where``: an extra condition on ``metrics``): per run and name the
@@ -114,7 +129,10 @@ _LATEST_FROM_METRICS = (
 )
 
 #: The schema's version, kept in ``PRAGMA user_version``. 0: the first release (no owners, no uploads table).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+#: The phases a run's worker goes through, in order (``RunStore.start_phase``); training and validating alternate.
+PHASES = ("starting", "loading", "compiling", "training", "validating", "meta-testing", "report")
 
 #: ``{version: statements}`` that bring a store of ``version - 1`` to ``version``; applied in order on open.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -137,6 +155,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "name TEXT NOT NULL, step INTEGER NOT NULL, value REAL NOT NULL, seq INTEGER NOT NULL DEFAULT 0, "
         "PRIMARY KEY (run_id, name))",
         _LATEST_FROM_METRICS.format(where=""),
+    ),
+    4: (
+        # Each run's phases with their times (older runs have none: readers fall back to started/finished).
+        *[s.strip() for s in _PHASES_TABLE.split(";") if s.strip()],
     ),
 }
 
@@ -735,6 +757,49 @@ class RunStore:
             latest.setdefault(run_id, {})[name] = value
         return latest
 
+    # -- phases ---------------------------------------------------------------------------------------
+
+    def start_phase(self, run_id: str, name: str, *, total: int | None = None, detail: str = "",
+                    at: float | None = None) -> None:
+        """Records that the run's worker entered phase ``name`` (one of :data:`PHASES`) now (or at ``at``).
+
+        The phase it was in ends at the same moment, in the same transaction, so a reader never sees two phases at
+        once or a gap between them. ``total``: the items (episodes) the phase will go through, when it counts any.
+        """
+        now = time.time() if at is None else float(at)
+        with self._connect() as conn, self._deleted_as_not_found(run_id):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE phases SET finished = ? WHERE run_id = ? AND finished IS NULL", (now, run_id))
+                conn.execute("INSERT INTO phases (run_id, name, started, done, total, detail) VALUES (?,?,?,?,?,?)",
+                             (run_id, name, now, 0 if total is not None else None,
+                              None if total is None else int(total), detail))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def phase_progress(self, run_id: str, done: int, total: int | None = None) -> None:
+        """Sets how many items (episodes) of the current phase are done (and its total, if given)."""
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE phases SET done = ?, total = coalesce(?, total) WHERE rowid = (SELECT max(rowid) FROM phases "
+                "WHERE run_id = ? AND finished IS NULL)", (int(done), None if total is None else int(total), run_id))
+
+    def end_phases(self, run_id: str, at: float | None = None) -> None:
+        """Ends the run's current phase (its worker is done: the run completed, stopped or failed)."""
+        with self._connect() as conn:
+            conn.execute("UPDATE phases SET finished = ? WHERE run_id = ? AND finished IS NULL",
+                         (time.time() if at is None else float(at), run_id))
+
+    def phases(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's phases in the order they happened: ``name``, ``started``, ``finished`` (``None`` while it
+        lasts), ``done``, ``total`` (``None`` for a phase that counts nothing) and ``detail``."""
+        with self._connect() as conn:
+            rows = conn.execute("SELECT name, started, finished, done, total, detail FROM phases WHERE run_id = ? "
+                                "ORDER BY rowid", (run_id,)).fetchall()
+        return [dict(r) for r in rows]
+
     # -- evaluations and artifacts ---------------------------------------------------------------------
 
     def add_evaluation(self, run_id: str, split: str, episodes: int, result: dict[str, Any],
@@ -868,7 +933,7 @@ class RunStore:
         """Metrics, evaluations and artifacts rows whose run is gone (written without foreign keys)."""
         orphans: list[str] = []
         with self._connect() as conn:
-            for table in ("metrics", "evaluations", "artifacts"):
+            for table in ("metrics", "evaluations", "artifacts", "phases"):
                 where = f"FROM {table} WHERE run_id NOT IN (SELECT id FROM runs)"
                 found = conn.execute(f"SELECT run_id, count(*) {where} GROUP BY run_id").fetchall()
                 orphans += [f"{table}: {count} rows of run {run_id}" for run_id, count in found]
@@ -1001,6 +1066,8 @@ class RunStore:
         if run.status == "running" and not _pid_alive(run.pid, run.host, run.started):
             run.status = "interrupted"
             run.error = run.error or "The training process ended without finishing (killed or crashed)."
+            # Its phase ended when the worker was last heard from (its last write), not when this found it dead.
+            self.end_phases(run.id, at=run.updated)
             self.update_run(run.id, status=run.status, error=run.error)
         # A queued run's pid was recorded right after its worker was forked; `updated` is at or after that.
         elif run.status == "queued" and run.pid and not _pid_alive(run.pid, run.host, run.updated):
@@ -1008,6 +1075,7 @@ class RunStore:
             # must not hold a worker slot for good. A failed run can be resumed or deleted.
             run.status = "failed"
             run.error = "The worker process ended before training started (see its worker log)."
+            self.end_phases(run.id, at=run.updated)
             self.update_run(run.id, status=run.status, error=run.error, finished=time.time())
         return run
 

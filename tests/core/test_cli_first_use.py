@@ -95,6 +95,10 @@ def test_metalab_train_prints_no_tensorflow_start_up_lines(tmp_path):
     assert quiet.returncode == 0, quiet.stderr
     assert not [line for line in quiet.stderr.splitlines() if any(s in line for s in TF_START_UP)], quiet.stderr
     assert "train loss" in quiet.stderr
+    # The bar's clock ran through loading and meta-testing too: the summary says where the time went.
+    times = next(line for line in quiet.stderr.splitlines() if line.startswith("time: "))
+    assert times.startswith("time: loading ") and " · training " in times and " · meta-testing " in times
+    assert " · total " in times
 
 
 def _children(pid: int) -> list[int]:

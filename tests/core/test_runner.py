@@ -40,6 +40,15 @@ def test_a_run_completes_and_records_everything(builtin_registry, store):
     assert evaluation["episodes"] == 16 and evaluation["mse"] > 0 and evaluation["ci95"] > 0
     assert len(evaluation["curve"]) == 3  # before adaptation and after each of 2 inner steps
     assert checkpoint_path(store, run_id).exists()
+    # Its phases, in order, end to end, with the episodes each evaluation went through (tests/core/test_phases.py).
+    phases = store.phases(run_id)
+    assert [p["name"] for p in phases] == ["loading", "compiling", "training", "validating", "training",
+                                           "validating", "training", "meta-testing", "report"]
+    for before, after in zip(phases, phases[1:]):
+        assert before["finished"] is not None and before["started"] <= before["finished"] == after["started"]
+    assert run.started <= phases[0]["started"] and phases[-1]["started"] <= phases[-1]["finished"] <= run.finished
+    assert [(p["done"], p["total"], p["detail"]) for p in phases if p["name"] != "training" and p["total"]] == [
+        (8, 8, "step 6"), (8, 8, "step 12"), (16, 16, "test")]
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_finishes(builtin_registry, store):
