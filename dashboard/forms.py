@@ -2,7 +2,8 @@
 
 ``schema_fields`` is pure (a schema in, field descriptions out); ``render_fields`` draws one widget per field
 (number inputs with the schema's range, select boxes for ``Literal`` choices, checkboxes for booleans, JSON text
-for lists) with the field's description as help.
+for lists) with the field's description as help. Labels are the schema's titles; where a plugin gave none (pydantic
+then makes "Inner Lr" of ``inner_lr``), :func:`human_label` makes one from the name.
 """
 
 from __future__ import annotations
@@ -14,6 +15,55 @@ from typing import Any, Callable
 import streamlit as st
 
 _MISSING = object()
+
+#: Words of parameter names spelled out or capitalised in labels (``inner_lr`` reads "Inner learning rate").
+_WORDS = {
+    "lr": "learning rate", "bn": "batch-norm", "val": "validation", "eval": "evaluation", "num": "number of",
+    "dim": "dimension", "dims": "dimensions", "std": "std. dev.", "init": "initial", "max": "maximum",
+    "min": "minimum", "ci95": "95% CI", "id": "ID", "url": "URL", "sha256": "SHA-256", "jit": "JIT", "xla": "XLA",
+    "mse": "MSE", "gpu": "GPU", "cpu": "CPU", "mlp": "MLP", "cnn": "CNN", "pca": "PCA", "fce": "FCE", "cub": "CUB",
+    "rgb": "RGB", "sgd": "SGD", "kl": "KL", "tf": "TensorFlow",
+}
+
+
+def human_label(name: str, title: str | None = None) -> str:
+    """A field's label: its schema title, unless that is only pydantic's automatic one (``"Inner Lr"`` for
+    ``inner_lr``), in which case a sentence-case label made from the name (``"Inner learning rate"``).
+
+    Args:
+        name: The parameter name.
+        title: The schema's ``title``, if any.
+
+    Returns:
+        The label to show.
+    """
+    automatic = {name.replace("_", " ").title(), name.title().replace("_", " ")}
+    if title and title not in automatic:
+        return title
+    words = [_WORDS.get(word.lower(), word) for word in name.split("_") if word]
+    text = " ".join(words) or name
+    return text[:1].upper() + text[1:]
+
+
+#: How an empty (``None``) default reads in tables and help: the field is filled in automatically.
+EMPTY_DEFAULT = "empty (automatic)"
+
+
+def default_text(ff: "FormField") -> str:
+    """A field's default as people read it: integers as integers (never ``64.0``), numbers without trailing
+    zeros, lists as JSON, and ``None`` as :data:`EMPTY_DEFAULT` (the field's help says what automatic means)."""
+    value = ff.default
+    if value is None:
+        return EMPTY_DEFAULT if ff.nullable or ff.has_default else ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (ff.widget == "int" and isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
 
 
 @dataclass
@@ -29,6 +79,7 @@ class FormField:
         exclusive_minimum, exclusive_maximum: Exclusive bounds (shown in the help; checked on validation).
         options: Choices of a ``select`` field.
         nullable: The field accepts ``None`` (an empty input).
+        has_default: The schema states a default (``default`` may then be ``None``).
         help: The field's description, with its range.
         machine: What the field names on the server (``"data_path"``, ``"download_url"``, ``"checksum"``,
             ``"run_ref"``), or ``None``. Such a field is never filled from a link and is hidden in demo mode.
@@ -44,6 +95,7 @@ class FormField:
     exclusive_maximum: float | None = None
     options: list[Any] = field(default_factory=list)
     nullable: bool = False
+    has_default: bool = False
     help: str = ""
     machine: str | None = None
 
@@ -92,7 +144,8 @@ def schema_fields(schema: dict[str, Any], machine: dict[str, str] | None = None)
         else:
             widget = "json"
         ff = FormField(
-            name=name, label=prop.get("title") or name, widget=widget, default=prop.get("default"),
+            name=name, label=human_label(name, raw.get("title")), widget=widget,
+            default=prop.get("default"), has_default="default" in prop,
             minimum=prop.get("minimum"), maximum=prop.get("maximum"),
             exclusive_minimum=prop.get("exclusiveMinimum"), exclusive_maximum=prop.get("exclusiveMaximum"),
             options=list(prop.get("enum") or []), nullable=nullable,
@@ -112,8 +165,9 @@ def _help(description: str, ff: FormField) -> str:
     text = description
     if bounds:
         text += f" (allowed: {', '.join(bounds)})"
-    if ff.default is not None:
-        text += f" Default: {json.dumps(ff.default)}."
+    # An empty default's meaning is the description's to say ("empty: the dataset's default"), when it does.
+    if ff.has_default and (ff.default is not None or (ff.nullable and "empty" not in description.lower())):
+        text += f" Default: {default_text(ff)}."
     return text.strip()
 
 

@@ -11,7 +11,7 @@ import streamlit as st
 from metalab.core.services.access import SHOWCASE_OWNER
 
 from . import routes
-from .forms import schema_fields
+from .forms import default_text, schema_fields
 from .report import run_label, run_report
 from .runs import compare, runs
 from .state import services
@@ -81,7 +81,8 @@ def _param_table(schema: dict) -> pd.DataFrame:
             if value is not None:
                 bounds.append(f"{symbol} {value:g}")
         kind = "choice of " + ", ".join(map(str, ff.options)) if ff.widget == "select" else ff.widget
-        rows.append({"name": ff.name, "type": kind, "default": ff.default, "range": ", ".join(bounds),
+        rows.append({"name": ff.name, "label": ff.label, "type": kind, "default": default_text(ff),
+                     "range": ", ".join(bounds),
                      "help": (schema["properties"][ff.name].get("description") or "")})
     return pd.DataFrame(rows).astype(str)
 
@@ -139,7 +140,8 @@ def plugins() -> None:
                     st.error(f"Cannot show the parameters: {type(exc).__name__}: {exc}")
                     continue
                 if len(table):
-                    st.dataframe(table, hide_index=True)
+                    # A static table: dozens of interactive data grids made the page slow to draw in a browser.
+                    st.table(table, hide_index=True)
                 else:
                     st.caption("No parameters.")
                 if kind == "dataset":

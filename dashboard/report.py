@@ -84,7 +84,8 @@ def run_report() -> None:
 
 @st.fragment(run_every=POLL_SECONDS)
 def _live(run_id: str) -> None:
-    """Progress, speed, ETA and curves of a queued or running run; reruns the page when the run ends."""
+    """The phase a queued or running run is in, with its own progress and ETA, then speed, loss, score and curves;
+    reruns the page when the run ends."""
     svc = services()
     svc.active_runs()  # reaps a worker that died before it could record anything
     run = svc.run(run_id)
@@ -92,18 +93,46 @@ def _live(run_id: str) -> None:
         st.rerun()
     metrics = svc.metrics(run.id)
     progress = reports.run_progress(run.to_dict(), metrics)
-    st.progress(progress["fraction"], text=f"{run.status}: step {run.step} of {run.total_steps}")
+    phases = svc.run_phases(run.id)
+    current = phases["current"]
+    # Runs recorded before phases were (and a running run between two of its writes) read as training.
+    phase = current["name"] if current else ("queued" if run.status == "queued" else "training")
+    counted = bool(current and current.get("total"))
+    if phase == "training":
+        st.progress(progress["fraction"], text=f"Training: step {run.step} of {run.total_steps}")
+    elif counted:
+        detail = current.get("detail") if current.get("detail") not in (None, "", "test") else ""
+        text = (f"{current['label']}" + (f" ({detail})" if detail else "")
+                + f": episode {current['done'] or 0} of {current['total']}")
+        st.progress(min(1.0, (current["done"] or 0) / max(current["total"], 1)), text=text)
+    elif current:
+        st.progress(0.0 if phase in ("starting", "loading", "compiling") else 1.0,
+                    text=f"{current['label']} · {_duration(current['elapsed_s'])} so far")
+    if run.status == "queued" and not current:
+        st.info("Waiting for the worker to start.")
     latest = progress["latest"]
     cols = st.columns(4)
-    cols[0].metric("Steps/s", f"{progress['steps_per_s']:.1f}" if progress["steps_per_s"] else "–")
-    cols[1].metric("ETA", _duration(progress["eta_s"]))
+    if counted:
+        cols[0].metric("Episodes/s", f"{current['rate']:.1f}" if current.get("rate") else "–")
+        cols[1].metric("ETA", _duration(current.get("eta_s")), help=f"Of this phase ({phase}).")
+    else:
+        cols[0].metric("Steps/s", f"{progress['steps_per_s']:.1f}" if progress["steps_per_s"] else "–")
+        cols[1].metric("ETA", _duration(progress["eta_s"] if phase == "training" else None),
+                       help="Of the training steps left (meta-testing follows).")
     cols[2].metric("Train loss", f"{latest['train/loss']:.4g}" if "train/loss" in latest else "–")
-    score = "val/accuracy" if "val/accuracy" in latest else "val/mse"
-    cols[3].metric(score, f"{latest[score]:.4g}" if score in latest else "–")
-    if run.status == "queued":
-        st.info("Waiting for the worker to start (it imports TensorFlow and builds the model).")
+    kind = svc.task_kind(run.dataset)
+    if kind is None:  # the dataset's plugin is not loaded: the metric it logged tells
+        kind = "classification" if "val/accuracy" in latest else "regression" if "val/mse" in latest else None
+    if kind is not None:
+        score = "val/accuracy" if kind == "classification" else "val/mse"
+        if kind == "classification":  # percent, as every other accuracy on the pages
+            value = f"{100 * latest[score]:.1f}%" if score in latest else "–"
+        else:
+            value = f"{latest[score]:.4g}" if score in latest else "–"
+        cols[3].metric("Validation accuracy" if kind == "classification" else "Validation MSE", value)
+    if phases["times"]:
+        st.caption("Time so far: " + phases["line"])
     if metrics:
-        kind = svc.task_kind(run.dataset)
         fig = reports.learning_curves_figure(metrics, title="Live learning curves",
                                              regression=None if kind is None else kind == "regression")
         st.plotly_chart(fig, key="live-curves")
@@ -162,9 +191,16 @@ def _finished(run) -> None:
                             f"{evaluation.get('seed')}): the run's canonical protocol. Other evaluations are listed "
                             "under Evaluations.")
     cols[1].metric("Steps", f"{run.step} / {run.total_steps}")
-    cols[2].metric("Training time", _duration((run.finished or 0) - run.started if run.started and run.finished
-                                              else None))
+    times = svc.run_phases(run.id)
+    if times["times"]:
+        cols[2].metric("Training time", _duration(times["training_s"]),
+                       help="The training steps alone; where the rest of the run's time went is listed below.")
+    else:  # a run recorded before phases were: only its wall time is known
+        cols[2].metric("Wall time", _duration((run.finished or 0) - run.started if run.started and run.finished
+                                              else None), help="Loading, training and meta-testing together.")
     cols[3].metric("Device", run.device or "–")
+    if times["times"]:
+        st.caption("Time: " + times["line"])
     if report.get("batch_norm"):
         st.caption(report["batch_norm"])
 
@@ -181,7 +217,13 @@ def _finished(run) -> None:
     if published:
         st.subheader("Published results (same protocol)")
         st.dataframe(pd.DataFrame(published).drop(columns=["benchmark"]), hide_index=True)
-    for i, (title, fig) in enumerate(reports.report_figures(report)):
+    figures = reports.report_figures(report)
+    gallery = [fig for title, fig in figures if title.startswith(reports.GALLERY_TITLE)]
+    for i, (title, fig) in enumerate(figures):
+        if title.startswith(reports.GALLERY_TITLE):
+            if fig is gallery[0]:  # the pages share one heading and a page selector, where the first page stands
+                _gallery(run.id, gallery)
+            continue
         st.subheader(title)
         st.plotly_chart(fig, key=f"report-fig-{i}")
     # Panels contributed by plugins (the metalab_report_panels hook), drawn from plain data.
@@ -203,5 +245,24 @@ def _finished(run) -> None:
         st.json({"versions": run.versions, "host": run.host, "device": run.device, "pid": run.pid})
     if report["evaluations"]:
         with st.expander("Evaluations"):
-            st.dataframe(pd.DataFrame([{k: v for k, v in e.items() if not isinstance(v, list)}
-                                       for e in report["evaluations"]]), hide_index=True)
+            st.dataframe(pd.DataFrame([_evaluation_row(e) for e in report["evaluations"]]), hide_index=True)
+
+
+def _evaluation_row(evaluation: dict) -> dict:
+    """An evaluation's scalar fields for a table, its accuracy and CI in percent like the headline."""
+    row = {k: v for k, v in evaluation.items() if not isinstance(v, list)}
+    if "accuracy" in row:
+        row["accuracy (%)"] = 100.0 * float(row.pop("accuracy"))
+        if row.get("ci95") is not None:
+            row["ci95 (%)"] = 100.0 * float(row.pop("ci95"))
+    return row
+
+
+def _gallery(run_id: str, pages: list) -> None:
+    """The episode gallery: every query it scores, a page at a time for large episodes (pages are whole classes)."""
+    st.subheader(reports.GALLERY_TITLE)
+    page = 0
+    if len(pages) > 1:
+        page = st.segmented_control("Gallery page", list(range(len(pages))), default=0,
+                                    format_func=lambda i: str(i + 1), key=f"report-gallery-page-{run_id}") or 0
+    st.plotly_chart(pages[page], key="report-gallery")

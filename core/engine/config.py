@@ -117,23 +117,25 @@ class RunConfig(pydantic.BaseModel):
     steps: int = Field(BASE_STEPS, ge=1, le=10_000_000, description="Meta-training steps.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for weights, task sampling and evaluation.")
     val_every: int | None = Field(
-        None, ge=1,
+        None, ge=1, title="Validate every (steps)",
         description="Validate every this many steps (and at the last step). " + _CADENCE_HELP.format(
             what="validates only at the last step", base=BASE_CADENCES["val_every"]),
     )
     val_episodes: int = Field(50, ge=1, le=100_000, description="Fixed validation episodes.")
-    test_episodes: int = Field(600, ge=1, le=100_000, description="Fixed meta-test episodes (the paper protocol: 600).")
+    test_episodes: int = Field(600, ge=1, le=100_000, title="Meta-test episodes",
+                               description="Fixed meta-test episodes (the paper protocol: 600).")
     checkpoint_every: int | None = Field(
-        None, ge=1,
+        None, ge=1, title="Checkpoint every (steps)",
         description="Checkpoint every this many steps (and at the end). " + _CADENCE_HELP.format(
             what="keeps no checkpoint until it ends", base=BASE_CADENCES["checkpoint_every"]),
     )
     log_every: int | None = Field(
-        None, ge=1,
+        None, ge=1, title="Log every (steps)",
         description="Log training metrics every this many steps (and at the last step). " + _CADENCE_HELP.format(
             what="logs its training metrics only at the last step", base=BASE_CADENCES["log_every"]),
     )
-    eval_at_end: bool = Field(True, description="Run the meta-test evaluation when training ends.")
+    eval_at_end: bool = Field(True, title="Meta-test when training ends",
+                              description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
     precision: Literal["float32", "tf32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32",

@@ -25,8 +25,9 @@ logger = logging.getLogger(__name__)
 REPORT_SEED = 2017
 #: Inner steps after which the regression fits are drawn (the MAML paper's figure: pre-update, 1 and 10 steps).
 FIT_STEPS = (0, 1, 10)
-#: Query images kept for the episode gallery.
-GALLERY_QUERIES = 40
+#: Query images kept for the episode gallery at most: every query of an ordinary episode (20-way with 15 queries
+#: a class is 300); beyond it, the same number of each class (the gallery scores only the queries it keeps).
+GALLERY_QUERIES = 600
 
 
 def write_report_data(store: Any, run_id: str, session: Any, registry: Any) -> Path | None:
@@ -198,7 +199,7 @@ def regression_fits(session: Any, registry: Any, num_tasks: int = 3, grid_points
 
 def _to_uint8(images: np.ndarray) -> list:
     images = np.asarray(images, dtype=np.float32)
-    if images.ndim == 4:
+    if images.ndim == 4 and images.shape[-1] != 3:  # colour images stay colour; others show their first channel
         images = images[..., 0]
     return to_uint8(images).tolist()
 
@@ -218,6 +219,17 @@ def _features(algorithm: Any, x: np.ndarray) -> tuple[np.ndarray, str] | None:
     return _numpy(model(x, training=True)), "PCA of embeddings"
 
 
+def gallery_queries(labels: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the queries the gallery keeps: all of them up to ``limit``, else the first ``limit // classes``
+    of each class (keeping the first ``limit`` in episode order left most classes out of a 20-way gallery)."""
+    labels = np.asarray(labels)
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    classes = np.unique(labels)
+    per_class = max(1, limit // len(classes))
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in classes]))
+
+
 def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One fixed test episode with predicted labels, and a 2-D PCA of its query embeddings."""
     from metalab.core.engine.evaluation import fixed_batch
@@ -231,12 +243,15 @@ def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[st
     support_x, query_x = np.asarray(batch.support_x)[0], np.asarray(batch.query_x)[0]
     episode = None
     if support_x.ndim in (3, 4):
+        keep = gallery_queries(labels, GALLERY_QUERIES)
         episode = {
             "ways": int(session.task.ways), "shots": int(session.config.shots),
-            "accuracy": float(np.mean(predicted == labels)),
+            # Over the queries kept, which the gallery shows: its title's score is what the page shows.
+            "accuracy": float(np.mean(predicted[keep] == labels[keep])),
+            "episode_accuracy": float(np.mean(predicted == labels)), "episode_queries": int(len(labels)),
             "support_images": _to_uint8(support_x), "support_labels": np.asarray(batch.support_y)[0].astype(int).tolist(),
-            "query_images": _to_uint8(query_x[:GALLERY_QUERIES]), "query_labels": labels[:GALLERY_QUERIES].tolist(),
-            "query_predictions": predicted[:GALLERY_QUERIES].tolist(),
+            "query_images": _to_uint8(query_x[keep]), "query_labels": labels[keep].tolist(),
+            "query_predictions": predicted[keep].tolist(),
         }
     embedding = None
     features = _features(session.algorithm, query_x)

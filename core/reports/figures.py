@@ -19,12 +19,16 @@ from plotly.subplots import make_subplots
 from metalab.core.reports.scores import headline, score_of, score_rows
 
 __all__ = [
+    "GALLERY_TITLE",
     "Series",
     "adaptation_curve_figure",
     "batch_norm_summary",
+    "class_colors",
     "compare_curves_figure",
     "embedding_figure",
     "episode_gallery_figure",
+    "episode_gallery_pages",
+    "final_metrics",
     "learning_curves_figure",
     "markdown_html",
     "panel_figure",
@@ -44,24 +48,71 @@ _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
             "#17becf")
 
 
-def _xy(points: Iterable[tuple[int, float]] | None) -> tuple[list[int], list[float]]:
+#: Title of the episode gallery's section (one figure per page: :func:`episode_gallery_pages`).
+GALLERY_TITLE = "Episode gallery"
+#: Tiles per gallery row, and rows per gallery page (a class's support and query images share its rows).
+GALLERY_COLUMNS = 16
+GALLERY_ROWS_PER_PAGE = 10
+
+
+def _xy(points: Iterable[tuple[int, float]] | None, scale: float = 1.0) -> tuple[list[int], list[float]]:
     points = list(points or [])
-    return [int(p[0]) for p in points], [float(p[1]) for p in points]
+    return [int(p[0]) for p in points], [scale * float(p[1]) for p in points]
+
+
+def _known(ci: list) -> bool:
+    return bool(ci) and all(c is not None and math.isfinite(c) for c in ci)
 
 
 def _band(fig: go.Figure, x: list, y: list, ci: list, color: str, name: str, row: int | None = None,
           col: int | None = None) -> None:
-    """Adds a shaded 95% confidence band around ``y`` (skipped where the half-widths are unknown)."""
-    if not x or len(ci) != len(y) or any(c is None or not math.isfinite(c) for c in ci):
+    """Adds a shaded 95% confidence band around ``y`` (skipped where the half-widths are unknown).
+
+    The band is a filled outline drawn as lines only: Plotly gives a scatter of fewer than 20 points markers
+    by default, which drew a band's edges as dots. A single point has no band to draw; :func:`_error_bars`
+    gives it an error bar instead.
+    """
+    if len(x) < 2 or len(ci) != len(y) or not _known(ci):
         return
     upper = [v + c for v, c in zip(y, ci)]
     lower = [v - c for v, c in zip(y, ci)]
     kwargs = {"row": row, "col": col} if row else {}
     fig.add_trace(
-        go.Scatter(x=list(x) + list(x)[::-1], y=upper + lower[::-1], fill="toself", fillcolor=_rgba(color, 0.18),
-                   line={"width": 0}, hoverinfo="skip", showlegend=False, name=f"{name} 95% CI"),
+        go.Scatter(x=list(x) + list(x)[::-1], y=upper + lower[::-1], mode="lines", fill="toself",
+                   fillcolor=_rgba(color, 0.18), line={"width": 0}, hoverinfo="skip", showlegend=False,
+                   name=f"{name} 95% CI"),
         **kwargs,
     )
+
+
+def _error_bars(y: list, ci: list) -> dict[str, Any] | None:
+    """The 95% CI of a curve of one point as an error bar (a band needs two points); ``None`` otherwise."""
+    if len(y) == 1 and len(ci) == 1 and _known(ci):
+        return {"type": "data", "array": list(ci), "visible": True}
+    return None
+
+
+def _is_percent(metric: str) -> bool:
+    """Accuracies are stored as fractions and shown in percent, like the headline score."""
+    return metric.rsplit("/", 1)[-1] == "accuracy"
+
+
+def class_colors(n: int) -> list[str]:
+    """``n`` colours that stay apart: D3's ten up to ten classes, Plotly's Dark24 up to 24, then evenly spaced
+    hues at alternating lightness (a 20-way episode reused colours with ten)."""
+    if n <= len(_PALETTE):
+        return list(_PALETTE[:n])
+    from plotly.colors import qualitative
+
+    if n <= len(qualitative.Dark24):
+        return list(qualitative.Dark24[:n])
+    import colorsys
+
+    colors = []
+    for i in range(n):
+        r, g, b = colorsys.hls_to_rgb(i / n, (0.35, 0.55, 0.45)[i % 3], 0.85 if i % 2 else 0.65)
+        colors.append(f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}")
+    return colors
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -81,18 +132,20 @@ def learning_curves_figure(metrics: Series, title: str = "Learning curves", regr
     Args:
         metrics: The run's metrics (``train/loss``, ``train/accuracy``, ``val/accuracy`` or ``val/mse``,
             ``val/ci95``, ...).
-        title: The figure title.
+        title: The figure title (empty: none, where the page prints its own heading).
         regression: Whether the run is a regression run; guessed from the metric names when ``None`` (a run
             that has not validated yet has no ``val/mse`` to tell).
 
     Returns:
-        A two-panel Plotly figure; validation scores carry their 95% CI band.
+        A two-panel Plotly figure, accuracies in percent; validation scores carry their 95% CI band (an error bar
+        while there is a single validation point).
     """
     if regression is None:
         regression = _is_regression(metrics)
     score = "mse" if regression else "accuracy"
+    scale = 1.0 if regression else 100.0  # accuracies in percent, as the headline score
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "MSE (query, after adaptation)" if regression
-                                                          else "Accuracy (query)"))
+                                                          else "Accuracy (query, %)"))
     x, y = _xy(metrics.get("train/loss"))
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train loss", line={"color": _PALETTE[0]}), row=1, col=1)
     x, y = _xy(metrics.get("val/loss"))
@@ -100,17 +153,19 @@ def learning_curves_figure(metrics: Series, title: str = "Learning curves", regr
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="val loss", line={"color": _PALETTE[1]}),
                       row=1, col=1)
     if not regression:
-        x, y = _xy(metrics.get("train/accuracy"))
+        x, y = _xy(metrics.get("train/accuracy"), scale)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train accuracy", line={"color": _PALETTE[2]}),
                       row=1, col=2)
-    x, y = _xy(metrics.get(f"val/{score}"))
+    x, y = _xy(metrics.get(f"val/{score}"), scale)
     if x:
-        _, ci = _xy(metrics.get("val/ci95"))
-        _band(fig, x, y, ci if len(ci) == len(y) else [], _PALETTE[3], f"val {score}", row=1, col=2)
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"val {score}", line={"color": _PALETTE[3]}),
-                      row=1, col=2)
+        _, ci = _xy(metrics.get("val/ci95"), scale)
+        ci = ci if len(ci) == len(y) else []
+        _band(fig, x, y, ci, _PALETTE[3], f"val {score}", row=1, col=2)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"val {score}", line={"color": _PALETTE[3]},
+                                 error_y=_error_bars(y, ci)), row=1, col=2)
     fig.update_xaxes(title_text="meta-training step")
-    fig.update_layout(title=title, hovermode="x unified", legend={"orientation": "h", "y": -0.2}, height=380,
+    fig.update_yaxes(title_text="MSE" if regression else "accuracy (%)", row=1, col=2)
+    fig.update_layout(title=title or None, hovermode="x unified", legend={"orientation": "h", "y": -0.2}, height=380,
                       margin={"t": 60, "b": 40})
     return fig
 
@@ -120,7 +175,8 @@ def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation
 
     Args:
         evaluation: An evaluation as the store returns it (``curve``, ``curve_ci95``, ``accuracy`` or ``mse``).
-        title: The figure title.
+        title: The figure title, followed by the episode count (empty: the episode count alone, where the page
+            prints its own heading).
 
     Returns:
         A Plotly figure, or ``None`` when the evaluation holds no curve (algorithms without an inner loop).
@@ -135,9 +191,11 @@ def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation
     x = list(range(len(y)))
     fig = go.Figure()
     _band(fig, x, y, ci, _PALETTE[0], "curve")
-    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="query score", line={"color": _PALETTE[0]}))
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="query score", line={"color": _PALETTE[0]},
+                             error_y=_error_bars(y, ci)))
+    episodes = f"{evaluation.get('episodes', '?')} {evaluation.get('split', 'test')} episodes"
     fig.update_layout(
-        title=f"{title} ({evaluation.get('episodes', '?')} {evaluation.get('split', 'test')} episodes)",
+        title=f"{title} ({episodes})" if title else f"Mean over {episodes}, with its 95% CI",
         xaxis_title="inner gradient steps", yaxis_title="MSE" if regression else "accuracy (%)", height=360,
         margin={"t": 60, "b": 40},
     )
@@ -145,15 +203,18 @@ def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation
 
 
 def scores_figure(rows: list[dict[str, Any]], title: str = "Meta-test score") -> go.Figure:
-    """Bars of final scores with 95% CI error bars (one bar per run or published result).
+    """Final scores as points with 95% CI bars (one per run or published result), on an axis fitted to them.
+
+    Bars drawn from 0 made 94% and 99% look alike; points on an axis that spans the intervals (plus a margin,
+    never below 0 for scores that cannot be negative) show the differences a reader compares.
 
     Args:
-        rows: ``{"label", "value", "ci95"}`` dicts, optionally ``"group"`` (bars of one group share a colour)
+        rows: ``{"label", "value", "ci95"}`` dicts, optionally ``"group"`` (points of one group share a colour)
             and ``"metric"`` (the axis title; the first row's is used).
-        title: The figure title.
+        title: The figure title (empty: none, where the page prints its own heading).
 
     Returns:
-        A Plotly bar figure.
+        A Plotly figure of one marker trace per group.
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -161,16 +222,40 @@ def scores_figure(rows: list[dict[str, Any]], title: str = "Meta-test score") ->
     fig = go.Figure()
     for i, (group, members) in enumerate(groups.items()):
         fig.add_trace(
-            go.Bar(
+            go.Scatter(
                 x=[m["label"] for m in members], y=[m["value"] for m in members], name=group or "score",
-                marker_color=_PALETTE[i % len(_PALETTE)], showlegend=bool(group),
-                error_y={"type": "data", "array": [m.get("ci95") if m.get("ci95") is not None and
-                                                   math.isfinite(m["ci95"]) else 0 for m in members]},
+                mode="markers", marker={"color": _PALETTE[i % len(_PALETTE)], "size": 12, "symbol": "diamond"},
+                showlegend=bool(group),
+                error_y={"type": "data", "thickness": 2, "width": 8,
+                         "array": [m.get("ci95") if m.get("ci95") is not None and math.isfinite(m["ci95"]) else 0
+                                   for m in members]},
             )
         )
-    fig.update_layout(title=title, yaxis_title=rows[0].get("metric", "score") if rows else "score", height=360,
-                      margin={"t": 60, "b": 40})
+    fig.update_layout(title=title or None, yaxis_title=rows[0].get("metric", "score") if rows else "score",
+                      yaxis={"range": _score_range(rows), "zeroline": False}, height=360,
+                      margin={"t": 60 if title else 30, "b": 40})
     return fig
+
+
+def _score_range(rows: list[dict[str, Any]]) -> list[float] | None:
+    """A y range that holds every point and its interval with a margin (``None`` when there is nothing)."""
+    lows, highs = [], []
+    for row in rows:
+        value = row.get("value")
+        if value is None or not math.isfinite(value):
+            continue
+        ci = row.get("ci95")
+        ci = ci if ci is not None and math.isfinite(ci) else 0.0
+        lows.append(value - ci)
+        highs.append(value + ci)
+    if not lows:
+        return None
+    low, high = min(lows), max(highs)
+    pad = 0.15 * (high - low) if high > low else max(0.05 * abs(high), 1e-3)
+    bottom = low - pad
+    if low >= 0:  # accuracies and errors are never negative
+        bottom = max(0.0, bottom)
+    return [bottom, high + pad]
 
 
 def compare_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
@@ -181,14 +266,17 @@ def compare_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: st
         metric: The metric's name (``val/accuracy``, ``train/loss``, ...), used for titles.
 
     Returns:
-        A Plotly figure with one line per run.
+        A Plotly figure with one line per run (accuracies in percent).
     """
     fig = go.Figure()
+    scale = 100.0 if _is_percent(metric) else 1.0
+    colors = class_colors(len(curves))
     for i, (label, points) in enumerate(curves.items()):
-        x, y = _xy(points)
+        x, y = _xy(points, scale)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) < 30 else "lines", name=label,
-                                 line={"color": _PALETTE[i % len(_PALETTE)]}))
-    fig.update_layout(title=metric, xaxis_title="meta-training step", yaxis_title=metric, hovermode="x unified",
+                                 line={"color": colors[i]}))
+    fig.update_layout(title=metric, xaxis_title="meta-training step",
+                      yaxis_title=f"{metric} (%)" if scale != 1.0 else metric, hovermode="x unified",
                       height=380, margin={"t": 60, "b": 40})
     return fig
 
@@ -226,67 +314,154 @@ def sinusoid_figure(data: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def episode_gallery_figure(data: dict[str, Any], max_queries: int = 20) -> go.Figure:
-    """One test episode: the support images, then query images titled with true and predicted labels.
+def _gallery_rows(data: dict[str, Any], columns: int) -> list[tuple[int, list[tuple[Any, str]]]]:
+    """``[(class, tiles), ...]``: each class's support images, then its queries, wrapped at ``columns`` tiles.
+
+    A tile is ``(image, title)``; a class spans as many rows as its tiles need.
+    """
+    support = list(zip(data["support_images"], data["support_labels"]))
+    queries = list(zip(data["query_images"], data["query_labels"], data["query_predictions"]))
+    classes = sorted({int(label) for _, label in support} | {int(label) for _, label, _ in queries})
+    rows = []
+    for cls in classes:
+        tiles = [(image, f"<b>class {cls}</b>" if i == 0 else "support")
+                 for i, (image, _) in enumerate(img for img in support if int(img[1]) == cls)]
+        for image, _, pred in (q for q in queries if int(q[1]) == cls):
+            if int(pred) == cls:
+                tiles.append((image, "<span style='color:green'>✓</span>"))
+            else:
+                tiles.append((image, f"<span style='color:red'>✗ pred {int(pred)}</span>"))
+        for start in range(0, max(len(tiles), 1), columns):
+            rows.append((cls, tiles[start:start + columns]))
+    return rows
+
+
+def episode_gallery_pages(data: dict[str, Any], columns: int = GALLERY_COLUMNS,
+                          rows_per_page: int = GALLERY_ROWS_PER_PAGE) -> list[list[int]]:
+    """The classes on each page of an episode's gallery (whole classes per page, at most ``rows_per_page`` rows
+    unless one class needs more)."""
+    pages: list[list[int]] = []
+    used = rows_per_page
+    counts: dict[int, int] = {}
+    for cls, _ in _gallery_rows(data, columns):
+        counts[cls] = counts.get(cls, 0) + 1
+    for cls, rows in counts.items():
+        if used + rows > rows_per_page:
+            pages.append([])
+            used = 0
+        pages[-1].append(cls)
+        used += rows
+    return pages or [[]]
+
+
+def _png(image: Any) -> str:
+    """A grey (``[H, W]``) or colour (``[H, W, 3]``) uint8 image as a PNG data URI (a tenth of the JSON of its
+    pixel values, which matters once a gallery shows every query)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="RGB" if pixels.ndim == 3 else "L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def episode_gallery_figure(data: dict[str, Any], page: int = 0, columns: int = GALLERY_COLUMNS,
+                           rows_per_page: int = GALLERY_ROWS_PER_PAGE) -> go.Figure:
+    """One page of a test episode's gallery: a row per class, its support images then every query of that class,
+    each query marked right or wrong (with the predicted class).
+
+    Every query the report data scores is on some page (:func:`episode_gallery_pages`), and the title's score
+    counts exactly the queries on this page (and, on a paged gallery, those of all pages).
 
     Args:
         data: The ``episode`` part of ``report_data.json``: ``support_images`` and ``query_images`` (uint8
-            ``[n, H, W]`` nested lists), ``support_labels``, ``query_labels`` and ``query_predictions``.
-        max_queries: Query images shown at most.
+            ``[n, H, W]`` or ``[n, H, W, 3]`` nested lists), ``support_labels``, ``query_labels`` and
+            ``query_predictions``; optionally ``ways``, ``shots`` and ``episode_queries`` (the episode's query
+            count, when only some were stored).
+        page: Which page (0-based; clipped to the last).
+        columns: Tiles per row.
+        rows_per_page: Rows per page.
 
     Returns:
-        A Plotly figure of image tiles; mistakes have red titles marked with a cross.
+        A Plotly figure of image tiles; ``layout.meta`` holds ``{"page", "pages", "queries", "correct",
+        "all_queries", "all_correct"}``: what the title states, as numbers.
     """
-    support = list(zip(data["support_images"], data["support_labels"]))
-    queries = list(zip(data["query_images"], data["query_labels"], data["query_predictions"]))[:max_queries]
-    cols = max(1, min(10, max(len(support), 1)))
-    support_rows = math.ceil(len(support) / cols)
-    query_rows = math.ceil(len(queries) / cols)
-    titles = [f"support: {label}" for _, label in support] + [""] * (support_rows * cols - len(support))
-    for _, label, pred in queries:
-        mark = "✓" if label == pred else "✗"
-        color = "green" if label == pred else "red"
-        titles.append(f"<span style='color:{color}'>{mark} true {label} / pred {pred}</span>")
-    rows = max(1, support_rows + query_rows)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.06)
-    tiles = [img for img, _ in support] + [None] * (support_rows * cols - len(support)) + [q[0] for q in queries]
-    for i, image in enumerate(tiles):
-        if image is None:
-            continue
-        # Image traces want RGB; the datasets are grey scale.
-        rgb = [[[v, v, v] for v in row] for row in image]
-        fig.add_trace(go.Image(z=rgb, hoverinfo="skip"), row=i // cols + 1, col=i % cols + 1)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_annotations(font_size=10)
-    fig.update_layout(title=f"Test episode: {data.get('ways', '?')}-way {data.get('shots', '?')}-shot "
-                            f"(query accuracy {100 * data.get('accuracy', float('nan')):.1f}%)",
-                      height=110 * rows + 80, margin={"t": 80, "b": 10, "l": 10, "r": 10})
+    pages = episode_gallery_pages(data, columns, rows_per_page)
+    page = max(0, min(int(page), len(pages) - 1))
+    shown = set(pages[page])
+    rows = [(cls, tiles) for cls, tiles in _gallery_rows(data, columns) if cls in shown]
+    labels, predictions = list(data["query_labels"]), list(data["query_predictions"])
+    on_page = [int(label) == int(pred) for label, pred in zip(labels, predictions) if int(label) in shown]
+    everywhere = [int(label) == int(pred) for label, pred in zip(labels, predictions)]
+    # One axis with every tile placed on it (a subplot grid of a few hundred cells took seconds to build).
+    first = next((tiles[0][0] for _, tiles in rows if tiles), [[0]])
+    height, width = len(first), len(first[0]) if len(first) else 1
+    step_x, step_y = width * 1.08, height * 1.45  # room for each tile's title above it
+    traces, notes = [], []
+    for r, (_, tiles) in enumerate(rows):
+        for c, (image, title) in enumerate(tiles):
+            x0, y0 = c * step_x, r * step_y
+            traces.append({"type": "image", "source": _png(image), "x0": x0, "y0": y0, "hoverinfo": "skip"})
+            notes.append({"x": x0 + width / 2, "y": y0 - 0.5, "xref": "x", "yref": "y", "text": title,
+                          "showarrow": False, "yanchor": "bottom", "font": {"size": 10}})
+    fig = go.Figure({"data": traces, "layout": {"annotations": notes}})
+    cols = max((len(tiles) for _, tiles in rows), default=1)
+    fig.update_xaxes(visible=False, range=[-0.5, cols * step_x], constrain="domain")
+    fig.update_yaxes(visible=False, range=[max(1, len(rows)) * step_y - 0.5, -0.45 * height],
+                     scaleanchor="x", constrain="domain")
+
+    def score(marks: list[bool]) -> str:
+        if not marks:
+            return "no queries"
+        return f"{sum(marks)}/{len(marks)} queries right ({100 * sum(marks) / len(marks):.1f}%)"
+
+    heading = f"Test episode: {data.get('ways', '?')}-way {data.get('shots', '?')}-shot"
+    classes = sorted(shown)
+    if len(pages) > 1:
+        heading += (f", page {page + 1} of {len(pages)} (classes {classes[0]}–{classes[-1]}): {score(on_page)}; "
+                    f"all pages: {score(everywhere)}")
+    else:
+        heading += f": {score(on_page)}"
+    stored, total = len(labels), int(data.get("episode_queries") or len(labels))
+    if total > stored:
+        heading += f" ({stored} of the episode's {total} queries kept)"
+    fig.update_layout(title={"text": heading, "font": {"size": 14}}, height=85 * max(1, len(rows)) + 90,
+                      margin={"t": 80, "b": 10, "l": 10, "r": 10},
+                      meta={"page": page, "pages": len(pages), "queries": len(on_page), "correct": sum(on_page),
+                            "all_queries": len(everywhere), "all_correct": sum(everywhere)})
     return fig
 
 
-def embedding_figure(data: dict[str, Any]) -> go.Figure:
+def embedding_figure(data: dict[str, Any], title: str = "Query embeddings") -> go.Figure:
     """A 2-D projection of query embeddings coloured by class (``report_data.json``'s ``embedding`` part).
 
     Args:
         data: ``points`` (``[n, 2]``), ``labels`` (``[n]``), optionally ``correct`` (``[n]`` booleans) and
             ``method`` (e.g. ``"PCA of backbone features"``).
+        title: Printed before the method (empty: the method alone, where the page prints its own heading).
 
     Returns:
-        A Plotly scatter figure; wrongly classified queries are drawn as crosses.
+        A Plotly scatter figure, one colour per class (:func:`class_colors`, distinct for 20 classes and more);
+        wrongly classified queries are drawn as crosses.
     """
     fig = go.Figure()
     labels = data["labels"]
     correct = data.get("correct") or [True] * len(labels)
-    for i, cls in enumerate(sorted(set(labels))):
+    classes = sorted(set(labels))
+    colors = class_colors(len(classes))
+    for i, cls in enumerate(classes):
         idx = [j for j, lab in enumerate(labels) if lab == cls]
         fig.add_trace(go.Scatter(
             x=[data["points"][j][0] for j in idx], y=[data["points"][j][1] for j in idx], mode="markers",
             name=f"class {cls}",
-            marker={"color": _PALETTE[i % len(_PALETTE)], "size": 9,
-                    "symbol": ["circle" if correct[j] else "x" for j in idx]},
+            marker={"color": colors[i], "size": 9, "symbol": ["circle" if correct[j] else "x" for j in idx]},
         ))
-    fig.update_layout(title=f"Query embeddings ({data.get('method', '2-D projection')}; x = misclassified)",
+    method = data.get("method", "2-D projection")
+    fig.update_layout(title=f"{title} ({method}; x = misclassified)" if title else f"{method}; x = misclassified",
                       height=420, margin={"t": 60, "b": 40})
     return fig
 
@@ -426,14 +601,16 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     Returns:
         ``[(title, figure), ...]``: learning curves, adaptation curve, meta-test score beside published
         results, and the dataset-specific figures (sinusoid fits, episode gallery, embeddings) when present.
+        The page prints each title as the figure's heading, so a figure does not repeat it. The episode gallery
+        gives one entry per page, titled ``GALLERY_TITLE`` (and ``", page i of n"`` when there are several).
     """
     figures: list[tuple[str, go.Figure]] = []
     metrics = report.get("metrics") or {}
     if metrics:
-        figures.append(("Learning curves", learning_curves_figure(metrics)))
+        figures.append(("Learning curves", learning_curves_figure(metrics, title="")))
     evaluation = _test_evaluation(report)
     if evaluation:
-        curve = adaptation_curve_figure(evaluation)
+        curve = adaptation_curve_figure(evaluation, title="")
         if curve is not None:
             figures.append(("Adaptation curve", curve))
         name, value, ci = score_of(evaluation)
@@ -445,21 +622,24 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
         for pub in _published(report, evaluation, None):
             rows.append({"label": pub["method"], "value": pub["value"], "ci95": pub["ci95"], "metric": name,
                          "group": "published"})
-        figures.append(("Meta-test score", scores_figure(rows)))
+        figures.append(("Meta-test score", scores_figure(rows, title="")))
     for bench in benchmark_evaluations(report):
         name = bench["split"].partition(":")[2]
         metric, value, ci = score_of(bench)
         rows = [{"label": "this run", "value": value, "ci95": ci, "metric": metric, "group": "this run"}]
         rows += [{"label": pub["method"], "value": pub["value"], "ci95": pub["ci95"], "metric": metric,
                   "group": "published"} for pub in _published(report, bench, name)]
-        figures.append((f"Benchmark: {name}", scores_figure(rows)))
+        figures.append((f"Benchmark: {name}", scores_figure(rows, title="")))
     data = report.get("report_data") or {}
     if data.get("sinusoid"):
         figures.append(("Sinusoid fits", sinusoid_figure(data["sinusoid"])))
     if data.get("episode"):
-        figures.append(("Episode gallery", episode_gallery_figure(data["episode"])))
+        pages = len(episode_gallery_pages(data["episode"]))
+        for page in range(pages):
+            figures.append((GALLERY_TITLE + (f", page {page + 1} of {pages}" if pages > 1 else ""),
+                            episode_gallery_figure(data["episode"], page)))
     if data.get("embedding"):
-        figures.append(("Query embeddings", embedding_figure(data["embedding"])))
+        figures.append(("Query embeddings", embedding_figure(data["embedding"], title="")))
     return figures
 
 
@@ -518,6 +698,21 @@ def markdown_html(text: str) -> str:
     return "\n".join(parts)
 
 
+def final_metrics(metrics: Series) -> dict[str, float]:
+    """The latest value of each metric, sorted by name, accuracies (and a classification run's CI half-widths)
+    in percent with ``" (%)"`` added to their names."""
+    regression = _is_regression(metrics)
+    latest = {}
+    for name, points in sorted(metrics.items()):
+        if not points:
+            continue
+        if _is_percent(name) or (name.endswith("/ci95") and not regression):
+            latest[f"{name} (%)"] = 100.0 * float(points[-1][1])
+        else:
+            latest[name] = float(points[-1][1])
+    return latest
+
+
 def _test_evaluation(report: dict[str, Any]) -> dict[str, Any] | None:
     """The run's headline score: the newest evaluation under its canonical protocol (never merely the newest)."""
     return headline(report.get("evaluations") or [], (report.get("run") or {}).get("config"))
@@ -565,15 +760,16 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
                      f"{evaluation.get('episodes')} fixed episodes)</p>")
         for bench in benchmark_evaluations(report):
             name = bench["split"].partition(":")[2]
-            _, bench_value, bench_ci = score_of(bench)
+            bench_metric, bench_value, bench_ci = score_of(bench)
             published = "; ".join(f"{html.escape(p['method'])} {p['value']}{'%' if p['metric'] == 'accuracy' else ''} "
                                   f"({html.escape(p['citation'])})" for p in _published(report, bench, name))
-            parts.append(f"<p class='score'>benchmark {html.escape(name)}: <b>{bench_value:.4g}</b> ± "
-                         f"{bench_ci:.3g}{'; published: ' + published if published else ''}</p>")
+            parts.append(f"<p class='score'>benchmark {html.escape(name)}, {html.escape(bench_metric)}: "
+                         f"<b>{bench_value:.4g}</b> ± {bench_ci:.3g}"
+                         f"{'; published: ' + published if published else ''}</p>")
         for cross in cross_domain_evaluations(report):
-            _, cross_value, cross_ci = score_of(cross)
-            parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}): "
-                         f"<b>{cross_value:.4g}</b> ± {cross_ci:.3g}</p>")
+            cross_metric, cross_value, cross_ci = score_of(cross)
+            parts.append(f"<p class='score'>cross-domain ({html.escape(cross['split'][len('cross:'):])}), "
+                         f"{html.escape(cross_metric)}: <b>{cross_value:.4g}</b> ± {cross_ci:.3g}</p>")
     rows = score_rows(report.get("evaluations") or [], config)
     if rows:
         parts.append("<h3>Every evaluation (one per protocol and time; the headline is marked)</h3><table><tr>"
@@ -612,9 +808,9 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
             first = False
         if panel.get("markdown"):
             parts.append(markdown_html(panel["markdown"]))
-    latest = {name: points[-1][1] for name, points in (report.get("metrics") or {}).items() if points}
+    latest = final_metrics(report.get("metrics") or {})
     if latest:
-        parts.append("<h2>Final metrics</h2>" + _table([(k, f"{v:.6g}") for k, v in sorted(latest.items())]))
+        parts.append("<h2>Final metrics</h2>" + _table([(k, f"{v:.6g}") for k, v in latest.items()]))
     parts.append("<h2>Config</h2><pre>" + html.escape(json.dumps(config, indent=2, sort_keys=True)) + "</pre>")
     parts.append("<h2>Versions</h2>" + _table(sorted((run.get("versions") or {}).items())))
     parts.append("<h2>Run</h2>" + _table([(k, run.get(k)) for k in ("id", "name", "status", "created", "started",

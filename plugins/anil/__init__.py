@@ -17,7 +17,8 @@ class ANILParams(Params):
         description="Inner-loop step size alpha of the head (0.4 on Omniglot; 0.01 on sinusoid and MiniImagenet).",
     )
     inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps of the head during meta-training.")
-    eval_inner_steps: int = Field(3, ge=0, le=1000, description="Inner gradient steps of the head at test time.")
+    eval_inner_steps: int = Field(3, ge=0, le=1000, title="Inner steps at meta-test",
+                                  description="Inner gradient steps of the head at test time.")
     meta_batch_size: int = Field(32, ge=1, le=1024, description="Tasks per meta-update.")
     outer_lr: float = Field(1e-3, gt=0, le=1, description="Meta step size beta (Adam).")
     first_order: bool = Field(

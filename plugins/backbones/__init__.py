@@ -20,7 +20,7 @@ class Conv4Params(Params):
         0.9, ge=0.0, lt=1.0, description="Weight of the old value in the batch norm's running moments."
     )
     conv_bias: bool = Field(
-        False,
+        False, title="Convolution bias",
         description=(
             "Give each convolution a bias. Batch norm right after it cancels any per-channel shift, so the network "
             "computes the same function without one (the bias's gradient is exactly zero) and trains faster. Runs "
@@ -33,7 +33,8 @@ class MLPParams(Params):
     """Parameters of the MLP backbone (Finn et al. 2017, sinusoid regression)."""
 
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=lambda: [40, 40], min_length=1, max_length=16, description="Sizes of the ReLU hidden layers."
+        [40, 40], title="Hidden layer sizes", min_length=1, max_length=16,
+        description="Sizes of the ReLU hidden layers.",
     )
 
 

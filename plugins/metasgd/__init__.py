@@ -13,7 +13,7 @@ class MetaSGDParams(Params):
     """Meta-SGD's parameters; defaults follow Li et al. 2017 (one inner step, Adam outer loop)."""
 
     inner_lr_init: float = Field(
-        0.1, gt=0, le=100,
+        0.1, gt=0, le=100, title="Initial inner learning rate",
         description=(
             "Initial value of every learned inner learning rate alpha (the paper draws them from [0.005, 0.1]; "
             "a constant start at the top of that range works for classification and sinusoids alike)."
@@ -21,7 +21,7 @@ class MetaSGDParams(Params):
     )
     inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps during meta-training (1 in the paper).")
     eval_inner_steps: int = Field(
-        1, ge=0, le=1000, description="Inner gradient steps when adapting at test time (the rates are learned for 1)."
+        1, ge=0, le=1000, title="Inner steps at meta-test", description="Inner gradient steps when adapting at test time (the rates are learned for 1)."
     )
     meta_batch_size: int = Field(32, ge=1, le=1024, description="Tasks per meta-update.")
     outer_lr: float = Field(1e-3, gt=0, le=1, description="Meta step size beta (Adam), for the weights and the rates.")

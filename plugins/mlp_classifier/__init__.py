@@ -15,7 +15,7 @@ class MLPClassifierParams(Params):
     """Parameters of the supervised MLP reference."""
 
     hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
-        default_factory=lambda: [256, 128], min_length=1, max_length=8,
+        [256, 128], title="Hidden layer sizes", min_length=1, max_length=8,
         description="Sizes of the ReLU hidden layers; the last one gives the features used at meta-test time.",
     )
     batch_size: int = Field(64, ge=2, le=8192, description="Mini-batch size.")

@@ -23,7 +23,8 @@ class ReptileParams(Params):
     inner_steps: int = Field(
         5, ge=1, le=1000, description="Inner steps on each task's support set during meta-training."
     )
-    eval_inner_steps: int = Field(50, ge=0, le=1000, description="Inner steps when adapting at test time.")
+    eval_inner_steps: int = Field(50, ge=0, le=1000, title="Inner steps at meta-test",
+                                  description="Inner steps when adapting at test time.")
     meta_batch_size: int = Field(5, ge=1, le=1024, description="Tasks per meta-update.")
     outer_stepsize: float = Field(
         1.0, gt=0, le=10, description="Meta step size epsilon; annealed linearly to 0 over the run."

@@ -43,7 +43,7 @@ class ZeroShotParams(Params):
         description="Length of a class's attribute vector (the datasets here set it: 17 for glyphs, 312 for CUB).",
     )
     attribute_hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
-        default_factory=list,
+        [], title="Attribute-embedding hidden layers",
         description="Hidden ReLU layers of the attribute embedding g; empty gives the paper's linear map.",
     )
     unit_prototypes: bool = Field(

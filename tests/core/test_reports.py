@@ -38,9 +38,11 @@ def test_learning_curves_show_train_and_validation_with_ci_band():
     names = _names(fig)
     assert {"train loss", "val loss", "train accuracy", "val accuracy"} <= set(names)
     val = next(t for t in fig.data if t.name == "val accuracy")
-    assert list(val.x) == [15, 30] and list(val.y) == [0.4, 0.6]
+    # Accuracies in percent, like the headline score; the band is a filled outline with no markers.
+    assert list(val.x) == [15, 30] and list(val.y) == pytest.approx([40.0, 60.0])
     band = next(t for t in fig.data if t.name == "val accuracy 95% CI")
-    assert max(band.y) == pytest.approx(0.64) and min(band.y) == pytest.approx(0.35)
+    assert max(band.y) == pytest.approx(64.0) and min(band.y) == pytest.approx(35.0)
+    assert band.mode == "lines"
 
 
 def test_learning_curves_of_regression_plot_mse_and_no_accuracy():
@@ -95,8 +97,10 @@ def test_episode_gallery_marks_mistakes():
     fig = reports.episode_gallery_figure(data)
     assert len(fig.data) == 4
     titles = [a.text for a in fig.layout.annotations]
-    assert any("✗ true 1 / pred 0" in t for t in titles)
-    assert any("✓ true 0 / pred 0" in t for t in titles)
+    # A row per class: "class 1", its support, then its queries; the mistake names the predicted class.
+    assert sum("✗ pred 0" in t for t in titles) == 1 and sum("✓" in t for t in titles) == 1
+    assert fig.layout.meta["queries"] == 2 and fig.layout.meta["correct"] == 1
+    assert "1/2 queries right (50.0%)" in fig.layout.title.text
 
 
 def test_embedding_figure_colours_by_class():

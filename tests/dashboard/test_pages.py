@@ -26,7 +26,7 @@ def test_plugins_page_lists_specs_with_parameters_and_broken_plugins(page):
     labels = [e.label for e in at.expander]
     assert any("MAML" in label and "`metalab.maml`" in label for label in labels)
     assert any("Sinusoid regression" in label for label in labels)
-    tables = [df.value for df in at.dataframe]
+    tables = [df.value for df in at.table]
     maml = next(t for t in tables if "inner_lr" in set(t["name"]))
     row = maml[maml["name"] == "inner_lr"].iloc[0]
     assert row["type"] == "float" and row["default"] == "0.4" and row["range"] == "> 0, <= 100"

@@ -19,7 +19,7 @@ def test_meta_sgd_run_shows_the_learned_rates_panel(page, store, figures):
     at = page("run_report", {"run": run_id}).run()
     assert not at.exception
     assert "Learned inner learning rates" in [h.value for h in at.subheader]
-    rates = next(s for s in figures(at) if s["layout"]["title"]["text"].startswith("Meta-SGD"))
+    rates = next(s for s in figures(at) if (s["layout"].get("title") or {}).get("text", "").startswith("Meta-SGD"))
     assert [t["y"] for t in rates["data"] if t["type"] == "bar"] == [[10, 30]]
     assert any("`metasgd/head/kernel`" in m.value for m in at.markdown)
     assert not at.warning
