@@ -258,6 +258,10 @@ def _score_range(rows: list[dict[str, Any]]) -> list[float] | None:
     return [bottom, high + pad]
 
 
+#: The y range of a score chart (points with intervals): public for the Compare figures.
+score_axis_range = _score_range
+
+
 def compare_curves_figure(curves: dict[str, list[tuple[int, float]]], metric: str) -> go.Figure:
     """Overlays one metric of several runs.
 

@@ -129,6 +129,13 @@ def test_compare_three_runs_with_consistent_colours_and_parallel_coordinates(pag
     colour = {trace["meta"]: trace["line"]["color"] for trace in curves["data"]}
     assert list(colour) == [small, mid, big] and len(set(colour.values())) == 3
     assert {trace["meta"]: trace["marker"]["color"] for trace in scores["data"]} == colour
+    # Scores are points with their intervals on an axis fitted to them, not bars rising from 0.
+    assert {trace["type"] for trace in scores["data"]} == {"scatter"}
+    assert all(trace["mode"] == "markers" and trace["error_y"]["array"][0] > 0 for trace in scores["data"])
+    low, high = scores["layout"]["yaxis"]["range"]
+    tops = [trace["y"][0] + trace["error_y"]["array"][0] for trace in scores["data"]]
+    bottoms = [trace["y"][0] - trace["error_y"]["array"][0] for trace in scores["data"]]
+    assert 0 < low <= min(bottoms) and max(tops) <= high
     (coords,) = parallel["data"]
     assert coords["type"] == "parcoords"
     labels = [d["label"] for d in coords["dimensions"]]
