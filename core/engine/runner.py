@@ -117,6 +117,20 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
     return step
 
 
+def _check_finite(result: dict[str, Any], what: str, step: int, config: Any) -> None:
+    """Raises :class:`FloatingPointError` naming the first score of ``result`` that is not a finite number.
+
+    Adapting at evaluation time can diverge while training's loss stays finite (e.g. a large inner learning rate
+    with more test-time inner steps than training's); the run then fails with what diverged and what to lower,
+    instead of a NaN reaching the store.
+    """
+    for name, value in result.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FloatingPointError(
+                f"{what} diverged: its {name} became {value} at step {step} (adapting to the evaluation episodes "
+                f"with eval_inner_steps); {divergence_hint(config)}. Received: {name}={value}")
+
+
 class _CancelWatch:
     """Polls the store for a cancel request (at most twice a second) and turns SIGTERM/SIGINT into one."""
 
@@ -281,6 +295,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 if step % config.val_every == 0 or step == config.steps:
                     phases.enter("validating", total=val_batch.n, detail=f"step {step}")
                     val = evaluate_batch(session, val_batch, eval_fn, progress=phases.progress)
+                    _check_finite(val, "Validation", step, config)
                     logged.update({f"val/{k}": v for k, v in val.items() if isinstance(v, float)})
                     phases.enter("training")
                 if logged:
@@ -295,6 +310,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 # Recorded before the in-domain score, so "test" stays the newest evaluation.
                 phases.enter("meta-testing", total=cross_episodes.n, detail=f"cross-domain on {config.test_dataset}")
                 result = evaluate_batch(cross, cross_episodes, eval_fn, progress=phases.progress)
+                _check_finite(result, "The cross-domain meta-test", step, config)
                 store.add_evaluation(run_id, f"cross:{config.test_dataset}", result["episodes"], result,
                                      seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"cross/{k}": v for k, v in result.items() if isinstance(v, float)})
@@ -302,6 +318,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 test_episodes = fixed_episode_set(session, "test", config.test_episodes)
                 phases.enter("meta-testing", total=test_episodes.n, detail="test")
                 result = evaluate_batch(session, test_episodes, eval_fn, progress=phases.progress)
+                _check_finite(result, "The meta-test", step, config)
                 store.add_evaluation(run_id, "test", result["episodes"], result, seed=EVAL_SEED)
                 store.log_metrics(run_id, step, {f"test/{k}": v for k, v in result.items() if isinstance(v, float)})
             # Figures that need the model (the dashboard has no TensorFlow); best effort, never fails the run.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -714,8 +715,16 @@ class RunStore:
     # -- metrics ----------------------------------------------------------------------------------------
 
     def log_metrics(self, run_id: str, step: int, values: dict[str, float]) -> None:
-        """Appends scalar metrics of one step (committed at once)."""
+        """Appends scalar metrics of one step (committed at once).
+
+        Raises:
+            ValueError: A value is not a finite number (SQLite would store NaN as NULL); nothing is written.
+        """
         now = time.time()
+        for name, value in values.items():
+            if not math.isfinite(float(value)):
+                raise ValueError(f"Metric {name} of step {step} is {float(value)}; the store keeps finite numbers "
+                                 f"only. Received: {name}={float(value)}")
         rows = [(run_id, int(step), name, float(value), now) for name, value in values.items()]
         with self._connect() as conn, self._deleted_as_not_found(run_id):
             conn.executemany("INSERT INTO metrics (run_id, step, name, value, time) VALUES (?,?,?,?,?)", rows)
