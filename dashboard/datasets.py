@@ -50,6 +50,16 @@ def _grey_or_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
 
 
+def _sample_texts(info: dict[str, Any]) -> None:
+    """A text dataset's sample sentences per split and class (``info["sample_texts"]``), in a table."""
+    rows = [{"split": split, "class": str(name), "examples": " · ".join(map(str, texts))}
+            for split, classes in (info.get("sample_texts") or {}).items()
+            for name, texts in list(classes.items())[:5]]
+    if rows:
+        st.subheader("Sample texts")
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+
+
 def show_summary(summary: dict[str, Any]) -> None:
     """Draws a dataset summary: totals, a table of the splits, problems, its info and the sample grid."""
     if summary.get("kind") != "classification":
@@ -58,18 +68,22 @@ def show_summary(summary: dict[str, Any]) -> None:
         with st.expander("Dataset info"):
             st.json(summary.get("info") or {}, expanded=False)
         return
+    info = summary.get("info") or {}
+    text = info.get("modality") == "text"
+    unit = "examples" if text else "images"  # a text dataset's inputs are token rows, not pictures
     cols = st.columns(3)
     cols[0].metric("Classes", f"{summary['total_classes']:,}")
-    cols[1].metric("Images", f"{summary['total_images']:,}")
-    cols[2].metric("Input shape", " × ".join(str(s) for s in summary["input_shape"]))
-    rows = [{"split": name, "classes": row["classes"], "images": row["images"],
-             "images per class": (f"{row['min_per_class']}" if row["min_per_class"] == row["max_per_class"]
-                                  else f"{row['min_per_class']}–{row['max_per_class']}")}
+    cols[1].metric(unit.capitalize(), f"{summary['total_images']:,}")
+    cols[2].metric("Tokens per example" if text else "Input shape", " × ".join(str(s) for s in summary["input_shape"]))
+    rows = [{"split": name, "classes": row["classes"], unit: row["images"],
+             f"{unit} per class": (f"{row['min_per_class']}" if row["min_per_class"] == row["max_per_class"]
+                                   else f"{row['min_per_class']}–{row['max_per_class']}")}
             for name, row in summary["splits"].items()]
     st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if text:
+        _sample_texts(info)
     for problem in summary.get("problems") or []:
         st.warning(problem)
-    info = summary.get("info") or {}
     unreadable = info.get("unreadable") or []
     if unreadable:
         st.warning(f"{len(unreadable)} files could not be read as images and were left out: "

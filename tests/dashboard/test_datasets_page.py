@@ -280,3 +280,15 @@ def test_uploading_a_zip_slip_archive_on_the_page_is_refused(home, data_dir):
     assert "The zip was refused and nothing was extracted" in errors and "'../evil.png'" in errors
     assert "No uploaded image folders yet." in [i.value for i in at.info]
     assert not (data_dir / "evil.png").exists()
+
+
+def test_a_text_dataset_counts_examples_and_shows_sample_sentences(data_dir):
+    at = _page({"dataset": "metalab.text_intents"}).run()
+    at.button(key="datasets.load").click().run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "144" and metrics["Examples"] == "5,760" and "Images" not in metrics
+    tables = [t.value for t in at.dataframe]
+    assert "examples per class" in tables[0].columns
+    samples = next(t for t in tables if "examples" in t.columns and "class" in t.columns)
+    assert set(samples["split"]) == {"train", "val", "test"} and all(samples["examples"].str.len() > 10)
