@@ -215,6 +215,11 @@ def _value_and_grad(fn: Callable[..., Any], params: Any, *args: Any, has_aux: bo
         value, aux = out if has_aux else (out, None)
     _check_scalar(value)
     grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    # An embedding's gradient comes as IndexedSlices, which `0.4 * g` or `w - g` in an algorithm cannot take:
+    # dense, as on JAX (the tables here are small; a dense gradient is what a meta-update needs anyway).
+    grads = tf.nest.map_structure(
+        lambda g: tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g, grads,
+        expand_composites=False)
     return ((value, aux), grads) if has_aux else (value, grads)
 
 

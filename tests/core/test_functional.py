@@ -286,3 +286,15 @@ def test_a_window_of_one_keeps_eight_tasks_at_the_memory_of_one(tmp_path):
     got = json.loads(done.stdout.strip().splitlines()[-1])
     assert got["windowed"] < 1.4 * got["one"], got
     assert got["free"] > got["windowed"], got
+
+
+def test_embedding_gradient_is_dense_and_takes_python_arithmetic():
+    table = keras.Variable(np.arange(12, dtype="float32").reshape(6, 2))
+    ids = np.array([1, 1, 4], dtype="int32")
+    def loss(params):
+        return keras.ops.sum(keras.ops.take(params[0], ids, axis=0) ** 2)
+    value, (grad,) = functional.value_and_grad(loss, [table])
+    stepped = table - 0.5 * grad  # IndexedSlices refused a python float times it
+    expected = np.zeros((6, 2), "float32"); expected[1] = 2 * 2 * np.array([2, 3]); expected[4] = 2 * np.array([8, 9])
+    np.testing.assert_allclose(functional.to_numpy(grad), expected)
+    assert stepped.shape == (6, 2)
