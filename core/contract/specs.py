@@ -52,7 +52,7 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.5"
+PLUGIN_API_VERSION = "1.6"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -538,6 +538,10 @@ class ClassificationDataset:
             as in API 1.2-1.4, a bare callable returning a :class:`TaskBatch` (scored with a note that leaks
             were not checked), e.g. Omniglot's ``"lake20"``: Lake et al.'s 20 one-shot runs.
             ``metalab eval RUN --benchmark NAME`` scores a run on one (since API 1.2).
+        describe: Turns model inputs (rows of :meth:`to_float`'s output) back into what a person reads, one string
+            per input, e.g. a text dataset's sentences; the report's episode gallery then shows them where it shows
+            pictures for images. ``None`` (the default): inputs are pictures, or have no readable form (since API
+            1.6).
         supervised: ``True`` when the splits divide the images rather than the classes (a supervised
             train/validation/test division, e.g. MNIST's official test images as ``test``): every split then
             holds every class, with the same ``class_names`` in the same order. A ``"supervised"`` algorithm is
@@ -551,6 +555,7 @@ class ClassificationDataset:
     info: dict[str, Any] = field(default_factory=dict)
     benchmarks: dict[str, "Benchmark | Callable[[], TaskBatch]"] = field(default_factory=dict)
     supervised: bool = False
+    describe: Callable[[np.ndarray], list[str]] | None = None
     kind: str = dataclasses.field(default="classification", init=False)
 
     def to_float(self, images: np.ndarray) -> np.ndarray:

@@ -242,7 +242,20 @@ def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[st
     labels = np.asarray(batch.query_y)[0].astype(int)
     support_x, query_x = np.asarray(batch.support_x)[0], np.asarray(batch.query_x)[0]
     episode = None
-    if support_x.ndim in (3, 4):
+    describe = getattr(session.dataset, "describe", None)
+    if describe is not None and support_x.ndim == 2:
+        # Inputs a person reads as text (API 1.6): the gallery shows the sentences where it shows pictures.
+        keep = gallery_queries(labels, GALLERY_QUERIES)
+        episode = {
+            "ways": int(session.task.ways), "shots": int(session.config.shots),
+            "accuracy": float(np.mean(predicted[keep] == labels[keep])),
+            "episode_accuracy": float(np.mean(predicted == labels)), "episode_queries": int(len(labels)),
+            "support_texts": [str(t) for t in describe(support_x)],
+            "support_labels": np.asarray(batch.support_y)[0].astype(int).tolist(),
+            "query_texts": [str(t) for t in describe(query_x[keep])], "query_labels": labels[keep].tolist(),
+            "query_predictions": predicted[keep].tolist(),
+        }
+    elif support_x.ndim in (3, 4):
         keep = gallery_queries(labels, GALLERY_QUERIES)
         episode = {
             "ways": int(session.task.ways), "shots": int(session.config.shots),

@@ -340,15 +340,37 @@ def _gallery_rows(data: dict[str, Any], columns: int) -> list[tuple[int, list[tu
     return rows
 
 
+#: Lines per page of a text episode's gallery (a line per support sentence and per query).
+TEXT_LINES_PER_PAGE = 60
+
+
+def _text_lines(data: dict[str, Any]) -> list[tuple[int, str, str, str]]:
+    """``[(class, role, text, mark), ...]`` of a text episode: each class's support sentences, then its queries."""
+    support = list(zip(data["support_texts"], data["support_labels"]))
+    queries = list(zip(data["query_texts"], data["query_labels"], data["query_predictions"]))
+    classes = sorted({int(label) for _, label in support} | {int(label) for _, label, _ in queries})
+    lines = []
+    for cls in classes:
+        lines += [(cls, "support", text, "") for text, label in support if int(label) == cls]
+        lines += [(cls, "query", text, "✓" if int(pred) == cls else f"✗ pred {int(pred)}")
+                  for text, label, pred in queries if int(label) == cls]
+    return lines
+
+
 def episode_gallery_pages(data: dict[str, Any], columns: int = GALLERY_COLUMNS,
                           rows_per_page: int = GALLERY_ROWS_PER_PAGE) -> list[list[int]]:
     """The classes on each page of an episode's gallery (whole classes per page, at most ``rows_per_page`` rows
-    unless one class needs more)."""
+    unless one class needs more; a text episode's pages hold :data:`TEXT_LINES_PER_PAGE` lines)."""
     pages: list[list[int]] = []
-    used = rows_per_page
     counts: dict[int, int] = {}
-    for cls, _ in _gallery_rows(data, columns):
-        counts[cls] = counts.get(cls, 0) + 1
+    if "support_texts" in data:
+        rows_per_page = TEXT_LINES_PER_PAGE
+        for cls, *_ in _text_lines(data):
+            counts[cls] = counts.get(cls, 0) + 1
+    else:
+        for cls, _ in _gallery_rows(data, columns):
+            counts[cls] = counts.get(cls, 0) + 1
+    used = rows_per_page
     for cls, rows in counts.items():
         if used + rows > rows_per_page:
             pages.append([])
@@ -397,6 +419,8 @@ def episode_gallery_figure(data: dict[str, Any], page: int = 0, columns: int = G
     pages = episode_gallery_pages(data, columns, rows_per_page)
     page = max(0, min(int(page), len(pages) - 1))
     shown = set(pages[page])
+    if "support_texts" in data:
+        return _text_gallery_figure(data, page, pages)
     rows = [(cls, tiles) for cls, tiles in _gallery_rows(data, columns) if cls in shown]
     labels, predictions = list(data["query_labels"]), list(data["query_predictions"])
     on_page = [int(label) == int(pred) for label, pred in zip(labels, predictions) if int(label) in shown]
@@ -418,23 +442,54 @@ def episode_gallery_figure(data: dict[str, Any], page: int = 0, columns: int = G
     fig.update_yaxes(visible=False, range=[max(1, len(rows)) * step_y - 0.5, -0.45 * height],
                      scaleanchor="x", constrain="domain")
 
+    fig.update_layout(title={"text": _gallery_heading(data, page, pages, on_page, everywhere), "font": {"size": 14}},
+                      height=85 * max(1, len(rows)) + 90, margin={"t": 80, "b": 10, "l": 10, "r": 10},
+                      meta={"page": page, "pages": len(pages), "queries": len(on_page), "correct": sum(on_page),
+                            "all_queries": len(everywhere), "all_correct": sum(everywhere)})
+    return fig
+
+
+def _gallery_heading(data: dict[str, Any], page: int, pages: list[list[int]], on_page: list[bool],
+                     everywhere: list[bool]) -> str:
+    """The gallery title: the episode, the page and the score of exactly the queries shown (and of all pages)."""
     def score(marks: list[bool]) -> str:
         if not marks:
             return "no queries"
         return f"{sum(marks)}/{len(marks)} queries right ({100 * sum(marks) / len(marks):.1f}%)"
 
     heading = f"Test episode: {data.get('ways', '?')}-way {data.get('shots', '?')}-shot"
-    classes = sorted(shown)
+    classes = sorted(pages[page])
     if len(pages) > 1:
         heading += (f", page {page + 1} of {len(pages)} (classes {classes[0]}–{classes[-1]}): {score(on_page)}; "
                     f"all pages: {score(everywhere)}")
     else:
         heading += f": {score(on_page)}"
-    stored, total = len(labels), int(data.get("episode_queries") or len(labels))
+    stored, total = len(data["query_labels"]), int(data.get("episode_queries") or len(data["query_labels"]))
     if total > stored:
         heading += f" ({stored} of the episode's {total} queries kept)"
-    fig.update_layout(title={"text": heading, "font": {"size": 14}}, height=85 * max(1, len(rows)) + 90,
-                      margin={"t": 80, "b": 10, "l": 10, "r": 10},
+    return heading
+
+
+def _text_gallery_figure(data: dict[str, Any], page: int, pages: list[list[int]]) -> go.Figure:
+    """A text episode's gallery page: a table of each class's support sentences, then its queries marked right or
+    wrong (with the predicted class); same title and ``layout.meta`` as the image gallery."""
+    shown = set(pages[page])
+    lines = [line for line in _text_lines(data) if line[0] in shown]
+    labels, predictions = list(data["query_labels"]), list(data["query_predictions"])
+    on_page = [int(label) == int(pred) for label, pred in zip(labels, predictions) if int(label) in shown]
+    everywhere = [int(label) == int(pred) for label, pred in zip(labels, predictions)]
+    fill = ["#eef3fb" if role == "support" else "#e6f4e6" if mark == "✓" else "#fbe6e6"
+            for _, role, _, mark in lines]
+    fig = go.Figure(go.Table(
+        columnwidth=[1, 1.2, 8],
+        header={"values": ["class", "role", "text"], "align": "left", "fill_color": "#dddddd"},
+        cells={"values": [[f"class {cls}" for cls, *_ in lines],
+                          [role if role == "support" else f"query {mark}" for _, role, _, mark in lines],
+                          [text for _, _, text, _ in lines]],
+               "align": "left", "fill_color": [fill, fill, fill], "height": 24},
+    ))
+    fig.update_layout(title={"text": _gallery_heading(data, page, pages, on_page, everywhere), "font": {"size": 14}},
+                      height=24 * max(1, len(lines)) + 140, margin={"t": 80, "b": 10, "l": 10, "r": 10},
                       meta={"page": page, "pages": len(pages), "queries": len(on_page), "correct": sum(on_page),
                             "all_queries": len(everywhere), "all_correct": sum(everywhere)})
     return fig

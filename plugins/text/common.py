@@ -62,13 +62,17 @@ def text_dataset(groups: Mapping[str, Mapping[str, Sequence[str]]], tokenizer: H
         all JSON-serialisable.
     """
     splits, samples, counts = {}, {}, {}
+    sentences: dict[bytes, str] = {}  # token row -> its sentence, for the report's gallery (describe)
     for split in ("train", "val", "test"):
         classes = groups[split]
         names = list(classes)
         texts = [t for name in names for t in classes[name]]
         labels = np.concatenate([np.full(len(classes[name]), i, dtype=np.int64) for i, name in enumerate(names)]) \
             if names else np.zeros(0, dtype=np.int64)
-        splits[split] = ClassSplit(images=tokenizer.encode(texts), labels=labels, class_names=names)
+        rows = tokenizer.encode(texts)
+        for row, text in zip(rows, texts):
+            sentences.setdefault(np.asarray(row, dtype=np.int32).tobytes(), str(text))
+        splits[split] = ClassSplit(images=rows, labels=labels, class_names=names)
         samples[split] = {name: [str(t) for t in classes[name][:SAMPLES_PER_CLASS]] for name in names}
         counts[split] = len(texts)
     return ClassificationDataset(
@@ -78,4 +82,16 @@ def text_dataset(groups: Mapping[str, Mapping[str, Sequence[str]]], tokenizer: H
         info={"modality": "text", "tokenizer": tokenizer.config(), "examples": counts, "sample_texts": samples,
               **info},
         supervised=supervised,
+        describe=_describer(sentences),
     )
+
+
+def _describer(sentences: dict[bytes, str]):
+    """``describe(inputs) -> [sentence, ...]`` for token rows (as ``to_float`` gives them, float ids), from the
+    sentences the dataset tokenized; a row it never made reads as its ids."""
+    def describe(inputs: np.ndarray) -> list[str]:
+        rows = np.rint(np.asarray(inputs, dtype=np.float64)).astype(np.int32)
+        rows = rows.reshape(len(rows), -1)
+        return [sentences.get(row.tobytes(), " ".join(str(i) for i in row if i)) for row in rows]
+
+    return describe

@@ -279,3 +279,29 @@ def test_algorithms_train_on_text_backbones(builtin_registry, tmp_path, algorith
                                  algorithm_params=algorithm_params, task=_task(backbone, params))
     result = testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False)
     assert np.isfinite(result.last_loss) and 0.0 <= result.after["accuracy"] <= 1.0
+    if algorithm_id == "metalab.protonet":
+        _check_the_text_gallery(tmp_path, result.run_id)
+
+
+def _check_the_text_gallery(home, run_id: str) -> None:
+    """The report's gallery shows the episode's sentences (ClassificationDataset.describe), every query it scores."""
+    import json
+
+    from metalab.core.reports import figures as reports
+    from metalab.core.store import RunStore
+
+    store = RunStore(home / "runs.sqlite")
+    data = json.loads((store.run_dir(run_id) / "report_data.json").read_text())
+    episode = data["episode"]
+    assert "support_images" not in episode and len(episode["support_texts"]) == 5  # 5-way 1-shot
+    assert all(isinstance(t, str) and " " in t and not t.replace(" ", "").isdigit() for t in episode["support_texts"])
+    fig = reports.episode_gallery_figure(episode, 0)
+    table = fig.data[0]
+    assert table.type == "table"
+    roles, texts = list(table.cells.values[1]), list(table.cells.values[2])
+    queries = [r for r in roles if r.startswith("query")]
+    assert len(queries) == len(episode["query_labels"]) == fig.layout.meta["queries"]
+    assert sum(r == "query ✓" for r in roles) == fig.layout.meta["correct"]
+    assert set(episode["support_texts"]) <= set(texts)
+    right = fig.layout.meta["correct"]
+    assert f"{right}/{len(queries)} queries right" in fig.layout.title.text
