@@ -2,8 +2,10 @@
 
 The support set (a zip of class sub-folders, or a folder on this machine) and the query images (uploaded files,
 or a folder) are written to a fresh folder; the prediction runs in a worker process
-(:meth:`~metalab.core.services.Services.predict`), so this process never imports TensorFlow. The last result is
-kept for the session and drawn as each query image with its predicted class and a probability bar chart.
+(:meth:`~metalab.core.services.Services.predict`), so this process never imports TensorFlow. That worker is the
+long-lived one (started when the page opens, so it imports TensorFlow while the images are chosen; it keeps the
+last few runs' models loaded). The last result is kept for the session and drawn as each query image with its
+predicted class and a probability bar chart.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def predict() -> None:
     if st.session_state.get(_RUN) not in ids:
         linked = st.query_params.get("run")
         st.session_state[_RUN] = linked if linked in ids else ids[0]
+    # Warm the prediction worker now (its TensorFlow import takes seconds), not when Predict is pressed.
+    svc.prediction_worker().start()
     run_id = st.selectbox("Finished run", ids, key=_RUN, format_func=lambda i: run_label(by_id[i]))
     st.query_params["run"] = run_id
     run = by_id[run_id]
@@ -139,8 +143,8 @@ def predict() -> None:
     if st.button("Predict", key="predict.go", type="primary", disabled=not ready):
         try:
             support, query = _stage(svc, support_kind, support_value, query_kind, query_value)
-            with st.spinner("Adapting the run to the support set in a worker process (imports TensorFlow)..."):
-                results = svc.predict(run_id, support, query, invert=_INVERT[invert], timeout=TIMEOUT_S)
+            with st.spinner("Adapting the run to the support set in the prediction worker..."):
+                results = svc.predict(run_id, support, query, invert=_INVERT[invert], timeout=TIMEOUT_S, warm=True)
         except UnsafeArchiveError as exc:
             st.error(f"The support zip was refused: {exc}")
         except (PredictionError, FileNotFoundError, ValueError, PermissionError) as exc:

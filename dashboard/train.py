@@ -341,15 +341,27 @@ def _device_selector(svc: Any, init: _Initial) -> str:
 
 def _estimate_section(svc: Any, config: RunConfig | None) -> None:
     """The "Estimate" button and the last estimate: parameters, compile, time per step and run, memory, hint."""
+    from .pending import await_estimate
+
     clicked = st.button("Estimate", key="train.estimate", disabled=config is None,
-                        help="Runs a few train steps of this setup in a worker process (takes seconds to a minute).")
+                        help="Runs a few train steps of this setup in a worker process (takes seconds to a minute; "
+                             "the same setup again answers at once).")
     if clicked and config is not None:
-        with st.spinner("Building the model and timing a few train steps in a worker process..."):
-            result = svc.estimate(config)
-        st.session_state[_ESTIMATE] = {"config": config.model_dump(mode="json"), "result": result}
+        # In the background: the page stays usable, and a fragment picks the answer up.
+        st.session_state[_ESTIMATE] = {"config": config.model_dump(mode="json"),
+                                       "ticket": svc.start_estimate(config)}
     stored = st.session_state.get(_ESTIMATE)
     if not stored:
         return
+    if "result" not in stored:
+        try:
+            answer = svc.estimate_result(stored["ticket"])
+        except KeyError:  # forgotten after many newer estimates
+            answer = {"ok": False, "error": "This estimate was forgotten; press Estimate again.", "traceback": ""}
+        if answer is None:
+            await_estimate(svc, stored["ticket"])
+            return
+        stored["result"] = answer
     result = stored["result"]
     if not result.get("ok"):
         st.error(f"Estimate failed: {result.get('error')}")

@@ -23,7 +23,7 @@ import numpy as np
 
 from metalab.core.data.images import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
 
-__all__ = ["PredictionError", "list_support_set", "list_query_images", "prepare_images", "predict"]
+__all__ = ["PredictionError", "SessionCache", "list_support_set", "list_query_images", "prepare_images", "predict"]
 
 
 class PredictionError(ValueError):
@@ -166,6 +166,52 @@ def _check_checkpoint_fits(path: Path, algorithm: Any, run: Any, config: Any, nu
     )
 
 
+class SessionCache:
+    """The last few runs' models, built and loaded, for a process that predicts many times (the warm worker).
+
+    An entry is keyed by run, checkpoint file (its modification time and size: a resumed run's new checkpoint is a
+    new entry), number of support classes and device; it holds the session and the variable values just after the
+    checkpoint was loaded, which are put back before each reuse, so every prediction starts from the checkpoint
+    exactly as a fresh process would.
+
+    Args:
+        max_entries: Models kept; the least recently used is dropped first.
+    """
+
+    def __init__(self, max_entries: int = 3):
+        from collections import OrderedDict
+
+        self.max_entries = int(max_entries)
+        self._entries: OrderedDict[tuple, tuple[Any, list[np.ndarray]]] = OrderedDict()
+        #: Sessions built (a reuse builds none): how often the cache missed.
+        self.built = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple) -> Any | None:
+        """The session of ``key`` with its checkpoint's values put back, or ``None``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        session, values = entry
+        for variable, value in zip(session.algorithm.variables, values):
+            variable.assign(value)
+        return session
+
+    def put(self, key: tuple, session: Any) -> None:
+        """Keeps ``session`` (its checkpoint just loaded) under ``key``, dropping the oldest beyond ``max_entries``."""
+        from metalab.core.engine import functional
+
+        values = [np.array(functional.to_numpy(v)) for v in session.algorithm.variables]
+        self._entries[key] = (session, values)
+        self._entries.move_to_end(key)
+        self.built += 1
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -173,7 +219,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, query_dir: str | Path, *,
-            settings: Any = None, invert: bool | None = None) -> list[dict[str, Any]]:
+            settings: Any = None, invert: bool | None = None,
+            sessions: SessionCache | None = None) -> list[dict[str, Any]]:
     """Adapts a run to a support set and classifies query images.
 
     The run's checkpoint is loaded into the algorithm built from its config, with the episode's ``ways`` set to
@@ -189,6 +236,7 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
         query_dir: A folder of images (any depth), or one image file.
         settings: :class:`~metalab.core.settings.Settings` (data folders); read from the environment if omitted.
         invert: Override the dataset's ``info["invert"]`` (see the module docstring).
+        sessions: Models kept between calls (a long-lived process); ``None`` builds the model every time.
 
     Returns:
         One dict per query file, in sorted order: ``{"file": path relative to query_dir (or the name),
@@ -224,10 +272,20 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
     queries = list_query_images(query_dir)
     class_names = list(support)
 
+    stat = ckpt.stat()
+    key = (run.id, stat.st_mtime_ns, stat.st_size, len(class_names), config.device)
     with device_scope(config.device):
-        session = build_session(registry, config.model_copy(update={"ways": len(class_names)}), settings)
-        _check_checkpoint_fits(ckpt, session.algorithm, run, config, len(class_names))
-        load_checkpoint(ckpt, session.algorithm)
+        session = sessions.get(key) if sessions is not None else None
+        if session is None:
+            session = build_session(registry, config.model_copy(update={"ways": len(class_names)}), settings)
+            _check_checkpoint_fits(ckpt, session.algorithm, run, config, len(class_names))
+            load_checkpoint(ckpt, session.algorithm)
+            if sessions is not None:
+                sessions.put(key, session)
+        else:
+            import keras
+
+            keras.utils.set_random_seed(config.seed)  # as build_session seeds a fresh model
         dataset = session.dataset
         support_x, support_y = [], []
         for label, name in enumerate(class_names):

@@ -88,11 +88,14 @@ class PredictionsMixin:
         return out
 
     def predict(self, run_id: str, support_dir: str | os.PathLike, query_dir: str | os.PathLike, *,
-                invert: bool | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
+                invert: bool | None = None, timeout: float = 300.0, warm: bool = False) -> list[dict[str, Any]]:
         """Adapts a finished run to a support set and classifies query images, in a worker process.
 
         Runs the worker's ``predict`` job (:mod:`metalab.core.worker`, which calls
-        :func:`metalab.core.engine.predict.predict`), so TensorFlow is imported there, never here.
+        :func:`metalab.core.engine.predict.predict`), so TensorFlow is imported there, never here. With ``warm``
+        the job goes to this process's long-lived prediction worker (:mod:`metalab.core.serve_worker`), which
+        keeps TensorFlow imported and the last few runs' models loaded; while it computes it counts against
+        ``max_workers`` like an estimate.
 
         Args:
             run_id: The run (a unique prefix of its id works).
@@ -100,6 +103,7 @@ class PredictionsMixin:
             query_dir: A folder of images (any depth), or one image file.
             invert: Override the dataset's inversion of grey levels; ``None`` follows the run's dataset.
             timeout: Seconds to wait for the worker (TensorFlow import, model build, adaptation).
+            warm: Use the long-lived worker (the dashboard) rather than a process of its own (the CLI).
 
         Returns:
             One dict per query image: ``{"file", "path", "predicted", "probabilities": {class: p}}``.
@@ -119,7 +123,11 @@ class PredictionsMixin:
                     self.policy.resolve_data_path(self.actor, str(folder), field)
         request = self._request("predict", run=run.id, support=str(support_dir), query=str(query_dir), invert=invert)
         try:
-            reply = self._run_worker(request, timeout, PredictionError, "Prediction")
+            if warm:
+                reply = self.prediction_worker().request(request, timeout, PredictionError, "Prediction",
+                                                         hold=self._prediction_slot)
+            else:
+                reply = self._run_worker(request, timeout, PredictionError, "Prediction")
         except PredictionError as exc:
             raise PredictionError(self.redact(str(exc))) from None
         if reply["ok"]:
@@ -130,3 +138,30 @@ class PredictionsMixin:
             # A crash, not a refusal of the run or the images: say what failed, without the traceback.
             message = f"Prediction failed: {error.get('type')}: {message}"
         raise PredictionError(self.redact(message))
+
+    def prediction_worker(self) -> Any:
+        """This process's long-lived prediction worker for these settings (a
+        :class:`~metalab.core.serve_worker.WarmWorker`; started by its first request or by ``start()``)."""
+        from metalab.core.serve_worker import warm_worker
+
+        return warm_worker(self._worker_env(), self._worker_limits())
+
+    @contextlib.contextmanager
+    def _prediction_slot(self):
+        """Counts a computing prediction against ``max_workers`` (as an estimate is), or raises ``LaunchLimitError``."""
+        from metalab.core.services.launch import LaunchLimitError
+
+        key = f"predict:{self.actor.id}"
+        busy = self._busy_workers(self.active_runs())
+        with self._lock:
+            if busy >= self.settings.max_workers:
+                raise LaunchLimitError(
+                    f"{busy} workers (runs, estimates and predictions) are busy; the limit is "
+                    f"METALAB_MAX_WORKERS={self.settings.max_workers}. Try again when one has finished. "
+                    f"Received: workers={busy}")
+            self._probes[key] = self._probes.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._probes[key] -= 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from metalab.core.services import ProbeError, Services
@@ -19,6 +21,18 @@ PROBE_WAIT = 330
 def fresh_device_list(monkeypatch):
     """Each test lists the devices itself and leaves the process's remembered list as it was."""
     monkeypatch.setattr(estimates_module, "_DEVICES", {})
+
+
+def _estimated(at):
+    """Presses Estimate, then reruns the page until the background estimate has answered (AppTest fires no
+    ``run_every``: in a browser the page's fragment does this)."""
+    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
+    deadline = time.monotonic() + PROBE_WAIT
+    while any(i.value.startswith("Estimating") for i in at.info):
+        assert time.monotonic() < deadline, "the estimate did not answer"
+        time.sleep(0.5)
+        at.run(timeout=PROBE_WAIT)
+    return at
 
 
 def _flat(at) -> dict[str, str]:
@@ -68,7 +82,7 @@ def test_a_linked_device_the_worker_lacks_is_ignored_with_a_warning(page):
 def test_estimate_shows_parameters_times_memory_and_run_time(page):
     at = page("train", QUICK).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
+    _estimated(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"] == "1,761"
@@ -99,7 +113,7 @@ def test_a_failed_estimate_is_shown_not_raised(page, monkeypatch, tmp_path):
     monkeypatch.setenv("METALAB_OFFLINE", "1")
     at = page("train", {"dataset": "metalab.omniglot", "algorithm": "metalab.protonet"}).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
+    _estimated(at)
     assert not at.exception
     errors = [e.value for e in at.error]
     assert any(e.startswith("Estimate failed: FileNotFoundError: Omniglot needs") for e in errors), errors
@@ -130,7 +144,7 @@ def test_page_works_when_the_device_list_fails_and_can_list_again(page):
 def test_estimate_of_an_algorithm_the_model_does_not_cover_says_so(page):
     at = page("train", {**QUICK, "algorithm": "metalab.reptile", "algorithm.meta_batch_size": "2"}).run()
     assert at.success, [e.value for e in at.error]
-    at.button(key="train.estimate").click().run(timeout=PROBE_WAIT)
+    _estimated(at)
     assert not at.exception and not at.error, [e.value for e in at.error]
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Estimated peak"] == "not modelled" and metrics["Peak memory"].endswith("GiB")
