@@ -228,10 +228,10 @@ class EstimatesMixin:
             mine = self._probes.get(self.actor.id, 0)
             if busy >= self.settings.max_workers:
                 raise LaunchLimitError(
-                    f"{active} runs and {probes} estimates are running; at most {self.settings.max_workers} workers "
+                    f"{active} runs and {probes} estimates or predictions are running; at most {self.settings.max_workers} workers "
                     f"run at once here (METALAB_MAX_WORKERS). Wait for one to finish. Received: workers={active + probes}")
             if mine >= self.settings.max_probes_per_owner:
-                raise CapError(f"You have {mine} estimates running; at most {self.settings.max_probes_per_owner} at "
+                raise CapError(f"You have {mine} estimates or predictions running; at most {self.settings.max_probes_per_owner} at "
                                f"once (METALAB_MAX_PROBES_PER_OWNER). Received: probes={mine}")
             self._probes[self.actor.id] = mine + 1
 
