@@ -19,7 +19,8 @@ class MAMLParams(Params):
         description="Inner-loop step size alpha (0.4 on Omniglot; 0.01 on sinusoid and MiniImagenet).",
     )
     inner_steps: int = Field(1, ge=1, le=100, description="Inner gradient steps during meta-training.")
-    eval_inner_steps: int = Field(3, ge=0, le=1000, description="Inner gradient steps when adapting at test time.")
+    eval_inner_steps: int = Field(3, ge=0, le=1000, title="Inner steps at meta-test",
+                                  description="Inner gradient steps when adapting at test time.")
     meta_batch_size: int = Field(32, ge=1, le=1024, description="Tasks per meta-update.")
     outer_lr: float = Field(1e-3, gt=0, le=1, description="Meta step size beta (Adam).")
     first_order: bool = Field(
@@ -45,7 +46,15 @@ class MAMLParams(Params):
         "per-task fast weights as batched tensors, grouped convolutions) instead of one copy of the inner loop "
         "per task. Same meta-gradient; fewer, larger kernels: 6x faster on an H100 and far quicker to compile, "
         "but slower on CPUs. auto: on when the run's device is a GPU or TPU. on needs the JAX backend; "
-        "TensorFlow always unrolls. Not with per_step_bn, whose running statistics pass from task to task.",
+        "TensorFlow never vectorizes (see task_loop). Not with per_step_bn, whose running statistics pass from task to task.",
+    )
+    task_loop: Literal["auto", "loop", "unroll"] = Field(
+        "auto",
+        title="Task loop (TensorFlow)",
+        description="On TensorFlow, how the compiled step holds the meta-batch's tasks: loop traces one task and "
+        "runs it in a loop (the step compiles in the time of one task, whatever the meta-batch size); unroll traces "
+        "one copy of the inner loop per task (compile time grows with the meta-batch). Same meta-gradient. auto: "
+        "loop from two tasks up. Not used with per_step_bn, whose running statistics pass from task to task, nor on JAX.",
     )
     task_window: int = Field(
         0, ge=0, le=1024,
