@@ -5,6 +5,8 @@ Run from the repository root with the project's virtual environment::
     python benchmarks/speed.py                                  # every workload, metalab and torch alternately
     python benchmarks/speed.py --workload maml2 --impl both --rounds 3
     python benchmarks/speed.py --workload protonet --impl metalab --iters 50
+    python benchmarks/speed.py --workload maml2_first_step --rounds 2   # trace + compile + first step, both sides
+    python benchmarks/speed.py --workload maml_eval --impl both         # meta-testing 600 episodes
 
 metalab's side goes through the product: the algorithm is built by its plugin (registry, ``TaskSpec`` with the
 conv4 backbone plugin) and trained by the runner's step (``runner.compile_train_step``: ``meta_gradients`` then
@@ -14,6 +16,12 @@ conv4 backbone plugin) and trained by the runner's step (``runner.compile_train_
 thread pools are its own; with ``--impl both`` the two alternate (A B, B A, ...) for ``--rounds`` rounds and the
 ratio of medians is printed. Every measurement ends with one line ``RESULT {json}``; a comparison adds
 ``RATIO {json}``.
+
+Every measurement also times its first step (``first_step_s``: on metalab's side tracing, graph optimisation and
+the step itself; the model is built before), and a comparison prints both sides' medians of it. The
+``*_first_step`` workloads compare that figure alone (lower is better). The ``*_eval`` workloads time meta-testing:
+600 episodes scored through the runner's evaluation (``evaluation.evaluate_batch``: compiled chunks of
+``EVAL_CHUNK`` episodes, as ``metalab evaluate`` does), against the reference's loop over the same episodes.
 
 The machine's other load changes the figures: the load average is printed before and after each measurement.
 """
@@ -54,6 +62,17 @@ WORKLOADS: dict[str, dict[str, Any]] = {
                      unit="episodes/s"),
     "protonet20": dict(algorithm="protonet", ways=20, shots=5, queries=15, meta_batch=1, outer_lr=1e-3,
                        unit="episodes/s"),
+    # maml2's first step alone (trace + compile + step); lower is better. Issue 22: ~60 s unrolled on 2 AVX2 cores.
+    "maml2_first_step": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4, inner_steps=1,
+                             first_order=False, outer_lr=1e-3, unit="s", measure="first_step"),
+    # Meta-testing 600 Omniglot-shaped 5-way 1-shot episodes (15 queries per class, the evaluation's default
+    # episode): MAML adapts 3 steps (eval_inner_steps) and scores the queries after each step (the adaptation
+    # curve, on both sides), transductive batch norm; ProtoNet uses the running moments (its default, inductive).
+    "maml_eval": dict(algorithm="maml", ways=5, shots=1, queries=15, meta_batch=32, inner_lr=0.4, inner_steps=1,
+                      first_order=False, outer_lr=1e-3, eval_inner_steps=3, episodes=600, unit="episodes/s",
+                      measure="evaluate"),
+    "protonet_eval": dict(algorithm="protonet", ways=5, shots=1, queries=15, meta_batch=1, outer_lr=1e-3,
+                          episodes=600, unit="episodes/s", measure="evaluate"),
     # Second-order MAML fed by the real data path: Omniglot zips -> dataset plugin -> EpisodeSampler -> step.
     "omniglot_pipeline": dict(algorithm="maml", ways=5, shots=1, queries=5, meta_batch=32, inner_lr=0.4,
                               inner_steps=1, first_order=False, outer_lr=1e-3, unit="it/s", data="omniglot"),
@@ -61,18 +80,21 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 IMAGE_SHAPE = (28, 28, 1)
 DEFAULT_ITERS = {"anil": 15, "maml2": 10, "maml1": 15, "maml2_5steps": 4, "reptile": 15, "protonet": 60,
                  "protonet20": 20,
-                 "omniglot_pipeline": 10}
+                 "omniglot_pipeline": 10, "maml2_first_step": 1, "maml_eval": 1, "protonet_eval": 2}
 
 
 # -- measurement (shared by both implementations) ----------------------------------------------------------
 
 
-def random_batches(w: dict[str, Any], count: int = 4, seed: int = 0) -> list[tuple]:
-    """Returns ``count`` batches of random images with episode labels, as the sampler's NumPy arrays."""
+def random_batches(w: dict[str, Any], count: int = 4, seed: int = 0, tasks: int | None = None) -> list[tuple]:
+    """Returns ``count`` batches of random images with episode labels, as the sampler's NumPy arrays.
+
+    Each batch holds ``tasks`` episodes (default: the workload's meta-batch).
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    t, n, k, q = w["meta_batch"], w["ways"], w["shots"], w["queries"]
+    t, n, k, q = tasks or w["meta_batch"], w["ways"], w["shots"], w["queries"]
     out = []
     for _ in range(count):
         sx = rng.random((t, n * k, *IMAGE_SHAPE), dtype=np.float32)
@@ -174,6 +196,8 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         spec = registry.algorithm(f"metalab.{w['algorithm']}")
         algorithm = spec.factory(spec.params(**{**_algorithm_params(w), **args.param}), task)
     setup_s = time.perf_counter() - t_setup
+    if w.get("measure") == "evaluate":
+        return _finish_metalab(args, measure_metalab_evaluation(algorithm, w, args), setup_s)
     optimizer = make_optimizer(algorithm, args.precision)  # loss-scaled for mixed_float16, as in a run
     optimizer.build(algorithm.trainable_variables)
 
@@ -182,7 +206,6 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
 
     def step_fn(sx, sy, qx, qy):
         return train_step(TaskBatch(sx, sy, qx, qy))
-    extra: dict[str, Any] = {}
     if sampler is not None:
         sample_times: list[float] = []
 
@@ -205,6 +228,34 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
         timed = sample_times[-args.iters:]
         result["sampler_s_per_batch"] = round(statistics.median(timed), 4)
         result["sampler_share_of_step"] = round(statistics.median(timed) / result["median_step_s"], 4)
+    return _finish_metalab(args, result, setup_s)
+
+
+def measure_metalab_evaluation(algorithm: Any, w: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Times the runner's meta-test scoring of ``w["episodes"]`` random episodes (one pass per iteration)."""
+    from types import SimpleNamespace
+
+    from metalab.core.contract.specs import TaskBatch
+    from metalab.core.engine.evaluation import EVAL_CHUNK, compile_evaluate, evaluate_batch
+
+    batch = TaskBatch(*random_batches(w, count=1, tasks=w["episodes"])[0])
+    session = SimpleNamespace(algorithm=algorithm, task=algorithm.task)  # what evaluate_batch reads of a session
+    evaluate_fn = compile_evaluate(algorithm)  # one compiled graph, reused by every pass (as one evaluation)
+    scores: list[float] = []
+
+    def step() -> None:
+        scores.append(evaluate_batch(session, batch, evaluate_fn)["accuracy"])
+
+    # The first pass (tracing included) is the only warm-up: a pass is 600 episodes.
+    result = measure(step, 1, args.iters, float(w["episodes"]))
+    result.update(episodes=w["episodes"], eval_chunk=EVAL_CHUNK, accuracy=round(scores[-1], 4))
+    return result
+
+
+def _finish_metalab(args: argparse.Namespace, result: dict[str, Any], setup_s: float) -> dict[str, Any]:
+    """Adds the setup time, backend, threads and device to a metalab measurement."""
+    import keras
+
     result["setup_s"] = round(setup_s, 2)
     result["backend"] = keras.backend.backend()
     if result["backend"] == "tensorflow":
@@ -230,14 +281,14 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
     result["precision"] = args.precision
     if args.param:
         result["algorithm_params"] = args.param
-    result.update(extra)
     return result
 
 
 def _algorithm_params(w: dict[str, Any]) -> dict[str, Any]:
     if w["algorithm"] == "maml":
+        extra = {"eval_inner_steps": w["eval_inner_steps"]} if "eval_inner_steps" in w else {}
         return dict(inner_lr=w["inner_lr"], inner_steps=w["inner_steps"], first_order=w["first_order"],
-                    meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"])
+                    meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"], **extra)
     if w["algorithm"] == "anil":
         return dict(inner_lr=w["inner_lr"], inner_steps=w["inner_steps"], first_order=w["first_order"],
                     meta_batch_size=w["meta_batch"], outer_lr=w["outer_lr"], zero_head=w["zero_head"])
@@ -263,7 +314,10 @@ def backbone_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _units_per_iter(w: dict[str, Any]) -> float:
-    # ProtoNet's unit is episodes: a step with meta-batch T trains on T episodes.
+    # ProtoNet's unit is episodes: a step with meta-batch T trains on T episodes; an evaluation pass scores
+    # w["episodes"].
+    if w.get("measure") == "evaluate":
+        return float(w["episodes"])
     return float(w["meta_batch"]) if w["unit"] == "episodes/s" else 1.0
 
 
@@ -278,7 +332,7 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
     if args.inter is not None:
         torch.set_num_interop_threads(args.inter)
     sys.path.insert(0, str(HERE))
-    from reference_torch import Conv4, make_step
+    from reference_torch import Conv4, make_evaluate, make_step
 
     torch.manual_seed(0)
     device = torch.device(args.torch_device)
@@ -287,14 +341,25 @@ def run_torch(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[st
         with torch.no_grad():
             net.params["head.weight"].zero_()
             net.params["head.bias"].zero_()
-    train = make_step(w, net)
-    batches = random_batches(w)
-    counter = iter(range(10**9))
+    if w.get("measure") == "evaluate":
+        evaluate = make_evaluate(w, net)
+        batch = random_batches(w, count=1, tasks=w["episodes"])[0]
+        scores: list[float] = []
 
-    def step():
-        return train(*batches[next(counter) % len(batches)])
+        def step():
+            scores.append(float(evaluate(*batch).mean()))
+    else:
+        train = make_step(w, net)
+        batches = random_batches(w)
+        counter = iter(range(10**9))
 
-    result = measure(step, args.warmup, args.iters, _units_per_iter(w))
+        def step():
+            return train(*batches[next(counter) % len(batches)])
+
+    evaluating = w.get("measure") == "evaluate"  # as metalab's side: the first 600-episode pass is the warm-up
+    result = measure(step, 1 if evaluating else args.warmup, args.iters, _units_per_iter(w))
+    if evaluating:
+        result.update(episodes=w["episodes"], accuracy=round(scores[-1], 4))
     result["threads"] = {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
                          "mkldnn": bool(torch.backends.mkldnn.is_available())}
     result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -318,10 +383,14 @@ def run_one(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
         result = (run_metalab if impl == "metalab" else run_torch)(name, w, args)
         result = {"workload": name, "impl": impl, "unit": w["unit"], **result, "machine": before,
                   "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
-        print(f"{name} [{impl}]: {result['median_rate']} {w['unit']} (median of {result['iters']}; range "
-              f"{result['min_rate']}-{result['max_rate']}), cpu {result['cpu_s_per_iter']} s/iter, first step "
-              f"{result['first_step_s']} s, peak RSS {result['peak_rss_mb']} MB, threads {result['threads']}, "
-              f"load {before['loadavg']} -> {result['loadavg_after']}", flush=True)
+        if w.get("measure") == "first_step":
+            figure = (f"first step {result['first_step_s']} s (trace + compile + step), then {result['median_step_s']} "
+                      f"s a step")
+        else:
+            figure = (f"{result['median_rate']} {w['unit']} (median of {result['iters']}; range {result['min_rate']}-"
+                      f"{result['max_rate']}), first step {result['first_step_s']} s")
+        print(f"{name} [{impl}]: {figure}, cpu {result['cpu_s_per_iter']} s/iter, peak RSS {result['peak_rss_mb']} MB, "
+              f"threads {result['threads']}, load {before['loadavg']} -> {result['loadavg_after']}", flush=True)
     print("RESULT " + json.dumps(result), flush=True)
     return result
 
@@ -417,11 +486,22 @@ def main(argv: list[str] | None = None) -> int:
     impls = ["metalab", "torch"] if args.impl == "both" else [args.impl]
     for name in names:
         rates: dict[str, list[float]] = {i: [] for i in impls}
+        firsts: dict[str, list[float]] = {i: [] for i in impls}
         for r in range(args.rounds):
             for impl in (impls if r % 2 == 0 else impls[::-1]):
                 result = subprocess_result(name, impl, args)
                 if result and "median_rate" in result:
                     rates[impl].append(result["median_rate"])
+                    firsts[impl].append(result["first_step_s"])
+        if len(impls) == 2 and firsts["metalab"] and firsts["torch"]:
+            m, t = statistics.median(firsts["metalab"]), statistics.median(firsts["torch"])
+            first = {"workload": name, "metalab_first_step_s": firsts["metalab"], "torch_first_step_s": firsts["torch"],
+                     "first_step_metalab_over_torch": round(m / t, 3)}
+            print(f"{name} first step (trace + compile + step; lower is better): metalab {m} s vs torch {t} s "
+                  f"-> {m / t:.2f}x torch's", flush=True)
+            print("FIRST_STEP " + json.dumps(first), flush=True)
+        if WORKLOADS[name].get("measure") == "first_step":
+            continue  # the first step is this workload's figure; its one timed step is not a rate worth a ratio
         if len(impls) == 2 and rates["metalab"] and rates["torch"]:
             m, t = statistics.median(rates["metalab"]), statistics.median(rates["torch"])
             ratio = {"workload": name, "ratio_metalab_over_torch": round(m / t, 3), "metalab_rates": rates["metalab"],

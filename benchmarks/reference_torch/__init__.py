@@ -4,6 +4,7 @@ Used by ``benchmarks/speed.py --impl torch`` and ``benchmarks/check_gradients.py
 It imports only torch and NumPy (no metalab, no TensorFlow), so its process measures PyTorch alone.
 """
 
-from .workloads import Conv4, anil_meta_loss, make_step, maml_meta_loss, protonet_loss, reptile_update
+from .workloads import Conv4, anil_meta_loss, make_evaluate, make_step, maml_meta_loss, protonet_loss, reptile_update
 
-__all__ = ["Conv4", "anil_meta_loss", "make_step", "maml_meta_loss", "protonet_loss", "reptile_update"]
+__all__ = ["Conv4", "anil_meta_loss", "make_evaluate", "make_step", "maml_meta_loss", "protonet_loss",
+           "reptile_update"]

@@ -56,18 +56,26 @@ class Conv4:
         for p in params.values():
             p.requires_grad_(True)
         self.params = params
+        # Batch norm's running moments (used by inference-mode calls only; the training steps never move them).
+        self.running = [(torch.zeros(filters, dtype=dtype, device=self.device),
+                         torch.ones(filters, dtype=dtype, device=self.device)) for _ in range(blocks)]
 
-    def features(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
-        """Returns the flattened conv-4 embedding of NCHW ``x`` under ``params`` (the head is not applied)."""
+    def features(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor, training: bool = True) -> torch.Tensor:
+        """Returns the flattened conv-4 embedding of NCHW ``x`` under ``params`` (the head is not applied).
+
+        ``training``: batch norm on the batch's statistics (as every training step); else on the running moments.
+        """
         for i in range(self.blocks):
             x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
-            x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=True, eps=BN_EPS)
+            mean, var = self.running[i] if not training else (None, None)
+            x = F.batch_norm(x, mean, var, params[f"bn{i}.weight"], params[f"bn{i}.bias"], training=training,
+                             eps=BN_EPS)
             x = F.max_pool2d(F.relu(x), 2)
         return x.flatten(1)
 
-    def forward(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor) -> torch.Tensor:
+    def forward(self, params: "OrderedDict[str, torch.Tensor]", x: torch.Tensor, training: bool = True) -> torch.Tensor:
         """Returns logits (or embeddings without a head) for NCHW ``x`` under ``params``."""
-        x = self.features(params, x)
+        x = self.features(params, x, training)
         if self.head:
             x = F.linear(x, params["head.weight"], params["head.bias"])
         return x
@@ -201,6 +209,49 @@ def make_step(workload: dict, net: Conv4) -> Callable[..., dict]:
         return {"loss": loss.item(), "accuracy": acc.item()}
 
     return step
+
+
+def make_evaluate(workload: dict, net: Conv4) -> Callable[..., np.ndarray]:
+    """Returns ``evaluate(sx, sy, qx, qy) -> accuracies [T]``: meta-testing, one episode after another.
+
+    MAML adapts a copy of the weights with ``eval_inner_steps`` first-order steps on the support set and scores the
+    query set after each step (the adaptation curve metalab reports), with batch statistics (transductive).
+    ProtoNet embeds support and query together with batch norm on its running moments (inductive) under
+    ``torch.no_grad``. Inputs are NumPy arrays, as for :func:`make_step`.
+    """
+    algo = workload["algorithm"]
+    names = list(net.params)
+
+    def maml_episode(sx, sy, qx, qy):
+        steps, lr = workload["eval_inner_steps"], workload["inner_lr"]
+        fast = [p.detach().requires_grad_(True) for p in net.params.values()]
+        curve = []
+        for step in range(steps + 1):
+            with torch.no_grad():
+                logits = net.forward(OrderedDict(zip(names, fast)), qx)
+                curve.append((logits.argmax(-1) == qy).float().mean())
+            if step == steps:
+                return curve[-1]
+            loss = F.cross_entropy(net.forward(OrderedDict(zip(names, fast)), sx), sy)
+            grads = torch.autograd.grad(loss, fast)
+            fast = [(w - lr * g).detach().requires_grad_(True) for w, g in zip(fast, grads)]
+
+    def protonet_episode(sx, sy, qx, qy):
+        ways, n = workload["ways"], sx.shape[0]
+        with torch.no_grad():
+            emb = net.forward(net.params, torch.cat([sx, qx]), training=False)
+            onehot = F.one_hot(sy, ways).to(emb.dtype)
+            protos = onehot.t() @ emb[:n] / onehot.sum(0, keepdim=True).t()
+            logits = -((emb[n:, None] - protos[None]) ** 2).sum(-1)
+            return (logits.argmax(-1) == qy).float().mean()
+
+    episode = maml_episode if algo == "maml" else protonet_episode
+
+    def evaluate(sx, sy, qx, qy):
+        sx, sy, qx, qy = _tensors(sx, sy, qx, qy, net.device)
+        return torch.stack([episode(sx[t], sy[t], qx[t], qy[t]) for t in range(sx.shape[0])]).cpu().numpy()
+
+    return evaluate
 
 
 def _tensors(sx, sy, qx, qy, device=None):
