@@ -16,6 +16,7 @@ import streamlit as st
 from metalab.core.reports import figures as reports
 from metalab.core.reports import scores
 from metalab.core.services import ACTIVE, RESUMABLE
+from metalab.core.services.runs import format_seconds
 from metalab.core.store import RunNotFoundError
 
 from .state import services
@@ -27,19 +28,6 @@ POLL_SECONDS = float(os.environ.get("METALAB_DASHBOARD_POLL_S", "1.0"))
 _STATUS_ICONS = {"queued": ":material/hourglass_empty:", "running": ":material/directions_run:",
                  "completed": ":material/check_circle:", "failed": ":material/error:",
                  "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def run_label(run) -> str:
@@ -107,17 +95,17 @@ def _live(run_id: str) -> None:
         st.progress(min(1.0, (current["done"] or 0) / max(current["total"], 1)), text=text)
     elif current:
         st.progress(0.0 if phase in ("starting", "loading", "compiling") else 1.0,
-                    text=f"{current['label']} · {_duration(current['elapsed_s'])} so far")
+                    text=f"{current['label']} · {format_seconds(current['elapsed_s'])} so far")
     if run.status == "queued" and not current:
         st.info("Waiting for the worker to start.")
     latest = progress["latest"]
     cols = st.columns(4)
     if counted:
         cols[0].metric("Episodes/s", f"{current['rate']:.1f}" if current.get("rate") else "–")
-        cols[1].metric("ETA", _duration(current.get("eta_s")), help=f"Of this phase ({phase}).")
+        cols[1].metric("ETA", format_seconds(current.get("eta_s")), help=f"Of this phase ({phase}).")
     else:
         cols[0].metric("Steps/s", f"{progress['steps_per_s']:.1f}" if progress["steps_per_s"] else "–")
-        cols[1].metric("ETA", _duration(progress["eta_s"] if phase == "training" else None),
+        cols[1].metric("ETA", format_seconds(progress["eta_s"] if phase == "training" else None),
                        help="Of the training steps left (meta-testing follows).")
     cols[2].metric("Train loss", f"{latest['train/loss']:.4g}" if "train/loss" in latest else "–")
     kind = svc.task_kind(run.dataset)
@@ -193,10 +181,10 @@ def _finished(run) -> None:
     cols[1].metric("Steps", f"{run.step} / {run.total_steps}")
     times = svc.run_phases(run.id)
     if times["times"]:
-        cols[2].metric("Training time", _duration(times["training_s"]),
+        cols[2].metric("Training time", format_seconds(times["training_s"]),
                        help="The training steps alone; where the rest of the run's time went is listed below.")
     else:  # a run recorded before phases were: only its wall time is known
-        cols[2].metric("Wall time", _duration((run.finished or 0) - run.started if run.started and run.finished
+        cols[2].metric("Wall time", format_seconds((run.finished or 0) - run.started if run.started and run.finished
                                               else None), help="Loading, training and meta-testing together.")
     cols[3].metric("Device", run.device or "–")
     if times["times"]:

@@ -134,12 +134,15 @@ class SweepBook:
         """The sweep's status, ``interrupted`` for one recorded as running whose driver process is gone."""
         if self.status != "running" or self.driver.get("host") != os.uname().nodename:
             return self.status  # another machine's driver: trust the record
+        pid = self.driver.get("pid")
+        if not isinstance(pid, int) or pid <= 0:
+            return self.status  # no driver recorded (os.kill(0, ...) would ask about this process group)
         try:
-            os.kill(int(self.driver.get("pid") or 0), 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return "interrupted"
-        except (PermissionError, ValueError, OverflowError):
-            pass
+        except (PermissionError, OverflowError):
+            pass  # alive, another user's; or not a pid at all: trust the record
         return self.status
 
     @property

@@ -8,6 +8,10 @@ import signal
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
+
+#: The repository's root, where streamlit_app.py is.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def running(pid: int) -> bool:
@@ -39,3 +43,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(folder: Path, **env: str) -> Iterator[str]:
+    """A headless ``streamlit run streamlit_app.py`` on a free port of 127.0.0.1, yielding its URL once its health
+    check answers; its log is ``folder/streamlit.log`` and ``env`` goes over this process's environment."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import pytest
+
+    port = free_port()
+    full_env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false", **env)
+    log_path = Path(folder) / "streamlit.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+            cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 60
+            while True:
+                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail("streamlit did not start:\n" + log_path.read_text())
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
