@@ -12,7 +12,7 @@ from metalab.core.services import estimates
 from metalab.core.settings import load_settings
 
 SINUSOID = {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 20,
-            "algorithm_params": {"meta_batch_size": 2, "inner_steps": 1}}
+            "algorithm_params": {"meta_batch_size": 2, "inner_steps": 1, "first_order": True}}
 #: A short probe: the compile step and one timed step, capped at a second.
 QUICK = {"steps": 2, "max_seconds": 1.0}
 
@@ -45,8 +45,9 @@ def test_an_estimate_runs_in_the_background_once_and_is_then_answered_without_a_
     while (answer := alice.estimate_result(ticket)) is None:
         assert time.monotonic() < deadline, "the background estimate did not answer"
         time.sleep(0.3)
-    assert answer["ok"] is True, answer
-    assert answer["parameters"] > 0 and answer["seconds_per_step"] > 0
+    # The worker process's probe measured this config: the sinusoid MLP's 1,761 weights, first-order MAML.
+    assert answer["ok"] is True, answer.get("traceback")
+    assert answer["parameters"] == 1761 and answer["seconds_per_step"] > 0 and answer["second_order"] is False
     assert estimates.PROBES_STARTED["count"] == started + 1
     assert sum(demo._probes.values()) == 0  # the slot is free again
     # The same config again, by this visitor or another allowed to run it: the same answer, no probe process.

@@ -124,13 +124,6 @@ def test_first_order_gets_no_first_order_hint(builtin_registry):
     assert "first_order" not in result["hint"] and "fewer tasks per step" in result["hint"]
 
 
-def test_estimate_through_the_facade_runs_a_worker_process(svc):
-    result = svc.estimate({**TINY_MAML, "algorithm_params": {"meta_batch_size": 2, "first_order": True}},
-                          max_seconds=1)
-    assert result["ok"] is True, result.get("traceback")
-    assert result["parameters"] == 1761 and result["seconds_per_step"] > 0 and result["second_order"] is False
-
-
 def test_bad_config_gives_a_clear_error(svc):
     result = svc.estimate({"dataset": "metalab.sinusoid", "algorithm": "nobody.nothing"})
     assert result["ok"] is False

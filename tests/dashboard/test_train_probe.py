@@ -46,8 +46,16 @@ def test_device_selector_lists_the_workers_devices_and_round_trips_the_link(page
     assert at.selectbox(key="train.device").options[1] == "CPU:0 — the host CPU"
     assert any(c.value.startswith("Listing the worker's devices") for c in at.caption)
     assert "Valid:" in at.success[0].value
+    # A linked device the page cannot check yet is kept, marked unchecked, until the list says it is absent.
+    linked = page("train", {"device": "TPU:7"}).run()
+    assert not linked.exception
+    assert linked.selectbox(key="train.device").value == "TPU:7"
+    assert "TPU:7 — not checked yet (listing devices)" in linked.selectbox(key="train.device").options
     # Once the probe has answered (here: waited for), the next run shows the worker's devices.
     Services().devices(timeout=PROBE_WAIT)
+    linked.run()
+    assert linked.selectbox(key="train.device").value == "auto"
+    assert any("Device 'TPU:7' is not available to the worker" in w.value for w in linked.warning)
     at.run()
     device = at.selectbox(key="train.device")
     assert device.options[0].startswith("auto") and any(o.startswith("CPU:0 — ") and "cores" in o
@@ -57,17 +65,6 @@ def test_device_selector_lists_the_workers_devices_and_round_trips_the_link(page
     assert device.value == "CPU:0" and _flat(at)["device"] == "CPU:0"
     at.selectbox(key="train.device").set_value("auto").run()
     assert _flat(at)["device"] == "auto"
-
-
-def test_a_linked_device_is_kept_unchecked_until_the_list_says_it_is_absent(page):
-    at = page("train", {"device": "TPU:7"}).run()
-    assert not at.exception
-    device = at.selectbox(key="train.device")
-    assert device.value == "TPU:7" and "TPU:7 — not checked yet (listing devices)" in device.options
-    Services().devices(timeout=PROBE_WAIT)
-    at.run()
-    assert at.selectbox(key="train.device").value == "auto"
-    assert any("Device 'TPU:7' is not available to the worker" in w.value for w in at.warning)
 
 
 @pytest.mark.slow
