@@ -15,9 +15,10 @@ from .forms import default_text, schema_fields
 from .report import run_label, run_report
 from .runs import compare, runs
 from .state import services
+from .sweeps import sweeps
 from .train import train
 
-__all__ = ["home", "plugins", "train", "runs", "compare", "run_report"]
+__all__ = ["home", "plugins", "train", "runs", "compare", "sweeps", "run_report"]
 
 
 def home() -> None:

@@ -39,6 +39,12 @@ def compare_page() -> st.Page:
     return st.Page(runs.compare, title="Compare", icon=":material/compare_arrows:", url_path="compare")
 
 
+def sweeps_page() -> st.Page:
+    from . import sweeps
+
+    return st.Page(sweeps.sweeps, title="Sweeps", icon=":material/tune:", url_path="sweeps")
+
+
 def report_page() -> st.Page:
     from . import report
 
@@ -59,5 +65,5 @@ def predict_page() -> st.Page:
 
 def all_pages() -> list[st.Page]:
     """Every page in navigation order."""
-    return [home_page(), plugins_page(), datasets_page(), train_page(), runs_page(), compare_page(), predict_page(),
-            report_page()]
+    return [home_page(), plugins_page(), datasets_page(), train_page(), runs_page(), compare_page(), sweeps_page(),
+            predict_page(), report_page()]

@@ -562,3 +562,51 @@ def train() -> None:
         else:
             st.session_state["train.last_run"] = run_id
             st.switch_page(routes.report_page(), query_params={"run": run_id})
+    # Lists and tables are left out: a sweep's values are written comma-separated.
+    sweepable = {f"run.{n}": v for n, v in run_values.items() if n != "seed" and not isinstance(v, (list, dict))}
+    for section, spec_id, spec in (("algorithm", algorithm, algorithms[algorithm]), ("dataset", dataset, ds),
+                                   ("backbone", backbone, backbones[backbone])):
+        machine = set(spec.get("machine") or {})
+        sweepable.update({f"{section}.{n}": v for n, v in params[section].items()
+                          if n not in machine and not isinstance(v, (list, dict))})
+    _sweep_section(svc, raw, sweepable, disabled=bool(form_errors))
+
+
+def _sweep_section(svc: Any, raw: dict[str, Any], sweepable: dict[str, Any], disabled: bool) -> None:
+    """"Sweep instead": values to try for some of the form's fields and seeds, launched as a sweep (every trial an
+    ordinary run, on Ray Tune in a driver process) and watched on the Sweeps page."""
+    from metalab.core.services.sweeps import SweepError
+
+    with st.expander("Sweep instead: try several values of some fields, over several seeds"):
+        refusal = svc.sweep_refusal()
+        if refusal:
+            st.caption(refusal)
+            return
+        chosen = st.multiselect("Fields to sweep", list(sweepable), key="train.sweep.fields",
+                                help="Every combination of the values below is a trial (a grid), crossed with the "
+                                     "seeds; the form's other values are fixed.")
+        grid = {}
+        for name in chosen:
+            key = f"train.sweep.values.{name}"
+            if key not in st.session_state:
+                current = sweepable.get(name)
+                st.session_state[key] = "" if current is None else encode(current)
+            grid[name] = st.text_input(f"{name}: values, comma-separated", key=key)
+        cols = st.columns(3)
+        seeds = cols[0].text_input("Seeds", value="0-2", key="train.sweep.seeds",
+                                   help="Each setting is trained once per seed: 0-4 or 0,3,7. The Sweeps page reports "
+                                        "each setting's mean and 95% interval over them.")
+        trials = cols[1].number_input("Trials (0: every combination once)", min_value=0, value=0, step=1,
+                                      key="train.sweep.trials")
+        concurrent = cols[2].number_input("Trials at once (0: as the CPUs allow)", min_value=0, value=0, step=1,
+                                          key="train.sweep.concurrent")
+        if st.button("Launch sweep", key="train.sweep.launch", disabled=disabled,
+                     help="Every combination is checked first; nothing starts if one is invalid."):
+            try:
+                spec = svc.build_sweep(raw, grid=grid, seeds=seeds.strip() or None, trials=int(trials) or None,
+                                       max_concurrent=int(concurrent) or None)
+                sweep_id = svc.launch_sweep(spec)
+            except (SweepError, PermissionError, ValueError) as exc:  # the message names the field and value
+                st.error(svc.redact(str(exc)))
+            else:
+                st.switch_page(routes.sweeps_page(), query_params={"sweep": sweep_id})

@@ -1,7 +1,8 @@
 """The service facade: the one door through which the CLI and the dashboard reach metalab's core.
 
 :class:`Services` is composed of one section per job (:mod:`.catalog`, :mod:`.runs`, :mod:`.launch`,
-:mod:`.estimates`, :mod:`.reports`, :mod:`.datasets`, :mod:`.predictions`); this module holds what they share.
+:mod:`.estimates`, :mod:`.reports`, :mod:`.datasets`, :mod:`.predictions`, :mod:`.sweeps`); this module holds what
+they share.
 Importing it does not import TensorFlow; only training and evaluation (``train``, ``evaluate``) do, and the
 dashboard runs those in worker processes through :meth:`Services.launch`.
 """
@@ -22,6 +23,7 @@ from metalab.core.services.launch import ACTIVE, RESUMABLE, LaunchLimitError, La
 from metalab.core.services.predictions import PredictionsMixin
 from metalab.core.services.reports import ReportsMixin
 from metalab.core.services.runs import RunsMixin
+from metalab.core.services.sweeps import SweepsMixin
 from metalab.core.settings import Settings, load_settings
 from metalab.core.store import RunStore
 
@@ -41,7 +43,7 @@ __all__ = [
 
 
 class Services(CatalogMixin, RunsMixin, LaunchMixin, EstimatesMixin, ReportsMixin, DatasetsMixin,
-               PredictionsMixin):
+               PredictionsMixin, SweepsMixin):
     """metalab's operations over one plugin registry and one run store.
 
     Every request is made as :attr:`actor` and checked by :attr:`policy` here, where it enters core: ownership
@@ -60,6 +62,8 @@ class Services(CatalogMixin, RunsMixin, LaunchMixin, EstimatesMixin, ReportsMixi
         self.actor = actor or Actor.machine()
         # Worker processes this object started: polled to reap them and to spot a worker that died early.
         self._workers: dict[str, subprocess.Popen] = {}
+        # Sweep driver processes this object started (see SweepsMixin.launch_sweep).
+        self._sweep_procs: dict[str, subprocess.Popen] = {}
         # Estimate probes running now, per owner (they count against max_workers).
         self._probes: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from metalab.core.sweeps.book import FINISHED_TRIALS, SweepBook, sweep_tag, sweeps_dir
+from metalab.core.sweeps.book import FINISHED_TRIALS, SweepBook, record_sweep, sweep_tag, sweeps_dir
 from metalab.core.sweeps.space import SweepError, SweepSpec, parse_seeds, read_space_file, spec_from_sources
 
 __all__ = ["FINISHED_TRIALS", "SweepBook", "SweepError", "SweepSpec", "parse_seeds", "read_space_file",
-           "resume_sweep", "ray_available", "spec_from_sources", "start_sweep", "sweep_tag", "sweeps_dir"]
+           "record_sweep", "resume_sweep", "ray_available", "spec_from_sources", "start_sweep", "sweep_tag",
+           "sweeps_dir"]
 
 
 def ray_available() -> bool:

@@ -182,6 +182,28 @@ class SweepBook:
         return None
 
 
+def record_sweep(services: Any, spec: SweepSpec, *, storage: str | None = None,
+                 address: str | None = None) -> SweepBook:
+    """Resolves every grid point (:func:`~metalab.core.sweeps.space.plan`) and records the sweep, ``created``:
+    what ``metalab sweep`` does before Ray starts, and what the dashboard does before it starts a driver process.
+
+    Raises:
+        SweepError: A grid point is invalid; nothing is recorded.
+    """
+    from metalab.core.sweeps.space import plan
+
+    points, max_steps = plan(services, spec)
+    home = services.settings.home
+    if storage and "://" not in storage and not Path(storage).is_absolute():
+        storage = str(Path(storage).resolve())
+    book = SweepBook.create(home, spec, points)
+    book.storage = storage or str(sweeps_dir(home) / book.id)
+    book.address = address
+    book.max_steps = max_steps
+    book.save()
+    return book
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return value.item()

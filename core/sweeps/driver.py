@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from ray import tune
 
-from metalab.core.sweeps.book import SweepBook, sweep_tag, sweeps_dir
+from metalab.core.sweeps.book import SweepBook, record_sweep, sweep_tag
 from metalab.core.sweeps.space import SweepError, SweepSpec, describe_point, plan
 from metalab.core.sweeps.trial import train_trial
 
@@ -40,15 +40,7 @@ def start_sweep(services: Any, spec: SweepSpec, *, address: str | None = None, n
     Raises:
         SweepError: The space, a grid point or the storage is invalid; nothing is recorded and Ray is not started.
     """
-    points, max_steps = plan(services, spec)
-    home = services.settings.home
-    if storage and "://" not in storage and not Path(storage).is_absolute():
-        storage = str(Path(storage).resolve())
-    book = SweepBook.create(home, spec, points)
-    book.storage = storage or str(sweeps_dir(home) / book.id)
-    book.address = address
-    book.max_steps = max_steps
-    book.save()
+    book = record_sweep(services, spec, storage=storage, address=address)
     return run_trials(services, book, address=address, num_cpus=num_cpus, on_event=on_event)
 
 
