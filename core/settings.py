@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         intra_op_threads: Threads inside one op in a training worker (``METALAB_INTRA_OP_THREADS``); 0 picks
             per run (see ``metalab.core.engine.devices.thread_counts``).
         inter_op_threads: Ops run at once in a training worker (``METALAB_INTER_OP_THREADS``); 0 picks per run.
+        cpu_devices: Split the CPU of a training worker into this many logical devices (``METALAB_CPU_DEVICES``;
+            0: one), so a run with ``devices=N`` can split its tasks across them on a machine without GPUs. They
+            share the same cores: for trying and testing ``devices``, not for speed.
         mode: Who the dashboard serves (``METALAB_MODE``): ``private`` (one trusted user on this machine, the
             default), ``demo`` (anyone with the link; each browser session owns its runs and uploads) or ``team``
             (users signed in through OIDC with ``st.login``).
@@ -61,6 +64,7 @@ class Settings(BaseSettings):
     max_workers: int = Field(2, ge=1, le=64)
     intra_op_threads: int = Field(0, ge=0, le=1024)
     inter_op_threads: int = Field(0, ge=0, le=1024)
+    cpu_devices: int = Field(0, ge=0, le=64)
     mode: Literal["private", "demo", "team"] = "private"
     admins: str = ""
     showcase_dir: Path | None = None

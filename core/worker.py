@@ -122,7 +122,8 @@ def apply_limits(nice: int = 0, memory_mb: int = 0) -> None:
 
 
 def prepare_process(settings: Settings, *, meta_batch_size: int = 1) -> tuple[int, int]:
-    """The set-up of a process that runs a job, once, before the backend starts: the image cap and thread pools.
+    """The set-up of a process that runs a job, once, before the backend starts: the image cap, thread pools and
+    logical CPU devices (``METALAB_CPU_DEVICES``).
 
     Every job of the worker calls it, and so does ``metalab train`` in its own process (:func:`run_training`);
     a worker process has had its limits and environment applied before (:func:`run_job`).
@@ -137,8 +138,11 @@ def prepare_process(settings: Settings, *, meta_batch_size: int = 1) -> tuple[in
     """
     from metalab.core.data.images import configure_pixel_cap
     from metalab.core.engine.devices import configure_threads, thread_counts
+    from metalab.core.engine.parallel import configure_cpu_devices
 
     configure_pixel_cap(settings.max_image_pixels)
+    # Before the backend starts, like the thread pools: METALAB_CPU_DEVICES splits the CPU for devices=N runs.
+    configure_cpu_devices(settings.cpu_devices)
     threads = thread_counts(settings, meta_batch_size)
     # A fresh process: its thread pools can still be chosen before the runtime starts (later: kept as they are).
     configure_threads(*threads)

@@ -137,6 +137,14 @@ class RunConfig(pydantic.BaseModel):
     eval_at_end: bool = Field(True, title="Meta-test when training ends",
                               description="Run the meta-test evaluation when training ends.")
     device: str = Field("auto", description="'auto', 'cpu', or a device name such as 'GPU:0'.")
+    devices: int | Literal["all"] = Field(
+        1,
+        description=(
+            "Devices one run trains on: 1, a number N, or 'all'. Each meta-batch's tasks are split across the "
+            "machine's GPUs (its CPU devices when it has none, see METALAB_CPU_DEVICES) and their meta-gradients "
+            "averaged, the same as on one device; meta_batch_size must be a multiple of N."
+        ),
+    )
     precision: Literal["float32", "tf32", "mixed_bfloat16", "mixed_float16"] = Field(
         "float32",
         description=(
@@ -162,6 +170,19 @@ class RunConfig(pydantic.BaseModel):
         ),
     )
     test_dataset_params: dict[str, Any] = Field(default_factory=dict, description="Parameters of test_dataset.")
+
+    @pydantic.field_validator("devices", mode="before")
+    @classmethod
+    def _devices(cls, value: Any) -> int | str:
+        # One clear message for every bad value (a union type would report each member's failure).
+        text = value.strip().lower() if isinstance(value, str) else None
+        if text == "all":
+            return "all"
+        if text is not None and text.isdigit():
+            value = int(text)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError("expected 'all' or a whole number of devices, at least 1")
+        return value
 
     @pydantic.model_validator(mode="after")
     def _cadences(self) -> "RunConfig":
@@ -359,6 +380,13 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
 
     # Normalise plugin params to their full validated form so the stored config is explicit.
     config.algorithm_params = validate_params(algorithm.params, config.algorithm_params, "algorithm").model_dump()
+    meta_batch_size = config.algorithm_params.get("meta_batch_size")
+    if isinstance(config.devices, int) and config.devices > 1 and isinstance(meta_batch_size, int) \
+            and meta_batch_size % config.devices:
+        raise ConfigError(
+            f"devices: the meta-batch's {meta_batch_size} tasks must split evenly across the {config.devices} "
+            f"devices; make meta_batch_size a multiple of {config.devices}. "
+            f"Received: devices={config.devices}, meta_batch_size={meta_batch_size}")
     dataset_params = validate_params(dataset.params, config.dataset_params, "dataset")
     config.dataset_params = dataset_params.model_dump()
     config.backbone_params = validate_params(backbone.params, config.backbone_params, "backbone").model_dump()

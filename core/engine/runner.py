@@ -21,10 +21,11 @@ import numpy as np
 
 from metalab.core.contract.specs import TaskBatch
 from metalab.core.engine.checkpoints import CheckpointError, record_warning, restore_checkpoint, save_checkpoint
-from metalab.core.engine.config import RunConfig, divergence_hint
+from metalab.core.engine.config import ConfigError, RunConfig, divergence_hint
 from metalab.core.engine.devices import device_name, device_scope, keras_backend, library_versions
 from metalab.core.engine.evaluation import compile_evaluate, cross_domain_episodes, evaluate_batch, fixed_episode_set
 from metalab.core.engine.fixed_tasks import EVAL_SEED
+from metalab.core.engine.parallel import make_data_parallel
 from metalab.core.engine.session import build_session, cross_domain_session, make_training_sampler
 from metalab.core.settings import Settings, load_settings
 from metalab.core.store import RunNotFoundError, RunStore
@@ -52,7 +53,8 @@ def make_optimizer(algorithm: Any, precision: str = "float32") -> Any:
     return optimizer
 
 
-def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = False) -> Callable[[TaskBatch], dict[str, Any]]:
+def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = False,
+                       parallel: Any = None) -> Callable[[TaskBatch], dict[str, Any]]:
     """One compiled meta-training step (meta-gradients, then the optimizer's update) taking a :class:`TaskBatch`.
 
     Each call of this function makes a new graph; the runner and the probe both step through it. With
@@ -60,6 +62,8 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
     ``LossScaleOptimizer`` (:func:`make_optimizer` for float16) every gradient the algorithm takes, inner-loop ones
     included, is computed on the scaled loss and returned unscaled (:func:`functional.loss_scaling`); the
     meta-gradients are scaled again for the optimizer, which checks them for overflow and unscales them.
+    With ``parallel`` (a :class:`~metalab.core.engine.parallel.DataParallel`, the run config's ``devices``) the
+    meta-batch's tasks are split across its devices and the optimizer applies the mean of their meta-gradients.
     """
     import keras
 
@@ -79,25 +83,28 @@ def compile_train_step(algorithm: Any, optimizer: Any, *, jit_compile: bool = Fa
         for variable, value in zip([*algorithm.trainable_variables, *optimizer.variables], [*weights, *slots]):
             variable.assign(value)
 
-    def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
-        batch = TaskBatch(sx, sy, qx, qy, extras)
+    def gradients(batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         if not scaled:
+            return algorithm.meta_gradients(batch)
+        # A copy, read now: on TensorFlow convert_to_tensor would hand back the variable, read after the update.
+        scale = keras.ops.copy(optimizer.dynamic_scale)
+        with functional.loss_scaling(scale):
             grads, metrics = algorithm.meta_gradients(batch)
-        else:
-            # A copy, read now: on TensorFlow convert_to_tensor would hand back the variable, read after the update.
-            scale = keras.ops.copy(optimizer.dynamic_scale)
-            with functional.loss_scaling(scale):
-                grads, metrics = algorithm.meta_gradients(batch)
-            grads = [g * keras.ops.cast(scale, g.dtype) for g in grads]
-            metrics = {**metrics, "loss_scale": scale}
+        return [g * keras.ops.cast(scale, g.dtype) for g in grads], {**metrics, "loss_scale": scale}
+
+    def train_step(sx: Any, sy: Any, qx: Any, qy: Any, extras: dict[str, Any] | None = None) -> dict[str, Any]:
+        grads, metrics = gradients(TaskBatch(sx, sy, qx, qy, extras))
         apply(grads)
         return metrics
 
     if not optimizer.built:
         # Its variables must exist before tracing: a compiled JAX step takes them as inputs.
         optimizer.build(algorithm.trainable_variables)
-    compiled = functional.compile(train_step, jit_compile=jit_compile,
-                                  variables=[*algorithm.variables, *optimizer.variables])
+    variables = [*algorithm.variables, *optimizer.variables]
+    if parallel is not None:
+        compiled = parallel.compile(gradients, apply, variables, jit_compile=jit_compile, reduce_before_apply=scaled)
+    else:
+        compiled = functional.compile(train_step, jit_compile=jit_compile, variables=variables)
 
     def step(batch: TaskBatch) -> dict[str, Any]:
         # Graphs take tensors, not objects: pass the arrays, and the extras only when the batch has them.
@@ -240,10 +247,16 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
     phases = _Phases(store, run_id)
     try:
         phases.enter("loading")
-        with device_scope(config.device), _CancelWatch(store, run_id, settings.max_run_seconds) as watch:
+        # devices=N: the tasks of each meta-batch split across N devices; variables are built for that.
+        parallel = make_data_parallel(config.devices, device=config.device) if config.devices != 1 else None
+        placement = device_scope(config.device) if parallel is None else parallel.scope()
+        with placement, _CancelWatch(store, run_id, settings.max_run_seconds) as watch:
             session = build_session(registry, config, settings)
-            store.update_run(run_id, device=device_name(config.device))
+            store.update_run(run_id, device=device_name(config.device) if parallel is None else
+                             ",".join("/device:" + name for name in parallel.devices))
             algorithm = session.algorithm
+            if parallel is not None:
+                parallel.check(algorithm)
             sampler = make_training_sampler(session)
             # Loaded (and its episodes checked) before training, so a bad test dataset fails the run at once.
             cross = cross_domain_session(session, registry, settings)
@@ -260,7 +273,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
 
-            step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile)
+            step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile, parallel=parallel)
             eval_fn = compile_evaluate(algorithm)
             val_batch = fixed_episode_set(session, "val", config.val_episodes)
             window: dict[str, list[float]] = {}
@@ -350,8 +363,9 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
     except RunNotFoundError:
         raise  # deleted: train_run ends quietly
     except (Exception, SystemExit, GeneratorExit) as exc:  # noqa: BLE001 - every failure is recorded, never lost
-        # A checkpoint the run cannot use is the user's file problem, fully named in the message: no traceback.
-        trace = None if isinstance(exc, CheckpointError) else traceback.format_exc()
+        # A checkpoint the run cannot use is the user's file problem, and a setting this machine cannot serve (more
+        # devices than it has) the user's choice, each fully named in the message: no traceback.
+        trace = None if isinstance(exc, (CheckpointError, ConfigError)) else traceback.format_exc()
         phases.end()
         store.update_run(
             run_id, status="failed", finished=time.time(), step=step,

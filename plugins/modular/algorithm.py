@@ -87,10 +87,11 @@ class ModularMetaLearner(MetaAlgorithm):
                                          dtype=np.int32) if self.num_structures <= params.max_structures else None
         counted = self.num_structures if self.num_structures <= MAX_COUNTED_STRUCTURES else 0
         # Training counts are checkpointed (they describe the run); evaluation counts are this process's only.
+        # aggregation="sum": with devices=N each device counts its own tasks, and the counts add up.
         self.train_slot_counts = keras.Variable(np.zeros((self.num_slots, self.num_modules)), dtype="float32",
-                                                trainable=False, name="train_slot_counts")
+                                                trainable=False, name="train_slot_counts", aggregation="sum")
         self.train_structure_counts = keras.Variable(np.zeros(counted), dtype="float32", trainable=False,
-                                                     name="train_structure_counts")
+                                                     name="train_structure_counts", aggregation="sum")
         self.eval_slot_counts = keras.Variable(np.zeros((self.num_slots, self.num_modules)), dtype="float32",
                                                trainable=False, name="eval_slot_counts")
         self.eval_structure_counts = keras.Variable(np.zeros(counted), dtype="float32", trainable=False,
