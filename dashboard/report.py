@@ -59,7 +59,15 @@ def run_report() -> None:
         st.error(str(exc))
         return
     st.title(f"{_STATUS_ICONS.get(run.status, '')} Run {run.id}" + (f" — {run.name}" if run.name else ""))
-    st.caption(f"{run.algorithm} on {run.dataset} with {run.backbone} · created {run.to_dict()['created']}")
+    st.caption(f"{run.algorithm} on {run.dataset} with {run.backbone} · created {run.to_dict()['created']}"
+               + (" · tags: " + ", ".join(run.tags) if run.tags else ""))
+    if run.notes:
+        st.markdown(f"> {_quoted(run.notes)}")
+    if svc.can_modify(run):
+        with st.expander("Name, tags and notes"):
+            from .runs import _annotate
+
+            _annotate(svc, run, list(run.tags), key="report.edit")
     for event in svc.checkpoint_warnings(run.id)[-1:]:
         st.warning(f"On {event.get('action')}, the run went back to {event.get('restored')} (step {event.get('step')}): "
                    + "; ".join(map(str, event.get("warnings") or [])))
@@ -68,6 +76,12 @@ def run_report() -> None:
         _live(run.id)
     else:
         _finished(run)
+
+
+def _quoted(notes: str) -> str:
+    """Notes as a Markdown quote, every line of it, with Markdown's own characters shown as typed."""
+    escaped = "".join("\\" + c if c in "\\`*_{}[]()#+-.!|<>~$" else c for c in notes.strip())
+    return "  \n> ".join(escaped.splitlines())
 
 
 @st.fragment(run_every=POLL_SECONDS)

@@ -259,19 +259,20 @@ def _row_label(row: dict[str, Any]) -> str:
     return f"{row['short_id']}{name} · {row['algorithm']} on {row['dataset']} · {row['status']}"
 
 
-def _annotate(svc: Any, run: Any, known_tags: list[str]) -> None:
-    """The name, tags and notes of one run, saved to the store."""
+def _annotate(svc: Any, run: Any, known_tags: list[str], key: str = "runs.edit") -> None:
+    """The name, tags and notes of one run, saved to the store (``key`` prefixes the widgets' keys: the Runs and
+    the Run report pages each have one)."""
     state = st.session_state
-    if state.get("runs.edit.for") != (run.id, run.name, run.tags, run.notes):
-        state["runs.edit.for"] = (run.id, run.name, run.tags, run.notes)
-        state["runs.edit.name"], state["runs.edit.tags"], state["runs.edit.notes"] = run.name, list(run.tags), run.notes
-    with st.form("runs.edit"):
+    if state.get(f"{key}.for") != (run.id, run.name, run.tags, run.notes):
+        state[f"{key}.for"] = (run.id, run.name, run.tags, run.notes)
+        state[f"{key}.name"], state[f"{key}.tags"], state[f"{key}.notes"] = run.name, list(run.tags), run.notes
+    with st.form(key):
         st.markdown(f"**{run.id}**")
-        name = st.text_input("Name", key="runs.edit.name", max_chars=200)
-        tags = st.multiselect("Tags", sorted(set(known_tags) | set(run.tags)), key="runs.edit.tags",
+        name = st.text_input("Name", key=f"{key}.name", max_chars=200)
+        tags = st.multiselect("Tags", sorted(set(known_tags) | set(run.tags)), key=f"{key}.tags",
                               accept_new_options=True, placeholder="type a tag and press Enter")
-        notes = st.text_area("Notes", key="runs.edit.notes", height=90)
-        if st.form_submit_button("Save", key="runs.edit.save"):
+        notes = st.text_area("Notes", key=f"{key}.notes", height=90)
+        if st.form_submit_button("Save", key=f"{key}.save"):
             try:
                 svc.rename_run(run.id, name)
                 svc.set_run_tags(run.id, tags)
@@ -279,7 +280,7 @@ def _annotate(svc: Any, run: Any, known_tags: list[str]) -> None:
             except (PermissionError, ValueError) as exc:
                 st.error(str(exc))
             else:
-                state.pop("runs.edit.for", None)
+                state.pop(f"{key}.for", None)
                 st.toast(f"Saved {run.id}.")
                 st.rerun()
 

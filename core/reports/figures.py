@@ -809,6 +809,15 @@ def report_html(report: dict[str, Any], *, generated: float | None = None) -> st
         f"{run.get('step')}/{run.get('total_steps')}; seed {config.get('seed')}. Generated "
         f"{stamp.isoformat(timespec='seconds')}.</p>",
     ]
+    if run.get("tags"):
+        parts.append(f"<p class='tags'>Tags: {html.escape(', '.join(map(str, run['tags'])))}</p>")
+    if run.get("notes"):
+        parts.append(f"<blockquote class='notes' style='white-space:pre-wrap'>{html.escape(str(run['notes']))}"
+                     "</blockquote>")
+    phases = report.get("phases") or {}
+    if phases.get("times"):
+        # Where the wall time went: training alone is not the run's time (loading, compiling, meta-testing).
+        parts.append(f"<p class='phases'>Time: {html.escape(phases.get('line') or '')}</p>")
     bn = report.get("batch_norm")
     if bn:
         parts.append(f"<p class='batch-norm'>{html.escape(bn)}</p>")

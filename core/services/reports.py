@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from metalab.core.services.runs import phase_summary
+
 
 class ReportsMixin:
     """The report methods of :class:`~metalab.core.services.Services`; a plugin's panel never breaks a report."""
@@ -35,8 +37,8 @@ class ReportsMixin:
 
     def run_report(self, run_id: str) -> dict[str, Any]:
         """Everything a report shows, as plain data: ``{"run", "metrics", "evaluations", "report_data", "panels",
-        "published", "batch_norm"}`` (the last two from :meth:`published_results` and
-        :meth:`batch_norm_summary`)."""
+        "published", "batch_norm", "phases"}`` (``published`` and ``batch_norm`` from :meth:`published_results` and
+        :meth:`batch_norm_summary`; ``phases``: where the run's time went, :func:`~.runs.phase_summary`)."""
         run = self.run(run_id)
         data = self.report_data(run.id)
         record = run.to_dict()
@@ -52,6 +54,7 @@ class ReportsMixin:
             "panels": self._panels(run.to_dict(), data, metrics),
             "published": self.published_results(run.config),
             "batch_norm": self.batch_norm_summary(run.config),
+            "phases": phase_summary(self.store.phases(run.id), run),
         }
 
     def _filled(self, config: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import time
+
 from metalab.core.services import Services
 
 
@@ -122,3 +125,30 @@ def test_report_says_which_batch_norm_mode_the_run_used(page, fake_runs):
     captions = [c.value for c in at.caption]
     assert "Batch norm: none (the MLP backbone has no batch-norm layers)." in captions
     assert not any("inductive" in c for c in captions)
+
+
+def test_the_owner_names_tags_and_annotates_a_run_on_its_report_and_the_html_keeps_them(page, fake_runs, store, home):
+    run_id = fake_runs.completed()
+    now = time.time()
+    for at, name in ((now - 30, "loading"), (now - 27, "training"), (now - 7, "meta-testing")):
+        store.start_phase(run_id, name, at=at)
+    store.end_phases(run_id, at=now)
+    at = page("run_report", {"run": run_id}).run()
+    assert not at.exception
+    at.text_input(key="report.edit.name").set_value("baseline lr 0.01")
+    at.multiselect(key="report.edit.tags").set_value(["paper", "sinusoid"])
+    at.text_area(key="report.edit.notes").set_value("first try *not* tuned")
+    at.button(key="report.edit.save").click().run()
+    assert not at.exception
+    record = store.get_run(run_id)
+    assert (record.name, record.tags, record.notes) == ("baseline lr 0.01", ["paper", "sinusoid"],
+                                                         "first try *not* tuned")
+    assert at.title[0].value.endswith("— baseline lr 0.01")
+    assert "tags: paper, sinusoid" in at.caption[0].value
+    # The notes read as typed: Markdown's characters escaped, not made emphasis.
+    assert any("first try \\*not\\* tuned" in m.value for m in at.markdown)
+    text = Services().report_html(run_id)
+    assert "Tags: paper, sinusoid" in text and "first try *not* tuned</blockquote>" in text
+    # The HTML report splits the run's time into its phases, as the page does.
+    assert re.search(r"<p class='phases'>Time: loading 3 s · training 20 s · meta-testing 7 s", text)
+
