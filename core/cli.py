@@ -246,21 +246,60 @@ def progress_label(metrics: dict[str, float]) -> str:
     return "  ".join(f"{name.replace('/', ' ')} {metrics[name]:.3f}" for name in shown)
 
 
+def bar_view(current: dict[str, Any] | None, steps: dict[str, int], shown: dict[str, float]) -> dict[str, Any]:
+    """What the progress bar shows for the run's current phase (``phase_summary``'s ``current``): the training
+    steps, or another phase by name with its own count (a meta-test's episodes done of the total) when it has one."""
+    if not current or current["name"] == "training":
+        return {"description": "training", "completed": steps.get("step", 0), "total": steps.get("total"),
+                "info": progress_label(shown)}
+    if current.get("total"):
+        return {"description": current["name"], "completed": current.get("done") or 0, "total": current["total"],
+                "info": f"{current.get('detail') or ''} episodes".strip()}
+    return {"description": current["name"], "completed": 0, "total": None, "info": ""}
+
+
 def _train_with_progress(services: Any, run_id: str, start: Any) -> str:
+    """Runs ``start(progress)`` under a progress bar: the training steps, and between them the phase the run is in
+    (loading, compiling, validating, meta-testing with its episodes), read from the store twice a second."""
+    import threading
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err, transient=False,
     ) as bar:
-        task = bar.add_task("training", total=None, info="")
+        task = bar.add_task("starting", total=None, info="")
         shown: dict[str, float] = {}
+        steps: dict[str, int] = {}
+        lock = threading.Lock()
+        stop = threading.Event()
 
         def progress(step: int, total: int, metrics: dict[str, float]) -> None:
             shown.update({k: v for k, v in metrics.items() if k in _PROGRESS_METRICS})
-            bar.update(task, completed=step, total=total, info=progress_label(shown))
+            with lock:
+                steps.update(step=step, total=total)
+                bar.update(task, **bar_view(None, steps, shown))
 
-        return start(progress)
+        def watch() -> None:
+            while not stop.wait(0.5):
+                try:
+                    current = services.run_phases(run_id)["current"]
+                except Exception:  # noqa: BLE001 - the bar is a view; the run records its own outcome
+                    continue
+                if current:
+                    with lock:
+                        bar.update(task, **bar_view(current, steps, shown))
+
+        watcher = threading.Thread(target=watch, name="metalab-progress", daemon=True)
+        watcher.start()
+        try:
+            return start(progress)
+        finally:
+            stop.set()
+            watcher.join(timeout=5)
+            if steps:  # the bar left on screen ends on the training it counted
+                bar.update(task, **bar_view(None, steps, shown))
 
 
 def _report_end(services: Any, run_id: str, status: str, as_json: bool) -> None:

@@ -39,6 +39,40 @@ def test_the_progress_bar_names_its_metrics_in_words(capsys):
     assert "train loss 0.250" in shown and "val mse 0.125" in shown and "t.los" not in shown
 
 
+
+def test_the_progress_bar_shows_the_meta_test_with_its_own_count(tmp_path, monkeypatch):
+    """Between training steps the bar follows the run's phase in the store: a 600-episode meta-test is not
+    'step 300 of 300'."""
+    import io
+
+    from rich.console import Console
+
+    from metalab.core.services import Services
+
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path / "home"))
+    services = Services()
+    store = services.store
+    run_id = store.create_run({"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 10})
+    screen = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=screen, force_terminal=True, width=160))
+
+    def start(progress):
+        store.start_phase(run_id, "training")
+        progress(10, 10, {"train/loss": 0.25})
+        store.start_phase(run_id, "meta-testing", total=600, detail="test")
+        store.phase_progress(run_id, 120, 600)
+        time.sleep(1.5)  # the bar reads the store twice a second
+        store.end_phases(run_id)
+        return "completed"
+
+    assert cli._train_with_progress(services, run_id, start) == "completed"
+    frames = screen.getvalue()
+    assert "meta-testing" in frames and "120/600" in frames and "test episodes" in frames
+    # It ends on the training it counted.
+    last = frames.rsplit("\r\x1b[2K", 1)[-1]
+    assert last.startswith("training") and "10/10" in last and "train loss 0.250" in last
+
+
 def _quiet_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return {**env, "METALAB_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
