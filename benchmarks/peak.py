@@ -13,7 +13,8 @@ and in torch, each with its default threads.
     .venv/bin/python benchmarks/peak.py                       # the peaks, then every workload's work per step
     .venv/bin/python benchmarks/peak.py --workload protonet   # one workload's work
 
-speed.py imports :func:`peaks` and :func:`workload_flops` to print each figure's share of the peak.
+``speed.py --peak`` runs this script's peaks and work counts in processes of their own, then prints each
+training workload's share of the peak with :func:`limit_line`.
 """
 
 from __future__ import annotations
@@ -130,12 +131,34 @@ def share(flops: float, rate: float, peak_gflops: float) -> float:
     return flops * rate / (peak_gflops * 1e9) if peak_gflops > 0 else float("nan")
 
 
+def limit_line(name: str, impl: str, work: dict[str, float], peak: dict[str, float], steps_per_s: float) -> dict:
+    """How close a measured step comes to this host's peak, and where the rest of its time goes.
+
+    The step's convolutions at the conv peak and its matrix products at the matmul peak would take
+    ``bound_s``; the measured step takes ``1 / steps_per_s``. ``share_of_peak`` is their ratio: the part of the
+    step the kernels that do the counted work would need at full speed; the rest is everything else (element-wise
+    ops, batch norm, pooling, the optimizer, the framework and its scheduling, and the kernels' own inefficiency).
+    """
+    step_s = 1.0 / steps_per_s
+    conv_s = work["conv_flops"] / (peak["conv_gflops"] * 1e9)
+    matmul_s = work["matmul_flops"] / (peak["matmul_gflops"] * 1e9)
+    bound = conv_s + matmul_s
+    return {"workload": name, "impl": impl, "gflop_per_step": round((work["conv_flops"] + work["matmul_flops"]) / 1e9, 3),
+            "steps_per_s": round(steps_per_s, 4), "step_s": round(step_s, 4),
+            "gflops_reached": round((work["conv_flops"] + work["matmul_flops"]) * steps_per_s / 1e9, 2),
+            "peak": peak, "bound_s": round(bound, 4), "conv_bound_s": round(conv_s, 4),
+            "matmul_bound_s": round(matmul_s, 4), "share_of_peak": round(bound / step_s, 4),
+            "rest_s": round(step_s - bound, 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import speed  # the workloads and their batches
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="all", choices=["all", *speed.WORKLOADS])
     parser.add_argument("--impl", default="both", choices=["metalab", "torch", "both"])
+    parser.add_argument("--conv-bias", default="off", choices=["on", "off"],
+                        help="Count the work of convolutions with a bias (speed.py --conv-bias).")
     args = parser.parse_args(argv)
     from _common import cpu_model
 
@@ -145,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in speed.WORKLOADS if n != "omniglot_pipeline"] if args.workload == "all" else [args.workload]
     for name in names:
         w = speed.WORKLOADS[name]
-        flops = workload_flops(w, speed.random_batches(w))
+        flops = workload_flops(w, speed.random_batches(w), conv_bias=args.conv_bias == "on")
         print("WORK " + json.dumps({"workload": name, "gflop_per_step": round(flops["total"] / 1e9, 3),
-                                    "conv_share": round(flops["conv"] / flops["total"], 3)}))
+                                    "conv_share": round(flops["conv"] / flops["total"], 3),
+                                    "conv_flops": flops["conv"], "matmul_flops": flops["matmul"]}))
     return 0
 
 

@@ -24,6 +24,9 @@ the step itself; the model is built before), and a comparison prints both sides'
 ``EVAL_CHUNK`` episodes, as ``metalab evaluate`` does), against the reference's loop over the same episodes.
 
 The machine's other load changes the figures: the load average is printed before and after each measurement.
+
+With ``--peak`` each training workload's figure is also held against this host's measured matmul and convolution
+peak (``peak.py``): the time its counted work would take at peak, as a share of the measured step, and the rest.
 """
 
 from __future__ import annotations
@@ -446,6 +449,63 @@ def parse_params(parser: argparse.ArgumentParser, items: list[str]) -> dict[str,
     return params
 
 
+def _limit_workloads(names: list[str]) -> list[str]:
+    # A training step's work is what peak.py counts: not a first step's tracing, an evaluation or the data path.
+    return [n for n in names if not WORKLOADS[n].get("measure") and not WORKLOADS[n].get("data")]
+
+
+def physical_limit(names: list[str], impls: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """This host's peaks per implementation and the counted work of each training workload, from ``peak.py`` run
+    in processes of its own (before the timed workloads, so its threads do not share the cores with them)."""
+    found: dict[str, Any] = {"peak": {}, "work": {}}
+    bias = "on" if conv_bias(args) else "off"
+    for impl in impls:
+        for line in _peak_lines(["--impl", impl, "--workload", names[0], "--conv-bias", bias]):
+            if line.startswith("PEAK "):
+                record = json.loads(line[5:])
+                found["peak"][record.pop("impl")] = record
+    for name in _limit_workloads(names):
+        for line in _peak_lines(["--impl", impls[0], "--workload", name, "--conv-bias", bias], peaks=False):
+            if line.startswith("WORK "):
+                found["work"][name] = json.loads(line[5:])
+    return found
+
+
+def _peak_lines(options: list[str], peaks: bool = True) -> list[str]:
+    code = ("import sys, peak; sys.exit(peak.main(sys.argv[1:]))" if peaks else
+            # The work alone: the same count as peak.main's, without timing the peaks again.
+            "import sys, json, argparse, speed, peak\n"
+            "a = dict(zip(sys.argv[1::2], sys.argv[2::2]))\n"
+            "w = speed.WORKLOADS[a['--workload']]\n"
+            "f = peak.workload_flops(w, speed.random_batches(w), conv_bias=a['--conv-bias'] == 'on')\n"
+            "print('WORK ' + json.dumps({'workload': a['--workload'], 'conv_flops': f['conv'], "
+            "'matmul_flops': f['matmul']}))")
+    proc = subprocess.run([sys.executable, "-c", code, *options], cwd=HERE, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)])}, timeout=900)
+    if proc.returncode:
+        print(f"peak.py {' '.join(options)} failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+    return proc.stdout.splitlines()
+
+
+def print_limits(name: str, rates: dict[str, list[float]], limits: dict[str, Any]) -> None:
+    """Each implementation's share of this host's peak on ``name`` (``LIMIT`` lines), and where the rest goes."""
+    import peak
+
+    work = limits["work"].get(name)
+    for impl, values in rates.items():
+        if not work or not values or impl not in limits["peak"]:
+            continue
+        steps_per_s = statistics.median(values) / _units_per_iter(WORKLOADS[name])
+        line = peak.limit_line(name, impl, work, limits["peak"][impl], steps_per_s)
+        print(f"{name} [{impl}]: {line['gflop_per_step']} GFLOP a step at {line['steps_per_s']} steps/s = "
+              f"{line['gflops_reached']} GFLOP/s; at this host's peak (matmul {line['peak']['matmul_gflops']}, conv "
+              f"{line['peak']['conv_gflops']} GFLOP/s) its convolutions and products would take {line['bound_s']} s "
+              f"of the step's {line['step_s']} s: {100 * line['share_of_peak']:.1f}% of peak; the other "
+              f"{line['rest_s']} s go to element-wise ops, batch norm, pooling, the optimizer, the framework and "
+              "the kernels' own shortfall.", flush=True)
+        print("LIMIT " + json.dumps(line), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", default="all", choices=["all", *WORKLOADS])
@@ -472,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. --param vectorize_tasks=on. Repeatable.")
     parser.add_argument("--torch-device", default="cpu",
                         help="torch: the device the reference runs on (cpu, cuda, cuda:1, ...).")
+    parser.add_argument("--peak", action="store_true",
+                        help="Also print each training workload's share of this host's measured matmul/conv peak "
+                             "(benchmarks/peak.py, run first in its own processes) and where the rest goes.")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.param = parse_params(parser, args.param)
@@ -484,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         run_one(names[0], args.impl, args)
         return 0
     impls = ["metalab", "torch"] if args.impl == "both" else [args.impl]
+    limits = physical_limit(names, impls, args) if args.peak else None
     for name in names:
         rates: dict[str, list[float]] = {i: [] for i in impls}
         firsts: dict[str, list[float]] = {i: [] for i in impls}
@@ -500,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} first step (trace + compile + step; lower is better): metalab {m} s vs torch {t} s "
                   f"-> {m / t:.2f}x torch's", flush=True)
             print("FIRST_STEP " + json.dumps(first), flush=True)
+        if limits is not None:
+            print_limits(name, rates, limits)
         if WORKLOADS[name].get("measure") == "first_step":
             continue  # the first step is this workload's figure; its one timed step is not a rate worth a ratio
         if len(impls) == 2 and rates["metalab"] and rates["torch"]:

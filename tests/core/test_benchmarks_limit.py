@@ -1,0 +1,38 @@
+"""speed.py --peak (issue 22 point 4): a step's share of this host's measured peak, and what is left for the rest."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from tests.core.test_benchmarks_scripts import BENCHMARKS
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
+
+
+def test_the_share_of_peak_is_the_kernels_time_at_peak_over_the_measured_step(bench):
+    peak = bench("peak")
+    work = {"conv_flops": 2e9, "matmul_flops": 1e9}
+    line = peak.limit_line("w", "metalab", work, {"conv_gflops": 100.0, "matmul_gflops": 50.0}, steps_per_s=5.0)
+    # 2 GFLOP of convolution at 100 GFLOP/s and 1 GFLOP of products at 50: 0.04 s of a 0.2 s step.
+    assert line["conv_bound_s"] == pytest.approx(0.02) and line["matmul_bound_s"] == pytest.approx(0.02)
+    assert line["share_of_peak"] == pytest.approx(0.2) and line["rest_s"] == pytest.approx(0.16)
+    assert line["gflops_reached"] == pytest.approx(15.0)
+
+
+def test_only_training_steps_are_held_against_the_peak(bench, capsys):
+    speed = bench("speed")
+    # A first step is tracing, an evaluation does no backward pass, the data path's work is not the reference's.
+    assert speed._limit_workloads(["maml2", "maml2_first_step", "protonet_eval", "omniglot_pipeline", "protonet"]) \
+        == ["maml2", "protonet"]
+    limits = {"peak": {"metalab": {"conv_gflops": 100.0, "matmul_gflops": 50.0}},
+              "work": {"protonet": {"conv_flops": 4e9, "matmul_flops": 0.0}}}
+    speed.print_limits("protonet", {"metalab": [8.0, 10.0, 12.0], "torch": [9.0]}, limits)
+    out = capsys.readouterr().out
+    # The median rate (10 episodes/s, one episode a step) against 0.04 s at peak: 40%; torch has no peak measured.
+    assert "40.0% of peak" in out and "[torch]" not in out
