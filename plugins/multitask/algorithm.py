@@ -13,6 +13,18 @@ image under a small random perturbation, whose trunk features must stay close (t
 loss, Laine and Aila 2017, eq. in Section 2.1, here on the shared features). Gradients of the consistency term
 flow through both branches, as in the Pi-model.
 
+**Mixed modalities.** With a backbone that declares packed image-and-text rows (``modality_layout``, as
+``metalab.mixed_encoder`` on ``metalab.digits_and_intents``: a flag, the pixels, the token ids), the related input
+is made per modality: an image's pixels get the Gaussian noise above, a text loses each real token with
+probability ``p = token_dropout`` (set to padding: word dropout, Iyyer et al. 2015, Section 3.1, used here as the
+perturbation of the consistency term in the way Xie et al. 2020, "Unsupervised Data Augmentation for Consistency
+Training", perturb texts by word replacement), and the flag is kept. The training classes alternate between the
+modalities (class ``c``'s modality is ``c mod 2``), so with an even ``K`` every task holds one modality and the
+weighted average runs across image and text tasks; the trunk's shared layers then get gradients from both, each
+encoder from its own. The metrics add ``consistency_image``, ``consistency_text`` (the term over each modality's
+rows) and ``modality_mismatch`` (the share of examples whose flag is not their class's modality; 0 on a
+well-formed dataset).
+
 Each task's loss and accuracy are returned as the metrics ``task<k>_loss`` and ``task<k>_accuracy``, which the
 runner stores as ``train/task<k>_loss``: the report draws them as per-task curves. Few-shot evaluation scores each
 episode by nearest class centroid on the frozen trunk's features.
@@ -74,6 +86,20 @@ class MultiTask(MetaAlgorithm):
         self.task_weights = params.weights()
         # The trunk is what report_data's embedding figure and few-shot evaluation look at.
         self.model = task.make_backbone()
+        #: Where a packed image-and-text row's parts lie, or None (one modality).
+        self.layout = getattr(self.model, "modality_layout", None)
+        if params.modalities == "image_text" and self.layout is None:
+            raise ValueError(
+                f"MultiTask with modalities='image_text' needs a backbone with separate image and text encoders that "
+                f"declares its packed input (modality_layout), such as metalab.mixed_encoder on "
+                f"metalab.digits_and_intents. Received: modalities='image_text', backbone={self.model.name!r}"
+            )
+        if self.layout is not None and self.num_tasks % 2:
+            raise ValueError(
+                f"With mixed modalities the training classes alternate image, text, image, ..., and task k takes "
+                f"classes c with c mod num_tasks = k, so num_tasks must be even for every task to hold one modality. "
+                f"Received: num_tasks={self.num_tasks}"
+            )
         inputs = keras.Input(tuple(task.input_shape))
         features = self.model(inputs)
         self.heads = [keras.layers.Dense(len(g), name=f"head{k}") for k, g in enumerate(self.groups)]
@@ -124,30 +150,87 @@ class MultiTask(MetaAlgorithm):
         n = x.shape[0]
         use_consistency = self.config.consistency_weight > 0
         if use_consistency:
-            noise = keras.random.normal(ops.shape(x), stddev=self.config.noise_std, dtype=dtype, seed=self.noise_seed)
-            x = ops.concatenate([x, x + noise], axis=0)
+            if self.layout is None:
+                noise = keras.random.normal(ops.shape(x), stddev=self.config.noise_std, dtype=dtype,
+                                            seed=self.noise_seed)
+                x = ops.concatenate([x, x + noise], axis=0)
+            else:
+                x = ops.concatenate([x, self.perturb(x)], axis=0)
         weights = [ops.convert_to_tensor(w, dtype=dtype) for w in self.task_weights]  # not cast: via float32 on TF
 
         def loss_fn(params):
             (features, *head_logits), state = self.fnetwork.call_with_state(params, x, training=True)
             losses, accuracies, accuracy = self.task_losses([h[:n] for h in head_logits], y)
             average = sum(w * loss for w, loss in zip(weights, losses))
-            if use_consistency:
+            by_modality = {}
+            if use_consistency and self.layout is not None:
+                distance = ops.mean(ops.square(features[:n] - features[n:]), axis=-1)
+                consistency = ops.mean(distance)
+                by_modality = self.modality_means(distance, x[:n])
+            elif use_consistency:
                 consistency = ops.mean(ops.square(features[:n] - features[n:]))
             else:
                 consistency = ops.zeros((), dtype=dtype)
             total = average + ops.convert_to_tensor(self.config.consistency_weight, dtype=dtype) * consistency
-            return total, (average, consistency, losses, accuracies, accuracy, state)
+            return total, (average, consistency, by_modality, losses, accuracies, accuracy, state)
 
-        (loss, (average, consistency, losses, accuracies, accuracy, state)), grads = functional.value_and_grad(
-            loss_fn, self.fnetwork.params(), has_aux=True
-        )
+        (loss, (average, consistency, by_modality, losses, accuracies, accuracy, state)), grads = \
+            functional.value_and_grad(loss_fn, self.fnetwork.params(), has_aux=True)
         self.fnetwork.set_state(functional.stop_gradient(state))
         metrics = self.scores(loss, accuracy, average_loss=average, consistency_loss=consistency)
+        if self.layout is not None:
+            metrics.update({f"consistency_{name}": value for name, value in by_modality.items()})
+            flag = ops.cast(ops.round(x[:n, 0]), "int32")
+            metrics["modality_mismatch"] = ops.mean(ops.cast(ops.not_equal(flag, y % 2), dtype))
         for k, (task_loss, task_accuracy) in enumerate(zip(losses, accuracies)):
             metrics[f"task{k}_loss"] = task_loss
             metrics[f"task{k}_accuracy"] = task_accuracy
         return grads, metrics
+
+    def perturb(self, x: Any, seed: Any = None) -> Any:
+        """The related input of packed image-and-text rows: pixel noise for images, word dropout for texts.
+
+        Args:
+            x: ``[N, width]`` rows (:class:`~metalab.plugins.multitask.mixed.MixedLayout`).
+            seed: A ``keras.random.SeedGenerator`` (by default the algorithm's checkpointed one).
+
+        Returns:
+            ``[N, width]``: the same flags; image rows' pixels plus ``N(0, noise_std^2)`` noise; text rows' real
+            tokens each set to padding (0) with probability ``token_dropout``; every other value unchanged.
+        """
+        seed = self.noise_seed if seed is None else seed
+        layout, dtype = self.layout, x.dtype
+        p0, p1 = layout.pixel_slice
+        t0, t1 = layout.token_slice
+        flag, pixels, tokens = x[:, :1], x[:, p0:p1], x[:, t0:t1]
+        noise = keras.random.normal(ops.shape(pixels), stddev=self.config.noise_std, dtype=dtype, seed=seed)
+        pixels = pixels + noise * (ops.cast(1, dtype) - flag)
+        keep = keras.random.uniform(ops.shape(tokens), dtype=dtype, seed=seed) >= self.config.token_dropout
+        tokens = ops.where(keep, tokens, ops.zeros_like(tokens))
+        return ops.concatenate([flag, pixels, tokens, x[:, t1:]], axis=1)
+
+    def modality_means(self, values: Any, x: Any) -> dict[str, Any]:
+        """The mean of per-row ``values`` over the image rows and over the text rows of ``x`` (0 when none)."""
+        text = ops.cast(x[:, 0], values.dtype)
+        image = ops.cast(1, values.dtype) - text
+        one = ops.cast(1, values.dtype)
+        return {"image": ops.sum(values * image) / ops.maximum(ops.sum(image), one),
+                "text": ops.sum(values * text) / ops.maximum(ops.sum(text), one)}
+
+    def consistency_distances(self, x: Any, seed: int = 0) -> dict[str, float]:
+        """The consistency term of the trunk in inference mode, per modality, under one seeded perturbation.
+
+        Args:
+            x: ``[N, width]`` packed rows.
+            seed: Seed of the perturbation (the training stream's generator is left alone).
+
+        Returns:
+            ``{"image": float, "text": float}``: the mean squared feature distance of each modality's rows.
+        """
+        x = ops.convert_to_tensor(x, dtype=self.model.compute_dtype)
+        related = self.perturb(x, keras.random.SeedGenerator(seed))
+        distance = ops.mean(ops.square(self.model(x, training=False) - self.model(related, training=False)), axis=-1)
+        return {name: float(value) for name, value in self.modality_means(distance, x).items()}
 
     def evaluate(self, batch: TaskBatch) -> dict[str, Any]:
         """Scores each episode by the nearest class centroid of the frozen trunk's features.
@@ -170,6 +253,9 @@ class MultiTask(MetaAlgorithm):
             "task_weights": list(self.task_weights),
             "consistency_weight": float(self.config.consistency_weight),
             "noise_std": float(self.config.noise_std),
+            **({} if self.layout is None else {
+                "task_modalities": ["image" if k % 2 == 0 else "text" for k in range(self.num_tasks)],
+                "token_dropout": float(self.config.token_dropout)}),
             "head_params": [int(sum(np.prod(w.shape) for w in head.weights)) for head in self.heads],
             "trunk_params": int(sum(np.prod(w.shape) for w in self.model.weights)),
         }
