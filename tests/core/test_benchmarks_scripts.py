@@ -306,3 +306,121 @@ def test_the_data_line_counts_what_was_loaded(bench, shared_data_dir, tmp_path, 
     assert data["train"]["characters"] + data["val"]["characters"] == 136
     assert data["test"] == {"classes": 659, "characters": 659, "alphabets": 20}
     assert f"train {data['train']['characters']} characters of 4 alphabets" in out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scale.py (issue 17 pt 6): the plan, the figures' definitions, the timings registry
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_scale_prints_its_plan_without_starting_ray_or_a_backend(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import scale; "
+            f"rc = scale.main(['--plan', '--data-dir', {str(tmp_path)!r}]); assert rc == 0; "
+            "assert not {'tensorflow', 'keras', 'jax', 'ray'} & set(sys.modules), 'a backend or Ray was imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    # The same sweep at each concurrency, fixed steps and seeds, in a fresh home; every trial trains its steps.
+    for c in (1, 2):
+        assert ("metalab.core.cli sweep -d metalab.omniglot -a metalab.protonet --steps 30 " in out
+                and f"--seeds 0-3 --max-concurrent {c} --num-cpus {c} --scheduler none --json" in out)
+    assert out.count("METALAB_HOME='<fresh>'") == 2
+    # devices=1 on the CPU as it is, devices=2 on two logical CPU devices, each in its own process.
+    assert ".venv/bin/python benchmarks/scale.py --child 1 --device-steps 12" in out
+    assert "METALAB_CPU_DEVICES=2 .venv/bin/python benchmarks/scale.py --child 2 --device-steps 12" in out
+    assert "Predicted total" in out and "nothing was run" in out
+
+
+def test_scale_refuses_a_devices_run_without_a_step_to_time(bench, capsys):
+    scale = bench("scale")
+    with pytest.raises(SystemExit):
+        scale.parse_args(["--device-steps", "1"])  # the only step would be the excluded first one
+    assert "Received: --trials=4 --steps=30 --device-steps=1" in capsys.readouterr().err
+    args = scale.parse_args(["--steps", "7"])
+    assert "--steps 7 " in " ".join(scale.sweep_command(args, 1)) and "--scheduler none" in " ".join(
+        scale.sweep_command(args, 1))  # every trial trains its steps: ASHA would stop some
+    config = scale.devices_config(scale.parse_args(["--device-steps", "5"]), "2")
+    assert config["devices"] == "2" and config["steps"] == 5 and config["algorithm_params"]["meta_batch_size"] == 8
+
+
+def test_scale_overhead_splits_the_sweeps_wall_time_exactly(bench):
+    scale = bench("scale")
+    # Launch at 100; start-up 12 s; runs of 5 s back to back with gaps of 0.5 and 1.5 s; exit 3 s after the last.
+    trials = [{"own_start": 112.0, "own_end": 117.0, "started": 110.0, "finished": 117.2},
+              {"own_start": 117.5, "own_end": 122.5, "started": 117.3, "finished": 122.7},
+              {"own_start": 124.0, "own_end": 129.0, "started": 123.0, "finished": 129.5}]
+    f = scale.sweep_figures(100.0, 132.0, list(reversed(trials)), 1)  # any order: sorted by the runs' starts
+    assert f["wall_s"] == 32.0 and f["trials_per_hour"] == pytest.approx(3 * 3600 / 32)
+    assert f["steady_trials_per_hour"] == pytest.approx(3 * 3600 / 17)
+    assert f["startup_s"] == 12.0 and f["shutdown_s"] == 3.0
+    assert f["gap_s"] == pytest.approx([12.0, 0.5, 1.5]) and f["between_s"] == pytest.approx([0.5, 1.5])
+    # start-up + gaps + own times + shutdown = wall; the amortized overhead is everything but the runs.
+    assert f["startup_s"] + sum(f["between_s"]) + sum(f["own_s"]) + f["shutdown_s"] == pytest.approx(f["wall_s"])
+    assert f["amortized_s"] == pytest.approx((32 - 15) / 3)
+    assert f["tune_overhead_s"] == pytest.approx([2.2, 0.4, 1.5])
+    # Two at once: no gaps (the trials overlap), the rest as before.
+    two = scale.sweep_figures(100.0, 125.0, trials[:2], 2)
+    assert "gap_s" not in two and two["trials_per_hour"] == pytest.approx(2 * 3600 / 25)
+    # Meta-iterations/s: the training phases only, the first (compiling) step and validation excluded.
+    phases = [{"name": "loading", "started": 0, "finished": 1}, {"name": "compiling", "started": 1, "finished": 9},
+              {"name": "training", "started": 9, "finished": 14}, {"name": "validating", "started": 14,
+                                                                    "finished": 16},
+              {"name": "training", "started": 16, "finished": 16.5}]
+    assert scale.iterations_per_s(phases, 12) == {"iters_per_s": 2.0, "training_s": 5.5, "first_step_s": 8.0}
+
+
+def _scale_log(**final):
+    sweep = {"benchmark": "scale", "figure": "sweep", "concurrency": 1, "scheduler": "none", "steps": 30, "seed": 0,
+             "trials": 4, "trials_per_hour": 200.0, "between_s": [0.4, 0.6], "amortized_s": 6.0, "capped": False,
+             "command": "METALAB_HOME='<fresh>' .venv/bin/python -m metalab.core.cli sweep --steps 30",
+             "date": "2026-12-04T10:00:00Z", "load_avg": [0.5, 0.4, 0.3], "load_avg_end": [1.2, 0.5, 0.3]}
+    runs = [{"benchmark": "scale", "figure": "devices", "devices": d, "device": "/device:CPU:0", "steps": 12,
+             "seed": 0, "meta_batch_size": 8, "iters_per_s": v, "capped": False, "command": "x --child " + d,
+             "date": "2026-12-04T10:05:00Z", "load_avg": [0.9], "load_avg_end": [0.8]}
+            for d, v in (("1", 0.5), ("2", 0.6), ("1", 0.7), ("2", 0.8))]
+    ratio = {"benchmark": "scale", "figure": "devices-ratio", "devices": "2", "reference": "1", "ratio": 7 / 6,
+             "steps": 12, "seed": 0}
+    last = {"benchmark": "scale", "command": ".venv/bin/python benchmarks/scale.py --steps 30", "commit": "a" * 40,
+            "date": "2026-12-04T09:59:00Z", "machine_line": "2-core AMD EPYC (AVX2, no AVX-512), no GPU",
+            "capped": False, **final}
+    return "\n".join("RESULT " + json.dumps(r) for r in [sweep, *runs, ratio, last]) + "\n"
+
+
+def test_scale_records_its_timings_and_refuses_a_capped_run(bench, tmp_path):
+    scale = bench("scale")
+    log = tmp_path / "scale.log"
+    log.write_text(_scale_log())
+    registry = tmp_path / "figures.json"
+    registry.write_text(json.dumps({"figures": []}))
+    names = scale.record(log, registry)
+    assert names == ["scale-sweep-c1-trials-per-hour-cpu", "scale-sweep-overhead-between-trials-cpu",
+                     "scale-sweep-overhead-amortized-cpu", "scale-devices-1-iters-per-s-cpu",
+                     "scale-devices-2-iters-per-s-cpu", "scale-devices-2-vs-1-cpu"]
+    timings = {t["name"]: t for t in json.loads(registry.read_text())["timings"]}
+    between = timings["scale-sweep-overhead-between-trials-cpu"]
+    assert between["value"] == 0.5 and between["unit"] == "s" and between["loaded"]  # load 1.2 at its end
+    assert between["command"].endswith("scale.py --steps 30") and "sweep --steps 30" in between["part_command"]
+    one = timings["scale-devices-1-iters-per-s-cpu"]
+    assert one["value"] == 0.6 and not one["loaded"] and one["steps"] == 12  # the median of the rounds
+    assert timings["scale-devices-2-vs-1-cpu"]["value"] == pytest.approx(7 / 6, abs=1e-4)
+    assert json.loads(registry.read_text())["figures"] == []  # reproduce.py's accuracies are left alone
+    log.write_text(_scale_log(capped=True))
+    with pytest.raises(ValueError, match="capped"):
+        scale.record(log, registry)
+
+
+def test_every_registered_timing_says_how_it_was_made_and_results_shows_it():
+    timings = json.loads((BENCHMARKS / "figures.json").read_text()).get("timings", [])
+    assert timings, "no timings in benchmarks/figures.json"
+    rows = dict(_figure_rows((BENCHMARKS / "RESULTS.md").read_text(), "Scale"))
+    assert rows, "no figure table in '## Scale (issue 17 ...)' of benchmarks/RESULTS.md"
+    for t in timings:
+        where = f"timing {t['name']}"
+        assert re.fullmatch(r"[0-9a-f]{40}( \(with uncommitted changes\))?", t["commit"]), where
+        assert t["command"].startswith(".venv/bin/python benchmarks/scale.py") and " --steps " in t["command"], where
+        assert isinstance(t["steps"], int) and t["steps"] > 0 and isinstance(t["seed"], int), where
+        assert "core" in t["machine"] and "GPU" in t["machine"], where
+        assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z", t["date"]), where
+        assert t["loaded"] == (max(t["load_avg"]) > 1), where
+        assert t["name"] in rows, f"{where} is not in RESULTS.md's scale section"
+        assert f"{t['value']:.2f}" in rows[t["name"]] or f"{t['value']:.0f}" in rows[t["name"]], where
