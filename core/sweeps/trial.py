@@ -31,12 +31,16 @@ class ReportingStore(RunStore):
     """A scratch run store that also reports to Ray Tune what the runner writes into it.
 
     Metrics are gathered as they are logged and reported together whenever the objective is among them (Ray Tune
-    wants the objective in every report); a checkpoint the runner saved since the last report goes with it.
+    wants the objective in every report); a checkpoint the runner saved since the last report goes with it. At the
+    run's last step (``final_step``) nothing is reported until the outcome: the meta-test still has to run, and an
+    early-stopping scheduler whose rung falls on the last step (ASHA puts one at ``max_t``) would otherwise stop
+    the trial there and lose it.
     """
 
-    def __init__(self, path: Path, runs_dir: Path, *, objective: str, tune_metric: str):
+    def __init__(self, path: Path, runs_dir: Path, *, objective: str, tune_metric: str,
+                 final_step: int | None = None):
         super().__init__(path, runs_dir)
-        self.objective, self.tune_metric = objective, tune_metric
+        self.objective, self.tune_metric, self.final_step = objective, tune_metric, final_step
         self.pending: list[tuple[int, dict[str, float]]] = []
         self.last_objective = math.nan
         self.checkpoint_step: int | None = None
@@ -49,7 +53,8 @@ class ReportingStore(RunStore):
         self.step = max(self.step, int(step))
         if self.objective in values:
             self.last_objective = float(values[self.objective])
-            self.report(run_id)
+            if self.final_step is None or int(step) < self.final_step:
+                self.report(run_id)
 
     def add_artifact(self, run_id: str, name: str, kind: str, path: Any, step: int | None = None) -> None:
         super().add_artifact(run_id, name, kind, path, step=step)
@@ -103,7 +108,7 @@ def train_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         registry = make_plugin_manager(settings=settings)
         run_config = resolve_config(registry, spec["raw"], trial_assignments(spec, config), recommended=True)
         store = ReportingStore(settings.store_path, settings.runs_dir, objective=spec["objective"],
-                               tune_metric=spec["tune_metric"])
+                               tune_metric=spec["tune_metric"], final_step=run_config.steps)
         run_id = store.create_run(run_config.model_dump(), run_id=spec.get("run_ids", {}).get(slot))
         run_dir = store.run_dir(run_id)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -96,12 +96,17 @@ def test_a_grid_sweep_stores_tagged_runs_and_a_raised_budget_runs_only_the_new_t
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         # Two values by two seeds is four trials; a budget of two runs the first two side by side, the rest wait.
+        # ASHA with its only rung at the last step: a trailing trial must still meta-test and complete, not be
+        # stopped there (the trial reports its last step with its outcome).
+        # (A meta-test of 600 episodes lasts long enough for a stop to land in it.)
         result = invoke("sweep", *TINY, "--grid", "inner_lr=0.01,0.1", "--seeds", "0-1", "--trials", "2",
-                        "--max-concurrent", "2", "--scheduler", "none", "--json")
+                        "--max-concurrent", "2", "--scheduler", "asha", "--grace-steps", "6",
+                        "--set", "test_episodes=600", "--json")
         assert result.exit_code == 0, result.output
         first = json.loads(result.stdout)
         sweep_id = first["id"]
         assert first["status"] == "completed" and len(first["trials"]) == 2
+        assert {t["state"] for t in first["trials"].values()} == {"completed"}, first["trials"]
         services = Services()
         before = {r.id: (r.started, r.finished, len(services.store.metrics(r.id)["val/mse"])) for r in services.runs()}
         assert len(before) == 2
