@@ -50,9 +50,14 @@ def task_curves_panel(data: dict[str, Any], metrics: dict[str, list[tuple[int, f
             weight = f"{weights[k]:.3g}" if k < len(weights) else "—"
             params = (data.get("head_params") or [])
             lines.append(f"| {k} | {shown} | {weight} | {params[k] if k < len(params) else '—'} |")
+        if data.get("task_modalities"):  # images and texts: each perturbed in its own way
+            related = (f"each image and a copy with Gaussian noise of std {data.get('noise_std', 0):g}, and between "
+                       f"each text and a copy that lost each word with probability {data.get('token_dropout', 0):g}. "
+                       f"Tasks by modality: " + ", ".join(f"{k} {m}" for k, m in enumerate(data["task_modalities"])))
+        else:
+            related = f"each image and a copy with Gaussian noise of std {data.get('noise_std', 0):g}"
         lines += ["", f"Shared trunk: {data.get('trunk_params', 0):,} parameters. Consistency weight "
-                      f"{data.get('consistency_weight', 0):g} on the squared feature difference between each image "
-                      f"and a copy with Gaussian noise of std {data.get('noise_std', 0):g}."]
+                      f"{data.get('consistency_weight', 0):g} on the squared feature difference between {related}."]
     if not tasks:
         lines.append("No per-task metrics (`train/task<k>_loss`) were logged by this run.")
         return ReportPanel(title="Multi-task: per-task curves", markdown="\n".join(lines))

@@ -126,3 +126,17 @@ def test_the_panel_draws_the_metrics_it_is_handed_and_says_so_when_there_are_non
     assert set(traces) == {"task 0", "task 1", "consistency"}
     assert [t["y"] for t in panel.figure["data"] if t["name"] == "task 0"] == [[0.9, 0.4], []]
     assert panel.markdown is None
+
+
+def test_the_panel_names_each_modalitys_perturbation_for_a_mixed_run():
+    from metalab.plugins.multitask import metalab_report_panels
+
+    data = {"num_tasks": 2, "task_classes": [[0, 2], [1, 3]], "task_weights": [0.5, 0.5], "consistency_weight": 1.0,
+            "noise_std": 0.1, "head_params": [66, 66], "trunk_params": 100, "task_modalities": ["image", "text"],
+            "token_dropout": 0.15}
+    (panel,) = metalab_report_panels(report_data={"metalab.multitask": data}, metrics={"train/loss": [(1, 0.5)]})
+    assert "Gaussian noise of std 0.1" in panel.markdown
+    assert "lost each word with probability 0.15" in panel.markdown and "0 image, 1 text" in panel.markdown
+    data = {k: v for k, v in data.items() if k not in ("task_modalities", "token_dropout")}
+    (panel,) = metalab_report_panels(report_data={"metalab.multitask": data}, metrics={"train/loss": [(1, 0.5)]})
+    assert "word" not in panel.markdown
