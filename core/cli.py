@@ -211,11 +211,27 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     name: str = typer.Option("", "--name", help="A name for the run."),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON at the end."),
+    hosts: Optional[str] = typer.Option(
+        None, "--hosts", help="One run across processes or hosts: every process's host:port, comma-separated, the "
+                              "chief first, the same on every process (default: METALAB_HOSTS)."),
+    host_index: Optional[str] = typer.Option(
+        None, "--host-index", help="This process's place in --hosts; 0, the chief, records the run "
+                                   "(default: METALAB_HOST_INDEX, else 0)."),
 ) -> None:
-    """Validate a config, train a run with a progress bar, evaluate it, and print its id."""
+    """Validate a config, train a run with a progress bar, evaluate it, and print its id.
+
+    With --hosts, start the same command on every host, each with its --host-index: the chief (0) records the run
+    and prints its id; the others train alongside it and record nothing.
+    """
     from metalab.core.engine.config import ConfigError, parse_assignments
+    from metalab.core.engine.parallel import parse_hosts
 
     services = _services()
+    try:
+        cluster = parse_hosts(services.settings.hosts if hosts is None else hosts,
+                              services.settings.host_index if host_index is None else host_index)
+    except ConfigError as exc:
+        _fail(str(exc))
     raw: dict[str, Any] = {"dataset": dataset, "algorithm": algorithm, "backbone": backbone}
     if steps is not None:
         raw["steps"] = steps
@@ -228,12 +244,35 @@ def train(
         _fail(str(exc))
     for warning in services.config_warnings(config):
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    if cluster is not None and not cluster.chief:
+        _follow(services, config, cluster)
+        return
     run_id = services.create_run(config, name=name)
     err.print(f"run [bold]{run_id}[/]: {config.algorithm} on {config.dataset} ({config.backbone}), "
               f"{config.steps} steps; validates every {config.val_every}, checkpoints every "
               f"{config.checkpoint_every}, logs every {config.log_every}", highlight=False)
-    status = _train_with_progress(services, run_id, lambda progress: services.train(run_id, progress=progress))
+    if cluster is not None:
+        err.print(f"across {len(cluster.addresses)} processes ({', '.join(cluster.addresses)}); this one is the "
+                  f"chief and records the run", highlight=False)
+    status = _train_with_progress(
+        services, run_id, lambda progress: services.train(run_id, progress=progress, hosts=cluster))
     _report_end(services, run_id, status, as_json)
+
+
+def _follow(services: Any, config: Any, cluster: Any) -> None:
+    """``metalab train --host-index N`` (N > 0): trains beside the chief, which records the run."""
+    from metalab.core.engine.config import ConfigError
+
+    chief = cluster.addresses[0]
+    err.print(f"process {cluster.index} of {len(cluster.addresses)} ({cluster.addresses[cluster.index]}) of a run "
+              f"across hosts: {config.algorithm} on {config.dataset}, {config.steps} steps; the chief {chief} "
+              f"records the run", highlight=False)
+    try:
+        steps = _train_with_progress(services, "", lambda progress: services.follow(config, cluster,
+                                                                                     progress=progress))
+    except ConfigError as exc:
+        _fail(str(exc))
+    err.print(f"trained {steps} steps with the chief {chief}; its run store holds the run", highlight=False)
 
 
 #: The metrics the progress bar shows, in this order.
@@ -292,12 +331,14 @@ def _train_with_progress(services: Any, run_id: str, start: Any) -> str:
                         bar.update(task, **bar_view(current, steps, shown))
 
         watcher = threading.Thread(target=watch, name="metalab-progress", daemon=True)
-        watcher.start()
+        if run_id:  # a process following a run across hosts records none: only its steps to show
+            watcher.start()
         try:
             return start(progress)
         finally:
             stop.set()
-            watcher.join(timeout=5)
+            if watcher.is_alive():
+                watcher.join(timeout=5)
             if steps:  # the bar left on screen ends on the training it counted
                 bar.update(task, **bar_view(None, steps, shown))
 

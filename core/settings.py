@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         cpu_devices: Split the CPU of a training worker into this many logical devices (``METALAB_CPU_DEVICES``;
             0: one), so a run with ``devices=N`` can split its tasks across them on a machine without GPUs. They
             share the same cores: for trying and testing ``devices``, not for speed.
+        hosts: One run across several processes or hosts (``METALAB_HOSTS``): every process's ``host:port``,
+            comma-separated, the chief first, the same on every process; read by ``metalab train`` only (its
+            ``--hosts``), never by the dashboard's workers. Empty: one process.
+        host_index: This process's place in ``hosts`` (``METALAB_HOST_INDEX``, ``--host-index``): 0 is the chief,
+            which records the run. Checked with ``hosts`` (:func:`metalab.core.engine.parallel.parse_hosts`).
         mode: Who the dashboard serves (``METALAB_MODE``): ``private`` (one trusted user on this machine, the
             default), ``demo`` (anyone with the link; each browser session owns its runs and uploads) or ``team``
             (users signed in through OIDC with ``st.login``).
@@ -65,6 +70,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, le=1024)
     inter_op_threads: int = Field(0, ge=0, le=1024)
     cpu_devices: int = Field(0, ge=0, le=64)
+    hosts: str = ""
+    # Text, checked with hosts: a bad value gets parse_hosts's message naming it, not a settings traceback.
+    host_index: str = "0"
     mode: Literal["private", "demo", "team"] = "private"
     admins: str = ""
     showcase_dir: Path | None = None

@@ -158,22 +158,51 @@ def _meta_batch_size(registry: Any, config: Any) -> int:
         return 1
 
 
-def run_training(store: Any, run_id: str, registry: Any, *, settings: Settings, progress: Any = None) -> str:
+def run_training(store: Any, run_id: str, registry: Any, *, settings: Settings, progress: Any = None,
+                 hosts: Any = None) -> str:
     """Trains (or resumes) a run in this process after the worker's process set-up; returns its final status.
 
     The worker's ``train`` job and ``metalab train`` (in the user's process, for its progress bar) both train
-    through here, so both get the same thread pools and image cap.
+    through here, so both get the same thread pools and image cap. With ``hosts`` (a
+    :class:`~metalab.core.engine.parallel.Hosts` whose index is 0; ``metalab train --hosts`` only) this process is
+    the chief of a run across hosts: it joins them first, and a setting they refuse fails the run.
     """
-    from metalab.core.engine.config import RunConfig
+    from metalab.core.engine.config import ConfigError, RunConfig
     from metalab.core.engine.runner import train_run
 
     try:
         config = RunConfig(**store.get_run(run_id).config)
         meta_batch = _meta_batch_size(registry, config)
     except Exception:  # noqa: BLE001 - a bad config is recorded as the run's failure by train_run
-        meta_batch = 1
+        config, meta_batch = None, 1
     prepare_process(settings, meta_batch_size=meta_batch)
+    if hosts is not None and config is not None:
+        from metalab.core.engine.parallel import join_hosts
+
+        try:
+            join_hosts(hosts, config.devices, device=config.device)
+        except ConfigError as exc:  # the user's setting, named in the message: no traceback
+            store.update_run(run_id, status="failed", finished=time.time(), error=f"ConfigError: {exc}",
+                             traceback=None)
+            return "failed"
     return train_run(store, run_id, registry, settings=settings, progress=progress)
+
+
+def run_follower(config: Any, registry: Any, *, settings: Settings, hosts: Any, progress: Any = None) -> int:
+    """Trains as a process after the chief of a run across hosts (``metalab train --host-index 1`` or more).
+
+    The same process set-up as :func:`run_training`, then :func:`~metalab.core.engine.parallel.join_hosts` and
+    :func:`~metalab.core.engine.runner.follow_run`; nothing is written to a run store. Returns the steps trained.
+
+    Raises:
+        ConfigError: The hosts or the config are refused (the message names the setting and its value).
+    """
+    from metalab.core.engine.parallel import join_hosts
+    from metalab.core.engine.runner import follow_run
+
+    prepare_process(settings, meta_batch_size=_meta_batch_size(registry, config))
+    join_hosts(hosts, config.devices, device=config.device)
+    return follow_run(config, registry, settings=settings, progress=progress)
 
 
 # -- the jobs ------------------------------------------------------------------------------------------------

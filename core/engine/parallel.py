@@ -21,16 +21,26 @@ device's moving average over its own tasks, averaged). Only trainable weights fo
 exactly; a running statistic threaded task after task through ``T`` tasks on one device is threaded through
 ``T / N`` on each, then averaged. Integer state (a random generator's seed) takes the first device's value, so
 the devices draw from the same generator state in a step.
+
+Across hosts (several processes, :func:`join_hosts`): every process trains the same config, samples the same
+meta-batch (same seed) and feeds only its own replicas' tasks; on TensorFlow a
+``tf.distribute.MultiWorkerMirroredStrategy`` (ring all-reduce between the processes) takes MirroredStrategy's
+place in the same compiled step, and ``devices`` then counts each process's devices (its GPUs, or its one CPU).
+Assigned variables are gathered from every process's replicas before they are combined, so every process keeps the
+same values. JAX is refused across hosts (see :func:`join_hosts`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from metalab.core.contract.specs import TaskBatch
 
-__all__ = ["DataParallel", "configure_cpu_devices", "device_count", "local_devices", "make_data_parallel"]
+__all__ = ["DataParallel", "Hosts", "configure_cpu_devices", "device_count", "join_hosts", "joined_hosts",
+           "local_devices", "make_data_parallel", "parse_hosts"]
 
 
 def _backend() -> str:
@@ -89,9 +99,128 @@ def local_devices(device: str = "auto") -> list[str]:
     return by_kind.get("GPU") or by_kind.get("TPU") or by_kind.get("CPU", [])
 
 
+@dataclass(frozen=True)
+class Hosts:
+    """The processes of one run across hosts: every process's ``host:port`` (the chief first) and this one's index."""
+
+    addresses: tuple[str, ...]
+    index: int
+
+    @property
+    def chief(self) -> bool:
+        """Whether this process is the chief (index 0), the one that records the run."""
+        return self.index == 0
+
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def parse_hosts(hosts: str, host_index: int | str) -> Hosts | None:
+    """The :class:`Hosts` of the ``hosts`` and ``host_index`` settings; ``None`` when ``hosts`` is empty.
+
+    Args:
+        hosts: ``METALAB_HOSTS`` (``metalab train --hosts``): every process's ``host:port``, comma-separated, the
+            chief first; the same list on every process. An IPv6 address goes in brackets (``[::1]:2222``).
+        host_index: ``METALAB_HOST_INDEX`` (``--host-index``): this process's place in ``hosts``; 0 is the chief.
+
+    Raises:
+        ConfigError: A malformed or repeated address, fewer than two, or an index outside the list. Messages end
+            ``Received: hosts=...`` or ``Received: host_index=...``.
+    """
+    from metalab.core.engine.config import ConfigError
+
+    text = (hosts or "").strip()
+    if not text:
+        return None
+    addresses = tuple(part.strip() for part in text.split(","))
+    for address in addresses:
+        match = _ADDRESS.match(address)
+        if not match or not 1 <= int(match.group(2)) <= 65535:
+            raise ConfigError(
+                f"hosts: expected every process's host:port, comma-separated, the chief first (e.g. "
+                f"10.0.0.1:2222,10.0.0.2:2222); {address!r} is not a host name or address with a port from 1 to "
+                f"65535. Received: hosts={hosts!r}")
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"hosts: every process needs its own host:port; an address is repeated. "
+                          f"Received: hosts={hosts!r}")
+    if len(addresses) < 2:
+        raise ConfigError(f"hosts: a run across hosts needs at least two processes (one process needs no hosts "
+                          f"setting). Received: hosts={hosts!r}")
+    index = host_index
+    if isinstance(index, str) and index.strip().isdigit():
+        index = int(index.strip())
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(addresses):
+        raise ConfigError(
+            f"host_index: expected this process's place in hosts, from 0 (the chief) to {len(addresses) - 1}. "
+            f"Received: host_index={host_index!r}")
+    return Hosts(addresses, index)
+
+
+#: The run across hosts this process joined (:func:`join_hosts`): at most one per process, since TensorFlow sets up
+#: its collectives between processes only when it starts.
+_JOINED: dict[str, Any] = {}
+
+
+def join_hosts(hosts: Hosts, devices: int | str = 1, *, device: str = "auto") -> None:
+    """Makes this process one of ``hosts`` for the run it trains next: call once, before the backend starts.
+
+    On TensorFlow it builds the ``MultiWorkerMirroredStrategy`` of the processes (each process starts a gRPC server
+    on its own ``host:port``; collectives between processes are a ring all-reduce) on this process's share of
+    ``devices``: all its GPUs for ``"all"``, N of them for N; a process without GPUs trains on its one CPU device
+    (``devices`` 1 or ``"all"``). It returns once every process has joined.
+
+    Raises:
+        ConfigError: The backend is JAX (not supported across hosts: the Keras variables of a JAX process are
+            arrays of that process alone, and metalab's compiled step does not lay them out across processes);
+            more devices than this machine has; or TensorFlow had already started (the run must be the first thing
+            this process runs).
+    """
+    from metalab.core.engine.config import ConfigError
+
+    if _JOINED:
+        if _JOINED["hosts"] != hosts:
+            raise ConfigError(f"hosts: this process has joined {','.join(_JOINED['hosts'].addresses)} already; "
+                              f"start a new process for another run. Received: hosts={','.join(hosts.addresses)!r}")
+        return
+    if _backend() == "jax":
+        raise ConfigError(
+            "hosts: a run across hosts trains on the TensorFlow backend only (on JAX the weights of a process are "
+            "arrays of that process alone, which metalab's compiled step does not lay out across processes); use "
+            "KERAS_BACKEND=tensorflow, or devices on one host. Received: hosts="
+            f"{','.join(hosts.addresses)!r}, KERAS_BACKEND='jax'")
+    import tensorflow as tf
+
+    gpus = [] if device.lower().startswith("cpu") else tf.config.list_physical_devices("GPU")
+    kind = "GPU" if gpus else "CPU"
+    available = [f"{kind}:{i}" for i in range(len(gpus) or 1)]
+    count = device_count(devices, available)
+    resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec({"worker": list(hosts.addresses)}), task_type="worker", task_id=hosts.index,
+        num_accelerators={"GPU": count if gpus else 0}, rpc_layer="grpc")
+    # NCCL between GPUs where TensorFlow finds it; ring (gRPC) otherwise.
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.AUTO if gpus else
+        tf.distribute.experimental.CommunicationImplementation.RING)
+    try:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver,
+                                                             communication_options=options)
+    except RuntimeError as exc:  # "Collective ops must be configured at program startup"
+        raise ConfigError(
+            f"hosts: TensorFlow had started in this process before it could join the other hosts ({exc}); start "
+            f"the run in a fresh process. Received: hosts={','.join(hosts.addresses)!r}") from None
+    _JOINED.update(hosts=hosts, strategy=strategy, devices=available[:count], setting=devices)
+
+
+def joined_hosts() -> Hosts | None:
+    """The :class:`Hosts` this process joined with :func:`join_hosts`, or ``None``."""
+    return _JOINED.get("hosts")
+
+
 def device_count(devices: int | str, available: Sequence[str], *, meta_batch_size: int | None = None,
-                 batch_kind: str = "episodic") -> int:
+                 batch_kind: str = "episodic", hosts: int = 1) -> int:
     """How many devices ``RunConfig.devices`` asks for here, checked against ``available`` and the meta-batch.
+
+    With ``hosts`` processes, each on ``available`` devices, the meta-batch is split across all of their devices.
 
     Raises:
         ConfigError: More devices than ``available``, a meta-batch they cannot split evenly, or an algorithm whose
@@ -105,16 +234,19 @@ def device_count(devices: int | str, available: Sequence[str], *, meta_batch_siz
         raise ConfigError(
             f"devices: {count} devices asked for, but this machine has {len(available)} of the kind the run uses "
             f"({listed}); ask for at most {len(available)}, or 'all'. Received: devices={devices!r}")
-    if count == 1:
+    if count * hosts == 1:
         return 1
     if batch_kind != "episodic":
         raise ConfigError(
             f"devices: only meta-batches of tasks are split across devices, and this algorithm trains on "
-            f"{batch_kind} mini-batches; use devices=1. Received: devices={devices!r}")
-    if meta_batch_size is not None and meta_batch_size % count:
+            f"{batch_kind} mini-batches; use devices=1{' on one host' if hosts > 1 else ''}. "
+            f"Received: devices={devices!r}")
+    total = count * hosts
+    if meta_batch_size is not None and meta_batch_size % total:
+        where = f"{total} devices" + (f" ({count} on each of {hosts} hosts)" if hosts > 1 else "")
         raise ConfigError(
-            f"devices: the meta-batch's {meta_batch_size} tasks must split evenly across the {count} devices "
-            f"(each computes the mean meta-gradient of as many tasks); make meta_batch_size a multiple of {count}. "
+            f"devices: the meta-batch's {meta_batch_size} tasks must split evenly across the {where} "
+            f"(each computes the mean meta-gradient of as many tasks); make meta_batch_size a multiple of {total}. "
             f"Received: devices={devices!r}, meta_batch_size={meta_batch_size}")
     return count
 
@@ -126,9 +258,14 @@ def make_data_parallel(devices: int | str, *, device: str = "auto") -> "DataPara
         devices: ``RunConfig.devices``: a number of devices, or ``"all"``.
         device: ``RunConfig.device``, whose kind (when not ``"auto"``) chooses the devices.
 
+    In a process that joined a run across hosts (:func:`join_hosts`) it is always the data parallel of those hosts.
+
     Raises:
         ConfigError: More devices asked for than there are (:func:`device_count`).
     """
+    if _JOINED:
+        return DataParallel(_JOINED["devices"], setting=_JOINED["setting"], strategy=_JOINED["strategy"],
+                            hosts=_JOINED["hosts"])
     available = local_devices(device)
     count = device_count(devices, available)
     return DataParallel(available[:count], setting=devices) if count > 1 else None
@@ -150,11 +287,18 @@ class DataParallel:
 
     axis = "tasks"
 
-    def __init__(self, devices: Sequence[str], *, setting: int | str | None = None):
+    def __init__(self, devices: Sequence[str], *, setting: int | str | None = None, strategy: Any = None,
+                 hosts: Hosts | None = None):
         self.devices = list(devices)
-        self.count = len(self.devices)
-        self.setting = self.count if setting is None else setting
-        if _backend() == "jax":
+        self.setting = len(self.devices) if setting is None else setting
+        self.hosts = hosts
+        # Replicas in all: this process's devices on every host (each process has as many).
+        self.count = len(self.devices) * (len(hosts.addresses) if hosts else 1)
+        # The global index of this process's first replica.
+        self.first = hosts.index * len(self.devices) if hosts else 0
+        if strategy is not None:  # a MultiWorkerMirroredStrategy (join_hosts)
+            self.strategy = strategy
+        elif _backend() == "jax":
             import jax
             import numpy as np
 
@@ -176,7 +320,34 @@ class DataParallel:
     def check(self, algorithm: Any) -> None:
         """Refuses an algorithm whose meta-batches these devices cannot split evenly (:func:`device_count`)."""
         device_count(self.setting, self.devices, meta_batch_size=int(getattr(algorithm, "meta_batch_size", 1)),
-                     batch_kind=getattr(algorithm, "batch_kind", "episodic"))
+                     batch_kind=getattr(algorithm, "batch_kind", "episodic"),
+                     hosts=len(self.hosts.addresses) if self.hosts else 1)
+
+    @property
+    def placement(self) -> str:
+        """Where the run trains, for its record: ``/device:GPU:0,...``, or per host ``host:port/device:CPU:0,...``."""
+        hosts = self.hosts.addresses if self.hosts else ("",)
+        return ",".join(f"{host}/device:{name}" for host in hosts for name in self.devices)
+
+    def agree(self, values: Sequence[float]) -> list[list[float]]:
+        """Every process's ``values`` (floats), in host order, after exchanging them across hosts (a barrier).
+
+        Every process of a run across hosts must call it at the same point; on one host it returns ``[values]``.
+        """
+        if self.hosts is None:
+            return [list(values)]
+        import tensorflow as tf
+
+        strategy, local = self.strategy, len(self.devices)
+        mine = tf.constant([list(values)], tf.float64)
+
+        @tf.function
+        def gather() -> Any:
+            return strategy.run(lambda: tf.distribute.get_replica_context().all_gather(mine, axis=0))
+
+        with strategy.scope():
+            rows = strategy.experimental_local_results(gather())[0].numpy().tolist()
+        return rows[::local]
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -252,6 +423,10 @@ class DataParallel:
                 reduced = iter(context.all_reduce(tf.distribute.ReduceOp.MEAN, present) if present else [])
                 grads = [None if g is None else next(reduced) for g in grads]
             apply([None if g is None else g / tf.cast(self.count, g.dtype) for g in grads])
+            if self.hosts is not None and assigned:
+                # Every process combines every replica's value (not only its own replicas'), so all keep the same.
+                context = tf.distribute.get_replica_context()
+                assigned = {i: context.all_gather(value[None], axis=0) for i, value in assigned.items()}
             return metrics, assigned
 
         def step(arrays: tuple[Any, ...], extras: Any) -> dict[str, Any]:
@@ -262,7 +437,8 @@ class DataParallel:
                 metrics = {k: mean(v) if _is_float(local(v)[0]) else local(v)[0] for k, v in metrics.items()}
                 for index, value in assigned.items():
                     variable = variables[index]
-                    variable.assign(_combine(variable, tf.identity(variable.value), list(local(value))))
+                    values = list(local(value)) if self.hosts is None else tf.unstack(local(value)[0])
+                    variable.assign(_combine(variable, tf.identity(variable.value), values))
             return metrics
 
         compiled = tf.function(step, reduce_retracing=True)
@@ -272,9 +448,10 @@ class DataParallel:
             share = self._check_split(arrays)
 
             def share_of(context: Any) -> tuple[Any, Any]:
-                # Replica i's consecutive tasks, placed on its device.
+                # Replica i's consecutive tasks, placed on its device; across hosts, i counts every process's
+                # replicas and this process feeds only its own.
                 i = context.replica_id_in_sync_group
-                with tf.device("/device:" + self.devices[i]):
+                with tf.device("/device:" + self.devices[i - self.first]):
                     cut = lambda a: tf.convert_to_tensor(a[i * share:(i + 1) * share])  # noqa: E731
                     return tuple(cut(a) for a in arrays), (None if extras is None else
                                                            {k: cut(v) for k, v in extras.items()})

@@ -9,6 +9,9 @@ meta-test protocol in :mod:`.evaluation`; the worker process that runs this loop
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import os
 import signal
@@ -25,7 +28,7 @@ from metalab.core.engine.config import ConfigError, RunConfig, divergence_hint
 from metalab.core.engine.devices import device_name, device_scope, keras_backend, library_versions
 from metalab.core.engine.evaluation import compile_evaluate, cross_domain_episodes, evaluate_batch, fixed_episode_set
 from metalab.core.engine.fixed_tasks import EVAL_SEED
-from metalab.core.engine.parallel import make_data_parallel
+from metalab.core.engine.parallel import DataParallel, joined_hosts, make_data_parallel
 from metalab.core.engine.session import build_session, cross_domain_session, make_training_sampler
 from metalab.core.settings import Settings, load_settings
 from metalab.core.store import RunNotFoundError, RunStore
@@ -247,22 +250,28 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
     phases = _Phases(store, run_id)
     try:
         phases.enter("loading")
-        # devices=N: the tasks of each meta-batch split across N devices; variables are built for that.
-        parallel = make_data_parallel(config.devices, device=config.device) if config.devices != 1 else None
-        placement = device_scope(config.device) if parallel is None else parallel.scope()
+        # devices=N (or a run across hosts): the tasks of each meta-batch split across the devices.
+        parallel = make_data_parallel(config.devices, device=config.device) \
+            if config.devices != 1 or joined_hosts() else None
+        # One device: everything placed on it. Several: the variables are made in the strategy's scope (mirrored);
+        # what this process alone does later (validation, checkpoints, the meta-test, the report) runs outside it,
+        # since across hosts every variable made in that scope is a broadcast all the processes must join.
+        placement = device_scope(config.device) if parallel is None else contextlib.nullcontext()
+        building = contextlib.nullcontext if parallel is None else parallel.scope
         with placement, _CancelWatch(store, run_id, settings.max_run_seconds) as watch:
-            session = build_session(registry, config, settings)
-            store.update_run(run_id, device=device_name(config.device) if parallel is None else
-                             ",".join("/device:" + name for name in parallel.devices))
-            algorithm = session.algorithm
-            if parallel is not None:
-                parallel.check(algorithm)
-            sampler = make_training_sampler(session)
+            with building():
+                session = build_session(registry, config, settings)
+                store.update_run(run_id, device=device_name(config.device) if parallel is None
+                                 else parallel.placement)
+                algorithm = session.algorithm
+                if parallel is not None:
+                    parallel.check(algorithm)
+                sampler = make_training_sampler(session)
+                optimizer = make_optimizer(algorithm, config.precision)
+                optimizer.build(algorithm.trainable_variables)
             # Loaded (and its episodes checked) before training, so a bad test dataset fails the run at once.
             cross = cross_domain_session(session, registry, settings)
             cross_episodes = cross_domain_episodes(cross, config.test_episodes) if cross and config.eval_at_end else None
-            optimizer = make_optimizer(algorithm, config.precision)
-            optimizer.build(algorithm.trainable_variables)
             # The newest usable checkpoint (the previous one if the newest is bad, with a recorded warning);
             # the step recorded and the metrics kept are those of the checkpoint actually restored.
             restored = restore_checkpoint(store.run_dir(run_id), algorithm, optimizer, sampler,
@@ -272,6 +281,8 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
                 record_warning(store, run_id, restored, "resume")
                 store.truncate_metrics(run_id, step)
             store.update_run(run_id, step=step)
+            if parallel is not None and parallel.hosts is not None:
+                _agree_across_hosts(parallel, config, step)
 
             step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile, parallel=parallel)
             eval_fn = compile_evaluate(algorithm)
@@ -339,6 +350,8 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
 
             phases.enter("report")
             write_report_data(store, run_id, session, registry)
+            if parallel is not None and parallel.hosts is not None:
+                parallel.agree([float(step)])  # the other processes wait for the chief's end before they exit
         phases.end()
         store.update_run(run_id, status="completed", finished=time.time(), step=step)
         return "completed"
@@ -372,3 +385,68 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
             error=f"{type(exc).__name__}: {exc}", traceback=trace,
         )
         return "failed"
+
+
+def _config_fingerprint(config: RunConfig) -> float:
+    """48 bits of the config's hash, as a float (exact): what the processes of a run across hosts compare."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
+    return float(int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))
+
+
+def _agree_across_hosts(parallel: DataParallel, config: RunConfig, step: int) -> None:
+    """Checks that every process of a run across hosts trains the same config from the same step, before the first.
+
+    Raises:
+        ConfigError: They differ (on every process, so none waits for the others).
+    """
+    rows = parallel.agree([_config_fingerprint(config), float(step)])
+    hosts = parallel.hosts.addresses
+    if any(row[0] != rows[0][0] for row in rows):
+        differ = ", ".join(hosts[i] for i, row in enumerate(rows) if row[0] != rows[0][0])
+        raise ConfigError(
+            f"hosts: every process of a run across hosts must train the same config (dataset, algorithm, --set "
+            f"values, steps, seed), and {differ} has another one than the chief {hosts[0]}. "
+            f"Received: hosts={','.join(hosts)!r}")
+    if any(row[1] != rows[0][1] for row in rows):
+        raise ConfigError(
+            f"hosts: a run across hosts starts from step 0 on every process; the chief resumes from its checkpoint "
+            f"at step {int(rows[0][1])}, which the other processes do not have (resuming across hosts is not "
+            f"supported: start a new run). Received: hosts={','.join(hosts)!r}")
+
+
+def follow_run(config: RunConfig, registry: Any, *, settings: Settings | None = None,
+               progress: ProgressFn | None = None) -> int:
+    """Trains as one of the other processes of a run across hosts: the chief's steps, nothing recorded here.
+
+    The process must have joined the hosts (:func:`~metalab.core.engine.parallel.join_hosts`) as index 1 or more.
+    It builds the same session and optimizer as the chief, samples the same meta-batches (the same seed) and feeds
+    its own devices' share of each to the shared step; the chief (index 0) alone writes the run store, metrics,
+    checkpoints, evaluations and report. Returns the number of steps trained, once the chief has ended its run.
+
+    Raises:
+        ConfigError: This process has not joined hosts as a non-chief, or its config is not the chief's.
+    """
+    from metalab.core.engine import functional
+
+    settings = settings or load_settings()
+    hosts = joined_hosts()
+    if hosts is None or hosts.chief:
+        raise ConfigError(f"host_index: only the processes after the chief (host_index 1 or more) follow a run; "
+                          f"the chief records it. Received: host_index={None if hosts is None else hosts.index}")
+    parallel = make_data_parallel(config.devices, device=config.device)
+    # The same variables, made in the same order, as the chief's _train_run: each is broadcast from the chief.
+    with parallel.scope():
+        session = build_session(registry, config, settings)
+        algorithm = session.algorithm
+        parallel.check(algorithm)
+        sampler = make_training_sampler(session)
+        optimizer = make_optimizer(algorithm, config.precision)
+        optimizer.build(algorithm.trainable_variables)
+    _agree_across_hosts(parallel, config, 0)
+    step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile, parallel=parallel)
+    for step in range(1, config.steps + 1):
+        metrics = step_fn(sampler.sample_batch(algorithm.meta_batch_size))
+        if progress:
+            progress(step, config.steps, {f"train/{k}": float(functional.to_numpy(v)) for k, v in metrics.items()})
+    parallel.agree([float(config.steps)])  # the chief's end of the run: its meta-test, report
+    return config.steps

@@ -29,13 +29,28 @@ class LaunchLimitError(CapError):
 class LaunchMixin:
     """The training methods of :class:`~metalab.core.services.Services`, and its worker processes within the caps."""
 
-    def train(self, run_id: str, progress: Any = None) -> str:
-        """Trains (or resumes) a run in this process, with a worker's process set-up; returns its final status."""
+    def train(self, run_id: str, progress: Any = None, *, hosts: Any = None) -> str:
+        """Trains (or resumes) a run in this process, with a worker's process set-up; returns its final status.
+
+        ``hosts`` (:func:`metalab.core.engine.parallel.parse_hosts`, index 0) makes this process the chief of a
+        run across hosts.
+        """
         from metalab.core.worker import run_training
 
         run = self.run(run_id)
         self.policy.require_modify(self.actor, run.owner, f"run {run.id}: train")
-        return run_training(self.store, run.id, self.registry, settings=self.settings, progress=progress)
+        return run_training(self.store, run.id, self.registry, settings=self.settings, progress=progress,
+                            hosts=hosts)
+
+    def follow(self, config: RunConfig, hosts: Any, progress: Any = None) -> int:
+        """Trains in this process as one of the processes after the chief of a run across hosts; records nothing.
+
+        Returns the steps trained. Raises ``ConfigError`` for hosts or a config the run refuses.
+        """
+        from metalab.core.worker import run_follower
+
+        self.policy.require_actor(self.actor, "train a run")
+        return run_follower(config, self.registry, settings=self.settings, hosts=hosts, progress=progress)
 
     def resume(self, run_id: str, progress: Any = None) -> str:
         """Continues an interrupted, cancelled or failed run from its last checkpoint."""
