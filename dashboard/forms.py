@@ -14,36 +14,9 @@ from typing import Any, Callable
 
 import streamlit as st
 
+from metalab.core.contract.params import human_label
+
 _MISSING = object()
-
-#: Words of parameter names spelled out or capitalised in labels (``inner_lr`` reads "Inner learning rate").
-_WORDS = {
-    "lr": "learning rate", "bn": "batch-norm", "val": "validation", "eval": "evaluation", "num": "number of",
-    "dim": "dimension", "dims": "dimensions", "std": "std. dev.", "init": "initial", "max": "maximum",
-    "min": "minimum", "ci95": "95% CI", "id": "ID", "url": "URL", "sha256": "SHA-256", "jit": "JIT", "xla": "XLA",
-    "mse": "MSE", "gpu": "GPU", "cpu": "CPU", "mlp": "MLP", "cnn": "CNN", "pca": "PCA", "fce": "FCE", "cub": "CUB",
-    "rgb": "RGB", "sgd": "SGD", "kl": "KL", "tf": "TensorFlow",
-}
-
-
-def human_label(name: str, title: str | None = None) -> str:
-    """A field's label: its schema title, unless that is only pydantic's automatic one (``"Inner Lr"`` for
-    ``inner_lr``), in which case a sentence-case label made from the name (``"Inner learning rate"``).
-
-    Args:
-        name: The parameter name.
-        title: The schema's ``title``, if any.
-
-    Returns:
-        The label to show.
-    """
-    automatic = {name.replace("_", " ").title(), name.title().replace("_", " ")}
-    if title and title not in automatic:
-        return title
-    words = [_WORDS.get(word.lower(), word) for word in name.split("_") if word]
-    text = " ".join(words) or name
-    return text[:1].upper() + text[1:]
-
 
 #: How an empty (``None``) default reads in tables and help: the field is filled in automatically.
 EMPTY_DEFAULT = "empty (automatic)"

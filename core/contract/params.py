@@ -120,8 +120,39 @@ def _schema_range(schema: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+#: Words of parameter names spelled out or capitalised in labels (``inner_lr`` reads "Inner learning rate").
+_WORDS = {
+    "lr": "learning rate", "bn": "batch-norm", "val": "validation", "eval": "evaluation", "num": "number of",
+    "dim": "dimension", "dims": "dimensions", "std": "std. dev.", "init": "initial", "max": "maximum",
+    "min": "minimum", "ci95": "95% CI", "id": "ID", "url": "URL", "sha256": "SHA-256", "jit": "JIT", "xla": "XLA",
+    "mse": "MSE", "gpu": "GPU", "cpu": "CPU", "mlp": "MLP", "cnn": "CNN", "pca": "PCA", "fce": "FCE", "cub": "CUB",
+    "rgb": "RGB", "sgd": "SGD", "kl": "KL", "tf": "TensorFlow",
+}
+
+
+def human_label(name: str, title: str | None = None) -> str:
+    """A field's label: its schema title, unless that is only pydantic's automatic one (``"Inner Lr"`` for
+    ``inner_lr``), in which case a sentence-case label made from the name (``"Inner learning rate"``).
+
+    Args:
+        name: The parameter name.
+        title: The schema's ``title``, if any.
+
+    Returns:
+        The label to show.
+    """
+    automatic = {name.replace("_", " ").title(), name.title().replace("_", " ")}
+    if title and title not in automatic:
+        return title
+    words = [_WORDS.get(word.lower(), word) for word in name.split("_") if word]
+    text = " ".join(words) or name
+    return text[:1].upper() + text[1:]
+
+
+
 def describe_params(model: type[pydantic.BaseModel]) -> list[dict[str, Any]]:
-    """One row per parameter, for people: ``name``, ``type``, ``range``, ``default``, ``title``, ``description``.
+    """One row per parameter, for people: ``name``, ``type``, ``range``, ``default``, ``title`` (:func:`human_label`),
+    ``description``.
 
     Read from the model's JSON schema (what the dashboard draws too); defaults made by a default factory are filled
     in, and a parameter without bounds has ``range`` ``""``.
@@ -137,7 +168,8 @@ def describe_params(model: type[pydantic.BaseModel]) -> list[dict[str, Any]]:
             "type": _schema_type(prop),
             "range": _schema_range(prop),
             "default": defaults.get(name),
-            "title": prop.get("title", name),
+            # People's label: a plugin's own title, else one made from the name (never pydantic's "Inner Lr").
+            "title": human_label(name, prop.get("title")),
             "description": prop.get("description", ""),
         })
     return rows

@@ -114,7 +114,10 @@ def test_plugins_show_json_gives_types_ranges_defaults_and_descriptions():
     assert shown["task_kinds"] == ["classification", "regression"] and "second order" in shown["description"]
     params = {row["name"]: row for row in shown["params"]}
     assert params["inner_lr"] == {"name": "inner_lr", "type": "float", "range": "> 0, <= 100", "default": 0.4,
-                                  "title": "Inner Lr", "description": params["inner_lr"]["description"]}
+                                  "title": "Inner learning rate", "description": params["inner_lr"]["description"]}
+    # People's labels, as on the Train page: never pydantic's automatic "Meta Batch Size".
+    assert params["meta_batch_size"]["title"] == "Meta batch size"
+    assert not [r for r in shown["params"] if r["title"] == r["name"].replace("_", " ").title() and "_" in r["name"]]
     assert "Inner-loop step size" in params["inner_lr"]["description"]
     assert params["vectorize_tasks"]["type"] == "one of auto, on, off"
     assert params["meta_batch_size"]["range"] == ">= 1, <= 1024" and params["first_order"]["default"] is False
