@@ -29,6 +29,21 @@ def invoke(*args):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+@pytest.fixture
+def one_ray():
+    """One local Ray cluster at a time across the test processes (pytest-xdist): the tests that start one wait here."""
+    import fcntl
+    import tempfile
+    from pathlib import Path
+
+    with open(Path(tempfile.gettempdir()) / "metalab-tests-ray.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def test_seeds_and_list_options_parse_and_bad_ones_name_the_option():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0-2,9,1") == [0, 1, 2, 9]
@@ -88,7 +103,7 @@ def test_a_drawn_range_is_checked_at_both_ends_before_ray_starts(home):
 
 
 @requires_ray
-def test_a_grid_sweep_stores_tagged_runs_and_a_raised_budget_runs_only_the_new_trials(home):
+def test_a_grid_sweep_stores_tagged_runs_and_a_raised_budget_runs_only_the_new_trials(home, one_ray):
     import ray
 
     from metalab.core.services import Services
@@ -156,7 +171,7 @@ def test_a_grid_sweep_stores_tagged_runs_and_a_raised_budget_runs_only_the_new_t
 
 @requires_ray
 @pytest.mark.slow
-def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_its_finished_trials(home, tmp_path):
+def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_its_finished_trials(home, tmp_path, one_ray):
     """The driver (`metalab sweep`, with the local Ray it started) is killed once two of three trials have finished;
     `metalab sweep resume` runs the third alone."""
     import os
@@ -195,3 +210,46 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_its_finished_t
     runs = {r.id: r for r in Services().runs()}
     assert len(runs) == 3 and all(r.status == "completed" for r in runs.values())
     assert {run_id: runs[run_id].finished for run_id in finished} == finished
+
+
+@requires_ray
+def test_a_sweep_launched_as_the_dashboard_does_runs_in_its_own_driver_process(home, one_ray):
+    """The Train page's "Launch sweep": the sweep is recorded, then a detached driver process (`metalab sweep
+    resume`, its own local Ray) trains every trial; the page only reads the record and the runs."""
+    import os
+    import signal
+    import time
+
+    from metalab.core.services import Services
+
+    services = Services()
+    raw = {"dataset": "metalab.sinusoid", "algorithm": "metalab.maml", "steps": 6, "test_episodes": 8,
+           "val_episodes": 8, "val_every": 3, "algorithm_params": {"meta_batch_size": 2}}
+    spec = services.build_sweep(raw, grid={"algorithm.inner_lr": "0.01,0.1"}, seeds="0", trials=None,
+                                max_concurrent=None)
+    sweep_id = services.launch_sweep(spec)
+    driver = services._sweep_drivers[sweep_id]
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and SweepBook.load(home, sweep_id).state not in (
+                "completed", "failed", "interrupted"):
+            time.sleep(1)
+        book = SweepBook.load(home, sweep_id)
+        log = (home / "sweeps" / f"{sweep_id}.log").read_text(errors="replace")
+        assert book.state == "completed", log[-2000:]
+        assert driver.wait(timeout=60) == 0
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started (its own session)
+            driver.wait()
+    # The page's sweeps use ASHA: a trial that trails at a rung may be stopped there, and says so in its run.
+    states = {t["run"]: t["state"] for t in book.trials.values()}
+    assert len(states) == 2 and set(states.values()) <= {"completed", "stopped"} and "completed" in states.values()
+    runs = {r.id: r for r in services.runs()}
+    assert set(runs) == set(states) and all(f"sweep:{sweep_id}" in r.tags for r in runs.values())
+    assert sorted(r.config["algorithm_params"]["inner_lr"] for r in runs.values()) == [0.01, 0.1]
+    for run_id, state in states.items():
+        if state == "completed":
+            assert runs[run_id].status == "completed" and services.evaluations(run_id)  # meta-tested
+        else:
+            assert runs[run_id].status == "cancelled" and "Stopped early by sweep" in runs[run_id].error
