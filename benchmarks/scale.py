@@ -74,6 +74,7 @@ sys.path.insert(0, str(HERE))
 from _common import (  # noqa: E402  (no TensorFlow, Keras or Ray import)
     CAPPED, EXIT_CAPPED, REPO, add_common_args, cpu_model, print_provenance, print_result, provenance,
     result_status)
+from reproduce import parse_results  # noqa: E402  (the RESULT lines, read as every benchmark's are)
 
 #: Where named figures are registered; this script's go under ``timings`` (reproduce.py's ``figures`` are
 #: accuracies with 95% intervals).
@@ -477,17 +478,6 @@ def summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _parse_results(text: str) -> list[dict[str, Any]]:
-    out = []
-    for line in text.splitlines():
-        if line.startswith("RESULT "):
-            try:
-                out.append(json.loads(line[len("RESULT "):]))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def timings_of_log(text: str) -> list[dict[str, Any]]:
     """Registry entries (figures.json ``timings``) for the figures of one run of this script.
 
@@ -499,7 +489,7 @@ def timings_of_log(text: str) -> list[dict[str, Any]]:
     Raises:
         ValueError: No final RESULT line with the provenance, or the run was capped.
     """
-    results = _parse_results(text)
+    results = parse_results(text)
     final = next((r for r in reversed(results) if "command" in r and "machine_line" in r), None)
     if final is None:
         raise ValueError("no final RESULT line with command and commit: was the run complete?")

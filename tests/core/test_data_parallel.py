@@ -7,16 +7,14 @@ two (logical CPU) devices happens in a fresh subprocess.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from metalab.core.engine.config import ConfigError, RunConfig, parse_assignments, resolve_config
 from metalab.core.engine.parallel import device_count
+from tests.support.processes import run_on_backend
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,15 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def run_side(code: str, tmp_path: Path, backend: str, *, x64: bool = False, args: tuple[str, ...] = (),
              module: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Runs ``code`` (or ``python -m module``) in a fresh process on Keras backend ``backend``."""
-    environ = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
-                   JAX_ENABLE_X64="1" if x64 else "0", **(env or {}))
-    if module:
-        command = [sys.executable, "-m", module, *args]
-    else:
-        script = tmp_path / "side.py"
-        script.write_text(textwrap.dedent(code))
-        command = [sys.executable, str(script), *args]
-    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return run_on_backend(code, tmp_path, backend, x64=x64, args=args, module=module, env=env)
 
 
 # -- the setting --------------------------------------------------------------------------------------------

@@ -8,10 +8,6 @@ the two are compared through ``.npz`` files.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,7 @@ pytest.importorskip("jax", reason="JAX is not installed (the optional jax extra)
 import keras  # noqa: E402
 
 from metalab.core.engine import functional  # noqa: E402
+from tests.support.processes import run_on_backend  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,15 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def run_jax(code: str, tmp_path: Path, *, x64: bool = False, args: tuple[str, ...] = (), timeout: float = 300,
             module: str | None = None) -> str:
     """Runs ``code`` (or ``python -m module``) under ``KERAS_BACKEND=jax``; returns stdout, failing with stderr."""
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-    env["JAX_ENABLE_X64"] = "1" if x64 else "0"
-    if module:
-        command = [sys.executable, "-m", module, *args]
-    else:
-        script = tmp_path / "jax_side.py"
-        script.write_text(textwrap.dedent(code))
-        command = [sys.executable, str(script), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    done = run_on_backend(code, tmp_path, "jax", x64=x64, args=args, module=module, timeout=timeout)
     assert done.returncode == 0, f"JAX side failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done.stdout
 

@@ -6,6 +6,9 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Iterator
@@ -81,3 +84,19 @@ def streamlit_server(folder: Path, **env: str) -> Iterator[str]:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def run_on_backend(code: str | None, tmp_path: Path, backend: str, *, x64: bool = False, args: tuple[str, ...] = (),
+                   module: str | None = None, env: dict[str, str] | None = None,
+                   timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs ``code`` (a script, dedented) or ``python -m module`` in a fresh process on Keras backend ``backend``
+    (JAX on the CPU, float64 with ``x64``), in ``tmp_path``; returns the finished process, its output as text."""
+    environ = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
+                   JAX_ENABLE_X64="1" if x64 else "0", **(env or {}))
+    if module:
+        command = [sys.executable, "-m", module, *args]
+    else:
+        script = tmp_path / f"{backend}_side.py"
+        script.write_text(textwrap.dedent(code or ""))
+        command = [sys.executable, str(script), *args]
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
