@@ -769,14 +769,19 @@ def eval_(
 @app.command("predict")
 def predict_(
     run_id: str = typer.Argument(..., metavar="RUN"),
-    support: Path = typer.Option(..., "--support", help="Folder with one sub-folder per class, a few labelled images each."),
-    query: Path = typer.Option(..., "--query", help="Folder of images to classify (or one image file)."),
+    support: Path = typer.Option(
+        ..., "--support", help="Folder with one sub-folder per class, a few labelled images each. For a text run: a "
+        "folder with one <class>.txt per class (one example a line), or one .txt file of 'class: example' lines."),
+    query: Path = typer.Option(
+        ..., "--query", help="Folder of images to classify (or one image file). For a text run: a .txt file with one "
+        "text a line (or a folder of them)."),
     invert: Optional[bool] = typer.Option(
         None, "--invert/--no-invert", help="Invert grey levels of the images (default: as the run's dataset does)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Adapt a run to a labelled support set and classify query images, with per-class probabilities."""
+    """Adapt a run to a labelled support set and classify query images (or texts, for a text run), with per-class
+    probabilities."""
     from metalab.core.engine.predict import predict
 
     services = _services()
@@ -791,7 +796,10 @@ def predict_(
         return
     classes = list(results[0]["probabilities"]) if results else []
     table = Table(title=f"run {run.id}: {len(results)} queries, {len(classes)} classes")
-    table.add_column("file")
+    texts = any("text" in row for row in results)
+    table.add_column("file:line" if texts else "file", no_wrap=True)
+    if texts:
+        table.add_column("text", max_width=48, overflow="ellipsis")
     table.add_column("predicted")
     table.add_column("p", justify="right")
     show = classes if len(classes) <= 8 else []
@@ -799,7 +807,8 @@ def predict_(
         table.add_column(f"p({name})", justify="right")
     for row in results:
         probs = row["probabilities"]
-        table.add_row(row["file"], row["predicted"], f"{probs[row['predicted']]:.3f}",
+        table.add_row(row["file"], *([row.get("text", "")] if texts else []), row["predicted"],
+                      f"{probs[row['predicted']]:.3f}",
                       *(f"{probs[name]:.3f}" for name in show))
     console.print(table)
 

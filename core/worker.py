@@ -10,7 +10,9 @@ stdin. The jobs and their fields:
   steps of a run config (:func:`metalab.core.engine.probe.estimate`);
 - ``{"job": "devices"}`` lists the devices the backend sees (:func:`metalab.core.engine.probe.list_devices`);
 - ``{"job": "predict", "store", "runs_dir", "run", "support": DIR, "query": DIR, "invert": null}`` adapts a finished
-  run to a support set and classifies the query images (:func:`metalab.core.engine.predict.predict`).
+  run to a support set and classifies the query images, or the query texts of a text run (``support``: a folder of
+  ``<class>.txt`` files or one ``class: example`` file, ``query``: a ``.txt`` file)
+  (:func:`metalab.core.engine.predict.predict`).
 
 Any request may carry ``"limits": {"nice": 10, "memory_mb": 0}``. The reply is ``{"ok": true, "job": JOB,
 "result": ...}`` or ``{"ok": false, "job": JOB, "error": {"type": ..., "message": ...}}``, the error with a

@@ -6,6 +6,10 @@ or a folder) are written to a fresh folder; the prediction runs in a worker proc
 long-lived one (started when the page opens, so it imports TensorFlow while the images are chosen; it keeps the
 last few runs' models loaded). The last result is kept for the session and drawn as each query image with its
 predicted class and a probability bar chart.
+
+A text run (one whose dataset encodes texts, e.g. the intents) takes pasted texts instead: ``class: example`` lines
+for the support set and one query a line (:meth:`~metalab.core.services.Services.predict_texts`, the same worker);
+its result is a table of each query with its predicted class and the class probabilities.
 """
 
 from __future__ import annotations
@@ -91,12 +95,53 @@ def show_result(result: dict[str, Any]) -> None:
             st.plotly_chart(probability_figure(row["probabilities"], row["predicted"]), key=f"predict.chart.{i}")
 
 
+#: Per-class probability columns shown in a text result (more classes: the predicted one's only).
+_MAX_PROB_COLUMNS = 8
+_TEXT_SUPPORT_HELP = ("One labelled example a line, written `class: example text`; at least two classes, one or "
+                      "more examples each. Blank lines are skipped.")
+
+
+def show_text_result(result: dict[str, Any]) -> None:
+    """Draws a text prediction: each query line with its predicted class and the class probabilities."""
+    rows = result["results"]
+    st.subheader(f"{len(rows)} query texts, run {result['run']}")
+    if not rows:
+        st.info("No query text was classified.")
+        return
+    classes = list(rows[0]["probabilities"])
+    show = classes if len(classes) <= _MAX_PROB_COLUMNS else []
+    st.dataframe([{"line": r.get("line"), "text": r.get("text", ""), "predicted": r["predicted"],
+                   "probability": round(float(r["probabilities"][r["predicted"]]), 3),
+                   **{f"p({c})": round(float(r["probabilities"][c]), 3) for c in show}} for r in rows],
+                 hide_index=True)
+
+
+def _predict_texts(svc: Any, run_id: str) -> None:
+    """The text form: pasted labelled examples and queries, classified in the prediction worker."""
+    st.subheader("Support set")
+    support = st.text_area("Labelled examples (class: example)", key="predict.support_text", height=180,
+                           placeholder="flight: book a plane ticket to paris\npizza: order a pizza for dinner",
+                           help=_TEXT_SUPPORT_HELP)
+    st.subheader("Query texts")
+    queries = st.text_area("Texts to classify, one a line", key="predict.query_text", height=140,
+                           placeholder="i need a flight to london tomorrow")
+    ready = bool(support.strip()) and bool(queries.strip())
+    if st.button("Predict", key="predict.go", type="primary", disabled=not ready):
+        try:
+            with st.spinner("Adapting the run to the support set in the prediction worker..."):
+                results = svc.predict_texts(run_id, support, queries, timeout=TIMEOUT_S, warm=True)
+        except (PredictionError, FileNotFoundError, ValueError, PermissionError) as exc:
+            st.error(f"Prediction failed: {svc.redact(str(exc))}")
+        else:
+            st.session_state[_RESULT] = {"run": run_id, "results": results, "texts": True}
+
+
 def predict() -> None:
     """The Predict page."""
     st.title("Predict")
-    st.caption("A finished run adapts to a few labelled images per class (the support set) and classifies new "
-               "images (the queries). ProtoNet runs take any number of classes; MAML-style runs with an output "
-               "layer need exactly as many support classes as their training ways.")
+    st.caption("A finished run adapts to a few labelled images (or texts, for a text run) per class (the support "
+               "set) and classifies new ones (the queries). ProtoNet runs take any number of classes; MAML-style "
+               "runs with an output layer need exactly as many support classes as their training ways.")
     svc = services()
     runs = _classification_runs(svc)
     if not runs:
@@ -115,6 +160,12 @@ def predict() -> None:
     run = by_id[run_id]
     config = run.config
     params = config.get("dataset_params") or {}
+    if svc.takes_texts(run_id):
+        st.caption(f"Trained on the text dataset {run.dataset} ({config.get('ways')}-way {config.get('shots')}-shot). "
+                   "Texts are tokenized by that dataset's own tokenizer, with the run's settings.")
+        _predict_texts(svc, run_id)
+        _show_last(run_id)
+        return
     st.caption(f"Trained on {run.dataset} ({config.get('ways')}-way {config.get('shots')}-shot). Images are "
                "resized and converted as that dataset's training images were"
                + (f" (path: `{svc.redact(str(params['path']))}`)." if params.get("path") else "."))
@@ -151,8 +202,13 @@ def predict() -> None:
             st.error(f"Prediction failed: {svc.redact(str(exc))}")
         else:
             st.session_state[_RESULT] = {"run": run_id, "results": results}
+    _show_last(run_id)
+
+
+def _show_last(run_id: str) -> None:
+    """The session's last result, text or images."""
     result = st.session_state.get(_RESULT)
     if result:
         if result["run"] != run_id:
             st.caption(f"The result below is from run {result['run']}; press Predict for this run.")
-        show_result(result)
+        (show_text_result if result.get("texts") else show_result)(result)

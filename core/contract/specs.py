@@ -52,7 +52,7 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.6"
+PLUGIN_API_VERSION = "1.7"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
@@ -542,6 +542,10 @@ class ClassificationDataset:
             per input, e.g. a text dataset's sentences; the report's episode gallery then shows them where it shows
             pictures for images. ``None`` (the default): inputs are pictures, or have no readable form (since API
             1.6).
+        encode: Turns raw texts into stored rows (what ``splits[...].images`` hold, before :meth:`to_float`), one
+            row per text, with the dataset's own tokenizer and the run's parameters: ``metalab predict`` and the
+            Predict page then take texts for a run on this dataset (since API 1.7). ``None`` (the default): the
+            inputs are not texts.
         supervised: ``True`` when the splits divide the images rather than the classes (a supervised
             train/validation/test division, e.g. MNIST's official test images as ``test``): every split then
             holds every class, with the same ``class_names`` in the same order. A ``"supervised"`` algorithm is
@@ -556,6 +560,7 @@ class ClassificationDataset:
     benchmarks: dict[str, "Benchmark | Callable[[], TaskBatch]"] = field(default_factory=dict)
     supervised: bool = False
     describe: Callable[[np.ndarray], list[str]] | None = None
+    encode: Callable[[list[str]], np.ndarray] | None = None
     kind: str = dataclasses.field(default="classification", init=False)
 
     def to_float(self, images: np.ndarray) -> np.ndarray:

@@ -10,6 +10,11 @@ Images are preprocessed as the run's dataset stored its training images (:func:`
   (e.g. dark-on-light photos of digits for an MNIST run, whose source images are already light-on-dark);
 - pixels go through the dataset's own ``to_float`` after mapping 0..255 to its stored range ``0..scale``.
 
+Texts (a dataset that declares ``ClassificationDataset.encode``, since plugin API 1.7: the text datasets) are
+encoded by the run's dataset itself, with the run's own parameters (its tokenizer): the support set is a folder with
+one ``<class>.txt`` per class or one ``.txt`` file of ``class: example`` lines, the queries a ``.txt`` file (or a
+folder of them) with one text a line (:func:`list_text_support`, :func:`read_text_queries`).
+
 The algorithm's ``evaluate`` on a one-task batch does the adaptation; its ``predictions`` are read as logits.
 Importing this module is cheap; :func:`predict` imports Keras.
 """
@@ -23,7 +28,14 @@ import numpy as np
 
 from metalab.core.data.images import IMAGE_EXTENSIONS, UnreadableImageError, decode_image, is_hidden
 
-__all__ = ["PredictionError", "SessionCache", "list_support_set", "list_query_images", "prepare_images", "predict"]
+__all__ = ["PredictionError", "SessionCache", "list_support_set", "list_query_images", "prepare_images",
+           "MAX_TEXT_LINES", "MAX_TEXT_BYTES", "is_text_input", "parse_labelled_lines", "list_text_support",
+           "read_text_queries", "prepare_texts", "predict"]
+
+#: The most non-blank lines read in a text prediction: all the support examples together, and all the queries.
+MAX_TEXT_LINES = 2000
+#: The largest text file read in a text prediction (bytes).
+MAX_TEXT_BYTES = 2 << 20
 
 
 class PredictionError(ValueError):
@@ -142,6 +154,154 @@ def prepare_images(files: list[Path], dataset: Any, *, invert: bool | None = Non
     return np.asarray(dataset.to_float(stacked), dtype=np.float32), used
 
 
+# -- texts ------------------------------------------------------------------------------------------------------
+
+
+def is_text_input(support: str | Path) -> bool:
+    """Whether a support path holds texts: a ``.txt`` file, or a folder of ``.txt`` files without class sub-folders."""
+    path = Path(support).expanduser()
+    if path.is_file():
+        return path.suffix.lower() == ".txt"
+    if not path.is_dir():
+        return False
+    entries = [e for e in path.iterdir() if not is_hidden(e.name)]
+    return not any(e.is_dir() for e in entries) and any(e.is_file() and e.suffix.lower() == ".txt" for e in entries)
+
+
+def _read_lines(path: Path, field: str) -> list[tuple[int, str]]:
+    """The non-blank lines of a UTF-8 text file, ``(line number from 1, stripped text)``."""
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise PredictionError(f"A text file may hold at most {MAX_TEXT_BYTES} bytes. Received: {field}={str(path)!r} "
+                              f"({size} bytes)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PredictionError(f"Texts must be UTF-8 text files, one example a line; this file is not (byte "
+                              f"{exc.start} is not UTF-8). Received: {field}={str(path)!r}") from None
+    if "\x00" in text:
+        raise PredictionError(f"Texts must be UTF-8 text files, one example a line; this file holds NUL bytes (a "
+                              f"binary file?). Received: {field}={str(path)!r}")
+    return [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
+def _check_line_count(count: int, field: str) -> None:
+    if count > MAX_TEXT_LINES:
+        raise PredictionError(f"A text prediction reads at most {MAX_TEXT_LINES} lines of {field} texts. "
+                              f"Received: {field}_lines={count}")
+
+
+def _check_classes(classes: dict[str, list[str]], source: str) -> dict[str, list[str]]:
+    empty = [name for name, texts in classes.items() if not texts]
+    if empty:
+        raise PredictionError(f"Every class of the support set needs at least one example text; these have none: "
+                              f"{', '.join(empty)}. Received: support={source!r}")
+    if len(classes) < 2:
+        raise PredictionError(f"The support set needs at least 2 classes to classify between. Received: "
+                              f"{len(classes)} class(es) ({', '.join(classes) or 'none'}) in support={source!r}")
+    _check_line_count(sum(len(t) for t in classes.values()), "support")
+    return {name: classes[name] for name in sorted(classes)}
+
+
+def parse_labelled_lines(lines: list[tuple[int, str]] | str, source: str = "support") -> dict[str, list[str]]:
+    """Reads ``class: example`` lines into ``{class: [examples]}`` (classes sorted by name).
+
+    Args:
+        lines: The text (blank lines are skipped), or its ``(line number, line)`` pairs.
+        source: What the lines came from, for messages.
+
+    Raises:
+        PredictionError: A line without ``:`` or with an empty class or example, fewer than 2 classes, or more
+            than :data:`MAX_TEXT_LINES` examples.
+    """
+    if isinstance(lines, str):
+        lines = [(i, line.strip()) for i, line in enumerate(lines.splitlines(), start=1) if line.strip()]
+    classes: dict[str, list[str]] = {}
+    for number, line in lines:
+        name, sep, example = line.partition(":")
+        if not sep or not name.strip() or not example.strip():
+            raise PredictionError(f"Each support line must read 'class: example text' (class name, a colon, then "
+                                  f"the example). Received: line {number}={line[:80]!r} of support={source!r}")
+        classes.setdefault(name.strip(), []).append(example.strip())
+    return _check_classes(classes, source)
+
+
+def list_text_support(support: str | Path) -> dict[str, list[str]]:
+    """Reads a text support set: a folder with one ``<class>.txt`` per class (one example a line; the file name
+    without ``.txt`` is the class), or one ``.txt`` file of ``class: example`` lines.
+
+    Returns:
+        ``{class name: [texts]}``, classes sorted by name (class ``i`` of the episode is the ``i``-th).
+
+    Raises:
+        FileNotFoundError: Nothing is there.
+        PredictionError: A file that is not UTF-8 text or is too large, a class without examples, fewer than 2
+            classes, other files in the folder, or more than :data:`MAX_TEXT_LINES` examples.
+    """
+    path = Path(support).expanduser()
+    if path.is_file():
+        return parse_labelled_lines(_read_lines(path, "support"), str(support))
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"The text support set must be a folder with one <class>.txt per class (one example a line), or one "
+            f".txt file of 'class: example' lines. Received: support={str(support)!r}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not is_hidden(p.name))
+    others = [p.name for p in files if p.suffix.lower() != ".txt"]
+    if others:
+        raise PredictionError(f"A text support folder holds one <class>.txt per class and nothing else. Received: "
+                              f"files={others[:5]} in support={str(support)!r}")
+    classes = {p.stem: [text for _, text in _read_lines(p, "support")] for p in files}
+    return _check_classes(classes, str(support))
+
+
+def read_text_queries(query: str | Path) -> list[tuple[str, int, str]]:
+    """Reads the query texts: a ``.txt`` file with one text a line, or a folder of such files (sorted).
+
+    Returns:
+        ``(file name or path relative to the folder, line number, text)`` for each non-blank line.
+
+    Raises:
+        FileNotFoundError: Nothing is there.
+        PredictionError: No text, a file that is not UTF-8 text or too large, or more than :data:`MAX_TEXT_LINES`.
+    """
+    path = Path(query).expanduser()
+    if path.is_file():
+        files, base = [path], None
+    elif path.is_dir():
+        files, base = [p for p in _image_files(path) if p.suffix.lower() == ".txt"], path
+    else:
+        raise FileNotFoundError(f"The query texts must be a .txt file with one text a line, or a folder of them. "
+                                f"Received: query={str(query)!r}")
+    out = []
+    for file in files:
+        name = file.name if base is None else file.relative_to(base).as_posix()
+        out += [(name, number, text) for number, text in _read_lines(file, "query")]
+        _check_line_count(len(out), "query")
+    if not out:
+        raise PredictionError(f"The query texts hold no non-blank line to classify. Received: query={str(query)!r}")
+    return out
+
+
+def prepare_texts(texts: list[str], dataset: Any) -> np.ndarray:
+    """Encodes texts with the run's dataset's own ``encode`` (its tokenizer, as the run's params set it) into the
+    float inputs its model takes.
+
+    Raises:
+        PredictionError: The dataset declares no ``encode``, or its rows do not have the dataset's ``input_shape``.
+    """
+    encode = getattr(dataset, "encode", None)
+    if encode is None:
+        raise PredictionError("The run's dataset takes no texts (it declares no ClassificationDataset.encode). "
+                              "Received: encode=None")
+    rows = np.asarray(encode(list(texts)))
+    x = np.asarray(dataset.to_float(rows), dtype=np.float32)
+    shape = tuple(int(s) for s in dataset.input_shape)
+    if x.shape != (len(texts), *shape):
+        raise PredictionError(f"The dataset's encode returned inputs of another shape than its input_shape "
+                              f"{shape}. Received: shape={tuple(x.shape)}")
+    return x
+
+
 def _check_checkpoint_fits(path: Path, algorithm: Any, run: Any, config: Any, num_classes: int) -> None:
     with np.load(path) as data:
         import json
@@ -212,6 +372,21 @@ class SessionCache:
             self._entries.popitem(last=False)
 
 
+def _check_input_kind(dataset: Any, texts: bool, run: Any, config: Any, support: Any) -> None:
+    """Refuses texts for a run whose dataset takes images, and images for a text run."""
+    takes_texts = getattr(dataset, "encode", None) is not None
+    if texts and not takes_texts:
+        raise PredictionError(
+            f"Run {run.id} is on {config.dataset!r}, whose inputs are not texts (the dataset declares no encode), so "
+            f"it cannot classify texts: give a support folder with one sub-folder of images per class and query "
+            f"images. Received: support={str(support)!r}")
+    if not texts and takes_texts:
+        raise PredictionError(
+            f"Run {run.id} is on the text dataset {config.dataset!r}: give texts, not images: a support folder with "
+            f"one <class>.txt per class (one example a line) or one .txt file of 'class: example' lines, and a "
+            f"query .txt file with one text a line. Received: support={str(support)!r}")
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -221,7 +396,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, query_dir: str | Path, *,
             settings: Any = None, invert: bool | None = None,
             sessions: SessionCache | None = None) -> list[dict[str, Any]]:
-    """Adapts a run to a support set and classifies query images.
+    """Adapts a run to a support set and classifies query images, or query texts for a text run.
 
     The run's checkpoint is loaded into the algorithm built from its config, with the episode's ``ways`` set to
     the number of support classes: an algorithm whose weights do not depend on it (ProtoNet) accepts any
@@ -232,8 +407,11 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
         store: The :class:`~metalab.core.store.RunStore`.
         run_id: The run (a unique prefix of its id works where the store accepts one).
         registry: The plugin registry (it must know the run's dataset, algorithm and backbone).
-        support_dir: A folder with one sub-folder per class (the class names), a few images each.
-        query_dir: A folder of images (any depth), or one image file.
+        support_dir: A folder with one sub-folder per class (the class names), a few images each. For a text run
+            (its dataset declares ``encode``): a folder with one ``<class>.txt`` per class, one example a line, or
+            one ``.txt`` file of ``class: example`` lines (:func:`list_text_support`).
+        query_dir: A folder of images (any depth), or one image file; for a text run, a ``.txt`` file with one
+            text a line, or a folder of them.
         settings: :class:`~metalab.core.settings.Settings` (data folders); read from the environment if omitted.
         invert: Override the dataset's ``info["invert"]`` (see the module docstring).
         sessions: Models kept between calls (a long-lived process); ``None`` builds the model every time.
@@ -241,12 +419,14 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
     Returns:
         One dict per query file, in sorted order: ``{"file": path relative to query_dir (or the name),
         "path": absolute path, "predicted": class name, "probabilities": {class name: float}}``; the
-        probabilities are the softmax of the algorithm's ``predictions`` and sum to 1.
+        probabilities are the softmax of the algorithm's ``predictions`` and sum to 1. For texts, one dict per
+        non-blank query line: ``{"file": "<file>:<line>", "line", "text", "predicted", "probabilities"}``.
 
     Raises:
         FileNotFoundError: The run has no checkpoint, or a folder does not exist.
-        PredictionError: Unusable images, a support set whose class count the model cannot take, a dataset that
-            is not of images, or an algorithm whose ``evaluate`` returns no ``predictions``.
+        PredictionError: Unusable images or texts, a support set whose class count the model cannot take, texts
+            for a run whose dataset takes images or images for a text run, a dataset that is neither, or an
+            algorithm whose ``evaluate`` returns no ``predictions``.
     """
     from metalab.core.engine import functional
     from metalab.core.engine.config import RunConfig
@@ -265,11 +445,16 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
     spec = registry.dataset(config.dataset)
     if spec.kind != "classification":
         raise PredictionError(
-            f"Prediction classifies images; run {run.id} is on the {spec.kind} dataset {config.dataset!r}. "
+            f"Prediction classifies images or texts; run {run.id} is on the {spec.kind} dataset {config.dataset!r}. "
             f"Received: dataset={config.dataset!r}"
         )
-    support = list_support_set(support_dir)
-    queries = list_query_images(query_dir)
+    texts = is_text_input(support_dir)
+    if texts:
+        support: dict[str, list[Any]] = list_text_support(support_dir)
+        text_queries = read_text_queries(query_dir)
+    else:
+        support = list_support_set(support_dir)
+        queries = list_query_images(query_dir)
     class_names = list(support)
 
     stat = ckpt.stat()
@@ -287,12 +472,17 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
 
             keras.utils.set_random_seed(config.seed)  # as build_session seeds a fresh model
         dataset = session.dataset
+        _check_input_kind(dataset, texts, run, config, support_dir)
         support_x, support_y = [], []
         for label, name in enumerate(class_names):
-            x, _ = prepare_images(support[name], dataset, invert=invert)
+            x = prepare_texts(support[name], dataset) if texts else prepare_images(support[name], dataset,
+                                                                                    invert=invert)[0]
             support_x.append(x)
             support_y.append(np.full(len(x), label, dtype=np.int32))
-        query_x, used = prepare_images(queries, dataset, invert=invert, skip_non_images=True)
+        if texts:
+            query_x = prepare_texts([text for _, _, text in text_queries], dataset)
+        else:
+            query_x, used = prepare_images(queries, dataset, invert=invert, skip_non_images=True)
         batch = TaskBatch(
             support_x=np.concatenate(support_x)[None],
             support_y=np.concatenate(support_y)[None],
@@ -314,6 +504,11 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
             f"support classes. Received: predictions.shape={tuple(logits.shape)}"
         )
     probabilities = _softmax(logits)
+    if texts:
+        return [{"file": f"{name}:{number}", "line": number, "text": text,
+                 "predicted": class_names[int(np.argmax(probs))],
+                 "probabilities": {c: float(p) for c, p in zip(class_names, probs)}}
+                for (name, number, text), probs in zip(text_queries, probabilities)]
     base = Path(query_dir).expanduser()
     results = []
     for path, probs in zip(used, probabilities):

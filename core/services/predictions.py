@@ -1,4 +1,5 @@
-"""The Services section that classifies new images with a finished run, in a worker process (never TensorFlow here)."""
+"""The Services section that classifies new images or texts with a finished run, in a worker process (never TensorFlow
+here)."""
 
 from __future__ import annotations
 
@@ -36,21 +37,13 @@ class PredictionsMixin:
         """
         import io
         import shutil
-        import tempfile
-        import time
 
         from metalab.core.data.archives import UnsafeArchiveError, ZipLimits, safe_extract_zip
         from metalab.core.data.images import check_image_header
 
         cap = int(self.settings.max_upload_mb) << 20
         max_bytes = cap if max_bytes is None else min(int(max_bytes), cap)
-        base = Path(self.settings.predictions_dir)
-        base.mkdir(parents=True, exist_ok=True)
-        for old in base.iterdir():
-            with contextlib.suppress(OSError):
-                if old.is_dir() and time.time() - old.stat().st_mtime > 86_400:
-                    shutil.rmtree(old, ignore_errors=True)
-        folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base))
+        folder = self._prediction_folder()
         out: dict[str, Path | None] = {"support": None, "query": None}
         try:
             if support_zip is not None:
@@ -87,6 +80,79 @@ class PredictionsMixin:
             raise
         return out
 
+    def takes_texts(self, run_id: str) -> bool:
+        """Whether a finished run classifies texts (its report data shows its episodes as sentences, which a text
+        dataset's ``describe`` gives), read from the store without building its dataset: the Predict page then
+        asks for pasted texts instead of images. A run without report data counts as an image run."""
+        data = self.report_data(run_id) or {}
+        return "support_texts" in (data.get("episode") or {})
+
+    def _prediction_folder(self) -> Path:
+        """A fresh folder under ``METALAB_HOME/predictions/``; folders older than a day are deleted first."""
+        import shutil
+        import tempfile
+        import time
+
+        base = Path(self.settings.predictions_dir)
+        base.mkdir(parents=True, exist_ok=True)
+        for old in base.iterdir():
+            with contextlib.suppress(OSError):
+                if old.is_dir() and time.time() - old.stat().st_mtime > 86_400:
+                    shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=base))
+
+    def predict_texts(self, run_id: str, support: str, queries: str, *, timeout: float = 300.0,
+                      warm: bool = False) -> list[dict[str, Any]]:
+        """Adapts a finished text run to pasted labelled texts and classifies pasted queries, in a worker process.
+
+        The texts are written to a fresh folder (``support.txt`` and ``query.txt`` under
+        ``METALAB_HOME/predictions/``) and go through :meth:`predict`: the same worker job, access checks and
+        caps; the run's dataset encodes them with its own tokenizer (``ClassificationDataset.encode``).
+
+        Args:
+            run_id: The run (a unique prefix of its id works).
+            support: ``class: example`` lines, one labelled example a line (blank lines are skipped).
+            queries: The texts to classify, one a line.
+            timeout: Seconds to wait for the worker.
+            warm: Use the long-lived worker (the dashboard).
+
+        Returns:
+            One dict per non-blank query line: ``{"file": "query.txt:<line>", "line", "text", "predicted",
+            "probabilities": {class: p}}``.
+
+        Raises:
+            PredictionError: The texts are refused (e.g. a line without a class, one class only, too many lines,
+                too large) or the run takes no texts; the message names the field and value.
+        """
+        import shutil
+
+        from metalab.core.engine.predict import MAX_TEXT_BYTES, MAX_TEXT_LINES, PredictionError, parse_labelled_lines
+
+        for field, value in (("support", support), ("queries", queries)):
+            if not isinstance(value, str):
+                raise PredictionError(f"{field} must be text. Received: {field}={type(value).__name__}")
+            size = len(value.encode("utf-8"))
+            if size > min(MAX_TEXT_BYTES, int(self.settings.max_upload_mb) << 20):
+                raise PredictionError(f"The {field} texts may hold at most {MAX_TEXT_BYTES} bytes. "
+                                      f"Received: {field}_bytes={size}")
+        self.run(run_id)  # an unknown run, or another owner's, is refused before anything is written
+        # Refused here, before a worker starts, when the text alone is wrong (the worker checks the files again).
+        parse_labelled_lines(support, "pasted support")
+        lines = sum(1 for line in queries.splitlines() if line.strip())
+        if not lines:
+            raise PredictionError("The query texts hold no non-blank line to classify. Received: queries=''")
+        if lines > MAX_TEXT_LINES:
+            raise PredictionError(f"A text prediction reads at most {MAX_TEXT_LINES} lines of query texts. "
+                                  f"Received: query_lines={lines}")
+        folder = self._prediction_folder()
+        try:
+            (folder / "support.txt").write_text(support, encoding="utf-8")
+            (folder / "query.txt").write_text(queries, encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return self.predict(run_id, folder / "support.txt", folder / "query.txt", timeout=timeout, warm=warm)
+
     def predict(self, run_id: str, support_dir: str | os.PathLike, query_dir: str | os.PathLike, *,
                 invert: bool | None = None, timeout: float = 300.0, warm: bool = False) -> list[dict[str, Any]]:
         """Adapts a finished run to a support set and classifies query images, in a worker process.
@@ -99,8 +165,10 @@ class PredictionsMixin:
 
         Args:
             run_id: The run (a unique prefix of its id works).
-            support_dir: A folder with one sub-folder per class, a few images each.
-            query_dir: A folder of images (any depth), or one image file.
+            support_dir: A folder with one sub-folder per class, a few images each (for a text run: one
+                ``<class>.txt`` per class, or one ``.txt`` file of ``class: example`` lines).
+            query_dir: A folder of images (any depth), or one image file (for a text run: a ``.txt`` file, one
+                text a line).
             invert: Override the dataset's inversion of grey levels; ``None`` follows the run's dataset.
             timeout: Seconds to wait for the worker (TensorFlow import, model build, adaptation).
             warm: Use the long-lived worker (the dashboard) rather than a process of its own (the CLI).

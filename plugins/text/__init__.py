@@ -16,7 +16,7 @@ from pydantic import Field
 
 from metalab.api import BackboneSpec, DatasetSpec, Params, hookimpl
 
-METALAB_PLUGIN_API = "1.6"  # ClassificationDataset.describe came with 1.6
+METALAB_PLUGIN_API = "1.7"  # ClassificationDataset.describe came with 1.6, encode with 1.7
 
 #: Intents of the embedded corpus: 12 actions x 12 objects (see .intents).
 NUM_INTENTS = 144

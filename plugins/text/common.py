@@ -57,9 +57,10 @@ def text_dataset(groups: Mapping[str, Mapping[str, Sequence[str]]], tokenizer: H
         **info: Further facts for ``info`` (source, files, seed).
 
     Returns:
-        The dataset; ``info`` holds ``"modality": "text"``, the tokenizer's settings, the examples per split and
-        the first :data:`SAMPLES_PER_CLASS` sentences of every class (``info["sample_texts"][split][class]``),
-        all JSON-serialisable.
+        The dataset; its ``encode`` is ``tokenizer.encode`` (texts to predict on) and ``info`` holds
+        ``"modality": "text"``, the tokenizer's settings, the examples per split and the first
+        :data:`SAMPLES_PER_CLASS` sentences of every class (``info["sample_texts"][split][class]``), all
+        JSON-serialisable.
     """
     splits, samples, counts = {}, {}, {}
     sentences: dict[bytes, str] = {}  # token row -> its sentence, for the report's gallery (describe)
@@ -83,6 +84,7 @@ def text_dataset(groups: Mapping[str, Mapping[str, Sequence[str]]], tokenizer: H
               **info},
         supervised=supervised,
         describe=_describer(sentences),
+        encode=tokenizer.encode,  # texts to predict on, tokenized as this run's training texts were
     )
 
 
