@@ -405,7 +405,9 @@ def test_team_mode_sign_in_ownership_and_admin(browser, shots_dir, tmp_path):
             bob.screenshot(path=str(shots_dir / "sharing-09-team-other-user.png"), full_page=True)
             if server.store_rows()[0]["status"] in ("queued", "running"):
                 # The live view is drawn (its phase may still be "Starting the worker", which names no step) ...
-                assert "polling the run store" in text
+                # It redraws every second: wait for its last line rather than read one moment of a redraw.
+                if "polling the run store" not in text:
+                    bob.get_by_text("polling the run store", exact=False).first.wait_for(timeout=30_000)
             for label in ("Cancel run", "Resume"):  # ... without the owner's buttons
                 assert bob.get_by_role("button", name=label).count() == 0
             assert server.store_rows()[0]["cancel_requested"] == 0
