@@ -110,6 +110,58 @@ def quiet_backend_logs(verbose: bool = False) -> None:
         quiet = False
     if quiet:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
+        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietImport())
+
+
+#: The start-up notices TensorFlow's C++ side writes while it loads, whatever TF_CPP_MIN_LOG_LEVEL says: on some
+#: hosts (AVX-512 ones) the oneDNN notice is logged before absl's logging is initialised, which ignores the level.
+_START_UP_NOTICES = ("absl::InitializeLog", "oneDNN custom operations are on", "cpu_feature_guard",
+                     "This TensorFlow binary is optimized")
+
+
+class _QuietImport:
+    """Imports ``tensorflow`` (once, the first time anything does) with the process's stderr (file descriptor 2)
+    caught, and writes back every line but TensorFlow's start-up notices: errors while loading stay visible."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "tensorflow":
+            return None
+        import importlib.util
+
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader:
+    def __init__(self, loader: Any):
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        import tempfile
+
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as caught:
+            os.dup2(caught.fileno(), 2)
+            try:
+                self.loader.exec_module(module)
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                caught.seek(0)
+                kept = [line for line in caught.read().decode("utf-8", "replace").splitlines(keepends=True)
+                        if not any(notice in line for notice in _START_UP_NOTICES)]
+                if kept:
+                    sys.stderr.write("".join(kept))
+                    sys.stderr.flush()
 
 
 def apply_limits(nice: int = 0, memory_mb: int = 0) -> None:
