@@ -387,6 +387,9 @@ def _score_line(result: dict[str, Any]) -> str:
     what = f"{result['benchmark']} accuracy" if result.get("benchmark") else "meta-test accuracy"
     if "accuracy" in result:
         line = f"{what} {100 * result['accuracy']:.2f}% ± {100 * result['ci95']:.2f} ({result['episodes']} episodes)"
+    elif "return" in result:
+        line = (f"meta-test average return {result['return']:.2f} ± {result['ci95']:.2f} after adapting "
+                f"({result['episodes']} test tasks; {result['return_before']:.2f} before)")
     else:
         line = f"meta-test MSE {result['mse']:.4f} ± {result['ci95']:.4f} ({result['episodes']} episodes)"
     if result.get("curve"):
@@ -408,6 +411,8 @@ def _list_cell(row: dict[str, Any], column: str) -> str:
         if row["score"] is None:
             return "-"
         ci = f" ± {row['ci95']:.2g}" if row["ci95"] is not None else ""
+        if row["metric"] == "average return":
+            return f"{row['score']:.4g}{ci} return"
         return f"{row['score']:.2f}%{ci}" if row["metric"] == "accuracy (%)" else f"{row['score']:.4g}{ci} MSE"
     value = row.get(column)
     if column == "created" and value is not None:
@@ -769,23 +774,51 @@ def eval_(
 @app.command("predict")
 def predict_(
     run_id: str = typer.Argument(..., metavar="RUN"),
-    support: Path = typer.Option(
-        ..., "--support", help="Folder with one sub-folder per class, a few labelled images each. For a text run: a "
+    support: Optional[Path] = typer.Option(
+        None, "--support", help="Folder with one sub-folder per class, a few labelled images each. For a text run: a "
         "folder with one <class>.txt per class (one example a line), or one .txt file of 'class: example' lines."),
-    query: Path = typer.Option(
-        ..., "--query", help="Folder of images to classify (or one image file). For a text run: a .txt file with one "
-        "text a line (or a folder of them)."),
+    query: Optional[Path] = typer.Option(
+        None, "--query", help="Folder of images to classify (or one image file). For a text run: a .txt file with "
+        "one text a line (or a folder of them)."),
+    task: Optional[int] = typer.Option(
+        None, "--task", help="For a run on an environment (meta-RL): the index of the test task to adapt to (0 to "
+        "test_episodes - 1, as its meta-test numbered them)."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="For an environment run: adaptation steps (default: the algorithm's eval_steps)."),
     invert: Optional[bool] = typer.Option(
         None, "--invert/--no-invert", help="Invert grey levels of the images (default: as the run's dataset does)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Adapt a run to a labelled support set and classify query images (or texts, for a text run), with per-class
-    probabilities."""
-    from metalab.core.engine.predict import predict
+    probabilities; or adapt an environment run to one of its test tasks and show the return after each step."""
+    from metalab.core.engine.predict import adapt_to_task, predict
 
     services = _services()
     run = _get_run(services, run_id)
+    spec = services.registry.datasets.get(run.config.get("dataset") or "")
+    if spec is not None and spec.kind == "environment":
+        if support is not None or query is not None:
+            _fail(f"Run {run.id} is on the environment {spec.id!r}: it adapts to a test task (--task N), not to a "
+                  f"support set. Received: --support={support}, --query={query}")
+        try:
+            result = adapt_to_task(services.store, run.id, services.registry, 0 if task is None else task,
+                                   settings=services.settings, steps=steps)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        if as_json:
+            _print_json(result)
+            return
+        table = Table(title=f"run {run.id}: test task {result['index']} of {result['tasks']}, {result['task']}")
+        table.add_column("adaptation steps", justify="right")
+        table.add_column("average return", justify="right")
+        for k, value in enumerate(result["returns"]):
+            table.add_row(str(k), f"{value:.3f}")
+        console.print(table)
+        return
+    if support is None or query is None or task is not None:
+        _fail(f"Run {run.id} classifies: give --support and --query (--task is for environment runs). "
+              f"Received: --support={support}, --query={query}, --task={task}")
     try:
         results = predict(services.store, run.id, services.registry, support, query, settings=services.settings,
                           invert=invert)

@@ -59,7 +59,7 @@ def serve(argv: list[str] | None = None) -> int:
     worker.quiet_backend_logs(verbose=False)
     settings = load_settings()
     worker.prepare_process(settings)
-    from metalab.core.engine.predict import SessionCache, predict
+    from metalab.core.engine.predict import SessionCache, adapt_to_task, predict
 
     import keras  # noqa: F401 - imported now, while nobody waits, not on the first request
 
@@ -72,15 +72,21 @@ def serve(argv: list[str] | None = None) -> int:
         try:
             request = json.loads(line)
             job = worker._check_job(request)
-            if job != "predict":
-                raise worker.RequestError(f"The prediction worker runs predict requests only. Received: job={job!r}")
+            if job not in ("predict", "adapt"):
+                raise worker.RequestError(f"The prediction worker runs predict and adapt requests only. "
+                                          f"Received: job={job!r}")
             if registry is None:
                 registry = worker._registry(settings)
             store = worker._store(request)
-            result = predict(store, worker._field(request, "run", str), registry,
-                             worker._field(request, "support", str), worker._field(request, "query", str),
-                             settings=settings, invert=worker._field(request, "invert", bool, required=False),
-                             sessions=sessions)
+            if job == "adapt":  # an environment run adapting to one of its test tasks (RL Predict)
+                result = adapt_to_task(store, worker._field(request, "run", str), registry,
+                                       worker._field(request, "task", int), settings=settings,
+                                       steps=worker._field(request, "steps", int, required=False))
+            else:
+                result = predict(store, worker._field(request, "run", str), registry,
+                                 worker._field(request, "support", str), worker._field(request, "query", str),
+                                 settings=settings, invert=worker._field(request, "invert", bool, required=False),
+                                 sessions=sessions)
             reply: dict[str, Any] = {"ok": True, "job": job, "result": result}
         except Exception as exc:  # noqa: BLE001 - every failure becomes a reply; the process serves on
             error = {"type": type(exc).__name__, "message": str(exc)}

@@ -12,7 +12,10 @@ stdin. The jobs and their fields:
 - ``{"job": "predict", "store", "runs_dir", "run", "support": DIR, "query": DIR, "invert": null}`` adapts a finished
   run to a support set and classifies the query images, or the query texts of a text run (``support``: a folder of
   ``<class>.txt`` files or one ``class: example`` file, ``query``: a ``.txt`` file)
-  (:func:`metalab.core.engine.predict.predict`).
+  (:func:`metalab.core.engine.predict.predict`);
+- ``{"job": "adapt", "store", "runs_dir", "run", "task": INDEX, "steps": null}`` adapts a finished environment run
+  to one of its fixed test tasks and returns the returns after each step and where the agent went
+  (:func:`metalab.core.engine.predict.adapt_to_task`).
 
 Any request may carry ``"limits": {"nice": 10, "memory_mb": 0}``. The reply is ``{"ok": true, "job": JOB,
 "result": ...}`` or ``{"ok": false, "job": JOB, "error": {"type": ..., "message": ...}}``, the error with a
@@ -42,7 +45,7 @@ __all__ = ["JOBS", "TRAIN_OK", "RequestError", "RunFailedError", "worker_command
            "quiet_backend_logs", "prepare_process", "run_training", "run_job", "main"]
 
 #: The jobs a worker runs.
-JOBS = ("train", "estimate", "devices", "predict")
+JOBS = ("train", "estimate", "devices", "predict", "adapt")
 #: Final statuses of a train job that succeeded: the run completed, stopped resumably, or was deleted under it.
 TRAIN_OK = ("completed", "cancelled", "interrupted", "deleted")
 #: TensorFlow's C++ log level in a process that is not verbose: its start-up lines (INFO and WARNING) are
@@ -56,6 +59,7 @@ _JOB_ENV = {
     # JAX reserves most of a GPU's memory when it starts; a listing must not (TensorFlow's: memory growth).
     "devices": {"TF_CPP_MIN_LOG_LEVEL": "2", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
     "predict": {"TF_CPP_MIN_LOG_LEVEL": "2"},
+    "adapt": {"TF_CPP_MIN_LOG_LEVEL": "2"},
 }
 
 
@@ -368,8 +372,17 @@ def _predict(request: dict[str, Any], settings: Settings) -> list[dict[str, Any]
     return predict(store, run_id, _registry(settings), support, query, settings=settings, invert=invert)
 
 
+def _adapt(request: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    from metalab.core.engine.predict import adapt_to_task
+
+    store, run_id = _store(request), _field(request, "run", str)
+    task, steps = _field(request, "task", int), _field(request, "steps", int, required=False)
+    prepare_process(settings)
+    return adapt_to_task(store, run_id, _registry(settings), task, settings=settings, steps=steps)
+
+
 _HANDLERS: dict[str, Callable[[dict[str, Any], Settings], Any]] = {
-    "train": _train, "estimate": _estimate, "devices": _devices, "predict": _predict,
+    "train": _train, "estimate": _estimate, "devices": _devices, "predict": _predict, "adapt": _adapt,
 }
 
 

@@ -10,6 +10,10 @@ predicted class and a probability bar chart.
 A text run (one whose dataset encodes texts, e.g. the intents) takes pasted texts instead: ``class: example`` lines
 for the support set and one query a line (:meth:`~metalab.core.services.Services.predict_texts`, the same worker);
 its result is a table of each query with its predicted class and the class probabilities.
+
+An environment run (meta-RL) adapts to one of its fixed test tasks instead, chosen by name
+(:meth:`~metalab.core.services.Services.adapt_to_task`, the same worker): the page shows the average return after
+each adaptation step and, for a family that can draw them (2D navigation), the agent's paths before and after.
 """
 
 from __future__ import annotations
@@ -52,8 +56,46 @@ def probability_figure(probabilities: dict[str, float], predicted: str) -> go.Fi
 
 
 def _classification_runs(svc: Any) -> list[Any]:
+    """Finished runs the page can use: classification runs, and environment runs (adapted to a test task)."""
     runs = svc.runs(status="completed")
-    return [r for r in runs if svc.task_kind(r.dataset) in ("classification", None)]
+    return [r for r in runs if svc.task_kind(r.dataset) in ("classification", "environment", None)]
+
+
+def show_environment_result(result: dict[str, Any]) -> None:
+    """Draws an adaptation to one test task: the return after each step, and the agent's paths."""
+    from metalab.core.reports.figures import trajectories_figure
+
+    found = result["result"]
+    returns = found["returns"]
+    st.subheader(f"Test task {found['index']} of {found['tasks']}: {found['task']}")
+    cols = st.columns(2)
+    cols[0].metric("Average return before adapting", f"{returns[0]:.2f}")
+    cols[1].metric(f"After {len(returns) - 1} adaptation step{'s' if len(returns) != 2 else ''}",
+                   f"{returns[-1]:.2f}", delta=f"{returns[-1] - returns[0]:+.2f}")
+    st.dataframe([{"adaptation steps": k, "average return": round(v, 3)} for k, v in enumerate(returns)],
+                 hide_index=True)
+    if found.get("trajectories"):
+        st.plotly_chart(trajectories_figure([found["trajectories"]]), key="predict.trajectories")
+
+
+def _adapt_to_task(svc: Any, run_id: str) -> None:
+    """The environment form: a test task chosen by name, adapted to in the prediction worker."""
+    try:
+        tasks = svc.environment_tasks(run_id)
+    except (PredictionError, ValueError) as exc:
+        st.error(f"The run's tasks cannot be listed here: {svc.redact(str(exc))}")
+        return
+    index = st.selectbox("Test task", list(range(len(tasks))), key="predict.task",
+                         format_func=lambda i: f"{i}: {tasks[i]}",
+                         help="One of the fixed test tasks the run's meta-test scored, in the same order.")
+    if st.button("Adapt", key="predict.go", type="primary"):
+        try:
+            with st.spinner("Adapting the policy to the task in the prediction worker..."):
+                found = svc.adapt_to_task(run_id, int(index), timeout=TIMEOUT_S, warm=True)
+        except (PredictionError, FileNotFoundError, ValueError, PermissionError) as exc:
+            st.error(f"Adaptation failed: {svc.redact(str(exc))}")
+        else:
+            st.session_state[_RESULT] = {"run": run_id, "result": found, "environment": True}
 
 
 def _source(label: str, key: str) -> str:
@@ -140,7 +182,8 @@ def predict() -> None:
     """The Predict page."""
     st.title("Predict")
     st.caption("A finished run adapts to a few labelled images (or texts, for a text run) per class (the support "
-               "set) and classifies new ones (the queries). ProtoNet runs take any number of classes; MAML-style "
+               "set) and classifies new ones (the queries); a meta-RL run adapts to one of its test tasks. ProtoNet runs take "
+               "any number of classes; MAML-style "
                "runs with an output layer need exactly as many support classes as their training ways.")
     svc = services()
     runs = _classification_runs(svc)
@@ -160,6 +203,12 @@ def predict() -> None:
     run = by_id[run_id]
     config = run.config
     params = config.get("dataset_params") or {}
+    if svc.task_kind(run.dataset) == "environment":
+        st.caption(f"Trained on the environment {run.dataset}: the policy adapts to a test task with "
+                   f"{config.get('shots')} episodes per policy-gradient step, as at meta-test time.")
+        _adapt_to_task(svc, run_id)
+        _show_last(run_id)
+        return
     if svc.takes_texts(run_id):
         st.caption(f"Trained on the text dataset {run.dataset} ({config.get('ways')}-way {config.get('shots')}-shot). "
                    "Texts are tokenized by that dataset's own tokenizer, with the run's settings.")
@@ -211,4 +260,7 @@ def _show_last(run_id: str) -> None:
     if result:
         if result["run"] != run_id:
             st.caption(f"The result below is from run {result['run']}; press Predict for this run.")
-        (show_text_result if result.get("texts") else show_result)(result)
+        if result.get("environment"):
+            show_environment_result(result)
+        else:
+            (show_text_result if result.get("texts") else show_result)(result)

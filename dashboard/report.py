@@ -124,14 +124,16 @@ def _live(run_id: str) -> None:
     cols[2].metric("Train loss", f"{latest['train/loss']:.4g}" if "train/loss" in latest else "–")
     kind = svc.task_kind(run.dataset)
     if kind is None:  # the dataset's plugin is not loaded: the metric it logged tells
-        kind = "classification" if "val/accuracy" in latest else "regression" if "val/mse" in latest else None
+        kind = "classification" if "val/accuracy" in latest else "regression" if "val/mse" in latest \
+            else "environment" if "val/return" in latest else None
     if kind is not None:
-        score = "val/accuracy" if kind == "classification" else "val/mse"
+        score = {"classification": "val/accuracy", "environment": "val/return"}.get(kind, "val/mse")
         if kind == "classification":  # percent, as every other accuracy on the pages
             value = f"{100 * latest[score]:.1f}%" if score in latest else "–"
         else:
             value = f"{latest[score]:.4g}" if score in latest else "–"
-        cols[3].metric("Validation accuracy" if kind == "classification" else "Validation MSE", value)
+        cols[3].metric({"classification": "Validation accuracy", "environment": "Validation return"}.get(
+            kind, "Validation MSE"), value)
     if phases["times"]:
         st.caption("Time so far: " + phases["line"])
     if metrics:

@@ -132,14 +132,23 @@ class _Initial:
 
 
 def _choose(label: str, options: list[str], key: str, query_key: str, default: str | None, init: _Initial,
-            titles: dict[str, str], help: str = "", format_suffix: Any = None) -> str:
+            titles: dict[str, str], help: str = "", format_suffix: Any = None, unfit: str = "") -> str:
+    """A selectbox of ``options``; ``titles`` names every plugin of the kind, and ``unfit`` says why one that is
+    loaded is not among the options (e.g. it does not take the dataset's kind of task)."""
     if not options:
-        st.error(f"No {label.lower()} plugin is loaded; see the Plugins page.")
+        st.error(f"No {label.lower()} plugin is loaded{unfit and ' that ' + unfit}; see the Plugins page.")
         st.stop()
+    if st.session_state.get(key) not in (None, *options):  # chosen for another dataset, which it fitted
+        held = st.session_state.pop(key)
+        st.info(f"{titles.get(held, held)} ({held}) {unfit.replace('takes', 'does not take')}: chose "
+                f"{titles.get(options[0], options[0])} instead." if unfit else f"{held} is not offered here.")
     if key not in st.session_state:
         choice = init.memory.get(key) or init.query.get(query_key) or default
         if choice not in options:
-            if query_key in init.query:
+            if query_key in init.query and init.query[query_key] in titles and unfit:
+                init.problems.append(f"Link parameter ignored: {query_key}={init.query[query_key]!r} does not "
+                                     f"{unfit.replace('takes', 'take')} (it offers: {', '.join(options)}).")
+            elif query_key in init.query:
                 init.problems.append(f"Link parameter ignored: {query_key}={init.query[query_key]!r} is not loaded "
                                      f"(loaded: {', '.join(options)}).")
             choice = default if default in options else options[0]
@@ -447,10 +456,13 @@ def train() -> None:
                           help="The tasks to meta-learn from (see the Plugins page for details).")
     ds = datasets[dataset]
     with top[1]:
+        # Only the algorithms that take the dataset's kind of task (an environment needs a meta-RL algorithm).
+        fitting = [a for a in algorithms if ds["kind"] in algorithms[a]["task_kinds"]]
         algorithm = _choose(
-            "Algorithm", list(algorithms), "train.algorithm", "algorithm", DEFAULT_ALGORITHM, init,
-            {k: v["title"] for k, v in algorithms.items()}, help="The meta-learning algorithm.",
-            format_suffix=lambda a: "" if ds["kind"] in algorithms[a]["task_kinds"] else f" — not for {ds['kind']}",
+            "Algorithm", fitting, "train.algorithm", "algorithm",
+            DEFAULT_ALGORITHM if DEFAULT_ALGORITHM in fitting else (fitting or [None])[0], init,
+            {k: v["title"] for k, v in algorithms.items()}, help="The meta-learning algorithm (those that take "
+            f"{ds['kind']} tasks).", unfit=f"takes {ds['kind']} tasks ({dataset})",
         )
     with top[2]:
         backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
@@ -463,7 +475,7 @@ def train() -> None:
     run_fields = {ff.name: ff for ff in schema_fields(run_schema)}
     episode = {"ways": 5, "shots": 1, "queries": 15, **ds.get("episode_defaults", {})}
     run_prefix = f"train.run.{dataset}.{algorithm}"
-    main = [run_fields[n] for n in MAIN_FIELDS if not (n == "ways" and ds["kind"] == "regression")]
+    main = [run_fields[n] for n in MAIN_FIELDS if not (n == "ways" and ds["kind"] in ("regression", "environment"))]
     st.subheader("Run")
     run_values, form_errors = render_fields(main, run_prefix, init.for_fields(run_prefix, None, episode), columns=5)
     with st.expander("Schedule and evaluation"):

@@ -152,7 +152,7 @@ def test_conformance_checks_documented_with_their_signatures(name):
 def test_conformance_tiny_tasks_documented(builtin_registry):
     body = section("Testing a plugin: the conformance kit")
     tasks = testing.tiny_tasks(builtin_registry)
-    assert set(tasks) == {"classification", "regression"}
+    assert set(tasks) == {"classification", "regression", "environment"}
     for kind, tiny in tasks.items():
         assert f"`{tiny['dataset']}`" in body and f"`{tiny['backbone']}`" in body
         assert str(tiny["backbone_params"]["hidden"]).replace(" ", "") in body.replace(" ", "")

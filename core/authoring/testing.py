@@ -15,8 +15,10 @@ pass ``registry=make_plugin_manager(distributions={"metalab", "<your distributio
 other installed plugins out. docs/plugins.md ("Testing a plugin") is the guide.
 
 What is checked:
-    * it learns: training loss falls, and meta-test accuracy beats chance by ``margin`` (classification) or
-      the meta-test MSE falls well below the untrained model's (regression), on a fixed seed;
+    * it learns: training loss falls, and meta-test accuracy beats chance by ``margin`` (classification), the
+      meta-test MSE falls well below the untrained model's (regression), or (environments) the average return
+      after adaptation beats both the untrained model's after the same adaptation and the trained model's before
+      adapting, on a fixed seed;
     * checkpoint/resume: a run interrupted halfway and resumed ends with the same weights and scores as an
       uninterrupted run;
     * determinism: the same seed gives the same numbers.
@@ -58,7 +60,7 @@ def tiny_tasks(registry: Any) -> dict[str, dict[str, Any]]:
 
 
 #: Meta-training steps of :func:`check_learns` per task kind (regression needs more to beat its baselines).
-LEARN_STEPS = {"classification": 60, "regression": 600}
+LEARN_STEPS = {"classification": 60, "regression": 600, "environment": 60}
 
 
 @dataclass
@@ -160,7 +162,7 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
         AssertionError: If the run does not complete (the message holds its error and traceback), or the
             interrupted run was not cancelled.
     """
-    from metalab.core.engine.evaluation import evaluate_batch, fixed_batch
+    from metalab.core.engine.evaluation import evaluate_batch, fixed_batch, fixed_episode_set
     from metalab.core.engine.runner import RunCancelled, train_run
     from metalab.core.engine.session import build_session
 
@@ -170,7 +172,8 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
     zero_mse = float("nan")
     if evaluate_before:
         session = build_session(registry, config)
-        test_tasks = fixed_batch(session, "test", config.test_episodes)
+        test_tasks = (fixed_episode_set if session.task.kind == "environment" else fixed_batch)(
+            session, "test", config.test_episodes)
         before = evaluate_batch(session, test_tasks)
         if session.task.kind == "regression":
             zero_mse = float(np.mean(np.square(np.asarray(test_tasks.query_y, dtype=np.float64))))
@@ -187,7 +190,12 @@ def run_tiny(registry: Any, config: RunConfig, home: Path, *, interrupt_at: int 
     run = store.get_run(run_id)
     if status != "completed":
         raise AssertionError(f"run {run_id} ended {status!r}: {run.error}\n{run.traceback}")
-    losses = [v for _, v in store.metrics(run_id, ["train/loss"])["train/loss"]]
+    if config.dataset and registry.dataset(config.dataset).kind == "environment":
+        # A surrogate's value says nothing of progress (0 at every step with normalised advantages): the "loss"
+        # of an environment run is its negated return after adaptation.
+        losses = [-v for _, v in store.metrics(run_id, ["train/return_after"]).get("train/return_after", [])]
+    else:
+        losses = [v for _, v in store.metrics(run_id, ["train/loss"])["train/loss"]]
     after = store.evaluations(run_id)[0]
 
     from metalab.core.engine.checkpoints import checkpoint_path
@@ -216,7 +224,9 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 
     Classification: the meta-test accuracy must exceed chance (``1/ways``) by ``margin``. Regression: the
     meta-test MSE must be finite and end below 0.7 times the untrained model's and below the MSE of
-    predicting zero (so a diverging model cannot pass by diverging less).
+    predicting zero (so a diverging model cannot pass by diverging less). Environments: the average return after
+    adaptation must exceed the untrained model's after the same adaptation, and the trained model's own return
+    before adapting, each by ``margin`` of that return's magnitude; "loss" is the negated return after adaptation.
 
     Args:
         algorithm_id: The algorithm to check.
@@ -248,6 +258,14 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
             f"{algorithm_id}: meta-test accuracy {result.after['accuracy']:.3f} is not above chance {chance:.3f} "
             f"+ margin {margin}"
         )
+    elif kind == "environment":
+        after, untrained, unadapted = result.after["return"], result.before["return"], result.after["return_before"]
+        assert after > untrained + margin * abs(untrained), (
+            f"{algorithm_id}: meta-test return after adapting {after:.3f} is not above the untrained model's "
+            f"{untrained:.3f} by margin {margin} of it")
+        assert after > unadapted + margin * abs(unadapted), (
+            f"{algorithm_id}: adapting does not raise the meta-test return by margin {margin}: {unadapted:.3f} "
+            f"before, {after:.3f} after")
     else:
         assert np.isfinite(result.after["mse"]), f"{algorithm_id}: meta-test MSE is {result.after['mse']}"
         assert result.after["mse"] < 0.7 * result.before["mse"], (

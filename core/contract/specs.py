@@ -36,6 +36,8 @@ __all__ = [
     "ClassSplit",
     "ClassificationDataset",
     "RegressionTaskFamily",
+    "EnvironmentTaskFamily",
+    "TASK_KINDS",
     "Algorithm",
     "ReportPanel",
     "PublishedResult",
@@ -52,13 +54,18 @@ __all__ = [
 
 #: The plugin API version this metalab provides. A plugin states the version it targets in a module attribute
 #: ``METALAB_PLUGIN_API = "1.0"``; a plugin whose major differs is refused, any minor of the same major loads.
-PLUGIN_API_VERSION = "1.7"
+PLUGIN_API_VERSION = "1.8"
 
 #: The marker a plugin applies to its hook implementations: ``@hookimpl def metalab_register_algorithms(): ...``.
 hookimpl = pluggy.HookimplMarker("metalab")
 
 #: The meta-splits every dataset provides (disjoint classes for classification datasets).
 SPLITS = ("train", "val", "test")
+
+#: The kinds of task a dataset provides and an algorithm declares in ``task_kinds``: labelled episodes
+#: (``"classification"``), point sets of a function (``"regression"``) and, since API 1.8, environments an agent acts
+#: in (``"environment"``: an :class:`EnvironmentTaskFamily`, for meta-reinforcement learning).
+TASK_KINDS = ("classification", "regression", "environment")
 
 _ID_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*$")
 
@@ -272,7 +279,8 @@ class AlgorithmSpec:
             (e.g. the implementation class), imported on first use so that registration imports no Keras (since
             API 1.4). A task whose kind is not in ``task_kinds`` is refused before the factory runs.
         paper: Citation of the paper the algorithm implements.
-        task_kinds: Which dataset kinds it supports (``"classification"``, ``"regression"``).
+        task_kinds: Which dataset kinds it supports, among :data:`TASK_KINDS` (``"environment"`` since API 1.8: the
+            algorithm then implements the environment methods of :class:`Algorithm`).
         published_results: Scores the algorithm's paper reports, each a :class:`PublishedResult` naming its
             dataset; the report shows those whose protocol matches a run's (since API 1.4).
         batch_norm_mode: ``batch_norm_mode(params) -> str``: how the algorithm uses batch-norm statistics at
@@ -304,7 +312,7 @@ class AlgorithmSpec:
     def validate(self) -> None:
         """Raises ``ValueError`` with a clear message if the spec is malformed."""
         _check_common(self, "AlgorithmSpec")
-        bad = set(self.task_kinds) - {"classification", "regression"}
+        bad = set(self.task_kinds) - set(TASK_KINDS)
         if not self.task_kinds or bad:
             raise ValueError(f"AlgorithmSpec {self.id!r}: unknown task kinds. Received: task_kinds={self.task_kinds!r}")
         _check_published(self, "AlgorithmSpec")
@@ -324,10 +332,11 @@ class DatasetSpec:
         id: ``<plugin>.<name>``, e.g. ``metalab_foo.foo``.
         title, description, paper: As for :class:`AlgorithmSpec`.
         params: The pydantic parameter model (a :class:`Params` subclass).
-        factory: ``factory(params, context) -> ClassificationDataset | RegressionTaskFamily`` with a
-            :class:`DataContext`. Raise ``FileNotFoundError`` with a message naming the missing files and where
-            to put them when data is absent and cannot be downloaded.
-        kind: ``"classification"`` or ``"regression"``.
+        factory: ``factory(params, context) -> ClassificationDataset | RegressionTaskFamily |
+            EnvironmentTaskFamily`` with a :class:`DataContext`. Raise ``FileNotFoundError`` with a message naming
+            the missing files and where to put them when data is absent and cannot be downloaded (an environment
+            family whose optional package is missing raises ``ImportError`` naming the extra to install).
+        kind: ``"classification"``, ``"regression"`` or ``"environment"`` (since API 1.8).
         default_backbone: Backbone id used when the run config names none.
         episode_defaults: Defaults for the run's episode shape, e.g. ``{"ways": 5, "shots": 1, "queries": 15}``.
         algorithm_defaults: The parameters the papers used on this dataset, per algorithm id, applied before the
@@ -362,7 +371,7 @@ class DatasetSpec:
     description: str
     params: type[pydantic.BaseModel]
     factory: Callable[..., Any] | str
-    kind: Literal["classification", "regression"] = "classification"
+    kind: Literal["classification", "regression", "environment"] = "classification"
     paper: str = ""
     default_backbone: str | None = None
     episode_defaults: dict[str, int] = field(default_factory=dict)
@@ -415,8 +424,9 @@ class DatasetSpec:
                 f"DatasetSpec {self.id!r}: algorithm_defaults must map algorithm ids to parameter dicts. "
                 f"Received: algorithm_defaults={self.algorithm_defaults!r}"
             )
-        if self.kind not in ("classification", "regression"):
-            raise ValueError(f"DatasetSpec {self.id!r}: kind must be classification or regression. Received: kind={self.kind!r}")
+        if self.kind not in TASK_KINDS:
+            raise ValueError(f"DatasetSpec {self.id!r}: kind must be one of {', '.join(TASK_KINDS)}. "
+                             f"Received: kind={self.kind!r}")
         unknown = set(self.episode_defaults) - {"ways", "shots", "queries"}
         if unknown:
             raise ValueError(
@@ -592,15 +602,60 @@ class RegressionTaskFamily(Protocol):
         """The true function of ``task`` at ``x`` (for reports)."""
 
 
+@runtime_checkable
+class EnvironmentTaskFamily(Protocol):
+    """A family of reinforcement-learning tasks, one Gymnasium environment per task (since API 1.8).
+
+    A task is whatever parameter tells the tasks apart (a goal position, a target velocity, a direction), drawn per
+    meta-split by :meth:`sample_tasks`; :meth:`make_env` builds the ``gymnasium.Env`` an agent acts in for it. Core
+    runs the episodes (:class:`metalab.api.rl.Rollouts`): it resets each environment with a seed of the run's stream,
+    steps it with the policy's actions until it terminates, is truncated or reaches :attr:`horizon` steps, and hands
+    the algorithm the observations, actions and rewards.
+
+    Attributes:
+        kind: Always ``"environment"``.
+        input_shape: Shape of one observation, a flat vector ``(D,)``.
+        action_kind: ``"continuous"`` (a ``Box`` of :attr:`action_dim` numbers, which the environment clips) or
+            ``"discrete"`` (one of :attr:`action_dim` actions).
+        action_dim: Length of a continuous action, or the number of discrete actions.
+        horizon: The most steps of one episode.
+        info: Free-form facts for reports (source, reward, the paper's settings).
+
+    Optional methods (looked up with ``getattr``):
+        ``set_task(env, task)``: points an environment made for another task at ``task``, so that core reuses
+        environments that are slow to build (MuJoCo) instead of making one per episode.
+        ``plot_xy(task, observations) -> (goal_xy | None, path_xy [H, 2])``: where the agent went, for the report's
+        trajectory plots (2D navigation).
+    """
+
+    kind: str
+    input_shape: tuple[int, ...]
+    action_kind: str
+    action_dim: int
+    horizon: int
+
+    def sample_tasks(self, split: str, n: int, rng: np.random.Generator) -> list[Any]:
+        """Draws ``n`` tasks of meta-split ``split`` (``"train"``, ``"val"`` or ``"test"``) with ``rng``."""
+
+    def make_env(self, task: Any) -> Any:
+        """A new ``gymnasium.Env`` for ``task``."""
+
+    def describe_task(self, task: Any) -> str:
+        """One short line naming the task, e.g. ``"goal (0.31, -0.12)"``."""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What an algorithm is told about the tasks it will meet, at construction time.
 
     Attributes:
-        kind: ``"classification"`` or ``"regression"``.
-        input_shape: Shape of one input.
-        output_dim: Number of classes per episode (``ways``) or regression targets.
-        ways, shots, queries: The episode shape (``ways`` is 1 for regression).
+        kind: One of :data:`TASK_KINDS`.
+        input_shape: Shape of one input (an environment's observation).
+        output_dim: Number of classes per episode (``ways``), regression targets, or an environment's
+            ``action_dim``.
+        ways, shots, queries: The episode shape (``ways`` is 1 for regression and environments). For an
+            environment, ``shots`` is the episodes run per adaptation step and ``queries`` the episodes that score
+            the adapted policy.
         total_steps: Meta-training steps planned for the run (for schedules).
         make_backbone: ``make_backbone() -> keras.Model``: a new backbone of the run's choice for this input shape.
             ``make_backbone(feature_maps=True)`` returns its last feature map ``[N, h, w, c]`` instead of the flat
@@ -612,6 +667,8 @@ class TaskSpec:
             completed run rebuilt with its checkpoint loaded. It raises ``ValueError`` (no such run, several, not
             completed, an unusable checkpoint) or ``FileNotFoundError`` (no run store, no checkpoint), each naming
             the run. The engine sets it; ``None`` where no run can be loaded (a task built by hand).
+        action_kind: For an environment: ``"continuous"`` or ``"discrete"``; ``""`` otherwise (since API 1.8).
+        horizon: For an environment: the most steps of one episode; 0 otherwise (since API 1.8).
     """
 
     kind: str
@@ -624,6 +681,8 @@ class TaskSpec:
     make_backbone: Callable[..., Any]
     num_train_classes: int = 0
     load_run: Callable[[str], LoadedRun] | None = None
+    action_kind: str = ""
+    horizon: int = 0
 
 
 @dataclass
@@ -772,7 +831,25 @@ class Algorithm(Protocol):
         Returns ``loss`` ``[T]`` and, for classification, ``accuracy`` ``[T]`` after adaptation; gradient-based
         algorithms also return ``curve`` ``[T, steps+1]``: the query accuracy (classification) or MSE
         (regression) after 0, 1, ..., steps inner steps. Optionally ``predictions`` (query logits or outputs).
+
+        An algorithm of the ``"environment"`` kind is not handed episodes (its data depends on its own policy) and
+        implements :meth:`gather` and :meth:`adaptation_returns` instead; this method is not called for it.
         """
+
+    # The environment kind (since API 1.8); only algorithms declaring "environment" in task_kinds implement these.
+    #
+    # gather(tasks, rollouts) -> TaskBatch
+    #     Runs the episodes of one meta-training step on ``tasks`` (a list from the family's ``sample_tasks``) through
+    #     ``rollouts`` (a :class:`metalab.api.rl.Rollouts`: ``rollouts.run(tasks, policy, episodes)``) and returns
+    #     the arrays ``meta_gradients`` takes, as a :class:`TaskBatch` of fixed shapes (the runner compiles the step
+    #     once). Its metrics should include ``return_before`` and ``return_after`` (mean episode returns before and
+    #     after adaptation). An optional attribute ``updates_per_batch`` (default 1) is how many optimizer steps
+    #     the runner takes on one gathered batch (PPO epochs).
+    #
+    # adaptation_returns(tasks, rollouts, steps) -> np.ndarray [T, steps + 1]
+    #     The mean episode return of each task's policy after 0, 1, ..., ``steps`` adaptation steps, each step
+    #     adapting on ``task.shots`` new episodes and each return measured on ``task.queries`` episodes. Core turns
+    #     it into the evaluation's ``return`` (after the last step), its 95% interval and the ``curve``.
 
 
 @dataclass(frozen=True)

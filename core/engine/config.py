@@ -65,7 +65,7 @@ def recommended_values(dataset: Any, algorithm_id: str) -> dict[str, Any]:
     """
     values: dict[str, Any] = dict(BASE_EPISODE) if dataset.kind == "classification" else {}
     values.update(dataset.episode_defaults)
-    if dataset.kind == "regression":
+    if dataset.kind in ("regression", "environment"):
         values.pop("ways", None)
     values.update({f"algorithm.{k}": v for k, v in (dataset.algorithm_defaults.get(algorithm_id) or {}).items()})
     presets = dataset.presets or {}
@@ -352,7 +352,7 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     for key, val in dataset.episode_defaults.items():
         if raw.get(key) is None:
             raw[key] = val
-    if dataset.kind == "regression":
+    if dataset.kind in ("regression", "environment"):
         raw["ways"] = 1
     for key, default in BASE_EPISODE.items():
         if raw.get(key) is None:

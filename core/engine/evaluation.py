@@ -40,6 +40,10 @@ def fixed_episode_set(session: Session, split: str, episodes: int, seed: int = E
     from metalab.core.engine.fixed_tasks import fixed_episodes
 
     cfg = session.config
+    if session.task.kind == "environment":
+        from metalab.core.engine.rollouts import fixed_environment_tasks
+
+        return fixed_environment_tasks(session.dataset, split, episodes, seed)
     key = episode_key(cfg)
     return fixed_episodes(session.dataset, split, session.task.ways, cfg.shots, cfg.queries, episodes, seed=seed,
                           key=key)
@@ -66,10 +70,18 @@ def cross_domain_episodes(cross: Session, episodes: int) -> Any:
         raise ConfigError(f"test_dataset {cfg.dataset!r}: {exc}") from None
 
 
+def eval_steps(algorithm: Any) -> int:
+    """An environment algorithm's adaptation steps at meta-test time: its ``eval_steps`` attribute, else 1."""
+    steps = getattr(algorithm, "eval_steps", 1)
+    return int(steps) if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else 1
+
+
 def compile_evaluate(algorithm: Any) -> Callable:
     """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
     from metalab.core.engine import functional
 
+    if not callable(getattr(algorithm, "evaluate", None)):  # an environment algorithm: evaluate_environment scores it
+        return lambda *args, **kwargs: None
     # One graph per task count: a shared graph would generalise the task axis to None, and algorithms that
     # unroll their task loop need it static.
     graphs: dict[int, Callable] = {}
@@ -97,6 +109,11 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
     """
     from metalab.core.engine import functional
 
+    if session.task.kind == "environment":
+        from metalab.core.engine.rollouts import evaluate_environment
+
+        return evaluate_environment(session.dataset, session.algorithm, batch, eval_steps(session.algorithm),
+                                    progress=progress)
     evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
     if isinstance(batch, TaskBatch):
         n = batch.num_tasks

@@ -520,3 +520,70 @@ def predict(store: Any, run_id: str, registry: Any, support_dir: str | Path, que
             "probabilities": {name: float(p) for name, p in zip(class_names, probs)},
         })
     return results
+
+
+def adapt_to_task(store: Any, run_id: str, registry: Any, task: int, *, settings: Any = None,
+                  steps: int | None = None, episodes_shown: int = 3) -> dict[str, Any]:
+    """Adapts a finished environment run to one of its fixed test tasks and returns what happened (RL Predict).
+
+    The task is ``task``-th of the run's fixed test tasks (the ones its meta-test scored, in order). The policy
+    adapts with the algorithm's own steps (``eval_steps`` unless ``steps`` is given), each on fresh episodes, as
+    at meta-test time.
+
+    Returns:
+        ``{"run", "task", "index", "tasks", "returns": [after 0..steps steps], "steps", "trajectories"}``;
+        ``trajectories`` (a family with ``plot_xy``) is ``{"task", "goal", "paths": [[path per episode] per
+        step]}`` or ``None``.
+
+    Raises:
+        PredictionError: The run is not on an environment dataset, or ``task`` is not one of its test tasks.
+        FileNotFoundError: The run has no checkpoint yet.
+    """
+    from metalab.core.engine.checkpoints import checkpoint_path, load_checkpoint
+    from metalab.core.engine.config import RunConfig
+    from metalab.core.engine.devices import device_scope
+    from metalab.core.engine.evaluation import eval_steps
+    from metalab.core.engine.fixed_tasks import EVAL_SEED
+    from metalab.core.engine.rollouts import Rollouts, fixed_environment_tasks
+    from metalab.core.engine.session import build_session
+
+    run = store.get_run(run_id)
+    config = RunConfig(**run.config)
+    spec = registry.dataset(config.dataset)
+    if spec.kind != "environment":
+        raise PredictionError(
+            f"Adapting to a task is for runs on environment datasets; run {run.id} is on the {spec.kind} dataset "
+            f"{config.dataset!r}: give it a support set and queries instead. Received: task={task!r}")
+    count = int(config.test_episodes)
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < count:
+        raise PredictionError(f"task: run {run.id} was scored on {count} test tasks, numbered 0 to {count - 1}. "
+                              f"Received: task={task!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 20):
+        raise PredictionError(f"steps: adaptation steps must be an integer from 0 to 20. Received: steps={steps!r}")
+    ckpt = checkpoint_path(store, run.id)
+    if not ckpt.exists():
+        raise FileNotFoundError(
+            f"Run {run.id} has no checkpoint yet (status {run.status}); train it first. Received: run={run_id!r}")
+    with device_scope(config.device):
+        session = build_session(registry, config, settings)
+        load_checkpoint(ckpt, session.algorithm)
+        family, algorithm = session.dataset, session.algorithm
+        fixed = fixed_environment_tasks(family, "test", count, EVAL_SEED)
+        chosen = fixed.tasks[task]
+        steps = eval_steps(algorithm) if steps is None else steps
+        rng = np.random.default_rng([EVAL_SEED, 5, task])
+        returns = algorithm.adaptation_returns([chosen], Rollouts(family, rng), steps)[0]
+        trajectories = None
+        plot_xy, replay = getattr(family, "plot_xy", None), getattr(algorithm, "adapted_trajectories", None)
+        if callable(plot_xy) and callable(replay):
+            paths, goal = [], None
+            for traj in replay(chosen, Rollouts(family, np.random.default_rng([EVAL_SEED, 6, task])), steps):
+                shown = []
+                for e in range(min(episodes_shown, traj.mask.shape[1])):
+                    goal, path = plot_xy(chosen, traj.observations[0, e, :int(traj.mask[0, e].sum())])
+                    shown.append(np.asarray(path, dtype=float).round(4).tolist())
+                paths.append(shown)
+            trajectories = {"task": family.describe_task(chosen), "goal": None if goal is None else list(goal),
+                            "paths": paths}
+    return {"run": run.id, "task": family.describe_task(chosen), "index": task, "tasks": count,
+            "returns": [float(v) for v in returns], "steps": int(steps), "trajectories": trajectories}

@@ -82,6 +82,8 @@ def compute_report_data(session: Any, registry: Any) -> dict[str, Any]:
     if session.task.kind == "regression":
         if tuple(session.task.input_shape) == (1,) and session.task.output_dim == 1:
             data["sinusoid"] = regression_fits(session, registry)
+    elif session.task.kind == "environment":
+        data.update(environment_report_data(session, registry))
     else:
         episode, embedding = classification_episode(session)
         if episode:
@@ -278,3 +280,51 @@ def classification_episode(session: Any) -> tuple[dict[str, Any] | None, dict[st
         embedding = {"points": points.round(5).tolist(), "labels": labels.tolist(),
                      "correct": (predicted == labels).tolist(), "method": method}
     return episode, embedding
+
+
+#: Test tasks the report's random-initialisation comparison and trajectory plots adapt to.
+REPORT_ENV_TASKS = 10
+
+
+def environment_report_data(session: Any, registry: Any) -> dict[str, Any]:
+    """An environment run's adaptation against a random initialisation, and where its agent went.
+
+    ``"adaptation"``: the average return after 0..steps adaptation steps of the trained policy and of a new,
+    untrained one of the same algorithm and settings, on the first :data:`REPORT_ENV_TASKS` fixed test tasks with
+    the same episodes' seed. ``"trajectories"`` (a family with ``plot_xy`` and an algorithm with
+    ``adapted_trajectories``): for two test tasks, the goal and a few paths after each adaptation step.
+    """
+    import keras
+
+    from metalab.core.engine.evaluation import eval_steps
+    from metalab.core.engine.fixed_tasks import EVAL_SEED
+    from metalab.core.engine.rollouts import Rollouts, evaluate_environment, fixed_environment_tasks
+
+    family, algorithm, config = session.dataset, session.algorithm, session.config
+    steps = eval_steps(algorithm)
+    fixed = fixed_environment_tasks(family, "test", min(REPORT_ENV_TASKS, int(config.test_episodes)), EVAL_SEED)
+    spec = registry.algorithm(config.algorithm)
+    keras.utils.set_random_seed(int(config.seed) + 1)
+    fresh = spec.factory(spec.params(**config.algorithm_params), session.task)
+    curves = {}
+    for name, agent in (("trained", algorithm), ("random initialisation", fresh)):
+        result = evaluate_environment(family, agent, fixed, steps)
+        curves[name] = {"curve": result["curve"], "curve_ci95": result["curve_ci95"]}
+    data: dict[str, Any] = {"adaptation": {"tasks": fixed.n, "steps": steps, "curves": curves}}
+    plot_xy = getattr(family, "plot_xy", None)
+    trajectories = getattr(algorithm, "adapted_trajectories", None)
+    if callable(plot_xy) and callable(trajectories):
+        rows = []
+        for i, task in enumerate(fixed.tasks[:2]):
+            runs = trajectories(task, Rollouts(family, np.random.default_rng([EVAL_SEED, 7, i])), steps)
+            paths = []
+            for traj in runs:
+                step_paths = []
+                for e in range(min(3, traj.mask.shape[1])):
+                    taken = int(traj.mask[0, e].sum())
+                    goal, path = plot_xy(task, traj.observations[0, e, :taken])
+                    step_paths.append(np.asarray(path, dtype=float).round(4).tolist())
+                paths.append(step_paths)
+            rows.append({"task": family.describe_task(task), "goal": [float(v) for v in goal], "paths": paths})
+        data["trajectories"] = rows
+    return data

@@ -286,6 +286,7 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
 
             step_fn = compile_train_step(algorithm, optimizer, jit_compile=config.jit_compile, parallel=parallel)
             eval_fn = compile_evaluate(algorithm)
+            updates_per_batch = max(1, int(getattr(algorithm, "updates_per_batch", 1) or 1))
             val_batch = fixed_episode_set(session, "val", config.val_episodes)
             window: dict[str, list[float]] = {}
             t_window = time.perf_counter()
@@ -297,7 +298,8 @@ def _train_run(store: RunStore, run_id: str, registry: Any, *, settings: Setting
             while step < config.steps:
                 watch.check()
                 batch = sampler.sample_batch(algorithm.meta_batch_size)
-                metrics = step_fn(batch)
+                for _ in range(updates_per_batch):  # PPO-style epochs on one gathered batch (environments)
+                    metrics = step_fn(batch)
                 step += 1
                 steps_in_window += 1
                 for name, value in metrics.items():

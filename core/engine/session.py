@@ -54,18 +54,22 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
     input_shape = tuple(dataset.input_shape)
     backbone_params = backbone_spec.params(**config.backbone_params)
     regression = dataset_spec.kind == "regression"
-    train_split = None if regression else dataset.splits.get("train")
+    environment = dataset_spec.kind == "environment"
+    train_split = None if regression or environment else dataset.splits.get("train")
     task = TaskSpec(
         kind=dataset_spec.kind,
         input_shape=input_shape,
-        output_dim=int(dataset.output_dim) if regression else int(config.ways),
-        ways=1 if regression else int(config.ways),
+        output_dim=int(dataset.output_dim) if regression else int(dataset.action_dim) if environment
+        else int(config.ways),
+        ways=1 if regression or environment else int(config.ways),
         shots=int(config.shots),
         queries=int(config.queries),
         total_steps=int(config.steps),
         make_backbone=backbone_maker(backbone_spec, backbone_params, input_shape, registry=registry),
         num_train_classes=0 if train_split is None else int(train_split.num_classes),
         load_run=run_loader(registry, settings),
+        action_kind=str(dataset.action_kind) if environment else "",
+        horizon=int(dataset.horizon) if environment else 0,
     )
     set_matmul_precision(config.precision)
     with dtype_policy(config.precision):
@@ -98,6 +102,10 @@ def make_training_sampler(session: Session) -> Any:
     from metalab.core.engine.transforms import holdout_rows
 
     config, algorithm = session.config, session.algorithm
+    if session.task.kind == "environment":
+        from metalab.core.engine.rollouts import EnvironmentSampler
+
+        return EnvironmentSampler(session.dataset, algorithm, "train", config.seed)
     batch_kind = getattr(algorithm, "batch_kind", "episodic")
     if batch_kind == "episodic":
         return make_sampler(session.dataset, "train", session.task.ways, config.shots, config.queries, config.seed)

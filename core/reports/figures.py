@@ -120,7 +120,16 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _is_environment(metrics: Series | None = None, evaluation: dict[str, Any] | None = None) -> bool:
+    """Whether the scores are average returns (an environment run)."""
+    if evaluation is not None:
+        return "return" in evaluation
+    return bool(metrics) and any(name.endswith(("/return", "/return_after")) for name in metrics)
+
+
 def _is_regression(metrics: Series | None = None, evaluation: dict[str, Any] | None = None) -> bool:
+    if _is_environment(metrics, evaluation):  # their scores are returns, unscaled like an MSE
+        return True
     if evaluation and "mse" in evaluation:
         return True
     return bool(metrics) and any(name.endswith("/mse") for name in metrics)
@@ -140,18 +149,25 @@ def learning_curves_figure(metrics: Series, title: str = "Learning curves", regr
         A two-panel Plotly figure, accuracies in percent; validation scores carry their 95% CI band (an error bar
         while there is a single validation point).
     """
-    if regression is None:
+    environment = _is_environment(metrics)
+    if regression is None or environment:
         regression = _is_regression(metrics)
-    score = "mse" if regression else "accuracy"
+    score = "return" if environment else "mse" if regression else "accuracy"
     scale = 1.0 if regression else 100.0  # accuracies in percent, as the headline score
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "MSE (query, after adaptation)" if regression
-                                                          else "Accuracy (query, %)"))
+    unit = "average return" if environment else "MSE" if regression else "accuracy (%)"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "Loss", "Average return (after adaptation)" if environment else "MSE (query, after adaptation)" if regression
+        else "Accuracy (query, %)"))
     x, y = _xy(metrics.get("train/loss"))
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train loss", line={"color": _PALETTE[0]}), row=1, col=1)
     x, y = _xy(metrics.get("val/loss"))
     if x:
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="val loss", line={"color": _PALETTE[1]}),
                       row=1, col=1)
+    for k, name in enumerate(("return_before", "return_after") if environment else ()):
+        x, y = _xy(metrics.get(f"train/{name}"))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"train {name.replace('_', ' ')}",
+                                 line={"color": _PALETTE[2 + 2 * k]}), row=1, col=2)
     if not regression:
         x, y = _xy(metrics.get("train/accuracy"), scale)
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="train accuracy", line={"color": _PALETTE[2]}),
@@ -164,7 +180,7 @@ def learning_curves_figure(metrics: Series, title: str = "Learning curves", regr
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"val {score}", line={"color": _PALETTE[3]},
                                  error_y=_error_bars(y, ci)), row=1, col=2)
     fig.update_xaxes(title_text="meta-training step")
-    fig.update_yaxes(title_text="MSE" if regression else "accuracy (%)", row=1, col=2)
+    fig.update_yaxes(title_text=unit, row=1, col=2)
     fig.update_layout(title=title or None, hovermode="x unified", legend={"orientation": "h", "y": -0.2}, height=380,
                       margin={"t": 60, "b": 40})
     return fig
@@ -185,6 +201,7 @@ def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation
     if not curve:
         return None
     regression = _is_regression(evaluation=evaluation)
+    environment = _is_environment(evaluation=evaluation)
     scale = 1.0 if regression else 100.0
     y = [scale * float(v) for v in curve]
     ci = [scale * float(v) for v in evaluation.get("curve_ci95") or []]
@@ -193,12 +210,64 @@ def adaptation_curve_figure(evaluation: dict[str, Any], title: str = "Adaptation
     _band(fig, x, y, ci, _PALETTE[0], "curve")
     fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name="query score", line={"color": _PALETTE[0]},
                              error_y=_error_bars(y, ci)))
-    episodes = f"{evaluation.get('episodes', '?')} {evaluation.get('split', 'test')} episodes"
+    episodes = f"{evaluation.get('episodes', '?')} {evaluation.get('split', 'test')} " \
+               f"{'tasks' if environment else 'episodes'}"
     fig.update_layout(
         title=f"{title} ({episodes})" if title else f"Mean over {episodes}, with its 95% CI",
-        xaxis_title="inner gradient steps", yaxis_title="MSE" if regression else "accuracy (%)", height=360,
+        xaxis_title="policy-gradient adaptation steps" if environment else "inner gradient steps",
+        yaxis_title="average return" if environment else "MSE" if regression else "accuracy (%)", height=360,
         margin={"t": 60, "b": 40},
     )
+    return fig
+
+
+def returns_comparison_figure(evaluation: dict[str, Any], adaptation: dict[str, Any] | None,
+                              comparisons: list[dict[str, Any]]) -> go.Figure:
+    """An environment run's average return after 0..n adaptation steps with 95% CI bands (the MAML paper's figure
+    for 2D navigation), beside a random initialisation adapted the same way and other runs scored on the same tasks.
+
+    Args:
+        evaluation: The run's headline evaluation (``curve``, ``curve_ci95``, ``episodes`` test tasks).
+        adaptation: The report data's ``adaptation`` (``{"tasks", "curves": {name: {"curve", "curve_ci95"}}}``)
+            or ``None``; its random-initialisation curve is drawn, on its own (fewer) tasks.
+        comparisons: Other runs' headline curves (``Services.adaptation_comparisons``).
+    """
+    fig = go.Figure()
+    lines = [(f"this run ({evaluation.get('episodes', '?')} test tasks)", evaluation.get("curve") or [],
+              evaluation.get("curve_ci95") or [])]
+    lines += [(row["label"], row["curve"], row.get("curve_ci95") or []) for row in comparisons]
+    random = ((adaptation or {}).get("curves") or {}).get("random initialisation")
+    if random:
+        lines.append((f"random initialisation ({adaptation.get('tasks', '?')} test tasks)", random["curve"],
+                      random.get("curve_ci95") or []))
+    for i, (label, curve, ci) in enumerate(lines):
+        x, y = list(range(len(curve))), [float(v) for v in curve]
+        ci = [float(v) for v in ci] if len(ci) == len(y) else []
+        color = _PALETTE[i % len(_PALETTE)]
+        _band(fig, x, y, ci, color, label)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=label, line={"color": color},
+                                 error_y=_error_bars(y, ci)))
+    fig.update_layout(xaxis_title="policy-gradient adaptation steps", yaxis_title="average return", height=380,
+                      xaxis={"dtick": 1}, legend={"orientation": "h", "y": -0.25}, margin={"t": 30, "b": 40})
+    return fig
+
+
+def trajectories_figure(rows: list[dict[str, Any]]) -> go.Figure:
+    """Paths of the agent in two test tasks after each adaptation step, with the goal (2D navigation)."""
+    fig = make_subplots(rows=1, cols=max(1, len(rows)), subplot_titles=[row["task"] for row in rows])
+    for col, row in enumerate(rows, start=1):
+        for k, paths in enumerate(row["paths"]):
+            color = _PALETTE[k % len(_PALETTE)]
+            for j, path in enumerate(paths):
+                xs = [0.0] + [p[0] for p in path]
+                ys = [0.0] + [p[1] for p in path]
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": color, "width": 1.5},
+                                         name=f"after {k} step{'s' if k != 1 else ''}", legendgroup=str(k),
+                                         showlegend=col == 1 and j == 0), row=1, col=col)
+        fig.add_trace(go.Scatter(x=[row["goal"][0]], y=[row["goal"][1]], mode="markers", name="goal",
+                                 marker={"symbol": "star", "size": 14, "color": "black"}, legendgroup="goal",
+                                 showlegend=col == 1), row=1, col=col)
+    fig.update_layout(height=380, legend={"orientation": "h", "y": -0.2}, margin={"t": 40, "b": 40})
     return fig
 
 
@@ -668,7 +737,11 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
     if metrics:
         figures.append(("Learning curves", learning_curves_figure(metrics, title="")))
     evaluation = _test_evaluation(report)
-    if evaluation:
+    data = report.get("report_data") or {}
+    if evaluation and "return" in evaluation:
+        figures.append(("Average return before and after each adaptation step",
+                        returns_comparison_figure(evaluation, data.get("adaptation"), report.get("comparisons") or [])))
+    elif evaluation:
         curve = adaptation_curve_figure(evaluation, title="")
         if curve is not None:
             figures.append(("Adaptation curve", curve))
@@ -689,7 +762,8 @@ def report_figures(report: dict[str, Any]) -> list[tuple[str, go.Figure]]:
         rows += [{"label": pub["method"], "value": pub["value"], "ci95": pub["ci95"], "metric": metric,
                   "group": "published"} for pub in _published(report, bench, name)]
         figures.append((f"Benchmark: {name}", scores_figure(rows, title="")))
-    data = report.get("report_data") or {}
+    if data.get("trajectories"):
+        figures.append(("Trajectories before and after adaptation", trajectories_figure(data["trajectories"])))
     if data.get("sinusoid"):
         figures.append(("Sinusoid fits", sinusoid_figure(data["sinusoid"])))
     if data.get("episode"):

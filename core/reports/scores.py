@@ -46,9 +46,11 @@ def protocol_label(evaluation: dict[str, Any]) -> str:
 
 
 def score_of(evaluation: dict[str, Any]) -> tuple[str, float, float]:
-    """Returns ``(metric name, value, 95% CI half-width)`` of an evaluation (accuracy in %, or MSE)."""
+    """Returns ``(metric name, value, 95% CI half-width)`` of an evaluation (accuracy in %, MSE, or average return)."""
     if "accuracy" in evaluation:
         return "accuracy (%)", 100.0 * float(evaluation["accuracy"]), 100.0 * float(evaluation.get("ci95", float("nan")))
+    if "return" in evaluation:  # an environment run: the average episode return after adaptation
+        return "average return", float(evaluation["return"]), float(evaluation.get("ci95", float("nan")))
     return "MSE", float(evaluation.get("mse", evaluation.get("loss", float("nan")))), float(
         evaluation.get("ci95", float("nan")))
 

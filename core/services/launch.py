@@ -189,7 +189,7 @@ class LaunchMixin:
 
     def _request(self, job: str, **fields: Any) -> dict[str, Any]:
         """A worker request for ``job`` (:mod:`metalab.core.worker`), with this process's limits."""
-        if job in ("train", "predict"):
+        if job in ("train", "predict", "adapt"):
             fields.update(store=str(self.store.path), runs_dir=str(self.store.runs_dir))
         return {"job": job, **fields, "limits": self._worker_limits()}
 

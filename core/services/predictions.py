@@ -207,6 +207,65 @@ class PredictionsMixin:
             message = f"Prediction failed: {error.get('type')}: {message}"
         raise PredictionError(self.redact(message))
 
+    def environment_tasks(self, run_id: str) -> list[str]:
+        """The fixed test tasks of an environment run, described in the order ``adapt_to_task`` numbers them.
+
+        Builds the run's task family (its plugin's numpy and Gymnasium code, never TensorFlow) in this process.
+
+        Raises:
+            PredictionError: The run is not on an environment dataset, or its family cannot be built here (the
+                message names the optional package to install).
+        """
+        from metalab.core.engine.config import RunConfig
+        from metalab.core.engine.fixed_tasks import EVAL_SEED
+        from metalab.core.engine.predict import PredictionError
+        from metalab.core.engine.rollouts import fixed_environment_tasks
+
+        run = self.run(run_id)
+        config = RunConfig(**run.config)
+        spec = self.registry.dataset(config.dataset)
+        if spec.kind != "environment":
+            raise PredictionError(f"Run {run.id} is on the {spec.kind} dataset {config.dataset!r}, not an "
+                                  f"environment. Received: run={run_id!r}")
+        try:
+            family = spec.factory(spec.params(**config.dataset_params), self.settings.data_context())
+        except ImportError as exc:
+            raise PredictionError(self.redact(str(exc))) from None
+        fixed = fixed_environment_tasks(family, "test", int(config.test_episodes), EVAL_SEED)
+        return [str(family.describe_task(task)) for task in fixed.tasks]
+
+    def adapt_to_task(self, run_id: str, task: int, *, steps: int | None = None, timeout: float = 300.0,
+                      warm: bool = False) -> dict[str, Any]:
+        """Adapts a finished environment run to its ``task``-th fixed test task, in a worker process (RL Predict).
+
+        Returns:
+            What :func:`metalab.core.engine.predict.adapt_to_task` returns: the task, the average return after
+            each adaptation step and, for a family that can plot them, the agent's paths.
+
+        Raises:
+            PredictionError: The worker refused the run or the task (its message names the field and value),
+                failed, or took longer than ``timeout``.
+        """
+        from metalab.core.engine.predict import PredictionError
+
+        run = self.run(run_id)
+        request = self._request("adapt", run=run.id, task=task, steps=steps)
+        try:
+            if warm:
+                reply = self.prediction_worker().request(request, timeout, PredictionError, "Adaptation",
+                                                         hold=self._prediction_slot)
+            else:
+                reply = self._run_worker(request, timeout, PredictionError, "Adaptation")
+        except PredictionError as exc:
+            raise PredictionError(self.redact(str(exc))) from None
+        if reply["ok"]:
+            return dict(reply["result"])
+        error = reply.get("error") or {}
+        message = str(error.get("message"))
+        if error.get("traceback"):
+            message = f"Adaptation failed: {error.get('type')}: {message}"
+        raise PredictionError(self.redact(message))
+
     def prediction_worker(self) -> Any:
         """This process's long-lived prediction worker for these settings (a
         :class:`~metalab.core.serve_worker.WarmWorker`; started by its first request or by ``start()``)."""

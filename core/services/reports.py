@@ -46,16 +46,48 @@ class ReportsMixin:
             record["error"] = self.redact(record.get("error") or "") or None
             record["traceback"] = self.redact(record.get("traceback") or "") or None
         metrics = self.store.metrics(run.id)
+        evaluations = self.store.evaluations(run.id)
         return {
             "run": record,
             "metrics": metrics,
-            "evaluations": self.store.evaluations(run.id),
+            "evaluations": evaluations,
+            "comparisons": self.adaptation_comparisons(run, evaluations),
             "report_data": data,
             "panels": self._panels(run.to_dict(), data, metrics),
             "published": self.published_results(run.config),
             "batch_norm": self.batch_norm_summary(run.config),
             "phases": phase_summary(self.store.phases(run.id), run),
         }
+
+    def adaptation_comparisons(self, run: Any, evaluations: list[dict[str, Any]] | None = None,
+                               limit: int = 6) -> list[dict[str, Any]]:
+        """Other completed runs the caller may see whose headline adaptation curve was scored on the same tasks.
+
+        For an environment run (its headline has a ``return``): the runs on the same dataset with the same dataset
+        parameters, episodes per step and test tasks, newest first, at most ``limit``, e.g. a pretrained-policy
+        baseline beside MAML. Returns ``[{"id", "label", "curve", "curve_ci95"}]``; empty for other runs.
+        """
+        from metalab.core.reports.scores import headline
+
+        own = headline(evaluations if evaluations is not None else self.store.evaluations(run.id), run.config)
+        if not own or "return" not in own or not own.get("curve"):
+            return []
+        keys = ("dataset", "dataset_params", "shots", "queries", "test_episodes")
+        mine = {k: run.config.get(k) for k in keys}
+        others = [r for r in self.runs(dataset=run.config.get("dataset"), status="completed")
+                  if r.id != run.id and {k: r.config.get(k) for k in keys} == mine]
+        found = []
+        for other in others:
+            top = headline(self.store.evaluations(other.id), other.config)
+            if not top or "return" not in top or len(top.get("curve") or []) != len(own["curve"]):
+                continue
+            spec = self.registry.algorithms.get(other.config.get("algorithm") or "")
+            title = spec.title if spec is not None else other.config.get("algorithm")
+            found.append({"id": other.id, "label": f"{title} ({other.name or other.id[-6:]})",
+                          "curve": top["curve"], "curve_ci95": top.get("curve_ci95") or []})
+            if len(found) >= limit:
+                break
+        return found
 
     def _filled(self, config: dict[str, Any]) -> dict[str, Any]:
         """A run config whose plugin parameters have every default filled in (from the loaded specs), so that a

@@ -32,7 +32,7 @@ def test_a_request_travels_as_one_argument_with_its_job_first():
     command = worker.worker_command(request)
     assert command[:3] == [sys.executable, "-m", "metalab.core.worker"] and len(command) == 4
     assert command[3].startswith('{"job":"devices"') and json.loads(command[3]) == request
-    with pytest.raises(worker.RequestError, match=r"job: expected one of train, estimate, devices, predict\. "
+    with pytest.raises(worker.RequestError, match=r"job: expected one of train, estimate, devices, predict, adapt\. "
                                                   r"Received: job='fly'"):
         worker.worker_command({"job": "fly"})
 

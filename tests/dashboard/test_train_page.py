@@ -63,12 +63,26 @@ def test_out_of_range_value_is_explained_inline(page):
     assert at.button(key="train.launch").disabled
 
 
-def test_incompatible_algorithm_is_explained_inline(page):
+def test_only_algorithms_that_take_the_datasets_kind_of_task_are_offered(page):
     at = page("train").run()
-    at.selectbox(key="train.algorithm").set_value("metalab.protonet").run()
-    assert any("supports classification tasks, but dataset 'metalab.sinusoid' is regression" in e
-               for e in _errors(at))
-    assert at.button(key="train.launch").disabled
+    offered = " ".join(at.selectbox(key="train.algorithm").options)
+    assert "metalab.maml)" in offered and "metalab.protonet" not in offered and "metalab.maml_rl" not in offered
+    # An environment dataset offers the meta-RL algorithms only, and its form is valid as it opens.
+    at.selectbox(key="train.dataset").set_value("metalab.nav2d").run()
+    assert not at.exception
+    assert at.selectbox(key="train.algorithm").value == "metalab.maml_rl"
+    offered = " ".join(at.selectbox(key="train.algorithm").options)
+    assert "metalab.pretrained_policy" in offered and "metalab.maml)" not in offered
+    assert any("MAML (metalab.maml) does not take environment tasks (metalab.nav2d)" in i.value for i in at.info)
+    assert "train.run.metalab.nav2d.metalab.maml_rl.ways" not in [w.key for w in at.number_input]
+    assert _errors(at) == [] and not at.button(key="train.launch").disabled
+
+
+def test_a_link_naming_an_algorithm_that_does_not_fit_the_dataset_is_refused_by_name(page):
+    at = page("train", {"dataset": "metalab.nav2d", "algorithm": "metalab.protonet"}).run()
+    assert at.selectbox(key="train.algorithm").value == "metalab.maml_rl"
+    warnings = " ".join(w.value for w in at.warning)
+    assert "algorithm='metalab.protonet' does not take environment tasks (metalab.nav2d)" in warnings
 
 
 def test_malformed_json_parameter_is_reported(page):
