@@ -393,7 +393,8 @@ def _score_line(result: dict[str, Any]) -> str:
     else:
         line = f"meta-test MSE {result['mse']:.4f} ± {result['ci95']:.4f} ({result['episodes']} episodes)"
     if result.get("curve"):
-        line += "; after each inner step: " + ", ".join(f"{v:.3f}" for v in result["curve"])
+        steps = "adaptation step" if "return" in result else "inner step"
+        line += f"; after each {steps}: " + ", ".join(f"{v:.3f}" for v in result["curve"])
     if str(result.get("leak_check", "")).startswith("not checked"):
         line += f"\nnote: train/benchmark class overlap {result['leak_check']}"
     return line

@@ -102,7 +102,7 @@ def make_training_sampler(session: Session) -> Any:
     from metalab.core.engine.transforms import holdout_rows
 
     config, algorithm = session.config, session.algorithm
-    if session.task.kind == "environment":
+    if getattr(session.task, "kind", None) == "environment":
         from metalab.core.engine.rollouts import EnvironmentSampler
 
         return EnvironmentSampler(session.dataset, algorithm, "train", config.seed)

@@ -56,7 +56,8 @@ class MAMLRL(MetaAlgorithm):
         self.discrete = task.action_kind == "discrete"
         self.model = build_model(task, "policy")
         self.fmodel = functional.FunctionalModel(self.model)
-        self.log_std = keras.Variable(np.full((task.output_dim,), math.log(params.init_std), np.float32),
+        dtype = keras.backend.standardize_dtype(self.model.trainable_variables[0].dtype)  # float64 runs: float64
+        self.log_std = keras.Variable(np.full((task.output_dim,), math.log(params.init_std)), dtype=dtype,
                                       name="log_std", trainable=True)
         self.track(self.model, [] if self.discrete else [self.log_std])
         self.updates_per_batch = int(params.ppo_epochs)
@@ -103,6 +104,7 @@ class MAMLRL(MetaAlgorithm):
 
     def _one_adapt(self, weights: list[Any], obs: Any, actions: Any, adv: Any, mask: Any) -> list[Any]:
         """One task's weights after one inner step on its episodes (flattened over episodes and steps)."""
+        adv, mask = ops.cast(adv, weights[0].dtype), ops.cast(mask, weights[0].dtype)
         return self.inner_step(weights, obs, actions, adv, mask, first_order=True)
 
     def _one_logp(self, weights: list[Any], obs: Any, actions: Any) -> Any:
@@ -184,9 +186,12 @@ class MAMLRL(MetaAlgorithm):
             loss = -ops.sum(surrogate * qmask) / ops.maximum(ops.sum(qmask), 1.0)
             return loss, ops.sum(ops.abs(ratio - 1.0) * qmask) / ops.maximum(ops.sum(qmask), 1.0)
 
-        tensors = [ops.convert_to_tensor(a) for a in (
-            batch.support_x, batch.support_y, ex["support_adv"], ex["support_mask"], batch.query_x, batch.query_y,
-            ex["query_adv"], ex["query_mask"], ex["query_logp"])]
+        # Advantages, masks and log-probabilities in the weights' dtype (float64 runs stay float64).
+        dtype = keras.backend.standardize_dtype(self.trainable_variables[0].dtype)
+        tensors = [ops.convert_to_tensor(batch.support_x), ops.convert_to_tensor(batch.support_y),
+                   *(ops.cast(a, dtype) for a in (ex["support_adv"], ex["support_mask"])),
+                   ops.convert_to_tensor(batch.query_x), ops.convert_to_tensor(batch.query_y),
+                   *(ops.cast(a, dtype) for a in (ex["query_adv"], ex["query_mask"], ex["query_logp"]))]
         (loss, drift), grads = functional.mean_task_gradients(task_loss, self._weights(), *tensors)
         returns = ops.convert_to_tensor(ex["returns"])
         return grads, {"loss": loss, "ratio_drift": drift, "return_before": ops.mean(returns[:, 0]),

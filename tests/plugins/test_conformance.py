@@ -153,6 +153,8 @@ def test_the_tiny_tasks_are_the_ones_the_dataset_plugins_declare(builtin_registr
                            "backbone_params": {"hidden": [32, 32]}, "ways": 3, "shots": 5, "queries": 5},
         "regression": {"dataset": "metalab.sinusoid", "backbone": "metalab.mlp",
                        "backbone_params": {"hidden": [40, 40]}, "shots": 10, "queries": 10},
+        "environment": {"dataset": "metalab.nav2d", "backbone": "metalab.mlp", "backbone_params": {"hidden": [16]},
+                        "shots": 4, "queries": 4, "dataset_params": {"horizon": 10}},
     }
     config = testing.tiny_config(builtin_registry, "metalab.protonet", "classification", steps=7)
     assert (config.dataset, config.backbone, config.ways, config.backbone_params) == (
