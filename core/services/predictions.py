@@ -132,8 +132,10 @@ class PredictionsMixin:
             if not isinstance(value, str):
                 raise PredictionError(f"{field} must be text. Received: {field}={type(value).__name__}")
             size = len(value.encode("utf-8"))
-            if size > min(MAX_TEXT_BYTES, int(self.settings.max_upload_mb) << 20):
-                raise PredictionError(f"The {field} texts may hold at most {MAX_TEXT_BYTES} bytes. "
+            cap = min(MAX_TEXT_BYTES, int(self.settings.max_upload_mb) << 20)  # the smaller cap is the one that holds
+            if size > cap:
+                what = "METALAB_MAX_UPLOAD_MB" if cap < MAX_TEXT_BYTES else "a text prediction"
+                raise PredictionError(f"The {field} texts may hold at most {cap} bytes ({what}). "
                                       f"Received: {field}_bytes={size}")
         self.run(run_id)  # an unknown run, or another owner's, is refused before anything is written
         # Refused here, before a worker starts, when the text alone is wrong (the worker checks the files again).

@@ -90,8 +90,13 @@ def test_services_predict_texts_through_the_worker(world):
         svc.predict_texts(world["runs"]["text"], "no colon here\nbill: pay it", "x", timeout=1)
     with pytest.raises(PredictionError, match="query texts hold no"):
         svc.predict_texts(world["runs"]["text"], support, "  \n", timeout=1)
-    with pytest.raises(PredictionError, match="Received: support_bytes="):
+    with pytest.raises(PredictionError, match=r"at most 2097152 bytes \(a text prediction\). Received: support_bytes="):
         svc.predict_texts(world["runs"]["text"], "a: b\n" * (1 << 20), "x", timeout=1)
+    # A smaller upload cap is the one that holds, and the message names it and its size.
+    small = Services(settings=world["settings"].model_copy(update={"max_upload_mb": 1}), registry=world["registry"])
+    with pytest.raises(PredictionError, match=r"at most 1048576 bytes \(METALAB_MAX_UPLOAD_MB\). "
+                                              r"Received: queries_bytes=1500000"):
+        small.predict_texts(world["runs"]["text"], "a: b\nc: d", "x" * 1_500_000, timeout=1)
     assert sorted(Path(world["settings"].predictions_dir).iterdir()) == staged
 
 
