@@ -3,6 +3,8 @@
 Registers the ``"environment"`` task kind's built-ins through the same hooks a third-party package uses:
 
 * the dataset ``metalab.nav2d``: the MAML paper's 2D navigation, embedded (no extra dependency);
+* the optional families ``metalab.halfcheetah_vel``, ``metalab.halfcheetah_dir`` (``pip install 'metalab[mujoco]'``)
+  and ``metalab.metaworld_ml1`` (``pip install 'metalab[metaworld]'``), from :mod:`.optional_specs`;
 * the algorithms ``metalab.maml_rl`` (MAML with a policy-gradient inner loop) and ``metalab.pretrained_policy``
   (one policy trained on all tasks, adapted the same way at meta-test time: the paper's baseline).
 
@@ -122,7 +124,9 @@ PRETRAINED = AlgorithmSpec(
 
 @hookimpl
 def metalab_register_datasets() -> list[DatasetSpec]:
-    return [NAV2D]
+    from .optional_specs import SPECS as OPTIONAL_SPECS  # cheap: no Gymnasium, MuJoCo or Meta-World import
+
+    return [NAV2D, *OPTIONAL_SPECS]
 
 
 @hookimpl
