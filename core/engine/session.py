@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from metalab.core.contract.specs import LoadedRun, TaskSpec
-from metalab.core.engine.config import RunConfig
+from metalab.core.engine.config import ConfigError, RunConfig
 from metalab.core.engine.devices import dtype_policy, set_matmul_precision
 from metalab.core.reports.scores import headline
 from metalab.core.settings import Settings, load_settings
@@ -48,9 +48,11 @@ def build_session(registry: Any, config: RunConfig, settings: Settings | None = 
 
     settings = settings or load_settings()
     keras.utils.set_random_seed(config.seed)
-    dataset = check_factory_result(
-        dataset_spec, dataset_spec.factory(dataset_spec.params(**config.dataset_params), settings.data_context()),
-        registry=registry)
+    try:
+        made = dataset_spec.factory(dataset_spec.params(**config.dataset_params), settings.data_context())
+    except ImportError as exc:  # an optional package the dataset needs (its message names the extra to install)
+        raise ConfigError(f"dataset {config.dataset!r}: {exc}") from None
+    dataset = check_factory_result(dataset_spec, made, registry=registry)
     input_shape = tuple(dataset.input_shape)
     backbone_params = backbone_spec.params(**config.backbone_params)
     regression = dataset_spec.kind == "regression"

@@ -218,3 +218,20 @@ def test_maml_rl_trains_and_is_meta_tested_on_the_optional_families(dataset, par
     after = result.after
     assert after["episodes"] == 3 and len(after["curve"]) == 2 and np.isfinite(after["return"])
     assert after["return_before"] == pytest.approx(after["curve"][0])
+
+
+def test_a_run_on_a_family_whose_package_is_missing_fails_with_the_extra_and_no_traceback(builtin_registry,
+                                                                                          tmp_path, monkeypatch):
+    from metalab.core.authoring import testing
+    from metalab.core.engine.runner import train_run
+    from metalab.core.store import RunStore
+
+    config = testing.tiny_config(builtin_registry, "metalab.maml_rl", "environment", steps=2,
+                                 task={"dataset": "metalab.halfcheetah_vel", "dataset_params": {"horizon": 5}})
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # Python's own import then fails as for an absent package
+    store = RunStore(tmp_path / "runs.sqlite")
+    run_id = store.create_run(config.model_dump())
+    assert train_run(store, run_id, builtin_registry) == "failed"
+    run = store.get_run(run_id)
+    assert "metalab[mujoco]" in run.error and "metalab.halfcheetah_vel" in run.error
+    assert run.traceback is None
