@@ -74,7 +74,7 @@ def score_metrics(evaluations: list[dict[str, Any]], config: dict[str, Any]) -> 
     out: dict[str, float] = {}
     for evaluation in reversed(evaluations):  # oldest first: a newer evaluation of the same protocol wins
         metric, value, ci = score_of(evaluation)
-        unit = "accuracy" if metric.startswith("accuracy") else "mse"
+        unit = "accuracy" if metric.startswith("accuracy") else "return" if metric == "average return" else "mse"
         label = protocol_label(evaluation).replace(" · ", "/").replace(" ", "_")
         out[_metric_key(f"score/{label}/{unit}")] = value
         out[_metric_key(f"score/{label}/{unit}_ci95")] = ci

@@ -100,3 +100,13 @@ def test_export_without_runs_or_a_matching_tag_is_refused(env):
     result = _invoke("runs", "export", "--tag", "sweep:none", "--mlflow", uri)
     assert result.exit_code == 2 and "--tag 'sweep:none'" in result.output
     assert not folder.exists()
+
+
+def test_an_environment_runs_score_is_exported_as_a_return():
+    from metalab.core.reports.mlflow_export import score_metrics
+
+    evaluation = {"split": "test", "episodes": 40, "seed": 2017, "return": -24.3, "ci95": 4.4, "loss": 24.3,
+                  "return_before": -45.7}
+    scores = score_metrics([evaluation], {"test_episodes": 40})
+    assert scores["score/test/return"] == -24.3 and scores["score/test/return_ci95"] == 4.4
+    assert not any(key.endswith("/mse") for key in scores)
