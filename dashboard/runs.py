@@ -398,7 +398,7 @@ def compare() -> None:
     metric = None
     if names:
         if state.get("compare.metric") not in names:
-            state["compare.metric"] = next((n for n in ("val/accuracy", "val/mse", "train/loss") if n in names),
+            state["compare.metric"] = next((n for n in ("val/accuracy", "val/mse", "val/return", "train/loss") if n in names),
                                            names[0])
         metric = st.selectbox("Metric", names, key="compare.metric")
         st.plotly_chart(figures.curves_figure({i: series[i].get(metric, []) for i in chosen}, labels, colors, metric),
