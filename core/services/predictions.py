@@ -192,22 +192,7 @@ class PredictionsMixin:
                 if staged not in real.parents:
                     self.policy.resolve_data_path(self.actor, str(folder), field)
         request = self._request("predict", run=run.id, support=str(support_dir), query=str(query_dir), invert=invert)
-        try:
-            if warm:
-                reply = self.prediction_worker().request(request, timeout, PredictionError, "Prediction",
-                                                         hold=self._prediction_slot)
-            else:
-                reply = self._run_worker(request, timeout, PredictionError, "Prediction")
-        except PredictionError as exc:
-            raise PredictionError(self.redact(str(exc))) from None
-        if reply["ok"]:
-            return list(reply["result"])
-        error = reply.get("error") or {}
-        message = str(error.get("message"))
-        if error.get("traceback"):
-            # A crash, not a refusal of the run or the images: say what failed, without the traceback.
-            message = f"Prediction failed: {error.get('type')}: {message}"
-        raise PredictionError(self.redact(message))
+        return list(self._prediction_reply(request, timeout, warm, "Prediction"))
 
     def environment_tasks(self, run_id: str) -> list[str]:
         """The fixed test tasks of an environment run, described in the order ``adapt_to_task`` numbers them.
@@ -251,21 +236,32 @@ class PredictionsMixin:
         from metalab.core.engine.predict import PredictionError
 
         run = self.run(run_id)
-        request = self._request("adapt", run=run.id, task=task, steps=steps)
+        return dict(self._prediction_reply(self._request("adapt", run=run.id, task=task, steps=steps), timeout,
+                                           warm, "Adaptation"))
+
+    def _prediction_reply(self, request: dict[str, Any], timeout: float, warm: bool, what: str) -> Any:
+        """Runs a predict or adapt ``request`` in the warm worker (``warm``) or a worker of its own; its result.
+
+        Raises:
+            PredictionError: The worker refused the request (its message), crashed (``"<what> failed: <type>:
+                <message>"``, no traceback) or took longer than ``timeout``; server paths are redacted.
+        """
+        from metalab.core.engine.predict import PredictionError
+
         try:
             if warm:
-                reply = self.prediction_worker().request(request, timeout, PredictionError, "Adaptation",
+                reply = self.prediction_worker().request(request, timeout, PredictionError, what,
                                                          hold=self._prediction_slot)
             else:
-                reply = self._run_worker(request, timeout, PredictionError, "Adaptation")
+                reply = self._run_worker(request, timeout, PredictionError, what)
         except PredictionError as exc:
             raise PredictionError(self.redact(str(exc))) from None
         if reply["ok"]:
-            return dict(reply["result"])
+            return reply["result"]
         error = reply.get("error") or {}
         message = str(error.get("message"))
-        if error.get("traceback"):
-            message = f"Adaptation failed: {error.get('type')}: {message}"
+        if error.get("traceback"):  # a crash, not a refusal of the run or the inputs: say what failed
+            message = f"{what} failed: {error.get('type')}: {message}"
         raise PredictionError(self.redact(message))
 
     def prediction_worker(self) -> Any:

@@ -107,41 +107,31 @@ _QUICK_RUN = {"steps": 100, "backbone.hidden": [100, 100], "val_every": 25, "log
 # The paper's HalfCheetah runs: 40 tasks per meta-batch (fast batch 20 episodes, alpha 0.1, a (100, 100) policy).
 _CHEETAH_ALGORITHMS = {"metalab.maml_rl": {"meta_batch_size": 40}, "metalab.pretrained_policy": {"meta_batch_size": 40}}
 
-HALFCHEETAH_VEL = DatasetSpec(
-    id="metalab.halfcheetah_vel",
-    title="HalfCheetah-Vel (meta-RL, MuJoCo)",
-    description=(
-        "Gymnasium's HalfCheetah-v5 made to run at a target forward velocity drawn uniformly from [0, 2]: the reward "
-        "is minus the distance to the target velocity minus 0.05 ||action||^2, for 200 steps (the MAML paper's goal "
-        "velocity task). Needs the optional package mujoco: pip install 'metalab[mujoco]'."
-    ),
-    params=HalfCheetahVelParams,
-    factory="metalab.plugins.metarl.mujoco_tasks:make_halfcheetah_vel",
-    kind="environment",
-    paper=MAML_PAPER,
-    default_backbone="metalab.mlp",
-    episode_defaults={"shots": 20, "queries": 20},
-    algorithm_defaults=_CHEETAH_ALGORITHMS,
-    presets={"*": {**_QUICK_RUN, "val_episodes": 10, "test_episodes": 40}},
-)
+def _cheetah(name: str, title: str, task: str, reward: str, params: type[Params]) -> DatasetSpec:
+    """A HalfCheetah family's spec: the paper's settings for both, with what differs (its task and reward)."""
+    return DatasetSpec(
+        id=f"metalab.halfcheetah_{name}",
+        title=f"HalfCheetah-{title} (meta-RL, MuJoCo)",
+        description=(
+            f"Gymnasium's HalfCheetah-v5 made to {task}: the reward is {reward} minus 0.05 ||action||^2, for 200 "
+            f"steps (the MAML paper's goal {'velocity' if name == 'vel' else 'direction'} task). Needs the optional "
+            f"package mujoco: pip install 'metalab[mujoco]'."
+        ),
+        params=params,
+        factory=f"metalab.plugins.metarl.mujoco_tasks:make_halfcheetah_{name}",
+        kind="environment",
+        paper=MAML_PAPER,
+        default_backbone="metalab.mlp",
+        episode_defaults={"shots": 20, "queries": 20},
+        algorithm_defaults=_CHEETAH_ALGORITHMS,
+        presets={"*": {**_QUICK_RUN, "val_episodes": 10, "test_episodes": 40}},
+    )
 
-HALFCHEETAH_DIR = DatasetSpec(
-    id="metalab.halfcheetah_dir",
-    title="HalfCheetah-Dir (meta-RL, MuJoCo)",
-    description=(
-        "Gymnasium's HalfCheetah-v5 made to run forward or backward, each with probability 1/2: the reward is the "
-        "velocity in the task's direction minus 0.05 ||action||^2, for 200 steps (the MAML paper's goal direction "
-        "task). Needs the optional package mujoco: pip install 'metalab[mujoco]'."
-    ),
-    params=HalfCheetahDirParams,
-    factory="metalab.plugins.metarl.mujoco_tasks:make_halfcheetah_dir",
-    kind="environment",
-    paper=MAML_PAPER,
-    default_backbone="metalab.mlp",
-    episode_defaults={"shots": 20, "queries": 20},
-    algorithm_defaults=_CHEETAH_ALGORITHMS,
-    presets={"*": {**_QUICK_RUN, "val_episodes": 10, "test_episodes": 40}},
-)
+
+HALFCHEETAH_VEL = _cheetah("vel", "Vel", "run at a target forward velocity drawn uniformly from [0, 2]",
+                           "minus the distance to the target velocity", HalfCheetahVelParams)
+HALFCHEETAH_DIR = _cheetah("dir", "Dir", "run forward or backward, each with probability 1/2",
+                           "the velocity in the task's direction", HalfCheetahDirParams)
 
 METAWORLD_ML1 = DatasetSpec(
     id="metalab.metaworld_ml1",
