@@ -371,9 +371,12 @@ def resolve_config(registry: Any, raw: dict[str, Any], assignments: dict[str, An
     except pydantic.ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
     if dataset.kind not in algorithm.task_kinds:
+        fitting = sorted(i for i, spec in (getattr(registry, "algorithms", None) or {}).items()
+                         if dataset.kind in spec.task_kinds)
         raise ConfigError(
             f"Algorithm {algorithm.id!r} supports {', '.join(algorithm.task_kinds)} tasks, but dataset {dataset.id!r} "
-            f"is {dataset.kind}. Received: algorithm={algorithm.id!r}, dataset={dataset.id!r}"
+            f"is {dataset.kind}" + (f"; algorithms for {dataset.kind} tasks: {', '.join(fitting)}" if fitting else "")
+            + f". Received: algorithm={algorithm.id!r}, dataset={dataset.id!r}"
         )
     if dataset.kind == "classification" and config.ways < 2:
         raise ConfigError(f"ways: classification needs at least 2 classes per episode. Received: ways={config.ways}")

@@ -101,6 +101,7 @@ def test_an_algorithm_that_does_not_take_environments_is_refused_before_a_run(bu
         resolve_config(builtin_registry, {"dataset": "metalab.nav2d", "algorithm": "metalab.maml"})
     message = str(info.value)
     assert "supports classification, regression tasks" in message and "'metalab.nav2d' is environment" in message
+    assert "algorithms for environment tasks: metalab.maml_rl, metalab.pretrained_policy." in message
     config = resolve_config(builtin_registry, {"dataset": "metalab.nav2d", "algorithm": "metalab.maml_rl"},
                             recommended=True)
     assert (config.ways, config.shots, config.queries, config.backbone) == (1, 20, 20, "metalab.mlp")
