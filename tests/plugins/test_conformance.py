@@ -61,7 +61,9 @@ def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp
     # over 20 steps a GAN's resumed weights once differed by 1.9e-3 of their scale in a full CI run. Over 8 steps
     # (resumed at 4) round-off stays far below the tolerance, while a lost optimizer or sampler state still moves
     # the weights by about the learning rate per step (2e-4 x 4 against a tolerance of 1e-3 x ~0.25).
-    steps = 8 if algorithm_id == "metalab.gan" else 20
+    # MAML-RL: 8 steps (resumed at 4) still cross a checkpoint with the task and episode stream to restore (a lost
+    # sampler state changes every later episode), at 40% of the 20 steps' time.
+    steps = 8 if algorithm_id in ("metalab.gan", "metalab.maml_rl") else 20
     testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry, steps=steps)
 
 

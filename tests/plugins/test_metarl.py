@@ -113,7 +113,7 @@ def test_maml_rl_report_compares_the_baseline_and_a_random_initialisation(builti
     returns after each adaptation step beside the baseline's and an untrained policy's, and its trajectories."""
     monkeypatch.setenv("METALAB_HOME", str(tmp_path))
     params = {"init_std": 0.3, "eval_steps": 2}
-    configs = [testing.tiny_config(builtin_registry, algorithm, "environment", steps=12, algorithm_params=params)
+    configs = [testing.tiny_config(builtin_registry, algorithm, "environment", steps=6, algorithm_params=params)
                for algorithm in ("metalab.pretrained_policy", "metalab.maml_rl")]
     runs = [testing.run_tiny(builtin_registry, config, tmp_path, evaluate_before=False).run_id for config in configs]
     services = Services(settings=load_settings(disable_plugins=""), registry=builtin_registry)
