@@ -108,6 +108,39 @@ def _dataset_files(dataset_id: str) -> None:
                       query_params={"view": "browse", "dataset": dataset_id})
 
 
+def _spec_details(loaded: list[dict]) -> None:
+    """The chosen spec's description, paper, parameters and (a dataset) its files; ``?spec=ID`` chooses it."""
+    if not loaded:
+        return
+    st.subheader("Details")
+    ids = [r["id"] for r in loaded]
+    by_id = {r["id"]: r for r in loaded}
+    if st.session_state.get("plugins.spec") not in ids:
+        linked = st.query_params.get("spec")
+        if linked is not None and linked not in ids:
+            st.warning(f"Link parameter ignored: spec={linked!r} is not a loaded algorithm, dataset or backbone.")
+        st.session_state["plugins.spec"] = linked if linked in ids else ids[0]
+    chosen = st.selectbox("Algorithm, dataset or backbone", ids, key="plugins.spec",
+                          format_func=lambda i: f"{by_id[i]['title']} ({i}, {by_id[i]['kind']})")
+    st.query_params["spec"] = chosen
+    row = by_id[chosen]
+    st.markdown(f"**{row['title']}** — `{row['id']}` ({row.get('package')} {row.get('version') or ''})")
+    st.write(row.get("description") or "")
+    if row.get("paper"):
+        st.caption(row["paper"])
+    try:
+        table = _param_table(row.get("params") or {})
+    except Exception as exc:  # noqa: BLE001 - a strange schema must not take the page down
+        st.error(f"Cannot show the parameters: {type(exc).__name__}: {exc}")
+        return
+    if len(table):
+        st.table(table, hide_index=True)
+    else:
+        st.caption("No parameters.")
+    if row["kind"] == "dataset":
+        _dataset_files(row["id"])
+
+
 def plugins() -> None:
     """The Plugins page: every spec with its parameters; failed and disabled plugins with their errors."""
     st.title("Plugins")
@@ -125,28 +158,21 @@ def plugins() -> None:
     if broken:
         st.warning(f"{sum(r['status'] == 'failed' for r in broken)} failed and "
                    f"{sum(r['status'] == 'disabled' for r in broken)} disabled plugin(s): see the bottom of the page.")
+    # One static table per kind and the details of one chosen spec (a link's ?spec= names it): 55 expanders, each
+    # with its parameter table, took 2.7 s to draw in a browser on every visit.
+    catalog = services().catalog()
+    kinds = {**{i: ", ".join(a.get("task_kinds") or []) for i, a in catalog["algorithms"].items()},
+             **{i: d.get("kind") or "" for i, d in catalog["datasets"].items()}}
     for kind in ("algorithm", "dataset", "backbone"):
         st.subheader(kind.capitalize() + "s")
         items = [r for r in loaded if r["kind"] == kind]
         if not items:
             st.info(f"No {kind}s loaded.")
-        for row in items:
-            with st.expander(f"**{row['title']}** — `{row['id']}` ({row.get('package')} {row.get('version') or ''})"):
-                st.write(row.get("description") or "")
-                if row.get("paper"):
-                    st.caption(row["paper"])
-                try:
-                    table = _param_table(row.get("params") or {})
-                except Exception as exc:  # noqa: BLE001 - a strange schema must not take the page down
-                    st.error(f"Cannot show the parameters: {type(exc).__name__}: {exc}")
-                    continue
-                if len(table):
-                    # A static table: dozens of interactive data grids made the page slow to draw in a browser.
-                    st.table(table, hide_index=True)
-                else:
-                    st.caption("No parameters.")
-                if kind == "dataset":
-                    _dataset_files(row["id"])
+            continue
+        listing = [{"title": r["title"], "id": r["id"], "package": f"{r.get('package')} {r.get('version') or ''}",
+                    **({"task kinds": kinds.get(r["id"], "")} if kind != "backbone" else {})} for r in items]
+        st.table(pd.DataFrame(listing).astype(str), hide_index=True)
+    _spec_details(loaded)
     if broken:
         st.subheader("Failed or disabled plugins")
         for row in broken:

@@ -23,11 +23,15 @@ def test_router_serves_the_home_page(app, fake_runs):
 def test_plugins_page_lists_specs_with_parameters_and_broken_plugins(page):
     at = page("plugins").run()
     assert not at.exception
-    labels = [e.label for e in at.expander]
-    assert any("MAML" in label and "`metalab.maml`" in label for label in labels)
-    assert any("Sinusoid regression" in label for label in labels)
-    tables = [df.value for df in at.table]
-    maml = next(t for t in tables if "inner_lr" in set(t["name"]))
+    listed = {kind: list(t.value["id"]) for kind, t in zip(("algorithm", "dataset", "backbone"), at.table)}
+    assert "metalab.maml" in listed["algorithm"] and "metalab.sinusoid" in listed["dataset"]
+    assert "metalab.conv4" in listed["backbone"]
+    kinds = dict(zip(at.table[1].value["id"], at.table[1].value["task kinds"]))
+    assert kinds["metalab.nav2d"] == "environment" and kinds["metalab.sinusoid"] == "regression"
+    # The details of one spec at a time, chosen in a box (or by a link's ?spec=).
+    at.selectbox(key="plugins.spec").set_value("metalab.maml").run()
+    assert at.query_params["spec"] == "metalab.maml"
+    maml = at.table[-1].value
     row = maml[maml["name"] == "inner_lr"].iloc[0]
     assert row["type"] == "float" and row["default"] == "0.4" and row["range"] == "> 0, <= 100"
     errors = " ".join(e.value for e in at.error)
@@ -37,13 +41,22 @@ def test_plugins_page_lists_specs_with_parameters_and_broken_plugins(page):
     assert any("ModuleNotFoundError" in c.value for c in at.code)  # a traceback
 
 
+def test_a_plugins_link_names_the_spec_to_detail_and_a_bad_one_is_named(page):
+    at = page("plugins", {"spec": "metalab.protonet"}).run()
+    assert at.selectbox(key="plugins.spec").value == "metalab.protonet"
+    assert "distance" in set(at.table[-1].value["name"])
+    at = page("plugins", {"spec": "nobody.nothing"}).run()
+    assert any("spec='nobody.nothing' is not a loaded" in w.value for w in at.warning)
+
+
 def test_plugins_page_checks_whether_a_datasets_files_are_present(page, monkeypatch, tmp_path):
     monkeypatch.setenv("METALAB_DATA_DIR", str(tmp_path / "empty"))  # no MNIST anywhere here
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    at = page("plugins").run()
+    at = page("plugins", {"spec": "metalab.digits"}).run()
     at.button(key="files-metalab.digits").click().run()
     assert not at.exception
     assert any("Files present" in s.value and "train:" in s.value for s in at.success)
+    at.selectbox(key="plugins.spec").set_value("metalab.mnist").run()
     at.button(key="files-metalab.mnist").click().run()
     missing = " ".join(e.value for e in at.error)
     assert "Files missing" in missing and "mnist.npz" in missing
