@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from tests.support.processes import free_port  # noqa: E402
 
+from metalab.core.cli import SERVE_OPTIONS  # noqa: E402  (the served dashboard's Streamlit options; no TensorFlow)
+
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _common import cpu_model, provenance  # noqa: E402  (standard library only at import)
 
@@ -98,7 +100,8 @@ def digits_files(root: Path) -> tuple[Path, list[Path]]:
 
 
 class Server:
-    """``streamlit run streamlit_app.py`` on 127.0.0.1 over the benchmark's folders."""
+    """``streamlit run streamlit_app.py`` on 127.0.0.1 over the benchmark's folders, with the options ``metalab
+    dashboard`` serves with (no source-file watcher)."""
 
     def __init__(self, env: dict[str, str], log: Path):
         self.port = free_port()
@@ -106,7 +109,7 @@ class Server:
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-             "--server.port", str(self.port), "--server.address", "127.0.0.1"],
+             "--server.port", str(self.port), "--server.address", "127.0.0.1", *SERVE_OPTIONS],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.monotonic()
         while True:

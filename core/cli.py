@@ -903,10 +903,7 @@ def dashboard(
 
         app_path = Path(str(resources.files("metalab.dashboard") / "serve.py"))
     cmd = [sys.executable, "-m", "streamlit", "run", str(app_path), "--server.port", str(port),
-           "--server.address", address, "--server.headless", str(headless).lower(),
-           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-           # A served dashboard does not watch its source files: on a small host that is CPU the runs need.
-           "--server.fileWatcherType", "none", "--server.runOnSave", "false"]
+           "--server.address", address, "--server.headless", str(headless).lower(), *SERVE_OPTIONS]
     if os.environ.get("METALAB_SECRETS"):
         # Streamlit reads exactly these secrets files (the [auth] section of team mode among them).
         cmd += ["--secrets.files", os.environ["METALAB_SECRETS"]]
@@ -917,6 +914,12 @@ def dashboard(
     code = _serve_until_stopped(proc)
     raise typer.Exit(0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else code)
 
+
+#: The Streamlit options of every served dashboard (``metalab dashboard``, and ``benchmarks/ui.py`` times the same).
+#: No source-file watcher: besides the CPU a small host's runs need, it took about 1 s of every new browser session
+#: before the page's script started (a warm page 1.5 s with it, 0.45 s without, on this project's 2-core host).
+SERVE_OPTIONS = ("--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+                 "--server.fileWatcherType", "none", "--server.runOnSave", "false")
 
 #: Seconds the dashboard's Streamlit server has to stop after SIGTERM before it is killed.
 DASHBOARD_STOP_SECONDS = 10.0

@@ -461,3 +461,13 @@ def test_a_worker_still_exiting_holds_its_slot(make):
         lingering.kill()
         lingering.wait()
     alice._check_capacity()
+
+
+def test_every_actors_view_shares_one_plugin_registry_built_once(tmp_path, monkeypatch):
+    """The dashboard makes a view per browser session; each used to build the plugins again (0.75 s before every
+    page's first element), since a registry built lazily in a view stayed in that view."""
+    monkeypatch.setenv("METALAB_HOME", str(tmp_path))
+    shared = Services(settings=load_settings(disable_plugins=""))
+    alice, bob = shared.for_actor(Actor.visitor("alice-token")), shared.for_actor(Actor.visitor("bob-token1"))
+    assert alice.registry is bob.registry is shared.registry
+    assert alice.store is bob.store and alice.actor != bob.actor
