@@ -25,6 +25,33 @@ from metalab.core.store import RunStore
 EVAL_CHUNK = 16
 
 
+def ci95(values: Any) -> float:
+    """Half-width of the 95% confidence interval of the mean of ``values`` (1.96 standard errors, ddof=1)."""
+    x = np.asarray(values)
+    return float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def evaluate_environment(family: Any, algorithm: Any, fixed: Any, steps: int,
+                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Scores an environment algorithm on fixed tasks (:func:`~metalab.core.engine.rollouts.adaptation_curves`).
+
+    Returns:
+        ``return`` (after the last adaptation step) with ``ci95``, ``return_before`` (no adaptation) with
+        ``return_before_ci95``, ``curve`` and ``curve_ci95`` (steps 0..``steps``), ``loss`` (``-return``),
+        ``episodes`` (the number of tasks) and ``per_task`` (each task's curve).
+    """
+    from metalab.core.engine.rollouts import adaptation_curves
+
+    curves = adaptation_curves(family, algorithm, fixed, steps, progress=progress)
+    final = curves[:, -1]
+    return {
+        "episodes": int(fixed.n), "return": float(final.mean()), "ci95": ci95(final), "loss": float(-final.mean()),
+        "return_before": float(curves[:, 0].mean()), "return_before_ci95": ci95(curves[:, 0]),
+        "curve": [float(v) for v in curves.mean(axis=0)], "curve_ci95": [ci95(c) for c in curves.T],
+        "per_task": [[float(v) for v in row] for row in curves],
+    }
+
+
 def fixed_batch(session: Session, split: str, episodes: int, seed: int = EVAL_SEED) -> TaskBatch:
     """The fixed, cached tasks every algorithm is scored on for this dataset, split and episode shape."""
     from metalab.core.engine.fixed_tasks import fixed_tasks
@@ -76,12 +103,13 @@ def eval_steps(algorithm: Any) -> int:
     return int(steps) if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0 else 1
 
 
-def compile_evaluate(algorithm: Any) -> Callable:
-    """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects)."""
+def compile_evaluate(algorithm: Any) -> Callable | None:
+    """``algorithm.evaluate`` compiled over the four task arrays (compiled graphs take tensors, not objects);
+    ``None`` for an environment algorithm, which has no ``evaluate`` (:func:`evaluate_environment` scores it)."""
     from metalab.core.engine import functional
 
-    if not callable(getattr(algorithm, "evaluate", None)):  # an environment algorithm: evaluate_environment scores it
-        return lambda *args, **kwargs: None
+    if not callable(getattr(algorithm, "evaluate", None)):
+        return None
     # One graph per task count: a shared graph would generalise the task axis to None, and algorithms that
     # unroll their task loop need it static.
     graphs: dict[int, Callable] = {}
@@ -110,8 +138,6 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
     from metalab.core.engine import functional
 
     if session.task.kind == "environment":
-        from metalab.core.engine.rollouts import evaluate_environment
-
         return evaluate_environment(session.dataset, session.algorithm, batch, eval_steps(session.algorithm),
                                     progress=progress)
     evaluate_fn = evaluate_fn or compile_evaluate(session.algorithm)
@@ -147,9 +173,6 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
             progress(start + size, n)
     values = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
 
-    def ci95(x: np.ndarray) -> float:
-        return float(1.96 * x.std(axis=0, ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-
     result: dict[str, Any] = {"episodes": int(n), "loss": float(values["loss"].mean())}
     if session.task.kind == "classification":
         result["accuracy"] = float(values["accuracy"].mean())
@@ -161,8 +184,7 @@ def evaluate_batch(session: Session, batch: Any, evaluate_fn: Callable | None = 
     if "curve" in values:
         curve = values["curve"]
         result["curve"] = [float(v) for v in curve.mean(axis=0)]
-        result["curve_ci95"] = [float(1.96 * c.std(ddof=1) / math.sqrt(len(c))) if len(c) > 1 else float("nan")
-                                for c in curve.T]
+        result["curve_ci95"] = [ci95(c) for c in curve.T]
     return result
 
 

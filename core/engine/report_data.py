@@ -296,9 +296,9 @@ def environment_report_data(session: Any, registry: Any) -> dict[str, Any]:
     """
     import keras
 
-    from metalab.core.engine.evaluation import eval_steps
+    from metalab.core.engine.evaluation import eval_steps, evaluate_environment
     from metalab.core.engine.fixed_tasks import EVAL_SEED
-    from metalab.core.engine.rollouts import Rollouts, evaluate_environment, fixed_environment_tasks
+    from metalab.core.engine.rollouts import Rollouts, fixed_environment_tasks, trajectory_paths
 
     family, algorithm, config = session.dataset, session.algorithm, session.config
     steps = eval_steps(algorithm)
@@ -311,20 +311,12 @@ def environment_report_data(session: Any, registry: Any) -> dict[str, Any]:
         result = evaluate_environment(family, agent, fixed, steps)
         curves[name] = {"curve": result["curve"], "curve_ci95": result["curve_ci95"]}
     data: dict[str, Any] = {"adaptation": {"tasks": fixed.n, "steps": steps, "curves": curves}}
-    plot_xy = getattr(family, "plot_xy", None)
     trajectories = getattr(algorithm, "adapted_trajectories", None)
-    if callable(plot_xy) and callable(trajectories):
+    if callable(getattr(family, "plot_xy", None)) and callable(trajectories):
         rows = []
         for i, task in enumerate(fixed.tasks[:2]):
             runs = trajectories(task, Rollouts(family, np.random.default_rng([EVAL_SEED, 7, i])), steps)
-            paths = []
-            for traj in runs:
-                step_paths = []
-                for e in range(min(3, traj.mask.shape[1])):
-                    taken = int(traj.mask[0, e].sum())
-                    goal, path = plot_xy(task, traj.observations[0, e, :taken])
-                    step_paths.append(np.asarray(path, dtype=float).round(4).tolist())
-                paths.append(step_paths)
-            rows.append({"task": family.describe_task(task), "goal": [float(v) for v in goal], "paths": paths})
+            goal, paths = trajectory_paths(family, task, runs)
+            rows.append({"task": family.describe_task(task), "goal": goal, "paths": paths})
         data["trajectories"] = rows
     return data

@@ -9,16 +9,16 @@ adaptation step. Numpy only: no Keras here, the algorithm's policy does its own 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from metalab.core.contract.specs import SPLITS, TaskBatch
+from metalab.core.engine.sampling import _StatefulSampler
 
 __all__ = ["Trajectories", "Rollouts", "EnvironmentSampler", "fixed_environment_tasks", "FixedTasks",
-           "evaluate_environment", "linear_baseline_advantages", "discounted_returns"]
+           "adaptation_curves", "trajectory_paths", "linear_baseline_advantages", "discounted_returns"]
 
 _SALT = {"train": 11, "val": 12, "test": 13}
 
@@ -159,23 +159,21 @@ def linear_baseline_advantages(traj: Trajectories, gamma: float, *, gae_lambda: 
     steps = np.broadcast_to(np.arange(horizon, dtype=np.float64)[None, None, :, None] / 100.0,
                             (num_tasks, episodes, horizon, 1))
     features = np.concatenate([obs, obs**2, steps, steps**2, steps**3, np.ones_like(steps)], axis=-1)
-    advantages = np.zeros_like(rewards)
-    for i in range(num_tasks):
+    value = np.zeros_like(rewards)
+    for i in range(num_tasks):  # the baseline is fitted to each task's own episodes
         taken = mask[i].reshape(-1) > 0
         f, r = features[i].reshape(-1, features.shape[-1]), returns[i].reshape(-1)
         a = f[taken].T @ f[taken] + ridge * np.eye(f.shape[1])
         coef = np.linalg.lstsq(a, f[taken].T @ r[taken], rcond=None)[0]
-        value = (f @ coef).reshape(episodes, horizon) * mask[i]
-        nxt = np.concatenate([value[:, 1:], np.zeros((episodes, 1))], axis=1)
-        delta = (rewards[i] + gamma * nxt - value) * mask[i]
-        gae, running = np.zeros_like(delta), np.zeros(episodes)
-        for t in range(horizon - 1, -1, -1):
-            running = delta[:, t] + gamma * gae_lambda * running * mask[i, :, t]
-            gae[:, t] = running
-        if normalize:
-            taken_adv = gae.reshape(-1)[taken]
-            gae = (gae - taken_adv.mean()) / (taken_adv.std() + 1e-8) * mask[i]
-        advantages[i] = gae
+        value[i] = (f @ coef).reshape(episodes, horizon) * mask[i]
+    nxt = np.concatenate([value[..., 1:], np.zeros((num_tasks, episodes, 1))], axis=-1)
+    delta = (rewards + gamma * nxt - value) * mask
+    # delta's discounted sum at gamma * lambda: the same recursion as the returns, every task at once.
+    advantages = discounted_returns(delta, mask, gamma * gae_lambda)
+    if normalize:
+        for i in range(num_tasks):
+            taken = advantages[i][mask[i] > 0]
+            advantages[i] = (advantages[i] - taken.mean()) / (taken.std() + 1e-8) * mask[i]
     return advantages.astype(np.float32)
 
 
@@ -190,11 +188,11 @@ def _check_tasks(family: Any, split: str, n: int, tasks: Any) -> list[Any]:
     return list(tasks)
 
 
-class EnvironmentSampler:
+class EnvironmentSampler(_StatefulSampler):
     """The training stream of an environment run: ``sample_batch`` draws tasks and the algorithm gathers its data.
 
-    Its position (the task and episode RNG) is checkpointed like an episode sampler's, so a resumed run meets the
-    tasks and episodes it would have met.
+    Its position (the task and episode RNG, which the rollouts share) is checkpointed by the episode samplers'
+    ``get_state``/``set_state``, so a resumed run meets the tasks and episodes it would have met.
     """
 
     kind = "environment"
@@ -217,20 +215,6 @@ class EnvironmentSampler:
         if not isinstance(batch, TaskBatch):
             raise TypeError(f"The algorithm's gather must return a TaskBatch. Received: {type(batch).__name__}")
         return batch
-
-    def get_state(self) -> dict:
-        from metalab.core.engine.sampling import _STATE_VERSION, _to_json_state
-
-        return {"version": _STATE_VERSION, "tasks_sampled": int(self.tasks_sampled),
-                "bit_generator": _to_json_state(self._rng.bit_generator.state)}
-
-    def set_state(self, state: dict) -> None:
-        from metalab.core.engine.sampling import _from_json_state
-
-        if not isinstance(state, dict) or "bit_generator" not in state:
-            raise ValueError(f"EnvironmentSampler.set_state expects a dict made by get_state(). Received: state={state!r}")
-        self._rng.bit_generator.state = _from_json_state(state["bit_generator"])
-        self.tasks_sampled = int(state.get("tasks_sampled", 0))
 
 
 @dataclass
@@ -256,16 +240,18 @@ def fixed_environment_tasks(family: Any, split: str, count: int, seed: int) -> F
 ENV_EVAL_CHUNK = 20
 
 
-def evaluate_environment(family: Any, algorithm: Any, fixed: FixedTasks, steps: int,
-                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Adapts ``algorithm`` to each fixed task for ``steps`` steps and scores the average return after each.
+def adaptation_curves(family: Any, algorithm: Any, fixed: FixedTasks, steps: int,
+                      progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Adapts ``algorithm`` to each fixed task for ``steps`` steps: each task's average return after each step.
 
     The episodes follow ``fixed.seed``: two runs scored on the same family meet the same tasks and the same resets.
+    :func:`metalab.core.engine.evaluation.evaluate_environment` turns the curves into scores.
 
     Returns:
-        ``return`` (after the last step) with ``ci95``, ``return_before`` (no adaptation) with
-        ``return_before_ci95``, ``curve`` and ``curve_ci95`` (steps 0..``steps``), ``loss`` (``-return``),
-        ``episodes`` (the number of tasks) and ``per_task`` (each task's curve).
+        ``float64 [tasks, steps + 1]``.
+
+    Raises:
+        ValueError: The algorithm's ``adaptation_returns`` gave another shape.
     """
     rollouts = Rollouts(family, np.random.default_rng([fixed.seed, 99]))
     parts = []
@@ -278,15 +264,23 @@ def evaluate_environment(family: Any, algorithm: Any, fixed: FixedTasks, steps: 
         parts.append(curve)
         if progress is not None:
             progress(start + len(chunk), fixed.n)
-    curves = np.concatenate(parts, axis=0)
+    return np.concatenate(parts, axis=0)
 
-    def ci95(x: np.ndarray) -> float:
-        return float(1.96 * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
-    final = curves[:, -1]
-    return {
-        "episodes": int(fixed.n), "return": float(final.mean()), "ci95": ci95(final), "loss": float(-final.mean()),
-        "return_before": float(curves[:, 0].mean()), "return_before_ci95": ci95(curves[:, 0]),
-        "curve": [float(v) for v in curves.mean(axis=0)], "curve_ci95": [ci95(c) for c in curves.T],
-        "per_task": [[float(v) for v in row] for row in curves],
-    }
+def trajectory_paths(family: Any, task: Any, runs: list[Trajectories],
+                     episodes: int = 3) -> tuple[list[float] | None, list[list[list[list[float]]]]]:
+    """Where the agent went in one task: the goal and, per trajectory set of ``runs``, its first ``episodes`` paths.
+
+    For a family with ``plot_xy`` (2D navigation); the report and RL Predict draw them.
+
+    Returns:
+        ``(goal_xy or None, [[path [H_e, 2] per episode] per trajectory set])``, rounded to 4 decimals.
+    """
+    goal, paths = None, []
+    for traj in runs:
+        shown = []
+        for e in range(min(episodes, traj.mask.shape[1])):
+            goal, path = family.plot_xy(task, traj.observations[0, e, :int(traj.mask[0, e].sum())])
+            shown.append(np.asarray(path, dtype=float).round(4).tolist())
+        paths.append(shown)
+    return (None if goal is None else [float(v) for v in goal]), paths
