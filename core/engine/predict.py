@@ -528,7 +528,8 @@ def adapt_to_task(store: Any, run_id: str, registry: Any, task: int, *, settings
 
     The task is ``task``-th of the run's fixed test tasks (the ones its meta-test scored, in order). The policy
     adapts with the algorithm's own steps (``eval_steps`` unless ``steps`` is given), each on fresh episodes, as
-    at meta-test time.
+    at meta-test time. Where the paths can be drawn (a family with ``plot_xy``, an algorithm with
+    ``adapted_trajectories``) the returns are those of the very episodes drawn.
 
     Returns:
         ``{"run", "task", "index", "tasks", "returns": [after 0..steps steps], "steps", "trajectories"}``;
@@ -544,7 +545,7 @@ def adapt_to_task(store: Any, run_id: str, registry: Any, task: int, *, settings
     from metalab.core.engine.devices import device_scope
     from metalab.core.engine.evaluation import eval_steps
     from metalab.core.engine.fixed_tasks import EVAL_SEED
-    from metalab.core.engine.rollouts import Rollouts, fixed_environment_tasks
+    from metalab.core.engine.rollouts import Rollouts, fixed_environment_tasks, trajectory_paths
     from metalab.core.engine.session import build_session
 
     run = store.get_run(run_id)
@@ -571,19 +572,16 @@ def adapt_to_task(store: Any, run_id: str, registry: Any, task: int, *, settings
         fixed = fixed_environment_tasks(family, "test", count, EVAL_SEED)
         chosen = fixed.tasks[task]
         steps = eval_steps(algorithm) if steps is None else steps
-        rng = np.random.default_rng([EVAL_SEED, 5, task])
-        returns = algorithm.adaptation_returns([chosen], Rollouts(family, rng), steps)[0]
+        rollouts = Rollouts(family, np.random.default_rng([EVAL_SEED, 5, task]))
         trajectories = None
-        plot_xy, replay = getattr(family, "plot_xy", None), getattr(algorithm, "adapted_trajectories", None)
-        if callable(plot_xy) and callable(replay):
-            paths, goal = [], None
-            for traj in replay(chosen, Rollouts(family, np.random.default_rng([EVAL_SEED, 6, task])), steps):
-                shown = []
-                for e in range(min(episodes_shown, traj.mask.shape[1])):
-                    goal, path = plot_xy(chosen, traj.observations[0, e, :int(traj.mask[0, e].sum())])
-                    shown.append(np.asarray(path, dtype=float).round(4).tolist())
-                paths.append(shown)
-            trajectories = {"task": family.describe_task(chosen), "goal": None if goal is None else list(goal),
-                            "paths": paths}
+        replay = getattr(algorithm, "adapted_trajectories", None)
+        if callable(getattr(family, "plot_xy", None)) and callable(replay):
+            # One adaptation gives both the returns and the paths drawn, so the two always agree.
+            runs = replay(chosen, rollouts, steps)
+            returns = [float(traj.returns()[0]) for traj in runs]
+            goal, paths = trajectory_paths(family, chosen, runs, episodes_shown)
+            trajectories = {"task": family.describe_task(chosen), "goal": goal, "paths": paths}
+        else:
+            returns = algorithm.adaptation_returns([chosen], rollouts, steps)[0]
     return {"run": run.id, "task": family.describe_task(chosen), "index": task, "tasks": count,
             "returns": [float(v) for v in returns], "steps": int(steps), "trajectories": trajectories}

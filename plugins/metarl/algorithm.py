@@ -135,45 +135,60 @@ class MAMLRL(MetaAlgorithm):
         actions = traj.actions.reshape(num_tasks, -1, *traj.actions.shape[3:])
         return obs, actions, adv.reshape(num_tasks, -1), traj.mask.reshape(num_tasks, -1)
 
-    def _adapt_steps(self, stacked: list[Any], tasks: list[Any], rollouts: Rollouts, steps: int,
-                     episodes: int) -> tuple[list[Any], list[np.ndarray], tuple[np.ndarray, ...] | None]:
-        """Adapts ``stacked`` for ``steps`` steps on fresh episodes; the returns of each policy run, last data."""
-        returns, data = [], None
+    @property
+    def train_steps(self) -> int:
+        """Inner steps during meta-training: ``inner_steps`` for MAML, none for the pretrained baseline."""
+        return int(self.config.inner_steps) if self.meta else 0
+
+    def _adapt_steps(self, stacked: list[Any], tasks: list[Any], rollouts: Rollouts,
+                     steps: int) -> tuple[list[Any], list[Trajectories], tuple[np.ndarray, ...] | None]:
+        """Adapts ``stacked`` for ``steps`` steps, each on ``shots`` fresh episodes of the policy so far.
+
+        Returns:
+            The adapted weights, the episodes each policy ran, and the arrays of the last step's.
+        """
+        runs, data = [], None
         for _ in range(steps):
-            traj = rollouts.run(tasks, self.policy(stacked, rollouts.rng), episodes)
-            returns.append(traj.returns())
+            traj = rollouts.run(tasks, self.policy(stacked, rollouts.rng), int(self.task.shots))
+            runs.append(traj)
             data = self._flat(traj)
             stacked = self._adapt(stacked, *data)
-        return stacked, returns, data
+        return stacked, runs, data
+
+    def _adapted_runs(self, tasks: list[Any], rollouts: Rollouts, steps: int) -> list[Trajectories]:
+        """The meta-test protocol: ``steps`` adaptation steps from the meta-learned weights, then ``queries`` fresh
+        episodes of the adapted policy; the episodes of policies 0..``steps``."""
+        stacked, runs, _ = self._adapt_steps(self._tile(len(tasks)), tasks, rollouts, steps)
+        return [*runs, rollouts.run(tasks, self.policy(stacked, rollouts.rng), int(self.task.queries))]
 
     def gather(self, tasks: list[Any], rollouts: Rollouts) -> TaskBatch:
         """Runs the support episodes, adapts (first order, for acting), runs the query episodes of the adapted
         policies; the arrays of both, with advantages, masks and the query actions' log-probabilities."""
         theta = self._tile(len(tasks))
-        steps = int(self.config.inner_steps) if self.meta else 0
-        shots, queries = int(self.task.shots), int(self.task.queries)
+        steps = self.train_steps
         if steps:
-            adapted, before, support = self._adapt_steps(theta, tasks, rollouts, 1, shots)
+            adapted, runs, support = self._adapt_steps(theta, tasks, rollouts, 1)
+            before = runs[0].returns()
             for _ in range(steps - 1):  # further steps adapt on the same support episodes, as training will
                 adapted = self._adapt(adapted, *support)
         else:
-            adapted, before, support = theta, [], None
-        traj = rollouts.run(tasks, self.policy(adapted, rollouts.rng), queries)
+            adapted, support = theta, None
+        traj = rollouts.run(tasks, self.policy(adapted, rollouts.rng), int(self.task.queries))
         query = self._flat(traj)
         after = traj.returns()
         if support is None:  # the baseline: no inner loop; its data is the query episodes twice, for one shape
-            support, before = query, [after]
+            support, before = query, after
         old_logp = np.asarray(functional.to_numpy(self._logp(adapted, query[0], query[1])), np.float32)
         extras = {"support_adv": support[2], "support_mask": support[3], "query_adv": query[2],
                   "query_mask": query[3], "query_logp": old_logp,
-                  "returns": np.stack([before[0], after], axis=1).astype(np.float32)}
+                  "returns": np.stack([before, after], axis=1).astype(np.float32)}
         return TaskBatch(support[0], support[1], query[0], query[1], extras)
 
     # -- training --------------------------------------------------------------------------------------------
 
     def meta_gradients(self, batch: TaskBatch) -> tuple[list[Any], dict[str, Any]]:
         """The gradient of the clipped surrogate of the adapted policies, through the inner steps."""
-        steps = int(self.config.inner_steps) if self.meta else 0
+        steps = self.train_steps
         eps = float(self.config.clip)
         ex = batch.extras
 
@@ -205,20 +220,12 @@ class MAMLRL(MetaAlgorithm):
         The return of policy ``k < steps`` is that of the episodes it adapts on; the last policy runs ``queries``
         fresh episodes.
         """
-        stacked, returns, _ = self._adapt_steps(self._tile(len(tasks)), tasks, rollouts, steps,
-                                                int(self.task.shots))
-        last = rollouts.run(tasks, self.policy(stacked, rollouts.rng), int(self.task.queries))
-        return np.stack([*returns, last.returns()], axis=1)
+        return np.stack([traj.returns() for traj in self._adapted_runs(tasks, rollouts, steps)], axis=1)
 
     def adapted_trajectories(self, task: Any, rollouts: Rollouts, steps: int) -> list[Trajectories]:
-        """One task's episodes after 0..``steps`` adaptation steps (the report's trajectory plot)."""
-        stacked, found = self._tile(1), []
-        for k in range(steps + 1):
-            traj = rollouts.run([task], self.policy(stacked, rollouts.rng), int(self.task.shots))
-            found.append(traj)
-            if k < steps:
-                stacked = self._adapt(stacked, *self._flat(traj))
-        return found
+        """One task's episodes after 0..``steps`` adaptation steps, as the meta-test runs them (the report's
+        trajectory plot; RL Predict)."""
+        return self._adapted_runs([task], rollouts, steps)
 
 
 class PretrainedPolicy(MAMLRL):
