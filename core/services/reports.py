@@ -76,9 +76,10 @@ class ReportsMixin:
         mine = {k: run.config.get(k) for k in keys}
         others = [r for r in self.runs(dataset=run.config.get("dataset"), status="completed")
                   if r.id != run.id and {k: r.config.get(k) for k in keys} == mine]
+        scored = self.store.evaluations_by_run([r.id for r in others], split="test")  # one query for them all
         found = []
         for other in others:
-            top = headline(self.store.evaluations(other.id), other.config)
+            top = headline(scored.get(other.id, []), other.config)
             if not top or "return" not in top or len(top.get("curve") or []) != len(own["curve"]):
                 continue
             spec = self.registry.algorithms.get(other.config.get("algorithm") or "")
