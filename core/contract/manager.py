@@ -505,12 +505,10 @@ def _bounded_call(fn: Any, timeout: float, name: str) -> tuple[str, Any]:
 
 
 # The members core uses of the objects factories return (see plugin_api.Algorithm and RegressionTaskFamily).
-_ALGORITHM_METHODS = ("meta_gradients", "evaluate")
 _ALGORITHM_ATTRIBUTES = ("trainable_variables", "variables", "meta_batch_size")
 _REGRESSION_MEMBERS = ("kind", "input_shape", "output_dim", "sample_task", "sample_points", "evaluate")
 _ENVIRONMENT_MEMBERS = ("kind", "input_shape", "action_kind", "action_dim", "horizon", "sample_tasks", "make_env",
                         "describe_task")
-_ENVIRONMENT_ALGORITHM_METHODS = ("meta_gradients", "gather", "adaptation_returns")
 
 
 def _has(obj: Any, name: str) -> bool:
@@ -629,14 +627,6 @@ def backbone_maker(spec: BackboneSpec, params: Any, input_shape: tuple[int, ...]
     return make_backbone
 
 
-def _batch_size_problem(result: Any) -> str | None:
-    size = getattr(result, "meta_batch_size", None)
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or int(size) < 1:
-        return (f"must return an Algorithm whose meta_batch_size is an integer >= 1, "
-                f"not meta_batch_size={_safe_repr(size)}")
-    return None
-
-
 def _factory_problem(kind: str, spec: Any, result: Any) -> str | None:
     """What is wrong with a factory's result, as the end of a sentence, or ``None``."""
     if kind == "dataset" and spec.kind == "environment":
@@ -653,15 +643,6 @@ def _factory_problem(kind: str, spec: Any, result: Any) -> str | None:
                 return (f"must return an EnvironmentTaskFamily whose {name} is an integer >= 1, not "
                         f"{name}={_safe_repr(value)}")
         return None
-    if kind == "algorithm" and getattr(spec, "task_kinds", ()) == ("environment",):
-        missing = [m for m in _ENVIRONMENT_ALGORITHM_METHODS
-                   if not (_has(result, m) and callable(getattr(result, m, None)))]
-        missing += [m for m in _ALGORITHM_ATTRIBUTES if not _has(result, m)]
-        if missing:
-            return (f"must return an environment Algorithm (with "
-                    f"{', '.join(_ENVIRONMENT_ALGORITHM_METHODS + _ALGORITHM_ATTRIBUTES)}); missing or not "
-                    f"callable: {', '.join(missing)}")
-        return _batch_size_problem(result)
     if kind == "dataset":
         is_classification = isinstance(result, ClassificationDataset)
         missing = [m for m in _REGRESSION_MEMBERS if not _has(result, m)]
@@ -681,12 +662,21 @@ def _factory_problem(kind: str, spec: Any, result: Any) -> str | None:
         detail = f"; missing: {', '.join(missing)}" if missing else "; its kind must be 'regression'"
         return f"must return a RegressionTaskFamily (the spec declares kind='regression'){detail}"
     if kind == "algorithm":
-        missing = [m for m in _ALGORITHM_METHODS if not (_has(result, m) and callable(getattr(result, m, None)))]
+        # The methods core calls for the task kinds the spec declares: evaluate for episodes, gather and
+        # adaptation_returns for environments.
+        kinds = set(getattr(spec, "task_kinds", None) or ("classification", "regression"))
+        methods = ["meta_gradients", *(["evaluate"] if kinds - {"environment"} else []),
+                   *(["gather", "adaptation_returns"] if "environment" in kinds else [])]
+        missing = [m for m in methods if not (_has(result, m) and callable(getattr(result, m, None)))]
         missing += [m for m in _ALGORITHM_ATTRIBUTES if not _has(result, m)]
         if missing:
-            return (f"must return an Algorithm (with {', '.join(_ALGORITHM_METHODS + _ALGORITHM_ATTRIBUTES)}); "
+            return (f"must return an Algorithm (with {', '.join(methods + list(_ALGORITHM_ATTRIBUTES))}); "
                     f"missing or not callable: {', '.join(missing)}")
-        return _batch_size_problem(result)
+        size = getattr(result, "meta_batch_size", None)
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or int(size) < 1:
+            return (f"must return an Algorithm whose meta_batch_size is an integer >= 1, "
+                    f"not meta_batch_size={_safe_repr(size)}")
+        return None
     if result is None or not callable(result):
         return "must return a model (a callable keras.Model mapping inputs to feature vectors)"
     return None

@@ -850,6 +850,10 @@ class Algorithm(Protocol):
     #     The mean episode return of each task's policy after 0, 1, ..., ``steps`` adaptation steps, each step
     #     adapting on ``task.shots`` new episodes and each return measured on ``task.queries`` episodes. Core turns
     #     it into the evaluation's ``return`` (after the last step), its 95% interval and the ``curve``.
+    #
+    # adapted_trajectories(task, rollouts, steps) -> list[Trajectories]   (optional)
+    #     One task's episodes after 0..``steps`` adaptation steps; with a family's ``plot_xy`` the report and RL
+    #     Predict draw the agent's paths from them.
 
 
 @dataclass(frozen=True)

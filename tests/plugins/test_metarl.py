@@ -61,6 +61,20 @@ def test_a_factory_result_missing_the_environment_members_is_refused_by_name():
     bad.action_kind = "jumpy"
     with pytest.raises(PluginContractError, match="action_kind is 'continuous' or 'discrete'"):
         check_factory_result(NAV2D, bad)
+    # An environment algorithm needs gather and adaptation_returns, not evaluate.
+    from metalab.plugins.metarl import MAML_RL
+
+    class Episodic:
+        meta_batch_size, trainable_variables, variables = 2, [], []
+
+        def meta_gradients(self, batch):
+            return [], {}
+
+        def evaluate(self, batch):
+            return {}
+
+    with pytest.raises(PluginContractError, match="missing or not callable: gather, adaptation_returns"):
+        check_factory_result(MAML_RL, Episodic())
 
 
 def test_rollouts_run_every_task_in_lock_step_and_follow_the_seed():
@@ -135,11 +149,25 @@ def test_maml_rl_report_compares_the_baseline_and_a_random_initialisation(builti
     assert lines[0].startswith("this run (40 test tasks)") and lines[1].startswith("Pretrained policy")
     assert lines[2] == "random initialisation (10 test tasks)"
     assert "Trajectories before and after adaptation" in drawn
-    from metalab.core.cli import _list_cell
+    import json
+
+    from typer.testing import CliRunner
+
+    from metalab.core.cli import _list_cell, app
 
     row = next(r for r in services.runs_table().rows if r["id"] == runs[1])
     assert row["metric"] == "average return" and row["score"] == pytest.approx(evaluation["return"])
     assert _list_cell(row, "score").endswith(" return")
+    # RL Predict from the CLI: one test task, the returns and paths of one adaptation; bad input named.
+    done = CliRunner().invoke(app, ["predict", runs[1], "--task", "3", "--steps", "1", "--json"])
+    assert done.exit_code == 0, done.output
+    found = json.loads(done.output[done.output.index("{"):])
+    assert (found["index"], found["tasks"], found["steps"], len(found["returns"])) == (3, 40, 1, 2)
+    assert len(found["trajectories"]["paths"]) == 2 and found["task"].startswith("goal (")
+    refused = CliRunner().invoke(app, ["predict", runs[1], "--task", "40"])
+    assert refused.exit_code != 0 and "numbered 0 to 39. Received: task=40" in " ".join(refused.output.split())
+    refused = CliRunner().invoke(app, ["predict", runs[1], "--support", "x", "--query", "y"])
+    assert refused.exit_code != 0 and "adapts to a test task (--task N)" in " ".join(refused.output.split())
 
 
 def test_the_maml_rl_meta_gradient_is_exact_to_second_order(float64):
