@@ -132,22 +132,22 @@ class _Initial:
 
 
 def _choose(label: str, options: list[str], key: str, query_key: str, default: str | None, init: _Initial,
-            titles: dict[str, str], help: str = "", format_suffix: Any = None, unfit: str = "") -> str:
-    """A selectbox of ``options``; ``titles`` names every plugin of the kind, and ``unfit`` says why one that is
-    loaded is not among the options (e.g. it does not take the dataset's kind of task)."""
+            titles: dict[str, str], help: str = "", takes: str = "") -> str:
+    """A selectbox of ``options``; ``titles`` names every plugin of the kind. With ``takes`` (what the options
+    take, e.g. ``"environment tasks (metalab.nav2d)"``) a loaded plugin left out is named as not taking it."""
     if not options:
-        st.error(f"No {label.lower()} plugin is loaded{unfit and ' that ' + unfit}; see the Plugins page.")
+        st.error(f"No {label.lower()} plugin is loaded{' that takes ' + takes if takes else ''}; see the Plugins page.")
         st.stop()
     if st.session_state.get(key) not in (None, *options):  # chosen for another dataset, which it fitted
         held = st.session_state.pop(key)
-        st.info(f"{titles.get(held, held)} ({held}) {unfit.replace('takes', 'does not take')}: chose "
-                f"{titles.get(options[0], options[0])} instead." if unfit else f"{held} is not offered here.")
+        st.info(f"{titles.get(held, held)} ({held}) does not take {takes}: chose "
+                f"{titles.get(options[0], options[0])} instead." if takes else f"{held} is not offered here.")
     if key not in st.session_state:
         choice = init.memory.get(key) or init.query.get(query_key) or default
         if choice not in options:
-            if query_key in init.query and init.query[query_key] in titles and unfit:
+            if query_key in init.query and init.query[query_key] in titles and takes:
                 init.problems.append(f"Link parameter ignored: {query_key}={init.query[query_key]!r} does not "
-                                     f"{unfit.replace('takes', 'take')} (it offers: {', '.join(options)}).")
+                                     f"take {takes} (it offers: {', '.join(options)}).")
             elif query_key in init.query:
                 init.problems.append(f"Link parameter ignored: {query_key}={init.query[query_key]!r} is not loaded "
                                      f"(loaded: {', '.join(options)}).")
@@ -155,8 +155,7 @@ def _choose(label: str, options: list[str], key: str, query_key: str, default: s
         st.session_state[key] = choice
 
     def fmt(option: str) -> str:
-        suffix = format_suffix(option) if format_suffix else ""
-        return f"{titles.get(option, option)} ({option}){suffix}"
+        return f"{titles.get(option, option)} ({option})"
 
     return st.selectbox(label, options, key=key, format_func=fmt, help=help)
 
@@ -462,7 +461,7 @@ def train() -> None:
             "Algorithm", fitting, "train.algorithm", "algorithm",
             DEFAULT_ALGORITHM if DEFAULT_ALGORITHM in fitting else (fitting or [None])[0], init,
             {k: v["title"] for k, v in algorithms.items()}, help="The meta-learning algorithm (those that take "
-            f"{ds['kind']} tasks).", unfit=f"takes {ds['kind']} tasks ({dataset})",
+            f"{ds['kind']} tasks).", takes=f"{ds['kind']} tasks ({dataset})",
         )
     with top[2]:
         backbone = _choose("Backbone", list(backbones), f"train.backbone.{dataset}", "backbone",
