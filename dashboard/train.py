@@ -134,7 +134,7 @@ class _Initial:
 def _choose(label: str, options: list[str], key: str, query_key: str, default: str | None, init: _Initial,
             titles: dict[str, str], help: str = "", takes: str = "") -> str:
     """A selectbox of ``options``; ``titles`` names every plugin of the kind. With ``takes`` (what the options
-    take, e.g. ``"environment tasks (metalab.nav2d)"``) a loaded plugin left out is named as not taking it."""
+    take, e.g. ``"environment tasks (<dataset id>)"``) a loaded plugin left out is named as not taking it."""
     if not options:
         st.error(f"No {label.lower()} plugin is loaded{' that takes ' + takes if takes else ''}; see the Plugins page.")
         st.stop()
