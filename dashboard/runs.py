@@ -441,7 +441,8 @@ def compare() -> None:
                           format_func=lambda f: _label(f, dim_options))
     if dims:
         st.plotly_chart(figures.parallel_coordinates_figure(rows, dims, colors,
-                                                            labels={d: _label(d, dim_options) for d in dims}),
+                                                            labels={d: _label(d, dim_options) for d in dims},
+                                                            run_labels=labels),
                         key="compare.parallel")
     _write_link("compare", {"runs": ",".join(chosen), "metric": metric, "group": group_by,
                             "all": "1" if show_all else None, "dims": ",".join(dims)})

@@ -81,47 +81,64 @@ def scores_figure(rows: list[dict[str, Any]], colors: Mapping[str, str], group_b
     return fig
 
 
-def _discrete_scale(colors: list[str]) -> list[list[Any]]:
-    """A colour scale on ``0 .. n-1`` whose integer ``i`` is exactly ``colors[i]`` (a band per colour)."""
-    if len(colors) == 1:
-        return [[0.0, colors[0]], [1.0, colors[0]]]
-    n = len(colors)
-    scale = []
-    for i, color in enumerate(colors):
-        scale += [[i / n, color], [(i + 1) / n, color]]
-    return scale
+def _axis(values: list[Any]) -> tuple[list[float | None], list[float], list[str]]:
+    """One axis of the parallel coordinates: the values placed on ``0 .. 1``, with tick positions and texts.
+
+    Numbers get a continuous axis from their least to their greatest value (ticks at both ends and the middle);
+    anything else gets one evenly spaced tick per distinct value, sorted. A missing value is ``None`` (a gap).
+    """
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        low, high = float(min(present)), float(max(present))
+        span = high - low
+        place = (lambda v: (float(v) - low) / span) if span else (lambda v: 0.5)
+        ticks = [low, (low + high) / 2, high] if span else [low]
+        return ([None if v not in present else place(v) for v in values], [place(t) for t in ticks],
+                [f"{t:.4g}" for t in ticks])
+    levels = sorted({str(v) for v in present})
+    step = 1 / (len(levels) - 1) if len(levels) > 1 else 0.0
+    where = {level: (i * step if len(levels) > 1 else 0.5) for i, level in enumerate(levels)}
+    return ([None if v not in present else where[str(v)] for v in values], [where[level] for level in levels],
+            levels)
 
 
 def parallel_coordinates_figure(rows: list[dict[str, Any]], dimensions: list[str], colors: Mapping[str, str],
                                 title: str = "Parameters and scores",
-                                labels: Mapping[str, str] | None = None) -> go.Figure:
+                                labels: Mapping[str, str] | None = None,
+                                run_labels: Mapping[str, str] | None = None) -> go.Figure:
     """One line per run across its parameters and metrics, each line in the run's colour.
+
+    Drawn as plain (SVG) lines over one vertical axis per field, not Plotly's WebGL ``Parcoords``: with at most
+    :data:`MAX_COMPARED` runs nothing needs WebGL, and setting up its canvases held up every other chart of the
+    Compare page by about a second (issue 21, point 5). Each run is a legend entry (click to hide it) and hovering
+    a point shows the field and the run's value.
 
     Args:
         rows: Table rows with an ``id`` and the ``dimensions`` fields.
         dimensions: Fields, one axis each; text fields get one tick per value, numbers a continuous axis.
         colors: ``{run id: colour}``.
         labels: ``{field: axis title}`` (default: the field's name).
+        run_labels: ``{run id: legend name}`` (default: the run's id).
     """
-    axes = []
-    for name in dimensions:
-        values = [r.get(name) for r in rows]
-        present = [v for v in values if v is not None]
-        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-            axes.append({"label": (labels or {}).get(name, name),
-                         "values": [float(v) if v is not None else math.nan for v in values]})
-        else:
-            levels = sorted({str(v) for v in present})
-            index = {v: i for i, v in enumerate(levels)}
-            axes.append({"label": (labels or {}).get(name, name),
-                         "values": [index[str(v)] if v is not None else math.nan for v in values],
-                         "tickvals": list(range(len(levels))), "ticktext": levels,
-                         "range": [-0.5, max(len(levels) - 0.5, 0.5)]})
-    ordered = [colors.get(r["id"], PALETTE[0]) for r in rows]
-    n = max(len(rows), 1)
-    # Each run's line is coloured by its own index on a scale banded into the runs' colours.
-    line = {"color": [i + 0.5 for i in range(len(rows))], "colorscale": _discrete_scale(ordered or [PALETTE[0]]),
-            "cmin": 0, "cmax": n, "showscale": False}
-    fig = go.Figure(go.Parcoords(line=line, dimensions=axes, meta=[r["id"] for r in rows]))
-    fig.update_layout(title=title, height=420, margin={"t": 90, "b": 40, "l": 60, "r": 60})
+    names = [(labels or {}).get(d, d) for d in dimensions]
+    axes = [_axis([r.get(d) for r in rows]) for d in dimensions]
+    fig = go.Figure()
+    for i, row in enumerate(rows):
+        raw = [row.get(d) for d in dimensions]
+        fig.add_trace(go.Scatter(
+            x=list(range(len(dimensions))), y=[placed[i] for placed, _, _ in axes], mode="lines+markers",
+            name=(run_labels or {}).get(row["id"], row["id"]), meta=row["id"],
+            line={"color": colors.get(row["id"], PALETTE[0]), "width": 2}, marker={"size": 7},
+            customdata=[[name, "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))]
+                        for name, v in zip(names, raw)],
+            hovertemplate="%{customdata[0]}: %{customdata[1]}<extra>%{fullData.name}</extra>"))
+    for x, (_, ticks, texts) in enumerate(axes):
+        fig.add_shape(type="line", x0=x, x1=x, y0=0, y1=1, line={"color": "#888", "width": 1}, layer="below")
+        for y, text in zip(ticks, texts):
+            fig.add_annotation(x=x, y=y, text=text, showarrow=False, xanchor="right", xshift=-4,
+                               font={"size": 10, "color": "#444"}, bgcolor="rgba(255,255,255,0.75)")
+    fig.update_layout(title=title, height=420, margin={"t": 90, "b": 40, "l": 60, "r": 60},
+                      xaxis={"tickvals": list(range(len(dimensions))), "ticktext": names, "side": "top",
+                             "range": [-0.5, len(dimensions) - 0.5], "showgrid": False, "zeroline": False},
+                      yaxis={"visible": False, "range": [-0.08, 1.08]}, hovermode="closest")
     return fig

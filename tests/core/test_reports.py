@@ -81,6 +81,27 @@ def test_compare_curves_figure_has_one_line_per_run():
     assert fig.layout.title.text == "val/accuracy"
 
 
+def test_parallel_coordinates_place_numbers_in_proportion_text_by_level_and_leave_gaps():
+    from metalab.core.reports.compare import parallel_coordinates_figure
+
+    rows = [{"id": "r1", "lr": 0.1, "opt": "sgd", "acc": 0.5},
+            {"id": "r2", "lr": 0.4, "opt": "adam", "acc": None},
+            {"id": "r3", "lr": 1.0, "opt": "sgd", "acc": 0.9}]
+    fig = parallel_coordinates_figure(rows, ["lr", "opt", "acc"], {"r1": "#111111", "r2": "#222222"},
+                                      labels={"lr": "learning rate"}, run_labels={"r1": "one"})
+    assert [t.type for t in fig.data] == ["scatter"] * 3 and [t.name for t in fig.data] == ["one", "r2", "r3"]
+    assert [t.line.color for t in fig.data[:2]] == ["#111111", "#222222"]
+    assert list(fig.layout.xaxis.ticktext) == ["learning rate", "opt", "acc"]
+    lr, opt, acc = zip(*(t.y for t in fig.data))
+    assert [round(v, 6) for v in lr] == [0.0, round(0.3 / 0.9, 6), 1.0]
+    assert opt == (1.0, 0.0, 1.0)  # levels sorted: adam at the bottom, sgd at the top
+    assert acc == (0.0, None, 1.0)  # a run without the metric leaves a gap, not a point at 0
+    assert fig.data[1].customdata[2][1] == "–"
+    # Each axis is labelled with its range (numbers) or its levels (text).
+    texts = {a.text for a in fig.layout.annotations}
+    assert {"0.1", "0.55", "1", "adam", "sgd"} <= texts
+
+
 def test_sinusoid_figure_draws_truth_support_and_each_adaptation_per_task():
     fig = reports.sinusoid_figure(SINUSOID)
     names = _names(fig)

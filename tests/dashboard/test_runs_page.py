@@ -136,18 +136,16 @@ def test_compare_three_runs_with_consistent_colours_and_parallel_coordinates(pag
     tops = [trace["y"][0] + trace["error_y"]["array"][0] for trace in scores["data"]]
     bottoms = [trace["y"][0] - trace["error_y"]["array"][0] for trace in scores["data"]]
     assert 0 < low <= min(bottoms) and max(tops) <= high
-    (coords,) = parallel["data"]
-    assert coords["type"] == "parcoords"
-    labels = [d["label"] for d in coords["dimensions"]]
-    assert "inner_lr" in labels and "shots" in labels and labels[-1] == "score"
-    inner_lr = next(d for d in coords["dimensions"] if d["label"] == "inner_lr")
-    assert inner_lr["values"] == [0.01, 0.05, 0.1]
-    # Line i is drawn at value i + 0.5 of a scale banded into the runs' colours: the colour of run i.
-    scale, top = coords["line"]["colorscale"], coords["line"]["cmax"]
-    for i, run_id in enumerate(coords["meta"]):
-        position = coords["line"]["color"][i] / top
-        band = next(c for (start, c), (end, _) in zip(scale, scale[1:]) if start <= position <= end)
-        assert band == colour[run_id]
+    # One SVG line per run (no WebGL), in the run's colour, across one axis per field.
+    lines = parallel["data"]
+    assert {trace["type"] for trace in lines} == {"scatter"} and [t["meta"] for t in lines] == [small, mid, big]
+    assert all(trace["line"]["color"] == colour[trace["meta"]] for trace in lines)
+    axes = parallel["layout"]["xaxis"]["ticktext"]
+    assert "inner_lr" in axes and "shots" in axes and axes[-1] == "score"
+    at_inner = axes.index("inner_lr")
+    # inner_lr 0.01, 0.05, 0.1: placed from the axis's bottom (least) to its top (greatest), in proportion.
+    assert [round(t["y"][at_inner], 4) for t in lines] == [0.0, round(0.04 / 0.09, 4), 1.0]
+    assert [t["customdata"][at_inner][1] for t in lines] == ["0.01", "0.05", "0.1"]
     table = at.dataframe[0].value
     assert list(table["id"]) == [small, mid, big] and {"algorithm.inner_lr", "shots", "val/mse"} <= set(table.columns)
     # Metric, grouping and axes are in the link, and a new session restores them.
@@ -161,7 +159,7 @@ def test_compare_three_runs_with_consistent_colours_and_parallel_coordinates(pag
     curves, scores, parallel = figures(opened)
     assert curves["layout"]["title"]["text"] == "train/loss"
     assert sorted({trace["x"][0] for trace in scores["data"]}) == ["shots=1", "shots=5"]
-    assert [d["label"] for d in parallel["data"][0]["dimensions"]] == ["shots", "val/mse"]
+    assert parallel["layout"]["xaxis"]["ticktext"] == ["shots", "val/mse"]
 
 
 
