@@ -24,6 +24,13 @@ the step itself; the model is built before), and a comparison prints both sides'
 ``EVAL_CHUNK`` episodes, as ``metalab evaluate`` does), against the reference's loop over the same episodes.
 
 The machine's other load changes the figures: the load average is printed before and after each measurement.
+Every figure carries the CPU's model and instruction sets (``machine.cpu``: AVX2, AVX-512) and any cap on the
+vector instructions the libraries may use (``machine.isa_cap``): this project's hosts differ there (issue 22).
+
+``--max-isa avx2`` caps both sides at AVX2 on a host that has AVX-512: oneDNN (``ONEDNN_MAX_CPU_ISA``, used by
+TensorFlow and torch), torch's own kernels (``ATEN_CPU_CAPABILITY``) and XLA on JAX (``--xla_cpu_max_isa``). It
+runs the AVX2 code paths, not an AVX2 host: another CPU's cores, caches and clocks are not emulated, so such a
+figure is labelled with its cap and never stands for an AVX2 host's row.
 
 With ``--peak`` each training workload's figure is also held against this host's measured matmul and convolution
 peak (``peak.py``): the time its counted work would take at peak, as a share of the measured step, and the rest.
@@ -138,11 +145,33 @@ def measure(step: Callable[[], dict], warmup: int, iters: int, unit_per_iter: fl
     }
 
 
+#: The environment variables that cap the vector instructions each library uses, set by ``--max-isa``.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "XLA_FLAGS")
+
+
+def isa_cap_environment(max_isa: str) -> dict[str, str]:
+    """The variables that keep oneDNN, torch's kernels and XLA to ``max_isa`` (``"avx2"``)."""
+    flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), f"--xla_cpu_max_isa={max_isa.upper()}") if f)
+    return {"ONEDNN_MAX_CPU_ISA": max_isa.upper(), "DNNL_MAX_CPU_ISA": max_isa.upper(),
+            "ATEN_CPU_CAPABILITY": max_isa.lower(), "XLA_FLAGS": flags}
+
+
+def isa_cap() -> dict[str, str] | None:
+    """The caps on vector instructions in this process's environment (``None`` when the libraries use the CPU's
+    best). ``XLA_FLAGS`` counts only for its ``--xla_cpu_max_isa``."""
+    found = {k: os.environ[k] for k in ISA_CAP_VARIABLES[:3] if os.environ.get(k)}
+    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu_max_isa")]
+    if xla:
+        found["XLA_FLAGS"] = " ".join(xla)
+    return found or None
+
+
 def machine(impl: str) -> dict[str, Any]:
+    from _common import cpu_model
     from metalab.core.engine.devices import installed_versions  # no TensorFlow import: safe in the torch process too
 
-    note: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    note: dict[str, Any] = {"cpus": os.cpu_count(), "cpu": cpu_model(), "isa_cap": isa_cap(),
+                            "python": platform.python_version(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
     if impl == "metalab":
         backend = os.environ.get("KERAS_BACKEND", "tensorflow")
         note["backend"] = backend
@@ -426,6 +455,8 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
         cmd.append("--library-threads")
 
     env = dict(os.environ)
+    if args.max_isa:
+        env.update(isa_cap_environment(args.max_isa))
     if impl == "metalab":
         env["KERAS_BACKEND"] = args.backend  # Keras picks its backend once, at import
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
@@ -535,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak", action="store_true",
                         help="Also print each training workload's share of this host's measured matmul/conv peak "
                              "(benchmarks/peak.py, run first in its own processes) and where the rest goes.")
+    parser.add_argument("--max-isa", default=None, choices=["avx2"],
+                        help="Both sides: keep oneDNN, torch's kernels and XLA to these vector instructions on a host "
+                             "that has more (the AVX2 code paths on an AVX-512 host, not an AVX2 host).")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.param = parse_params(parser, args.param)
@@ -547,6 +581,13 @@ def main(argv: list[str] | None = None) -> int:
         run_one(names[0], args.impl, args)
         return 0
     impls = ["metalab", "torch"] if args.impl == "both" else [args.impl]
+    from _common import cpu_model
+
+    cpu = cpu_model()
+    sets = ", ".join(name for name, key in (("AVX2", "avx2"), ("AVX-512", "avx512f")) if cpu[key]) or "neither AVX2 nor AVX-512"
+    print(f"[machine] {os.cpu_count()} CPUs, {cpu['model']} ({sets})"
+          + (f"; capped at {args.max_isa.upper()} ({', '.join(f'{k}={v}' for k, v in isa_cap_environment(args.max_isa).items())})"
+             if args.max_isa else "; libraries use the CPU's best instructions"), flush=True)
     limits = physical_limit(names, impls, args) if args.peak else None
     for name in names:
         rates: dict[str, list[float]] = {i: [] for i in impls}
@@ -560,7 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(impls) == 2 and firsts["metalab"] and firsts["torch"]:
             m, t = statistics.median(firsts["metalab"]), statistics.median(firsts["torch"])
             first = {"workload": name, "metalab_first_step_s": firsts["metalab"], "torch_first_step_s": firsts["torch"],
-                     "first_step_metalab_over_torch": round(m / t, 3)}
+                     "first_step_metalab_over_torch": round(m / t, 3), "cpu": cpu, "max_isa": args.max_isa}
             print(f"{name} first step (trace + compile + step; lower is better): metalab {m} s vs torch {t} s "
                   f"-> {m / t:.2f}x torch's", flush=True)
             print("FIRST_STEP " + json.dumps(first), flush=True)
@@ -572,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             m, t = statistics.median(rates["metalab"]), statistics.median(rates["torch"])
             ratio = {"workload": name, "ratio_metalab_over_torch": round(m / t, 3), "metalab_rates": rates["metalab"],
                      "torch_rates": rates["torch"], "unit": WORKLOADS[name]["unit"],
-                     "loadavg": [round(x, 2) for x in os.getloadavg()]}
+                     "loadavg": [round(x, 2) for x in os.getloadavg()], "cpu": cpu, "max_isa": args.max_isa}
             print(f"{name}: metalab {m} vs torch {t} {WORKLOADS[name]['unit']} -> {m / t:.2f}x", flush=True)
             print("RATIO " + json.dumps(ratio), flush=True)
     return 0

@@ -36,3 +36,22 @@ def test_only_training_steps_are_held_against_the_peak(bench, capsys):
     out = capsys.readouterr().out
     # The median rate (10 episodes/s, one episode a step) against 0.04 s at peak: 40%; torch has no peak measured.
     assert "40.0% of peak" in out and "[torch]" not in out
+
+
+def test_every_figure_names_the_cpus_instruction_sets_and_any_cap_on_them(bench, monkeypatch):
+    speed = bench("speed")
+    for name in speed.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    note = speed.machine("torch")
+    assert (note["cpu"]["avx2"], note["cpu"]["avx512f"]) == ("avx2" in flags, "avx512f" in flags)
+    assert note["isa_cap"] is None
+    # --max-isa avx2 caps oneDNN, torch's kernels and XLA, keeping XLA flags already set.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    env = speed.isa_cap_environment("avx2")
+    assert env == {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                   "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=AVX2"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert speed.machine("torch")["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+                                                 "ATEN_CPU_CAPABILITY": "avx2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
