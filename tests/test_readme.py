@@ -61,4 +61,7 @@ def test_the_two_commands_are_kept():
     blocks = re.findall(r"```bash\n(.+?)\n```", _section("The two commands"), re.DOTALL)
     assert blocks[0] == DASHBOARD
     assert blocks[1].startswith('python3 -m venv .venv && .venv/bin/pip install -q -e ".[dev]"')
-    assert blocks[1].endswith("&& .venv/bin/python -m pytest")
+    # Both stages: the unit suite, then the end-to-end tests across real processes.
+    assert blocks[1].endswith("&& .venv/bin/python -m pytest && .venv/bin/python -m pytest -m integration")
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert blocks[1] in ci.splitlines()

@@ -159,7 +159,7 @@ print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.integration)])
 def test_two_devices_give_the_one_device_meta_gradients_and_train(tmp_path, backend):
     if backend == "jax":
         pytest.importorskip("jax", reason="JAX is not installed (the optional jax extra)")

@@ -80,6 +80,7 @@ for name in ("shared", "per_step", "vectorized"):
 """
 
 
+@pytest.mark.integration
 def test_second_order_maml_meta_gradient_on_jax_equals_tensorflow(float64, tmp_path):
     namespace: dict = {}
     exec(MAML_SETUP, namespace)  # the very code the JAX side runs
@@ -109,6 +110,7 @@ def test_second_order_maml_meta_gradient_on_jax_equals_tensorflow(float64, tmp_p
             np.testing.assert_allclose(got[f"s{i}"], s, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.integration
 def test_batch_norm_second_order_gradient_on_jax_matches_finite_differences(tmp_path):
     # All in float64 with losses made of sums (Keras's JAX means stop at float32): one MAML step through
     # MetaBatchNorm (per-step sets too), differentiated by nested jax.value_and_grad.
@@ -286,6 +288,7 @@ def test_maml_and_protonet_learn_on_jax(tmp_path):
     assert scores["protonet"][1] > 1 / 3 + 0.3
 
 
+@pytest.mark.integration
 def test_float16_loss_scaled_step_on_jax_skips_an_overflow_then_trains(tmp_path):
     # On JAX the loss-scale optimizer's update goes through stateless_apply inside the compiled step.
     out = run_jax("""
@@ -363,6 +366,7 @@ print(json.dumps(report))
     assert report["maml_auto"]["grouped"][1] > 0  # per-task fast weights: grouped convolutions
 
 
+@pytest.mark.integration
 def test_run_precision_sets_jax_matmul_precision(tmp_path):
     # JAX computes float32 matrix products and convolutions in TensorFloat-32 on GPUs by default (an H100 moved
     # the second-order MAML meta-gradient by 7%): float32 runs ask for full float32, tf32 runs for TF32.

@@ -71,6 +71,7 @@ def _weights(home: Path) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files if name.startswith(("var_", "opt_"))}
 
 
+@pytest.mark.integration
 def test_two_processes_on_loopback_train_the_weights_of_one(tmp_path):
     from metalab.core.engine.config import parse_assignments
     from metalab.core.services import Services

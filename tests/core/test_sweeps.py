@@ -103,6 +103,7 @@ def test_a_drawn_range_is_checked_at_both_ends_before_ray_starts(home):
 
 
 @requires_ray
+@pytest.mark.integration
 def test_a_grid_sweep_stores_tagged_runs_and_a_raised_budget_runs_only_the_new_trials(home, one_ray):
     import ray
 
@@ -213,6 +214,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_rerunning_its_finished_t
 
 
 @requires_ray
+@pytest.mark.integration
 def test_a_sweep_launched_as_the_dashboard_does_runs_in_its_own_driver_process(home, one_ray):
     """The Train page's "Launch sweep": the sweep is recorded, then a detached driver process (`metalab sweep
     resume`, its own local Ray) trains every trial; the page only reads the record and the runs."""

@@ -40,6 +40,7 @@ from tests.support.processes import end_workers as _end_workers, free_port as _f
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.integration,
     pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
 ]
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from tests.faults.helpers import CHECKPOINT_EVERY, TINY, finished, kill9, wait_for
+
+pytestmark = pytest.mark.integration  # real workers killed and relaunched: the integration stage of the test command
 
 
 def test_a_worker_killed_while_queued_then_twice_while_training_resumes_losing_at_most_one_interval(svc):
