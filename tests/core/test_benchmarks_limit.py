@@ -55,3 +55,36 @@ def test_every_figure_names_the_cpus_instruction_sets_and_any_cap_on_them(bench,
         monkeypatch.setenv(name, value)
     assert speed.machine("torch")["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
                                                  "ATEN_CPU_CAPABILITY": "avx2", "XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
+
+
+def test_kernels_adds_up_onednn_primitives_per_kind_pass_and_shape_in_both_verbose_formats(bench):
+    kernels = bench("kernels")
+    shape = "mb100_ic64oc64_ih14oh14kh3sh1dh0ph1_iw14ow14kw3sw1dw0pw1"
+    lines = [
+        "onednn_verbose,v1,info,oneDNN v3.7.1 (commit x)",
+        f"onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx2,backward_weights,src:f32,,,{shape},0.5",
+        f"onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0,,"
+        f"alg:convolution_direct,{shape},7.5",
+        f"onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:acdb::f0,,"
+        f"alg:convolution_direct,{shape},8.5",
+        f"dnnl_verbose,exec,cpu,convolution,gemm:jit,backward_weights,src_f32::blocked:abcd:f0,,,{shape},4.0",
+        "onednn_verbose,v1,primitive,exec,cpu,pooling,jit:avx2,forward_training,src:f32,,alg:pooling_max,"
+        "mb100ic64_ih28oh14kh2sh2dh0ph0_iw28ow14kw2sw2dw0pw0,1.25",
+        "some other output line",
+    ]
+    found = kernels.parse_verbose(lines)
+    conv = found[("convolution", "backward_weights", shape)]
+    # Creation is not execution; an implementation that changed between calls is listed with both names.
+    assert conv == {"impl": "jit:avx2|gemm:jit", "ms": 20.0, "calls": 3}
+    pool = found[("pooling", "forward_training", "mb100ic64_ih28oh14kh2sh2dh0ph0_iw28ow14kw2sw2dw0pw0")]
+    assert pool["ms"] == 1.25 and pool["calls"] == 1
+    for entry in found.values():
+        entry["ms_per_step"] = entry["ms"] / 2
+    torch_side = {("convolution", "backward_weights", shape): {"impl": "jit:avx2", "ms": 15.0, "calls": 2,
+                                                                "ms_per_step": 7.5}}
+    result = {"median_step_s": 0.05, "cpu_s_per_iter": 0.09}
+    lines = kernels.table({"metalab": {"kernels": found, "result": result},
+                           "torch": {"kernels": torch_side, "result": result}}, top=5)
+    row = next(line for line in lines if "backward_weights" in line)
+    assert "jit:avx2|gemm:jit | 10.00" in row and "jit:avx2 | 7.50" in row and row.endswith("**no** |")
+    assert "| convolution | 10.00 | 7.50 |" in lines and "| pooling | 0.62 | 0.00 |" in lines
