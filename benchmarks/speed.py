@@ -584,10 +584,11 @@ def main(argv: list[str] | None = None) -> int:
     from _common import cpu_model
 
     cpu = cpu_model()
-    sets = ", ".join(name for name, key in (("AVX2", "avx2"), ("AVX-512", "avx512f")) if cpu[key]) or "neither AVX2 nor AVX-512"
-    print(f"[machine] {os.cpu_count()} CPUs, {cpu['model']} ({sets})"
-          + (f"; capped at {args.max_isa.upper()} ({', '.join(f'{k}={v}' for k, v in isa_cap_environment(args.max_isa).items())})"
-             if args.max_isa else "; libraries use the CPU's best instructions"), flush=True)
+    sets = ", ".join(name for name, key in (("AVX2", "avx2"), ("AVX-512", "avx512f")) if cpu[key]) or "no AVX2"
+    cap = (", ".join(f"{k}={v}" for k, v in isa_cap_environment(args.max_isa).items()) if args.max_isa else "")
+    print(f"[machine] {os.cpu_count()} CPUs, {cpu['model']} ({sets}); "
+          + (f"capped at {args.max_isa.upper()} ({cap})" if args.max_isa
+             else "libraries use the CPU's best instructions"), flush=True)
     limits = physical_limit(names, impls, args) if args.peak else None
     for name in names:
         rates: dict[str, list[float]] = {i: [] for i in impls}

@@ -81,25 +81,33 @@ def scores_figure(rows: list[dict[str, Any]], colors: Mapping[str, str], group_b
     return fig
 
 
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _axis(values: list[Any]) -> tuple[list[float | None], list[float], list[str]]:
     """One axis of the parallel coordinates: the values placed on ``0 .. 1``, with tick positions and texts.
 
     Numbers get a continuous axis from their least to their greatest value (ticks at both ends and the middle);
     anything else gets one evenly spaced tick per distinct value, sorted. A missing value is ``None`` (a gap).
     """
-    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    present = [v for v in values if not _missing(v)]
     if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
         low, high = float(min(present)), float(max(present))
         span = high - low
-        place = (lambda v: (float(v) - low) / span) if span else (lambda v: 0.5)
         ticks = [low, (low + high) / 2, high] if span else [low]
-        return ([None if v not in present else place(v) for v in values], [place(t) for t in ticks],
-                [f"{t:.4g}" for t in ticks])
-    levels = sorted({str(v) for v in present})
-    step = 1 / (len(levels) - 1) if len(levels) > 1 else 0.0
-    where = {level: (i * step if len(levels) > 1 else 0.5) for i, level in enumerate(levels)}
-    return ([None if v not in present else where[str(v)] for v in values], [where[level] for level in levels],
-            levels)
+
+        def place(v: float) -> float:
+            return (float(v) - low) / span if span else 0.5
+    else:
+        levels = sorted({str(v) for v in present})
+        spots = {level: i / (len(levels) - 1) if len(levels) > 1 else 0.5 for i, level in enumerate(levels)}
+        ticks = list(levels)
+
+        def place(v: Any) -> float:
+            return spots[str(v)]
+    texts = [f"{t:.4g}" if isinstance(t, float) else t for t in ticks]
+    return [None if _missing(v) else place(v) for v in values], [place(t) for t in ticks], texts
 
 
 def parallel_coordinates_figure(rows: list[dict[str, Any]], dimensions: list[str], colors: Mapping[str, str],
@@ -129,7 +137,7 @@ def parallel_coordinates_figure(rows: list[dict[str, Any]], dimensions: list[str
             x=list(range(len(dimensions))), y=[placed[i] for placed, _, _ in axes], mode="lines+markers",
             name=(run_labels or {}).get(row["id"], row["id"]), meta=row["id"],
             line={"color": colors.get(row["id"], PALETTE[0]), "width": 2}, marker={"size": 7},
-            customdata=[[name, "–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))]
+            customdata=[[name, "–" if _missing(v) else (f"{v:.4g}" if isinstance(v, float) else str(v))]
                         for name, v in zip(names, raw)],
             hovertemplate="%{customdata[0]}: %{customdata[1]}<extra>%{fullData.name}</extra>"))
     for x, (_, ticks, texts) in enumerate(axes):
