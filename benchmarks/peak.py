@@ -58,7 +58,11 @@ def _conv_flops() -> float:
 
 
 def tensorflow_peaks(repeats: int = 5, min_seconds: float = 0.3) -> dict[str, float]:
-    """TensorFlow's float32 matmul and conv GFLOP/s on this host (its default thread pools)."""
+    """TensorFlow's float32 matmul and conv GFLOP/s on this host (its default thread pools, and oneDNN's kernels as
+    metalab's workers choose them: ``configure_cpu_kernels``)."""
+    from metalab.core.engine.devices import configure_cpu_kernels
+
+    configure_cpu_kernels()
     import tensorflow as tf
 
     a = tf.random.normal([MATMUL_N, MATMUL_N], seed=1)

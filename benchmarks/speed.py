@@ -288,6 +288,8 @@ def _finish_metalab(args: argparse.Namespace, result: dict[str, Any], setup_s: f
     """Adds the setup time, backend, threads and device to a metalab measurement."""
     import keras
 
+    from metalab.core.engine.devices import onednn_enabled
+
     result["setup_s"] = round(setup_s, 2)
     result["backend"] = keras.backend.backend()
     if result["backend"] == "tensorflow":
@@ -295,7 +297,8 @@ def _finish_metalab(args: argparse.Namespace, result: dict[str, Any], setup_s: f
 
         result["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
                              "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
-                             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default")}
+                             "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+                             "onednn": onednn_enabled()}
         gpus = tf.config.list_physical_devices("GPU")
         result["device"] = ", ".join(tf.config.experimental.get_device_details(g).get("device_name", g.name)
                                      for g in gpus) or "CPU"
@@ -574,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     args.param = parse_params(parser, args.param)
     if args.inprocess and args.impl == "metalab":
         os.environ["KERAS_BACKEND"] = args.backend  # before anything imports keras
+        from metalab.core.engine.devices import configure_cpu_kernels
+
+        configure_cpu_kernels()  # what every metalab worker does first: oneDNN's kernels on any x86-64 CPU
 
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     if args.inprocess:

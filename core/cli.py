@@ -54,9 +54,11 @@ def _options(
     verbose: bool = typer.Option(False, "--verbose", help="Show TensorFlow's start-up log lines and warnings, "
                                  "here and in the worker processes this command starts (silenced otherwise)."),
 ) -> None:
-    # Before any command imports TensorFlow; TF_CPP_MIN_LOG_LEVEL set by the user is kept.
+    # Before any command imports TensorFlow; TF_CPP_MIN_LOG_LEVEL and TF_ENABLE_ONEDNN_OPTS set by the user are kept.
+    from metalab.core.engine.devices import configure_cpu_kernels
     from metalab.core.worker import quiet_backend_logs
 
+    configure_cpu_kernels()
     quiet_backend_logs(verbose=verbose)
 
 

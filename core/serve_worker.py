@@ -45,6 +45,7 @@ MODELS_KEPT = 3
 def serve(argv: list[str] | None = None) -> int:
     """The worker process: set-up once, then one reply line per request line until stdin closes."""
     from metalab.core import worker
+    from metalab.core.engine.devices import configure_cpu_kernels
     from metalab.core.settings import load_settings
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -56,6 +57,7 @@ def serve(argv: list[str] | None = None) -> int:
     worker.apply_limits(**worker._limits({"limits": limits}))
     for name, value in worker._JOB_ENV["predict"].items():
         os.environ.setdefault(name, value)
+    configure_cpu_kernels()
     worker.quiet_backend_logs(verbose=False)
     settings = load_settings()
     worker.prepare_process(settings)

@@ -180,8 +180,8 @@ def apply_limits(nice: int = 0, memory_mb: int = 0) -> None:
 
 
 def prepare_process(settings: Settings, *, meta_batch_size: int = 1) -> tuple[int, int]:
-    """The set-up of a process that runs a job, once, before the backend starts: the image cap, thread pools and
-    logical CPU devices (``METALAB_CPU_DEVICES``).
+    """The set-up of a process that runs a job, once, before the backend starts: oneDNN kernels on x86 CPUs, the
+    image cap, thread pools and logical CPU devices (``METALAB_CPU_DEVICES``).
 
     Every job of the worker calls it, and so does ``metalab train`` in its own process (:func:`run_training`);
     a worker process has had its limits and environment applied before (:func:`run_job`).
@@ -195,9 +195,10 @@ def prepare_process(settings: Settings, *, meta_batch_size: int = 1) -> tuple[in
         The ``(intra_op, inter_op)`` thread counts asked for (0: the backend's default).
     """
     from metalab.core.data.images import configure_pixel_cap
-    from metalab.core.engine.devices import configure_threads, thread_counts
+    from metalab.core.engine.devices import configure_cpu_kernels, configure_threads, thread_counts
     from metalab.core.engine.parallel import configure_cpu_devices
 
+    configure_cpu_kernels()  # oneDNN on every x86-64 CPU (effective if the backend has not loaded yet)
     configure_pixel_cap(settings.max_image_pixels)
     # Before the backend starts, like the thread pools: METALAB_CPU_DEVICES splits the CPU for devices=N runs.
     configure_cpu_devices(settings.cpu_devices)
@@ -401,6 +402,9 @@ def run_job(request: dict[str, Any], settings: Settings | None = None) -> Any:
     apply_limits(**_limits(request))
     for name, value in _JOB_ENV.get(job, {}).items():
         os.environ.setdefault(name, value)
+    from metalab.core.engine.devices import configure_cpu_kernels
+
+    configure_cpu_kernels()  # before the job loads the backend
     quiet_backend_logs(verbose=False)  # the level the job's environment (or the caller) chose is kept
     return _HANDLERS[job](request, settings or load_settings())
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from metalab.core.contract.manager import PluginRegistry, make_plugin_manager
+from metalab.core.engine.devices import configure_cpu_kernels
+
+# The kernels metalab's own processes compute with (oneDNN on every x86-64 CPU), chosen before any test loads
+# TensorFlow: results checked here are those a run gets, on AVX2-only hosts too.
+configure_cpu_kernels()
+
+from metalab.core.contract.manager import PluginRegistry, make_plugin_manager  # noqa: E402
 from metalab.core.settings import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

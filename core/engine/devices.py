@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 from typing import Any
 
 from metalab.core.settings import Settings
@@ -154,6 +155,59 @@ def default_device_id() -> str:
 def device_name(device: str) -> str:
     """What the run store records as a run's device: ``device`` as configured, or where "auto" placed it."""
     return device if device not in ("", "auto") else "/device:" + default_device_id()
+
+
+#: TensorFlow's switch for its oneDNN kernels (convolutions, pooling, batch norm and matmuls on x86 CPUs).
+ONEDNN_SWITCH = "TF_ENABLE_ONEDNN_OPTS"
+
+
+def cpu_kernel_environment(environ: dict[str, str] | None = None, machine: str | None = None,
+                           system: str | None = None) -> dict[str, str]:
+    """The variables that make TensorFlow compute with oneDNN on every x86-64 Linux CPU; ``{}`` where none is due.
+
+    TensorFlow's Linux wheels turn their oneDNN kernels on only for CPUs with AVX512_VNNI, AVX512_BF16, AVX_VNNI or
+    AMX; on any other x86 CPU (AVX2-only AMD EPYC, older Xeons) they fall back to Eigen's kernels. On ProtoNet's
+    step those are 1.8x slower than oneDNN's AVX2 kernels, which PyTorch uses on every x86 CPU, so the same code
+    was 1.6x the reference on one host and 0.77x on another (benchmarks/RESULTS.md, "Why AVX2 hosts were slow").
+    metalab asks for oneDNN wherever it runs on x86-64 Linux: a run's kernels then depend on the CPU's vector
+    width only, never on whether it has neural-network instructions. A ``TF_ENABLE_ONEDNN_OPTS`` the user set is
+    kept (``0`` gives Eigen's kernels).
+
+    Args:
+        environ: The environment to look at (default: this process's).
+        machine: ``platform.machine()`` (default: this host's).
+        system: ``platform.system()`` (default: this host's).
+    """
+    environ = os.environ if environ is None else environ
+    machine = (machine if machine is not None else platform.machine()).lower()
+    system = system if system is not None else platform.system()
+    if ONEDNN_SWITCH in environ or system != "Linux" or machine not in ("x86_64", "amd64"):
+        return {}
+    return {ONEDNN_SWITCH: "1"}
+
+
+def configure_cpu_kernels() -> bool:
+    """Applies :func:`cpu_kernel_environment` to this process (and those it starts); False if it came too late.
+
+    TensorFlow reads the switch once, when it loads: call this before anything imports ``tensorflow`` or
+    ``keras``. Every process that trains or predicts does (the worker's jobs, the prediction server, ``metalab
+    train``, sweep trials); the dashboard never loads TensorFlow.
+
+    Returns:
+        True if TensorFlow has not loaded yet (what is set now takes effect), False if it already has.
+    """
+    for name, value in cpu_kernel_environment().items():
+        os.environ.setdefault(name, value)
+    return "tensorflow" not in sys.modules
+
+
+def onednn_enabled() -> bool | None:
+    """Whether this process's TensorFlow computes with oneDNN (imports TensorFlow); None on the JAX backend."""
+    if keras_backend() == "jax":
+        return None
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def thread_counts(settings: Settings, meta_batch_size: int, cpus: int | None = None) -> tuple[int, int]:

@@ -94,6 +94,9 @@ def train_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
         spec: The sweep's plan (``raw``, ``assignments``, ``points``, ``objective``, ``tune_metric``, ``fixed`` and
             ``resume``: checkpoint files, by slot, of runs an earlier attempt left unfinished).
     """
+    from metalab.core.engine.devices import configure_cpu_kernels
+
+    configure_cpu_kernels()  # a trial's process loads TensorFlow below, as a worker's does
     from ray import tune
 
     from metalab.core.contract.manager import make_plugin_manager
