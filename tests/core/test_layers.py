@@ -292,7 +292,71 @@ def test_folding_sequential_folds_the_first_block_only_and_runs_no_batch_norm_ke
         return sum(op.type.startswith("FusedBatchNorm") for op in graph.get_operations())
 
     assert (kernels(folded, True), kernels(plain, True)) == (1, 2)
-    assert kernels(folded, False) == kernels(plain, False)  # inference calls are Sequential's own
+
+
+def _full_resolution_arithmetic(model, training):
+    """Element-wise arithmetic ops of a call on [4, 6, 6, 1] inputs whose output is a first block's conv output."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=training))
+    graph = fn.get_concrete_function(tf.TensorSpec((4, 6, 6, 1), "float32")).graph
+    return [op.type for op in graph.get_operations() if op.type in ("Mul", "Sub", "AddV2", "Add", "RealDiv")
+            and op.outputs and op.outputs[0].shape.as_list() == [4, 6, 6, 20]]
+
+
+def _randomise_norms(folded, plain, seed):
+    """Moved running moments and scales of both signs in every batch norm of ``folded``, copied to ``plain``."""
+    rng = np.random.default_rng(seed)
+    ranges = {"moving_mean": (-0.5, 0.5), "moving_variance": (0.2, 2.0), "gamma": (-1.5, 1.5), "beta": (-0.5, 0.5)}
+    for layer in folded.layers:
+        if isinstance(layer, MetaBatchNorm):
+            for name, (low, high) in ranges.items():
+                variable = getattr(layer, name)
+                if variable is not None:
+                    variable.assign(rng.uniform(low, high, variable.shape).astype("float32"))
+    plain.set_weights(folded.get_weights())
+    return rng
+
+
+def test_folded_inference_call_normalises_nothing_at_full_resolution_and_matches_the_layers():
+    folded, plain = _folded_and_plain()
+    rng = _randomise_norms(folded, plain, 1)
+    assert _full_resolution_arithmetic(plain, False)  # the batch norm's (x - mean) * ... at 6x6
+    assert _full_resolution_arithmetic(folded, False) == []
+    assert _full_resolution_arithmetic(folded, None) == []
+    x = rng.normal(loc=0.5, size=(8, 6, 6, 1)).astype("float32")
+    for training in (False, None):
+        out_f, out_p = folded(x, training=training), plain(x, training=training)
+        np.testing.assert_allclose(functional.to_numpy(out_f), functional.to_numpy(out_p), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"conv_kwargs": {"strides": 2}, "input_shape": (12, 12, 1)},
+        {"conv_kwargs": {"padding": "same", "dilation_rate": 2}},
+        {"conv_kwargs": {"padding": "valid"}, "input_shape": (10, 10, 1)},
+        {"conv_kwargs": {"use_bias": True}},
+        {"norm_kwargs": {"steps": 3}},  # per-step sets: the current step's moments
+        {"norm_kwargs": {"center": False, "scale": False}},
+    ],
+)
+def test_inference_fold_equals_the_layers_for_strides_padding_biases_and_per_step_sets(kwargs):
+    from metalab.core.engine.layers import batch_norm_step
+
+    folded, plain = _folded_and_plain(**kwargs)
+    rng = _randomise_norms(folded, plain, 2)
+    x = rng.normal(loc=0.3, size=(8, *folded.inputs[0].shape[1:])).astype("float32")
+    with batch_norm_step(1):
+        out_f, out_p = folded(x, training=False), plain(x, training=False)
+    np.testing.assert_allclose(functional.to_numpy(out_f), functional.to_numpy(out_p), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_fold_is_skipped_for_an_activated_convolution_and_the_call_is_unchanged():
+    folded, plain = _folded_and_plain(conv_kwargs={"activation": "relu"})
+    x = np.random.default_rng(0).normal(size=(8, 6, 6, 1)).astype("float32")
+    np.testing.assert_array_equal(functional.to_numpy(folded(x, training=False)),
+                                  functional.to_numpy(plain(x, training=False)))
 
 
 def test_folded_float32_training_call_and_running_moments_match_the_layers_one_by_one():
