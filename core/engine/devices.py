@@ -36,12 +36,16 @@ def keras_backend() -> str:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions recorded with every run (for reports and reproducibility), with the Keras backend that trained it."""
+    """Versions recorded with every run (for reports and reproducibility), with the Keras backend that trained it
+    and, on TensorFlow, whether its CPU kernels were oneDNN's (``tensorflow_onednn``: ``on`` or ``off``)."""
     backend = keras_backend()
     libraries = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin") if backend == "jax" else (
         "tensorflow", "tensorflow-cpu")
-    return {"python": platform.python_version(), "platform": platform.platform(), "backend": backend,
-            **installed_versions(("metalab", *libraries, "keras", "numpy"))}
+    versions = {"python": platform.python_version(), "platform": platform.platform(), "backend": backend,
+                **installed_versions(("metalab", *libraries, "keras", "numpy"))}
+    if backend == "tensorflow":
+        versions["tensorflow_onednn"] = "on" if onednn_enabled() else "off"
+    return versions
 
 
 def set_matmul_precision(precision: str) -> None:

@@ -469,3 +469,9 @@ def test_library_versions_name_the_backend_here():
     versions = library_versions()
     assert versions["backend"] == keras.backend.backend() == "tensorflow"
     assert "tensorflow" in versions or "tensorflow-cpu" in versions
+    # Which kernels computed the run: this process chose oneDNN before TensorFlow loaded (tests/conftest.py).
+    from metalab.core.engine.devices import cpu_kernel_environment
+
+    if cpu_kernel_environment({}):
+        assert versions["tensorflow_onednn"] == "on"
+    assert versions["tensorflow_onednn"] in ("on", "off")
