@@ -37,14 +37,16 @@ def keras_backend() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions recorded with every run (for reports and reproducibility), with the Keras backend that trained it
-    and, on TensorFlow, whether its CPU kernels were oneDNN's (``tensorflow_onednn``: ``on`` or ``off``)."""
+    and, on TensorFlow, whether its CPU kernels were oneDNN's (``tensorflow_onednn``: ``on``, ``off`` or
+    ``unknown``)."""
     backend = keras_backend()
     libraries = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda12-plugin") if backend == "jax" else (
         "tensorflow", "tensorflow-cpu")
     versions = {"python": platform.python_version(), "platform": platform.platform(), "backend": backend,
                 **installed_versions(("metalab", *libraries, "keras", "numpy"))}
     if backend == "tensorflow":
-        versions["tensorflow_onednn"] = "on" if onednn_enabled() else "off"
+        onednn = onednn_enabled()
+        versions["tensorflow_onednn"] = "unknown" if onednn is None else "on" if onednn else "off"
     return versions
 
 
@@ -206,12 +208,16 @@ def configure_cpu_kernels() -> bool:
 
 
 def onednn_enabled() -> bool | None:
-    """Whether this process's TensorFlow computes with oneDNN (imports TensorFlow); None on the JAX backend."""
+    """Whether this process's TensorFlow computes with oneDNN (imports TensorFlow); None on the JAX backend, or
+    where this TensorFlow does not say (the answer comes from one of its internal modules)."""
     if keras_backend() == "jax":
         return None
-    from tensorflow.python.util import _pywrap_util_port
+    try:
+        from tensorflow.python.util import _pywrap_util_port
 
-    return bool(_pywrap_util_port.IsMklEnabled())
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def thread_counts(settings: Settings, meta_batch_size: int, cpus: int | None = None) -> tuple[int, int]:

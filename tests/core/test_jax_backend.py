@@ -474,4 +474,4 @@ def test_library_versions_name_the_backend_here():
 
     if cpu_kernel_environment({}):
         assert versions["tensorflow_onednn"] == "on"
-    assert versions["tensorflow_onednn"] in ("on", "off")
+    assert versions["tensorflow_onednn"] in ("on", "off", "unknown")
