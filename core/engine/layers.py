@@ -363,6 +363,17 @@ def fold_conv_batch_norm_pool(conv: Any, norm: Any, pool: Any, x: Any) -> Any | 
         mean = mean + tf.convert_to_tensor(conv.bias)
     # W' S W >= 0 exactly; the clamp only guards round-off.
     variance = tf.maximum(tf.reduce_sum(weights * tf.matmul(covariance, weights), axis=0), 0)
+    scale, shift = _scale_and_shift(conv, norm, mean, variance, dtype)
+    norm._update_moving(mean, variance)
+    return pool(tf.nn.conv2d(x, kernel * scale, 1, padding)) + shift
+
+
+def _scale_and_shift(conv: Any, norm: Any, mean: Any, variance: Any, dtype: str) -> tuple[Any, Any]:
+    """``(a, b)`` such that ``norm`` of ``conv``'s output, of moments ``mean`` and ``variance`` (per filter), is
+    ``a * z + b`` with ``z`` the convolution without its bias."""
+    import tensorflow as tf
+
+    filters = int(conv.kernel.shape[-1])
     select = norm._step_selector()
     gamma = tf.ones((filters,), dtype) if norm.gamma is None else tf.cast(select(norm.gamma), dtype)
     beta = tf.zeros((filters,), dtype) if norm.beta is None else tf.cast(select(norm.beta), dtype)
@@ -371,8 +382,7 @@ def fold_conv_batch_norm_pool(conv: Any, norm: Any, pool: Any, x: Any) -> Any | 
     shift = beta - scale * mean
     if conv.use_bias:
         shift = shift + scale * tf.convert_to_tensor(conv.bias)
-    norm._update_moving(mean, variance)
-    return pool(tf.nn.conv2d(x, kernel * scale, 1, padding)) + shift
+    return scale, shift
 
 
 def fold_inference_block(conv: Any, norm: Any, pool: Any, x: Any) -> Any | None:
@@ -388,30 +398,18 @@ def fold_inference_block(conv: Any, norm: Any, pool: Any, x: Any) -> Any | None:
 
     Applies on TensorFlow to every block that :func:`_block_foldable` accepts, any stride, dilation or padding.
 
-    Args:
-        conv: The ``keras.layers.Conv2D``.
-        norm: The ``MetaBatchNorm`` after it (its running moments, or the current step's set, are read).
-        pool: The ``keras.layers.MaxPooling2D`` after that.
-        x: The convolution's input, ``[N, H, W, C]``.
-
-    Returns:
-        The max-pooled normalised output, or None.
+    Takes and returns what :func:`fold_conv_batch_norm_pool` does; ``norm``'s running moments (the current step's
+    set) are read, not moved.
     """
     dtype = keras.backend.standardize_dtype(x.dtype)
     if not _block_foldable(conv, norm, pool, dtype):
         return None
     import tensorflow as tf
 
-    filters = int(conv.kernel.shape[-1])
     select = norm._step_selector()
     mean = tf.cast(select(norm.moving_mean), dtype)
     variance = tf.cast(select(norm.moving_variance), dtype)
-    gamma = tf.ones((filters,), dtype) if norm.gamma is None else tf.cast(select(norm.gamma), dtype)
-    beta = tf.zeros((filters,), dtype) if norm.beta is None else tf.cast(select(norm.beta), dtype)
-    scale = gamma * tf.math.rsqrt(variance + tf.constant(norm.epsilon, dtype))  # not tf.cast: see MetaBatchNorm
-    shift = beta - scale * mean
-    if conv.use_bias:
-        shift = shift + scale * tf.convert_to_tensor(conv.bias)
+    scale, shift = _scale_and_shift(conv, norm, mean, variance, dtype)
     kernel = tf.convert_to_tensor(conv.kernel) * scale
     y = tf.nn.conv2d(x, kernel, strides=tuple(conv.strides), padding=conv.padding.upper(),
                      dilations=tuple(conv.dilation_rate))
