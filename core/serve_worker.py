@@ -45,7 +45,6 @@ MODELS_KEPT = 3
 def serve(argv: list[str] | None = None) -> int:
     """The worker process: set-up once, then one reply line per request line until stdin closes."""
     from metalab.core import worker
-    from metalab.core.engine.devices import configure_cpu_kernels
     from metalab.core.settings import load_settings
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -55,10 +54,7 @@ def serve(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     limits = json.loads(argv[0]) if argv else {}
     worker.apply_limits(**worker._limits({"limits": limits}))
-    for name, value in worker._JOB_ENV["predict"].items():
-        os.environ.setdefault(name, value)
-    configure_cpu_kernels()
-    worker.quiet_backend_logs(verbose=False)
+    worker.job_environment("predict")
     settings = load_settings()
     worker.prepare_process(settings)
     from metalab.core.engine.predict import SessionCache, adapt_to_task, predict

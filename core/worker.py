@@ -42,7 +42,7 @@ from typing import Any, Callable
 from metalab.core.settings import Settings, load_settings
 
 __all__ = ["JOBS", "TRAIN_OK", "RequestError", "RunFailedError", "worker_command", "read_reply", "apply_limits",
-           "quiet_backend_logs", "prepare_process", "run_training", "run_job", "main"]
+           "quiet_backend_logs", "job_environment", "prepare_process", "run_training", "run_job", "main"]
 
 #: The jobs a worker runs.
 JOBS = ("train", "estimate", "devices", "predict", "adapt")
@@ -400,13 +400,20 @@ def run_job(request: dict[str, Any], settings: Settings | None = None) -> Any:
     """
     job = _check_job(request)
     apply_limits(**_limits(request))
-    for name, value in _JOB_ENV.get(job, {}).items():
-        os.environ.setdefault(name, value)
+    job_environment(job)
+    return _HANDLERS[job](request, settings or load_settings())
+
+
+def job_environment(job: str) -> None:
+    """A worker process's environment for ``job``, set before anything loads the backend: the job's variables
+    (where the caller has not set them), oneDNN's kernels on x86-64 CPUs, and the backend's logs at the level
+    the job's environment (or the caller) chose."""
     from metalab.core.engine.devices import configure_cpu_kernels
 
-    configure_cpu_kernels()  # before the job loads the backend
-    quiet_backend_logs(verbose=False)  # the level the job's environment (or the caller) chose is kept
-    return _HANDLERS[job](request, settings or load_settings())
+    for name, value in _JOB_ENV.get(job, {}).items():
+        os.environ.setdefault(name, value)
+    configure_cpu_kernels()
+    quiet_backend_logs(verbose=False)
 
 
 def _limits(request: dict[str, Any]) -> dict[str, int]:
