@@ -307,17 +307,21 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 #: (GANs) amplifies that to ~1e-4 over a few dozen steps; a lost optimizer or sampler state moves weights by far
 #: more (order of the learning rate per step).
 WEIGHT_TOLERANCE = 1e-3
+#: The least magnitude a weight array's tolerance is taken of. Round-off is absolute: a GAN bias of largest
+#: magnitude 0.002 once differed by 1.9e-5 after 8 steps, over 0.001 of its own scale; lost state still moves every
+#: weight by about the learning rate a step (8e-4 over 4 steps at 2e-4), 16x this floor's 5e-5.
+WEIGHT_SCALE_FLOOR = 0.05
 
 
 def _assert_same_weights(first: list[np.ndarray], second: list[np.ndarray], message: str) -> None:
     for index, (a, b) in enumerate(zip(first, second, strict=True)):
         if a.size == 0:
             continue
-        scale = max(float(np.max(np.abs(a))), 1e-3)
+        scale = max(float(np.max(np.abs(a))), WEIGHT_SCALE_FLOOR)
         diff = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
         assert diff <= WEIGHT_TOLERANCE * scale, (
-            f"{message}: variable {index} differs by up to {diff:.3g} (largest magnitude {scale:.3g}, tolerance "
-            f"{WEIGHT_TOLERANCE:g} of it)"
+            f"{message}: variable {index} differs by up to {diff:.3g} (tolerance {WEIGHT_TOLERANCE:g} of {scale:.3g}: "
+            f"its largest magnitude, at least {WEIGHT_SCALE_FLOOR:g})"
         )
 
 
