@@ -32,6 +32,10 @@ TensorFlow and torch), torch's own kernels (``ATEN_CPU_CAPABILITY``) and XLA on 
 runs the AVX2 code paths, not an AVX2 host: another CPU's cores, caches and clocks are not emulated, so such a
 figure is labelled with its cap and never stands for an AVX2 host's row.
 
+``--op-profile STEPS`` (metalab on TensorFlow) traces that many more steps after the timed ones with
+``tf.profiler`` and prints each op type's time a step (``--op-profile-by name``: each op's), and how long 0, 1 or 2
+of TensorFlow's executor threads were busy; ``op_profile`` in the ``RESULT``.
+
 With ``--peak`` each training workload's figure is also held against this host's measured matmul and convolution
 peak (``peak.py``): the time its counted work would take at peak, as a share of the measured step, and the rest.
 """
@@ -256,6 +260,8 @@ def run_metalab(name: str, w: dict[str, Any], args: argparse.Namespace) -> dict[
             return {k: float(functional.to_numpy(v)) for k, v in metrics.items()}
 
     result = measure(step, args.warmup, args.iters, _units_per_iter(w))
+    if args.op_profile:
+        result["op_profile"] = op_profile(step, args.op_profile, by=args.op_profile_by)
     if sampler is not None:
         timed = sample_times[-args.iters:]
         result["sampler_s_per_batch"] = round(statistics.median(timed), 4)
@@ -282,6 +288,78 @@ def measure_metalab_evaluation(algorithm: Any, w: dict[str, Any], args: argparse
     result = measure(step, 1, args.iters, float(w["episodes"]))
     result.update(episodes=w["episodes"], eval_chunk=EVAL_CHUNK, accuracy=round(scores[-1], 4))
     return result
+
+
+def op_profile(step: Callable[[], Any], steps: int, by: str = "type", top: int = 15) -> dict[str, Any]:
+    """TensorFlow's own op times over ``steps`` calls of ``step`` (``tf.profiler``), per step.
+
+    Returns ``{"steps", "span_ms", "threads_busy_ms", "ops"}``: ``span_ms`` is the time from the first op to the last
+    per step; ``threads_busy_ms`` maps a number of TensorFlow's executor threads (``tf_Compute``) to the time per step
+    that exactly that many were running an op (a oneDNN or Eigen kernel may still split its work over the intra-op
+    threads); ``ops`` lists the ``top`` op types (or op names, ``by="name"``) by their time per step, summed over
+    the executor threads, with their calls per step.
+    """
+    import collections
+    import glob
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="metalab-ops-")
+    try:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            step()
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        with open(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
+            space.ParseFromString(f.read())
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+    times: collections.Counter = collections.Counter()
+    calls: collections.Counter = collections.Counter()
+    edges: list[tuple[float, int]] = []
+    for plane in space.planes:
+        if plane.name != "/host:CPU":
+            continue
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            spans = []
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                start = line.timestamp_ns + event.offset_ps / 1e3
+                spans.append((start, start + event.duration_ps / 1e3))  # the executor's own events count as busy
+                if ":" not in name.replace("::", ""):  # an op's event is "name:Type"; the executor's are not
+                    continue
+                key = name.rsplit(":", 1)[-1] if by == "type" else name
+                times[key] += event.duration_ps / 1e3
+                calls[key] += 1
+            spans.sort()
+            merged: list[list[float]] = []
+            for start, end in spans:  # one thread's busy intervals (nested events merged)
+                if merged and start <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], end)
+                else:
+                    merged.append([start, end])
+            edges += [(start, 1) for start, _ in merged] + [(end, -1) for _, end in merged]
+    edges.sort(key=lambda edge: (edge[0], -edge[1]))  # at a tie a start first: the count never goes below 0
+    busy: collections.Counter = collections.Counter()
+    running, last = 0, edges[0][0] if edges else 0.0
+    for at, change in edges:
+        busy[running] += at - last
+        running, last = running + change, at
+    per_step = 1e6 * steps  # ns -> ms per step
+    return {
+        "steps": steps,
+        "span_ms": round((edges[-1][0] - edges[0][0]) / per_step, 2) if edges else 0.0,
+        "threads_busy_ms": {str(k): round(v / per_step, 2) for k, v in sorted(busy.items())},
+        "ops": [{"op": key, "ms": round(ms / per_step, 2), "calls": round(calls[key] / steps, 1)}
+                for key, ms in times.most_common(top)],
+    }
 
 
 def _finish_metalab(args: argparse.Namespace, result: dict[str, Any], setup_s: float) -> dict[str, Any]:
@@ -426,6 +504,12 @@ def run_one(name: str, impl: str, args: argparse.Namespace) -> dict[str, Any]:
                       f"{result['max_rate']}), first step {result['first_step_s']} s")
         print(f"{name} [{impl}]: {figure}, cpu {result['cpu_s_per_iter']} s/iter, peak RSS {result['peak_rss_mb']} MB, "
               f"threads {result['threads']}, load {before['loadavg']} -> {result['loadavg_after']}", flush=True)
+    if "op_profile" in result:
+        profile = result["op_profile"]
+        print(f"{name} [{impl}] op profile over {profile['steps']} steps: ops span {profile['span_ms']} ms a step; "
+              f"executor threads busy (count: ms) {profile['threads_busy_ms']}", flush=True)
+        for op in profile["ops"]:
+            print(f"  {op['op'][:100]:100s} {op['ms']:8.2f} ms  x{op['calls']:g}", flush=True)
     print("RESULT " + json.dumps(result), flush=True)
     return result
 
@@ -456,6 +540,8 @@ def subprocess_result(name: str, impl: str, args: argparse.Namespace) -> dict[st
         cmd += ["--conv-bias", args.conv_bias]
     if args.library_threads:
         cmd.append("--library-threads")
+    if args.op_profile and impl == "metalab":
+        cmd += ["--op-profile", str(args.op_profile), "--op-profile-by", args.op_profile_by]
 
     env = dict(os.environ)
     if args.max_isa:
@@ -572,6 +658,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-isa", default=None, choices=["avx2"],
                         help="Both sides: keep oneDNN, torch's kernels and XLA to these vector instructions on a host "
                              "that has more (the AVX2 code paths on an AVX-512 host, not an AVX2 host).")
+    parser.add_argument("--op-profile", type=int, default=0, metavar="STEPS",
+                        help="metalab on TensorFlow: after the timed steps, trace this many more with tf.profiler and "
+                             "print each op type's time a step (summed over the executor threads) and how many "
+                             "executor threads were busy; the traced steps are not in the figures.")
+    parser.add_argument("--op-profile-by", default="type", choices=["type", "name"],
+                        help="With --op-profile: add up op times by op type (default) or list single ops by name.")
     parser.add_argument("--inprocess", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.param = parse_params(parser, args.param)

@@ -88,3 +88,33 @@ def test_kernels_adds_up_onednn_primitives_per_kind_pass_and_shape_in_both_verbo
     row = next(line for line in lines if "backward_weights" in line)
     assert "jit:avx2|gemm:jit | 10.00" in row and "jit:avx2 | 7.50" in row and row.endswith("**no** |")
     assert "| convolution | 10.00 | 7.50 |" in lines and "| pooling | 0.62 | 0.00 |" in lines
+
+
+def test_op_profile_counts_each_op_per_step_and_how_many_executor_threads_were_busy(bench):
+    import tensorflow as tf
+
+    speed = bench("speed")
+    a = tf.random.stateless_normal((256, 256), seed=(1, 2))
+    b = tf.random.stateless_normal((256, 256), seed=(3, 4))
+
+    @tf.function
+    def step(a, b):
+        # Two independent chains of three matmuls (arguments, so nothing is folded): the executor may run them at once.
+        left, right = a, b
+        for _ in range(3):
+            left, right = tf.matmul(left, a), tf.matmul(b, right)
+        return tf.reduce_sum(left) + tf.reduce_sum(right)
+
+    step(a, b)
+    profile = speed.op_profile(lambda: step(a, b).numpy(), steps=4)
+    ops = {op["op"]: op for op in profile["ops"]}
+    matmul = next(op for name, op in ops.items() if "MatMul" in name)
+    assert matmul["calls"] == 6 and matmul["ms"] > 0
+    assert not any("::" in name for name in ops)  # the executor's own events are not ops
+    busy = profile["threads_busy_ms"]
+    assert all(int(count) >= 0 for count in busy) and set(busy) - {"0"}
+    # Each stretch of a step is counted once, under the number of threads busy then.
+    assert sum(busy.values()) == pytest.approx(profile["span_ms"], rel=0.05, abs=0.05)
+    by_name = speed.op_profile(lambda: step(a, b).numpy(), steps=2, by="name")
+    assert sum(op["calls"] for op in by_name["ops"] if "MatMul" in op["op"]) == 6
+    assert all(op["calls"] == 1 for op in by_name["ops"] if "MatMul" in op["op"])
