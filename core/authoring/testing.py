@@ -19,8 +19,8 @@ What is checked:
       meta-test MSE falls well below the untrained model's (regression), or (environments) the average return
       after adaptation beats both the untrained model's after the same adaptation and the trained model's before
       adapting, on a fixed seed;
-    * checkpoint/resume: a run interrupted halfway and resumed ends with the same weights and scores as an
-      uninterrupted run;
+    * checkpoint/resume: a fresh session restored from a run's halfway checkpoint takes the next step exactly as
+      the run that wrote it did (weights and optimizer state), and the resumed run completes;
     * determinism: the same seed gives the same numbers.
 """
 
@@ -281,35 +281,97 @@ def check_learns(algorithm_id: str, home: Path, *, registry: Any | None = None, 
 def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, kind: str | None = None,
                  steps: int = 20, algorithm_params: dict[str, Any] | None = None,
                  task: dict[str, Any] | None = None) -> None:
-    """Asserts a run interrupted halfway and resumed from its checkpoint ends like an uninterrupted one.
+    """Asserts a run restored from its checkpoint goes on exactly as the run that wrote it, then completes.
 
-    Each weight array must agree to ``WEIGHT_TOLERANCE`` of its largest magnitude: everything training depends
-    on must be in the algorithm's ``variables`` (the optimizer and sampler state are saved by the runner).
+    The uninterrupted run saves a checkpoint at every step and stops after step ``k + 1`` (``k = steps // 2``).
+    A second run starts from a copy of its step-``k`` checkpoint in a fresh session (new model, optimizer and
+    sampler, as after a crash), takes step ``k + 1``, is cancelled (the cancellation saves its checkpoint) and is
+    then resumed to the end. Its weights and optimizer state after step ``k + 1`` must agree with the
+    uninterrupted run's to ``WEIGHT_TOLERANCE`` of each array's largest magnitude (at least
+    ``WEIGHT_SCALE_FLOOR``). Both take that one step from the same saved bits, so only that step's round-off can
+    differ: CPU kernels may split a sum by the threads free at the moment, and training that amplifies round-off
+    step by step (a GAN under Adam) gets one step to do it. Any state the checkpoint lacks (a variable missing from
+    the algorithm's ``variables``, a lost noise state) changes that step itself.
 
     Args:
         algorithm_id, home, registry, kind, algorithm_params, task: As for :func:`check_learns`.
-        steps: Steps of each run; the interrupted run stops at ``steps // 2``.
+        steps: Steps of the run (at least 2); the restore is at ``steps // 2``.
 
     Raises:
-        AssertionError: If the resumed run's weights or meta-test loss differ.
+        AssertionError: If the restored run's step differs, or the resumed run does not complete.
     """
+    import shutil
+
+    from metalab.core.engine.checkpoints import LATEST, checkpoint_path
+    from metalab.core.engine.runner import RunCancelled, train_run
+
+    if steps < 2:
+        raise ValueError(f"check_resume needs at least 2 steps (one to restore, one after it). Received: steps={steps}")
     registry = _registry(registry)
     kind = kind or supported_kinds(registry, algorithm_id)[0]
     config = tiny_config(registry, algorithm_id, kind, steps=steps, algorithm_params=algorithm_params, task=task)
-    whole = run_tiny(registry, config, Path(home) / "whole", evaluate_before=False)
-    resumed = run_tiny(registry, config, Path(home) / "resumed", interrupt_at=steps // 2, evaluate_before=False)
-    _assert_same_weights(whole.weights, resumed.weights, f"{algorithm_id}: resumed weights differ")
-    np.testing.assert_allclose(whole.after["loss"], resumed.after["loss"], rtol=WEIGHT_TOLERANCE, atol=1e-6)
+    config = config.model_copy(update={"checkpoint_every": 1})
+    k = steps // 2
+    home = Path(home)
+    kept: dict[int, Path] = {}
+
+    def start(name: str) -> tuple[RunStore, str]:
+        store = RunStore(home / name / "runs.sqlite")
+        return store, store.create_run(config.model_dump())
+
+    live_store, live_id = start("live")
+
+    def keep_then_stop(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step in (k, k + 1):  # called after the step's checkpoint is written
+            kept[step] = shutil.copy(checkpoint_path(live_store, live_id), home / f"live-step-{step}.npz")
+        if step == k + 1:
+            raise RunCancelled("conformance: the uninterrupted run's step k + 1 is kept")
+
+    status = train_run(live_store, live_id, registry, progress=keep_then_stop)
+    if status != "cancelled":
+        run = live_store.get_run(live_id)
+        raise AssertionError(f"{algorithm_id}: the run to resume from ended {status!r}: {run.error}\n{run.traceback}")
+
+    store, run_id = start("restored")
+    store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+    shutil.copy(kept[k], store.run_dir(run_id) / LATEST)
+
+    def stop_after_one(step: int, total: int, metrics: dict[str, float]) -> None:
+        if step == k + 1:
+            raise RunCancelled("conformance: one step after the restore")
+
+    status = train_run(store, run_id, registry, progress=stop_after_one)
+    if status != "cancelled":
+        run = store.get_run(run_id)
+        raise AssertionError(f"{algorithm_id}: the run restored at step {k} ended {status!r}: {run.error}\n"
+                             f"{run.traceback}")
+    live, restored = _checkpoint_arrays(kept[k + 1]), _checkpoint_arrays(checkpoint_path(store, run_id))
+    _assert_same_weights(live["var"], restored["var"], f"{algorithm_id}: resumed weights differ after one step")
+    _assert_same_weights(live["opt"], restored["opt"],
+                         f"{algorithm_id}: resumed optimizer state differs after one step")
+    status = train_run(store, run_id, registry)
+    if status != "completed":
+        run = store.get_run(run_id)
+        raise AssertionError(f"{algorithm_id}: the resumed run ended {status!r}: {run.error}\n{run.traceback}")
+
+
+def _checkpoint_arrays(path: Path) -> dict[str, list[np.ndarray]]:
+    """A checkpoint's model (``var``) and optimizer (``opt``) arrays, each in index order."""
+    with np.load(path) as data:
+        names = sorted(data.files, key=_var_order)
+        return {prefix: [data[n] for n in names if n.startswith(f"{prefix}_")] for prefix in ("var", "opt")}
 
 
 #: How closely two runs that should be identical must agree, relative to each weight array's largest magnitude.
-#: CPU kernels may sum in a different order from run to run (round-off near 1e-7), and adversarial training
-#: (GANs) amplifies that to ~1e-4 over a few dozen steps; a lost optimizer or sampler state moves weights by far
-#: more (order of the learning rate per step).
+#: CPU kernels may sum in a different order from run to run (TensorFlow's oneDNN kernels run single-threaded when
+#: the executor happens to call them from a pool thread: round-off near 1e-7), and adversarial training under
+#: Adam amplifies that to 1e-3 over a few steps (a GAN's runs differed by 1.1e-3 after 8 steps, in 1 CI run of
+#: about 5). One step from the same checkpoint differed by at most 7e-5 when provoked; a lost noise, sampler or
+#: optimizer state moves that step by 6e-3 and more.
 WEIGHT_TOLERANCE = 1e-3
 #: The least magnitude a weight array's tolerance is taken of. Round-off is absolute: a GAN bias of largest
-#: magnitude 0.002 once differed by 1.9e-5 after 8 steps, over 0.001 of its own scale; lost state still moves every
-#: weight by about the learning rate a step (8e-4 over 4 steps at 2e-4), 16x this floor's 5e-5.
+#: magnitude 0.002 once differed by 1.9e-5 between two runs, over 0.001 of its own scale; lost state still moves
+#: the weights by about the learning rate a step (2e-4 for the GAN), 4x this floor's 5e-5.
 WEIGHT_SCALE_FLOOR = 0.05
 
 
