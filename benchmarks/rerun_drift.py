@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print("DRIFT " + json.dumps({"algorithm": args.algorithm, "steps": args.steps, "inter": args.inter,
                                      **one_process(args.algorithm, args.steps)}), flush=True)
         return 0
-    drifted = 0
+    drifted = failed = 0
     for _ in range(args.processes):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--inprocess", "--algorithm", args.algorithm,
                "--steps", str(args.steps)] + (["--inter", str(args.inter)] if args.inter is not None else [])
@@ -110,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         lines = [line for line in proc.stdout.splitlines() if line.startswith("DRIFT ")]
         if proc.returncode != 0 or not lines:
             print(f"a process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)
+            failed += 1
             continue
         print(lines[-1], flush=True)
         figures = json.loads(lines[-1][len("DRIFT "):])
         drifted += any(figures[k] for k in ("B1_vs_A", "B2_vs_A", "B1_vs_B2_halfway"))
-    print(f"{drifted} of {args.processes} processes had runs that drifted apart", flush=True)
-    return 0
+    print(f"{drifted} of {args.processes - failed} processes had runs that drifted apart"
+          + (f"; {failed} failed" if failed else ""), flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

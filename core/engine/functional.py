@@ -88,11 +88,11 @@ class FunctionalModel:
 
     def params(self) -> list[Any]:
         """Returns the current values of the trainable variables as tensors (read now, not references)."""
-        return [keras.ops.convert_to_tensor(v) for v in self.trainable_variables]
+        return [read_now(v) for v in self.trainable_variables]
 
     def state(self) -> list[Any]:
-        """Returns the current values of the non-trainable variables (e.g. batch-norm running moments)."""
-        return [keras.ops.convert_to_tensor(v) for v in self.non_trainable_variables]
+        """Returns the current values of the non-trainable variables (e.g. batch-norm running moments), read now."""
+        return [read_now(v) for v in self.non_trainable_variables]
 
     def set_state(self, state: list[Any]) -> None:
         """Assigns ``state`` (as returned by :meth:`call_with_state`) to the non-trainable variables.
@@ -140,6 +140,17 @@ class FunctionalModel:
         if state is None:
             state = self.state()
         return self.model.stateless_call(list(params), list(state), x, training=training)
+
+
+def read_now(variable: Any) -> Any:
+    """A variable's current value as a tensor, read here and now.
+
+    On TensorFlow ``keras.ops.convert_to_tensor`` hands back the ``tf.Variable`` itself, which each later use reads
+    again: in a compiled step that writes the variable, those reads could see either value. A GAN step read its
+    weights that way, and reruns of the same seed drifted apart in 1 process of 6 (4 of 6 with one inter-op
+    thread, with oneDNN's kernels or Eigen's; ``benchmarks/rerun_drift.py``); read here, 0 of 6 and 0 of 8.
+    """
+    return keras.ops.copy(variable)
 
 
 def _check_scalar(value: Any) -> None:

@@ -298,3 +298,29 @@ def test_embedding_gradient_is_dense_and_takes_python_arithmetic():
     expected = np.zeros((6, 2), "float32"); expected[1] = 2 * 2 * np.array([2, 3]); expected[4] = 2 * np.array([8, 9])
     np.testing.assert_allclose(functional.to_numpy(grad), expected)
     assert stepped.shape == (6, 2)
+
+
+def test_params_and_state_are_the_values_read_when_called_not_references_read_at_use():
+    # A compiled step that writes a variable after taking params() must go on computing with the value it took
+    # (a GAN step that read its weights by reference drifted between reruns of one seed: rerun_drift.py).
+    import keras
+    import tensorflow as tf
+
+    from metalab.core.engine.functional import FunctionalModel
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False),
+                              keras.layers.BatchNormalization()])
+    model.layers[0].kernel.assign([[1.0], [2.0]])
+    fmodel = FunctionalModel(model)
+
+    @tf.function
+    def step():
+        params, state = fmodel.params(), fmodel.state()
+        for variable in [*fmodel.trainable_variables, *fmodel.non_trainable_variables]:
+            variable.assign(variable + 10.0)
+        return params, state
+
+    params, state = step()
+    assert np.allclose(params[0].numpy(), [[1.0], [2.0]])
+    assert np.allclose(state[0].numpy(), 0.0) and np.allclose(state[1].numpy(), 1.0)  # moving mean, variance
+    assert np.allclose(fmodel.trainable_variables[0].numpy(), [[11.0], [12.0]])
