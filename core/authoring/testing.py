@@ -289,9 +289,9 @@ def check_resume(algorithm_id: str, home: Path, *, registry: Any | None = None, 
     then resumed to the end. Its weights and optimizer state after step ``k + 1`` must agree with the
     uninterrupted run's to ``WEIGHT_TOLERANCE`` of each array's largest magnitude (at least
     ``WEIGHT_SCALE_FLOOR``). Both take that one step from the same saved bits, so only that step's round-off can
-    differ: CPU kernels may split a sum by the threads free at the moment, and training that amplifies round-off
-    step by step (a GAN under Adam) gets one step to do it. Any state the checkpoint lacks (a variable missing from
-    the algorithm's ``variables``, a lost noise state) changes that step itself.
+    differ (CPU kernels may sum in another order), and training that amplifies round-off step by step gets one
+    step to do it. Any state the checkpoint lacks (a variable missing from the algorithm's ``variables``, a lost
+    noise state) changes that step itself.
 
     Args:
         algorithm_id, home, registry, kind, algorithm_params, task: As for :func:`check_learns`.
@@ -363,11 +363,10 @@ def _checkpoint_arrays(path: Path) -> dict[str, list[np.ndarray]]:
 
 
 #: How closely two runs that should be identical must agree, relative to each weight array's largest magnitude.
-#: CPU kernels may sum in a different order from run to run (TensorFlow's oneDNN kernels run single-threaded when
-#: the executor happens to call them from a pool thread: round-off near 1e-7), and adversarial training under
-#: Adam amplifies that to 1e-3 over a few steps (a GAN's runs differed by 1.1e-3 after 8 steps, in 1 CI run of
-#: about 5). One step from the same checkpoint differed by at most 7e-5 when provoked; a lost noise, sampler or
-#: optimizer state moves that step by 6e-3 and more.
+#: CPU kernels may sum in a different order from run to run (round-off near 1e-7), which training under Adam can
+#: grow over many steps. A lost noise, sampler or optimizer state moves even one step by 6e-3 of the scale and
+#: more. (A GAN's reruns once drifted by 1e-3 after 8 steps: its step read weights by reference, which
+#: ``functional.read_now`` fixed; benchmarks/RESULTS.md.)
 WEIGHT_TOLERANCE = 1e-3
 #: The least magnitude a weight array's tolerance is taken of. Round-off is absolute: a GAN bias of largest
 #: magnitude 0.002 once differed by 1.9e-5 between two runs, over 0.001 of its own scale; lost state still moves

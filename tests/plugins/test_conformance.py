@@ -58,10 +58,10 @@ def test_learns_on_every_supported_task_kind(algorithm_id, builtin_registry, tmp
 
 @pytest.mark.parametrize("algorithm_id", _checked("resume"))
 def test_resume_matches_an_uninterrupted_run(algorithm_id, builtin_registry, tmp_path):
-    # check_resume compares one step taken from the same checkpoint, so round-off that a GAN under Adam amplifies
-    # step by step cannot build up (the whole-run comparison it replaced failed a GAN in about 1 CI run of 5:
-    # 1.1e-3 of a weight's scale after 8 steps, against 1e-3). GAN and MAML-RL: 8 steps still restore at step 4
-    # with the noise, task and episode streams to restore, at 40% of the 20 steps' time.
+    # check_resume compares one step taken from the same checkpoint, so whatever makes reruns of a seed differ
+    # cannot build up (the whole-run comparison it replaced failed the GAN twice in CI, by 1.1e-3 of a weight's
+    # scale after 8 steps, when its step read weights by reference). GAN and MAML-RL: 8 steps still restore at
+    # step 4 with the noise, task and episode streams to restore, at 40% of the 20 steps' time.
     steps = 8 if algorithm_id in ("metalab.gan", "metalab.maml_rl") else 20
     testing.check_resume(algorithm_id, tmp_path, registry=builtin_registry, steps=steps)
 
@@ -227,8 +227,7 @@ class _UnseededGAN:
 
 def test_resume_is_judged_on_the_run_that_wrote_the_checkpoint_not_on_a_rerun(builtin_registry, tmp_path):
     # Runs of this GAN differ from the first step (other noise), so a rerun is no reference for a resumed run; the
-    # live run's own next step is. (Kernel round-off makes reruns differ the same way, less: a GAN's reruns
-    # differed by 1.1e-3 of a weight's scale after 8 steps in about 1 CI run of 5.)
+    # live run's own next step is. (Kernel round-off can make reruns differ the same way, less.)
     registry = make_plugin_manager(distributions={"metalab"}, plugins=[("unseeded", _UnseededGAN(builtin_registry))],
                                    strict=False)
     testing.check_resume("unseeded.gan", tmp_path / "resume", registry=registry, steps=4)
