@@ -114,17 +114,31 @@ def test_the_suite_catches_state_missing_from_the_checkpoint(builtin_registry, t
         testing.check_resume("forgetful.maml", tmp_path, registry=registry, kind="classification", steps=8)
 
 
-class _ForgetfulGAN:
-    """A GAN plugin that leaves its noise generator's state out of the checkpoint (resumed runs draw other noise)."""
+class _GANVariant:
+    """A plugin registering metalab's GAN under another id, with ``_make(algorithm)`` changing each new instance."""
 
     METALAB_PLUGIN_API = "1.2"
+    ID = TITLE = ""
 
     def __init__(self, registry):
         self.gan = registry.algorithm("metalab.gan")
 
-    def _make(self, params, task):
-        algorithm = self.gan.factory(params, task)
+    def _factory(self, params, task):
+        return self._make(self.gan.factory(params, task))
 
+    @hookimpl
+    def metalab_register_algorithms(self):
+        from dataclasses import replace
+
+        return [replace(self.gan, id=self.ID, title=self.TITLE, factory=self._factory)]
+
+
+class _ForgetfulGAN(_GANVariant):
+    """A GAN plugin that leaves its noise generator's state out of the checkpoint (resumed runs draw other noise)."""
+
+    ID, TITLE = "forgetful.gan", "Forgetful GAN"
+
+    def _make(self, algorithm):
         class Forgetful(type(algorithm)):
             @property
             def variables(self):
@@ -132,12 +146,6 @@ class _ForgetfulGAN:
 
         algorithm.__class__ = Forgetful
         return algorithm
-
-    @hookimpl
-    def metalab_register_algorithms(self):
-        from dataclasses import replace
-
-        return [replace(self.gan, id="forgetful.gan", title="Forgetful GAN", factory=self._make)]
 
 
 def test_the_gans_short_resume_check_still_catches_lost_state(builtin_registry, tmp_path):
@@ -201,28 +209,18 @@ def test_a_malformed_tiny_task_fails_its_plugin():
     assert "Received: tiny_task={'steps': 5}" in registry.failures[0].error
 
 
-class _UnseededGAN:
+class _UnseededGAN(_GANVariant):
     """A GAN whose noise stream starts from the operating system's entropy: no two runs are alike, yet its
     checkpoint holds the noise state, so a resumed run goes on exactly as the run that wrote it."""
 
-    METALAB_PLUGIN_API = "1.2"
+    ID, TITLE = "unseeded.gan", "Unseeded GAN"
 
-    def __init__(self, registry):
-        self.gan = registry.algorithm("metalab.gan")
-
-    def _make(self, params, task):
+    def _make(self, algorithm):
         import os
 
-        algorithm = self.gan.factory(params, task)
         state = algorithm.seed_generator.state
         state.assign(np.frombuffer(os.urandom(8), dtype=np.uint32).astype(state.dtype))
         return algorithm
-
-    @hookimpl
-    def metalab_register_algorithms(self):
-        from dataclasses import replace
-
-        return [replace(self.gan, id="unseeded.gan", title="Unseeded GAN", factory=self._make)]
 
 
 def test_resume_is_judged_on_the_run_that_wrote_the_checkpoint_not_on_a_rerun(builtin_registry, tmp_path):
