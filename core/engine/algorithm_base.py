@@ -12,6 +12,7 @@ import keras
 from keras import ops
 
 from metalab.core.contract.specs import TaskBatch, TaskSpec
+from metalab.core.engine.functional import read_now
 
 __all__ = ["MetaAlgorithm"]
 
@@ -93,7 +94,7 @@ class MetaAlgorithm:
 
     def params(self) -> list[Any]:
         """The current values of :attr:`trainable_variables` as tensors (read now, not references)."""
-        return [ops.convert_to_tensor(v) for v in self.trainable_variables]
+        return [read_now(v) for v in self.trainable_variables]
 
     # -- the outer optimizer ---------------------------------------------------------------------------------
 

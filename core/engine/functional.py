@@ -146,8 +146,8 @@ def read_now(variable: Any) -> Any:
     """A variable's current value as a tensor, read here and now.
 
     On TensorFlow ``keras.ops.convert_to_tensor`` hands back the ``tf.Variable`` itself, which each later use reads
-    again: in a compiled step that writes the variable, those reads could see either value. A GAN step read its
-    weights that way, and reruns of the same seed drifted apart in 1 process of 6 (4 of 6 with one inter-op
+    again: in a compiled step that writes the variable, those reads could see either value. ``params()`` of
+    :class:`FunctionalModel` and of ``MetaAlgorithm`` read this way. A GAN step read its weights by reference, and reruns of the same seed drifted apart in 1 process of 6 (4 of 6 with one inter-op
     thread, with oneDNN's kernels or Eigen's; ``benchmarks/rerun_drift.py``); read here, 0 of 6 and 0 of 8.
     """
     return keras.ops.copy(variable)

@@ -324,3 +324,19 @@ def test_params_and_state_are_the_values_read_when_called_not_references_read_at
     assert np.allclose(params[0].numpy(), [[1.0], [2.0]])
     assert np.allclose(state[0].numpy(), 0.0) and np.allclose(state[1].numpy(), 1.0)  # moving mean, variance
     assert np.allclose(fmodel.trainable_variables[0].numpy(), [[11.0], [12.0]])
+
+    # The algorithms' own params() (MetaAlgorithm's) reads the same way.
+    from types import SimpleNamespace
+
+    from metalab.core.engine.algorithm_base import MetaAlgorithm
+
+    algorithm = MetaAlgorithm(SimpleNamespace(), task=None)
+    algorithm.track(model)
+
+    @tf.function
+    def algorithm_step():
+        params = algorithm.params()
+        model.layers[0].kernel.assign(model.layers[0].kernel - 5.0)
+        return params
+
+    assert np.allclose(algorithm_step()[0].numpy(), [[11.0], [12.0]])
